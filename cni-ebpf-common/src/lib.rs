@@ -1,0 +1,181 @@
+//! Map keys, values and constants shared by the eBPF programs and userspace.
+//!
+//! Every struct here is `#[repr(C)]` with explicit padding and a size
+//! assertion: the kernel side and the user side must agree byte for byte.
+#![no_std]
+
+/// Names of the maps as they appear in the ELF and under `<bpffs root>/maps`.
+pub mod map_names {
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const DROPS: &str = "DROPS";
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Names of the programs in the ELF.
+pub mod program_names {
+    pub const FROM_POD: &str = "from_pod";
+}
+
+/// Endpoints the node can hold: one entry per pod address.
+pub const MAX_ENDPOINTS: u32 = 65_536;
+
+/// An IP address as a map key: IPv6 as is, IPv4 as an IPv4-mapped IPv6
+/// address (`::ffff:a.b.c.d`), so one map serves both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct IpKey {
+    pub addr: [u8; 16],
+}
+
+impl IpKey {
+    /// `octets` in network order, as they stand in the packet.
+    #[inline(always)]
+    pub const fn v4(octets: [u8; 4]) -> Self {
+        let [a, b, c, d] = octets;
+        Self {
+            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d],
+        }
+    }
+
+    #[inline(always)]
+    pub const fn v6(octets: [u8; 16]) -> Self {
+        Self { addr: octets }
+    }
+
+    /// The IPv4 octets when this key holds an IPv4-mapped address.
+    pub fn as_v4(&self) -> Option<[u8; 4]> {
+        let a = &self.addr;
+        if a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff {
+            Some([a[12], a[13], a[14], a[15]])
+        } else {
+            None
+        }
+    }
+}
+
+/// A pod interface as the datapath sees it; the value of `ENDPOINTS`,
+/// keyed by each of the pod's addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Endpoint {
+    /// ifindex of the host-side veth in the node namespace.
+    pub ifindex: u32,
+    pub flags: u32,
+    /// MAC of the pod's own interface (the only source MAC it may use).
+    pub pod_mac: [u8; 6],
+    /// MAC of the host-side veth: the pod's gateway MAC.
+    pub host_mac: [u8; 6],
+    pub _pad: [u8; 4],
+    /// Stable hash of (container ID, interface name) that owns the entry.
+    pub owner: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 32);
+const _: () = assert!(core::mem::size_of::<IpKey>() == 16);
+
+/// Which way a packet was going when it was counted.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    FromPod = 0,
+    ToPod = 1,
+}
+
+pub const DIRECTIONS: u32 = 2;
+
+/// Why the datapath dropped a packet. Index into `DROPS` is
+/// `reason * DIRECTIONS + direction`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Header shorter than its protocol requires.
+    Malformed = 0,
+    /// Source IP belongs to no endpoint on this node.
+    UnknownSource = 1,
+    /// Source IP belongs to another endpoint than the sending interface.
+    SpoofedSource = 2,
+    /// Source MAC is not the endpoint's own.
+    SpoofedMac = 3,
+    /// ARP sender address or hardware address is not the endpoint's own.
+    SpoofedArp = 4,
+    /// An L3 protocol the datapath does not carry (yet).
+    UnsupportedL3 = 5,
+    /// The kernel refused a redirect.
+    RedirectFailed = 6,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Malformed,
+        DropReason::UnknownSource,
+        DropReason::SpoofedSource,
+        DropReason::SpoofedMac,
+        DropReason::SpoofedArp,
+        DropReason::UnsupportedL3,
+        DropReason::RedirectFailed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownSource => "unknown-source",
+            DropReason::SpoofedSource => "spoofed-source",
+            DropReason::SpoofedMac => "spoofed-mac",
+            DropReason::SpoofedArp => "spoofed-arp",
+            DropReason::UnsupportedL3 => "unsupported-l3",
+            DropReason::RedirectFailed => "redirect-failed",
+        }
+    }
+
+    #[inline(always)]
+    pub const fn index(self, direction: Direction) -> u32 {
+        self as u32 * DIRECTIONS + direction as u32
+    }
+}
+
+/// Room for reasons added later without resizing the pinned map.
+pub const DROP_SLOTS: u32 = 64 * DIRECTIONS;
+
+/// What the datapath did with packets it did not drop.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Redirected into a pod on this node.
+    LocalDelivery = 0,
+    /// Handed to the node's stack.
+    ToStack = 1,
+    /// ARP request answered on behalf of the gateway.
+    ArpReply = 2,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 3] = [Verdict::LocalDelivery, Verdict::ToStack, Verdict::ArpReply];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::LocalDelivery => "local-delivery",
+            Verdict::ToStack => "to-stack",
+            Verdict::ArpReply => "arp-reply",
+        }
+    }
+}
+
+pub const COUNTER_SLOTS: u32 = 64;
+
+/// Packets and bytes, the value of the per-CPU `DROPS` and `COUNTERS` arrays.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PacketCount {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<PacketCount>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data `#[repr(C)]` structs with explicit padding.
+    unsafe impl aya::Pod for super::IpKey {}
+    unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::PacketCount {}
+}

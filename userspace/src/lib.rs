@@ -1,0 +1,1 @@
+//! The cni-ebpf datapath from userspace.
