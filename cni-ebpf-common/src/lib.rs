@@ -42,6 +42,20 @@ impl IpKey {
         Self { addr: octets }
     }
 
+    pub const fn from_ip(ip: core::net::IpAddr) -> Self {
+        match ip {
+            core::net::IpAddr::V4(v4) => Self::v4(v4.octets()),
+            core::net::IpAddr::V6(v6) => Self::v6(v6.octets()),
+        }
+    }
+
+    pub fn to_ip(&self) -> core::net::IpAddr {
+        match self.as_v4() {
+            Some(v4) => core::net::IpAddr::from(v4),
+            None => core::net::IpAddr::from(self.addr),
+        }
+    }
+
     /// The IPv4 octets when this key holds an IPv4-mapped address.
     pub fn as_v4(&self) -> Option<[u8; 4]> {
         let a = &self.addr;

@@ -1,1 +1,17 @@
-//! The cni-ebpf datapath from userspace.
+//! The cni-ebpf datapath from userspace: the embedded eBPF object, its
+//! pinned programs and maps under a bpffs root, typed map handles, and the
+//! attachment of programs to pod interfaces. Used by the CNI plugin (which
+//! is short-lived and opens the pins itself) and by the node agent.
+
+pub mod attach;
+pub mod counters;
+pub mod datapath;
+pub mod endpoints;
+pub mod error;
+pub mod paths;
+
+pub use attach::{AttachMode, Attachment};
+pub use datapath::Datapath;
+pub use endpoints::EndpointMap;
+pub use error::DatapathError;
+pub use paths::BpffsLayout;

@@ -1,1 +1,44 @@
-fn main() {}
+//! `cni-ebpfd`: node agent and inspection CLI of cni-ebpf. Thin: every
+//! subcommand is a file under `cmd/`, the logic is in the library.
+
+mod cmd;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cni-ebpfd", version, about = "cni-ebpf node agent and inspection CLI")]
+struct Cli {
+    /// bpffs directory of this node's datapath (the plugin's `bpffsRoot`).
+    #[arg(long, global = true, default_value = "/sys/fs/bpf/cni-ebpf")]
+    bpffs_root: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and pin the programs and maps if they are not there yet.
+    Load,
+    /// The endpoints map: pod addresses and their interfaces.
+    Endpoints,
+    /// Dropped packets by reason and direction.
+    Drops,
+    /// Packets passed on, by verdict.
+    Stats,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let layout = cni_ebpf_userspace::BpffsLayout::new(cli.bpffs_root);
+    match cli.command {
+        Command::Load => cmd::load::run(layout),
+        Command::Endpoints => cmd::endpoints::run(&layout, cli.json),
+        Command::Drops => cmd::drops::run(&layout, cli.json),
+        Command::Stats => cmd::stats::run(&layout, cli.json),
+    }
+}

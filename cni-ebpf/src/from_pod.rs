@@ -1,0 +1,168 @@
+//! `from_pod`: tc ingress of every host-side veth, i.e. everything a pod
+//! sends. Anti-spoofing first, then local delivery straight into the
+//! destination pod with `bpf_redirect_peer`, ARP for the gateway answered
+//! here, and everything else handed to the node's stack.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::generated::{bpf_redirect, bpf_redirect_peer},
+    macros::classifier,
+    programs::TcContext,
+};
+use cni_ebpf_common::{Direction, DropReason, Endpoint, IpKey, Verdict};
+
+use crate::{
+    counters::{count_drop, count_verdict},
+    headers::{
+        ARP_HTYPE_ETHERNET, ARP_REPLY, ARP_REQUEST, ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
+        ArpEthIpv4, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, pull_headers,
+    },
+    maps::ENDPOINTS,
+};
+
+/// Ethernet + the longest L3 header we read.
+const HEADERS_LEN: u32 = (ETH_LEN + core::mem::size_of::<Ipv6Hdr>()) as u32;
+
+#[classifier]
+pub fn from_pod(ctx: TcContext) -> i32 {
+    match try_from_pod(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            count_drop(reason, Direction::FromPod, ctx.len());
+            TC_ACT_SHOT
+        }
+    }
+}
+
+fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
+    pull_headers(ctx, HEADERS_LEN);
+    let eth: *mut EthHdr = header(ctx, 0).ok_or(DropReason::Malformed)?;
+    // SAFETY: bounds-checked above.
+    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    match ether_type {
+        ETH_P_IP => ipv4(ctx, eth),
+        ETH_P_ARP => arp(ctx, eth),
+        ETH_P_IPV6 => ipv6(ctx),
+        _ => Err(DropReason::UnsupportedL3),
+    }
+}
+
+/// The endpoint that owns `addr`, if the packet really comes from it: the
+/// address must be one of this interface's and the MAC the pod's own.
+#[inline(always)]
+fn sender(ctx: &TcContext, addr: IpKey, mac: &[u8; 6], spoofed: DropReason) -> Result<Endpoint, DropReason> {
+    // SAFETY: the value is copied out at once; entries are only replaced whole.
+    let endpoint = *unsafe { ENDPOINTS.get(&addr) }.ok_or(match spoofed {
+        DropReason::SpoofedArp => DropReason::SpoofedArp,
+        _ => DropReason::UnknownSource,
+    })?;
+    // SAFETY: the context pointer is valid for the whole program run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if endpoint.ifindex != ifindex {
+        return Err(spoofed);
+    }
+    if endpoint.pod_mac != *mac {
+        return Err(match spoofed {
+            DropReason::SpoofedArp => DropReason::SpoofedArp,
+            _ => DropReason::SpoofedMac,
+        });
+    }
+    Ok(endpoint)
+}
+
+fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
+    let ip: *mut Ipv4Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
+    // SAFETY: `eth` and `ip` are bounds-checked.
+    let (src, dst, ttl, eth_src) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).ttl, (*eth).src) };
+    sender(ctx, IpKey::v4(src), &eth_src, DropReason::SpoofedSource)?;
+
+    // SAFETY: copied out at once.
+    let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(dst)) }).copied() else {
+        count_verdict(Verdict::ToStack, ctx.len());
+        return Ok(TC_ACT_OK);
+    };
+    if ttl <= 1 {
+        // The stack answers with ICMP time exceeded.
+        count_verdict(Verdict::ToStack, ctx.len());
+        return Ok(TC_ACT_OK);
+    }
+    ipv4_decrease_ttl(ip);
+    // SAFETY: bounds-checked; nothing above changed the packet's length.
+    unsafe {
+        (*eth).dst = target.pod_mac;
+        (*eth).src = target.host_mac;
+    }
+    deliver_to_pod(ctx, &target)
+}
+
+/// Into the pod behind `target`'s host veth, skipping the host veth itself.
+#[inline(always)]
+fn deliver_to_pod(ctx: &TcContext, target: &Endpoint) -> Result<i32, DropReason> {
+    // SAFETY: plain helper call.
+    let action = unsafe { bpf_redirect_peer(target.ifindex, 0) } as i32;
+    if action != TC_ACT_REDIRECT {
+        return Err(DropReason::RedirectFailed);
+    }
+    count_verdict(Verdict::LocalDelivery, ctx.len());
+    Ok(action)
+}
+
+/// Answers the pod's ARP requests with the host veth's MAC: the node routes
+/// every packet of the pod, so it is the next hop for any address the pod asks
+/// about. Other ARP (replies to the node's own requests) goes to the stack.
+fn arp(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
+    let arp: *mut ArpEthIpv4 = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
+    // SAFETY: bounds-checked.
+    let (htype, ptype, hlen, plen, op, sha, spa, tpa, eth_src) = unsafe {
+        (
+            u16::from_be((*arp).htype),
+            u16::from_be((*arp).ptype),
+            (*arp).hlen,
+            (*arp).plen,
+            u16::from_be((*arp).op),
+            (*arp).sha,
+            (*arp).spa,
+            (*arp).tpa,
+            (*eth).src,
+        )
+    };
+    if htype != ARP_HTYPE_ETHERNET || ptype != ETH_P_IP || hlen != 6 || plen != 4 {
+        return Err(DropReason::Malformed);
+    }
+    if sha != eth_src {
+        return Err(DropReason::SpoofedArp);
+    }
+    let endpoint = sender(ctx, IpKey::v4(spa), &sha, DropReason::SpoofedArp)?;
+    if op != ARP_REQUEST || tpa == spa {
+        count_verdict(Verdict::ToStack, ctx.len());
+        return Ok(TC_ACT_OK);
+    }
+    // SAFETY: bounds-checked; the reply is built in place, same length.
+    unsafe {
+        (*eth).dst = sha;
+        (*eth).src = endpoint.host_mac;
+        (*arp).op = ARP_REPLY.to_be();
+        (*arp).tha = sha;
+        (*arp).tpa = spa;
+        (*arp).sha = endpoint.host_mac;
+        (*arp).spa = tpa;
+    }
+    count_verdict(Verdict::ArpReply, ctx.len());
+    // Back out of the same veth: its egress is the pod's ingress.
+    // SAFETY: plain helper call.
+    Ok(unsafe { bpf_redirect(endpoint.ifindex, 0) } as i32)
+}
+
+/// IPv6 forwarding is not built yet: link-local traffic (neighbour and router
+/// discovery) may reach the node, anything else is dropped and counted.
+fn ipv6(ctx: &TcContext) -> Result<i32, DropReason> {
+    let ip: *mut Ipv6Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
+    // SAFETY: bounds-checked.
+    let src = unsafe { (*ip).saddr };
+    let link_local = src[0] == 0xfe && (src[1] & 0xc0) == 0x80;
+    if !link_local {
+        return Err(DropReason::UnsupportedL3);
+    }
+    count_verdict(Verdict::ToStack, ctx.len());
+    Ok(TC_ACT_OK)
+}

@@ -1,0 +1,100 @@
+//! The few packet headers the datapath reads and writes, with bounds-checked
+//! access. Written here rather than taken from a crate so that the layout the
+//! verifier sees is exactly the wire layout, with no version churn.
+
+use aya_ebpf::programs::TcContext;
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+
+pub const ARP_REQUEST: u16 = 1;
+pub const ARP_REPLY: u16 = 2;
+pub const ARP_HTYPE_ETHERNET: u16 = 1;
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    /// Network order.
+    pub ether_type: u16,
+}
+
+pub const ETH_LEN: usize = core::mem::size_of::<EthHdr>();
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: u16,
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+}
+
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub version_class_flow: [u8; 4],
+    pub payload_len: u16,
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// ARP for IPv4 over Ethernet; multi-byte fields in network order.
+#[repr(C)]
+pub struct ArpEthIpv4 {
+    pub htype: u16,
+    pub ptype: u16,
+    pub hlen: u8,
+    pub plen: u8,
+    pub op: u16,
+    pub sha: [u8; 6],
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<EthHdr>() == 14);
+const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == 20);
+const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == 40);
+const _: () = assert!(core::mem::size_of::<ArpEthIpv4>() == 28);
+
+/// A pointer to a `T` at `offset` in the linear packet data, if it fits.
+#[inline(always)]
+pub fn header<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// Make sure the first `len` bytes are in the linear area (or the packet is
+/// shorter than that), so that direct access sees the whole header chain.
+#[inline(always)]
+pub fn pull_headers(ctx: &TcContext, len: u32) {
+    if ctx.data() + len as usize > ctx.data_end() {
+        let want = if ctx.len() < len { ctx.len() } else { len };
+        let _ = ctx.pull_data(want);
+    }
+}
+
+/// Decrement the TTL and patch the checksum incrementally (RFC 1624), as the
+/// kernel's `ip_decrease_ttl` does.
+#[inline(always)]
+pub fn ipv4_decrease_ttl(ip: *mut Ipv4Hdr) {
+    // SAFETY: `ip` was bounds-checked by `header`.
+    unsafe {
+        let mut check = u32::from((*ip).check);
+        check += u32::from(0x0100u16.to_be());
+        (*ip).check = (check + u32::from(check >= 0xffff)) as u16;
+        (*ip).ttl -= 1;
+    }
+}

@@ -1,0 +1,137 @@
+//! Attaching the from-pod program to a pod's host-side veth: a tcx link
+//! pinned per endpoint (kernel >= 6.6), or a clsact filter where tcx is not
+//! available. The filter and the link both die with the device; the link's
+//! pin is removed by [`detach_from_pod`].
+
+use std::{io, mem, path::PathBuf};
+
+use aya::programs::{
+    LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+    links::FdLink,
+    tc::{self, NlOptions, TcAttachOptions},
+};
+use cni_ebpf_common::program_names::FROM_POD;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    datapath::Datapath,
+    error::{DatapathError, Result},
+    paths::BpffsLayout,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    Tcx,
+    Clsact,
+}
+
+/// How the from-pod program sits on one host veth.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub mode: AttachMode,
+    /// The pinned tcx link, when `mode` is tcx.
+    pub link_pin: Option<PathBuf>,
+}
+
+fn program_error(source: ProgramError) -> DatapathError {
+    DatapathError::Program {
+        name: FROM_POD,
+        source,
+    }
+}
+
+/// Attaches `from_pod` to tc ingress of `host_ifname`. `mode` forces one
+/// mechanism; `None` tries tcx first and falls back to clsact.
+pub fn attach_from_pod(
+    datapath: &mut Datapath,
+    host_ifname: &str,
+    mode: Option<AttachMode>,
+) -> Result<Attachment> {
+    if mode != Some(AttachMode::Clsact) {
+        match attach_tcx(datapath, host_ifname) {
+            Ok(attachment) => return Ok(attachment),
+            Err(e) if mode == Some(AttachMode::Tcx) => return Err(e),
+            Err(e) => log::debug!("tcx attach to {host_ifname} failed ({e}); using clsact"),
+        }
+    }
+    attach_clsact(datapath.from_pod(), host_ifname)
+}
+
+fn attach_tcx(datapath: &mut Datapath, host_ifname: &str) -> Result<Attachment> {
+    let pin = datapath.layout().endpoint_link(host_ifname);
+    // A pin left by a crashed run for an interface of the same name.
+    remove_pin(&pin)?;
+    let program = datapath.from_pod();
+    let id = program
+        .attach_with_options(
+            host_ifname,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(program_error)?;
+    let link = program.take_link(id).map_err(program_error)?;
+    let link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+        path: pin.clone(),
+        source,
+    })?;
+    link.pin(&pin).map_err(|source| DatapathError::Pin {
+        path: pin.clone(),
+        source,
+    })?;
+    Ok(Attachment {
+        mode: AttachMode::Tcx,
+        link_pin: Some(pin),
+    })
+}
+
+fn attach_clsact(program: &mut SchedClassifier, host_ifname: &str) -> Result<Attachment> {
+    if let Err(e) = tc::qdisc_add_clsact(host_ifname) {
+        let exists = matches!(&e, tc::TcError::NetlinkError(err) if err.raw_os_error() == Some(libc::EEXIST));
+        if !exists {
+            return Err(program_error(ProgramError::from(e)));
+        }
+    }
+    let id = program
+        .attach_with_options(
+            host_ifname,
+            TcAttachType::Ingress,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
+        .map_err(program_error)?;
+    let link = program.take_link(id).map_err(program_error)?;
+    // Dropping the link would detach it; the filter must outlive this process.
+    mem::forget(link);
+    Ok(Attachment {
+        mode: AttachMode::Clsact,
+        link_pin: None,
+    })
+}
+
+/// Removes the endpoint's link pin; the filter or link goes with its device.
+/// Idempotent.
+pub fn detach_from_pod(layout: &BpffsLayout, host_ifname: &str) -> Result<()> {
+    remove_pin(&layout.endpoint_link(host_ifname))
+}
+
+fn remove_pin(pin: &PathBuf) -> Result<()> {
+    match std::fs::remove_file(pin) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DatapathError::io("unpin", pin, e)),
+    }
+}
+
+/// Whether this build's `from_pod` is attached through tcx to ingress of
+/// `host_ifname`. (A clsact filter cannot be told apart here; CHECK of a
+/// clsact endpoint relies on the device and its map entries.)
+pub fn is_attached_tcx(datapath: &Datapath, host_ifname: &str) -> Result<bool> {
+    let id = datapath
+        .from_pod_ref()
+        .info()
+        .map_err(program_error)?
+        .id();
+    let (_, programs) =
+        SchedClassifier::query_tcx(host_ifname, TcAttachType::Ingress).map_err(program_error)?;
+    Ok(programs.iter().any(|p| p.id() == id))
+}

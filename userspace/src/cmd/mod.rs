@@ -1,0 +1,11 @@
+pub mod drops;
+pub mod endpoints;
+pub mod load;
+pub mod stats;
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

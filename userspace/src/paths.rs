@@ -1,0 +1,93 @@
+//! Every path under the bpffs root. Nothing else in the project builds
+//! bpffs path strings.
+//!
+//! ```text
+//! <root>/maps/<MAP>                 maps, pinned by name, shared by every build
+//! <root>/programs/<build-id>/<prog> programs of one build of the eBPF object
+//! <root>/links/<host-ifname>        the tcx link of one endpoint
+//! ```
+
+use std::{
+    fs::File,
+    io,
+    path::{Path, PathBuf},
+};
+
+use nix::{
+    fcntl::{Flock, FlockArg},
+    sys::statfs::statfs,
+};
+
+use crate::error::{DatapathError, Result};
+
+/// `BPF_FS_MAGIC` from `linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BpffsLayout {
+    root: PathBuf,
+}
+
+impl BpffsLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    pub fn programs_dir(&self, build_id: &str) -> PathBuf {
+        self.root.join("programs").join(build_id)
+    }
+
+    pub fn program(&self, build_id: &str, name: &str) -> PathBuf {
+        self.programs_dir(build_id).join(name)
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn endpoint_link(&self, host_ifname: &str) -> PathBuf {
+        self.links_dir().join(host_ifname)
+    }
+
+    /// Checks that the root lives on a bpffs and creates its directories.
+    pub fn ensure_dirs(&self, build_id: &str) -> Result<()> {
+        let existing = self
+            .root
+            .ancestors()
+            .find(|p| p.exists())
+            .unwrap_or(Path::new("/"));
+        let on_bpffs = statfs(existing)
+            .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+            .unwrap_or(false);
+        if !on_bpffs {
+            return Err(DatapathError::NoBpffs {
+                path: existing.to_path_buf(),
+            });
+        }
+        for dir in [self.maps_dir(), self.programs_dir(build_id), self.links_dir()] {
+            std::fs::create_dir_all(&dir).map_err(|e| DatapathError::io("mkdir", &dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// An exclusive lock on the root: serialises loading and pinning between
+    /// plugin processes that start at the same moment.
+    pub fn lock(&self) -> Result<Flock<File>> {
+        let dir = File::open(&self.root).map_err(|e| DatapathError::io("open", &self.root, e))?;
+        Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, errno)| {
+            DatapathError::io("flock", &self.root, io::Error::from(errno))
+        })
+    }
+}
