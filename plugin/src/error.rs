@@ -24,6 +24,8 @@ pub mod code {
     pub const ADDRESS_EXHAUSTED: u32 = 110;
     /// The interface or address the request names is already in use.
     pub const ALREADY_EXISTS: u32 = 111;
+    /// CHECK found the attachment different from what ADD made.
+    pub const CHECK_FAILED: u32 = 112;
     pub const INTERNAL: u32 = 999;
 }
 

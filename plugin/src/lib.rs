@@ -2,5 +2,11 @@
 //! work of ADD, DEL and CHECK. The binary in `main.rs` only dispatches.
 
 pub mod cni;
+pub mod commands;
 pub mod error;
 pub mod ipam;
+pub mod logging;
+pub mod names;
+pub mod netlink;
+pub mod netns;
+pub mod state;

@@ -1,0 +1,314 @@
+//! ADD: address, veth pair, pod and host routes, attachment, endpoint entry,
+//! state record, result. A failure part way undoes every step taken.
+
+use std::net::IpAddr;
+
+use cni_ebpf_common::Endpoint;
+use cni_ebpf_userspace::{
+    AttachMode, EndpointMap,
+    attach::{attach_from_pod, detach_from_pod},
+};
+use ipnet::IpNet;
+
+use super::{datapath_error, host_local, open_datapath, runtime};
+use crate::{
+    cni::{CniEnv, CniOutput, Interface, IpConfig, NetConf, Route, format_mac},
+    error::{CniError, CniResult},
+    ipam::{self, Allocation, HostLocalConfig},
+    names,
+    netlink::{Netlink, VethEnd},
+    netns::NetNs,
+    state::{AttachmentRecord, StateDir},
+};
+
+const DEFAULT_MTU: u32 = 1500;
+
+/// What ADD has done so far, for undoing it.
+#[derive(Default)]
+struct Progress {
+    allocated: bool,
+    host_ifname: Option<String>,
+    link_pinned: bool,
+    endpoint_ips: Vec<IpAddr>,
+}
+
+pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
+    let container_id = env.require_container_id()?;
+    let ifname = env.require_ifname()?;
+    let pod_ns = NetNs::open(env.require_netns()?)?;
+    let ipam = host_local(conf)?;
+    let attach_mode = attach_mode(conf)?;
+    let mut datapath = open_datapath(conf)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let node = Netlink::connect()?;
+        let pod = Netlink::connect_in(&pod_ns)?;
+        let mut progress = Progress::default();
+        let request = Request {
+            env,
+            conf,
+            container_id,
+            ifname,
+            pod_ns: &pod_ns,
+            ipam: &ipam,
+            attach_mode,
+        };
+        match add(&request, &node, &pod, &mut datapath, &mut progress).await {
+            Ok(output) => Ok(output),
+            Err(e) => {
+                undo(&request, &node, &progress).await;
+                Err(e)
+            }
+        }
+    })
+}
+
+struct Request<'a> {
+    env: &'a CniEnv,
+    conf: &'a NetConf,
+    container_id: &'a str,
+    ifname: &'a str,
+    pod_ns: &'a NetNs,
+    ipam: &'a HostLocalConfig,
+    attach_mode: Option<AttachMode>,
+}
+
+async fn add(
+    req: &Request<'_>,
+    node: &Netlink,
+    pod: &Netlink,
+    datapath: &mut cni_ebpf_userspace::Datapath,
+    progress: &mut Progress,
+) -> CniResult<CniOutput> {
+    let owner = names::attachment_id(req.container_id, req.ifname);
+    let requested = requested_ips(req);
+    let allocations = ipam::allocate(req.ipam, req.container_id, req.ifname, &requested)?;
+    progress.allocated = true;
+
+    let mtu = req.conf.mtu.unwrap_or(DEFAULT_MTU);
+    let host = VethEnd {
+        name: names::host_ifname(req.container_id, req.ifname),
+        mac: names::random_mac(),
+        mtu,
+    };
+    let pod_end = VethEnd {
+        name: req.ifname.to_string(),
+        mac: requested_mac(req)?.unwrap_or_else(names::random_mac),
+        mtu,
+    };
+    if pod.link(req.ifname).await?.is_some() {
+        return Err(CniError::new(
+            crate::error::code::ALREADY_EXISTS,
+            format!(
+                "CNI_IFNAME {}: an interface of that name already exists in {}",
+                req.ifname,
+                req.pod_ns.path().display()
+            ),
+        ));
+    }
+    node.create_veth(&host, &pod_end, req.pod_ns).await?;
+    progress.host_ifname = Some(host.name.clone());
+    let host_index = existing_link(node, &host.name).await?;
+    let pod_index = existing_link(pod, req.ifname).await?;
+    pod.set_up(pod_index).await?;
+
+    let routes = pod_routes(req.ipam, &allocations);
+    configure_pod(pod, pod_index, &allocations, &routes).await?;
+    for allocation in &allocations {
+        node.add_route(host_route(allocation.address.addr()), None, host_index)
+            .await?;
+    }
+
+    let attachment = attach_from_pod(datapath, &host.name, req.attach_mode)
+        .map_err(|e| datapath_error(&format!("attaching to {}", host.name), e))?;
+    progress.link_pinned = attachment.link_pin.is_some();
+
+    let endpoint = Endpoint {
+        ifindex: host_index,
+        pod_mac: pod_end.mac,
+        host_mac: host.mac,
+        owner,
+        ..Default::default()
+    };
+    let mut endpoints = EndpointMap::open(datapath.layout())
+        .map_err(|e| datapath_error("opening the endpoints map", e))?;
+    for allocation in &allocations {
+        let ip = allocation.address.addr();
+        endpoints
+            .insert(ip, &endpoint)
+            .map_err(|e| datapath_error(&format!("adding endpoint {ip}"), e))?;
+        progress.endpoint_ips.push(ip);
+    }
+
+    StateDir::new(&req.conf.state_dir, &req.conf.name).write(&AttachmentRecord {
+        container_id: req.container_id.to_string(),
+        ifname: req.ifname.to_string(),
+        netns: req.pod_ns.path().to_path_buf(),
+        host_ifname: host.name.clone(),
+        host_ifindex: host_index,
+        host_mac: format_mac(host.mac),
+        pod_mac: format_mac(pod_end.mac),
+        ips: allocations.iter().map(|a| a.address).collect(),
+        owner,
+        attachment,
+    })?;
+
+    Ok(CniOutput {
+        interfaces: vec![
+            Interface {
+                name: host.name,
+                mac: Some(format_mac(host.mac)),
+                mtu: None,
+                sandbox: None,
+            },
+            Interface {
+                name: req.ifname.to_string(),
+                mac: Some(format_mac(pod_end.mac)),
+                mtu: None,
+                sandbox: Some(req.pod_ns.path().display().to_string()),
+            },
+        ],
+        ips: allocations
+            .iter()
+            .map(|a| IpConfig {
+                address: a.address,
+                gateway: a.gateway,
+                interface: Some(1),
+            })
+            .collect(),
+        routes,
+        dns: result_dns(req.ipam)?,
+    })
+}
+
+fn result_dns(ipam: &HostLocalConfig) -> CniResult<crate::cni::Dns> {
+    Ok(ipam
+        .dns()?
+        .map(|d| crate::cni::Dns {
+            nameservers: d.nameservers,
+            domain: d.domain,
+            search: d.search,
+            options: d.options,
+        })
+        .unwrap_or_default())
+}
+
+async fn existing_link(netlink: &Netlink, name: &str) -> CniResult<u32> {
+    netlink
+        .link(name)
+        .await?
+        .map(|link| link.index)
+        .ok_or_else(|| CniError::netlink(format!("link {name} vanished after creation"), "ENODEV"))
+}
+
+/// The pod's address(es) without prefix routes, an on-link route to each
+/// gateway, and the routes of the result through the gateway.
+async fn configure_pod(
+    pod: &Netlink,
+    index: u32,
+    allocations: &[Allocation],
+    routes: &[Route],
+) -> CniResult<()> {
+    for allocation in allocations {
+        pod.add_address(index, allocation.address).await?;
+        if let Some(gateway) = allocation.gateway {
+            pod.add_route(host_route(gateway), None, index).await?;
+        }
+    }
+    for route in routes {
+        pod.add_route(route.dst, route.gw, index).await?;
+    }
+    Ok(())
+}
+
+/// The routes of `ipam.routes`, each through its family's gateway unless it
+/// names one, plus a default route per family when the config has none.
+fn pod_routes(ipam: &HostLocalConfig, allocations: &[Allocation]) -> Vec<Route> {
+    let gateway_for = |v4: bool| {
+        allocations
+            .iter()
+            .filter(|a| a.address.addr().is_ipv4() == v4)
+            .find_map(|a| a.gateway)
+    };
+    let mut routes: Vec<Route> = ipam
+        .routes
+        .iter()
+        .map(|r| Route::new(r.dst, r.gw.or_else(|| gateway_for(r.dst.addr().is_ipv4()))))
+        .collect();
+    for v4 in [true, false] {
+        let Some(gateway) = gateway_for(v4) else {
+            continue;
+        };
+        let default = if v4 {
+            IpNet::V4(Default::default())
+        } else {
+            IpNet::V6(Default::default())
+        };
+        if !routes.iter().any(|r| r.dst == default) {
+            routes.push(Route::new(default, Some(gateway)));
+        }
+    }
+    routes
+}
+
+fn host_route(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+fn requested_ips(req: &Request<'_>) -> Vec<IpAddr> {
+    let mut ips = req.env.requested_ips();
+    ips.extend(
+        req.conf
+            .runtime_config
+            .ips
+            .iter()
+            .filter_map(|ip| ip.split('/').next()?.parse::<IpAddr>().ok()),
+    );
+    ips
+}
+
+fn requested_mac(req: &Request<'_>) -> CniResult<Option<[u8; 6]>> {
+    if let Some(mac) = &req.conf.runtime_config.mac {
+        return crate::cni::parse_mac(mac)
+            .map(Some)
+            .ok_or_else(|| CniError::invalid_config(format!("runtimeConfig.mac {mac:?}: not a MAC address")));
+    }
+    Ok(req.env.requested_mac())
+}
+
+fn attach_mode(conf: &NetConf) -> CniResult<Option<AttachMode>> {
+    match conf.raw.get("attachMode").and_then(|v| v.as_str()) {
+        None | Some("auto") => Ok(None),
+        Some("tcx") => Ok(Some(AttachMode::Tcx)),
+        Some("clsact") => Ok(Some(AttachMode::Clsact)),
+        Some(other) => Err(CniError::invalid_config(format!(
+            "attachMode {other:?}: expected \"auto\", \"tcx\" or \"clsact\""
+        ))),
+    }
+}
+
+/// Undoes a failed ADD in reverse order; every step tolerates "not there".
+async fn undo(req: &Request<'_>, node: &Netlink, progress: &Progress) {
+    let owner = names::attachment_id(req.container_id, req.ifname);
+    let layout = cni_ebpf_userspace::BpffsLayout::new(&req.conf.bpffs_root);
+    if !progress.endpoint_ips.is_empty()
+        && let Ok(mut endpoints) = EndpointMap::open(&layout)
+    {
+        for ip in &progress.endpoint_ips {
+            let _ = endpoints.remove_owned(*ip, owner);
+        }
+    }
+    if let Some(host_ifname) = &progress.host_ifname {
+        if progress.link_pinned {
+            let _ = detach_from_pod(&layout, host_ifname);
+        }
+        if let Err(e) = node.delete_link(host_ifname).await {
+            log::warn!("undo: deleting {host_ifname}: {e}");
+        }
+    }
+    if progress.allocated
+        && let Err(e) = ipam::release(req.ipam, req.container_id, req.ifname)
+    {
+        log::warn!("undo: releasing addresses: {e}");
+    }
+}

@@ -1,0 +1,264 @@
+//! The rtnetlink requests of ADD, DEL and CHECK, over a socket opened in
+//! one namespace (a socket stays in the namespace it was created in, so the
+//! plugin holds one for the node and one for the pod at the same time).
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt as _;
+use ipnet::IpNet;
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressFlags},
+    link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope},
+};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::{
+    error::{CniError, CniResult},
+    netns::NetNs,
+};
+
+/// One end of a veth pair as ADD wants it.
+#[derive(Debug, Clone)]
+pub struct VethEnd {
+    pub name: String,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+/// What CHECK and DEL need to know of an existing link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    pub index: u32,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    pub up: bool,
+}
+
+/// A route as read back from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteState {
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+}
+
+pub struct Netlink {
+    handle: Handle,
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+impl Netlink {
+    /// A socket in the calling thread's namespace; must run inside a tokio
+    /// runtime (the connection is spawned on it).
+    pub fn connect() -> CniResult<Self> {
+        let (connection, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| CniError::netlink("opening a netlink socket", e))?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    /// A socket in `ns`.
+    pub fn connect_in(ns: &NetNs) -> CniResult<Self> {
+        let _inside = ns.enter()?;
+        Self::connect()
+    }
+
+    /// Creates the pair with both ends configured, the `pod` end directly
+    /// inside `pod_ns` (nothing to move afterwards) and the host end up. The
+    /// pod end cannot come up in the same request: the kernel configures the
+    /// peer before the pair is joined (`veth_open` answers ENOTCONN).
+    pub async fn create_veth(&self, host: &VethEnd, pod: &VethEnd, pod_ns: &NetNs) -> CniResult<()> {
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(pod.name.clone())
+            .mtu(pod.mtu)
+            .address(pod.mac.to_vec())
+            .setns_by_fd(pod_ns.raw_fd())
+            .build();
+        let message = LinkVeth::new(&host.name, &pod.name)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .mtu(host.mtu)
+            .address(host.mac.to_vec())
+            .up()
+            .build();
+        self.handle.link().add(message).execute().await.map_err(|e| {
+            if errno(&e) == Some(libc::EEXIST) {
+                CniError::new(
+                    crate::error::code::ALREADY_EXISTS,
+                    format!(
+                        "interface {} (node) or {} (pod) already exists",
+                        host.name, pod.name
+                    ),
+                )
+            } else {
+                CniError::netlink(format!("creating veth {}/{}", host.name, pod.name), e)
+            }
+        })
+    }
+
+    pub async fn set_up(&self, index: u32) -> CniResult<()> {
+        let message = LinkUnspec::new_with_index(index).up().build();
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|e| CniError::netlink(format!("setting link {index} up"), e))
+    }
+
+    pub async fn link(&self, name: &str) -> CniResult<Option<LinkState>> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(Some(message)) => Ok(Some(link_state(&message))),
+            Ok(None) => Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(CniError::netlink(format!("reading link {name}"), e)),
+        }
+    }
+
+    /// Deletes a link by name; false when there was none. Deleting either end
+    /// of a veth deletes the pair.
+    pub async fn delete_link(&self, name: &str) -> CniResult<bool> {
+        let Some(link) = self.link(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(CniError::netlink(format!("deleting link {name}"), e)),
+        }
+    }
+
+    /// Adds `address` without the prefix route: the pod reaches everything,
+    /// its own subnet included, through the gateway.
+    pub async fn add_address(&self, index: u32, address: IpNet) -> CniResult<()> {
+        let mut request = self
+            .handle
+            .address()
+            .add(index, address.addr(), address.prefix_len());
+        request
+            .message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+        request
+            .execute()
+            .await
+            .map_err(|e| CniError::netlink(format!("adding address {address}"), e))
+    }
+
+    pub async fn addresses(&self, index: u32) -> CniResult<Vec<IpNet>> {
+        let messages: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| CniError::netlink("listing addresses", e))?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => IpNet::new(*ip, m.header.prefix_len).ok(),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// Adds a route through `oif`: via `gateway`, or on-link when none.
+    pub async fn add_route(&self, dst: IpNet, gateway: Option<IpAddr>, oif: u32) -> CniResult<()> {
+        let invalid = |e| CniError::invalid_config(format!("route {dst}: {e}"));
+        let mut builder = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .map_err(invalid)?
+            .output_interface(oif);
+        builder = match gateway {
+            Some(gw) => builder.gateway(gw).map_err(invalid)?,
+            None => builder.scope(RouteScope::Link),
+        };
+        self.handle
+            .route()
+            .add(builder.build())
+            .execute()
+            .await
+            .map_err(|e| {
+                let what = match gateway {
+                    Some(gw) => format!("adding route {dst} via {gw}"),
+                    None => format!("adding route {dst}"),
+                };
+                CniError::netlink(what, e)
+            })
+    }
+
+    /// Routes of the main table in `family` (true: IPv4).
+    pub async fn routes(&self, ipv4: bool) -> CniResult<Vec<RouteState>> {
+        let query = if ipv4 {
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
+        };
+        let messages: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| CniError::netlink("listing routes", e))?;
+        Ok(messages.iter().filter_map(route_state).collect())
+    }
+}
+
+fn link_state(message: &LinkMessage) -> LinkState {
+    let mut state = LinkState {
+        index: message.header.index,
+        mac: None,
+        mtu: None,
+        up: message.header.flags.contains(LinkFlags::Up),
+    };
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::Address(bytes) => state.mac = bytes.as_slice().try_into().ok(),
+            LinkAttribute::Mtu(mtu) => state.mtu = Some(*mtu),
+            _ => {}
+        }
+    }
+    state
+}
+
+fn route_address(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn route_state(message: &RouteMessage) -> Option<RouteState> {
+    let prefix = message.header.destination_prefix_length;
+    let mut dst = None;
+    let mut gateway = None;
+    let mut oif = None;
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Destination(a) => dst = route_address(a),
+            RouteAttribute::Gateway(a) => gateway = route_address(a),
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            _ => {}
+        }
+    }
+    let unspecified = match message.header.address_family {
+        netlink_packet_route::AddressFamily::Inet6 => IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+        _ => IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
+    };
+    let dst = IpNet::new(dst.unwrap_or(unspecified), prefix).ok()?;
+    Some(RouteState { dst, gateway, oif })
+}

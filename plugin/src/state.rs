@@ -1,0 +1,98 @@
+//! Attachment records: one small JSON file per (container ID, interface)
+//! under `<stateDir>/<network>/`, written by ADD and read by DEL, CHECK and
+//! GC, so that cleanup never depends on the pod's namespace still existing.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CniError, CniResult};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentRecord {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: PathBuf,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub host_mac: String,
+    pub pod_mac: String,
+    pub ips: Vec<IpNet>,
+    pub owner: u64,
+    pub attachment: cni_ebpf_userspace::Attachment,
+}
+
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(state_dir: &Path, network: &str) -> Self {
+        Self {
+            dir: state_dir.join(network),
+        }
+    }
+
+    fn path(&self, container_id: &str, ifname: &str) -> PathBuf {
+        self.dir.join(format!("{container_id}-{ifname}.json"))
+    }
+
+    /// Written to a temporary name and renamed, so a reader never sees half.
+    pub fn write(&self, record: &AttachmentRecord) -> CniResult<()> {
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| CniError::io(format!("creating {}", self.dir.display()), e))?;
+        let path = self.path(&record.container_id, &record.ifname);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(record)
+            .map_err(|e| CniError::new(crate::error::code::INTERNAL, "encoding state").with_details(e))?;
+        fs::write(&tmp, bytes)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|e| CniError::io(format!("writing {}", path.display()), e))
+    }
+
+    pub fn read(&self, container_id: &str, ifname: &str) -> CniResult<Option<AttachmentRecord>> {
+        let path = self.path(container_id, ifname);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                CniError::io(format!("reading {}", path.display()), e)
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CniError::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    /// Idempotent.
+    pub fn remove(&self, container_id: &str, ifname: &str) -> CniResult<()> {
+        let path = self.path(container_id, ifname);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CniError::io(format!("removing {}", path.display()), e)),
+        }
+    }
+
+    /// Every record of the network (for GC and the agent).
+    pub fn list(&self) -> CniResult<Vec<AttachmentRecord>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(CniError::io(format!("listing {}", self.dir.display()), e)),
+        };
+        let mut records = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json")
+                && let Ok(bytes) = fs::read(&path)
+                && let Ok(record) = serde_json::from_slice(&bytes)
+            {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+}
