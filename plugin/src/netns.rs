@@ -30,7 +30,7 @@ impl NetNs {
             .with_details(e)
         })?;
         let on_nsfs = fstatfs(file.as_fd())
-            .map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+            .map(|s| s.filesystem_type().0 == NSFS_MAGIC)
             .unwrap_or(false);
         if !on_nsfs {
             return Err(CniError::invalid_env(format!(

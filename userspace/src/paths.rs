@@ -69,7 +69,7 @@ impl BpffsLayout {
             .find(|p| p.exists())
             .unwrap_or(Path::new("/"));
         let on_bpffs = statfs(existing)
-            .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+            .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
             .unwrap_or(false);
         if !on_bpffs {
             return Err(DatapathError::NoBpffs {
