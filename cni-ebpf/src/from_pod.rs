@@ -153,14 +153,16 @@ fn arp(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     Ok(unsafe { bpf_redirect(endpoint.ifindex, 0) } as i32)
 }
 
-/// IPv6 forwarding is not built yet: link-local traffic (neighbour and router
-/// discovery) may reach the node, anything else is dropped and counted.
+/// IPv6 forwarding is not built yet: link-local control traffic (neighbour
+/// and router discovery, and DAD/MLD sent from `::`) may reach the node,
+/// anything else is dropped and counted.
 fn ipv6(ctx: &TcContext) -> Result<i32, DropReason> {
     let ip: *mut Ipv6Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
     // SAFETY: bounds-checked.
     let src = unsafe { (*ip).saddr };
     let link_local = src[0] == 0xfe && (src[1] & 0xc0) == 0x80;
-    if !link_local {
+    let unspecified = src == [0u8; 16];
+    if !link_local && !unspecified {
         return Err(DropReason::UnsupportedL3);
     }
     count_verdict(Verdict::ToStack, ctx.len());

@@ -109,5 +109,26 @@ fn load_and_pin(layout: &BpffsLayout) -> Result<()> {
     program
         .pin(&path)
         .map_err(|source| DatapathError::Pin { path, source })?;
+    remove_other_builds(layout);
     Ok(())
+}
+
+/// Unpins the programs of earlier builds. Endpoints attached to them keep
+/// running them (a link holds its program) until they are re-attached.
+fn remove_other_builds(layout: &BpffsLayout) {
+    let current = layout.programs_dir(BUILD_ID);
+    let Some(programs) = current.parent() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(programs) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if dir != current
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            log::warn!("unpinning old programs {}: {e}", dir.display());
+        }
+    }
 }

@@ -1,0 +1,36 @@
+//! `cargo xtask bench`: release build, then the benchmark driver.
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::{
+    build::{self, Profile},
+    exec::Context,
+    setup,
+};
+
+const BENCH: &str = "cni-ebpf-bench";
+
+#[derive(Args)]
+pub struct Options {
+    /// Fewer rounds and shorter runs: a smoke test, not a measurement.
+    #[arg(long)]
+    quick: bool,
+    /// Run only this scenario.
+    #[arg(long, value_name = "NAME")]
+    scenario: Option<String>,
+}
+
+pub fn run(ctx: &Context, options: &Options) -> Result<()> {
+    setup::run(ctx)?;
+    let bin_dir = build::workspace(ctx, Profile::Release)?;
+    let mut bench = std::process::Command::new(bin_dir.join(BENCH));
+    if options.quick {
+        bench.arg("--quick");
+    }
+    if let Some(scenario) = &options.scenario {
+        bench.args(["--scenario", scenario]);
+    }
+    bench.env("CNI_EBPF_BIN_DIR", &bin_dir);
+    ctx.exec("bench", &mut bench)
+}
