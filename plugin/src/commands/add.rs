@@ -182,15 +182,7 @@ async fn add(
 }
 
 fn result_dns(ipam: &HostLocalConfig) -> CniResult<crate::cni::Dns> {
-    Ok(ipam
-        .dns()?
-        .map(|d| crate::cni::Dns {
-            nameservers: d.nameservers,
-            domain: d.domain,
-            search: d.search,
-            options: d.options,
-        })
-        .unwrap_or_default())
+    Ok(ipam.dns()?.unwrap_or_default())
 }
 
 async fn existing_link(netlink: &Netlink, name: &str) -> CniResult<u32> {

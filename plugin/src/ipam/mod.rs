@@ -1,0 +1,20 @@
+//! IPAM served in-process.
+//!
+//! `"ipam": {"type": "host-local", ...}` is handled here rather than by
+//! executing the reference binary: same config, same files under
+//! `<dataDir>/<network>/`, same flock, so the reference `host-local` and this
+//! code can share one data directory without double allocation.
+
+pub mod config;
+pub mod dns;
+pub mod host_local;
+pub mod range;
+pub mod store;
+
+#[cfg(test)]
+mod interop_tests;
+
+pub use config::{DEFAULT_DATA_DIR, HostLocalConfig, RouteConf};
+pub use host_local::{Allocation, allocate, held_by, release, reservations};
+pub use range::{AddressRange, RangeSet};
+pub use store::{Reservation, Store};
