@@ -10,6 +10,7 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags},
     link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope},
+    tc::{TcAttribute, TcFilterBpfOption, TcMessage, TcOption},
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -196,6 +197,33 @@ impl Netlink {
                 };
                 CniError::netlink(what, e)
             })
+    }
+
+    /// Names of the BPF programs in the filters on the clsact ingress hook
+    /// of link `index`.
+    pub async fn ingress_bpf_programs(&self, index: u32) -> CniResult<Vec<String>> {
+        let messages: Vec<TcMessage> = self
+            .handle
+            .traffic_filter(index as i32)
+            .get()
+            .ingress()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| CniError::netlink(format!("listing ingress filters of link {index}"), e))?;
+        Ok(messages
+            .iter()
+            .flat_map(|m| &m.attributes)
+            .filter_map(|a| match a {
+                TcAttribute::Options(options) => Some(options),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|o| match o {
+                TcOption::Bpf(TcFilterBpfOption::ProgName(name)) => Some(name.clone()),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Routes of the main table in `family` (true: IPv4).

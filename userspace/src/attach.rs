@@ -1,7 +1,14 @@
-//! Attaching the from-pod program to a pod's host-side veth: a tcx link
-//! pinned per endpoint (kernel >= 6.6), or a clsact filter where tcx is not
-//! available. The filter and the link both die with the device; the link's
-//! pin is removed by [`detach_from_pod`].
+//! Attaching the from-pod program to a pod's host-side veth: a clsact
+//! filter, or a tcx link pinned per endpoint (kernel >= 6.6). The filter and
+//! the link both die with the device; the link's pin is removed by
+//! [`detach_from_pod`].
+//!
+//! clsact is the default: creating a tcx link waits for a full RCU grace
+//! period (`tcx_entry_sync`), and so does its teardown, while the first
+//! clsact filter on a device needs only an expedited one. Measured on this
+//! kernel (6.18, HZ=250): ADD 7.1 ms with clsact against 14.0 ms with tcx,
+//! DEL 26.7 ms against 42.7 ms (medians of 19, interleaved). Both replace a
+//! program atomically, so upgrades lose no traffic either way.
 
 use std::{io, mem, path::PathBuf};
 
@@ -41,21 +48,16 @@ fn program_error(source: ProgramError) -> DatapathError {
     }
 }
 
-/// Attaches `from_pod` to tc ingress of `host_ifname`. `mode` forces one
-/// mechanism; `None` tries tcx first and falls back to clsact.
+/// Attaches `from_pod` to tc ingress of `host_ifname`.
 pub fn attach_from_pod(
     datapath: &mut Datapath,
     host_ifname: &str,
-    mode: Option<AttachMode>,
+    mode: AttachMode,
 ) -> Result<Attachment> {
-    if mode != Some(AttachMode::Clsact) {
-        match attach_tcx(datapath, host_ifname) {
-            Ok(attachment) => return Ok(attachment),
-            Err(e) if mode == Some(AttachMode::Tcx) => return Err(e),
-            Err(e) => log::debug!("tcx attach to {host_ifname} failed ({e}); using clsact"),
-        }
+    match mode {
+        AttachMode::Clsact => attach_clsact(datapath.from_pod(), host_ifname),
+        AttachMode::Tcx => attach_tcx(datapath, host_ifname),
     }
-    attach_clsact(datapath.from_pod(), host_ifname)
 }
 
 fn attach_tcx(datapath: &mut Datapath, host_ifname: &str) -> Result<Attachment> {
@@ -122,16 +124,11 @@ fn remove_pin(pin: &PathBuf) -> Result<()> {
     }
 }
 
-/// Whether this build's `from_pod` is attached through tcx to ingress of
-/// `host_ifname`. (A clsact filter cannot be told apart here; CHECK of a
-/// clsact endpoint relies on the device and its map entries.)
-pub fn is_attached_tcx(datapath: &Datapath, host_ifname: &str) -> Result<bool> {
-    let id = datapath
-        .from_pod_ref()
-        .info()
-        .map_err(program_error)?
-        .id();
+/// Whether `from_pod` (of any build: upgrades keep running endpoints on the
+/// program they have until re-attached) is attached through tcx to ingress of
+/// `host_ifname`.
+pub fn is_attached_tcx(host_ifname: &str) -> Result<bool> {
     let (_, programs) =
         SchedClassifier::query_tcx(host_ifname, TcAttachType::Ingress).map_err(program_error)?;
-    Ok(programs.iter().any(|p| p.id() == id))
+    Ok(programs.iter().any(|p| p.name_as_str() == Some(FROM_POD)))
 }

@@ -70,7 +70,7 @@ struct Request<'a> {
     ifname: &'a str,
     pod_ns: &'a NetNs,
     ipam: &'a HostLocalConfig,
-    attach_mode: Option<AttachMode>,
+    attach_mode: AttachMode,
 }
 
 async fn add(
@@ -268,11 +268,11 @@ fn requested_mac(req: &Request<'_>) -> CniResult<Option<[u8; 6]>> {
     Ok(req.env.requested_mac())
 }
 
-fn attach_mode(conf: &NetConf) -> CniResult<Option<AttachMode>> {
+/// `auto` is clsact: see `cni_ebpf_userspace::attach` for the measurement.
+fn attach_mode(conf: &NetConf) -> CniResult<AttachMode> {
     match conf.raw.get("attachMode").and_then(|v| v.as_str()) {
-        None | Some("auto") => Ok(None),
-        Some("tcx") => Ok(Some(AttachMode::Tcx)),
-        Some("clsact") => Ok(Some(AttachMode::Clsact)),
+        None | Some("auto" | "clsact") => Ok(AttachMode::Clsact),
+        Some("tcx") => Ok(AttachMode::Tcx),
         Some(other) => Err(CniError::invalid_config(format!(
             "attachMode {other:?}: expected \"auto\", \"tcx\" or \"clsact\""
         ))),

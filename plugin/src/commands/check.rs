@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use cni_ebpf_common::program_names::FROM_POD;
 use cni_ebpf_userspace::{AttachMode, EndpointMap, attach::is_attached_tcx};
 
 use super::{datapath_error, host_local, open_datapath, runtime};
@@ -60,19 +61,31 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         let node = Netlink::connect()?;
         let pod = Netlink::connect_in(&pod_ns)?;
         check_links(&node, &pod, &record).await?;
+        check_attached(&node, &record).await?;
         check_pod_config(&pod, &record, &prev).await
     })?;
 
-    if record.attachment.mode == AttachMode::Tcx
-        && !is_attached_tcx(&datapath, &record.host_ifname)
-            .map_err(|e| datapath_error("querying tcx", e))?
-    {
-        return Err(failed(format!(
+    Ok(())
+}
+
+async fn check_attached(node: &Netlink, record: &AttachmentRecord) -> CniResult<()> {
+    let attached = match record.attachment.mode {
+        AttachMode::Tcx => is_attached_tcx(&record.host_ifname)
+            .map_err(|e| datapath_error("querying tcx", e))?,
+        AttachMode::Clsact => node
+            .ingress_bpf_programs(record.host_ifindex)
+            .await?
+            .iter()
+            .any(|name| name == FROM_POD),
+    };
+    if attached {
+        Ok(())
+    } else {
+        Err(failed(format!(
             "the from-pod program is not attached to {}",
             record.host_ifname
-        )));
+        )))
     }
-    Ok(())
 }
 
 fn check_result_matches(prev: &CniOutput, record: &AttachmentRecord) -> CniResult<()> {
