@@ -7,7 +7,7 @@ use std::io::{Read as _, Write as _};
 use cni_ebpf_plugin::{
     cni::{self, CniEnv, Command, NetConf},
     commands,
-    error::{CniError, code},
+    error::CniError,
     logging,
 };
 use serde_json::Value;
@@ -37,7 +37,10 @@ fn run() -> (Result<Option<Value>, CniError>, String) {
     let mut stdin = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
         return (
-            Err(CniError::io("reading the network configuration from stdin", e)),
+            Err(CniError::io(
+                "reading the network configuration from stdin",
+                e,
+            )),
             cni::version::CURRENT_VERSION.to_string(),
         );
     }
@@ -66,11 +69,13 @@ fn dispatch(env: &CniEnv, conf: &NetConf) -> Result<Option<Value>, CniError> {
     env.command.ensure_allowed_in(&conf.cni_version)?;
     env.check_required()?;
     match env.command {
-        Command::Add => commands::add::run(env, conf).map(|out| Some(out.to_json(&conf.cni_version))),
+        Command::Add => {
+            commands::add::run(env, conf).map(|out| Some(out.to_json(&conf.cni_version)))
+        }
         Command::Del => commands::del::run(env, conf).map(|()| None),
         Command::Check => commands::check::run(env, conf).map(|()| None),
-        Command::Status => commands::status::run(conf).map(|()| None),
-        Command::Gc => Err(CniError::new(code::UNSUPPORTED_FIELD, "GC is not supported yet")),
+        Command::Status => commands::status::run(env, conf).map(|()| None),
+        Command::Gc => commands::gc::run(env, conf).map(|()| None),
         Command::Version => unreachable!("handled before the config is parsed"),
     }
 }

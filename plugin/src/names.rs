@@ -27,9 +27,8 @@ pub fn random_mac() -> [u8; 6] {
     if n != 6 {
         // getrandom(2) does not fail for 6 bytes once the pool is ready;
         // fall back on time and pid rather than abort an ADD.
-        let seed = fnv1a64(
-            format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes(),
-        );
+        let seed =
+            fnv1a64(format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes());
         mac.copy_from_slice(&seed.to_le_bytes()[..6]);
     }
     mac[0] = (mac[0] & 0xfe) | 0x02;

@@ -75,7 +75,12 @@ impl Netlink {
     /// inside `pod_ns` (nothing to move afterwards) and the host end up. The
     /// pod end cannot come up in the same request: the kernel configures the
     /// peer before the pair is joined (`veth_open` answers ENOTCONN).
-    pub async fn create_veth(&self, host: &VethEnd, pod: &VethEnd, pod_ns: &NetNs) -> CniResult<()> {
+    pub async fn create_veth(
+        &self,
+        host: &VethEnd,
+        pod: &VethEnd,
+        pod_ns: &NetNs,
+    ) -> CniResult<()> {
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(pod.name.clone())
             .mtu(pod.mtu)
@@ -88,19 +93,24 @@ impl Netlink {
             .address(host.mac.to_vec())
             .up()
             .build();
-        self.handle.link().add(message).execute().await.map_err(|e| {
-            if errno(&e) == Some(libc::EEXIST) {
-                CniError::new(
-                    crate::error::code::ALREADY_EXISTS,
-                    format!(
-                        "interface {} (node) or {} (pod) already exists",
-                        host.name, pod.name
-                    ),
-                )
-            } else {
-                CniError::netlink(format!("creating veth {}/{}", host.name, pod.name), e)
-            }
-        })
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|e| {
+                if errno(&e) == Some(libc::EEXIST) {
+                    CniError::new(
+                        crate::error::code::ALREADY_EXISTS,
+                        format!(
+                            "interface {} (node) or {} (pod) already exists",
+                            host.name, pod.name
+                        ),
+                    )
+                } else {
+                    CniError::netlink(format!("creating veth {}/{}", host.name, pod.name), e)
+                }
+            })
     }
 
     pub async fn set_up(&self, index: u32) -> CniResult<()> {
@@ -114,13 +124,38 @@ impl Netlink {
     }
 
     pub async fn link(&self, name: &str) -> CniResult<Option<LinkState>> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(Some(message)) => Ok(Some(link_state(&message))),
             Ok(None) => Ok(None),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(CniError::netlink(format!("reading link {name}"), e)),
         }
+    }
+
+    pub async fn link_names(&self) -> CniResult<Vec<String>> {
+        let messages: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| CniError::netlink("listing links", e))?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(name) => Some(name.clone()),
+                    _ => None,
+                })
+            })
+            .collect())
     }
 
     /// Deletes a link by name; false when there was none. Deleting either end
@@ -210,7 +245,9 @@ impl Netlink {
             .execute()
             .try_collect()
             .await
-            .map_err(|e| CniError::netlink(format!("listing ingress filters of link {index}"), e))?;
+            .map_err(|e| {
+                CniError::netlink(format!("listing ingress filters of link {index}"), e)
+            })?;
         Ok(messages
             .iter()
             .flat_map(|m| &m.attributes)

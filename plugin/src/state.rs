@@ -8,6 +8,7 @@ use std::{
 };
 
 use ipnet::IpNet;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CniError, CniResult};
@@ -28,14 +29,61 @@ pub struct AttachmentRecord {
 }
 
 pub struct StateDir {
+    root: PathBuf,
     dir: PathBuf,
+}
+
+/// Held for the whole of ADD and DEL (shared: they run in parallel) and of GC
+/// (exclusive), so GC never mistakes a half-made attachment for an orphan.
+pub struct StateLock {
+    _lock: Flock<fs::File>,
 }
 
 impl StateDir {
     pub fn new(state_dir: &Path, network: &str) -> Self {
         Self {
+            root: state_dir.to_path_buf(),
             dir: state_dir.join(network),
         }
+    }
+
+    pub fn lock_shared(&self) -> CniResult<StateLock> {
+        self.lock(FlockArg::LockShared)
+    }
+
+    pub fn lock_exclusive(&self) -> CniResult<StateLock> {
+        self.lock(FlockArg::LockExclusive)
+    }
+
+    fn lock(&self, how: FlockArg) -> CniResult<StateLock> {
+        fs::create_dir_all(&self.root)
+            .map_err(|e| CniError::io(format!("creating {}", self.root.display()), e))?;
+        let path = self.root.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| CniError::io(format!("opening {}", path.display()), e))?;
+        let lock = Flock::lock(file, how)
+            .map_err(|(_, errno)| CniError::io(format!("locking {}", path.display()), errno))?;
+        Ok(StateLock { _lock: lock })
+    }
+
+    /// Records of every network under the same state directory.
+    pub fn all_networks(&self) -> CniResult<Vec<AttachmentRecord>> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(CniError::io(format!("listing {}", self.root.display()), e)),
+        };
+        let mut records = Vec::new();
+        for entry in entries.flatten() {
+            if entry.path().is_dir() {
+                records.extend(list_dir(&entry.path())?);
+            }
+        }
+        Ok(records)
     }
 
     fn path(&self, container_id: &str, ifname: &str) -> PathBuf {
@@ -48,8 +96,9 @@ impl StateDir {
             .map_err(|e| CniError::io(format!("creating {}", self.dir.display()), e))?;
         let path = self.path(&record.container_id, &record.ifname);
         let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(record)
-            .map_err(|e| CniError::new(crate::error::code::INTERNAL, "encoding state").with_details(e))?;
+        let bytes = serde_json::to_vec(record).map_err(|e| {
+            CniError::new(crate::error::code::INTERNAL, "encoding state").with_details(e)
+        })?;
         fs::write(&tmp, bytes)
             .and_then(|()| fs::rename(&tmp, &path))
             .map_err(|e| CniError::io(format!("writing {}", path.display()), e))
@@ -58,9 +107,9 @@ impl StateDir {
     pub fn read(&self, container_id: &str, ifname: &str) -> CniResult<Option<AttachmentRecord>> {
         let path = self.path(container_id, ifname);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                CniError::io(format!("reading {}", path.display()), e)
-            }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| CniError::io(format!("reading {}", path.display()), e)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(CniError::io(format!("reading {}", path.display()), e)),
         }
@@ -78,21 +127,25 @@ impl StateDir {
 
     /// Every record of the network (for GC and the agent).
     pub fn list(&self) -> CniResult<Vec<AttachmentRecord>> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(CniError::io(format!("listing {}", self.dir.display()), e)),
-        };
-        let mut records = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "json")
-                && let Ok(bytes) = fs::read(&path)
-                && let Ok(record) = serde_json::from_slice(&bytes)
-            {
-                records.push(record);
-            }
-        }
-        Ok(records)
+        list_dir(&self.dir)
     }
+}
+
+fn list_dir(dir: &Path) -> CniResult<Vec<AttachmentRecord>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(CniError::io(format!("listing {}", dir.display()), e)),
+    };
+    let mut records = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json")
+            && let Ok(bytes) = fs::read(&path)
+            && let Ok(record) = serde_json::from_slice(&bytes)
+        {
+            records.push(record);
+        }
+    }
+    Ok(records)
 }

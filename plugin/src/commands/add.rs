@@ -10,11 +10,11 @@ use cni_ebpf_userspace::{
 };
 use ipnet::IpNet;
 
-use super::{datapath_error, host_local, open_datapath, runtime};
+use super::{datapath_error, open_datapath, runtime};
 use crate::{
     cni::{CniEnv, CniOutput, Interface, IpConfig, NetConf, Route, format_mac},
     error::{CniError, CniResult},
-    ipam::{self, Allocation, HostLocalConfig},
+    ipam::{Allocation, Ipam},
     names,
     netlink::{Netlink, VethEnd},
     netns::NetNs,
@@ -36,8 +36,9 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
     let container_id = env.require_container_id()?;
     let ifname = env.require_ifname()?;
     let pod_ns = NetNs::open(env.require_netns()?)?;
-    let ipam = host_local(conf)?;
+    let ipam = Ipam::from_conf(conf, env)?;
     let attach_mode = attach_mode(conf)?;
+    let _shared = StateDir::new(&conf.state_dir, &conf.name).lock_shared()?;
     let mut datapath = open_datapath(conf)?;
     let rt = runtime()?;
     rt.block_on(async {
@@ -69,7 +70,7 @@ struct Request<'a> {
     container_id: &'a str,
     ifname: &'a str,
     pod_ns: &'a NetNs,
-    ipam: &'a HostLocalConfig,
+    ipam: &'a Ipam,
     attach_mode: AttachMode,
 }
 
@@ -82,8 +83,11 @@ async fn add(
 ) -> CniResult<CniOutput> {
     let owner = names::attachment_id(req.container_id, req.ifname);
     let requested = requested_ips(req);
-    let allocations = ipam::allocate(req.ipam, req.container_id, req.ifname, &requested)?;
+    let lease = req
+        .ipam
+        .add(req.conf, req.container_id, req.ifname, &requested)?;
     progress.allocated = true;
+    let allocations = lease.allocations;
 
     let mtu = req.conf.mtu.unwrap_or(DEFAULT_MTU);
     let host = VethEnd {
@@ -112,8 +116,7 @@ async fn add(
     let pod_index = existing_link(pod, req.ifname).await?;
     pod.set_up(pod_index).await?;
 
-    let routes = pod_routes(req.ipam, &allocations);
-    configure_pod(pod, pod_index, &allocations, &routes).await?;
+    configure_pod(pod, pod_index, &allocations, &lease.routes).await?;
     for allocation in &allocations {
         node.add_route(host_route(allocation.address.addr()), None, host_index)
             .await?;
@@ -176,13 +179,9 @@ async fn add(
                 interface: Some(1),
             })
             .collect(),
-        routes,
-        dns: result_dns(req.ipam)?,
+        routes: lease.routes,
+        dns: lease.dns,
     })
-}
-
-fn result_dns(ipam: &HostLocalConfig) -> CniResult<crate::cni::Dns> {
-    Ok(ipam.dns()?.unwrap_or_default())
 }
 
 async fn existing_link(netlink: &Netlink, name: &str) -> CniResult<u32> {
@@ -213,36 +212,6 @@ async fn configure_pod(
     Ok(())
 }
 
-/// The routes of `ipam.routes`, each through its family's gateway unless it
-/// names one, plus a default route per family when the config has none.
-fn pod_routes(ipam: &HostLocalConfig, allocations: &[Allocation]) -> Vec<Route> {
-    let gateway_for = |v4: bool| {
-        allocations
-            .iter()
-            .filter(|a| a.address.addr().is_ipv4() == v4)
-            .find_map(|a| a.gateway)
-    };
-    let mut routes: Vec<Route> = ipam
-        .routes
-        .iter()
-        .map(|r| Route::new(r.dst, r.gw.or_else(|| gateway_for(r.dst.addr().is_ipv4()))))
-        .collect();
-    for v4 in [true, false] {
-        let Some(gateway) = gateway_for(v4) else {
-            continue;
-        };
-        let default = if v4 {
-            IpNet::V4(Default::default())
-        } else {
-            IpNet::V6(Default::default())
-        };
-        if !routes.iter().any(|r| r.dst == default) {
-            routes.push(Route::new(default, Some(gateway)));
-        }
-    }
-    routes
-}
-
 fn host_route(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
@@ -261,9 +230,9 @@ fn requested_ips(req: &Request<'_>) -> Vec<IpAddr> {
 
 fn requested_mac(req: &Request<'_>) -> CniResult<Option<[u8; 6]>> {
     if let Some(mac) = &req.conf.runtime_config.mac {
-        return crate::cni::parse_mac(mac)
-            .map(Some)
-            .ok_or_else(|| CniError::invalid_config(format!("runtimeConfig.mac {mac:?}: not a MAC address")));
+        return crate::cni::parse_mac(mac).map(Some).ok_or_else(|| {
+            CniError::invalid_config(format!("runtimeConfig.mac {mac:?}: not a MAC address"))
+        });
     }
     Ok(req.env.requested_mac())
 }
@@ -299,7 +268,7 @@ async fn undo(req: &Request<'_>, node: &Netlink, progress: &Progress) {
         }
     }
     if progress.allocated
-        && let Err(e) = ipam::release(req.ipam, req.container_id, req.ifname)
+        && let Err(e) = req.ipam.del(req.conf, req.container_id, req.ifname)
     {
         log::warn!("undo: releasing addresses: {e}");
     }

@@ -6,11 +6,11 @@ use std::net::IpAddr;
 use cni_ebpf_common::program_names::FROM_POD;
 use cni_ebpf_userspace::{AttachMode, EndpointMap, attach::is_attached_tcx};
 
-use super::{datapath_error, host_local, open_datapath, runtime};
+use super::{datapath_error, open_datapath, runtime};
 use crate::{
     cni::{CniEnv, CniOutput, NetConf, parse_mac},
     error::{CniError, CniResult, code},
-    ipam,
+    ipam::Ipam,
     netlink::Netlink,
     netns::NetNs,
     state::{AttachmentRecord, StateDir},
@@ -29,7 +29,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         .as_ref()
         .ok_or_else(|| CniError::invalid_config("prevResult: required by CHECK"))
         .and_then(CniOutput::from_json)?;
-    let ipam = host_local(conf)?;
+    let ipam = Ipam::from_conf(conf, env)?;
     let record = StateDir::new(&conf.state_dir, &conf.name)
         .read(container_id, ifname)?
         .ok_or_else(|| {
@@ -39,20 +39,30 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         })?;
 
     check_result_matches(&prev, &record)?;
-    let held = ipam::held_by(&ipam, container_id, ifname)?;
-    for net in &record.ips {
-        if !held.contains(&net.addr()) {
-            return Err(failed(format!("address {} is not reserved in IPAM", net.addr())));
+    if let Some(held) = ipam.held_by(container_id, ifname)? {
+        for net in &record.ips {
+            if !held.contains(&net.addr()) {
+                return Err(failed(format!(
+                    "address {} is not reserved in IPAM",
+                    net.addr()
+                )));
+            }
         }
     }
+    ipam.check(conf)?;
 
     let datapath = open_datapath(conf)?;
-    let endpoints =
-        EndpointMap::open(datapath.layout()).map_err(|e| datapath_error("opening the endpoints map", e))?;
+    let endpoints = EndpointMap::open(datapath.layout())
+        .map_err(|e| datapath_error("opening the endpoints map", e))?;
     for net in &record.ips {
         match endpoints.get(net.addr()) {
             Ok(Some(ep)) if ep.ifindex == record.host_ifindex && ep.owner == record.owner => {}
-            Ok(_) => return Err(failed(format!("endpoint map entry for {} is missing or stale", net.addr()))),
+            Ok(_) => {
+                return Err(failed(format!(
+                    "endpoint map entry for {} is missing or stale",
+                    net.addr()
+                )));
+            }
             Err(e) => return Err(datapath_error("reading the endpoints map", e)),
         }
     }
@@ -70,8 +80,9 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
 
 async fn check_attached(node: &Netlink, record: &AttachmentRecord) -> CniResult<()> {
     let attached = match record.attachment.mode {
-        AttachMode::Tcx => is_attached_tcx(&record.host_ifname)
-            .map_err(|e| datapath_error("querying tcx", e))?,
+        AttachMode::Tcx => {
+            is_attached_tcx(&record.host_ifname).map_err(|e| datapath_error("querying tcx", e))?
+        }
         AttachMode::Clsact => node
             .ingress_bpf_programs(record.host_ifindex)
             .await?
@@ -106,7 +117,10 @@ async fn check_links(node: &Netlink, pod: &Netlink, record: &AttachmentRecord) -
         .await?
         .ok_or_else(|| failed(format!("host veth {} is missing", record.host_ifname)))?;
     if host.index != record.host_ifindex || !host.up {
-        return Err(failed(format!("host veth {} was replaced or is down", record.host_ifname)));
+        return Err(failed(format!(
+            "host veth {} was replaced or is down",
+            record.host_ifname
+        )));
     }
     let pod_link = pod
         .link(&record.ifname)
@@ -121,7 +135,11 @@ async fn check_links(node: &Netlink, pod: &Netlink, record: &AttachmentRecord) -
     Ok(())
 }
 
-async fn check_pod_config(pod: &Netlink, record: &AttachmentRecord, prev: &CniOutput) -> CniResult<()> {
+async fn check_pod_config(
+    pod: &Netlink,
+    record: &AttachmentRecord,
+    prev: &CniOutput,
+) -> CniResult<()> {
     let index = pod
         .link(&record.ifname)
         .await?
@@ -130,13 +148,20 @@ async fn check_pod_config(pod: &Netlink, record: &AttachmentRecord, prev: &CniOu
     let addresses = pod.addresses(index).await?;
     for net in &record.ips {
         if !addresses.contains(net) {
-            return Err(failed(format!("address {net} is missing on {}", record.ifname)));
+            return Err(failed(format!(
+                "address {net} is missing on {}",
+                record.ifname
+            )));
         }
     }
     let routes_v4 = pod.routes(true).await?;
     let routes_v6 = pod.routes(false).await?;
     for route in &prev.routes {
-        let table = if route.dst.addr().is_ipv4() { &routes_v4 } else { &routes_v6 };
+        let table = if route.dst.addr().is_ipv4() {
+            &routes_v4
+        } else {
+            &routes_v6
+        };
         let present = table.iter().any(|r| {
             r.dst == route.dst
                 && r.oif == Some(index)

@@ -5,11 +5,12 @@ use std::net::IpAddr;
 
 use cni_ebpf_userspace::{BpffsLayout, EndpointMap, attach::detach_from_pod};
 
-use super::{datapath_error, host_local, runtime};
+use super::{datapath_error, runtime};
 use crate::{
     cni::{CniEnv, NetConf},
     error::CniResult,
-    ipam, names,
+    ipam::Ipam,
+    names,
     netlink::Netlink,
     state::StateDir,
 };
@@ -17,8 +18,9 @@ use crate::{
 pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     let container_id = env.require_container_id()?;
     let ifname = env.require_ifname()?;
-    let ipam = host_local(conf)?;
+    let ipam = Ipam::from_conf(conf, env)?;
     let state = StateDir::new(&conf.state_dir, &conf.name);
+    let _shared = state.lock_shared()?;
     let record = state.read(container_id, ifname)?;
     let host_ifname = record
         .as_ref()
@@ -35,7 +37,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     })?;
     detach_from_pod(&layout, &host_ifname).map_err(|e| datapath_error("unpinning the link", e))?;
 
-    let held = ipam::held_by(&ipam, container_id, ifname)?;
+    let held = ipam.held_by(container_id, ifname)?.unwrap_or_default();
     let mut ips: Vec<IpAddr> = record
         .iter()
         .flat_map(|r| r.ips.iter().map(|net| net.addr()))
@@ -46,7 +48,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     remove_endpoints(&layout, &ips, owner)?;
 
     // The address is free for reuse only once nothing refers to it.
-    ipam::release(&ipam, container_id, ifname)?;
+    ipam.del(conf, container_id, ifname)?;
     state.remove(container_id, ifname)
 }
 

@@ -3,6 +3,7 @@
 pub mod add;
 pub mod check;
 pub mod del;
+pub mod gc;
 pub mod status;
 
 use cni_ebpf_userspace::{BpffsLayout, Datapath, DatapathError};
@@ -10,7 +11,6 @@ use cni_ebpf_userspace::{BpffsLayout, Datapath, DatapathError};
 use crate::{
     cni::NetConf,
     error::{CniError, CniResult},
-    ipam::HostLocalConfig,
 };
 
 pub(crate) fn datapath_error(context: &str, e: DatapathError) -> CniError {
@@ -20,18 +20,6 @@ pub(crate) fn datapath_error(context: &str, e: DatapathError) -> CniError {
 pub(crate) fn open_datapath(conf: &NetConf) -> CniResult<Datapath> {
     Datapath::open_or_load(BpffsLayout::new(&conf.bpffs_root))
         .map_err(|e| datapath_error("loading the eBPF datapath", e))
-}
-
-/// The built-in allocator serves `host-local`; other IPAM types are not
-/// supported yet.
-pub(crate) fn host_local(conf: &NetConf) -> CniResult<HostLocalConfig> {
-    if conf.ipam.ipam_type != "host-local" {
-        return Err(CniError::invalid_config(format!(
-            "ipam.type {:?}: only \"host-local\" is supported",
-            conf.ipam.ipam_type
-        )));
-    }
-    HostLocalConfig::parse(&conf.ipam.raw, &conf.name)
 }
 
 /// A current-thread runtime: the plugin's netlink work is a handful of

@@ -1,18 +1,56 @@
-//! STATUS (1.1.0): can this plugin serve ADD right now?
+//! STATUS (1.1.0): can this plugin serve ADD right now (code 50 if not), and
+//! are existing pods intact (code 51 if their datapath state is gone)?
+
+use cni_ebpf_common::map_names::ENDPOINTS;
+use cni_ebpf_userspace::{BpffsLayout, EndpointMap};
 
 use super::open_datapath;
 use crate::{
-    cni::NetConf,
+    cni::{CniEnv, NetConf},
     error::{CniError, CniResult, code},
+    ipam::Ipam,
+    state::StateDir,
 };
 
-pub fn run(conf: &NetConf) -> CniResult<()> {
-    open_datapath(conf).map_err(|e| {
+pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
+    let layout = BpffsLayout::new(&conf.bpffs_root);
+    let had_maps = layout.map(ENDPOINTS).exists();
+    let not_available = |e: CniError| {
         CniError::new(
             code::PLUGIN_NOT_AVAILABLE,
-            format!("the eBPF datapath is not usable: {}", e.msg),
+            format!("cannot serve ADD: {}", e.msg),
         )
         .with_details(e.details)
+    };
+    Ipam::from_conf(conf, env)
+        .and_then(|ipam| ipam.status(conf))
+        .map_err(not_available)?;
+    open_datapath(conf).map_err(not_available)?;
+
+    let records = StateDir::new(&conf.state_dir, &conf.name).list()?;
+    if records.is_empty() {
+        return Ok(());
+    }
+    let limited = |msg: String| Err(CniError::new(code::PLUGIN_LIMITED, msg));
+    if !had_maps {
+        return limited(format!(
+            "{} existing attachment(s) lost their datapath state: the maps under {} were gone",
+            records.len(),
+            layout.root().display()
+        ));
+    }
+    let endpoints = EndpointMap::open(&layout).map_err(|e| {
+        CniError::new(code::PLUGIN_LIMITED, "cannot read the endpoints map").with_details(e)
     })?;
+    let missing = records
+        .iter()
+        .flat_map(|r| &r.ips)
+        .filter(|ip| !matches!(endpoints.get(ip.addr()), Ok(Some(_))))
+        .count();
+    if missing > 0 {
+        return limited(format!(
+            "{missing} pod address(es) are missing from the endpoints map"
+        ));
+    }
     Ok(())
 }

@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::dns;
-use crate::cni::Dns;
 use super::range::{AddressRange, RangeSet, ip_to_u128, u128_to_ip};
+use crate::cni::Dns;
 use crate::error::{CniError, CniResult};
 
 /// host-local's data directory when `dataDir` is absent or empty.

@@ -1,0 +1,160 @@
+//! GC (1.1.0): remove every attachment of this network that is not in
+//! `cni.dev/valid-attachments` (or the older `cni.dev/attachments`), then
+//! whatever no attachment of any network refers to: host veths, link pins,
+//! endpoint map entries, IPAM reservations.
+
+use std::collections::HashSet;
+
+use cni_ebpf_userspace::{BpffsLayout, EndpointMap, attach::detach_from_pod};
+use serde_json::Value;
+
+use super::{datapath_error, runtime};
+use crate::{
+    cni::CniEnv,
+    cni::NetConf,
+    error::{CniError, CniResult},
+    ipam::Ipam,
+    netlink::Netlink,
+    state::{AttachmentRecord, StateDir},
+};
+
+pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
+    let valid = valid_attachments(&conf.raw)?;
+    let ipam = Ipam::from_conf(conf, env)?;
+    let state = StateDir::new(&conf.state_dir, &conf.name);
+    let layout = BpffsLayout::new(&conf.bpffs_root);
+    let _exclusive = state.lock_exclusive()?;
+
+    let stale: Vec<AttachmentRecord> = state
+        .list()?
+        .into_iter()
+        .filter(|r| !valid.contains(&(r.container_id.clone(), r.ifname.clone())))
+        .collect();
+    let stale_links: HashSet<String> = stale.iter().map(|r| r.host_ifname.clone()).collect();
+    let live: Vec<AttachmentRecord> = state
+        .all_networks()?
+        .into_iter()
+        .filter(|r| !stale_links.contains(&r.host_ifname))
+        .collect();
+    let live_links: HashSet<&str> = live.iter().map(|r| r.host_ifname.as_str()).collect();
+
+    runtime()?.block_on(async {
+        let node = Netlink::connect()?;
+        for name in &stale_links {
+            node.delete_link(name).await?;
+        }
+        // Host veths of attachments that never got a record (an ADD that died).
+        for name in node.link_names().await? {
+            if is_host_veth_name(&name) && !live_links.contains(name.as_str()) {
+                node.delete_link(&name).await?;
+            }
+        }
+        Ok::<_, CniError>(())
+    })?;
+
+    for pin in pinned_links(&layout) {
+        if !live_links.contains(pin.as_str()) {
+            detach_from_pod(&layout, &pin).map_err(|e| datapath_error("unpinning a link", e))?;
+        }
+    }
+    remove_orphan_endpoints(&layout, &live)?;
+    for record in &stale {
+        state.remove(&record.container_id, &record.ifname)?;
+    }
+    ipam.gc(conf, &valid).map(drop)
+}
+
+fn valid_attachments(raw: &Value) -> CniResult<Vec<(String, String)>> {
+    let list = raw
+        .get("cni.dev/valid-attachments")
+        .or_else(|| raw.get("cni.dev/attachments"))
+        .ok_or_else(|| CniError::invalid_config("missing field \"cni.dev/valid-attachments\""))?;
+    let list = list.as_array().ok_or_else(|| {
+        CniError::invalid_config("invalid field \"cni.dev/valid-attachments\": not an array")
+    })?;
+    list.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let field = |name: &str| {
+                a.get(name).and_then(Value::as_str).map(str::to_owned).ok_or_else(|| {
+                    CniError::invalid_config(format!(
+                        "invalid field \"cni.dev/valid-attachments[{i}].{name}\": missing or not a string"
+                    ))
+                })
+            };
+            Ok((field("containerID")?, field("ifname")?))
+        })
+        .collect()
+}
+
+/// `ce` + 12 hex digits, as `names::host_ifname` makes them.
+fn is_host_veth_name(name: &str) -> bool {
+    name.len() == 14
+        && name.starts_with("ce")
+        && name[2..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+fn pinned_links(layout: &BpffsLayout) -> Vec<String> {
+    std::fs::read_dir(layout.links_dir())
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Endpoint entries whose owner is no live attachment.
+fn remove_orphan_endpoints(layout: &BpffsLayout, live: &[AttachmentRecord]) -> CniResult<()> {
+    if !layout.map(cni_ebpf_common::map_names::ENDPOINTS).exists() {
+        return Ok(());
+    }
+    let owners: HashSet<u64> = live.iter().map(|r| r.owner).collect();
+    let mut endpoints =
+        EndpointMap::open(layout).map_err(|e| datapath_error("opening the endpoints map", e))?;
+    let entries = endpoints
+        .entries()
+        .map_err(|e| datapath_error("reading the endpoints map", e))?;
+    for (ip, endpoint) in entries {
+        if !owners.contains(&endpoint.owner) {
+            endpoints
+                .remove_owned(ip, endpoint.owner)
+                .map_err(|e| datapath_error(&format!("removing endpoint {ip}"), e))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_names_are_recognised() {
+        assert!(is_host_veth_name(&crate::names::host_ifname("abc", "eth0")));
+        assert!(!is_host_veth_name("cni0"));
+        assert!(!is_host_veth_name("ceXYZ000000000"));
+        assert!(!is_host_veth_name("eth0"));
+    }
+
+    #[test]
+    fn valid_attachments_accept_both_keys() {
+        let new = serde_json::json!({"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]});
+        let old =
+            serde_json::json!({"cni.dev/attachments": [{"containerID": "b", "ifname": "net1"}]});
+        assert_eq!(
+            valid_attachments(&new).unwrap(),
+            vec![("a".into(), "eth0".into())]
+        );
+        assert_eq!(
+            valid_attachments(&old).unwrap(),
+            vec![("b".into(), "net1".into())]
+        );
+        let err = valid_attachments(&serde_json::json!({})).unwrap_err();
+        assert_eq!(err.code, crate::error::code::INVALID_CONFIG);
+        assert!(err.msg.contains("cni.dev/valid-attachments"));
+    }
+}
