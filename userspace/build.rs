@@ -33,12 +33,17 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::default(),
     )
-    .context("building the eBPF programs failed; `cargo xtask setup` installs rust-src and bpf-linker")?;
+    .context(
+        "building the eBPF programs failed; `cargo xtask setup` installs rust-src and bpf-linker",
+    )?;
 
     // Programs are pinned per build, so a new build loads beside the old one.
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let object = fs::read(out_dir.join(EBPF_PACKAGE))?;
-    println!("cargo:rustc-env=CNI_EBPF_BUILD_ID={:016x}", fnv1a64(&object));
+    println!(
+        "cargo:rustc-env=CNI_EBPF_BUILD_ID={:016x}",
+        fnv1a64(&object)
+    );
     Ok(())
 }
 

@@ -14,8 +14,8 @@ use cni_ebpf_common::{Direction, DropReason, Endpoint, IpKey, Verdict};
 use crate::{
     counters::{count_drop, count_verdict},
     headers::{
-        ARP_HTYPE_ETHERNET, ARP_REPLY, ARP_REQUEST, ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
-        ArpEthIpv4, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, pull_headers,
+        ARP_HTYPE_ETHERNET, ARP_REPLY, ARP_REQUEST, ArpEthIpv4, ETH_LEN, ETH_P_ARP, ETH_P_IP,
+        ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, pull_headers,
     },
     maps::ENDPOINTS,
 };
@@ -50,7 +50,12 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
 /// The endpoint that owns `addr`, if the packet really comes from it: the
 /// address must be one of this interface's and the MAC the pod's own.
 #[inline(always)]
-fn sender(ctx: &TcContext, addr: IpKey, mac: &[u8; 6], spoofed: DropReason) -> Result<Endpoint, DropReason> {
+fn sender(
+    ctx: &TcContext,
+    addr: IpKey,
+    mac: &[u8; 6],
+    spoofed: DropReason,
+) -> Result<Endpoint, DropReason> {
     // SAFETY: the value is copied out at once; entries are only replaced whole.
     let endpoint = *unsafe { ENDPOINTS.get(&addr) }.ok_or(match spoofed {
         DropReason::SpoofedArp => DropReason::SpoofedArp,

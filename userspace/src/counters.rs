@@ -18,14 +18,20 @@ fn open(layout: &BpffsLayout, name: &'static str) -> Result<PerCpuArray<MapData,
     PerCpuArray::try_from(map).map_err(map_error)
 }
 
-fn sum(map: &PerCpuArray<MapData, PacketCount>, name: &'static str, index: u32) -> Result<PacketCount> {
+fn sum(
+    map: &PerCpuArray<MapData, PacketCount>,
+    name: &'static str,
+    index: u32,
+) -> Result<PacketCount> {
     let values = map
         .get(&index, 0)
         .map_err(|source| DatapathError::Map { name, source })?;
-    Ok(values.iter().fold(PacketCount::default(), |acc, v| PacketCount {
-        packets: acc.packets + v.packets,
-        bytes: acc.bytes + v.bytes,
-    }))
+    Ok(values
+        .iter()
+        .fold(PacketCount::default(), |acc, v| PacketCount {
+            packets: acc.packets + v.packets,
+            bytes: acc.bytes + v.bytes,
+        }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

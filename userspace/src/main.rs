@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cni-ebpfd", version, about = "cni-ebpf node agent and inspection CLI")]
+#[command(
+    name = "cni-ebpfd",
+    version,
+    about = "cni-ebpf node agent and inspection CLI"
+)]
 struct Cli {
     /// bpffs directory of this node's datapath (the plugin's `bpffsRoot`).
     #[arg(long, global = true, default_value = "/sys/fs/bpf/cni-ebpf")]

@@ -76,7 +76,11 @@ impl BpffsLayout {
                 path: existing.to_path_buf(),
             });
         }
-        for dir in [self.maps_dir(), self.programs_dir(build_id), self.links_dir()] {
+        for dir in [
+            self.maps_dir(),
+            self.programs_dir(build_id),
+            self.links_dir(),
+        ] {
             std::fs::create_dir_all(&dir).map_err(|e| DatapathError::io("mkdir", &dir, e))?;
         }
         Ok(())
@@ -86,8 +90,7 @@ impl BpffsLayout {
     /// plugin processes that start at the same moment.
     pub fn lock(&self) -> Result<Flock<File>> {
         let dir = File::open(&self.root).map_err(|e| DatapathError::io("open", &self.root, e))?;
-        Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, errno)| {
-            DatapathError::io("flock", &self.root, io::Error::from(errno))
-        })
+        Flock::lock(dir, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| DatapathError::io("flock", &self.root, io::Error::from(errno)))
     }
 }

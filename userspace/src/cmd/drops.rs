@@ -19,7 +19,10 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:<18} {:<9} {:>12} {:>14}", "REASON", "DIRECTION", "PACKETS", "BYTES");
+    println!(
+        "{:<18} {:<9} {:>12} {:>14}",
+        "REASON", "DIRECTION", "PACKETS", "BYTES"
+    );
     for d in drops.iter().filter(|d| d.count.packets > 0) {
         println!(
             "{:<18} {:<9} {:>12} {:>14}",

@@ -23,7 +23,10 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:<40} {:>8}  {:<17}  {:<17}  OWNER", "ADDRESS", "IFINDEX", "POD MAC", "HOST MAC");
+    println!(
+        "{:<40} {:>8}  {:<17}  {:<17}  OWNER",
+        "ADDRESS", "IFINDEX", "POD MAC", "HOST MAC"
+    );
     for (ip, ep) in &entries {
         println!(
             "{:<40} {:>8}  {}  {}  {:016x}",

@@ -14,7 +14,12 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
     }
     println!("{:<16} {:>12} {:>14}", "VERDICT", "PACKETS", "BYTES");
     for (verdict, count) in &verdicts {
-        println!("{:<16} {:>12} {:>14}", verdict.name(), count.packets, count.bytes);
+        println!(
+            "{:<16} {:>12} {:>14}",
+            verdict.name(),
+            count.packets,
+            count.bytes
+        );
     }
     Ok(())
 }
