@@ -216,15 +216,30 @@ fn host_route(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
+/// Addresses asked for by `CNI_ARGS` `IP=`, `runtimeConfig.ips` and
+/// `args.cni.ips`, with or without a prefix length.
 fn requested_ips(req: &Request<'_>) -> Vec<IpAddr> {
+    let from_args = req
+        .conf
+        .args
+        .as_ref()
+        .and_then(|a| a.pointer("/cni/ips"))
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str);
     let mut ips = req.env.requested_ips();
     ips.extend(
         req.conf
             .runtime_config
             .ips
             .iter()
+            .map(String::as_str)
+            .chain(from_args)
             .filter_map(|ip| ip.split('/').next()?.parse::<IpAddr>().ok()),
     );
+    ips.sort();
+    ips.dedup();
     ips
 }
 
