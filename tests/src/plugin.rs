@@ -1,0 +1,147 @@
+//! Calling the plugin binary the way a container runtime does.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{binaries, netns::Netns, process};
+
+/// Where runtimes look for CNI plugins; the plugin may delegate to the
+/// reference IPAM plugins installed there.
+pub const CNI_PATH: &str = "/usr/lib/cni";
+
+/// A plugin call can load BPF programs on first use; anything past this is
+/// a hang.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One invocation: the `CNI_*` environment and the config on stdin.
+#[derive(Debug, Clone)]
+pub struct CniRequest<'a> {
+    pub command: &'a str,
+    pub container_id: &'a str,
+    /// `CNI_NETNS`; left unset when `None`.
+    pub netns: Option<&'a Path>,
+    pub ifname: &'a str,
+    /// `CNI_ARGS`, when set.
+    pub args: Option<&'a str>,
+    pub stdin: &'a [u8],
+}
+
+/// What a call returned: exit status, raw streams, stdout as JSON if it is.
+#[derive(Debug, Clone)]
+pub struct CniOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub json: Option<Value>,
+    /// Wall time of the call as the caller sees it.
+    pub elapsed: Duration,
+}
+
+impl CniOutput {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// The result JSON of a successful ADD or VERSION; panics with the
+    /// whole output otherwise.
+    pub fn expect_result(&self, what: &str) -> &Value {
+        match (&self.json, self.success()) {
+            (Some(json), true) => json,
+            _ => panic!("{what}: expected a result, got {}", self.describe()),
+        }
+    }
+
+    /// Panics unless the call exited 0 (DEL and CHECK print nothing then).
+    pub fn expect_success(&self, what: &str) {
+        if !self.success() {
+            panic!("{what}: expected success, got {}", self.describe());
+        }
+    }
+
+    /// The `code` of an error object on stdout.
+    pub fn error_code(&self) -> Option<u64> {
+        self.json.as_ref()?.get("code")?.as_u64()
+    }
+
+    /// The `msg` of an error object on stdout.
+    pub fn error_msg(&self) -> Option<&str> {
+        self.json.as_ref()?.get("msg")?.as_str()
+    }
+
+    /// Panics unless the call failed with `code`; returns the error message.
+    pub fn expect_error(&self, what: &str, code: u64) -> String {
+        if self.success() || self.error_code() != Some(code) {
+            panic!(
+                "{what}: expected a failure with code {code}, got {}",
+                self.describe()
+            );
+        }
+        self.error_msg().unwrap_or_default().to_string()
+    }
+
+    /// Status and streams, for failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} after {:?}\nstdout: {}\nstderr: {}",
+            self.status,
+            self.elapsed,
+            self.stdout.trim(),
+            self.stderr.trim()
+        )
+    }
+}
+
+/// The plugin binary.
+#[derive(Debug, Clone)]
+pub struct Plugin {
+    binary: PathBuf,
+}
+
+impl Plugin {
+    /// The built `cni-ebpf`; panics if it is missing.
+    pub fn locate() -> Self {
+        Self {
+            binary: binaries::path(binaries::PLUGIN),
+        }
+    }
+
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// Runs the plugin inside `node` (the runtime's namespace), as a runtime
+    /// does: environment, config on stdin, result on stdout.
+    pub fn call(&self, node: &Netns, request: &CniRequest<'_>) -> CniOutput {
+        let mut command = node.command(&self.binary);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", request.command)
+            .env("CNI_CONTAINERID", request.container_id)
+            .env("CNI_IFNAME", request.ifname)
+            .env("CNI_PATH", CNI_PATH);
+        if let Some(netns) = request.netns {
+            command.env("CNI_NETNS", netns);
+        }
+        if let Some(args) = request.args {
+            command.env("CNI_ARGS", args);
+        }
+        let started = Instant::now();
+        let output = process::output_with_timeout(&mut command, Some(request.stdin), CALL_TIMEOUT)
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", self.binary.display()));
+        let elapsed = started.elapsed();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        CniOutput {
+            status: output.status,
+            json: serde_json::from_str(&stdout).ok(),
+            stdout,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            elapsed,
+        }
+    }
+}

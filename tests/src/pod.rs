@@ -1,0 +1,208 @@
+//! A pod: a namespace attached to a node through the plugin's ADD, and
+//! detached with DEL when dropped.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use serde_json::Value;
+
+use crate::{
+    names,
+    netns::Netns,
+    node::Node,
+    plugin::{CniOutput, CniRequest},
+};
+
+/// The interface name inside pods.
+pub const POD_IFNAME: &str = "eth0";
+
+pub struct Pod<'n> {
+    node: &'n Node,
+    /// `None` once the test removed the namespace before DEL.
+    netns: Option<Netns>,
+    netns_path: PathBuf,
+    netns_name: String,
+    container_id: String,
+    conf: Value,
+    result: Value,
+    ip: Ipv4Addr,
+    prefix_len: u8,
+    /// Whether a DEL already succeeded: a runtime then forgets the cached
+    /// result, and so does the drop.
+    deleted: bool,
+}
+
+impl<'n> Pod<'n> {
+    /// Creates a pod namespace and runs ADD with `conf`; on failure the
+    /// namespace is removed and the plugin's output returned.
+    pub fn add(node: &'n Node, conf: Value) -> Result<Self, CniOutput> {
+        let netns = Netns::with_loopback("pod");
+        let container_id = names::unique("cnitest");
+        let stdin = conf.to_string();
+        let output = node.cni(&CniRequest {
+            command: "ADD",
+            container_id: &container_id,
+            netns: Some(netns.path()),
+            ifname: POD_IFNAME,
+            args: None,
+            stdin: stdin.as_bytes(),
+        });
+        if !output.success() {
+            return Err(output);
+        }
+        let result = output.expect_result("ADD").clone();
+        let address = result["ips"][0]["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("ADD result without ips[0].address: {result}"));
+        let (ip, prefix) = address
+            .split_once('/')
+            .unwrap_or_else(|| panic!("ips[0].address is not CIDR: {address}"));
+        Ok(Self {
+            node,
+            netns_path: netns.path().to_path_buf(),
+            netns_name: netns.name().to_string(),
+            netns: Some(netns),
+            container_id,
+            conf,
+            ip: ip
+                .parse()
+                .unwrap_or_else(|e| panic!("ips[0].address {address}: {e}")),
+            prefix_len: prefix
+                .parse()
+                .unwrap_or_else(|e| panic!("ips[0].address {address}: {e}")),
+            result,
+            deleted: false,
+        })
+    }
+
+    /// The pod's namespace; panics after [`Pod::remove_netns`].
+    pub fn netns(&self) -> &Netns {
+        self.netns
+            .as_ref()
+            .expect("the pod's namespace was removed")
+    }
+
+    pub fn netns_name(&self) -> &str {
+        &self.netns_name
+    }
+
+    pub fn node(&self) -> &'n Node {
+        self.node
+    }
+
+    pub fn container_id(&self) -> &str {
+        &self.container_id
+    }
+
+    /// The config ADD ran with.
+    pub fn conf(&self) -> &Value {
+        &self.conf
+    }
+
+    /// The ADD result.
+    pub fn result(&self) -> &Value {
+        &self.result
+    }
+
+    /// `ips[0]` of the result, without prefix.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    /// `ips[0].gateway` of the result.
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        self.result["ips"][0]["gateway"].as_str()?.parse().ok()
+    }
+
+    /// The network name of the config.
+    pub fn network(&self) -> &str {
+        self.conf["name"].as_str().unwrap_or_default()
+    }
+
+    /// The host-side veth: the result's interface without a `sandbox`.
+    pub fn host_ifname(&self) -> String {
+        self.result["interfaces"]
+            .as_array()
+            .and_then(|interfaces| {
+                interfaces
+                    .iter()
+                    .find(|i| i.get("sandbox").is_none())?
+                    .get("name")?
+                    .as_str()
+            })
+            .unwrap_or_else(|| panic!("no host interface in the ADD result: {}", self.result))
+            .to_string()
+    }
+
+    /// The config with `prevResult` set to the ADD result, converted to
+    /// `cni_version` as a runtime would pass it to CHECK or DEL.
+    pub fn conf_with_prev_result(&self, cni_version: &str) -> Value {
+        let mut conf = self.conf.clone();
+        conf["cniVersion"] = Value::String(cni_version.to_string());
+        let mut prev = self.result.clone();
+        prev["cniVersion"] = Value::String(cni_version.to_string());
+        conf["prevResult"] = prev;
+        conf
+    }
+
+    /// One call about this attachment with `stdin` as config.
+    pub fn call(&self, command: &str, stdin: &Value) -> CniOutput {
+        let stdin = stdin.to_string();
+        self.node.cni(&CniRequest {
+            command,
+            container_id: &self.container_id,
+            netns: Some(&self.netns_path),
+            ifname: POD_IFNAME,
+            args: None,
+            stdin: stdin.as_bytes(),
+        })
+    }
+
+    /// CHECK with the ADD result as `prevResult`, in `cni_version`.
+    pub fn check(&self, cni_version: &str) -> CniOutput {
+        self.call("CHECK", &self.conf_with_prev_result(cni_version))
+    }
+
+    /// DEL as a runtime sends it: with the cached ADD result the first
+    /// time, without one after a DEL succeeded.
+    pub fn del(&mut self) -> CniOutput {
+        let version = self.conf["cniVersion"]
+            .as_str()
+            .unwrap_or("1.0.0")
+            .to_string();
+        let conf = if self.deleted {
+            self.conf.clone()
+        } else {
+            self.conf_with_prev_result(&version)
+        };
+        let output = self.call("DEL", &conf);
+        if output.success() {
+            self.deleted = true;
+        }
+        output
+    }
+
+    /// Removes the pod's namespace (as when a sandbox died) but keeps its
+    /// path for later calls.
+    pub fn remove_netns(&mut self) {
+        self.netns = None;
+    }
+}
+
+impl Drop for Pod<'_> {
+    fn drop(&mut self) {
+        if !self.deleted {
+            let output = self.del();
+            if !output.success() {
+                eprintln!(
+                    "[harness] DEL of pod {} on drop failed: {}",
+                    self.netns_name,
+                    output.describe()
+                );
+            }
+        }
+    }
+}

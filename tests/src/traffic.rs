@@ -1,0 +1,292 @@
+//! Traffic between namespaces: ping, a hashed TCP transfer and UDP probes,
+//! all with bounded counts and deadlines.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    hash::{ByteStream, Fnv64},
+    netns::Netns,
+};
+
+/// `ping -c count` from `from` to `ip`: transmitted and received counts.
+pub fn ping_counts(from: &Netns, source: Option<IpAddr>, ip: IpAddr, count: u32) -> (u32, u32) {
+    let mut args = vec![
+        "-n".to_string(),
+        "-q".to_string(),
+        "-c".to_string(),
+        count.to_string(),
+        "-W".to_string(),
+        "1".to_string(),
+        "-i".to_string(),
+        "0.2".to_string(),
+    ];
+    if let Some(source) = source {
+        args.extend(["-I".to_string(), source.to_string()]);
+    }
+    args.push(ip.to_string());
+    let output = from.exec("ping", &args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    parse_ping_summary(&stdout).unwrap_or((count, 0))
+}
+
+/// Whether every one of `count` pings from `from` to `ip` was answered.
+pub fn ping(from: &Netns, ip: IpAddr, count: u32) -> bool {
+    ping_counts(from, None, ip, count) == (count, count)
+}
+
+/// `N packets transmitted, M received` from ping's summary.
+fn parse_ping_summary(stdout: &str) -> Option<(u32, u32)> {
+    let line = stdout.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut numbers = line
+        .split(',')
+        .map(|part| part.split_whitespace().next()?.parse::<u32>().ok());
+    Some((numbers.next()??, numbers.next()??))
+}
+
+/// Outcome of [`tcp_transfer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer {
+    pub sent_bytes: u64,
+    pub sent_hash: u64,
+    pub received_bytes: u64,
+    pub received_hash: u64,
+    pub elapsed: Duration,
+}
+
+impl Transfer {
+    /// Everything sent arrived, unchanged.
+    pub fn intact(&self) -> bool {
+        self.sent_bytes == self.received_bytes && self.sent_hash == self.received_hash
+    }
+}
+
+/// How long a transfer step may block.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends `bytes` seeded pseudo-random bytes over TCP from a client in
+/// `client_ns` to a server in `server_ns` listening on `ip:port` (`port` 0
+/// picks one), hashing both ends of the stream.
+pub fn tcp_transfer(
+    server_ns: &Netns,
+    client_ns: &Netns,
+    ip: IpAddr,
+    port: u16,
+    bytes: u64,
+) -> std::io::Result<Transfer> {
+    let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<SocketAddr>>();
+    // Set when the client gave up, so the server stops waiting for it.
+    let client_failed = AtomicBool::new(false);
+    let client_failed = &client_failed;
+    thread::scope(|scope| {
+        let server = scope.spawn(|| {
+            server_ns.run(move || -> std::io::Result<(u64, u64)> {
+                let listener = match TcpListener::bind((ip, port)) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return Ok((0, 0));
+                    }
+                };
+                let _ = ready_tx.send(listener.local_addr());
+                // accept() has no timeout: poll a non-blocking listener.
+                listener.set_nonblocking(true)?;
+                let deadline = Instant::now() + IO_TIMEOUT;
+                let mut stream = loop {
+                    match listener.accept() {
+                        Ok((stream, _)) => break stream,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            if Instant::now() > deadline || client_failed.load(Ordering::Relaxed) {
+                                return Err(std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "no client connected",
+                                ));
+                            }
+                            thread::sleep(Duration::from_millis(5));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                stream.set_nonblocking(false)?;
+                stream.set_read_timeout(Some(IO_TIMEOUT))?;
+                let mut hash = Fnv64::default();
+                let mut total = 0u64;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = stream.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hash.update(&buf[..n]);
+                    total += n as u64;
+                }
+                Ok((total, hash.finish()))
+            })
+        });
+        let addr = ready_rx
+            .recv_timeout(IO_TIMEOUT)
+            .map_err(|_| std::io::Error::other("server thread did not start"))??;
+        let started = Instant::now();
+        let client = client_ns.run(move || -> std::io::Result<(u64, u64)> {
+            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+            stream.set_write_timeout(Some(IO_TIMEOUT))?;
+            let mut data = ByteStream::new(bytes ^ u64::from(addr.port()));
+            let mut hash = Fnv64::default();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                data.fill(&mut buf[..n]);
+                stream.write_all(&buf[..n])?;
+                hash.update(&buf[..n]);
+                left -= n as u64;
+            }
+            stream.shutdown(Shutdown::Write)?;
+            Ok((bytes, hash.finish()))
+        });
+        if client.is_err() {
+            client_failed.store(true, Ordering::Relaxed);
+        }
+        let server = server.join().expect("server thread panicked");
+        let elapsed = started.elapsed();
+        let (sent_bytes, sent_hash) = client?;
+        let (received_bytes, received_hash) = server?;
+        Ok(Transfer {
+            sent_bytes,
+            sent_hash,
+            received_bytes,
+            received_hash,
+            elapsed,
+        })
+    })
+}
+
+/// A received datagram and its source.
+pub type Datagram = (SocketAddr, Vec<u8>);
+
+/// A UDP socket in a namespace that records every datagram it receives
+/// until stopped.
+pub struct UdpReceiver {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<Datagram>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl UdpReceiver {
+    /// Binds `addr` inside `ns` (port 0 picks one) and starts recording.
+    pub fn start(ns: &Netns, addr: SocketAddr) -> std::io::Result<Self> {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (bound_tx, bound_rx) = mpsc::channel();
+        let thread = {
+            let received = Arc::clone(&received);
+            let stop = Arc::clone(&stop);
+            ns.spawn(move || {
+                let socket = match UdpSocket::bind(addr).and_then(|s| {
+                    s.set_read_timeout(Some(Duration::from_millis(50)))
+                        .map(|()| s)
+                }) {
+                    Ok(socket) => socket,
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = bound_tx.send(socket.local_addr());
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                        received.lock().unwrap().push((from, buf[..n].to_vec()));
+                    }
+                }
+            })
+        };
+        let addr = bound_rx
+            .recv_timeout(IO_TIMEOUT)
+            .map_err(|_| std::io::Error::other("receiver thread did not start"))??;
+        Ok(Self {
+            addr,
+            received,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Datagrams so far, with their source.
+    pub fn received(&self) -> Vec<Datagram> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds for what arrived, or `timeout`; returns
+    /// whether it held.
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[Datagram]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&self.received.lock().unwrap()) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for UdpReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends `count` datagrams of `payload` from `source` (an address of `ns`,
+/// port 0 picks one) to `dest`, inside `ns`.
+pub fn udp_send(
+    ns: &Netns,
+    source: SocketAddr,
+    dest: SocketAddr,
+    payload: &[u8],
+    count: u32,
+) -> std::io::Result<()> {
+    ns.run(|| {
+        let socket = UdpSocket::bind(source)?;
+        for _ in 0..count {
+            socket.send_to(payload, dest)?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ping_summary() {
+        let out = "PING 10.0.0.2 (10.0.0.2) 56(84) bytes of data.\n\n--- 10.0.0.2 ping statistics ---\n3 packets transmitted, 2 received, 33.3333% packet loss, time 402ms\n";
+        assert_eq!(parse_ping_summary(out), Some((3, 2)));
+        let out = "2 packets transmitted, 0 received, +2 errors, 100% packet loss, time 1001ms\n";
+        assert_eq!(parse_ping_summary(out), Some((2, 0)));
+        assert_eq!(
+            parse_ping_summary("ping: connect: Network is unreachable\n"),
+            None
+        );
+    }
+}

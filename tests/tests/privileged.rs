@@ -1,0 +1,48 @@
+//! Privileged integration tests: real topologies in network namespaces,
+//! one module per area. They need root and fail without it; every test
+//! builds its own namespaces and bpffs, so they run in parallel.
+//!
+//! The plugin and `cni-ebpfd` come from `$CNI_EBPF_BIN_DIR` (set by `cargo
+//! xtask test`) or `target/debug`: build the workspace before running.
+
+#[path = "privileged/errors.rs"]
+mod errors;
+#[path = "privileged/harness.rs"]
+mod harness;
+#[path = "privileged/host_to_pod.rs"]
+mod host_to_pod;
+#[path = "privileged/lifecycle.rs"]
+mod lifecycle;
+#[path = "privileged/pod_to_pod.rs"]
+mod pod_to_pod;
+#[path = "privileged/spoofing.rs"]
+mod spoofing;
+#[path = "privileged/versions.rs"]
+mod versions;
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use cni_ebpf_tests::{Node, links};
+
+/// What a node holds that a failed or undone call must not add to.
+#[derive(Debug, PartialEq, Eq)]
+struct NodeState {
+    links: BTreeSet<String>,
+    reservations: BTreeSet<IpAddr>,
+    endpoints: BTreeSet<String>,
+}
+
+impl NodeState {
+    fn of(node: &Node, network: &str) -> Self {
+        Self {
+            links: node.links().into_iter().collect(),
+            reservations: node.ipam_reservations(network),
+            endpoints: node.endpoint_ips(),
+        }
+    }
+}
+
+/// Link names of a pod namespace other than `lo`.
+fn pod_links(ns: &cni_ebpf_tests::Netns) -> Vec<String> {
+    links::names(ns).into_iter().filter(|l| l != "lo").collect()
+}

@@ -1,0 +1,238 @@
+//! ADD and DEL leave exactly what they should: DEL removes the host veth,
+//! the endpoint entry and the reservation, is idempotent, and still works
+//! when the pod's namespace is already gone.
+
+use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
+
+use cni_ebpf_tests::{
+    Bpffs, CniRequest, Node, Pod,
+    node::DEFAULT_NETWORK,
+    traffic::{self, ping},
+};
+
+use crate::pod_links;
+
+#[test]
+fn add_creates_veth_endpoint_and_reservation() {
+    let node = Node::new();
+    let pod = node.add_pod();
+    let ip = IpAddr::V4(pod.ip());
+
+    assert!(
+        node.links().contains(&pod.host_ifname()),
+        "host veth {} missing: {:?}",
+        pod.host_ifname(),
+        node.links()
+    );
+    assert_eq!(pod_links(pod.netns()), ["eth0"]);
+    assert!(
+        node.endpoint_ips().contains(&ip.to_string()),
+        "no endpoint for {ip}: {:?}",
+        node.endpoints()
+    );
+    assert!(
+        node.ipam_file(DEFAULT_NETWORK, ip).is_file(),
+        "no IPAM file for {ip}"
+    );
+
+    let endpoint = node
+        .endpoints()
+        .into_iter()
+        .find(|e| e["ip"] == ip.to_string())
+        .unwrap();
+    let host_mac = pod.result()["interfaces"][0]["mac"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    let pod_mac = pod.result()["interfaces"][1]["mac"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert_eq!(
+        endpoint["hostMac"].as_str().map(str::to_lowercase),
+        Some(host_mac),
+        "{endpoint}"
+    );
+    assert_eq!(
+        endpoint["podMac"].as_str().map(str::to_lowercase),
+        Some(pod_mac),
+        "{endpoint}"
+    );
+}
+
+#[test]
+fn del_removes_veth_endpoint_and_reservation() {
+    let node = Node::new();
+    let mut pod = node.add_pod();
+    let ip = IpAddr::V4(pod.ip());
+    let host_ifname = pod.host_ifname();
+
+    pod.del().expect_success("DEL");
+    assert!(
+        !node.links().contains(&host_ifname),
+        "host veth {host_ifname} left: {:?}",
+        node.links()
+    );
+    assert_eq!(
+        pod_links(pod.netns()),
+        Vec::<String>::new(),
+        "pod interface left behind"
+    );
+    assert!(
+        !node.endpoint_ips().contains(&ip.to_string()),
+        "endpoint {ip} left: {:?}",
+        node.endpoints()
+    );
+    assert!(
+        !node.ipam_file(DEFAULT_NETWORK, ip).exists(),
+        "IPAM file for {ip} left"
+    );
+}
+
+#[test]
+fn del_twice_succeeds() {
+    let node = Node::new();
+    let mut pod = node.add_pod();
+    pod.del().expect_success("first DEL");
+    pod.del().expect_success("second DEL");
+    assert!(node.ipam_reservations(DEFAULT_NETWORK).is_empty());
+    assert!(node.endpoint_ips().is_empty(), "{:?}", node.endpoints());
+}
+
+#[test]
+fn del_after_netns_is_gone_releases_address_and_endpoint() {
+    let node = Node::new();
+    let mut pod = node.add_pod();
+    let ip = IpAddr::V4(pod.ip());
+    let host_ifname = pod.host_ifname();
+
+    pod.remove_netns();
+    pod.del().expect_success("DEL with the netns gone");
+    assert!(
+        !node.ipam_file(DEFAULT_NETWORK, ip).exists(),
+        "IPAM file for {ip} left"
+    );
+    assert!(
+        !node.endpoint_ips().contains(&ip.to_string()),
+        "endpoint {ip} left: {:?}",
+        node.endpoints()
+    );
+    assert!(
+        !node.links().contains(&host_ifname),
+        "host veth {host_ifname} left"
+    );
+    pod.del().expect_success("second DEL with the netns gone");
+}
+
+#[test]
+fn address_is_reused_only_after_del() {
+    let node = Node::new();
+    let conf = node.conf().range("10.244.1.20", "10.244.1.21").build();
+    let mut first = node.add_pod_with(conf.clone());
+    let second = node.add_pod_with(conf.clone());
+    assert_ne!(first.ip(), second.ip());
+    let freed = first.ip();
+    first.del().expect_success("DEL");
+    let third = node.add_pod_with(conf);
+    assert_eq!(
+        third.ip(),
+        freed,
+        "the freed address was not handed out again"
+    );
+    assert_eq!(node.endpoint_ips().len(), 2, "{:?}", node.endpoints());
+}
+
+#[test]
+fn concurrent_adds_on_a_fresh_node_get_distinct_addresses() {
+    const PODS: usize = 4;
+    let node = Node::new();
+    // The first calls race to load and pin the datapath and to reserve.
+    let pods: Vec<Pod<'_>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..PODS).map(|_| scope.spawn(|| node.add_pod())).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("ADD thread panicked"))
+            .collect()
+    });
+    let ips: BTreeSet<_> = pods.iter().map(|p| p.ip()).collect();
+    assert_eq!(ips.len(), PODS, "duplicate addresses: {ips:?}");
+    assert_eq!(node.endpoint_ips().len(), PODS, "{:?}", node.endpoints());
+    assert_eq!(node.ipam_reservations(DEFAULT_NETWORK).len(), PODS);
+    for pod in &pods[1..] {
+        if !ping(pods[0].netns(), IpAddr::V4(pod.ip()), 1) {
+            let retry = traffic::ping_counts(pods[0].netns(), None, IpAddr::V4(pod.ip()), 3);
+            panic!(
+                "pod 0 ({}) cannot reach {} (retry: {retry:?} sent/received)\nendpoints: {:?}\ndrops: {:?}\nstats: {:?}\nneigh: {}",
+                pods[0].ip(),
+                pod.ip(),
+                node.endpoints(),
+                node.drops(),
+                node.stats(),
+                pods[0].netns().ip(&["neigh"]),
+            );
+        }
+    }
+}
+
+#[test]
+fn mtu_from_the_config_is_applied_to_both_ends() {
+    let node = Node::new();
+    let pod = node.add_pod_with(node.conf().mtu(1400).build());
+    let pod_link = pod.netns().ip(&["-j", "link", "show", "dev", "eth0"]);
+    let host_link = node
+        .netns()
+        .ip(&["-j", "link", "show", "dev", &pod.host_ifname()]);
+    for (side, json) in [("pod", pod_link), ("host", host_link)] {
+        let links: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+        assert_eq!(links[0]["mtu"], 1400, "{side} side: {json}");
+    }
+}
+
+#[test]
+fn del_without_cni_netns_releases_address_and_endpoint() {
+    let node = Node::new();
+    let mut pod = node.add_pod();
+    let ip = IpAddr::V4(pod.ip());
+    pod.remove_netns();
+
+    // skel requires CNI_NETNS for ADD and CHECK only; runtimes leave it
+    // empty for DEL once the sandbox is gone.
+    let stdin = pod.conf_with_prev_result("1.0.0").to_string();
+    node.cni(&CniRequest {
+        command: "DEL",
+        container_id: pod.container_id(),
+        netns: None,
+        ifname: "eth0",
+        args: None,
+        stdin: stdin.as_bytes(),
+    })
+    .expect_success("DEL without CNI_NETNS");
+    assert!(
+        !node.ipam_file(DEFAULT_NETWORK, ip).exists(),
+        "IPAM file for {ip} left"
+    );
+    assert!(
+        !node.endpoint_ips().contains(&ip.to_string()),
+        "endpoint {ip} left: {:?}",
+        node.endpoints()
+    );
+}
+
+#[test]
+fn nodes_sharing_a_bpffs_mount_keep_separate_state() {
+    let bpffs = Arc::new(Bpffs::new());
+    let first = Node::with_bpffs(Arc::clone(&bpffs));
+    let second = Node::with_bpffs(Arc::clone(&bpffs));
+    // The same subnet on both: only the bpffs root tells them apart.
+    let a = [first.add_pod(), first.add_pod()];
+    let b = second.add_pod();
+
+    let first_ips: BTreeSet<String> = a.iter().map(|p| p.ip().to_string()).collect();
+    assert_eq!(first.endpoint_ips(), first_ips);
+    assert_eq!(second.endpoint_ips(), BTreeSet::from([b.ip().to_string()]));
+    assert!(ping(a[0].netns(), IpAddr::V4(a[1].ip()), 1));
+    assert_eq!(
+        first.dropped_packets(&["unknown-source", "spoofed-source"], "from-pod"),
+        0
+    );
+}
