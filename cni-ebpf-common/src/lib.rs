@@ -9,15 +9,31 @@ pub mod map_names {
     pub const ENDPOINTS: &str = "ENDPOINTS";
     pub const DROPS: &str = "DROPS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const NODE_CONFIG: &str = "NODE_CONFIG";
+    pub const NO_MASQ: &str = "NO_MASQ";
+    pub const NODE_ADDRS: &str = "NODE_ADDRS";
+    pub const NAT_OUT: &str = "NAT_OUT";
+    pub const NAT_IN: &str = "NAT_IN";
+    pub const NAT_FLOWS: &str = "NAT_FLOWS";
 }
 
 /// Names of the programs in the ELF.
 pub mod program_names {
     pub const FROM_POD: &str = "from_pod";
+    pub const FROM_UPLINK: &str = "from_uplink";
 }
 
 /// Endpoints the node can hold: one entry per pod address.
 pub const MAX_ENDPOINTS: u32 = 65_536;
+/// Translated flows the node can hold (each has an entry in `NAT_OUT` and
+/// one in `NAT_IN`).
+pub const MAX_NAT_FLOWS: u32 = 262_144;
+/// Addresses of the node itself.
+pub const MAX_NODE_ADDRS: u32 = 256;
+/// CIDRs excluded from masquerade.
+pub const MAX_NO_MASQ: u32 = 1_024;
+/// Tries at a free source port before the packet is dropped.
+pub const NAT_PORT_TRIES: u32 = 32;
 
 /// An IP address as a map key: IPv6 as is, IPv4 as an IPv4-mapped IPv6
 /// address (`::ffff:a.b.c.d`), so one map serves both families.
@@ -87,6 +103,100 @@ pub struct Endpoint {
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 32);
 const _: () = assert!(core::mem::size_of::<IpKey>() == 16);
 
+/// Node-wide settings of the datapath: the single entry of `NODE_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NodeConfig {
+    /// Address pod flows are masqueraded to (IPv4-mapped for IPv4).
+    pub masq_addr: [u8; 16],
+    /// The uplink: where masqueraded and cross-node traffic leaves.
+    pub uplink_ifindex: u32,
+    /// `NODE_F_*` bits.
+    pub flags: u32,
+    /// Ports tried when a flow's own source port is taken (inclusive).
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    /// New masqueraded flows are refused (and counted) past this many.
+    pub nat_max_flows: u32,
+}
+
+pub const NODE_F_MASQUERADE: u32 = 1;
+
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 32);
+
+/// One direction of a flow as the packet carries it. For ICMP echo the
+/// identifier stands in the port of the side that chose it (`src_port` of a
+/// request from the pod, `dst_port` of the reply) and the other port is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Network order, as in the packet.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Value of both NAT maps: what the other side of the translation is.
+/// In `NAT_OUT` (keyed by the pod's flow) `addr`/`port` are the translated
+/// source; in `NAT_IN` (keyed by the reply as it arrives) they are the pod's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatEntry {
+    pub addr: [u8; 16],
+    /// Network order.
+    pub port: u16,
+    /// `CtState` as u8.
+    pub state: u8,
+    pub _pad: [u8; 5],
+    /// `bpf_ktime_get_ns` of the last packet either way.
+    pub last_seen_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<NatEntry>() == 32);
+
+/// Connection-tracking states that decide a flow's timeout.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtState {
+    TcpSynSent = 1,
+    TcpEstablished = 2,
+    TcpClosing = 3,
+    Udp = 4,
+    Icmp = 5,
+}
+
+impl CtState {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(CtState::TcpSynSent),
+            2 => Some(CtState::TcpEstablished),
+            3 => Some(CtState::TcpClosing),
+            4 => Some(CtState::Udp),
+            5 => Some(CtState::Icmp),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            CtState::TcpSynSent => "syn-sent",
+            CtState::TcpEstablished => "established",
+            CtState::TcpClosing => "closing",
+            CtState::Udp => "udp",
+            CtState::Icmp => "icmp",
+        }
+    }
+}
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
 /// Which way a packet was going when it was counted.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,10 +226,16 @@ pub enum DropReason {
     UnsupportedL3 = 5,
     /// The kernel refused a redirect.
     RedirectFailed = 6,
+    /// No free source port for a new masqueraded flow.
+    NatPortsExhausted = 7,
+    /// The NAT maps refused a new entry.
+    NatTableFull = 8,
+    /// A checksum or header rewrite failed.
+    RewriteFailed = 9,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::UnknownSource,
         DropReason::SpoofedSource,
@@ -127,6 +243,9 @@ impl DropReason {
         DropReason::SpoofedArp,
         DropReason::UnsupportedL3,
         DropReason::RedirectFailed,
+        DropReason::NatPortsExhausted,
+        DropReason::NatTableFull,
+        DropReason::RewriteFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -138,6 +257,9 @@ impl DropReason {
             DropReason::SpoofedArp => "spoofed-arp",
             DropReason::UnsupportedL3 => "unsupported-l3",
             DropReason::RedirectFailed => "redirect-failed",
+            DropReason::NatPortsExhausted => "nat-ports-exhausted",
+            DropReason::NatTableFull => "nat-table-full",
+            DropReason::RewriteFailed => "rewrite-failed",
         }
     }
 
@@ -160,16 +282,36 @@ pub enum Verdict {
     ToStack = 1,
     /// ARP request answered on behalf of the gateway.
     ArpReply = 2,
+    /// Sent out of the uplink after a FIB lookup (masqueraded or not).
+    Forwarded = 3,
+    /// A new masqueraded flow got its translation.
+    NatNewFlow = 4,
+    /// A new flow's own source port was taken and another was tried.
+    NatPortRetry = 5,
+    /// Reply of a masqueraded flow translated back and delivered.
+    NatReply = 6,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 3] = [Verdict::LocalDelivery, Verdict::ToStack, Verdict::ArpReply];
+    pub const ALL: [Verdict; 7] = [
+        Verdict::LocalDelivery,
+        Verdict::ToStack,
+        Verdict::ArpReply,
+        Verdict::Forwarded,
+        Verdict::NatNewFlow,
+        Verdict::NatPortRetry,
+        Verdict::NatReply,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
             Verdict::LocalDelivery => "local-delivery",
             Verdict::ToStack => "to-stack",
             Verdict::ArpReply => "arp-reply",
+            Verdict::Forwarded => "forwarded",
+            Verdict::NatNewFlow => "nat-new-flow",
+            Verdict::NatPortRetry => "nat-port-retry",
+            Verdict::NatReply => "nat-reply",
         }
     }
 }
@@ -192,4 +334,7 @@ mod pod {
     unsafe impl aya::Pod for super::IpKey {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::PacketCount {}
+    unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::NatEntry {}
 }

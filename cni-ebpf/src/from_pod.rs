@@ -1,23 +1,29 @@
 //! `from_pod`: tc ingress of every host-side veth, i.e. everything a pod
 //! sends. Anti-spoofing first, then local delivery straight into the
 //! destination pod with `bpf_redirect_peer`, ARP for the gateway answered
-//! here, and everything else handed to the node's stack.
+//! here; traffic for other nodes and the outside leaves through the uplink
+//! (masqueraded unless its destination is a cluster CIDR), and everything
+//! else is handed to the node's stack.
 
+use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::generated::{bpf_redirect, bpf_redirect_peer},
     macros::classifier,
     programs::TcContext,
 };
-use cni_ebpf_common::{Direction, DropReason, Endpoint, IpKey, Verdict};
+use cni_ebpf_common::{Direction, DropReason, Endpoint, IpKey, NODE_F_MASQUERADE, Verdict};
 
 use crate::{
     counters::{count_drop, count_verdict},
+    forward::out_of_uplink,
     headers::{
         ARP_HTYPE_ETHERNET, ARP_REPLY, ARP_REQUEST, ArpEthIpv4, ETH_LEN, ETH_P_ARP, ETH_P_IP,
         ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, pull_headers,
     },
-    maps::ENDPOINTS,
+    l4,
+    maps::{ENDPOINTS, NO_MASQ, NODE_ADDRS, NODE_CONFIG},
+    nat::snat,
 };
 
 /// Ethernet + the longest L3 header we read.
@@ -83,8 +89,7 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
 
     // SAFETY: copied out at once.
     let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(dst)) }).copied() else {
-        count_verdict(Verdict::ToStack, ctx.len());
-        return Ok(TC_ACT_OK);
+        return leave_node(ctx, ip, src, dst, ttl);
     };
     if ttl <= 1 {
         // The stack answers with ICMP time exceeded.
@@ -100,9 +105,49 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     deliver_to_pod(ctx, &target)
 }
 
+fn to_stack(ctx: &TcContext) -> Result<i32, DropReason> {
+    count_verdict(Verdict::ToStack, ctx.len());
+    Ok(TC_ACT_OK)
+}
+
+/// Out of the uplink, masqueraded unless `dst` is in `NO_MASQ`; the node's
+/// own addresses, multicast and broadcast go to the stack.
+fn leave_node(
+    ctx: &TcContext,
+    ip: *mut Ipv4Hdr,
+    src: [u8; 4],
+    dst: [u8; 4],
+    ttl: u8,
+) -> Result<i32, DropReason> {
+    let Some(cfg) = NODE_CONFIG.get(0).copied() else {
+        return to_stack(ctx);
+    };
+    let for_node = dst[0] >= 224 || NODE_ADDRS.get_ptr(&IpKey::v4(dst)).is_some();
+    if cfg.uplink_ifindex == 0 || ttl <= 1 || for_node {
+        return to_stack(ctx);
+    }
+    let masquerade = cfg.flags & NODE_F_MASQUERADE != 0
+        && NO_MASQ.get(Key::new(128, IpKey::v4(dst).addr)).is_none();
+    if masquerade {
+        // Fragments and protocols without ports cannot be translated.
+        let Some(transport) = l4::parse(ctx, ip) else {
+            return to_stack(ctx);
+        };
+        if !snat(ctx, src, dst, &transport, &cfg)? {
+            return to_stack(ctx);
+        }
+    }
+    // The rewrites went through helpers: the packet pointers must be fresh.
+    let ip: *mut Ipv4Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
+    ipv4_decrease_ttl(ip);
+    let action = out_of_uplink(cfg.uplink_ifindex)?;
+    count_verdict(Verdict::Forwarded, ctx.len());
+    Ok(action)
+}
+
 /// Into the pod behind `target`'s host veth, skipping the host veth itself.
 #[inline(always)]
-fn deliver_to_pod(ctx: &TcContext, target: &Endpoint) -> Result<i32, DropReason> {
+pub fn deliver_to_pod(ctx: &TcContext, target: &Endpoint) -> Result<i32, DropReason> {
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect_peer(target.ifindex, 0) } as i32;
     if action != TC_ACT_REDIRECT {

@@ -98,3 +98,46 @@ pub fn ipv4_decrease_ttl(ip: *mut Ipv4Hdr) {
         (*ip).ttl -= 1;
     }
 }
+
+pub const IPV4_CSUM_OFF: usize = ETH_LEN + 10;
+pub const IPV4_SRC_OFF: usize = ETH_LEN + 12;
+pub const IPV4_DST_OFF: usize = ETH_LEN + 16;
+
+/// Where a transport header's checksum sits, relative to its start.
+pub const TCP_CSUM_OFF: usize = 16;
+pub const UDP_CSUM_OFF: usize = 6;
+pub const ICMP_CSUM_OFF: usize = 2;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+/// The first 8 bytes of TCP, UDP and ICMP alike: enough for ports (or the
+/// echo identifier) and, for TCP, up to the flags.
+#[repr(C)]
+pub struct L4Head {
+    pub word0: u16,
+    pub word1: u16,
+    pub word2: u16,
+    pub word3: u16,
+}
+
+#[repr(C)]
+pub struct TcpFlagsWord {
+    pub data_off: u8,
+    pub flags: u8,
+}
+
+/// Offset of the transport header behind an IPv4 header at `ETH_LEN`.
+#[inline(always)]
+pub fn ipv4_l4_offset(ip: *const Ipv4Hdr) -> usize {
+    // SAFETY: the caller bounds-checked `ip`.
+    ETH_LEN + (usize::from(unsafe { (*ip).version_ihl } & 0x0f) * 4)
+}

@@ -1,15 +1,24 @@
 //! The cni-ebpf datapath: one ELF holding every program and map.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]
+mod forward;
+#[cfg(target_arch = "bpf")]
 mod from_pod;
+#[cfg(target_arch = "bpf")]
+mod from_uplink;
 #[cfg(target_arch = "bpf")]
 mod headers;
 #[cfg(target_arch = "bpf")]
+mod l4;
+#[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod nat;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -2,9 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
-use cni_ebpf_common::{COUNTER_SLOTS, DROP_SLOTS, Endpoint, IpKey, MAX_ENDPOINTS, PacketCount};
+use cni_ebpf_common::{
+    COUNTER_SLOTS, DROP_SLOTS, Endpoint, FlowKey, IpKey, MAX_ENDPOINTS, MAX_NAT_FLOWS, MAX_NO_MASQ,
+    MAX_NODE_ADDRS, NatEntry, NodeConfig, PacketCount,
+};
 
 /// Pod addresses on this node -> their interface.
 #[map]
@@ -17,3 +20,29 @@ pub static DROPS: PerCpuArray<PacketCount> = PerCpuArray::pinned(DROP_SLOTS, 0);
 /// Packets the datapath passed on, by verdict.
 #[map]
 pub static COUNTERS: PerCpuArray<PacketCount> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+/// The node's settings (one entry), written by the plugin.
+#[map]
+pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+
+/// The node's own addresses: pod traffic to them goes to the node's stack.
+#[map]
+pub static NODE_ADDRS: HashMap<IpKey, u8> = HashMap::pinned(MAX_NODE_ADDRS, 0);
+
+/// Destinations that keep the pod's source address (cluster CIDRs).
+/// `BPF_F_NO_PREALLOC` is mandatory for LPM tries.
+#[map]
+pub static NO_MASQ: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(MAX_NO_MASQ, 1);
+
+/// Masqueraded flows as the pod sends them -> the translated source.
+#[map]
+pub static NAT_OUT: LruHashMap<FlowKey, NatEntry> = LruHashMap::pinned(MAX_NAT_FLOWS, 0);
+
+/// Replies as they arrive at the node -> the pod's address and port.
+#[map]
+pub static NAT_IN: LruHashMap<FlowKey, NatEntry> = LruHashMap::pinned(MAX_NAT_FLOWS, 0);
+
+/// Live translated flows (slot 0), against `NodeConfig::nat_max_flows`;
+/// the agent's garbage collection rewrites it with the true count.
+#[map]
+pub static NAT_FLOWS: Array<u64> = Array::pinned(1, 0);

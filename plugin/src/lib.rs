@@ -10,3 +10,4 @@ pub mod names;
 pub mod netlink;
 pub mod netns;
 pub mod state;
+pub mod uplink;

@@ -189,11 +189,20 @@ impl Netlink {
     }
 
     pub async fn addresses(&self, index: u32) -> CniResult<Vec<IpNet>> {
-        let messages: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
+        self.address_dump(Some(index)).await
+    }
+
+    /// Every address of the namespace.
+    pub async fn all_addresses(&self) -> CniResult<Vec<IpNet>> {
+        self.address_dump(None).await
+    }
+
+    async fn address_dump(&self, index: Option<u32>) -> CniResult<Vec<IpNet>> {
+        let mut request = self.handle.address().get();
+        if let Some(index) = index {
+            request = request.set_link_index_filter(index);
+        }
+        let messages: Vec<_> = request
             .execute()
             .try_collect()
             .await
@@ -261,6 +270,48 @@ impl Netlink {
                 _ => None,
             })
             .collect())
+    }
+
+    /// Adds or replaces `dst via gw` in the main table.
+    pub async fn replace_route(&self, dst: IpNet, gw: IpAddr) -> CniResult<()> {
+        let invalid = |e| CniError::invalid_config(format!("nodeRoutes {dst}: {e}"));
+        let message = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .map_err(invalid)?
+            .gateway(gw)
+            .map_err(invalid)?
+            .build();
+        self.handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| CniError::netlink(format!("installing route {dst} via {gw}"), e))
+    }
+
+    /// The device of the IPv4 default route, if there is one.
+    pub async fn default_route_device(&self) -> CniResult<Option<String>> {
+        let Some(oif) = self
+            .routes(true)
+            .await?
+            .into_iter()
+            .find(|r| r.dst.prefix_len() == 0)
+            .and_then(|r| r.oif)
+        else {
+            return Ok(None);
+        };
+        let mut links = self.handle.link().get().match_index(oif).execute();
+        let message = links
+            .try_next()
+            .await
+            .map_err(|e| CniError::netlink(format!("reading link {oif}"), e))?;
+        Ok(message.and_then(|m| {
+            m.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            })
+        }))
     }
 
     /// Routes of the main table in `family` (true: IPv4).

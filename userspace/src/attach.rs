@@ -54,20 +54,38 @@ pub fn attach_from_pod(
     host_ifname: &str,
     mode: AttachMode,
 ) -> Result<Attachment> {
+    let pin = datapath.layout().endpoint_link(host_ifname);
+    attach(datapath.from_pod(), host_ifname, mode, pin)
+}
+
+/// Attaches `from_uplink` to tc ingress of the node's uplink.
+pub fn attach_from_uplink(
+    datapath: &mut Datapath,
+    uplink: &str,
+    mode: AttachMode,
+) -> Result<Attachment> {
+    let pin = datapath.layout().uplink_link(uplink);
+    attach(datapath.from_uplink(), uplink, mode, pin)
+}
+
+fn attach(
+    program: &mut SchedClassifier,
+    ifname: &str,
+    mode: AttachMode,
+    pin: PathBuf,
+) -> Result<Attachment> {
     match mode {
-        AttachMode::Clsact => attach_clsact(datapath.from_pod(), host_ifname),
-        AttachMode::Tcx => attach_tcx(datapath, host_ifname),
+        AttachMode::Clsact => attach_clsact(program, ifname),
+        AttachMode::Tcx => attach_tcx(program, ifname, pin),
     }
 }
 
-fn attach_tcx(datapath: &mut Datapath, host_ifname: &str) -> Result<Attachment> {
-    let pin = datapath.layout().endpoint_link(host_ifname);
+fn attach_tcx(program: &mut SchedClassifier, ifname: &str, pin: PathBuf) -> Result<Attachment> {
     // A pin left by a crashed run for an interface of the same name.
     remove_pin(&pin)?;
-    let program = datapath.from_pod();
     let id = program
         .attach_with_options(
-            host_ifname,
+            ifname,
             TcAttachType::Ingress,
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         )
@@ -87,8 +105,8 @@ fn attach_tcx(datapath: &mut Datapath, host_ifname: &str) -> Result<Attachment> 
     })
 }
 
-fn attach_clsact(program: &mut SchedClassifier, host_ifname: &str) -> Result<Attachment> {
-    if let Err(e) = tc::qdisc_add_clsact(host_ifname) {
+fn attach_clsact(program: &mut SchedClassifier, ifname: &str) -> Result<Attachment> {
+    if let Err(e) = tc::qdisc_add_clsact(ifname) {
         let exists = matches!(&e, tc::TcError::NetlinkError(err) if err.raw_os_error() == Some(libc::EEXIST));
         if !exists {
             return Err(program_error(ProgramError::from(e)));
@@ -96,7 +114,7 @@ fn attach_clsact(program: &mut SchedClassifier, host_ifname: &str) -> Result<Att
     }
     let id = program
         .attach_with_options(
-            host_ifname,
+            ifname,
             TcAttachType::Ingress,
             TcAttachOptions::Netlink(NlOptions::default()),
         )

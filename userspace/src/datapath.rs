@@ -8,7 +8,7 @@ use aya::{
     programs::{ProgramError, SchedClassifier},
     sys::SyscallError,
 };
-use cni_ebpf_common::program_names::FROM_POD;
+use cni_ebpf_common::program_names::{FROM_POD, FROM_UPLINK};
 
 use crate::{
     error::{DatapathError, Result},
@@ -21,35 +21,53 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cn
 /// Hash of [`OBJECT`]: programs are pinned per build.
 pub const BUILD_ID: &str = env!("CNI_EBPF_BUILD_ID");
 
+/// Every program of the object; `from_pod` last, so that its pin marks a
+/// complete load.
+const PROGRAMS: [&str; 2] = [FROM_UPLINK, FROM_POD];
+
 /// The programs of this build, opened from their pins.
 #[derive(Debug)]
 pub struct Datapath {
     layout: BpffsLayout,
     from_pod: SchedClassifier,
+    from_uplink: SchedClassifier,
 }
 
 impl Datapath {
     /// Opens the pinned programs of this build; the first caller on a node
     /// loads the object, pins its maps and programs, under the root's lock.
     pub fn open_or_load(layout: BpffsLayout) -> Result<Self> {
-        if let Some(from_pod) = open_pinned(&layout)? {
-            return Ok(Self { layout, from_pod });
+        if let Some(datapath) = Self::open_pinned(&layout)? {
+            return Ok(datapath);
         }
         layout.ensure_dirs(BUILD_ID)?;
         let _lock = layout.lock()?;
         // Another process may have finished loading while we waited.
-        if let Some(from_pod) = open_pinned(&layout)? {
-            return Ok(Self { layout, from_pod });
+        if let Some(datapath) = Self::open_pinned(&layout)? {
+            return Ok(datapath);
         }
         load_and_pin(&layout)?;
-        let from_pod = open_pinned(&layout)?.ok_or_else(|| {
+        Self::open_pinned(&layout)?.ok_or_else(|| {
             DatapathError::io(
                 "open pinned program",
                 layout.program(BUILD_ID, FROM_POD),
                 io::ErrorKind::NotFound.into(),
             )
-        })?;
-        Ok(Self { layout, from_pod })
+        })
+    }
+
+    fn open_pinned(layout: &BpffsLayout) -> Result<Option<Self>> {
+        let Some(from_pod) = open_pinned(layout, FROM_POD)? else {
+            return Ok(None);
+        };
+        let Some(from_uplink) = open_pinned(layout, FROM_UPLINK)? else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            layout: layout.clone(),
+            from_pod,
+            from_uplink,
+        }))
     }
 
     pub fn layout(&self) -> &BpffsLayout {
@@ -63,10 +81,14 @@ impl Datapath {
     pub fn from_pod_ref(&self) -> &SchedClassifier {
         &self.from_pod
     }
+
+    pub fn from_uplink(&mut self) -> &mut SchedClassifier {
+        &mut self.from_uplink
+    }
 }
 
-fn open_pinned(layout: &BpffsLayout) -> Result<Option<SchedClassifier>> {
-    let path = layout.program(BUILD_ID, FROM_POD);
+fn open_pinned(layout: &BpffsLayout, name: &'static str) -> Result<Option<SchedClassifier>> {
+    let path = layout.program(BUILD_ID, name);
     match SchedClassifier::from_pin(&path) {
         Ok(program) => Ok(Some(program)),
         Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
@@ -74,10 +96,7 @@ fn open_pinned(layout: &BpffsLayout) -> Result<Option<SchedClassifier>> {
         {
             Ok(None)
         }
-        Err(source) => Err(DatapathError::Program {
-            name: FROM_POD,
-            source,
-        }),
+        Err(source) => Err(DatapathError::Program { name, source }),
     }
 }
 
@@ -90,25 +109,23 @@ fn load_and_pin(layout: &BpffsLayout) -> Result<()> {
         .default_map_pin_directory(layout.maps_dir())
         .load(OBJECT)
         .map_err(Box::new)?;
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(FROM_POD)
-        .ok_or_else(|| DatapathError::Program {
-            name: FROM_POD,
-            source: ProgramError::NotLoaded,
-        })?
-        .try_into()
-        .map_err(|source| DatapathError::Program {
-            name: FROM_POD,
-            source,
-        })?;
-    program.load().map_err(|source| DatapathError::Program {
-        name: FROM_POD,
-        source,
-    })?;
-    let path = layout.program(BUILD_ID, FROM_POD);
-    program
-        .pin(&path)
-        .map_err(|source| DatapathError::Pin { path, source })?;
+    for name in PROGRAMS {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::Program {
+                name,
+                source: ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| DatapathError::Program { name, source })?;
+        program
+            .load()
+            .map_err(|source| DatapathError::Program { name, source })?;
+        let path = layout.program(BUILD_ID, name);
+        program
+            .pin(&path)
+            .map_err(|source| DatapathError::Pin { path, source })?;
+    }
     remove_other_builds(layout);
     Ok(())
 }

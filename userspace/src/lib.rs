@@ -8,6 +8,8 @@ pub mod counters;
 pub mod datapath;
 pub mod endpoints;
 pub mod error;
+pub mod nat;
+pub mod node;
 pub mod paths;
 
 pub use attach::{AttachMode, Attachment};

@@ -5,6 +5,7 @@
 //! <root>/maps/<MAP>                 maps, pinned by name, shared by every build
 //! <root>/programs/<build-id>/<prog> programs of one build of the eBPF object
 //! <root>/links/<host-ifname>        the tcx link of one endpoint
+//! <root>/uplinks/<ifname>           the tcx link of the node's uplink
 //! ```
 
 use std::{
@@ -59,6 +60,14 @@ impl BpffsLayout {
 
     pub fn endpoint_link(&self, host_ifname: &str) -> PathBuf {
         self.links_dir().join(host_ifname)
+    }
+
+    pub fn uplinks_dir(&self) -> PathBuf {
+        self.root.join("uplinks")
+    }
+
+    pub fn uplink_link(&self, ifname: &str) -> PathBuf {
+        self.uplinks_dir().join(ifname)
     }
 
     /// Checks that the root lives on a bpffs and creates its directories.

@@ -19,6 +19,7 @@ use crate::{
     netlink::{Netlink, VethEnd},
     netns::NetNs,
     state::{AttachmentRecord, StateDir},
+    uplink::{self, UplinkConf},
 };
 
 const DEFAULT_MTU: u32 = 1500;
@@ -38,6 +39,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
     let pod_ns = NetNs::open(env.require_netns()?)?;
     let ipam = Ipam::from_conf(conf, env)?;
     let attach_mode = attach_mode(conf)?;
+    let uplink_conf = UplinkConf::parse(&conf.raw)?;
     let _shared = StateDir::new(&conf.state_dir, &conf.name).lock_shared()?;
     let mut datapath = open_datapath(conf)?;
     let rt = runtime()?;
@@ -53,6 +55,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
             pod_ns: &pod_ns,
             ipam: &ipam,
             attach_mode,
+            uplink: &uplink_conf,
         };
         match add(&request, &node, &pod, &mut datapath, &mut progress).await {
             Ok(output) => Ok(output),
@@ -72,6 +75,7 @@ struct Request<'a> {
     pod_ns: &'a NetNs,
     ipam: &'a Ipam,
     attach_mode: AttachMode,
+    uplink: &'a UplinkConf,
 }
 
 async fn add(
@@ -88,6 +92,8 @@ async fn add(
         .add(req.conf, req.container_id, req.ifname, &requested)?;
     progress.allocated = true;
     let allocations = lease.allocations;
+    let own_subnets: Vec<IpNet> = allocations.iter().map(|a| a.address.trunc()).collect();
+    uplink::ensure(req.uplink, &own_subnets, node, datapath, req.attach_mode).await?;
 
     let mtu = req.conf.mtu.unwrap_or(DEFAULT_MTU);
     let host = VethEnd {

@@ -1,0 +1,85 @@
+//! `from_uplink`: tc ingress of the node's uplink. Replies of masqueraded
+//! flows are translated back and, like traffic from other nodes' pods for a
+//! pod of this node, delivered straight into the pod; everything else is the
+//! node's own and goes to its stack.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+use cni_ebpf_common::{Direction, DropReason, IpKey, NODE_F_MASQUERADE, Verdict};
+
+use crate::{
+    counters::{count_drop, count_verdict},
+    from_pod::deliver_to_pod,
+    headers::{
+        ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, pull_headers,
+    },
+    l4,
+    maps::{ENDPOINTS, NODE_CONFIG},
+    nat::dnat,
+};
+
+const HEADERS_LEN: u32 = (ETH_LEN + core::mem::size_of::<Ipv6Hdr>()) as u32;
+
+#[classifier]
+pub fn from_uplink(ctx: TcContext) -> i32 {
+    match try_from_uplink(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            count_drop(reason, Direction::ToPod, ctx.len());
+            TC_ACT_SHOT
+        }
+    }
+}
+
+fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
+    pull_headers(ctx, HEADERS_LEN);
+    let Some(eth) = header::<EthHdr>(ctx, 0) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: bounds-checked.
+    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
+        return Ok(TC_ACT_OK);
+    }
+    let Some(ip) = header::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: bounds-checked.
+    let (src, dst, ttl) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).ttl) };
+    let mut pod = dst;
+    let masquerading = NODE_CONFIG
+        .get(0)
+        .filter(|cfg| cfg.flags & NODE_F_MASQUERADE != 0)
+        .is_some_and(|cfg| IpKey::v4(dst).addr == cfg.masq_addr);
+    if masquerading {
+        let Some(transport) = l4::parse(ctx, ip) else {
+            return Ok(TC_ACT_OK);
+        };
+        match dnat(ctx, src, dst, &transport)? {
+            Some(translated) => {
+                pod = translated;
+                count_verdict(Verdict::NatReply, ctx.len());
+            }
+            None => return Ok(TC_ACT_OK),
+        }
+    }
+    // SAFETY: copied out at once.
+    let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(pod)) }).copied() else {
+        return Ok(TC_ACT_OK);
+    };
+    if ttl <= 1 {
+        return Ok(TC_ACT_OK);
+    }
+    // Fresh pointers: the translation may have gone through helpers.
+    let ip: *mut Ipv4Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
+    let eth: *mut EthHdr = header(ctx, 0).ok_or(DropReason::Malformed)?;
+    ipv4_decrease_ttl(ip);
+    // SAFETY: bounds-checked.
+    unsafe {
+        (*eth).dst = target.pod_mac;
+        (*eth).src = target.host_mac;
+    }
+    deliver_to_pod(ctx, &target)
+}

@@ -1,0 +1,158 @@
+//! The transport header of an IPv4 packet as NAT sees it, and the
+//! checksum-correct rewrites of addresses and ports.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use cni_ebpf_common::{DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::headers::{
+    ICMP_CSUM_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPV4_CSUM_OFF, Ipv4Hdr, L4Head,
+    TCP_CSUM_OFF, TcpFlagsWord, UDP_CSUM_OFF, header, ipv4_l4_offset,
+};
+
+/// Offsets are from the start of the packet; ports in network order.
+#[derive(Clone, Copy)]
+pub struct Transport {
+    pub proto: u8,
+    pub offset: usize,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub csum_offset: usize,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    /// UDP sent without a checksum: it must stay zero.
+    pub no_csum: bool,
+}
+
+impl Transport {
+    /// Offset of the port NAT rewrites on the source side (or the echo id).
+    pub fn src_port_offset(&self) -> usize {
+        if self.proto == IPPROTO_ICMP {
+            self.offset + 4
+        } else {
+            self.offset
+        }
+    }
+
+    pub fn dst_port_offset(&self) -> usize {
+        if self.proto == IPPROTO_ICMP {
+            self.offset + 4
+        } else {
+            self.offset + 2
+        }
+    }
+
+    pub fn is_echo(&self) -> bool {
+        self.proto == IPPROTO_ICMP
+            && (self.icmp_type == ICMP_ECHO_REQUEST || self.icmp_type == ICMP_ECHO_REPLY)
+    }
+}
+
+/// Parses TCP, UDP or ICMP behind `ip`; `None` for other protocols and for
+/// fragments, which carry no complete transport header.
+#[inline(always)]
+pub fn parse(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<Transport> {
+    // SAFETY: the caller bounds-checked `ip`.
+    let (proto, frag) = unsafe { ((*ip).protocol, u16::from_be((*ip).frag_off)) };
+    if frag & 0x3fff != 0 {
+        return None;
+    }
+    let offset = ipv4_l4_offset(ip);
+    let head: *const L4Head = header(ctx, offset)?;
+    // SAFETY: bounds-checked.
+    let (w0, w1, w2) = unsafe { ((*head).word0, (*head).word1, (*head).word2) };
+    let mut t = Transport {
+        proto,
+        offset,
+        src_port: w0,
+        dst_port: w1,
+        csum_offset: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        no_csum: false,
+    };
+    match proto {
+        IPPROTO_TCP => {
+            let flags: *const TcpFlagsWord = header(ctx, offset + 12)?;
+            t.csum_offset = offset + TCP_CSUM_OFF;
+            // SAFETY: bounds-checked.
+            t.tcp_flags = unsafe { (*flags).flags };
+        }
+        IPPROTO_UDP => {
+            t.csum_offset = offset + UDP_CSUM_OFF;
+            // SAFETY: bounds-checked (8 bytes).
+            t.no_csum = unsafe { (*head).word3 } == 0;
+        }
+        IPPROTO_ICMP => {
+            t.csum_offset = offset + ICMP_CSUM_OFF;
+            t.icmp_type = w0.to_ne_bytes()[0];
+            // Echo: the identifier stands in for both ports.
+            t.src_port = w2;
+            t.dst_port = w2;
+        }
+        _ => return None,
+    }
+    Some(t)
+}
+
+fn udp_flag(t: &Transport) -> u64 {
+    if t.proto == IPPROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    }
+}
+
+/// Replaces the IPv4 address at `offset` (source or destination), fixing the
+/// IP checksum and the transport checksum's pseudo header.
+#[inline(always)]
+pub fn rewrite_addr(
+    ctx: &TcContext,
+    t: &Transport,
+    offset: usize,
+    old: [u8; 4],
+    new: [u8; 4],
+) -> Result<(), DropReason> {
+    let (from, to) = (u32::from_ne_bytes(old), u32::from_ne_bytes(new));
+    if (t.proto == IPPROTO_TCP || t.proto == IPPROTO_UDP) && !t.no_csum {
+        ctx.l4_csum_replace(
+            t.csum_offset,
+            u64::from(from),
+            u64::from(to),
+            u64::from(BPF_F_PSEUDO_HDR) | udp_flag(t) | 4,
+        )
+        .map_err(|_| DropReason::RewriteFailed)?;
+    }
+    ctx.l3_csum_replace(IPV4_CSUM_OFF, u64::from(from), u64::from(to), 4)
+        .map_err(|_| DropReason::RewriteFailed)?;
+    ctx.store(offset, &new, 0)
+        .map_err(|_| DropReason::RewriteFailed)
+}
+
+/// Replaces a port (or the echo identifier) at `offset`, fixing the
+/// transport checksum.
+#[inline(always)]
+pub fn rewrite_port(
+    ctx: &TcContext,
+    t: &Transport,
+    offset: usize,
+    old: u16,
+    new: u16,
+) -> Result<(), DropReason> {
+    if old == new {
+        return Ok(());
+    }
+    if !t.no_csum {
+        ctx.l4_csum_replace(
+            t.csum_offset,
+            u64::from(old),
+            u64::from(new),
+            udp_flag(t) | 2,
+        )
+        .map_err(|_| DropReason::RewriteFailed)?;
+    }
+    ctx.store(offset, &new, 0)
+        .map_err(|_| DropReason::RewriteFailed)
+}

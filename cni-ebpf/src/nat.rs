@@ -1,0 +1,280 @@
+//! Masquerade: source NAT of pod flows leaving through the uplink, and the
+//! reverse translation of their replies (ICMP errors included), with the
+//! connection state that decides when the agent may expire a flow.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    programs::TcContext,
+};
+use cni_ebpf_common::{
+    CtState, DropReason, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IpKey, NAT_PORT_TRIES,
+    NatEntry, NodeConfig, Verdict,
+};
+
+use crate::{
+    counters::count_verdict,
+    headers::{
+        ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
+        IPV4_DST_OFF, IPV4_SRC_OFF, Ipv4Hdr, L4Head, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, header,
+    },
+    l4::{Transport, rewrite_addr, rewrite_port},
+    maps::{NAT_FLOWS, NAT_IN, NAT_OUT},
+};
+
+#[inline(always)]
+fn v4(addr: &[u8; 16]) -> [u8; 4] {
+    [addr[12], addr[13], addr[14], addr[15]]
+}
+
+/// Translates a packet of a pod flow leaving the node: its source becomes
+/// the node's masquerade address and a port free for that destination.
+/// `Ok(false)` when the packet cannot be masqueraded (ICMP other than echo
+/// requests): the caller hands it to the stack.
+pub fn snat(
+    ctx: &TcContext,
+    src: [u8; 4],
+    dst: [u8; 4],
+    t: &Transport,
+    cfg: &NodeConfig,
+) -> Result<bool, DropReason> {
+    if t.proto == IPPROTO_ICMP && t.icmp_type != ICMP_ECHO_REQUEST {
+        return Ok(false);
+    }
+    let key = FlowKey {
+        src: IpKey::v4(src).addr,
+        dst: IpKey::v4(dst).addr,
+        src_port: t.src_port,
+        dst_port: if t.proto == IPPROTO_ICMP {
+            0
+        } else {
+            t.dst_port
+        },
+        proto: t.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let nat_port = match NAT_OUT.get_ptr_mut(&key) {
+        Some(entry) => {
+            // SAFETY: a live map value; a torn update of two plain fields
+            // only delays an expiry.
+            unsafe {
+                (*entry).last_seen_ns = now;
+                if t.proto == IPPROTO_TCP && t.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                    (*entry).state = CtState::TcpClosing as u8;
+                }
+                (*entry).port
+            }
+        }
+        None => new_flow(&key, t, cfg, now)?,
+    };
+    rewrite_addr(ctx, t, IPV4_SRC_OFF, src, v4(&cfg.masq_addr))?;
+    rewrite_port(ctx, t, t.src_port_offset(), t.src_port, nat_port)?;
+    Ok(true)
+}
+
+fn initial_state(t: &Transport) -> CtState {
+    match t.proto {
+        IPPROTO_TCP if t.tcp_flags & TCP_SYN != 0 => CtState::TcpSynSent,
+        // Mid-stream: a flow that outlived its entry (agent restart, eviction).
+        IPPROTO_TCP => CtState::TcpEstablished,
+        IPPROTO_UDP => CtState::Udp,
+        _ => CtState::Icmp,
+    }
+}
+
+/// Claims a translated port for a new flow: the pod's own when that is free
+/// towards this destination, else random ones from the configured range.
+/// `NAT_IN` is written first with `BPF_NOEXIST`, so two flows can never get
+/// the same translation.
+fn new_flow(key: &FlowKey, t: &Transport, cfg: &NodeConfig, now: u64) -> Result<u16, DropReason> {
+    let flows = NAT_FLOWS.get_ptr_mut(0).ok_or(DropReason::NatTableFull)?;
+    // SAFETY: a valid array slot.
+    if unsafe { core::ptr::read_volatile(flows) } >= u64::from(cfg.nat_max_flows) {
+        return Err(DropReason::NatTableFull);
+    }
+    let state = initial_state(t) as u8;
+    let pod_side = NatEntry {
+        addr: key.src,
+        port: key.src_port,
+        state,
+        _pad: [0; 5],
+        last_seen_ns: now,
+    };
+    let mut reply = FlowKey {
+        src: key.dst,
+        dst: cfg.masq_addr,
+        src_port: key.dst_port,
+        dst_port: key.src_port,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    let span = u32::from(cfg.nat_port_max.saturating_sub(cfg.nat_port_min)) + 1;
+    for _ in 0..NAT_PORT_TRIES {
+        if NAT_IN
+            .insert(&reply, &pod_side, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
+            let translated = NatEntry {
+                addr: cfg.masq_addr,
+                port: reply.dst_port,
+                state,
+                _pad: [0; 5],
+                last_seen_ns: now,
+            };
+            if NAT_OUT.insert(key, &translated, 0).is_err() {
+                let _ = NAT_IN.remove(&reply);
+                return Err(DropReason::NatTableFull);
+            }
+            atomic_add(flows, 1);
+            count_verdict(Verdict::NatNewFlow, 0);
+            return Ok(reply.dst_port);
+        }
+        count_verdict(Verdict::NatPortRetry, 0);
+        // SAFETY: plain helper call.
+        let random = unsafe { bpf_get_prandom_u32() } % span;
+        reply.dst_port = (cfg.nat_port_min + random as u16).to_be();
+    }
+    Err(DropReason::NatPortsExhausted)
+}
+
+/// Translates a packet arriving for the masquerade address back to the pod
+/// it belongs to; `None` when it belongs to no masqueraded flow (the node's
+/// own traffic, or a connection attempt from outside, which is not let in).
+pub fn dnat(
+    ctx: &TcContext,
+    src: [u8; 4],
+    dst: [u8; 4],
+    t: &Transport,
+) -> Result<Option<[u8; 4]>, DropReason> {
+    if t.proto == IPPROTO_ICMP
+        && matches!(
+            t.icmp_type,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+        )
+    {
+        return dnat_icmp_error(ctx, dst, t);
+    }
+    if t.proto == IPPROTO_ICMP && !t.is_echo() {
+        return Ok(None);
+    }
+    let key = FlowKey {
+        src: IpKey::v4(src).addr,
+        dst: IpKey::v4(dst).addr,
+        src_port: if t.proto == IPPROTO_ICMP {
+            0
+        } else {
+            t.src_port
+        },
+        dst_port: t.dst_port,
+        proto: t.proto,
+        _pad: [0; 3],
+    };
+    let Some(entry) = NAT_IN.get_ptr_mut(&key) else {
+        return Ok(None);
+    };
+    // SAFETY: plain helper call; a live map value as above.
+    let (pod, pod_port) = unsafe {
+        (*entry).last_seen_ns = bpf_ktime_get_ns();
+        if t.proto == IPPROTO_TCP {
+            if t.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                (*entry).state = CtState::TcpClosing as u8;
+            } else if t.tcp_flags & TCP_ACK != 0 && (*entry).state == CtState::TcpSynSent as u8 {
+                (*entry).state = CtState::TcpEstablished as u8;
+            }
+        }
+        (v4(&(*entry).addr), (*entry).port)
+    };
+    rewrite_addr(ctx, t, IPV4_DST_OFF, dst, pod)?;
+    rewrite_port(ctx, t, t.dst_port_offset(), t.dst_port, pod_port)?;
+    Ok(Some(pod))
+}
+
+/// An ICMP error about a masqueraded flow (e.g. port unreachable, or time
+/// exceeded for a traceroute) carries the translated packet inside: the
+/// outer destination, the inner source address and port all go back to the
+/// pod's, with the inner IP checksum and the ICMP checksum kept right.
+fn dnat_icmp_error(
+    ctx: &TcContext,
+    dst: [u8; 4],
+    t: &Transport,
+) -> Result<Option<[u8; 4]>, DropReason> {
+    let inner_off = t.offset + 8;
+    let inner: *const Ipv4Hdr = header(ctx, inner_off).ok_or(DropReason::Malformed)?;
+    // SAFETY: bounds-checked.
+    let (proto, inner_src, inner_dst, ihl) = unsafe {
+        (
+            (*inner).protocol,
+            (*inner).saddr,
+            (*inner).daddr,
+            usize::from((*inner).version_ihl & 0x0f) * 4,
+        )
+    };
+    if inner_src != dst || ihl < 20 {
+        return Ok(None);
+    }
+    let inner_l4 = inner_off + ihl;
+    let head: *const L4Head = header(ctx, inner_l4).ok_or(DropReason::Malformed)?;
+    // SAFETY: bounds-checked.
+    let (w0, w1, w2) = unsafe { ((*head).word0, (*head).word1, (*head).word2) };
+    let (src_port, dst_port, port_off, old_port) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => (w1, w0, inner_l4, w0),
+        IPPROTO_ICMP => (0, w2, inner_l4 + 4, w2),
+        _ => return Ok(None),
+    };
+    let key = FlowKey {
+        src: IpKey::v4(inner_dst).addr,
+        dst: IpKey::v4(inner_src).addr,
+        src_port,
+        dst_port,
+        proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out at once.
+    let Some(entry) = (unsafe { NAT_IN.get(&key) }).copied() else {
+        return Ok(None);
+    };
+    let pod = v4(&entry.addr);
+    rewrite_addr(ctx, t, IPV4_DST_OFF, dst, pod)?;
+
+    let icmp_csum = t.csum_offset;
+    let inner_csum_off = inner_off + 10;
+    let (from, to) = (u32::from_ne_bytes(inner_src), u32::from_ne_bytes(pod));
+    let old_inner_csum: u16 = ctx
+        .load(inner_csum_off)
+        .map_err(|_| DropReason::RewriteFailed)?;
+    ctx.l3_csum_replace(inner_csum_off, u64::from(from), u64::from(to), 4)
+        .map_err(|_| DropReason::RewriteFailed)?;
+    let new_inner_csum: u16 = ctx
+        .load(inner_csum_off)
+        .map_err(|_| DropReason::RewriteFailed)?;
+    ctx.store(inner_off + 12, &pod, 0)
+        .map_err(|_| DropReason::RewriteFailed)?;
+    ctx.store(port_off, &entry.port, 0)
+        .map_err(|_| DropReason::RewriteFailed)?;
+    // Every inner change is payload to the ICMP checksum.
+    for (old, new, size) in [
+        (u64::from(from), u64::from(to), 4u64),
+        (u64::from(old_inner_csum), u64::from(new_inner_csum), 2),
+        (u64::from(old_port), u64::from(entry.port), 2),
+    ] {
+        ctx.l4_csum_replace(icmp_csum, old, new, size)
+            .map_err(|_| DropReason::RewriteFailed)?;
+    }
+    Ok(Some(pod))
+}
+
+/// `lock *(u64 *)(ptr) += value`: the BPF atomic add (core's atomics have no
+/// read-modify-write on this target).
+#[inline(always)]
+fn atomic_add(ptr: *mut u64, value: u64) {
+    // SAFETY: `ptr` is a map value slot of 8 bytes.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({ptr} + 0) += {value}",
+            ptr = in(reg) ptr,
+            value = in(reg) value,
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! The node side of a network: its uplink (where masqueraded and cross-node
+//! traffic leaves and arrives), masquerade, the destinations that keep a
+//! pod's own source address, and routes to other nodes' pod CIDRs.
+//!
+//! Config keys (all optional):
+//! - `ipMasq`: masquerade pod traffic leaving the node (as the bridge plugin);
+//! - `nonMasqueradeCIDRs`: destinations that keep the pod's address
+//!   (default: the network's own ranges; add the cluster's pod CIDR);
+//! - `uplink`: the uplink device (default: the device of the default route);
+//! - `masqueradeAddress`: the address to masquerade to (default: the
+//!   uplink's first IPv4 address);
+//! - `nodeRoutes`: `[{"dst": "<other node's pod CIDR>", "gw": "<its node IP>"}]`,
+//!   installed in the node namespace;
+//! - `natPortRange`: `"61000-65535"`, ports tried when a flow's own is taken.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use cni_ebpf_userspace::{
+    AttachMode, Datapath,
+    attach::attach_from_uplink,
+    node::{self, DEFAULT_NAT_MAX_FLOWS, DEFAULT_NAT_PORTS, NodeSettings},
+};
+use ipnet::IpNet;
+use serde_json::Value;
+
+use crate::{
+    commands::datapath_error,
+    error::{CniError, CniResult},
+    netlink::Netlink,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRoute {
+    pub dst: IpNet,
+    pub gw: IpAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UplinkConf {
+    pub masquerade: bool,
+    pub no_masquerade: Vec<IpNet>,
+    pub uplink: Option<String>,
+    pub masquerade_address: Option<Ipv4Addr>,
+    pub node_routes: Vec<NodeRoute>,
+    pub nat_ports: Option<(u16, u16)>,
+}
+
+fn invalid(field: &str, why: impl std::fmt::Display) -> CniError {
+    CniError::invalid_config(format!("invalid field \"{field}\": {why}"))
+}
+
+impl UplinkConf {
+    pub fn parse(raw: &Value) -> CniResult<Self> {
+        let mut conf = UplinkConf::default();
+        if let Some(v) = raw.get("ipMasq") {
+            conf.masquerade = v
+                .as_bool()
+                .ok_or_else(|| invalid("ipMasq", "not a boolean"))?;
+        }
+        if let Some(v) = raw.get("nonMasqueradeCIDRs") {
+            let list = v
+                .as_array()
+                .ok_or_else(|| invalid("nonMasqueradeCIDRs", "not an array"))?;
+            for (i, item) in list.iter().enumerate() {
+                let field = format!("nonMasqueradeCIDRs[{i}]");
+                let net = item
+                    .as_str()
+                    .ok_or_else(|| invalid(&field, "not a string"))?
+                    .parse::<IpNet>()
+                    .map_err(|e| invalid(&field, e))?;
+                conf.no_masquerade.push(net);
+            }
+        }
+        if let Some(v) = raw.get("uplink") {
+            let name = v
+                .as_str()
+                .ok_or_else(|| invalid("uplink", "not a string"))?;
+            if name.is_empty() || name.len() > 15 {
+                return Err(invalid("uplink", "not an interface name"));
+            }
+            conf.uplink = Some(name.to_string());
+        }
+        if let Some(v) = raw.get("masqueradeAddress") {
+            conf.masquerade_address = Some(
+                v.as_str()
+                    .ok_or_else(|| invalid("masqueradeAddress", "not a string"))?
+                    .parse()
+                    .map_err(|e| invalid("masqueradeAddress", e))?,
+            );
+        }
+        if let Some(v) = raw.get("nodeRoutes") {
+            let list = v
+                .as_array()
+                .ok_or_else(|| invalid("nodeRoutes", "not an array"))?;
+            for (i, item) in list.iter().enumerate() {
+                let get = |key: &str| {
+                    let field = format!("nodeRoutes[{i}].{key}");
+                    item.get(key)
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| invalid(&field, "missing or not a string"))
+                        .map(|s| (s.to_string(), field))
+                };
+                let (dst, dst_field) = get("dst")?;
+                let (gw, gw_field) = get("gw")?;
+                conf.node_routes.push(NodeRoute {
+                    dst: dst.parse().map_err(|e| invalid(&dst_field, e))?,
+                    gw: gw.parse().map_err(|e| invalid(&gw_field, e))?,
+                });
+            }
+        }
+        if let Some(v) = raw.get("natPortRange") {
+            let text = v
+                .as_str()
+                .ok_or_else(|| invalid("natPortRange", "not a string"))?;
+            let (lo, hi) = text
+                .split_once('-')
+                .and_then(|(a, b)| {
+                    Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+                })
+                .filter(|(a, b)| 0 < *a && a <= b)
+                .ok_or_else(|| {
+                    invalid("natPortRange", "expected \"LOW-HIGH\" with 0 < LOW <= HIGH")
+                })?;
+            conf.nat_ports = Some((lo, hi));
+        }
+        Ok(conf)
+    }
+}
+
+/// Makes the node ready for traffic leaving and arriving through its uplink;
+/// cheap when it already is (one map read, one route and one address dump).
+/// Does nothing on a node without an uplink (no default route, none named).
+pub async fn ensure(
+    conf: &UplinkConf,
+    own_subnets: &[IpNet],
+    node: &Netlink,
+    datapath: &mut Datapath,
+    mode: AttachMode,
+) -> CniResult<()> {
+    for route in &conf.node_routes {
+        node.replace_route(route.dst, route.gw).await?;
+    }
+    let uplink = match &conf.uplink {
+        Some(name) => Some(name.clone()),
+        None => node.default_route_device().await?,
+    };
+    let Some(uplink) = uplink else {
+        if conf.masquerade {
+            return Err(CniError::invalid_config(
+                "invalid field \"ipMasq\": the node has no default route and no \"uplink\" is set",
+            ));
+        }
+        return Ok(());
+    };
+    let link = node
+        .link(&uplink)
+        .await?
+        .ok_or_else(|| invalid("uplink", format!("no interface {uplink} on the node")))?;
+    let masquerade = if conf.masquerade {
+        let address = match conf.masquerade_address {
+            Some(a) => a,
+            None => first_ipv4(node, link.index).await?.ok_or_else(|| {
+                invalid(
+                    "masqueradeAddress",
+                    format!("{uplink} has no IPv4 address to masquerade to"),
+                )
+            })?,
+        };
+        Some(address)
+    } else {
+        None
+    };
+    let wanted = NodeSettings {
+        uplink_ifindex: link.index,
+        masquerade,
+        nat_ports: conf.nat_ports.unwrap_or(DEFAULT_NAT_PORTS),
+        nat_max_flows: DEFAULT_NAT_MAX_FLOWS,
+    }
+    .to_config();
+
+    let layout = datapath.layout().clone();
+    let current =
+        node::read_config(&layout).map_err(|e| datapath_error("reading the node config", e))?;
+    if current.uplink_ifindex != wanted.uplink_ifindex {
+        let _lock = layout
+            .lock()
+            .map_err(|e| datapath_error("locking the datapath", e))?;
+        let current =
+            node::read_config(&layout).map_err(|e| datapath_error("reading the node config", e))?;
+        if current.uplink_ifindex != wanted.uplink_ifindex {
+            attach_from_uplink(datapath, &uplink, mode)
+                .map_err(|e| datapath_error(&format!("attaching to the uplink {uplink}"), e))?;
+            node::write_config(&layout, &wanted)
+                .map_err(|e| datapath_error("writing the node config", e))?;
+        }
+    } else if current != wanted {
+        node::write_config(&layout, &wanted)
+            .map_err(|e| datapath_error("writing the node config", e))?;
+    }
+
+    let node_addrs: Vec<IpAddr> = node
+        .all_addresses()
+        .await?
+        .iter()
+        .map(IpNet::addr)
+        .collect();
+    node::sync_node_addrs(&layout, &node_addrs)
+        .map_err(|e| datapath_error("writing the node's addresses", e))?;
+
+    let mut no_masq: Vec<IpNet> = own_subnets.iter().map(IpNet::trunc).collect();
+    no_masq.extend(conf.no_masquerade.iter().map(IpNet::trunc));
+    node::add_no_masquerade(&layout, &no_masq)
+        .map_err(|e| datapath_error("writing the no-masquerade CIDRs", e))
+}
+
+async fn first_ipv4(node: &Netlink, index: u32) -> CniResult<Option<Ipv4Addr>> {
+    Ok(node
+        .addresses(index)
+        .await?
+        .into_iter()
+        .find_map(|net| match net.addr() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        }))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn parses_every_key() {
+        let conf = UplinkConf::parse(&json!({
+            "ipMasq": true,
+            "nonMasqueradeCIDRs": ["10.244.0.0/16"],
+            "uplink": "eth0",
+            "masqueradeAddress": "192.0.2.1",
+            "nodeRoutes": [{"dst": "10.244.2.0/24", "gw": "10.99.0.2"}],
+            "natPortRange": "40000-40100"
+        }))
+        .unwrap();
+        assert!(conf.masquerade);
+        assert_eq!(
+            conf.no_masquerade,
+            vec!["10.244.0.0/16".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(conf.uplink.as_deref(), Some("eth0"));
+        assert_eq!(conf.nat_ports, Some((40000, 40100)));
+        assert_eq!(
+            conf.node_routes[0].gw,
+            "10.99.0.2".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (raw, field) in [
+            (json!({"ipMasq": "yes"}), "ipMasq"),
+            (
+                json!({"nonMasqueradeCIDRs": ["nope"]}),
+                "nonMasqueradeCIDRs[0]",
+            ),
+            (
+                json!({"nodeRoutes": [{"dst": "10.1.0.0/16"}]}),
+                "nodeRoutes[0].gw",
+            ),
+            (json!({"natPortRange": "9-1"}), "natPortRange"),
+            (json!({"masqueradeAddress": "::1"}), "masqueradeAddress"),
+        ] {
+            let err = UplinkConf::parse(&raw).unwrap_err();
+            assert_eq!(err.code, crate::error::code::INVALID_CONFIG);
+            assert!(err.msg.contains(field), "{} does not name {field}", err.msg);
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The masquerade tables from userspace: listing translated flows and
+//! expiring the idle ones (the datapath only refreshes them).
+
+use std::{collections::HashSet, net::IpAddr, time::Duration};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use cni_ebpf_common::{
+    CtState, FlowKey, IpKey, NatEntry,
+    map_names::{NAT_FLOWS, NAT_IN, NAT_OUT},
+};
+
+use crate::{
+    error::{DatapathError, Result},
+    paths::BpffsLayout,
+};
+
+/// How long a flow may stay idle, by state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatTimeouts {
+    pub tcp_syn_sent: Duration,
+    pub tcp_established: Duration,
+    pub tcp_closing: Duration,
+    pub udp: Duration,
+    pub icmp: Duration,
+}
+
+impl Default for NatTimeouts {
+    /// The kernel conntrack's defaults, but a shorter established timeout
+    /// (Cilium's): an idle TCP flow is usually a dead one.
+    fn default() -> Self {
+        Self {
+            tcp_syn_sent: Duration::from_secs(120),
+            tcp_established: Duration::from_secs(6 * 3600),
+            tcp_closing: Duration::from_secs(10),
+            udp: Duration::from_secs(120),
+            icmp: Duration::from_secs(30),
+        }
+    }
+}
+
+impl NatTimeouts {
+    pub fn for_state(&self, state: CtState) -> Duration {
+        match state {
+            CtState::TcpSynSent => self.tcp_syn_sent,
+            CtState::TcpEstablished => self.tcp_established,
+            CtState::TcpClosing => self.tcp_closing,
+            CtState::Udp => self.udp,
+            CtState::Icmp => self.icmp,
+        }
+    }
+}
+
+/// One masqueraded flow, both directions joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatFlow {
+    pub proto: u8,
+    pub pod: (IpAddr, u16),
+    pub remote: (IpAddr, u16),
+    pub translated: (IpAddr, u16),
+    pub state: Option<CtState>,
+    /// Nanoseconds since the last packet either way.
+    pub idle_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcStats {
+    pub scanned: usize,
+    pub expired: usize,
+    pub live: usize,
+}
+
+type FlowMap = HashMap<MapData, FlowKey, NatEntry>;
+
+fn map_error(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+fn open(layout: &BpffsLayout, name: &'static str) -> Result<FlowMap> {
+    let data = MapData::from_pin(layout.map(name)).map_err(map_error(name))?;
+    let map = Map::from_map_data(data).map_err(map_error(name))?;
+    HashMap::try_from(map).map_err(map_error(name))
+}
+
+/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// The reply key that belongs to an outbound key and its translation.
+fn reply_key(out_key: &FlowKey, translation: &NatEntry) -> FlowKey {
+    FlowKey {
+        src: out_key.dst,
+        dst: translation.addr,
+        src_port: out_key.dst_port,
+        dst_port: translation.port,
+        proto: out_key.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// The flow's state as the two directions saw it.
+fn joined_state(out: &NatEntry, reply: Option<&NatEntry>) -> Option<CtState> {
+    let out_state = CtState::from_u8(out.state);
+    let reply_state = reply.and_then(|r| CtState::from_u8(r.state));
+    match (out_state, reply_state) {
+        (Some(CtState::TcpClosing), _) | (_, Some(CtState::TcpClosing)) => {
+            Some(CtState::TcpClosing)
+        }
+        (_, Some(CtState::TcpEstablished)) => Some(CtState::TcpEstablished),
+        (state, _) => state,
+    }
+}
+
+fn port(raw: u16) -> u16 {
+    u16::from_be(raw)
+}
+
+/// Every translated flow.
+pub fn flows(layout: &BpffsLayout) -> Result<Vec<NatFlow>> {
+    let out = open(layout, NAT_OUT)?;
+    let replies = open(layout, NAT_IN)?;
+    let now = monotonic_ns();
+    let mut flows = Vec::new();
+    for entry in out.iter() {
+        let (key, translation) = entry.map_err(map_error(NAT_OUT))?;
+        let reply = replies.get(&reply_key(&key, &translation), 0).ok();
+        let last = reply.map_or(translation.last_seen_ns, |r| {
+            r.last_seen_ns.max(translation.last_seen_ns)
+        });
+        flows.push(NatFlow {
+            proto: key.proto,
+            pod: (IpKey::v6(key.src).to_ip(), port(key.src_port)),
+            remote: (IpKey::v6(key.dst).to_ip(), port(key.dst_port)),
+            translated: (IpKey::v6(translation.addr).to_ip(), port(translation.port)),
+            state: joined_state(&translation, reply.as_ref()),
+            idle_ns: now.saturating_sub(last),
+        });
+    }
+    flows.sort_by_key(|f| (f.pod, f.remote));
+    Ok(flows)
+}
+
+/// Removes flows idle past their state's timeout, and reply entries whose
+/// outbound half is gone; then stores the true number of live flows for
+/// the datapath's admission limit.
+pub fn gc(layout: &BpffsLayout, timeouts: &NatTimeouts) -> Result<GcStats> {
+    let mut out = open(layout, NAT_OUT)?;
+    let mut replies = open(layout, NAT_IN)?;
+    let now = monotonic_ns();
+    let mut stats = GcStats::default();
+    let mut expired = Vec::new();
+    let mut kept_replies = HashSet::new();
+    for entry in out.iter() {
+        let (key, translation) = entry.map_err(map_error(NAT_OUT))?;
+        stats.scanned += 1;
+        let reply_key = reply_key(&key, &translation);
+        let reply = replies.get(&reply_key, 0).ok();
+        let last = reply.map_or(translation.last_seen_ns, |r| {
+            r.last_seen_ns.max(translation.last_seen_ns)
+        });
+        let timeout = joined_state(&translation, reply.as_ref())
+            .map_or(timeouts.icmp, |s| timeouts.for_state(s));
+        if now.saturating_sub(last) > timeout.as_nanos() as u64 {
+            expired.push((key, reply_key));
+        } else {
+            kept_replies.insert(reply_key);
+        }
+    }
+    for (key, reply_key) in &expired {
+        remove(&mut out, key, NAT_OUT)?;
+        remove(&mut replies, reply_key, NAT_IN)?;
+    }
+    stats.expired = expired.len();
+    // Replies left behind by an outbound entry the LRU evicted.
+    let orphans: Vec<FlowKey> = replies
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !kept_replies.contains(k))
+        .collect();
+    for key in &orphans {
+        remove(&mut replies, key, NAT_IN)?;
+    }
+    stats.live = kept_replies.len();
+    let data = MapData::from_pin(layout.map(NAT_FLOWS)).map_err(map_error(NAT_FLOWS))?;
+    let mut count: Array<MapData, u64> =
+        Array::try_from(Map::from_map_data(data).map_err(map_error(NAT_FLOWS))?)
+            .map_err(map_error(NAT_FLOWS))?;
+    count
+        .set(0, stats.live as u64, 0)
+        .map_err(map_error(NAT_FLOWS))?;
+    Ok(stats)
+}
+
+fn remove(map: &mut FlowMap, key: &FlowKey, name: &'static str) -> Result<()> {
+    match map.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_error(name)(e)),
+    }
+}

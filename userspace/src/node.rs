@@ -1,0 +1,129 @@
+//! Node-wide settings of the datapath: the uplink, masquerade, and the
+//! destinations that keep a pod's own source address.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
+use cni_ebpf_common::{
+    IpKey, MAX_NAT_FLOWS, NODE_F_MASQUERADE, NodeConfig,
+    map_names::{NO_MASQ, NODE_ADDRS, NODE_CONFIG},
+};
+use ipnet::IpNet;
+
+use crate::{
+    error::{DatapathError, Result},
+    paths::BpffsLayout,
+};
+
+/// Source ports tried when a flow's own port is taken: above Linux's default
+/// ephemeral range (32768-60999), so they do not collide with the node's own
+/// connections.
+pub const DEFAULT_NAT_PORTS: (u16, u16) = (61_000, 65_535);
+/// Headroom below the LRU maps' size: new flows are refused (and counted)
+/// before the maps would evict live ones.
+pub const DEFAULT_NAT_MAX_FLOWS: u32 = MAX_NAT_FLOWS / 8 * 7;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSettings {
+    pub uplink_ifindex: u32,
+    /// `Some` turns masquerade on.
+    pub masquerade: Option<Ipv4Addr>,
+    pub nat_ports: (u16, u16),
+    pub nat_max_flows: u32,
+}
+
+impl NodeSettings {
+    pub fn to_config(&self) -> NodeConfig {
+        NodeConfig {
+            masq_addr: self
+                .masquerade
+                .map(|a| IpKey::v4(a.octets()).addr)
+                .unwrap_or_default(),
+            uplink_ifindex: self.uplink_ifindex,
+            flags: if self.masquerade.is_some() {
+                NODE_F_MASQUERADE
+            } else {
+                0
+            },
+            nat_port_min: self.nat_ports.0,
+            nat_port_max: self.nat_ports.1,
+            nat_max_flows: self.nat_max_flows,
+        }
+    }
+}
+
+fn map_error(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+fn open(layout: &BpffsLayout, name: &'static str) -> Result<Map> {
+    let data = MapData::from_pin(layout.map(name)).map_err(map_error(name))?;
+    Map::from_map_data(data).map_err(map_error(name))
+}
+
+pub fn read_config(layout: &BpffsLayout) -> Result<NodeConfig> {
+    let map: Array<MapData, NodeConfig> =
+        Array::try_from(open(layout, NODE_CONFIG)?).map_err(map_error(NODE_CONFIG))?;
+    map.get(&0, 0).map_err(map_error(NODE_CONFIG))
+}
+
+pub fn write_config(layout: &BpffsLayout, config: &NodeConfig) -> Result<()> {
+    let mut map: Array<MapData, NodeConfig> =
+        Array::try_from(open(layout, NODE_CONFIG)?).map_err(map_error(NODE_CONFIG))?;
+    map.set(0, config, 0).map_err(map_error(NODE_CONFIG))
+}
+
+fn lpm_key(net: &IpNet) -> Key<[u8; 16]> {
+    let (addr, prefix) = match net.trunc() {
+        IpNet::V4(v4) => (IpAddr::V4(v4.network()), 96 + u32::from(v4.prefix_len())),
+        IpNet::V6(v6) => (IpAddr::V6(v6.network()), u32::from(v6.prefix_len())),
+    };
+    Key::new(prefix, IpKey::from_ip(addr).addr)
+}
+
+/// Adds destinations that must keep the pod's source address; idempotent.
+pub fn add_no_masquerade(layout: &BpffsLayout, nets: &[IpNet]) -> Result<()> {
+    let mut map: LpmTrie<MapData, [u8; 16], u8> =
+        LpmTrie::try_from(open(layout, NO_MASQ)?).map_err(map_error(NO_MASQ))?;
+    for net in nets {
+        map.insert(&lpm_key(net), 1, 0)
+            .map_err(map_error(NO_MASQ))?;
+    }
+    Ok(())
+}
+
+/// The no-masquerade destinations, for inspection.
+pub fn no_masquerade(layout: &BpffsLayout) -> Result<Vec<IpNet>> {
+    let map: LpmTrie<MapData, [u8; 16], u8> =
+        LpmTrie::try_from(open(layout, NO_MASQ)?).map_err(map_error(NO_MASQ))?;
+    map.keys()
+        .map(|key| {
+            let key = key.map_err(map_error(NO_MASQ))?;
+            let ip = IpKey::v6(key.data()).to_ip();
+            let prefix = match ip {
+                IpAddr::V4(_) => key.prefix_len().saturating_sub(96),
+                IpAddr::V6(_) => key.prefix_len(),
+            };
+            Ok(IpNet::new(ip, prefix as u8).unwrap_or(IpNet::from(ip)))
+        })
+        .collect()
+}
+
+/// Makes `NODE_ADDRS` hold exactly `addrs`: pod traffic to them stays on the
+/// node. Writes only what changed.
+pub fn sync_node_addrs(layout: &BpffsLayout, addrs: &[IpAddr]) -> Result<()> {
+    let mut map: HashMap<MapData, IpKey, u8> =
+        HashMap::try_from(open(layout, NODE_ADDRS)?).map_err(map_error(NODE_ADDRS))?;
+    let wanted: Vec<IpKey> = addrs.iter().map(|a| IpKey::from_ip(*a)).collect();
+    let present: Vec<IpKey> = map.keys().filter_map(|k| k.ok()).collect();
+    for key in present.iter().filter(|k| !wanted.contains(k)) {
+        match map.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_error(NODE_ADDRS)(e)),
+        }
+    }
+    for key in wanted.iter().filter(|k| !present.contains(k)) {
+        map.insert(key, 1, 0).map_err(map_error(NODE_ADDRS))?;
+    }
+    Ok(())
+}
