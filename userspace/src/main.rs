@@ -34,6 +34,10 @@ enum Command {
     Drops,
     /// Packets passed on, by verdict.
     Stats,
+    /// Masqueraded flows and the table's fill level.
+    Nat,
+    /// Expire idle masqueraded flows once.
+    Gc(cmd::gc::Timeouts),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +48,7 @@ fn main() -> anyhow::Result<()> {
         Command::Endpoints => cmd::endpoints::run(&layout, cli.json),
         Command::Drops => cmd::drops::run(&layout, cli.json),
         Command::Stats => cmd::stats::run(&layout, cli.json),
+        Command::Nat => cmd::nat::run(&layout, cli.json),
+        Command::Gc(timeouts) => cmd::gc::run(&layout, &timeouts, cli.json),
     }
 }

@@ -1,6 +1,8 @@
 pub mod drops;
 pub mod endpoints;
+pub mod gc;
 pub mod load;
+pub mod nat;
 pub mod stats;
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
