@@ -26,6 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the node agent in the foreground (load the datapath, expire idle
+    /// NAT flows) until SIGINT or SIGTERM.
+    Run(cmd::run::RunArgs),
     /// Load and pin the programs and maps if they are not there yet.
     Load,
     /// The endpoints map: pod addresses and their interfaces.
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let layout = cni_ebpf_userspace::BpffsLayout::new(cli.bpffs_root);
     match cli.command {
+        Command::Run(args) => cmd::run::run(layout, &args),
         Command::Load => cmd::load::run(layout),
         Command::Endpoints => cmd::endpoints::run(&layout, cli.json),
         Command::Drops => cmd::drops::run(&layout, cli.json),

@@ -3,6 +3,7 @@ pub mod endpoints;
 pub mod gc;
 pub mod load;
 pub mod nat;
+pub mod run;
 pub mod stats;
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
