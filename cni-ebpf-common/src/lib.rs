@@ -12,6 +12,9 @@ pub mod map_names {
     pub const NODE_CONFIG: &str = "NODE_CONFIG";
     pub const NO_MASQ: &str = "NO_MASQ";
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
+    pub const HOST_PORTS: &str = "HOST_PORTS";
+    pub const HOST_PORT_BACK: &str = "HOST_PORT_BACK";
+    pub const HOST_PORT_CT: &str = "HOST_PORT_CT";
     pub const NAT_OUT: &str = "NAT_OUT";
     pub const NAT_IN: &str = "NAT_IN";
     pub const NAT_FLOWS: &str = "NAT_FLOWS";
@@ -21,6 +24,9 @@ pub mod map_names {
 pub mod program_names {
     pub const FROM_POD: &str = "from_pod";
     pub const FROM_UPLINK: &str = "from_uplink";
+    pub const CONNECT4: &str = "host_connect4";
+    pub const SENDMSG4: &str = "host_sendmsg4";
+    pub const RECVMSG4: &str = "host_recvmsg4";
 }
 
 /// Endpoints the node can hold: one entry per pod address.
@@ -28,6 +34,10 @@ pub const MAX_ENDPOINTS: u32 = 65_536;
 /// Translated flows the node can hold (each has an entry in `NAT_OUT` and
 /// one in `NAT_IN`).
 pub const MAX_NAT_FLOWS: u32 = 262_144;
+/// Published host ports the node can hold.
+pub const MAX_HOST_PORTS: u32 = 65_536;
+/// Connections through host ports tracked at once.
+pub const MAX_HOST_PORT_FLOWS: u32 = 262_144;
 /// Addresses of the node itself.
 pub const MAX_NODE_ADDRS: u32 = 256;
 /// CIDRs excluded from masquerade.
@@ -118,11 +128,80 @@ pub struct NodeConfig {
     pub nat_port_max: u16,
     /// New masqueraded flows are refused (and counted) past this many.
     pub nat_max_flows: u32,
+    /// Cookie of the node's network namespace: the socket hooks act only on
+    /// sockets there.
+    pub netns_cookie: u64,
 }
 
 pub const NODE_F_MASQUERADE: u32 = 1;
 
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 40);
+
+/// A published port: key of `HOST_PORTS`. An all-zero `host_addr` publishes
+/// the port on every node address (and 127.0.0.1 for the node itself).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct HostPortKey {
+    pub host_addr: [u8; 16],
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<HostPortKey>() == 20);
+
+/// Where a published port leads: value of `HOST_PORTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HostPortTarget {
+    pub pod_addr: [u8; 16],
+    /// Network order.
+    pub pod_port: u16,
+    pub _pad: [u8; 6],
+    /// The attachment that published it (see `Endpoint::owner`).
+    pub owner: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<HostPortTarget>() == 32);
+
+/// Key of `HOST_PORT_BACK`: a pod port reached through a host port, for
+/// showing replies to the node's own unconnected UDP sockets as coming from
+/// the address they were sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PodPortKey {
+    pub pod_addr: [u8; 16],
+    pub pod_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<PodPortKey>() == 20);
+
+/// A connection through a host port, keyed in `HOST_PORT_CT` by the reply as
+/// the pod sends it: what the reply's source (and, for hairpin, its
+/// destination) must become again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HostPortFlow {
+    /// The published address and port the client connected to.
+    pub host_addr: [u8; 16],
+    /// The client as it really is (differs from the reply's destination only
+    /// for hairpin, where the client's source was rewritten).
+    pub client_addr: [u8; 16],
+    pub host_port: u16,
+    pub client_port: u16,
+    pub state: u8,
+    pub _pad: [u8; 3],
+    pub last_seen_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<HostPortFlow>() == 48);
+
+/// `Endpoint::flags`: the pod publishes host ports, so its replies are
+/// checked against `HOST_PORT_CT` (pods without any pay nothing for it).
+pub const ENDPOINT_F_HOST_PORTS: u32 = 1;
 
 /// One direction of a flow as the packet carries it. For ICMP echo the
 /// identifier stands in the port of the side that chose it (`src_port` of a
@@ -337,4 +416,8 @@ mod pod {
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::NatEntry {}
+    unsafe impl aya::Pod for super::HostPortKey {}
+    unsafe impl aya::Pod for super::HostPortTarget {}
+    unsafe impl aya::Pod for super::PodPortKey {}
+    unsafe impl aya::Pod for super::HostPortFlow {}
 }

@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use cni_ebpf_common::{
-    COUNTER_SLOTS, DROP_SLOTS, Endpoint, FlowKey, IpKey, MAX_ENDPOINTS, MAX_NAT_FLOWS, MAX_NO_MASQ,
-    MAX_NODE_ADDRS, NatEntry, NodeConfig, PacketCount,
+    COUNTER_SLOTS, DROP_SLOTS, Endpoint, FlowKey, HostPortFlow, HostPortKey, HostPortTarget, IpKey,
+    MAX_ENDPOINTS, MAX_HOST_PORT_FLOWS, MAX_HOST_PORTS, MAX_NAT_FLOWS, MAX_NO_MASQ, MAX_NODE_ADDRS,
+    NatEntry, NodeConfig, PacketCount, PodPortKey,
 };
 
 /// Pod addresses on this node -> their interface.
@@ -46,3 +47,17 @@ pub static NAT_IN: LruHashMap<FlowKey, NatEntry> = LruHashMap::pinned(MAX_NAT_FL
 /// the agent's garbage collection rewrites it with the true count.
 #[map]
 pub static NAT_FLOWS: Array<u64> = Array::pinned(1, 0);
+
+/// Published host ports -> the pod port behind them.
+#[map]
+pub static HOST_PORTS: HashMap<HostPortKey, HostPortTarget> = HashMap::pinned(MAX_HOST_PORTS, 0);
+
+/// Pod ports reached through a host port -> that host port (for replies to
+/// the node's own unconnected UDP sockets).
+#[map]
+pub static HOST_PORT_BACK: HashMap<PodPortKey, HostPortKey> = HashMap::pinned(MAX_HOST_PORTS, 0);
+
+/// Connections through host ports, keyed by the reply as the pod sends it.
+#[map]
+pub static HOST_PORT_CT: LruHashMap<FlowKey, HostPortFlow> =
+    LruHashMap::pinned(MAX_HOST_PORT_FLOWS, 0);

@@ -175,6 +175,8 @@ pub async fn ensure(
         masquerade,
         nat_ports: conf.nat_ports.unwrap_or(DEFAULT_NAT_PORTS),
         nat_max_flows: DEFAULT_NAT_MAX_FLOWS,
+        netns_cookie: node::current_netns_cookie()
+            .map_err(|e| CniError::io("reading the node's netns cookie", e))?,
     }
     .to_config();
 

@@ -5,10 +5,13 @@ use std::io;
 
 use aya::{
     EbpfLoader,
-    programs::{ProgramError, SchedClassifier},
+    programs::{
+        CgroupSockAddr, Program, ProgramError, SchedClassifier,
+        cgroup_sock_addr::CgroupSockAddrAttachType,
+    },
     sys::SyscallError,
 };
-use cni_ebpf_common::program_names::{FROM_POD, FROM_UPLINK};
+use cni_ebpf_common::program_names::{CONNECT4, FROM_POD, FROM_UPLINK, RECVMSG4, SENDMSG4};
 
 use crate::{
     error::{DatapathError, Result},
@@ -23,7 +26,14 @@ pub const BUILD_ID: &str = env!("CNI_EBPF_BUILD_ID");
 
 /// Every program of the object; `from_pod` last, so that its pin marks a
 /// complete load.
-const PROGRAMS: [&str; 2] = [FROM_UPLINK, FROM_POD];
+const PROGRAMS: [&str; 5] = [CONNECT4, SENDMSG4, RECVMSG4, FROM_UPLINK, FROM_POD];
+
+/// The cgroup socket-address hooks and where each attaches.
+pub const SOCKET_HOOKS: [(&str, CgroupSockAddrAttachType); 3] = [
+    (CONNECT4, CgroupSockAddrAttachType::Connect4),
+    (SENDMSG4, CgroupSockAddrAttachType::UDPSendMsg4),
+    (RECVMSG4, CgroupSockAddrAttachType::UDPRecvMsg4),
+];
 
 /// The programs of this build, opened from their pins.
 #[derive(Debug)]
@@ -85,6 +95,16 @@ impl Datapath {
     pub fn from_uplink(&mut self) -> &mut SchedClassifier {
         &mut self.from_uplink
     }
+
+    /// A socket hook of this build, opened from its pin.
+    pub fn socket_hook(
+        &self,
+        name: &'static str,
+        attach_type: CgroupSockAddrAttachType,
+    ) -> Result<CgroupSockAddr> {
+        CgroupSockAddr::from_pin(self.layout.program(BUILD_ID, name), attach_type)
+            .map_err(|source| DatapathError::Program { name, source })
+    }
 }
 
 fn open_pinned(layout: &BpffsLayout, name: &'static str) -> Result<Option<SchedClassifier>> {
@@ -110,17 +130,16 @@ fn load_and_pin(layout: &BpffsLayout) -> Result<()> {
         .load(OBJECT)
         .map_err(Box::new)?;
     for name in PROGRAMS {
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::Program {
-                name,
-                source: ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(|source| DatapathError::Program { name, source })?;
-        program
-            .load()
-            .map_err(|source| DatapathError::Program { name, source })?;
+        let program = ebpf.program_mut(name).ok_or(DatapathError::Program {
+            name,
+            source: ProgramError::NotLoaded,
+        })?;
+        let loaded = match program {
+            Program::SchedClassifier(p) => p.load(),
+            Program::CgroupSockAddr(p) => p.load(),
+            _ => Err(ProgramError::NotLoaded),
+        };
+        loaded.map_err(|source| DatapathError::Program { name, source })?;
         let path = layout.program(BUILD_ID, name);
         program
             .pin(&path)

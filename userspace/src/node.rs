@@ -30,6 +30,33 @@ pub struct NodeSettings {
     pub masquerade: Option<Ipv4Addr>,
     pub nat_ports: (u16, u16),
     pub nat_max_flows: u32,
+    /// Cookie of the node's network namespace ([`current_netns_cookie`]).
+    pub netns_cookie: u64,
+}
+
+/// `SO_NETNS_COOKIE` of the calling thread's network namespace.
+pub fn current_netns_cookie() -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")
+        .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` outlive the call and match in size.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 impl NodeSettings {
@@ -48,6 +75,7 @@ impl NodeSettings {
             nat_port_min: self.nat_ports.0,
             nat_port_max: self.nat_ports.1,
             nat_max_flows: self.nat_max_flows,
+            netns_cookie: self.netns_cookie,
         }
     }
 }

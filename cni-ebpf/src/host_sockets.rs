@@ -1,0 +1,122 @@
+//! Connections from the node itself to a host port (at a node address or at
+//! 127.0.0.1): cgroup socket-address hooks rewrite the socket's destination
+//! to the pod before any packet exists, so no `route_localnet` and no NAT of
+//! loopback traffic is needed. Only sockets in the node's network namespace
+//! are touched.
+
+use aya_ebpf::{
+    EbpfContext, helpers::generated::bpf_get_netns_cookie, macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use cni_ebpf_common::{HostPortKey, IPPROTO_UDP, IpKey, PodPortKey};
+
+use crate::maps::{HOST_PORT_BACK, HOST_PORTS, NODE_ADDRS, NODE_CONFIG};
+
+/// Verdict of a sock_addr hook that lets the call go on.
+const PROCEED: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn host_connect4(ctx: SockAddrContext) -> i32 {
+    to_pod(&ctx);
+    PROCEED
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn host_sendmsg4(ctx: SockAddrContext) -> i32 {
+    to_pod(&ctx);
+    PROCEED
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn host_recvmsg4(ctx: SockAddrContext) -> i32 {
+    from_pod_as_host_port(&ctx);
+    PROCEED
+}
+
+fn in_node_netns(ctx: &SockAddrContext) -> bool {
+    let Some(cfg) = NODE_CONFIG.get(0) else {
+        return false;
+    };
+    // SAFETY: plain helper call on the program's context.
+    cfg.netns_cookie != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == cfg.netns_cookie
+}
+
+#[inline(always)]
+fn v4(addr: &[u8; 16]) -> [u8; 4] {
+    [addr[12], addr[13], addr[14], addr[15]]
+}
+
+/// A destination that is a host port of this node becomes the pod behind it.
+fn to_pod(ctx: &SockAddrContext) {
+    if !in_node_netns(ctx) {
+        return;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: the context is valid for the whole program run.
+    let (ip, port, proto) =
+        unsafe { ((*sa).user_ip4, (*sa).user_port as u16, (*sa).protocol as u8) };
+    let octets = ip.to_ne_bytes();
+    let loopback = octets[0] == 127;
+    if !loopback && NODE_ADDRS.get_ptr(&IpKey::v4(octets)).is_none() {
+        return;
+    }
+    let mut key = HostPortKey {
+        host_addr: IpKey::v4(octets).addr,
+        port,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    let specific = if loopback {
+        None
+    } else {
+        unsafe { HOST_PORTS.get(&key) }.copied()
+    };
+    let target = specific.or_else(|| {
+        key.host_addr = [0; 16];
+        // SAFETY: copied out at once.
+        unsafe { HOST_PORTS.get(&key) }.copied()
+    });
+    if let Some(target) = target {
+        // SAFETY: both fields are writable in connect4 and sendmsg4.
+        unsafe {
+            (*sa).user_ip4 = u32::from_ne_bytes(v4(&target.pod_addr));
+            (*sa).user_port = u32::from(target.pod_port);
+        }
+    }
+}
+
+/// A datagram from a pod port reached through a host port shows as coming
+/// from that host port (for sockets that did not connect()).
+fn from_pod_as_host_port(ctx: &SockAddrContext) {
+    if !in_node_netns(ctx) {
+        return;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: the context is valid for the whole program run.
+    let (ip, port) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16) };
+    let key = PodPortKey {
+        pod_addr: IpKey::v4(ip.to_ne_bytes()).addr,
+        pod_port: port,
+        proto: IPPROTO_UDP,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    let Some(host) = (unsafe { HOST_PORT_BACK.get(&key) }).copied() else {
+        return;
+    };
+    let addr = if host.host_addr == [0; 16] {
+        // Published on every address: the node's main one stands for them.
+        match NODE_CONFIG.get(0) {
+            Some(cfg) if cfg.masq_addr != [0; 16] => v4(&cfg.masq_addr),
+            _ => [127, 0, 0, 1],
+        }
+    } else {
+        v4(&host.host_addr)
+    };
+    // SAFETY: both fields are writable in recvmsg4.
+    unsafe {
+        (*sa).user_ip4 = u32::from_ne_bytes(addr);
+        (*sa).user_port = u32::from(host.port);
+    }
+}
