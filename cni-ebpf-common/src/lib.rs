@@ -15,6 +15,7 @@ pub mod map_names {
     pub const HOST_PORTS: &str = "HOST_PORTS";
     pub const HOST_PORT_BACK: &str = "HOST_PORT_BACK";
     pub const HOST_PORT_CT: &str = "HOST_PORT_CT";
+    pub const HOST_PORT_USE: &str = "HOST_PORT_USE";
     pub const NAT_OUT: &str = "NAT_OUT";
     pub const NAT_IN: &str = "NAT_IN";
     pub const NAT_FLOWS: &str = "NAT_FLOWS";
@@ -198,6 +199,12 @@ pub struct HostPortFlow {
 }
 
 const _: () = assert!(core::mem::size_of::<HostPortFlow>() == 48);
+
+/// Key of `HOST_PORT_USE` (userspace bookkeeping for conflict checks): a
+/// protocol and port; the value counts mappings of it on specific addresses.
+pub const fn host_port_use_key(proto: u8, port: u16) -> u32 {
+    ((proto as u32) << 16) | port as u32
+}
 
 /// `Endpoint::flags`: the pod publishes host ports, so its replies are
 /// checked against `HOST_PORT_CT` (pods without any pay nothing for it).

@@ -12,7 +12,9 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use cni_ebpf_common::{Direction, DropReason, Endpoint, IpKey, NODE_F_MASQUERADE, Verdict};
+use cni_ebpf_common::{
+    Direction, DropReason, ENDPOINT_F_HOST_PORTS, Endpoint, IpKey, NODE_F_MASQUERADE, Verdict,
+};
 
 use crate::{
     counters::{count_drop, count_verdict},
@@ -21,7 +23,7 @@ use crate::{
         ARP_HTYPE_ETHERNET, ARP_REPLY, ARP_REQUEST, ArpEthIpv4, ETH_LEN, ETH_P_ARP, ETH_P_IP,
         ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, pull_headers,
     },
-    l4,
+    host_ports, l4,
     maps::{ENDPOINTS, NO_MASQ, NODE_ADDRS, NODE_CONFIG},
     nat::snat,
 };
@@ -85,7 +87,14 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     let ip: *mut Ipv4Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
     // SAFETY: `eth` and `ip` are bounds-checked.
     let (src, dst, ttl, eth_src) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).ttl, (*eth).src) };
-    sender(ctx, IpKey::v4(src), &eth_src, DropReason::SpoofedSource)?;
+    let me = sender(ctx, IpKey::v4(src), &eth_src, DropReason::SpoofedSource)?;
+    if me.flags & ENDPOINT_F_HOST_PORTS != 0
+        && ttl > 1
+        && let Some(transport) = l4::parse(ctx, ip)
+        && let Some(client) = host_ports::from_pod(ctx, src, dst, &transport)?
+    {
+        return deliver_rewritten(ctx, client);
+    }
 
     // SAFETY: copied out at once.
     let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(dst)) }).copied() else {
@@ -123,6 +132,13 @@ fn leave_node(
         return to_stack(ctx);
     };
     let for_node = dst[0] >= 224 || NODE_ADDRS.get_ptr(&IpKey::v4(dst)).is_some();
+    if for_node
+        && ttl > 1
+        && let Some(transport) = l4::parse(ctx, ip)
+        && let Some(pod) = host_ports::to_pod(ctx, src, dst, &transport)?
+    {
+        return deliver_rewritten(ctx, pod);
+    }
     if cfg.uplink_ifindex == 0 || ttl <= 1 || for_node {
         return to_stack(ctx);
     }
@@ -141,6 +157,32 @@ fn leave_node(
     let ip: *mut Ipv4Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
     ipv4_decrease_ttl(ip);
     let action = out_of_uplink(cfg.uplink_ifindex)?;
+    count_verdict(Verdict::Forwarded, ctx.len());
+    Ok(action)
+}
+
+/// Delivers a packet whose addresses were just rewritten for a host port:
+/// into a pod of this node, to the node's stack, or out of the uplink
+/// (never masqueraded again).
+fn deliver_rewritten(ctx: &TcContext, dst: [u8; 4]) -> Result<i32, DropReason> {
+    let ip: *mut Ipv4Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
+    let eth: *mut EthHdr = header(ctx, 0).ok_or(DropReason::Malformed)?;
+    // SAFETY: copied out at once.
+    if let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(dst)) }).copied() {
+        ipv4_decrease_ttl(ip);
+        // SAFETY: bounds-checked.
+        unsafe {
+            (*eth).dst = target.pod_mac;
+            (*eth).src = target.host_mac;
+        }
+        return deliver_to_pod(ctx, &target);
+    }
+    let uplink = NODE_CONFIG.get(0).map_or(0, |cfg| cfg.uplink_ifindex);
+    if uplink == 0 || NODE_ADDRS.get_ptr(&IpKey::v4(dst)).is_some() {
+        return to_stack(ctx);
+    }
+    ipv4_decrease_ttl(ip);
+    let action = out_of_uplink(uplink)?;
     count_verdict(Verdict::Forwarded, ctx.len());
     Ok(action)
 }

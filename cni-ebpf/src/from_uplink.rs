@@ -1,5 +1,6 @@
 //! `from_uplink`: tc ingress of the node's uplink. Replies of masqueraded
-//! flows are translated back and, like traffic from other nodes' pods for a
+//! flows are translated back, connections to published host ports are
+//! translated to their pod, and, like traffic from other nodes' pods for a
 //! pod of this node, delivered straight into the pod; everything else is the
 //! node's own and goes to its stack.
 
@@ -16,8 +17,8 @@ use crate::{
     headers::{
         ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, pull_headers,
     },
-    l4,
-    maps::{ENDPOINTS, NODE_CONFIG},
+    host_ports, l4,
+    maps::{ENDPOINTS, NODE_ADDRS, NODE_CONFIG},
     nat::dnat,
 };
 
@@ -49,20 +50,26 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     // SAFETY: bounds-checked.
     let (src, dst, ttl) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).ttl) };
     let mut pod = dst;
-    let masquerading = NODE_CONFIG
-        .get(0)
-        .filter(|cfg| cfg.flags & NODE_F_MASQUERADE != 0)
-        .is_some_and(|cfg| IpKey::v4(dst).addr == cfg.masq_addr);
-    if masquerading {
+    if NODE_ADDRS.get_ptr(&IpKey::v4(dst)).is_some() {
         let Some(transport) = l4::parse(ctx, ip) else {
             return Ok(TC_ACT_OK);
         };
-        match dnat(ctx, src, dst, &transport)? {
-            Some(translated) => {
-                pod = translated;
-                count_verdict(Verdict::NatReply, ctx.len());
-            }
-            None => return Ok(TC_ACT_OK),
+        let masquerading = NODE_CONFIG
+            .get(0)
+            .filter(|cfg| cfg.flags & NODE_F_MASQUERADE != 0)
+            .is_some_and(|cfg| IpKey::v4(dst).addr == cfg.masq_addr);
+        let reply = if masquerading {
+            dnat(ctx, src, dst, &transport)?
+        } else {
+            None
+        };
+        if let Some(translated) = reply {
+            count_verdict(Verdict::NatReply, ctx.len());
+            pod = translated;
+        } else if let Some(published) = host_ports::to_pod(ctx, src, dst, &transport)? {
+            pod = published;
+        } else {
+            return Ok(TC_ACT_OK);
         }
     }
     // SAFETY: copied out at once.

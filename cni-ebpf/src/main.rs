@@ -14,6 +14,8 @@ mod from_uplink;
 #[cfg(target_arch = "bpf")]
 mod headers;
 #[cfg(target_arch = "bpf")]
+mod host_ports;
+#[cfg(target_arch = "bpf")]
 mod host_sockets;
 #[cfg(target_arch = "bpf")]
 mod l4;

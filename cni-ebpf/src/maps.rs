@@ -61,3 +61,8 @@ pub static HOST_PORT_BACK: HashMap<PodPortKey, HostPortKey> = HashMap::pinned(MA
 #[map]
 pub static HOST_PORT_CT: LruHashMap<FlowKey, HostPortFlow> =
     LruHashMap::pinned(MAX_HOST_PORT_FLOWS, 0);
+
+/// Published ports on specific addresses, counted by protocol and port: lets
+/// the plugin refuse a conflicting mapping in O(1). Not read by programs.
+#[map]
+pub static HOST_PORT_USE: HashMap<u32, u32> = HashMap::pinned(MAX_HOST_PORTS, 0);

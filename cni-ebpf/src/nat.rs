@@ -31,6 +31,7 @@ fn v4(addr: &[u8; 16]) -> [u8; 4] {
 /// the node's masquerade address and a port free for that destination.
 /// `Ok(false)` when the packet cannot be masqueraded (ICMP other than echo
 /// requests): the caller hands it to the stack.
+#[inline(never)]
 pub fn snat(
     ctx: &TcContext,
     src: [u8; 4],
@@ -142,6 +143,7 @@ fn new_flow(key: &FlowKey, t: &Transport, cfg: &NodeConfig, now: u64) -> Result<
 /// Translates a packet arriving for the masquerade address back to the pod
 /// it belongs to; `None` when it belongs to no masqueraded flow (the node's
 /// own traffic, or a connection attempt from outside, which is not let in).
+#[inline(never)]
 pub fn dnat(
     ctx: &TcContext,
     src: [u8; 4],

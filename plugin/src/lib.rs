@@ -4,6 +4,7 @@
 pub mod cni;
 pub mod commands;
 pub mod error;
+pub mod host_ports;
 pub mod ipam;
 pub mod logging;
 pub mod names;

@@ -26,6 +26,8 @@ pub struct AttachmentRecord {
     pub ips: Vec<IpNet>,
     pub owner: u64,
     pub attachment: cni_ebpf_userspace::Attachment,
+    #[serde(default)]
+    pub port_mappings: Vec<cni_ebpf_userspace::host_ports::PortMapping>,
 }
 
 pub struct StateDir {

@@ -127,15 +127,17 @@ impl UplinkConf {
     }
 }
 
-/// Makes the node ready for traffic leaving and arriving through its uplink;
-/// cheap when it already is (one map read, one route and one address dump).
-/// Does nothing on a node without an uplink (no default route, none named).
+/// Makes the node ready for traffic leaving and arriving through its uplink
+/// and for host ports; cheap when it already is (one map read, one route and
+/// one address dump). Does nothing on a node without an uplink (no default
+/// route, none named) unless `host_ports` asks for the node's addresses.
 pub async fn ensure(
     conf: &UplinkConf,
     own_subnets: &[IpNet],
     node: &Netlink,
     datapath: &mut Datapath,
     mode: AttachMode,
+    host_ports: bool,
 ) -> CniResult<()> {
     for route in &conf.node_routes {
         node.replace_route(route.dst, route.gw).await?;
@@ -144,34 +146,37 @@ pub async fn ensure(
         Some(name) => Some(name.clone()),
         None => node.default_route_device().await?,
     };
-    let Some(uplink) = uplink else {
-        if conf.masquerade {
-            return Err(CniError::invalid_config(
-                "invalid field \"ipMasq\": the node has no default route and no \"uplink\" is set",
-            ));
-        }
+    if uplink.is_none() && conf.masquerade {
+        return Err(CniError::invalid_config(
+            "invalid field \"ipMasq\": the node has no default route and no \"uplink\" is set",
+        ));
+    }
+    if uplink.is_none() && !host_ports {
         return Ok(());
+    }
+    let uplink_index = match &uplink {
+        Some(name) => Some(
+            node.link(name)
+                .await?
+                .ok_or_else(|| invalid("uplink", format!("no interface {name} on the node")))?
+                .index,
+        ),
+        None => None,
     };
-    let link = node
-        .link(&uplink)
-        .await?
-        .ok_or_else(|| invalid("uplink", format!("no interface {uplink} on the node")))?;
-    let masquerade = if conf.masquerade {
-        let address = match conf.masquerade_address {
+    let masquerade = match (conf.masquerade, uplink_index) {
+        (true, Some(index)) => Some(match conf.masquerade_address {
             Some(a) => a,
-            None => first_ipv4(node, link.index).await?.ok_or_else(|| {
+            None => first_ipv4(node, index).await?.ok_or_else(|| {
                 invalid(
                     "masqueradeAddress",
-                    format!("{uplink} has no IPv4 address to masquerade to"),
+                    "the uplink has no IPv4 address to masquerade to",
                 )
             })?,
-        };
-        Some(address)
-    } else {
-        None
+        }),
+        _ => None,
     };
     let wanted = NodeSettings {
-        uplink_ifindex: link.index,
+        uplink_ifindex: uplink_index.unwrap_or(0),
         masquerade,
         nat_ports: conf.nat_ports.unwrap_or(DEFAULT_NAT_PORTS),
         nat_max_flows: DEFAULT_NAT_MAX_FLOWS,
@@ -189,12 +194,14 @@ pub async fn ensure(
             .map_err(|e| datapath_error("locking the datapath", e))?;
         let current =
             node::read_config(&layout).map_err(|e| datapath_error("reading the node config", e))?;
-        if current.uplink_ifindex != wanted.uplink_ifindex {
-            attach_from_uplink(datapath, &uplink, mode)
+        if current.uplink_ifindex != wanted.uplink_ifindex
+            && let Some(uplink) = &uplink
+        {
+            attach_from_uplink(datapath, uplink, mode)
                 .map_err(|e| datapath_error(&format!("attaching to the uplink {uplink}"), e))?;
-            node::write_config(&layout, &wanted)
-                .map_err(|e| datapath_error("writing the node config", e))?;
         }
+        node::write_config(&layout, &wanted)
+            .map_err(|e| datapath_error("writing the node config", e))?;
     } else if current != wanted {
         node::write_config(&layout, &wanted)
             .map_err(|e| datapath_error("writing the node config", e))?;

@@ -10,10 +10,14 @@
 //! DEL 26.7 ms against 42.7 ms (medians of 19, interleaved). Both replace a
 //! program atomically, so upgrades lose no traffic either way.
 
-use std::{io, mem, path::PathBuf};
+use std::{
+    fs::File,
+    io, mem,
+    path::{Path, PathBuf},
+};
 
 use aya::programs::{
-    LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+    CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, TcAttachType,
     links::FdLink,
     tc::{self, NlOptions, TcAttachOptions},
 };
@@ -21,7 +25,7 @@ use cni_ebpf_common::program_names::FROM_POD;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::Datapath,
+    datapath::{Datapath, SOCKET_HOOKS},
     error::{DatapathError, Result},
     paths::BpffsLayout,
 };
@@ -95,10 +99,7 @@ fn attach_tcx(program: &mut SchedClassifier, ifname: &str, pin: PathBuf) -> Resu
         path: pin.clone(),
         source,
     })?;
-    link.pin(&pin).map_err(|source| DatapathError::Pin {
-        path: pin.clone(),
-        source,
-    })?;
+    pin_link(link, &pin)?;
     Ok(Attachment {
         mode: AttachMode::Tcx,
         link_pin: Some(pin),
@@ -134,6 +135,19 @@ pub fn detach_from_pod(layout: &BpffsLayout, host_ifname: &str) -> Result<()> {
     remove_pin(&layout.endpoint_link(host_ifname))
 }
 
+/// Pins `link` at `pin`, creating its directory (a bpffs root made by an
+/// older build may lack it).
+fn pin_link(link: FdLink, pin: &Path) -> Result<()> {
+    if let Some(dir) = pin.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| DatapathError::io("mkdir", dir, e))?;
+    }
+    link.pin(pin).map_err(|source| DatapathError::Pin {
+        path: pin.to_path_buf(),
+        source,
+    })?;
+    Ok(())
+}
+
 fn remove_pin(pin: &PathBuf) -> Result<()> {
     match std::fs::remove_file(pin) {
         Ok(()) => Ok(()),
@@ -149,4 +163,31 @@ pub fn is_attached_tcx(host_ifname: &str) -> Result<bool> {
     let (_, programs) =
         SchedClassifier::query_tcx(host_ifname, TcAttachType::Ingress).map_err(program_error)?;
     Ok(programs.iter().any(|p| p.name_as_str() == Some(FROM_POD)))
+}
+
+/// Attaches the socket hooks (connections from the node itself to host
+/// ports) to the cgroup v2 directory `cgroup`, each once: a link pinned per
+/// hook. The hooks only act on sockets in the node's network namespace.
+pub fn attach_socket_hooks(datapath: &Datapath, cgroup: &Path) -> Result<()> {
+    for (name, attach_type) in SOCKET_HOOKS {
+        let pin = datapath.layout().cgroup_link(name);
+        if pin.exists() {
+            continue;
+        }
+        let mut program = datapath.socket_hook(name, attach_type)?;
+        let dir = File::open(cgroup).map_err(|e| DatapathError::io("open cgroup", cgroup, e))?;
+        let error = |source| DatapathError::Program { name, source };
+        // A cgroup link takes no flags and always lets others attach too.
+        let id = program
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(error)?;
+        let link = FdLink::try_from(program.take_link(id).map_err(error)?).map_err(|source| {
+            DatapathError::Link {
+                path: pin.clone(),
+                source,
+            }
+        })?;
+        pin_link(link, &pin)?;
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@ pub mod counters;
 pub mod datapath;
 pub mod endpoints;
 pub mod error;
+pub mod host_ports;
 pub mod nat;
 pub mod node;
 pub mod paths;

@@ -6,6 +6,7 @@
 //! <root>/programs/<build-id>/<prog> programs of one build of the eBPF object
 //! <root>/links/<host-ifname>        the tcx link of one endpoint
 //! <root>/uplinks/<ifname>           the tcx link of the node's uplink
+//! <root>/cgroup/<hook>              the links of the socket hooks
 //! ```
 
 use std::{
@@ -60,6 +61,14 @@ impl BpffsLayout {
 
     pub fn endpoint_link(&self, host_ifname: &str) -> PathBuf {
         self.links_dir().join(host_ifname)
+    }
+
+    pub fn cgroup_links_dir(&self) -> PathBuf {
+        self.root.join("cgroup")
+    }
+
+    pub fn cgroup_link(&self, hook: &str) -> PathBuf {
+        self.cgroup_links_dir().join(hook)
     }
 
     pub fn uplinks_dir(&self) -> PathBuf {

@@ -3,10 +3,11 @@
 
 use std::net::IpAddr;
 
-use cni_ebpf_common::Endpoint;
+use cni_ebpf_common::{ENDPOINT_F_HOST_PORTS, Endpoint};
 use cni_ebpf_userspace::{
     AttachMode, EndpointMap,
-    attach::{attach_from_pod, detach_from_pod},
+    attach::{attach_from_pod, attach_socket_hooks, detach_from_pod},
+    host_ports::PortMapping,
 };
 use ipnet::IpNet;
 
@@ -14,6 +15,7 @@ use super::{datapath_error, open_datapath, runtime};
 use crate::{
     cni::{CniEnv, CniOutput, Interface, IpConfig, NetConf, Route, format_mac},
     error::{CniError, CniResult},
+    host_ports::{self, HostPortRequest},
     ipam::{Allocation, Ipam},
     names,
     netlink::{Netlink, VethEnd},
@@ -31,6 +33,7 @@ struct Progress {
     host_ifname: Option<String>,
     link_pinned: bool,
     endpoint_ips: Vec<IpAddr>,
+    published: Vec<PortMapping>,
 }
 
 pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
@@ -40,6 +43,12 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
     let ipam = Ipam::from_conf(conf, env)?;
     let attach_mode = attach_mode(conf)?;
     let uplink_conf = UplinkConf::parse(&conf.raw)?;
+    let port_requests = host_ports::requests(&conf.runtime_config.raw)?;
+    let cgroup = if port_requests.is_empty() {
+        None
+    } else {
+        Some(host_ports::cgroup_root(&conf.raw)?)
+    };
     let _shared = StateDir::new(&conf.state_dir, &conf.name).lock_shared()?;
     let mut datapath = open_datapath(conf)?;
     let rt = runtime()?;
@@ -56,6 +65,8 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
             ipam: &ipam,
             attach_mode,
             uplink: &uplink_conf,
+            port_requests: &port_requests,
+            cgroup: cgroup.as_deref(),
         };
         match add(&request, &node, &pod, &mut datapath, &mut progress).await {
             Ok(output) => Ok(output),
@@ -76,6 +87,8 @@ struct Request<'a> {
     ipam: &'a Ipam,
     attach_mode: AttachMode,
     uplink: &'a UplinkConf,
+    port_requests: &'a [HostPortRequest],
+    cgroup: Option<&'a std::path::Path>,
 }
 
 async fn add(
@@ -93,7 +106,15 @@ async fn add(
     progress.allocated = true;
     let allocations = lease.allocations;
     let own_subnets: Vec<IpNet> = allocations.iter().map(|a| a.address.trunc()).collect();
-    uplink::ensure(req.uplink, &own_subnets, node, datapath, req.attach_mode).await?;
+    uplink::ensure(
+        req.uplink,
+        &own_subnets,
+        node,
+        datapath,
+        req.attach_mode,
+        !req.port_requests.is_empty(),
+    )
+    .await?;
 
     let mtu = req.conf.mtu.unwrap_or(DEFAULT_MTU);
     let host = VethEnd {
@@ -132,8 +153,14 @@ async fn add(
         .map_err(|e| datapath_error(&format!("attaching to {}", host.name), e))?;
     progress.link_pinned = attachment.link_pin.is_some();
 
+    let port_mappings = published_ports(req, &allocations)?;
     let endpoint = Endpoint {
         ifindex: host_index,
+        flags: if port_mappings.is_empty() {
+            0
+        } else {
+            ENDPOINT_F_HOST_PORTS
+        },
         pod_mac: pod_end.mac,
         host_mac: host.mac,
         owner,
@@ -149,6 +176,11 @@ async fn add(
         progress.endpoint_ips.push(ip);
     }
 
+    if !port_mappings.is_empty() {
+        publish(datapath, req, &port_mappings, owner)?;
+        progress.published = port_mappings.clone();
+    }
+
     StateDir::new(&req.conf.state_dir, &req.conf.name).write(&AttachmentRecord {
         container_id: req.container_id.to_string(),
         ifname: req.ifname.to_string(),
@@ -160,6 +192,7 @@ async fn add(
         ips: allocations.iter().map(|a| a.address).collect(),
         owner,
         attachment,
+        port_mappings,
     })?;
 
     Ok(CniOutput {
@@ -188,6 +221,69 @@ async fn add(
         routes: lease.routes,
         dns: lease.dns,
     })
+}
+
+/// The pod's host ports, on its IPv4 address.
+fn published_ports(req: &Request<'_>, allocations: &[Allocation]) -> CniResult<Vec<PortMapping>> {
+    if req.port_requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pod_addr = allocations
+        .iter()
+        .map(|a| a.address.addr())
+        .find(IpAddr::is_ipv4)
+        .ok_or_else(|| {
+            CniError::invalid_config("runtimeConfig.portMappings: the pod has no IPv4 address")
+        })?;
+    Ok(req
+        .port_requests
+        .iter()
+        .map(|r| r.for_pod(pod_addr))
+        .collect())
+}
+
+/// Publishes the pod's host ports (refusing any another pod holds) and makes
+/// sure the node's own sockets can reach them.
+fn publish(
+    datapath: &cni_ebpf_userspace::Datapath,
+    req: &Request<'_>,
+    mappings: &[PortMapping],
+    owner: u64,
+) -> CniResult<()> {
+    let layout = datapath.layout();
+    let _lock = layout
+        .lock()
+        .map_err(|e| datapath_error("locking the datapath", e))?;
+    // Node-wide and idempotent: first, so that a failure leaves no mapping.
+    if let Some(cgroup) = req.cgroup {
+        attach_socket_hooks(datapath, cgroup).map_err(|e| {
+            datapath_error(
+                &format!("attaching the socket hooks to {}", cgroup.display()),
+                e,
+            )
+        })?;
+    }
+    if let Err(conflict) = cni_ebpf_userspace::host_ports::publish(layout, mappings, owner)
+        .map_err(|e| datapath_error("publishing host ports", e))?
+    {
+        let m = conflict.mapping;
+        let proto = if m.proto == cni_ebpf_common::IPPROTO_UDP {
+            "udp"
+        } else {
+            "tcp"
+        };
+        let on = m
+            .host_ip
+            .map_or("every node address".to_string(), |ip| ip.to_string());
+        return Err(CniError::new(
+            crate::error::code::ALREADY_EXISTS,
+            format!(
+                "runtimeConfig.portMappings: hostPort {}/{proto} on {on} is already published by another pod",
+                m.host_port
+            ),
+        ));
+    }
+    Ok(())
 }
 
 async fn existing_link(netlink: &Netlink, name: &str) -> CniResult<u32> {
@@ -273,6 +369,11 @@ fn attach_mode(conf: &NetConf) -> CniResult<AttachMode> {
 async fn undo(req: &Request<'_>, node: &Netlink, progress: &Progress) {
     let owner = names::attachment_id(req.container_id, req.ifname);
     let layout = cni_ebpf_userspace::BpffsLayout::new(&req.conf.bpffs_root);
+    if !progress.published.is_empty()
+        && let Ok(_lock) = layout.lock()
+    {
+        let _ = cni_ebpf_userspace::host_ports::unpublish(&layout, &progress.published, owner);
+    }
     if !progress.endpoint_ips.is_empty()
         && let Ok(mut endpoints) = EndpointMap::open(&layout)
     {

@@ -67,6 +67,19 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         }
     }
 
+    if let Some(m) = cni_ebpf_userspace::host_ports::holds(
+        datapath.layout(),
+        &record.port_mappings,
+        record.owner,
+    )
+    .map_err(|e| datapath_error("reading the host ports", e))?
+    {
+        return Err(failed(format!(
+            "hostPort {} (to port {} of {}) is not published",
+            m.host_port, m.pod_port, m.pod_addr
+        )));
+    }
+
     runtime()?.block_on(async {
         let node = Netlink::connect()?;
         let pod = Netlink::connect_in(&pod_ns)?;

@@ -37,6 +37,17 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     })?;
     detach_from_pod(&layout, &host_ifname).map_err(|e| datapath_error("unpinning the link", e))?;
 
+    if let Some(record) = &record
+        && !record.port_mappings.is_empty()
+        && layout.map(cni_ebpf_common::map_names::HOST_PORTS).exists()
+    {
+        let _lock = layout
+            .lock()
+            .map_err(|e| datapath_error("locking the datapath", e))?;
+        cni_ebpf_userspace::host_ports::unpublish(&layout, &record.port_mappings, owner)
+            .map_err(|e| datapath_error("removing host ports", e))?;
+    }
+
     let held = ipam.held_by(container_id, ifname)?.unwrap_or_default();
     let mut ips: Vec<IpAddr> = record
         .iter()

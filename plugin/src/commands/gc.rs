@@ -58,6 +58,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         }
     }
     remove_orphan_endpoints(&layout, &live)?;
+    remove_orphan_host_ports(&layout, &live)?;
     for record in &stale {
         state.remove(&record.container_id, &record.ifname)?;
     }
@@ -123,6 +124,26 @@ fn remove_orphan_endpoints(layout: &BpffsLayout, live: &[AttachmentRecord]) -> C
             endpoints
                 .remove_owned(ip, endpoint.owner)
                 .map_err(|e| datapath_error(&format!("removing endpoint {ip}"), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Host ports whose owner is no live attachment.
+fn remove_orphan_host_ports(layout: &BpffsLayout, live: &[AttachmentRecord]) -> CniResult<()> {
+    if !layout.map(cni_ebpf_common::map_names::HOST_PORTS).exists() {
+        return Ok(());
+    }
+    let owners: HashSet<u64> = live.iter().map(|r| r.owner).collect();
+    let _lock = layout
+        .lock()
+        .map_err(|e| datapath_error("locking the datapath", e))?;
+    let published = cni_ebpf_userspace::host_ports::published(layout)
+        .map_err(|e| datapath_error("reading the host ports", e))?;
+    for (mapping, owner) in published {
+        if !owners.contains(&owner) {
+            cni_ebpf_userspace::host_ports::unpublish(layout, &[mapping], owner)
+                .map_err(|e| datapath_error("removing a host port", e))?;
         }
     }
     Ok(())

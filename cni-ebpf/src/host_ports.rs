@@ -1,0 +1,153 @@
+//! Published host ports: a packet to a node address at a published port is
+//! rewritten to the pod behind it (one hash lookup, whatever the number of
+//! mappings), and the connection is remembered so that the pod's replies get
+//! the published address and port back. A pod reaching its own host port
+//! (hairpin) also gets its source rewritten to the node address: a packet
+//! from its own address would be dropped by its stack.
+//!
+//! The forward direction always consults `HOST_PORTS`, never the connection
+//! table, so a remapped UDP port reaches the new pod at once (no stale
+//! conntrack as with iptables DNAT).
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_ns, programs::TcContext};
+use cni_ebpf_common::{
+    CtState, DropReason, FlowKey, HostPortFlow, HostPortKey, IPPROTO_TCP, IPPROTO_UDP, IpKey,
+};
+
+use crate::{
+    headers::{IPV4_DST_OFF, IPV4_SRC_OFF, TCP_FIN, TCP_RST, TCP_SYN},
+    l4::{Transport, rewrite_addr, rewrite_port},
+    maps::{HOST_PORT_CT, HOST_PORTS},
+};
+
+#[inline(always)]
+fn v4(addr: &[u8; 16]) -> [u8; 4] {
+    [addr[12], addr[13], addr[14], addr[15]]
+}
+
+fn state_of(t: &Transport) -> u8 {
+    match t.proto {
+        IPPROTO_TCP if t.tcp_flags & (TCP_FIN | TCP_RST) != 0 => CtState::TcpClosing as u8,
+        IPPROTO_TCP if t.tcp_flags & TCP_SYN != 0 => CtState::TcpSynSent as u8,
+        IPPROTO_TCP => CtState::TcpEstablished as u8,
+        _ => CtState::Udp as u8,
+    }
+}
+
+/// Rewrites a packet for `dst:t.dst_port` to the pod publishing it; the
+/// pod's address when it did.
+#[inline(never)]
+pub fn to_pod(
+    ctx: &TcContext,
+    src: [u8; 4],
+    dst: [u8; 4],
+    t: &Transport,
+) -> Result<Option<[u8; 4]>, DropReason> {
+    if t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP {
+        return Ok(None);
+    }
+    let mut key = HostPortKey {
+        host_addr: IpKey::v4(dst).addr,
+        port: t.dst_port,
+        proto: t.proto,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    let target = match unsafe { HOST_PORTS.get(&key) }.copied() {
+        Some(target) => target,
+        None => {
+            key.host_addr = [0; 16];
+            // SAFETY: copied out at once.
+            match unsafe { HOST_PORTS.get(&key) }.copied() {
+                Some(target) => target,
+                None => return Ok(None),
+            }
+        }
+    };
+    let pod = v4(&target.pod_addr);
+    let hairpin = src == pod;
+    let reply = FlowKey {
+        src: target.pod_addr,
+        dst: IpKey::v4(if hairpin { dst } else { src }).addr,
+        src_port: target.pod_port,
+        dst_port: t.src_port,
+        proto: t.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match HOST_PORT_CT.get_ptr_mut(&reply) {
+        // SAFETY: a live map value; plain stores.
+        Some(flow) => unsafe {
+            (*flow).last_seen_ns = now;
+            if t.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                (*flow).state = CtState::TcpClosing as u8;
+            }
+        },
+        None => {
+            let flow = HostPortFlow {
+                host_addr: IpKey::v4(dst).addr,
+                client_addr: IpKey::v4(src).addr,
+                host_port: t.dst_port,
+                client_port: t.src_port,
+                state: state_of(t),
+                _pad: [0; 3],
+                last_seen_ns: now,
+            };
+            // Another CPU may have raced us to it: either entry is right.
+            let _ = HOST_PORT_CT.insert(&reply, &flow, u64::from(BPF_NOEXIST));
+        }
+    }
+    rewrite_addr(ctx, t, IPV4_DST_OFF, dst, pod)?;
+    rewrite_port(ctx, t, t.dst_port_offset(), t.dst_port, target.pod_port)?;
+    if hairpin {
+        rewrite_addr(ctx, t, IPV4_SRC_OFF, src, dst)?;
+    }
+    Ok(Some(pod))
+}
+
+/// Rewrites a pod's reply on a connection that came in through a host port
+/// back to the published address and port; the client's address when it
+/// did (differs from `dst` only for hairpin).
+#[inline(never)]
+pub fn from_pod(
+    ctx: &TcContext,
+    src: [u8; 4],
+    dst: [u8; 4],
+    t: &Transport,
+) -> Result<Option<[u8; 4]>, DropReason> {
+    if t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP {
+        return Ok(None);
+    }
+    let key = FlowKey {
+        src: IpKey::v4(src).addr,
+        dst: IpKey::v4(dst).addr,
+        src_port: t.src_port,
+        dst_port: t.dst_port,
+        proto: t.proto,
+        _pad: [0; 3],
+    };
+    let Some(flow) = HOST_PORT_CT.get_ptr_mut(&key) else {
+        return Ok(None);
+    };
+    // SAFETY: a live map value; copied out and refreshed.
+    let flow = unsafe {
+        (*flow).last_seen_ns = bpf_ktime_get_ns();
+        if t.proto == IPPROTO_TCP {
+            if t.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                (*flow).state = CtState::TcpClosing as u8;
+            } else if (*flow).state == CtState::TcpSynSent as u8 {
+                (*flow).state = CtState::TcpEstablished as u8;
+            }
+        }
+        *flow
+    };
+    let host = v4(&flow.host_addr);
+    let client = v4(&flow.client_addr);
+    rewrite_addr(ctx, t, IPV4_SRC_OFF, src, host)?;
+    rewrite_port(ctx, t, t.src_port_offset(), t.src_port, flow.host_port)?;
+    if client != dst {
+        rewrite_addr(ctx, t, IPV4_DST_OFF, dst, client)?;
+    }
+    Ok(Some(client))
+}

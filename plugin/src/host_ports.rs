@@ -1,0 +1,196 @@
+//! The `portMappings` capability: host ports published by the pod, as the
+//! reference portmap plugin reads them from `runtimeConfig`, but served by
+//! the datapath (one hash lookup per packet whatever the number of mappings)
+//! and by cgroup socket hooks for connections from the node itself.
+//!
+//! The conflist declares `"capabilities": {"portMappings": true}` on the
+//! cni-ebpf plugin itself; no second plugin. Config key `cgroupRoot`: the
+//! cgroup v2 directory whose processes may reach host ports at the node's
+//! addresses and 127.0.0.1 (default: the cgroup v2 mount).
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use cni_ebpf_common::{IPPROTO_TCP, IPPROTO_UDP};
+use cni_ebpf_userspace::host_ports::PortMapping;
+use serde_json::Value;
+
+use crate::error::{CniError, CniResult};
+
+/// A `portMappings` entry before the pod's address is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPortRequest {
+    pub proto: u8,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub host_ip: Option<IpAddr>,
+}
+
+impl HostPortRequest {
+    pub fn for_pod(&self, pod_addr: IpAddr) -> PortMapping {
+        PortMapping {
+            proto: self.proto,
+            host_port: self.host_port,
+            host_ip: self.host_ip,
+            pod_addr,
+            pod_port: self.container_port,
+        }
+    }
+}
+
+fn invalid(field: &str, why: impl std::fmt::Display) -> CniError {
+    CniError::invalid_config(format!("invalid field \"{field}\": {why}"))
+}
+
+fn port(entry: &Value, field: &str) -> CniResult<u16> {
+    entry
+        .get(field.rsplit('.').next().unwrap_or(field))
+        .and_then(Value::as_u64)
+        .filter(|p| (1..=65_535).contains(p))
+        .map(|p| p as u16)
+        .ok_or_else(|| invalid(field, "missing or not a port number (1-65535)"))
+}
+
+/// Reads `runtimeConfig.portMappings` (absent: none).
+pub fn requests(runtime_config: &Value) -> CniResult<Vec<HostPortRequest>> {
+    let Some(list) = runtime_config.get("portMappings") else {
+        return Ok(Vec::new());
+    };
+    if list.is_null() {
+        return Ok(Vec::new());
+    }
+    let list = list
+        .as_array()
+        .ok_or_else(|| invalid("runtimeConfig.portMappings", "not an array"))?;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, entry) in list.iter().enumerate() {
+        let field = |name: &str| format!("runtimeConfig.portMappings[{i}].{name}");
+        let proto = match entry.get("protocol").and_then(Value::as_str) {
+            None => IPPROTO_TCP,
+            Some(p) if p.eq_ignore_ascii_case("tcp") => IPPROTO_TCP,
+            Some(p) if p.eq_ignore_ascii_case("udp") => IPPROTO_UDP,
+            Some(p) => {
+                return Err(invalid(
+                    &field("protocol"),
+                    format!("{p:?}: expected \"tcp\" or \"udp\""),
+                ));
+            }
+        };
+        let host_ip = match entry.get("hostIP").and_then(Value::as_str) {
+            None | Some("") | Some("0.0.0.0") => None,
+            Some(text) => {
+                let ip: IpAddr = text.parse().map_err(|e| invalid(&field("hostIP"), e))?;
+                if ip.is_ipv6() {
+                    return Err(invalid(
+                        &field("hostIP"),
+                        "IPv6 host ports are not supported yet",
+                    ));
+                }
+                Some(ip)
+            }
+        };
+        let request = HostPortRequest {
+            proto,
+            host_port: port(entry, &field("hostPort"))?,
+            container_port: port(entry, &field("containerPort"))?,
+            host_ip,
+        };
+        if out.iter().any(|r: &HostPortRequest| {
+            r.proto == request.proto
+                && r.host_port == request.host_port
+                && r.host_ip == request.host_ip
+        }) {
+            return Err(invalid(&field("hostPort"), "listed twice"));
+        }
+        out.push(request);
+    }
+    Ok(out)
+}
+
+/// The cgroup the socket hooks attach to: `cgroupRoot`, or the cgroup v2
+/// mount point.
+pub fn cgroup_root(raw: &Value) -> CniResult<PathBuf> {
+    if let Some(v) = raw.get("cgroupRoot") {
+        let path = v
+            .as_str()
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .ok_or_else(|| invalid("cgroupRoot", "not an absolute path"))?;
+        return Ok(path);
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| CniError::io("reading /proc/self/mountinfo", e))?;
+    cgroup2_mount(&mountinfo).ok_or_else(|| {
+        invalid(
+            "cgroupRoot",
+            "no cgroup v2 mount found; set it to a cgroup v2 directory",
+        )
+    })
+}
+
+fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| Path::new(mount_point).to_path_buf())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn reads_port_mappings_like_portmap() {
+        let got = requests(&json!({"portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 5353, "containerPort": 53, "protocol": "UDP", "hostIP": "10.0.0.1"},
+            {"hostPort": 9090, "containerPort": 90, "hostIP": ""}
+        ]}))
+        .unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].proto, IPPROTO_TCP);
+        assert_eq!(got[1].proto, IPPROTO_UDP);
+        assert_eq!(got[1].host_ip, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(got[2].host_ip, None);
+    }
+
+    #[test]
+    fn errors_name_the_entry_and_field() {
+        for (raw, field) in [
+            (
+                json!({"portMappings": [{"containerPort": 80}]}),
+                "portMappings[0].hostPort",
+            ),
+            (
+                json!({"portMappings": [{"hostPort": 70000, "containerPort": 80}]}),
+                "portMappings[0].hostPort",
+            ),
+            (
+                json!({"portMappings": [{"hostPort": 1, "containerPort": 80, "protocol": "sctp"}]}),
+                "portMappings[0].protocol",
+            ),
+            (
+                json!({"portMappings": [{"hostPort": 1, "containerPort": 2, "hostIP": "x"}]}),
+                "portMappings[0].hostIP",
+            ),
+        ] {
+            let err = requests(&raw).unwrap_err();
+            assert!(err.msg.contains(field), "{} does not name {field}", err.msg);
+        }
+    }
+
+    #[test]
+    fn finds_the_cgroup2_mount() {
+        let info = "30 1 0:26 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+}

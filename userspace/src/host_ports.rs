@@ -1,0 +1,226 @@
+//! Published host ports: the `HOST_PORTS` map (and its companions) from
+//! userspace, with the conflict rules a node must keep: one pod per
+//! (protocol, port, address), and a port published on every address
+//! excludes the same port on a specific one (the reference portmap plugin
+//! lets the last writer win instead).
+
+use std::net::IpAddr;
+
+use aya::maps::{HashMap, Map, MapData, MapError};
+use cni_ebpf_common::{
+    HostPortKey, HostPortTarget, IpKey, PodPortKey, host_port_use_key,
+    map_names::{HOST_PORT_BACK, HOST_PORT_USE, HOST_PORTS},
+};
+
+use crate::{
+    error::{DatapathError, Result},
+    paths::BpffsLayout,
+};
+
+/// One `portMappings` entry as the datapath holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    pub proto: u8,
+    pub host_port: u16,
+    /// `None`: every node address (and 127.0.0.1 from the node itself).
+    pub host_ip: Option<IpAddr>,
+    pub pod_addr: IpAddr,
+    pub pod_port: u16,
+}
+
+impl PortMapping {
+    fn key(&self) -> HostPortKey {
+        HostPortKey {
+            host_addr: self
+                .host_ip
+                .map(|ip| IpKey::from_ip(ip).addr)
+                .unwrap_or_default(),
+            port: self.host_port.to_be(),
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
+
+    fn wildcard_key(&self) -> HostPortKey {
+        HostPortKey {
+            host_addr: [0; 16],
+            ..self.key()
+        }
+    }
+}
+
+/// A mapping another attachment already holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub mapping: PortMapping,
+}
+
+fn map_error(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+struct Maps {
+    ports: HashMap<MapData, HostPortKey, HostPortTarget>,
+    back: HashMap<MapData, PodPortKey, HostPortKey>,
+    usage: HashMap<MapData, u32, u32>,
+}
+
+fn open<K: aya::Pod, V: aya::Pod>(
+    layout: &BpffsLayout,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>> {
+    let data = MapData::from_pin(layout.map(name)).map_err(map_error(name))?;
+    let map = Map::from_map_data(data).map_err(map_error(name))?;
+    HashMap::try_from(map).map_err(map_error(name))
+}
+
+impl Maps {
+    fn open(layout: &BpffsLayout) -> Result<Self> {
+        Ok(Self {
+            ports: open(layout, HOST_PORTS)?,
+            back: open(layout, HOST_PORT_BACK)?,
+            usage: open(layout, HOST_PORT_USE)?,
+        })
+    }
+
+    fn holder(&self, key: &HostPortKey) -> Result<Option<u64>> {
+        match self.ports.get(key, 0) {
+            Ok(target) => Ok(Some(target.owner)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_error(HOST_PORTS)(e)),
+        }
+    }
+
+    fn specific_count(&self, m: &PortMapping) -> Result<u32> {
+        match self.usage.get(&host_port_use_key(m.proto, m.host_port), 0) {
+            Ok(n) => Ok(n),
+            Err(MapError::KeyNotFound) => Ok(0),
+            Err(e) => Err(map_error(HOST_PORT_USE)(e)),
+        }
+    }
+
+    fn conflicts(&self, m: &PortMapping, owner: u64) -> Result<bool> {
+        let other = |holder: Option<u64>| holder.is_some_and(|h| h != owner);
+        if other(self.holder(&m.key())?) || other(self.holder(&m.wildcard_key())?) {
+            return Ok(true);
+        }
+        // Every address excludes any specific one (held by anyone else).
+        Ok(m.host_ip.is_none() && self.specific_count(m)? > 0)
+    }
+}
+
+/// Publishes `mappings` for `owner`; nothing is written if any conflicts.
+/// The caller holds the bpffs root's lock.
+pub fn publish(
+    layout: &BpffsLayout,
+    mappings: &[PortMapping],
+    owner: u64,
+) -> Result<std::result::Result<(), Conflict>> {
+    let mut maps = Maps::open(layout)?;
+    for m in mappings {
+        if maps.conflicts(m, owner)? {
+            return Ok(Err(Conflict { mapping: *m }));
+        }
+    }
+    for m in mappings {
+        let target = HostPortTarget {
+            pod_addr: IpKey::from_ip(m.pod_addr).addr,
+            pod_port: m.pod_port.to_be(),
+            _pad: [0; 6],
+            owner,
+        };
+        let fresh = maps.holder(&m.key())?.is_none();
+        maps.ports
+            .insert(m.key(), target, 0)
+            .map_err(map_error(HOST_PORTS))?;
+        let back = PodPortKey {
+            pod_addr: target.pod_addr,
+            pod_port: target.pod_port,
+            proto: m.proto,
+            _pad: 0,
+        };
+        maps.back
+            .insert(back, m.key(), 0)
+            .map_err(map_error(HOST_PORT_BACK))?;
+        if fresh && m.host_ip.is_some() {
+            let n = maps.specific_count(m)?;
+            maps.usage
+                .insert(host_port_use_key(m.proto, m.host_port), n + 1, 0)
+                .map_err(map_error(HOST_PORT_USE))?;
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Removes the mappings `owner` holds among `mappings`; idempotent. The
+/// caller holds the bpffs root's lock.
+pub fn unpublish(layout: &BpffsLayout, mappings: &[PortMapping], owner: u64) -> Result<()> {
+    let mut maps = Maps::open(layout)?;
+    for m in mappings {
+        if maps.holder(&m.key())? != Some(owner) {
+            continue;
+        }
+        match maps.ports.remove(&m.key()) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_error(HOST_PORTS)(e)),
+        }
+        let back = PodPortKey {
+            pod_addr: IpKey::from_ip(m.pod_addr).addr,
+            pod_port: m.pod_port.to_be(),
+            proto: m.proto,
+            _pad: 0,
+        };
+        let _ = maps.back.remove(&back);
+        if m.host_ip.is_some() {
+            let key = host_port_use_key(m.proto, m.host_port);
+            match maps.specific_count(m)? {
+                0 | 1 => {
+                    let _ = maps.usage.remove(&key);
+                }
+                n => maps
+                    .usage
+                    .insert(key, n - 1, 0)
+                    .map_err(map_error(HOST_PORT_USE))?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `owner` holds every one of `mappings` (for CHECK).
+pub fn holds(
+    layout: &BpffsLayout,
+    mappings: &[PortMapping],
+    owner: u64,
+) -> Result<Option<PortMapping>> {
+    let maps = Maps::open(layout)?;
+    for m in mappings {
+        if maps.holder(&m.key())? != Some(owner) {
+            return Ok(Some(*m));
+        }
+    }
+    Ok(None)
+}
+
+/// Every published port with its owner (for GC and inspection).
+pub fn published(layout: &BpffsLayout) -> Result<Vec<(PortMapping, u64)>> {
+    let maps = Maps::open(layout)?;
+    let mut out = Vec::new();
+    for entry in maps.ports.iter() {
+        let (key, target) = entry.map_err(map_error(HOST_PORTS))?;
+        let host_ip = (key.host_addr != [0; 16]).then(|| IpKey::v6(key.host_addr).to_ip());
+        out.push((
+            PortMapping {
+                proto: key.proto,
+                host_port: u16::from_be(key.port),
+                host_ip,
+                pod_addr: IpKey::v6(target.pod_addr).to_ip(),
+                pod_port: u16::from_be(target.pod_port),
+            },
+            target.owner,
+        ));
+    }
+    out.sort_by_key(|(m, _)| (m.proto, m.host_port, m.host_ip));
+    Ok(out)
+}
