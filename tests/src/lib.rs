@@ -18,6 +18,7 @@ pub mod node;
 pub mod plugin;
 pub mod pod;
 pub mod process;
+pub mod spec;
 pub mod traffic;
 
 pub use bpffs::Bpffs;

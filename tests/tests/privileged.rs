@@ -15,6 +15,22 @@ mod host_to_pod;
 mod lifecycle;
 #[path = "privileged/pod_to_pod.rs"]
 mod pod_to_pod;
+#[path = "privileged/spec_chaining.rs"]
+mod spec_chaining;
+#[path = "privileged/spec_check.rs"]
+mod spec_check;
+#[path = "privileged/spec_concurrency.rs"]
+mod spec_concurrency;
+#[path = "privileged/spec_config.rs"]
+mod spec_config;
+#[path = "privileged/spec_errors.rs"]
+mod spec_errors;
+#[path = "privileged/spec_gc_status.rs"]
+mod spec_gc_status;
+#[path = "privileged/spec_ipam.rs"]
+mod spec_ipam;
+#[path = "privileged/spec_versions.rs"]
+mod spec_versions;
 #[path = "privileged/spoofing.rs"]
 mod spoofing;
 #[path = "privileged/versions.rs"]

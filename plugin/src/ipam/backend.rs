@@ -53,9 +53,13 @@ impl Ipam {
     ) -> CniResult<IpamResult> {
         let (allocations, configured_routes, dns) = match self {
             Ipam::BuiltIn(cfg) => {
+                // Read before reserving: ADD only releases what `add` returned.
+                let dns = cfg.dns()?.unwrap_or_default();
                 let allocations = host_local::allocate(cfg, container_id, ifname, requested)?;
-                let routes = cfg.routes.iter().map(|r| Route::new(r.dst, r.gw)).collect();
-                (allocations, routes, cfg.dns()?.unwrap_or_default())
+                let routes: Vec<Route> = cfg.routes.iter().map(|r| Route::new(r.dst, r.gw)).collect();
+                // `"routes": []` asks for none (a second network in the pod).
+                let explicit = conf.ipam.raw.get("routes").is_some();
+                (allocations, Some(routes).filter(|r| explicit || !r.is_empty()), dns)
             }
             Ipam::Delegated(delegate) => {
                 let out = delegate.exec(Verb::Add, &conf.raw)?.unwrap_or_default();
@@ -78,7 +82,7 @@ impl Ipam {
                         }),
                     })
                     .collect();
-                (allocations, out.routes, out.dns)
+                (allocations, Some(out.routes).filter(|r| !r.is_empty()), out.dns)
             }
         };
         let routes = with_gateways(configured_routes, &allocations);
@@ -142,9 +146,12 @@ impl Ipam {
     }
 }
 
-/// Each route through its family's gateway unless it names one, plus a
-/// default route per family when there is none.
-fn with_gateways(configured: Vec<Route>, allocations: &[Allocation]) -> Vec<Route> {
+/// Each route through its family's gateway unless it names one. With no
+/// routes configured at all (`None`), a default route per family through its
+/// gateway; configured routes are taken as they are.
+fn with_gateways(configured: Option<Vec<Route>>, allocations: &[Allocation]) -> Vec<Route> {
+    let add_defaults = configured.is_none();
+    let configured = configured.unwrap_or_default();
     let gateway_for = |v4: bool| {
         allocations
             .iter()
@@ -159,7 +166,7 @@ fn with_gateways(configured: Vec<Route>, allocations: &[Allocation]) -> Vec<Rout
         })
         .collect();
     for v4 in [true, false] {
-        let Some(gateway) = gateway_for(v4) else {
+        let Some(gateway) = gateway_for(v4).filter(|_| add_defaults) else {
             continue;
         };
         let default = if v4 {
@@ -186,32 +193,34 @@ mod tests {
     }
 
     #[test]
-    fn routes_get_the_gateway_and_a_default() {
+    fn configured_routes_get_the_gateway_and_no_extra_default() {
         let routes = with_gateways(
-            vec![Route::new("10.9.0.0/16".parse().unwrap(), None)],
+            Some(vec![Route::new("10.9.0.0/16".parse().unwrap(), None)]),
             &[alloc("10.1.0.5/24", Some("10.1.0.1"))],
         );
         assert_eq!(
             routes,
-            vec![
-                Route::new(
-                    "10.9.0.0/16".parse().unwrap(),
-                    Some("10.1.0.1".parse().unwrap())
-                ),
-                Route::new(
-                    "0.0.0.0/0".parse().unwrap(),
-                    Some("10.1.0.1".parse().unwrap())
-                ),
-            ]
+            vec![Route::new(
+                "10.9.0.0/16".parse().unwrap(),
+                Some("10.1.0.1".parse().unwrap())
+            )]
         );
     }
 
     #[test]
-    fn configured_default_route_is_not_doubled() {
-        let routes = with_gateways(
-            vec![Route::new("0.0.0.0/0".parse().unwrap(), None)],
-            &[alloc("10.1.0.5/24", Some("10.1.0.1"))],
+    fn no_routes_configured_means_a_default_route() {
+        let routes = with_gateways(None, &[alloc("10.1.0.5/24", Some("10.1.0.1"))]);
+        assert_eq!(
+            routes,
+            vec![Route::new(
+                "0.0.0.0/0".parse().unwrap(),
+                Some("10.1.0.1".parse().unwrap())
+            )]
         );
-        assert_eq!(routes.len(), 1);
+    }
+
+    #[test]
+    fn explicitly_empty_routes_are_honoured() {
+        assert!(with_gateways(Some(vec![]), &[alloc("10.1.0.5/24", Some("10.1.0.1"))]).is_empty());
     }
 }
