@@ -196,7 +196,8 @@ pub fn dnat(
 /// An ICMP error about a masqueraded flow (e.g. port unreachable, or time
 /// exceeded for a traceroute) carries the translated packet inside: the
 /// outer destination, the inner source address and port all go back to the
-/// pod's, with the inner IP checksum and the ICMP checksum kept right.
+/// pod's, with the inner IP and transport checksums and the ICMP checksum
+/// kept right.
 fn dnat_icmp_error(
     ctx: &TcContext,
     dst: [u8; 4],
@@ -255,16 +256,65 @@ fn dnat_icmp_error(
         .map_err(|_| DropReason::RewriteFailed)?;
     ctx.store(port_off, &entry.port, 0)
         .map_err(|_| DropReason::RewriteFailed)?;
+    let (old_l4_csum, new_l4_csum) =
+        fix_inner_l4_csum(ctx, proto, inner_l4, (from, to), (old_port, entry.port))?;
     // Every inner change is payload to the ICMP checksum.
     for (old, new, size) in [
         (u64::from(from), u64::from(to), 4u64),
         (u64::from(old_inner_csum), u64::from(new_inner_csum), 2),
         (u64::from(old_port), u64::from(entry.port), 2),
+        (u64::from(old_l4_csum), u64::from(new_l4_csum), 2),
     ] {
         ctx.l4_csum_replace(icmp_csum, old, new, size)
             .map_err(|_| DropReason::RewriteFailed)?;
     }
     Ok(Some(pod))
+}
+
+/// The quoted packet's own transport checksum covers its source port (and,
+/// for TCP and UDP, its source address through the pseudo header): updated
+/// as the receiving stack would expect it, as netfilter's NAT does. A UDP
+/// datagram sent without a checksum keeps none; a quote too short to hold
+/// the checksum is left alone. Returns the checksum before and after.
+#[inline(always)]
+fn fix_inner_l4_csum(
+    ctx: &TcContext,
+    proto: u8,
+    inner_l4: usize,
+    (old_addr, new_addr): (u32, u32),
+    (old_port, new_port): (u16, u16),
+) -> Result<(u16, u16), DropReason> {
+    let (csum_off, pseudo) = match proto {
+        IPPROTO_UDP => (inner_l4 + 6, true),
+        IPPROTO_TCP => (inner_l4 + 16, true),
+        _ => (inner_l4 + 2, false),
+    };
+    let Ok(old) = ctx.load::<u16>(csum_off) else {
+        return Ok((0, 0));
+    };
+    if proto == IPPROTO_UDP && old == 0 {
+        return Ok((0, 0));
+    }
+    // RFC 1624: HC' = ~(~HC + ~m + m'), word by word; the sum is the same
+    // in either byte order as long as every word is read alike.
+    let mut sum = u32::from(!old) + u32::from(!old_port) + u32::from(new_port);
+    if pseudo {
+        for (o, n) in [
+            (old_addr as u16, new_addr as u16),
+            ((old_addr >> 16) as u16, (new_addr >> 16) as u16),
+        ] {
+            sum += u32::from(!o) + u32::from(n);
+        }
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let mut new = !(sum as u16);
+    if proto == IPPROTO_UDP && new == 0 {
+        new = 0xffff;
+    }
+    ctx.store(csum_off, &new, 0)
+        .map_err(|_| DropReason::RewriteFailed)?;
+    Ok((old, new))
 }
 
 /// `lock *(u64 *)(ptr) += value`: the BPF atomic add (core's atomics have no

@@ -9,6 +9,7 @@
 
 pub mod binaries;
 pub mod bpffs;
+pub mod ext;
 pub mod firewall;
 pub mod hash;
 pub mod links;

@@ -5,6 +5,8 @@
 //! The plugin and `cni-ebpfd` come from `$CNI_EBPF_BIN_DIR` (set by `cargo
 //! xtask test`) or `target/debug`: build the workspace before running.
 
+#[path = "privileged/cross_node.rs"]
+mod cross_node;
 #[path = "privileged/errors.rs"]
 mod errors;
 #[path = "privileged/harness.rs"]
@@ -13,6 +15,8 @@ mod harness;
 mod host_to_pod;
 #[path = "privileged/lifecycle.rs"]
 mod lifecycle;
+#[path = "privileged/masquerade.rs"]
+mod masquerade;
 #[path = "privileged/pod_to_pod.rs"]
 mod pod_to_pod;
 #[path = "privileged/spec_chaining.rs"]

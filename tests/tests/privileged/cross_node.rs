@@ -1,0 +1,164 @@
+//! Pods on two nodes joined by an underlay reach each other with their own
+//! addresses: out of the sender's uplink with `bpf_redirect_neigh`, into
+//! the receiver's pod by `from_uplink`, neither node forwarding.
+
+use std::{
+    net::{IpAddr, SocketAddr, SocketAddrV4},
+    time::Duration,
+};
+
+use cni_ebpf_tests::{
+    Node, Pod,
+    ext::{
+        PeerClient, PeerServer, SIDE_A, SIDE_B, TwoNodes, UNDERLAY, assert_node_untouched,
+        nat_table,
+    },
+    traffic,
+};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const FOUR_MB: u64 = 4 << 20;
+
+/// Counters of one node, read before and after traffic.
+#[derive(Debug, Clone, Copy)]
+struct Counters {
+    forwarded: u64,
+    delivered: u64,
+    new_nat_flows: u64,
+}
+
+impl Counters {
+    fn of(node: &Node) -> Self {
+        Self {
+            forwarded: node.verdict_bytes("forwarded"),
+            delivered: node.verdict_bytes("local-delivery"),
+            new_nat_flows: node.verdict_packets("nat-new-flow"),
+        }
+    }
+}
+
+/// A server in `to` on its pod address, a client in `from`: the server
+/// must see `from`'s own address, and `bytes` arrive intact.
+fn transfer_keeps_source(from: &Pod<'_>, to: &Pod<'_>, bytes: u64) {
+    let server = PeerServer::start(to.netns(), SocketAddrV4::new(to.ip(), 0))
+        .expect("starting the server in the pod");
+    let client = from
+        .netns()
+        .run(|| PeerClient::connect(server.addr(), CONNECT_TIMEOUT))
+        .unwrap_or_else(|e| panic!("{} -> {}: {e}", from.ip(), server.addr()));
+    let pod_side = client.stream.local_addr().unwrap();
+    assert_eq!(
+        client.seen_as,
+        pod_side,
+        "the server in {} saw {} for {pod_side}",
+        to.ip(),
+        client.seen_as
+    );
+    let exchange = client
+        .exchange(bytes, u64::from(pod_side.port()))
+        .expect("exchange");
+    assert!(
+        exchange.intact(),
+        "{} -> {}: {exchange:?}",
+        from.ip(),
+        to.ip()
+    );
+    assert_eq!(exchange.server_bytes, bytes);
+    let peers: Vec<SocketAddr> = server.conns().iter().map(|c| c.peer).collect();
+    assert_eq!(peers, [pod_side]);
+}
+
+fn in_cidr(ip: std::net::Ipv4Addr, cidr: &str) -> bool {
+    let (net, len) = cidr.split_once('/').unwrap();
+    let net: std::net::Ipv4Addr = net.parse().unwrap();
+    let len: u32 = len.parse().unwrap();
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+#[test]
+fn pods_on_two_nodes_talk_with_their_own_addresses() {
+    let nodes = TwoNodes::new();
+    let a = nodes.a.add_pod_with(nodes.conf_a());
+    let b = nodes.b.add_pod_with(nodes.conf_b());
+    assert!(in_cidr(a.ip(), SIDE_A.pod_cidr), "pod a got {}", a.ip());
+    assert!(in_cidr(b.ip(), SIDE_B.pod_cidr), "pod b got {}", b.ip());
+
+    // ADD installed each node's route to the other's pods.
+    for (node, other) in [(&nodes.a, SIDE_B), (&nodes.b, SIDE_A)] {
+        let routes = node.netns().ip(&["-4", "route", "show", other.pod_cidr]);
+        let want = format!("via {} dev {UNDERLAY}", other.underlay_ip);
+        assert!(
+            routes.contains(&want),
+            "{}: {routes:?} lacks {want}",
+            node.name()
+        );
+    }
+
+    let before = (Counters::of(&nodes.a), Counters::of(&nodes.b));
+    assert!(
+        traffic::ping(a.netns(), IpAddr::V4(b.ip()), 3),
+        "ping a -> b failed"
+    );
+    assert!(
+        traffic::ping(b.netns(), IpAddr::V4(a.ip()), 3),
+        "ping b -> a failed"
+    );
+    transfer_keeps_source(&a, &b, FOUR_MB);
+    transfer_keeps_source(&b, &a, FOUR_MB);
+    let after = (Counters::of(&nodes.a), Counters::of(&nodes.b));
+
+    // Each node sent a stream out of its uplink and had one delivered
+    // into its pod from the uplink (there is no second pod on either node
+    // that local delivery could have come from).
+    for (name, before, after) in [("a", before.0, after.0), ("b", before.1, after.1)] {
+        let forwarded = after.forwarded - before.forwarded;
+        let delivered = after.delivered - before.delivered;
+        assert!(
+            forwarded >= FOUR_MB,
+            "node {name}: {forwarded} bytes forwarded"
+        );
+        assert!(
+            delivered >= FOUR_MB,
+            "node {name}: {delivered} bytes delivered"
+        );
+        assert_eq!(
+            after.new_nat_flows, before.new_nat_flows,
+            "node {name} masqueraded cluster traffic"
+        );
+    }
+    for node in [&nodes.a, &nodes.b] {
+        let table = nat_table(node);
+        assert_eq!(table.count, 0, "{}: {table:?}", node.name());
+        assert_node_untouched(node);
+    }
+}
+
+#[test]
+fn pod_to_the_other_node_itself_is_masqueraded() {
+    let nodes = TwoNodes::new();
+    let a = nodes.a.add_pod_with(nodes.conf_a());
+    // B's uplink program is attached by its first ADD.
+    let _b = nodes.b.add_pod_with(nodes.conf_b());
+
+    // Outside the cluster CIDR: B's own address sees A's, not the pod's.
+    let server = PeerServer::start(nodes.b.netns(), SocketAddrV4::new(SIDE_B.underlay_ip, 0))
+        .expect("starting the server on node b");
+    let client = a
+        .netns()
+        .run(|| PeerClient::connect(server.addr(), CONNECT_TIMEOUT))
+        .expect("pod a -> node b");
+    assert_eq!(client.seen_as.ip(), IpAddr::V4(SIDE_A.underlay_ip));
+    let exchange = client.exchange(FOUR_MB, 5).expect("exchange");
+    assert!(exchange.intact(), "{exchange:?}");
+    let table = nat_table(&nodes.a);
+    assert!(
+        table
+            .flows
+            .iter()
+            .any(|f| f.remote == server.addr() && f.pod.ip() == IpAddr::V4(a.ip())),
+        "{table:?}"
+    );
+    assert_node_untouched(&nodes.a);
+    assert_node_untouched(&nodes.b);
+}
