@@ -16,6 +16,7 @@ pub mod map_names {
     pub const HOST_PORT_BACK: &str = "HOST_PORT_BACK";
     pub const HOST_PORT_CT: &str = "HOST_PORT_CT";
     pub const HOST_PORT_USE: &str = "HOST_PORT_USE";
+    pub const RATE_LIMITS: &str = "RATE_LIMITS";
     pub const NAT_OUT: &str = "NAT_OUT";
     pub const NAT_IN: &str = "NAT_IN";
     pub const NAT_FLOWS: &str = "NAT_FLOWS";
@@ -28,6 +29,7 @@ pub mod program_names {
     pub const CONNECT4: &str = "host_connect4";
     pub const SENDMSG4: &str = "host_sendmsg4";
     pub const RECVMSG4: &str = "host_recvmsg4";
+    pub const TO_POD: &str = "to_pod";
 }
 
 /// Endpoints the node can hold: one entry per pod address.
@@ -206,6 +208,35 @@ pub const fn host_port_use_key(proto: u8, port: u16) -> u32 {
     ((proto as u32) << 16) | port as u32
 }
 
+/// One direction's rate limit: a virtual clock that every admitted packet
+/// advances by its cost at `bytes_per_sec`; a packet conforms when the clock
+/// does not run ahead of now, and an idle clock lags now by at most
+/// `burst_ns` (the burst, as time at the rate).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateBucket {
+    pub bytes_per_sec: u64,
+    pub burst_ns: u64,
+    /// Updated with atomic adds by the datapath only.
+    pub clock_ns: u64,
+}
+
+/// Value of `RATE_LIMITS`, keyed by `Endpoint::owner`; a zero rate is no
+/// limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateLimit {
+    /// What the pod sends.
+    pub egress: RateBucket,
+    /// What is delivered to the pod.
+    pub ingress: RateBucket,
+}
+
+const _: () = assert!(core::mem::size_of::<RateLimit>() == 48);
+
+/// `Endpoint::flags`: the pod has a `RATE_LIMITS` entry.
+pub const ENDPOINT_F_RATE_LIMITED: u32 = 2;
+
 /// `Endpoint::flags`: the pod publishes host ports, so its replies are
 /// checked against `HOST_PORT_CT` (pods without any pay nothing for it).
 pub const ENDPOINT_F_HOST_PORTS: u32 = 1;
@@ -318,10 +349,12 @@ pub enum DropReason {
     NatTableFull = 8,
     /// A checksum or header rewrite failed.
     RewriteFailed = 9,
+    /// Over the endpoint's bandwidth limit.
+    RateLimited = 10,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Malformed,
         DropReason::UnknownSource,
         DropReason::SpoofedSource,
@@ -332,6 +365,7 @@ impl DropReason {
         DropReason::NatPortsExhausted,
         DropReason::NatTableFull,
         DropReason::RewriteFailed,
+        DropReason::RateLimited,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -346,6 +380,7 @@ impl DropReason {
             DropReason::NatPortsExhausted => "nat-ports-exhausted",
             DropReason::NatTableFull => "nat-table-full",
             DropReason::RewriteFailed => "rewrite-failed",
+            DropReason::RateLimited => "rate-limited",
         }
     }
 
@@ -427,4 +462,5 @@ mod pod {
     unsafe impl aya::Pod for super::HostPortTarget {}
     unsafe impl aya::Pod for super::PodPortKey {}
     unsafe impl aya::Pod for super::HostPortFlow {}
+    unsafe impl aya::Pod for super::RateLimit {}
 }

@@ -26,6 +26,7 @@ use crate::{
     host_ports, l4,
     maps::{ENDPOINTS, NO_MASQ, NODE_ADDRS, NODE_CONFIG},
     nat::snat,
+    rate::{Way, charge},
 };
 
 /// Ethernet + the longest L3 header we read.
@@ -88,6 +89,7 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     // SAFETY: `eth` and `ip` are bounds-checked.
     let (src, dst, ttl, eth_src) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).ttl, (*eth).src) };
     let me = sender(ctx, IpKey::v4(src), &eth_src, DropReason::SpoofedSource)?;
+    charge(&me, Way::Egress, ctx.len())?;
     if me.flags & ENDPOINT_F_HOST_PORTS != 0
         && ttl > 1
         && let Some(transport) = l4::parse(ctx, ip)
@@ -190,6 +192,11 @@ fn deliver_rewritten(ctx: &TcContext, dst: [u8; 4]) -> Result<i32, DropReason> {
 /// Into the pod behind `target`'s host veth, skipping the host veth itself.
 #[inline(always)]
 pub fn deliver_to_pod(ctx: &TcContext, target: &Endpoint) -> Result<i32, DropReason> {
+    if let Err(reason) = charge(target, Way::Ingress, ctx.len()) {
+        // Counted against the receiving pod, not the sender.
+        count_drop(reason, Direction::ToPod, ctx.len());
+        return Ok(TC_ACT_SHOT);
+    }
     // SAFETY: plain helper call.
     let action = unsafe { bpf_redirect_peer(target.ifindex, 0) } as i32;
     if action != TC_ACT_REDIRECT {

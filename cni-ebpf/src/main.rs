@@ -23,6 +23,10 @@ mod l4;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
+#[cfg(target_arch = "bpf")]
+mod rate;
+#[cfg(target_arch = "bpf")]
+mod to_pod;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

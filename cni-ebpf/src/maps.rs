@@ -7,7 +7,7 @@ use aya_ebpf::{
 use cni_ebpf_common::{
     COUNTER_SLOTS, DROP_SLOTS, Endpoint, FlowKey, HostPortFlow, HostPortKey, HostPortTarget, IpKey,
     MAX_ENDPOINTS, MAX_HOST_PORT_FLOWS, MAX_HOST_PORTS, MAX_NAT_FLOWS, MAX_NO_MASQ, MAX_NODE_ADDRS,
-    NatEntry, NodeConfig, PacketCount, PodPortKey,
+    NatEntry, NodeConfig, PacketCount, PodPortKey, RateLimit,
 };
 
 /// Pod addresses on this node -> their interface.
@@ -66,3 +66,7 @@ pub static HOST_PORT_CT: LruHashMap<FlowKey, HostPortFlow> =
 /// the plugin refuse a conflicting mapping in O(1). Not read by programs.
 #[map]
 pub static HOST_PORT_USE: HashMap<u32, u32> = HashMap::pinned(MAX_HOST_PORTS, 0);
+
+/// Bandwidth limits by endpoint owner.
+#[map]
+pub static RATE_LIMITS: HashMap<u64, RateLimit> = HashMap::pinned(MAX_ENDPOINTS, 0);

@@ -28,6 +28,10 @@ pub struct AttachmentRecord {
     pub attachment: cni_ebpf_userspace::Attachment,
     #[serde(default)]
     pub port_mappings: Vec<cni_ebpf_userspace::host_ports::PortMapping>,
+    #[serde(default)]
+    pub ingress_limit: Option<cni_ebpf_userspace::rate::Limit>,
+    #[serde(default)]
+    pub egress_limit: Option<cni_ebpf_userspace::rate::Limit>,
 }
 
 pub struct StateDir {

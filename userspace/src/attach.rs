@@ -62,6 +62,23 @@ pub fn attach_from_pod(
     attach(datapath.from_pod(), host_ifname, mode, pin)
 }
 
+/// Attaches `to_pod` to tc egress of `host_ifname` (pods with an ingress
+/// limit only: what the node's stack delivers to them passes there).
+pub fn attach_to_pod(
+    datapath: &mut Datapath,
+    host_ifname: &str,
+    mode: AttachMode,
+) -> Result<Attachment> {
+    let pin = datapath.layout().endpoint_egress_link(host_ifname);
+    attach_as(
+        datapath.to_pod(),
+        host_ifname,
+        mode,
+        pin,
+        TcAttachType::Egress,
+    )
+}
+
 /// Attaches `from_uplink` to tc ingress of the node's uplink.
 pub fn attach_from_uplink(
     datapath: &mut Datapath,
@@ -78,19 +95,34 @@ fn attach(
     mode: AttachMode,
     pin: PathBuf,
 ) -> Result<Attachment> {
+    attach_as(program, ifname, mode, pin, TcAttachType::Ingress)
+}
+
+fn attach_as(
+    program: &mut SchedClassifier,
+    ifname: &str,
+    mode: AttachMode,
+    pin: PathBuf,
+    hook: TcAttachType,
+) -> Result<Attachment> {
     match mode {
-        AttachMode::Clsact => attach_clsact(program, ifname),
-        AttachMode::Tcx => attach_tcx(program, ifname, pin),
+        AttachMode::Clsact => attach_clsact(program, ifname, hook),
+        AttachMode::Tcx => attach_tcx(program, ifname, pin, hook),
     }
 }
 
-fn attach_tcx(program: &mut SchedClassifier, ifname: &str, pin: PathBuf) -> Result<Attachment> {
+fn attach_tcx(
+    program: &mut SchedClassifier,
+    ifname: &str,
+    pin: PathBuf,
+    hook: TcAttachType,
+) -> Result<Attachment> {
     // A pin left by a crashed run for an interface of the same name.
     remove_pin(&pin)?;
     let id = program
         .attach_with_options(
             ifname,
-            TcAttachType::Ingress,
+            hook,
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         )
         .map_err(program_error)?;
@@ -106,7 +138,11 @@ fn attach_tcx(program: &mut SchedClassifier, ifname: &str, pin: PathBuf) -> Resu
     })
 }
 
-fn attach_clsact(program: &mut SchedClassifier, ifname: &str) -> Result<Attachment> {
+fn attach_clsact(
+    program: &mut SchedClassifier,
+    ifname: &str,
+    hook: TcAttachType,
+) -> Result<Attachment> {
     if let Err(e) = tc::qdisc_add_clsact(ifname) {
         let exists = matches!(&e, tc::TcError::NetlinkError(err) if err.raw_os_error() == Some(libc::EEXIST));
         if !exists {
@@ -114,11 +150,7 @@ fn attach_clsact(program: &mut SchedClassifier, ifname: &str) -> Result<Attachme
         }
     }
     let id = program
-        .attach_with_options(
-            ifname,
-            TcAttachType::Ingress,
-            TcAttachOptions::Netlink(NlOptions::default()),
-        )
+        .attach_with_options(ifname, hook, TcAttachOptions::Netlink(NlOptions::default()))
         .map_err(program_error)?;
     let link = program.take_link(id).map_err(program_error)?;
     // Dropping the link would detach it; the filter must outlive this process.
@@ -132,7 +164,8 @@ fn attach_clsact(program: &mut SchedClassifier, ifname: &str) -> Result<Attachme
 /// Removes the endpoint's link pin; the filter or link goes with its device.
 /// Idempotent.
 pub fn detach_from_pod(layout: &BpffsLayout, host_ifname: &str) -> Result<()> {
-    remove_pin(&layout.endpoint_link(host_ifname))
+    remove_pin(&layout.endpoint_link(host_ifname))?;
+    remove_pin(&layout.endpoint_egress_link(host_ifname))
 }
 
 /// Pins `link` at `pin`, creating its directory (a bpffs root made by an

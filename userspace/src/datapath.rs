@@ -11,7 +11,7 @@ use aya::{
     },
     sys::SyscallError,
 };
-use cni_ebpf_common::program_names::{CONNECT4, FROM_POD, FROM_UPLINK, RECVMSG4, SENDMSG4};
+use cni_ebpf_common::program_names::{CONNECT4, FROM_POD, FROM_UPLINK, RECVMSG4, SENDMSG4, TO_POD};
 
 use crate::{
     error::{DatapathError, Result},
@@ -26,7 +26,7 @@ pub const BUILD_ID: &str = env!("CNI_EBPF_BUILD_ID");
 
 /// Every program of the object; `from_pod` last, so that its pin marks a
 /// complete load.
-const PROGRAMS: [&str; 5] = [CONNECT4, SENDMSG4, RECVMSG4, FROM_UPLINK, FROM_POD];
+const PROGRAMS: [&str; 6] = [CONNECT4, SENDMSG4, RECVMSG4, TO_POD, FROM_UPLINK, FROM_POD];
 
 /// The cgroup socket-address hooks and where each attaches.
 pub const SOCKET_HOOKS: [(&str, CgroupSockAddrAttachType); 3] = [
@@ -41,6 +41,7 @@ pub struct Datapath {
     layout: BpffsLayout,
     from_pod: SchedClassifier,
     from_uplink: SchedClassifier,
+    to_pod: SchedClassifier,
 }
 
 impl Datapath {
@@ -73,10 +74,14 @@ impl Datapath {
         let Some(from_uplink) = open_pinned(layout, FROM_UPLINK)? else {
             return Ok(None);
         };
+        let Some(to_pod) = open_pinned(layout, TO_POD)? else {
+            return Ok(None);
+        };
         Ok(Some(Self {
             layout: layout.clone(),
             from_pod,
             from_uplink,
+            to_pod,
         }))
     }
 
@@ -94,6 +99,10 @@ impl Datapath {
 
     pub fn from_uplink(&mut self) -> &mut SchedClassifier {
         &mut self.from_uplink
+    }
+
+    pub fn to_pod(&mut self) -> &mut SchedClassifier {
+        &mut self.to_pod
     }
 
     /// A socket hook of this build, opened from its pin.

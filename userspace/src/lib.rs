@@ -12,6 +12,7 @@ pub mod host_ports;
 pub mod nat;
 pub mod node;
 pub mod paths;
+pub mod rate;
 
 pub use attach::{AttachMode, Attachment};
 pub use datapath::Datapath;

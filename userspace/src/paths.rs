@@ -63,6 +63,11 @@ impl BpffsLayout {
         self.links_dir().join(host_ifname)
     }
 
+    /// The tcx link of an endpoint's `to_pod` (egress) program.
+    pub fn endpoint_egress_link(&self, host_ifname: &str) -> PathBuf {
+        self.links_dir().join(format!("{host_ifname}.egress"))
+    }
+
     pub fn cgroup_links_dir(&self) -> PathBuf {
         self.root.join("cgroup")
     }

@@ -3,16 +3,18 @@
 
 use std::net::IpAddr;
 
-use cni_ebpf_common::{ENDPOINT_F_HOST_PORTS, Endpoint};
+use cni_ebpf_common::{ENDPOINT_F_HOST_PORTS, ENDPOINT_F_RATE_LIMITED, Endpoint};
 use cni_ebpf_userspace::{
     AttachMode, EndpointMap,
-    attach::{attach_from_pod, attach_socket_hooks, detach_from_pod},
+    attach::{attach_from_pod, attach_socket_hooks, attach_to_pod, detach_from_pod},
     host_ports::PortMapping,
+    rate,
 };
 use ipnet::IpNet;
 
 use super::{datapath_error, open_datapath, runtime};
 use crate::{
+    bandwidth::{self, Bandwidth},
     cni::{CniEnv, CniOutput, Interface, IpConfig, NetConf, Route, format_mac},
     error::{CniError, CniResult},
     host_ports::{self, HostPortRequest},
@@ -34,6 +36,7 @@ struct Progress {
     link_pinned: bool,
     endpoint_ips: Vec<IpAddr>,
     published: Vec<PortMapping>,
+    rate_limited: bool,
 }
 
 pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
@@ -44,6 +47,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
     let attach_mode = attach_mode(conf)?;
     let uplink_conf = UplinkConf::parse(&conf.raw)?;
     let port_requests = host_ports::requests(&conf.runtime_config.raw)?;
+    let bandwidth = bandwidth::parse(&conf.raw, &conf.runtime_config.raw)?;
     let cgroup = if port_requests.is_empty() {
         None
     } else {
@@ -67,6 +71,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
             uplink: &uplink_conf,
             port_requests: &port_requests,
             cgroup: cgroup.as_deref(),
+            bandwidth,
         };
         match add(&request, &node, &pod, &mut datapath, &mut progress).await {
             Ok(output) => Ok(output),
@@ -89,6 +94,7 @@ struct Request<'a> {
     uplink: &'a UplinkConf,
     port_requests: &'a [HostPortRequest],
     cgroup: Option<&'a std::path::Path>,
+    bandwidth: Bandwidth,
 }
 
 async fn add(
@@ -154,13 +160,31 @@ async fn add(
     progress.link_pinned = attachment.link_pin.is_some();
 
     let port_mappings = published_ports(req, &allocations)?;
+    if req.bandwidth.is_limited() {
+        rate::set(
+            datapath.layout(),
+            owner,
+            req.bandwidth.egress,
+            req.bandwidth.ingress,
+        )
+        .map_err(|e| datapath_error("setting the bandwidth limits", e))?;
+        progress.rate_limited = true;
+    }
+    if req.bandwidth.ingress.is_some() {
+        attach_to_pod(datapath, &host.name, req.attach_mode).map_err(|e| {
+            datapath_error(&format!("attaching the ingress limit to {}", host.name), e)
+        })?;
+    }
+    let mut flags = 0;
+    if !port_mappings.is_empty() {
+        flags |= ENDPOINT_F_HOST_PORTS;
+    }
+    if req.bandwidth.is_limited() {
+        flags |= ENDPOINT_F_RATE_LIMITED;
+    }
     let endpoint = Endpoint {
         ifindex: host_index,
-        flags: if port_mappings.is_empty() {
-            0
-        } else {
-            ENDPOINT_F_HOST_PORTS
-        },
+        flags,
         pod_mac: pod_end.mac,
         host_mac: host.mac,
         owner,
@@ -193,6 +217,8 @@ async fn add(
         owner,
         attachment,
         port_mappings,
+        ingress_limit: req.bandwidth.ingress,
+        egress_limit: req.bandwidth.egress,
     })?;
 
     Ok(CniOutput {
@@ -373,6 +399,9 @@ async fn undo(req: &Request<'_>, node: &Netlink, progress: &Progress) {
         && let Ok(_lock) = layout.lock()
     {
         let _ = cni_ebpf_userspace::host_ports::unpublish(&layout, &progress.published, owner);
+    }
+    if progress.rate_limited {
+        let _ = rate::remove(&layout, owner);
     }
     if !progress.endpoint_ips.is_empty()
         && let Ok(mut endpoints) = EndpointMap::open(&layout)

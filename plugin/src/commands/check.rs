@@ -80,6 +80,21 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         )));
     }
 
+    if (record.ingress_limit.is_some() || record.egress_limit.is_some())
+        && !cni_ebpf_userspace::rate::holds(
+            datapath.layout(),
+            record.owner,
+            record.egress_limit,
+            record.ingress_limit,
+        )
+        .map_err(|e| datapath_error("reading the bandwidth limits", e))?
+    {
+        return Err(failed(format!(
+            "the bandwidth limits of {} are missing or differ",
+            record.host_ifname
+        )));
+    }
+
     runtime()?.block_on(async {
         let node = Netlink::connect()?;
         let pod = Netlink::connect_in(&pod_ns)?;

@@ -48,6 +48,11 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
             .map_err(|e| datapath_error("removing host ports", e))?;
     }
 
+    if layout.map(cni_ebpf_common::map_names::RATE_LIMITS).exists() {
+        cni_ebpf_userspace::rate::remove(&layout, owner)
+            .map_err(|e| datapath_error("removing the bandwidth limits", e))?;
+    }
+
     let held = ipam.held_by(container_id, ifname)?.unwrap_or_default();
     let mut ips: Vec<IpAddr> = record
         .iter()

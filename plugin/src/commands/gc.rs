@@ -59,6 +59,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     }
     remove_orphan_endpoints(&layout, &live)?;
     remove_orphan_host_ports(&layout, &live)?;
+    remove_orphan_rate_limits(&layout, &live)?;
     for record in &stale {
         state.remove(&record.container_id, &record.ifname)?;
     }
@@ -125,6 +126,21 @@ fn remove_orphan_endpoints(layout: &BpffsLayout, live: &[AttachmentRecord]) -> C
                 .remove_owned(ip, endpoint.owner)
                 .map_err(|e| datapath_error(&format!("removing endpoint {ip}"), e))?;
         }
+    }
+    Ok(())
+}
+
+/// Bandwidth limits whose owner is no live attachment.
+fn remove_orphan_rate_limits(layout: &BpffsLayout, live: &[AttachmentRecord]) -> CniResult<()> {
+    if !layout.map(cni_ebpf_common::map_names::RATE_LIMITS).exists() {
+        return Ok(());
+    }
+    let owners: HashSet<u64> = live.iter().map(|r| r.owner).collect();
+    let present = cni_ebpf_userspace::rate::owners(layout)
+        .map_err(|e| datapath_error("reading the bandwidth limits", e))?;
+    for owner in present.into_iter().filter(|o| !owners.contains(o)) {
+        cni_ebpf_userspace::rate::remove(layout, owner)
+            .map_err(|e| datapath_error("removing a bandwidth limit", e))?;
     }
     Ok(())
 }
