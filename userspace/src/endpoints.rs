@@ -6,7 +6,7 @@ use aya::maps::{HashMap, Map, MapData, MapError};
 use cni_ebpf_common::{Endpoint, IpKey, map_names::ENDPOINTS};
 
 use crate::{
-    error::{DatapathError, Result},
+    error::{DatapathError, Result, key_missing},
     paths::BpffsLayout,
 };
 
@@ -52,7 +52,7 @@ impl EndpointMap {
         }
         match self.map.remove(&IpKey::from_ip(ip)) {
             Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) if key_missing(&e) => Ok(false),
             Err(e) => Err(map_error(e)),
         }
     }

@@ -54,3 +54,15 @@ impl DatapathError {
 }
 
 pub type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+/// Whether a map operation failed only because the key is not there: `get`
+/// says `KeyNotFound`, `remove` passes the kernel's ENOENT through.
+pub(crate) fn key_missing(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
+            io_error.kind() == std::io::ErrorKind::NotFound
+        }
+        _ => false,
+    }
+}

@@ -13,7 +13,7 @@ use cni_ebpf_common::{
 };
 
 use crate::{
-    error::{DatapathError, Result},
+    error::{DatapathError, Result, key_missing},
     paths::BpffsLayout,
 };
 
@@ -162,7 +162,8 @@ pub fn unpublish(layout: &BpffsLayout, mappings: &[PortMapping], owner: u64) -> 
             continue;
         }
         match maps.ports.remove(&m.key()) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if key_missing(&e) => {}
             Err(e) => return Err(map_error(HOST_PORTS)(e)),
         }
         let back = PodPortKey {

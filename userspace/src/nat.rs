@@ -10,7 +10,7 @@ use cni_ebpf_common::{
 };
 
 use crate::{
-    error::{DatapathError, Result},
+    error::{DatapathError, Result, key_missing},
     paths::BpffsLayout,
 };
 
@@ -195,7 +195,8 @@ pub fn gc(layout: &BpffsLayout, timeouts: &NatTimeouts) -> Result<GcStats> {
 
 fn remove(map: &mut FlowMap, key: &FlowKey, name: &'static str) -> Result<()> {
     match map.remove(key) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(e) if key_missing(&e) => Ok(()),
         Err(e) => Err(map_error(name)(e)),
     }
 }

@@ -11,7 +11,7 @@ use cni_ebpf_common::{
 use ipnet::IpNet;
 
 use crate::{
-    error::{DatapathError, Result},
+    error::{DatapathError, Result, key_missing},
     paths::BpffsLayout,
 };
 
@@ -146,7 +146,8 @@ pub fn sync_node_addrs(layout: &BpffsLayout, addrs: &[IpAddr]) -> Result<()> {
     let present: Vec<IpKey> = map.keys().filter_map(|k| k.ok()).collect();
     for key in present.iter().filter(|k| !wanted.contains(k)) {
         match map.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(e) if key_missing(&e) => {}
             Err(e) => return Err(map_error(NODE_ADDRS)(e)),
         }
     }

@@ -5,6 +5,7 @@
 //! <root>/maps/<MAP>                 maps, pinned by name, shared by every build
 //! <root>/programs/<build-id>/<prog> programs of one build of the eBPF object
 //! <root>/links/<host-ifname>        the tcx link of one endpoint
+//! <root>/egress-links/<host-ifname> its egress link (pods with an ingress limit)
 //! <root>/uplinks/<ifname>           the tcx link of the node's uplink
 //! <root>/cgroup/<hook>              the links of the socket hooks
 //! ```
@@ -63,9 +64,14 @@ impl BpffsLayout {
         self.links_dir().join(host_ifname)
     }
 
-    /// The tcx link of an endpoint's `to_pod` (egress) program.
+    pub fn egress_links_dir(&self) -> PathBuf {
+        self.root.join("egress-links")
+    }
+
+    /// The tcx link of an endpoint's `to_pod` (egress) program. (bpffs
+    /// refuses names with a dot, hence a directory of its own.)
     pub fn endpoint_egress_link(&self, host_ifname: &str) -> PathBuf {
-        self.links_dir().join(format!("{host_ifname}.egress"))
+        self.egress_links_dir().join(host_ifname)
     }
 
     pub fn cgroup_links_dir(&self) -> PathBuf {

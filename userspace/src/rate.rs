@@ -5,7 +5,7 @@ use cni_ebpf_common::{RateBucket, RateLimit, map_names::RATE_LIMITS};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    error::{DatapathError, Result},
+    error::{DatapathError, Result, key_missing},
     paths::BpffsLayout,
 };
 
@@ -61,7 +61,8 @@ pub fn set(
 /// Idempotent.
 pub fn remove(layout: &BpffsLayout, owner: u64) -> Result<()> {
     match open(layout)?.remove(&owner) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(e) if key_missing(&e) => Ok(()),
         Err(e) => Err(map_error(e)),
     }
 }

@@ -56,10 +56,15 @@ impl Ipam {
                 // Read before reserving: ADD only releases what `add` returned.
                 let dns = cfg.dns()?.unwrap_or_default();
                 let allocations = host_local::allocate(cfg, container_id, ifname, requested)?;
-                let routes: Vec<Route> = cfg.routes.iter().map(|r| Route::new(r.dst, r.gw)).collect();
+                let routes: Vec<Route> =
+                    cfg.routes.iter().map(|r| Route::new(r.dst, r.gw)).collect();
                 // `"routes": []` asks for none (a second network in the pod).
                 let explicit = conf.ipam.raw.get("routes").is_some();
-                (allocations, Some(routes).filter(|r| explicit || !r.is_empty()), dns)
+                (
+                    allocations,
+                    Some(routes).filter(|r| explicit || !r.is_empty()),
+                    dns,
+                )
             }
             Ipam::Delegated(delegate) => {
                 let out = delegate.exec(Verb::Add, &conf.raw)?.unwrap_or_default();
@@ -82,7 +87,11 @@ impl Ipam {
                         }),
                     })
                     .collect();
-                (allocations, Some(out.routes).filter(|r| !r.is_empty()), out.dns)
+                (
+                    allocations,
+                    Some(out.routes).filter(|r| !r.is_empty()),
+                    out.dns,
+                )
             }
         };
         let routes = with_gateways(configured_routes, &allocations);
