@@ -17,6 +17,7 @@ pub mod map_names {
     pub const HOST_PORT_CT: &str = "HOST_PORT_CT";
     pub const HOST_PORT_USE: &str = "HOST_PORT_USE";
     pub const RATE_LIMITS: &str = "RATE_LIMITS";
+    pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
     pub const NAT_OUT: &str = "NAT_OUT";
     pub const NAT_IN: &str = "NAT_IN";
     pub const NAT_FLOWS: &str = "NAT_FLOWS";
@@ -439,6 +440,18 @@ impl Verdict {
 
 pub const COUNTER_SLOTS: u32 = 64;
 
+/// Traffic of one endpoint: the per-CPU value of `ENDPOINT_STATS`, keyed by
+/// the host veth's ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointStats {
+    /// What the pod sent (counted where it entered the datapath).
+    pub from_pod: PacketCount,
+    /// What the datapath delivered to the pod (the node's stack delivers the
+    /// rest through the host veth, whose own counters hold it).
+    pub to_pod: PacketCount,
+}
+
 /// Packets and bytes, the value of the per-CPU `DROPS` and `COUNTERS` arrays.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -448,6 +461,7 @@ pub struct PacketCount {
 }
 
 const _: () = assert!(core::mem::size_of::<PacketCount>() == 16);
+const _: () = assert!(core::mem::size_of::<EndpointStats>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -463,4 +477,5 @@ mod pod {
     unsafe impl aya::Pod for super::PodPortKey {}
     unsafe impl aya::Pod for super::HostPortFlow {}
     unsafe impl aya::Pod for super::RateLimit {}
+    unsafe impl aya::Pod for super::EndpointStats {}
 }

@@ -1,8 +1,10 @@
 //! Per-CPU packet and byte counters.
 
+use core::ptr::addr_of_mut;
+
 use cni_ebpf_common::{Direction, DropReason, PacketCount, Verdict};
 
-use crate::maps::{COUNTERS, DROPS};
+use crate::maps::{COUNTERS, DROPS, ENDPOINT_STATS};
 
 #[inline(always)]
 fn bump(slot: Option<*mut PacketCount>, bytes: u32) {
@@ -23,4 +25,20 @@ pub fn count_drop(reason: DropReason, direction: Direction, bytes: u32) {
 #[inline(always)]
 pub fn count_verdict(verdict: Verdict, bytes: u32) {
     bump(COUNTERS.get_ptr_mut(verdict as u32), bytes);
+}
+
+/// Counts a packet of the endpoint behind host veth `ifindex`.
+#[inline(never)]
+pub fn count_endpoint(ifindex: u32, direction: Direction, bytes: u32) {
+    let Some(stats) = ENDPOINT_STATS.get_ptr_mut(&ifindex) else {
+        return;
+    };
+    // SAFETY: a live per-CPU map value.
+    let slot = unsafe {
+        match direction {
+            Direction::FromPod => addr_of_mut!((*stats).from_pod),
+            Direction::ToPod => addr_of_mut!((*stats).to_pod),
+        }
+    };
+    bump(Some(slot), bytes);
 }

@@ -17,7 +17,7 @@ use cni_ebpf_common::{
 };
 
 use crate::{
-    counters::{count_drop, count_verdict},
+    counters::{count_drop, count_endpoint, count_verdict},
     forward::out_of_uplink,
     headers::{
         ARP_HTYPE_ETHERNET, ARP_REPLY, ARP_REQUEST, ArpEthIpv4, ETH_LEN, ETH_P_ARP, ETH_P_IP,
@@ -90,6 +90,7 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     let (src, dst, ttl, eth_src) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).ttl, (*eth).src) };
     let me = sender(ctx, IpKey::v4(src), &eth_src, DropReason::SpoofedSource)?;
     charge(&me, Way::Egress, ctx.len())?;
+    count_endpoint(me.ifindex, Direction::FromPod, ctx.len());
     if me.flags & ENDPOINT_F_HOST_PORTS != 0
         && ttl > 1
         && let Some(transport) = l4::parse(ctx, ip)
@@ -190,7 +191,7 @@ fn deliver_rewritten(ctx: &TcContext, dst: [u8; 4]) -> Result<i32, DropReason> {
 }
 
 /// Into the pod behind `target`'s host veth, skipping the host veth itself.
-#[inline(always)]
+#[inline(never)]
 pub fn deliver_to_pod(ctx: &TcContext, target: &Endpoint) -> Result<i32, DropReason> {
     if let Err(reason) = charge(target, Way::Ingress, ctx.len()) {
         // Counted against the receiving pod, not the sender.
@@ -203,6 +204,7 @@ pub fn deliver_to_pod(ctx: &TcContext, target: &Endpoint) -> Result<i32, DropRea
         return Err(DropReason::RedirectFailed);
     }
     count_verdict(Verdict::LocalDelivery, ctx.len());
+    count_endpoint(target.ifindex, Direction::ToPod, ctx.len());
     Ok(action)
 }
 

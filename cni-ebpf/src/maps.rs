@@ -2,12 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use cni_ebpf_common::{
-    COUNTER_SLOTS, DROP_SLOTS, Endpoint, FlowKey, HostPortFlow, HostPortKey, HostPortTarget, IpKey,
-    MAX_ENDPOINTS, MAX_HOST_PORT_FLOWS, MAX_HOST_PORTS, MAX_NAT_FLOWS, MAX_NO_MASQ, MAX_NODE_ADDRS,
-    NatEntry, NodeConfig, PacketCount, PodPortKey, RateLimit,
+    COUNTER_SLOTS, DROP_SLOTS, Endpoint, EndpointStats, FlowKey, HostPortFlow, HostPortKey,
+    HostPortTarget, IpKey, MAX_ENDPOINTS, MAX_HOST_PORT_FLOWS, MAX_HOST_PORTS, MAX_NAT_FLOWS,
+    MAX_NO_MASQ, MAX_NODE_ADDRS, NatEntry, NodeConfig, PacketCount, PodPortKey, RateLimit,
 };
 
 /// Pod addresses on this node -> their interface.
@@ -70,3 +70,8 @@ pub static HOST_PORT_USE: HashMap<u32, u32> = HashMap::pinned(MAX_HOST_PORTS, 0)
 /// Bandwidth limits by endpoint owner.
 #[map]
 pub static RATE_LIMITS: HashMap<u64, RateLimit> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// Per-endpoint traffic by host veth ifindex; entries are made by the plugin.
+#[map]
+pub static ENDPOINT_STATS: PerCpuHashMap<u32, EndpointStats> =
+    PerCpuHashMap::pinned(MAX_ENDPOINTS, 0);

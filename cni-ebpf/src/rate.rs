@@ -28,7 +28,7 @@ const NSEC_PER_SEC: u64 = 1_000_000_000;
 const QUEUE_NS: u64 = 25_000_000;
 
 /// Charges `len` bytes to `endpoint`'s limit in `way`.
-#[inline(always)]
+#[inline(never)]
 pub fn charge(endpoint: &Endpoint, way: Way, len: u32) -> Result<(), DropReason> {
     if endpoint.flags & ENDPOINT_F_RATE_LIMITED == 0 {
         return Ok(());

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use cni_ebpf_common::{Direction, IpKey};
 
 use crate::{
-    counters::count_drop,
+    counters::{count_drop, count_endpoint},
     headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, header},
     maps::ENDPOINTS,
     rate::{Way, charge},
@@ -34,7 +34,10 @@ pub fn to_pod(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     };
     match charge(&endpoint, Way::Ingress, ctx.len()) {
-        Ok(()) => TC_ACT_OK,
+        Ok(()) => {
+            count_endpoint(endpoint.ifindex, Direction::ToPod, ctx.len());
+            TC_ACT_OK
+        }
         Err(reason) => {
             count_drop(reason, Direction::ToPod, ctx.len());
             TC_ACT_SHOT

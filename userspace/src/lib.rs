@@ -9,10 +9,13 @@ pub mod datapath;
 pub mod endpoints;
 pub mod error;
 pub mod host_ports;
+pub mod metrics;
 pub mod nat;
 pub mod node;
 pub mod paths;
 pub mod rate;
+pub mod reconcile;
+pub mod stats;
 
 pub use attach::{AttachMode, Attachment};
 pub use datapath::Datapath;

@@ -31,8 +31,12 @@ enum Command {
     Run(cmd::run::RunArgs),
     /// Load and pin the programs and maps if they are not there yet.
     Load,
-    /// The endpoints map: pod addresses and their interfaces.
+    /// The datapath at a glance: builds, fill levels, uplink, masquerade.
+    Status,
+    /// The endpoints map: pod addresses, their interfaces and traffic.
     Endpoints,
+    /// Published host ports.
+    Portmaps,
     /// Dropped packets by reason and direction.
     Drops,
     /// Packets passed on, by verdict.
@@ -49,7 +53,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => cmd::run::run(layout, &args),
         Command::Load => cmd::load::run(layout),
+        Command::Status => cmd::status::run(&layout, cli.json),
         Command::Endpoints => cmd::endpoints::run(&layout, cli.json),
+        Command::Portmaps => cmd::portmaps::run(&layout, cli.json),
         Command::Drops => cmd::drops::run(&layout, cli.json),
         Command::Stats => cmd::stats::run(&layout, cli.json),
         Command::Nat => cmd::nat::run(&layout, cli.json),

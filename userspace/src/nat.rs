@@ -5,8 +5,8 @@ use std::{collections::HashSet, net::IpAddr, time::Duration};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use cni_ebpf_common::{
-    CtState, FlowKey, IpKey, NatEntry,
-    map_names::{NAT_FLOWS, NAT_IN, NAT_OUT},
+    CtState, FlowKey, HostPortFlow, IpKey, NatEntry,
+    map_names::{HOST_PORT_CT, NAT_FLOWS, NAT_IN, NAT_OUT},
 };
 
 use crate::{
@@ -199,4 +199,34 @@ fn remove(map: &mut FlowMap, key: &FlowKey, name: &'static str) -> Result<()> {
         Err(e) if key_missing(&e) => Ok(()),
         Err(e) => Err(map_error(name)(e)),
     }
+}
+
+/// Expires idle connections through host ports (`HOST_PORT_CT`), by the same
+/// per-state timeouts.
+pub fn gc_host_port_flows(layout: &BpffsLayout, timeouts: &NatTimeouts) -> Result<GcStats> {
+    let data = MapData::from_pin(layout.map(HOST_PORT_CT)).map_err(map_error(HOST_PORT_CT))?;
+    let mut map: HashMap<MapData, FlowKey, HostPortFlow> =
+        HashMap::try_from(Map::from_map_data(data).map_err(map_error(HOST_PORT_CT))?)
+            .map_err(map_error(HOST_PORT_CT))?;
+    let now = monotonic_ns();
+    let mut stats = GcStats::default();
+    let mut expired = Vec::new();
+    for entry in map.iter() {
+        let (key, flow) = entry.map_err(map_error(HOST_PORT_CT))?;
+        stats.scanned += 1;
+        let timeout = CtState::from_u8(flow.state).map_or(timeouts.udp, |s| timeouts.for_state(s));
+        if now.saturating_sub(flow.last_seen_ns) > timeout.as_nanos() as u64 {
+            expired.push(key);
+        }
+    }
+    for key in &expired {
+        match map.remove(key) {
+            Ok(()) => {}
+            Err(e) if key_missing(&e) => {}
+            Err(e) => return Err(map_error(HOST_PORT_CT)(e)),
+        }
+    }
+    stats.expired = expired.len();
+    stats.live = stats.scanned - stats.expired;
+    Ok(stats)
 }

@@ -37,6 +37,7 @@ struct Progress {
     endpoint_ips: Vec<IpAddr>,
     published: Vec<PortMapping>,
     rate_limited: bool,
+    stats_ifindex: Option<u32>,
 }
 
 pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
@@ -159,6 +160,9 @@ async fn add(
         .map_err(|e| datapath_error(&format!("attaching to {}", host.name), e))?;
     progress.link_pinned = attachment.link_pin.is_some();
 
+    cni_ebpf_userspace::stats::create(datapath.layout(), host_index)
+        .map_err(|e| datapath_error("creating the endpoint's counters", e))?;
+    progress.stats_ifindex = Some(host_index);
     let port_mappings = published_ports(req, &allocations)?;
     if req.bandwidth.is_limited() {
         rate::set(
@@ -402,6 +406,9 @@ async fn undo(req: &Request<'_>, node: &Netlink, progress: &Progress) {
     }
     if progress.rate_limited {
         let _ = rate::remove(&layout, owner);
+    }
+    if let Some(ifindex) = progress.stats_ifindex {
+        let _ = cni_ebpf_userspace::stats::remove(&layout, ifindex);
     }
     if !progress.endpoint_ips.is_empty()
         && let Ok(mut endpoints) = EndpointMap::open(&layout)

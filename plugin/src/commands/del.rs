@@ -48,6 +48,14 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
             .map_err(|e| datapath_error("removing host ports", e))?;
     }
 
+    if let Some(record) = &record
+        && layout
+            .map(cni_ebpf_common::map_names::ENDPOINT_STATS)
+            .exists()
+    {
+        cni_ebpf_userspace::stats::remove(&layout, record.host_ifindex)
+            .map_err(|e| datapath_error("removing the endpoint's counters", e))?;
+    }
     if layout.map(cni_ebpf_common::map_names::RATE_LIMITS).exists() {
         cni_ebpf_userspace::rate::remove(&layout, owner)
             .map_err(|e| datapath_error("removing the bandwidth limits", e))?;

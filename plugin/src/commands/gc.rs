@@ -60,6 +60,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     remove_orphan_endpoints(&layout, &live)?;
     remove_orphan_host_ports(&layout, &live)?;
     remove_orphan_rate_limits(&layout, &live)?;
+    remove_orphan_stats(&layout, &live)?;
     for record in &stale {
         state.remove(&record.container_id, &record.ifname)?;
     }
@@ -126,6 +127,24 @@ fn remove_orphan_endpoints(layout: &BpffsLayout, live: &[AttachmentRecord]) -> C
                 .remove_owned(ip, endpoint.owner)
                 .map_err(|e| datapath_error(&format!("removing endpoint {ip}"), e))?;
         }
+    }
+    Ok(())
+}
+
+/// Counters of endpoints that are no live attachment's.
+fn remove_orphan_stats(layout: &BpffsLayout, live: &[AttachmentRecord]) -> CniResult<()> {
+    if !layout
+        .map(cni_ebpf_common::map_names::ENDPOINT_STATS)
+        .exists()
+    {
+        return Ok(());
+    }
+    let live: HashSet<u32> = live.iter().map(|r| r.host_ifindex).collect();
+    let present = cni_ebpf_userspace::stats::all(layout)
+        .map_err(|e| datapath_error("reading the endpoint counters", e))?;
+    for (ifindex, _) in present.into_iter().filter(|(i, _)| !live.contains(i)) {
+        cni_ebpf_userspace::stats::remove(layout, ifindex)
+            .map_err(|e| datapath_error("removing endpoint counters", e))?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 use anyhow::Context as _;
-use cni_ebpf_userspace::{BpffsLayout, EndpointMap};
+use cni_ebpf_common::EndpointStats;
+use cni_ebpf_userspace::{BpffsLayout, EndpointMap, stats};
 use serde_json::json;
 
 use crate::cmd::format_mac;
@@ -7,6 +8,14 @@ use crate::cmd::format_mac;
 pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
     let map = EndpointMap::open(layout).context("opening the endpoints map")?;
     let entries = map.entries()?;
+    let traffic = stats::all(layout).unwrap_or_default();
+    let traffic_of = |ifindex: u32| {
+        traffic
+            .iter()
+            .find(|(i, _)| *i == ifindex)
+            .map(|(_, s)| *s)
+            .unwrap_or(EndpointStats::default())
+    };
     if as_json {
         let rows: Vec<_> = entries
             .iter()
@@ -17,6 +26,8 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
                     "podMac": format_mac(&ep.pod_mac),
                     "hostMac": format_mac(&ep.host_mac),
                     "owner": format!("{:016x}", ep.owner),
+                    "fromPod": {"packets": traffic_of(ep.ifindex).from_pod.packets, "bytes": traffic_of(ep.ifindex).from_pod.bytes},
+                    "toPod": {"packets": traffic_of(ep.ifindex).to_pod.packets, "bytes": traffic_of(ep.ifindex).to_pod.bytes},
                 })
             })
             .collect();
@@ -24,16 +35,19 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<40} {:>8}  {:<17}  {:<17}  OWNER",
-        "ADDRESS", "IFINDEX", "POD MAC", "HOST MAC"
+        "{:<16} {:>8}  {:<17}  {:<17}  {:>12} {:>12}  OWNER",
+        "ADDRESS", "IFINDEX", "POD MAC", "HOST MAC", "FROM POD", "TO POD"
     );
     for (ip, ep) in &entries {
+        let t = traffic_of(ep.ifindex);
         println!(
-            "{:<40} {:>8}  {}  {}  {:016x}",
+            "{:<16} {:>8}  {}  {}  {:>12} {:>12}  {:016x}",
             ip.to_string(),
             ep.ifindex,
             format_mac(&ep.pod_mac),
             format_mac(&ep.host_mac),
+            format!("{}p", t.from_pod.packets),
+            format!("{}p", t.to_pod.packets),
             ep.owner
         );
     }

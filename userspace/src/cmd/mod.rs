@@ -3,8 +3,10 @@ pub mod endpoints;
 pub mod gc;
 pub mod load;
 pub mod nat;
+pub mod portmaps;
 pub mod run;
 pub mod stats;
+pub mod status;
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter()

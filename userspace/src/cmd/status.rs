@@ -1,0 +1,72 @@
+use anyhow::Context as _;
+use cni_ebpf_common::{IpKey, MAX_ENDPOINTS, MAX_HOST_PORTS, NODE_F_MASQUERADE};
+use cni_ebpf_userspace::{BpffsLayout, EndpointMap, datapath::BUILD_ID, host_ports, nat, node};
+use serde_json::json;
+
+/// Names of the directories under `dir` (pinned builds, links).
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
+    let builds = names(&layout.root().join("programs"));
+    let endpoints = EndpointMap::open(layout)
+        .and_then(|m| m.entries())
+        .context("reading the endpoints map (is the datapath loaded under this root?)")?;
+    let config = node::read_config(layout).context("reading the node config")?;
+    let nat_flows = nat::flows(layout).map(|f| f.len()).unwrap_or(0);
+    let ports = host_ports::published(layout).map(|p| p.len()).unwrap_or(0);
+    let uplink = if config.uplink_ifindex == 0 {
+        None
+    } else {
+        nix::net::if_::if_indextoname(config.uplink_ifindex)
+            .ok()
+            .and_then(|n| n.into_string().ok())
+            .or(Some(format!("ifindex {}", config.uplink_ifindex)))
+    };
+    let masquerade = (config.flags & NODE_F_MASQUERADE != 0)
+        .then(|| IpKey::v6(config.masq_addr).to_ip().to_string());
+    let links = names(&layout.links_dir()).len();
+    if as_json {
+        let out = json!({
+            "bpffsRoot": layout.root(),
+            "thisBuild": BUILD_ID,
+            "pinnedBuilds": builds,
+            "endpoints": endpoints.len(),
+            "endpointCapacity": MAX_ENDPOINTS,
+            "uplink": uplink,
+            "masquerade": masquerade,
+            "natFlows": nat_flows,
+            "natFlowLimit": config.nat_max_flows,
+            "hostPorts": ports,
+            "hostPortCapacity": MAX_HOST_PORTS,
+            "tcxLinks": links,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("bpffs root      {}", layout.root().display());
+    println!("this build      {BUILD_ID} (pinned: {})", builds.join(", "));
+    println!(
+        "endpoints       {} address(es) of {MAX_ENDPOINTS}",
+        endpoints.len()
+    );
+    println!("uplink          {}", uplink.as_deref().unwrap_or("none"));
+    println!("masquerade      {}", masquerade.as_deref().unwrap_or("off"));
+    println!(
+        "NAT flows       {nat_flows} (new ones refused past {})",
+        config.nat_max_flows
+    );
+    println!("host ports      {ports} of {MAX_HOST_PORTS}");
+    println!("tcx links       {links}");
+    Ok(())
+}
