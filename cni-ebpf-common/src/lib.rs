@@ -16,6 +16,7 @@ pub mod map_names {
     pub const HOST_PORT_BACK: &str = "HOST_PORT_BACK";
     pub const HOST_PORT_CT: &str = "HOST_PORT_CT";
     pub const HOST_PORT_USE: &str = "HOST_PORT_USE";
+    pub const HOST_PORT_SOCK: &str = "HOST_PORT_SOCK";
     pub const RATE_LIMITS: &str = "RATE_LIMITS";
     pub const ENDPOINT_STATS: &str = "ENDPOINT_STATS";
     pub const NAT_OUT: &str = "NAT_OUT";
@@ -42,6 +43,8 @@ pub const MAX_NAT_FLOWS: u32 = 262_144;
 pub const MAX_HOST_PORTS: u32 = 65_536;
 /// Connections through host ports tracked at once.
 pub const MAX_HOST_PORT_FLOWS: u32 = 262_144;
+/// The node's own UDP sockets that sent to a host port, remembered at once.
+pub const MAX_HOST_PORT_SOCKS: u32 = 65_536;
 /// Addresses of the node itself.
 pub const MAX_NODE_ADDRS: u32 = 256;
 /// CIDRs excluded from masquerade.
@@ -169,9 +172,9 @@ pub struct HostPortTarget {
 
 const _: () = assert!(core::mem::size_of::<HostPortTarget>() == 32);
 
-/// Key of `HOST_PORT_BACK`: a pod port reached through a host port, for
-/// showing replies to the node's own unconnected UDP sockets as coming from
-/// the address they were sent to.
+/// Key of `HOST_PORT_BACK`: a pod port reached through a host port (the
+/// plugin's bookkeeping; answers to the node's own UDP sockets are matched
+/// per socket in `HOST_PORT_SOCK` instead).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct PodPortKey {
@@ -182,6 +185,21 @@ pub struct PodPortKey {
 }
 
 const _: () = assert!(core::mem::size_of::<PodPortKey>() == 20);
+
+/// Key of `HOST_PORT_SOCK`: one of the node's UDP sockets (by cookie) and
+/// the pod port its datagrams to a host port went to; the value is the host
+/// address and port it sent to, which the pod's answers must show again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct HostPortSockKey {
+    pub cookie: u64,
+    pub pod_addr: [u8; 16],
+    /// Network order.
+    pub pod_port: u16,
+    pub _pad: [u8; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<HostPortSockKey>() == 32);
 
 /// A connection through a host port, keyed in `HOST_PORT_CT` by the reply as
 /// the pod sends it: what the reply's source (and, for hairpin, its
@@ -475,6 +493,7 @@ mod pod {
     unsafe impl aya::Pod for super::HostPortKey {}
     unsafe impl aya::Pod for super::HostPortTarget {}
     unsafe impl aya::Pod for super::PodPortKey {}
+    unsafe impl aya::Pod for super::HostPortSockKey {}
     unsafe impl aya::Pod for super::HostPortFlow {}
     unsafe impl aya::Pod for super::RateLimit {}
     unsafe impl aya::Pod for super::EndpointStats {}

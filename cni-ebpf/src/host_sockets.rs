@@ -5,12 +5,14 @@
 //! are touched.
 
 use aya_ebpf::{
-    EbpfContext, helpers::generated::bpf_get_netns_cookie, macros::cgroup_sock_addr,
+    EbpfContext,
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use cni_ebpf_common::{HostPortKey, IPPROTO_UDP, IpKey, PodPortKey};
+use cni_ebpf_common::{HostPortKey, HostPortSockKey, IPPROTO_UDP, IpKey};
 
-use crate::maps::{HOST_PORT_BACK, HOST_PORTS, NODE_ADDRS, NODE_CONFIG};
+use crate::maps::{HOST_PORT_SOCK, HOST_PORTS, NODE_ADDRS, NODE_CONFIG};
 
 /// Verdict of a sock_addr hook that lets the call go on.
 const PROCEED: i32 = 1;
@@ -78,6 +80,22 @@ fn to_pod(ctx: &SockAddrContext) {
         unsafe { HOST_PORTS.get(&key) }.copied()
     });
     if let Some(target) = target {
+        if proto == IPPROTO_UDP {
+            // Answers must show where the socket sent to, which no table
+            // of the pod port alone can tell (a node address or 127.0.0.1).
+            let sent_to = HostPortKey {
+                host_addr: IpKey::v4(octets).addr,
+                port,
+                proto,
+                _pad: 0,
+            };
+            // Should the insert fail, answers show the mapping's address.
+            let _ = HOST_PORT_SOCK.insert(
+                &socket_key(ctx, &target.pod_addr, target.pod_port),
+                &sent_to,
+                0,
+            );
+        }
         // SAFETY: both fields are writable in connect4 and sendmsg4.
         unsafe {
             (*sa).user_ip4 = u32::from_ne_bytes(v4(&target.pod_addr));
@@ -86,8 +104,21 @@ fn to_pod(ctx: &SockAddrContext) {
     }
 }
 
-/// A datagram from a pod port reached through a host port shows as coming
-/// from that host port (for sockets that did not connect()).
+/// This socket's entry in `HOST_PORT_SOCK` for the pod port `addr:port`.
+#[inline(always)]
+fn socket_key(ctx: &SockAddrContext, addr: &[u8; 16], port: u16) -> HostPortSockKey {
+    HostPortSockKey {
+        // SAFETY: plain helper call on the program's context.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        pod_addr: *addr,
+        pod_port: port,
+        _pad: [0; 6],
+    }
+}
+
+/// A datagram from a pod port this socket reached through a host port shows
+/// as coming from the host address and port it sent to. Answers to sockets
+/// that talk to the pod's own address stay as they are.
 fn from_pod_as_host_port(ctx: &SockAddrContext) {
     if !in_node_netns(ctx) {
         return;
@@ -95,28 +126,15 @@ fn from_pod_as_host_port(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
     // SAFETY: the context is valid for the whole program run.
     let (ip, port) = unsafe { ((*sa).user_ip4, (*sa).user_port as u16) };
-    let key = PodPortKey {
-        pod_addr: IpKey::v4(ip.to_ne_bytes()).addr,
-        pod_port: port,
-        proto: IPPROTO_UDP,
-        _pad: 0,
-    };
+    let pod_addr = IpKey::v4(ip.to_ne_bytes()).addr;
     // SAFETY: copied out at once.
-    let Some(host) = (unsafe { HOST_PORT_BACK.get(&key) }).copied() else {
+    let Some(sent_to) = unsafe { HOST_PORT_SOCK.get(&socket_key(ctx, &pod_addr, port)) }.copied()
+    else {
         return;
-    };
-    let addr = if host.host_addr == [0; 16] {
-        // Published on every address: the node's main one stands for them.
-        match NODE_CONFIG.get(0) {
-            Some(cfg) if cfg.masq_addr != [0; 16] => v4(&cfg.masq_addr),
-            _ => [127, 0, 0, 1],
-        }
-    } else {
-        v4(&host.host_addr)
     };
     // SAFETY: both fields are writable in recvmsg4.
     unsafe {
-        (*sa).user_ip4 = u32::from_ne_bytes(addr);
-        (*sa).user_port = u32::from(host.port);
+        (*sa).user_ip4 = u32::from_ne_bytes(v4(&sent_to.host_addr));
+        (*sa).user_port = u32::from(sent_to.port);
     }
 }

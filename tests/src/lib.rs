@@ -12,6 +12,7 @@ pub mod bpffs;
 pub mod ext;
 pub mod firewall;
 pub mod hash;
+pub mod hostports;
 pub mod links;
 pub mod names;
 pub mod netns;

@@ -5,12 +5,16 @@
 //! The plugin and `cni-ebpfd` come from `$CNI_EBPF_BIN_DIR` (set by `cargo
 //! xtask test`) or `target/debug`: build the workspace before running.
 
+#[path = "privileged/bandwidth.rs"]
+mod bandwidth;
 #[path = "privileged/cross_node.rs"]
 mod cross_node;
 #[path = "privileged/errors.rs"]
 mod errors;
 #[path = "privileged/harness.rs"]
 mod harness;
+#[path = "privileged/host_ports.rs"]
+mod host_ports;
 #[path = "privileged/host_to_pod.rs"]
 mod host_to_pod;
 #[path = "privileged/lifecycle.rs"]
