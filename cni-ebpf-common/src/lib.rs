@@ -13,7 +13,6 @@ pub mod map_names {
     pub const NO_MASQ: &str = "NO_MASQ";
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
     pub const HOST_PORTS: &str = "HOST_PORTS";
-    pub const HOST_PORT_BACK: &str = "HOST_PORT_BACK";
     pub const HOST_PORT_CT: &str = "HOST_PORT_CT";
     pub const HOST_PORT_USE: &str = "HOST_PORT_USE";
     pub const HOST_PORT_SOCK: &str = "HOST_PORT_SOCK";
@@ -171,20 +170,6 @@ pub struct HostPortTarget {
 }
 
 const _: () = assert!(core::mem::size_of::<HostPortTarget>() == 32);
-
-/// Key of `HOST_PORT_BACK`: a pod port reached through a host port (the
-/// plugin's bookkeeping; answers to the node's own UDP sockets are matched
-/// per socket in `HOST_PORT_SOCK` instead).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct PodPortKey {
-    pub pod_addr: [u8; 16],
-    pub pod_port: u16,
-    pub proto: u8,
-    pub _pad: u8,
-}
-
-const _: () = assert!(core::mem::size_of::<PodPortKey>() == 20);
 
 /// Key of `HOST_PORT_SOCK`: one of the node's UDP sockets (by cookie) and
 /// the pod port its datagrams to a host port went to; the value is the host
@@ -492,7 +477,6 @@ mod pod {
     unsafe impl aya::Pod for super::NatEntry {}
     unsafe impl aya::Pod for super::HostPortKey {}
     unsafe impl aya::Pod for super::HostPortTarget {}
-    unsafe impl aya::Pod for super::PodPortKey {}
     unsafe impl aya::Pod for super::HostPortSockKey {}
     unsafe impl aya::Pod for super::HostPortFlow {}
     unsafe impl aya::Pod for super::RateLimit {}

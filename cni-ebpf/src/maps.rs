@@ -8,7 +8,7 @@ use cni_ebpf_common::{
     COUNTER_SLOTS, DROP_SLOTS, Endpoint, EndpointStats, FlowKey, HostPortFlow, HostPortKey,
     HostPortSockKey, HostPortTarget, IpKey, MAX_ENDPOINTS, MAX_HOST_PORT_FLOWS,
     MAX_HOST_PORT_SOCKS, MAX_HOST_PORTS, MAX_NAT_FLOWS, MAX_NO_MASQ, MAX_NODE_ADDRS, NatEntry,
-    NodeConfig, PacketCount, PodPortKey, RateLimit,
+    NodeConfig, PacketCount, RateLimit,
 };
 
 /// Pod addresses on this node -> their interface.
@@ -52,12 +52,6 @@ pub static NAT_FLOWS: Array<u64> = Array::pinned(1, 0);
 /// Published host ports -> the pod port behind them.
 #[map]
 pub static HOST_PORTS: HashMap<HostPortKey, HostPortTarget> = HashMap::pinned(MAX_HOST_PORTS, 0);
-
-/// Pod ports reached through a host port -> that host port. Kept by the
-/// plugin; no program reads it since answers to the node's own UDP sockets
-/// are matched per socket (`HOST_PORT_SOCK`).
-#[map]
-pub static HOST_PORT_BACK: HashMap<PodPortKey, HostPortKey> = HashMap::pinned(MAX_HOST_PORTS, 0);
 
 /// The node's UDP sockets sent to a pod port instead of a host port -> the
 /// host address and port they sent to (answers show it as their source).

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 
 use aya::maps::{HashMap, Map, MapData, MapError};
 use cni_ebpf_common::{
-    HostPortKey, HostPortTarget, IpKey, PodPortKey, host_port_use_key,
-    map_names::{HOST_PORT_BACK, HOST_PORT_USE, HOST_PORTS},
+    HostPortKey, HostPortTarget, IpKey, host_port_use_key,
+    map_names::{HOST_PORT_USE, HOST_PORTS},
 };
 
 use crate::{
@@ -62,7 +62,6 @@ fn map_error(name: &'static str) -> impl Fn(MapError) -> DatapathError {
 
 struct Maps {
     ports: HashMap<MapData, HostPortKey, HostPortTarget>,
-    back: HashMap<MapData, PodPortKey, HostPortKey>,
     usage: HashMap<MapData, u32, u32>,
 }
 
@@ -79,7 +78,6 @@ impl Maps {
     fn open(layout: &BpffsLayout) -> Result<Self> {
         Ok(Self {
             ports: open(layout, HOST_PORTS)?,
-            back: open(layout, HOST_PORT_BACK)?,
             usage: open(layout, HOST_PORT_USE)?,
         })
     }
@@ -134,15 +132,6 @@ pub fn publish(
         maps.ports
             .insert(m.key(), target, 0)
             .map_err(map_error(HOST_PORTS))?;
-        let back = PodPortKey {
-            pod_addr: target.pod_addr,
-            pod_port: target.pod_port,
-            proto: m.proto,
-            _pad: 0,
-        };
-        maps.back
-            .insert(back, m.key(), 0)
-            .map_err(map_error(HOST_PORT_BACK))?;
         if fresh && m.host_ip.is_some() {
             let n = maps.specific_count(m)?;
             maps.usage
@@ -166,13 +155,6 @@ pub fn unpublish(layout: &BpffsLayout, mappings: &[PortMapping], owner: u64) -> 
             Err(e) if key_missing(&e) => {}
             Err(e) => return Err(map_error(HOST_PORTS)(e)),
         }
-        let back = PodPortKey {
-            pod_addr: IpKey::from_ip(m.pod_addr).addr,
-            pod_port: m.pod_port.to_be(),
-            proto: m.proto,
-            _pad: 0,
-        };
-        let _ = maps.back.remove(&back);
         if m.host_ip.is_some() {
             let key = host_port_use_key(m.proto, m.host_port);
             match maps.specific_count(m)? {
