@@ -1,0 +1,349 @@
+//! The tcp/rr/crr measures between any two namespaces, for the scenarios
+//! whose client does not talk to a pod address directly (masquerade to an
+//! `ext` server, published host ports): the same iperf3, sockperf and CRR
+//! runs, pinning, interleaved rounds and metrics as `tcp`, `rr` and `crr`,
+//! with one table row per [`Path`].
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use cni_ebpf_tests::Netns;
+use serde_json::Value;
+
+use crate::{
+    Plan, crr,
+    exec::{self, OnStop, Proto, Server},
+    latency::{self, PingPong},
+    metric::{Better, Metric},
+    progress, stop, tcp,
+    topology::Contender,
+};
+
+pub const IPERF3_PORT: u16 = 5201;
+pub const SOCKPERF_PORT: u16 = 11111;
+pub const CRR_PORT: u16 = 7100;
+/// iperf3 refuses a test while it still tears down the previous one.
+const BUSY_RETRIES: u32 = 10;
+
+/// Where a server listens and where its client connects.
+#[derive(Clone, Copy)]
+pub struct Path<'a> {
+    /// The table row.
+    pub row: Contender,
+    pub client: &'a Netns,
+    pub server: &'a Netns,
+    pub server_ip: Ipv4Addr,
+    pub connect_ip: Ipv4Addr,
+    /// `Some((host port, container port))`: every measure's server listens
+    /// on the container port and the client connects to the host port.
+    pub mapped: Option<(u16, u16)>,
+}
+
+impl Path<'_> {
+    /// Server and client address for a measure whose own port is `port`.
+    pub fn addrs(&self, port: u16) -> (SocketAddrV4, SocketAddrV4) {
+        let (host, container) = self.mapped.unwrap_or((port, port));
+        (
+            SocketAddrV4::new(self.server_ip, container),
+            SocketAddrV4::new(self.connect_ip, host),
+        )
+    }
+}
+
+/// A metric whose rows are `rows` (not [`Contender::ALL`]).
+#[allow(clippy::too_many_arguments)]
+pub fn metric(
+    scenario: &'static str,
+    id: &str,
+    title: &str,
+    unit: &'static str,
+    decimals: usize,
+    better: Better,
+    baseline: Contender,
+    rows: &[Contender],
+    rounds: usize,
+) -> Metric {
+    let mut metric = Metric::new(
+        scenario, id, title, unit, decimals, better, baseline, rounds,
+    );
+    metric.contenders = rows.to_vec();
+    metric.rounds = rows.iter().map(|c| (*c, vec![None; rounds])).collect();
+    metric
+}
+
+/// One server per distinct (namespace, address) among `paths`; index of
+/// each path's server.
+fn servers(
+    paths: &[Path<'_>],
+    port: u16,
+    start: impl Fn(&Netns, SocketAddrV4) -> Result<Server>,
+) -> Result<(Vec<Server>, Vec<usize>)> {
+    let mut started: Vec<(std::path::PathBuf, SocketAddrV4)> = Vec::new();
+    let mut servers = Vec::new();
+    let mut index = Vec::new();
+    for path in paths {
+        let (listen, _) = path.addrs(port);
+        let key = (path.server.path().to_path_buf(), listen);
+        match started.iter().position(|k| *k == key) {
+            Some(i) => index.push(i),
+            None => {
+                servers.push(start(path.server, listen)?);
+                started.push(key);
+                index.push(servers.len() - 1);
+            }
+        }
+    }
+    Ok((servers, index))
+}
+
+pub fn start_iperf3(ns: &Netns, listen: SocketAddrV4, cpu: usize) -> Result<Server> {
+    let mut command = ns.command("taskset");
+    command.args(["-c", &cpu.to_string(), "iperf3", "-s"]);
+    command.args(["-B", &listen.ip().to_string(), "-p", &listen.port().to_string()]);
+    let mut server = Server::start(&mut command, "iperf3")?;
+    server.wait_ready(Proto::Tcp, listen.port())?;
+    Ok(server)
+}
+
+pub fn start_sockperf(ns: &Netns, listen: SocketAddrV4, cpu: usize) -> Result<Server> {
+    let mut command = ns.command("taskset");
+    command.args(["-c", &cpu.to_string(), "sockperf", "sr", "--tcp"]);
+    command.args(["-i", &listen.ip().to_string(), "-p", &listen.port().to_string()]);
+    let mut server = Server::start(&mut command, "sockperf")?;
+    server.wait_ready(Proto::Tcp, listen.port())?;
+    Ok(server)
+}
+
+/// One iperf3 run from `client` to `connect`, its `-J` report; `extra`
+/// adds flags (`-R`).
+pub fn iperf3(
+    client: &Netns,
+    connect: SocketAddrV4,
+    cpu: usize,
+    run_time: Duration,
+    extra: &[&str],
+) -> Result<Value> {
+    let seconds = run_time.as_secs().max(1).to_string();
+    for attempt in 0..=BUSY_RETRIES {
+        stop::check()?;
+        let mut command = client.command("taskset");
+        command.args(["-c", &cpu.to_string(), "iperf3", "-c"]);
+        command.args([&connect.ip().to_string(), "-p", &connect.port().to_string()]);
+        command.args(["-t", &seconds, "-J"]);
+        command.args(extra);
+        let output = exec::run(
+            &mut command,
+            None,
+            run_time + Duration::from_secs(30),
+            OnStop::Kill,
+        )?;
+        let report: Value = serde_json::from_str(&output.stdout)
+            .with_context(|| format!("iperf3 -J output is not JSON: {}", output.describe()))?;
+        if let Some(error) = report.get("error").and_then(Value::as_str) {
+            if error.contains("busy") && attempt < BUSY_RETRIES {
+                thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            bail!("iperf3: {error}");
+        }
+        return Ok(report);
+    }
+    Err(anyhow!("iperf3 server stayed busy"))
+}
+
+/// One TCP `sockperf ping-pong` run from `client` to `connect`.
+pub fn ping_pong(
+    client: &Netns,
+    connect: SocketAddrV4,
+    cpu: usize,
+    run_time: Duration,
+) -> Result<PingPong> {
+    let mut command = client.command("taskset");
+    command.args(["-c", &cpu.to_string(), "sockperf", "ping-pong", "--tcp"]);
+    command.args(["-i", &connect.ip().to_string(), "-p", &connect.port().to_string()]);
+    command.args(["-t", &run_time.as_secs().max(1).to_string(), "--full-rtt"]);
+    let output = exec::run(
+        &mut command,
+        None,
+        run_time + Duration::from_secs(30),
+        OnStop::Kill,
+    )?;
+    if !output.success() {
+        bail!("sockperf ping-pong failed: {}", output.describe());
+    }
+    latency::parse(&format!("{}\n{}", output.stdout, output.stderr))
+        .with_context(|| format!("parsing sockperf output: {}", output.describe()))
+}
+
+/// Hooks a scenario runs around the measures.
+pub trait Hooks {
+    /// Before each CRR run of `row` (e.g. expire closed NAT flows, as the
+    /// node agent does periodically).
+    fn before_crr(&self, _row: Contender) {}
+}
+
+impl Hooks for () {}
+
+/// TCP throughput (1 stream), TCP round trip p50/p99 and the CRR rate over
+/// every path, rounds interleaved.
+pub fn measure(
+    scenario: &'static str,
+    label: &str,
+    paths: &[Path<'_>],
+    baseline: Contender,
+    plan: &Plan,
+    hooks: &dyn Hooks,
+) -> Result<Vec<Metric>> {
+    let rows: Vec<Contender> = paths.iter().map(|p| p.row).collect();
+    let id = |what: &str| {
+        if label.is_empty() {
+            what.to_string()
+        } else {
+            format!("{label}.{what}")
+        }
+    };
+    let title = |what: &str| {
+        if label.is_empty() {
+            what.to_string()
+        } else {
+            format!("{what}, {label}")
+        }
+    };
+    let new = |what: &str, name: &str, unit, decimals, better| {
+        metric(
+            scenario,
+            &id(what),
+            &title(name),
+            unit,
+            decimals,
+            better,
+            baseline,
+            &rows,
+            plan.rounds,
+        )
+    };
+    let mut gbits = new(
+        "tcp",
+        "TCP throughput, 1 stream (iperf3, client and server on different CPUs)",
+        "Gbit/s",
+        2,
+        Better::Higher,
+    );
+    let mut p50 = new(
+        "rr.p50",
+        "TCP round trip p50 (sockperf, one CPU)",
+        "µs",
+        2,
+        Better::Lower,
+    );
+    let mut p99 = new(
+        "rr.p99",
+        "TCP round trip p99 (sockperf, one CPU)",
+        "µs",
+        2,
+        Better::Lower,
+    );
+    let mut crr_rate = new(
+        "crr",
+        "TCP connect/request/response/close rate (64 B each way, one CPU)",
+        "transactions/s",
+        0,
+        Better::Higher,
+    );
+    let cpus = plan.cpus;
+
+    // Throughput.
+    {
+        let (mut servers, index) = servers(paths, IPERF3_PORT, |ns, listen| {
+            start_iperf3(ns, listen, cpus.server)
+        })?;
+        for round in plan.round_indices() {
+            for (path, server) in paths.iter().zip(&index) {
+                stop::check()?;
+                let (_, connect) = path.addrs(IPERF3_PORT);
+                let result = iperf3(path.client, connect, cpus.client, plan.run_time, &[])
+                    .and_then(|report| tcp::received_gbits(&report))
+                    .map_err(|e| died(e, &mut servers[*server]));
+                progress(scenario, round, path.row, "tcp", &result, "Gbit/s");
+                if let Some(round) = round {
+                    gbits.record(path.row, round, result.ok());
+                }
+            }
+        }
+    }
+    // Request/response.
+    {
+        let (mut servers, index) = servers(paths, SOCKPERF_PORT, |ns, listen| {
+            start_sockperf(ns, listen, cpus.rr)
+        })?;
+        for round in plan.round_indices() {
+            for (path, server) in paths.iter().zip(&index) {
+                stop::check()?;
+                let (_, connect) = path.addrs(SOCKPERF_PORT);
+                let result = ping_pong(path.client, connect, cpus.rr, plan.run_time)
+                    .map_err(|e| died(e, &mut servers[*server]));
+                let shown = result
+                    .as_ref()
+                    .map(|r| r.p50_us)
+                    .map_err(|e| anyhow!("{e:#}"));
+                progress(scenario, round, path.row, "TCP p50", &shown, "µs");
+                if let Some(round) = round {
+                    let result = result.ok();
+                    p50.record(path.row, round, result.map(|r| r.p50_us));
+                    p99.record(path.row, round, result.map(|r| r.p99_us));
+                }
+            }
+        }
+    }
+    // Connect/request/response/close.
+    for path in paths {
+        path.client
+            .set_sysctl("net.ipv4.ip_local_port_range", "1024 65535");
+        path.client.set_sysctl("net.ipv4.tcp_tw_reuse", "1");
+    }
+    for round in plan.round_indices() {
+        for path in paths {
+            stop::check()?;
+            hooks.before_crr(path.row);
+            let (listen, connect) = path.addrs(CRR_PORT);
+            let result = crr::measure_between(
+                path.server.path(),
+                SocketAddr::V4(listen),
+                path.client.path(),
+                SocketAddr::V4(connect),
+                plan.run_time,
+                cpus.rr,
+            );
+            if let Ok(run) = &result
+                && run.errors > 0
+            {
+                eprintln!(
+                    "[{scenario}] {}: {} failed transactions",
+                    path.row.name(),
+                    run.errors
+                );
+            }
+            let rate = result
+                .as_ref()
+                .map(crr::Crr::rate)
+                .map_err(|e| anyhow!("{e:#}"));
+            progress(scenario, round, path.row, "crr", &rate, "transactions/s");
+            if let Some(round) = round {
+                crr_rate.record(path.row, round, rate.ok());
+            }
+        }
+    }
+    Ok(vec![gbits, p50, p99, crr_rate])
+}
+
+fn died(e: anyhow::Error, server: &mut Server) -> anyhow::Error {
+    if server.alive() {
+        e
+    } else {
+        e.context(format!("server died: {}", server.log_text()))
+    }
+}

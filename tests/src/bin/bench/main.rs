@@ -1,0 +1,525 @@
+//! `cni-ebpf-bench`: pod-to-pod throughput, request/response latency,
+//! connect rate, plugin ADD/DEL latency and churn leaks, for our plugin
+//! against a direct veth pair (`limit`) and the reference `bridge` and
+//! `ptp` plugins. Run through `cargo xtask bench [--quick] [--scenario NAME]`.
+//!
+//! Everything runs in network namespaces made here and removed at the end,
+//! also on failure or Ctrl-C; nothing touches the machine's own namespace.
+
+mod bandwidth;
+mod chain;
+mod churn;
+mod cni;
+mod crr;
+mod environment;
+mod exec;
+mod flows;
+mod host_ports;
+mod latency;
+mod masquerade;
+mod metric;
+mod plugin_timing;
+mod report;
+mod stats;
+mod stop;
+mod tcp;
+mod topology;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use cni_ebpf_tests::{binaries, require_root};
+use nix::{sched::sched_getaffinity, unistd::Pid};
+
+use crate::{
+    cni::{CNI_PATH, PluginNode},
+    environment::Environment,
+    report::{Report, Section},
+    topology::{Contender, PodPair},
+};
+
+const USAGE: &str = "usage: cni-ebpf-bench [--quick] [--scenario NAME]...
+
+  --quick          3 rounds of 2 s runs, 20 plugin cycles, 100 churn cycles:
+                   a smoke test, not a measurement
+  --scenario NAME  run only NAME (repeatable, or comma-separated):
+                   tcp, rr, crr, plugin, churn, masq, hostport, bandwidth
+
+Needs root. Reads the binaries from $CNI_EBPF_BIN_DIR (set by `cargo xtask
+bench`) and writes target/bench/results.{md,json} and throughput.svg.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Tcp,
+    Rr,
+    Crr,
+    Plugin,
+    Churn,
+    Masq,
+    Hostport,
+    Bandwidth,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 8] = [
+        Scenario::Tcp,
+        Scenario::Rr,
+        Scenario::Crr,
+        Scenario::Plugin,
+        Scenario::Churn,
+        Scenario::Masq,
+        Scenario::Hostport,
+        Scenario::Bandwidth,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Tcp => tcp::SCENARIO,
+            Scenario::Rr => latency::SCENARIO,
+            Scenario::Crr => crr::SCENARIO,
+            Scenario::Plugin => plugin_timing::SCENARIO,
+            Scenario::Churn => churn::SCENARIO,
+            Scenario::Masq => masquerade::SCENARIO,
+            Scenario::Hostport => host_ports::SCENARIO,
+            Scenario::Bandwidth => bandwidth::SCENARIO,
+        }
+    }
+
+    fn heading(self) -> &'static str {
+        match self {
+            Scenario::Tcp => {
+                "pod → pod TCP throughput (iperf3, client and server on different CPUs)"
+            }
+            Scenario::Rr => "request/response latency (sockperf ping-pong, both ends on one CPU)",
+            Scenario::Crr => {
+                "connect/request/response/close rate (own tester, both ends on one CPU)"
+            }
+            Scenario::Plugin => "plugin ADD and DEL latency as a runtime sees it",
+            Scenario::Churn => "ADD/DEL churn and leaks",
+            Scenario::Masq => masquerade::HEADING,
+            Scenario::Hostport => host_ports::HEADING,
+            Scenario::Bandwidth => bandwidth::HEADING,
+        }
+    }
+
+    /// Whether it runs between the contenders' pod pairs.
+    fn needs_pairs(self) -> bool {
+        matches!(
+            self,
+            Scenario::Tcp | Scenario::Rr | Scenario::Crr | Scenario::Plugin
+        )
+    }
+}
+
+struct Options {
+    quick: bool,
+    scenarios: Vec<Scenario>,
+}
+
+/// CPUs the pinned ends run on.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpus {
+    /// iperf3 client.
+    pub client: usize,
+    /// iperf3 server: another CPU than the client's when there is one.
+    pub server: usize,
+    /// Both ends of sockperf and of the CRR tester.
+    pub rr: usize,
+}
+
+/// How much to measure.
+pub struct Plan {
+    /// Measured rounds (a warm-up round comes first and is discarded).
+    pub rounds: usize,
+    /// Length of one traffic run.
+    pub run_time: Duration,
+    /// ADD/DEL cycles per contender per round.
+    pub plugin_cycles: usize,
+    pub churn_cycles: usize,
+    pub cpus: Cpus,
+}
+
+impl Plan {
+    fn new(quick: bool, cpus: Cpus) -> Self {
+        if quick {
+            Self {
+                rounds: 3,
+                run_time: Duration::from_secs(2),
+                plugin_cycles: 7,
+                churn_cycles: 100,
+                cpus,
+            }
+        } else {
+            Self {
+                rounds: 5,
+                run_time: Duration::from_secs(5),
+                plugin_cycles: 20,
+                churn_cycles: 500,
+                cpus,
+            }
+        }
+    }
+
+    /// `None` for the warm-up round, then the measured rounds.
+    pub fn round_indices(&self) -> impl Iterator<Item = Option<usize>> + use<> {
+        std::iter::once(None).chain((0..self.rounds).map(Some))
+    }
+
+    fn describe(&self, quick: bool) -> String {
+        format!(
+            "{}: 1 warm-up + {} rounds, {} s per traffic run, {} plugin cycles per round, {} churn cycles",
+            if quick { "quick" } else { "full" },
+            self.rounds,
+            self.run_time.as_secs(),
+            self.plugin_cycles,
+            self.churn_cycles
+        )
+    }
+}
+
+/// One progress line on stderr.
+pub fn progress(
+    scenario: &str,
+    round: Option<usize>,
+    contender: Contender,
+    label: &str,
+    result: &Result<f64>,
+    unit: &str,
+) {
+    let round = round.map_or_else(|| "warm-up".to_string(), |r| format!("round {}", r + 1));
+    match result {
+        Ok(value) => eprintln!(
+            "[{scenario}] {round:<8} {:<9} {label:<18} {value:>12.2} {unit}",
+            contender.name()
+        ),
+        Err(e) => eprintln!(
+            "[{scenario}] {round:<8} {:<9} {label:<18} FAILED: {e:#}",
+            contender.name()
+        ),
+    }
+}
+
+fn main() -> ExitCode {
+    let options = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("cni-ebpf-bench: {e:#}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    require_root();
+    if let Err(e) = stop::install() {
+        eprintln!("cni-ebpf-bench: installing the signal handler: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    match run(&options) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("cni-ebpf-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>> {
+    let mut quick = false;
+    let mut scenarios = Vec::new();
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        let names = match arg.as_str() {
+            "--quick" => {
+                quick = true;
+                continue;
+            }
+            "-h" | "--help" => return Ok(None),
+            "--scenario" => args.next().context("--scenario needs a NAME")?,
+            other => match other.strip_prefix("--scenario=") {
+                Some(names) => names.to_string(),
+                None => bail!("unknown argument {other:?}"),
+            },
+        };
+        for name in names.split(',').filter(|n| !n.is_empty()) {
+            let Some(scenario) = Scenario::ALL.into_iter().find(|s| s.name() == name) else {
+                bail!("unknown scenario {name:?}");
+            };
+            if !scenarios.contains(&scenario) {
+                scenarios.push(scenario);
+            }
+        }
+    }
+    if scenarios.is_empty() {
+        scenarios = Scenario::ALL.to_vec();
+    }
+    // Always in the canonical order, whatever the command line's.
+    scenarios.sort_by_key(|s| Scenario::ALL.iter().position(|a| a == s));
+    Ok(Some(Options { quick, scenarios }))
+}
+
+/// Returns whether every scenario ran to its end.
+fn run(options: &Options) -> Result<bool> {
+    check_tools(&options.scenarios)?;
+    let workspace = workspace_root();
+    let binaries = snapshot_binaries()?;
+    let plan = Plan::new(options.quick, pick_cpus()?);
+    let mut environment = Environment::collect(&workspace);
+    environment.push("mode", plan.describe(options.quick));
+    environment.push(
+        "pinning",
+        format!(
+            "iperf3 client CPU {}, server CPU {}; sockperf and CRR both ends CPU {}",
+            plan.cpus.client, plan.cpus.server, plan.cpus.rr
+        ),
+    );
+    environment.push("binaries", binaries.describe.clone());
+    for (key, value) in &environment.items {
+        eprintln!("{key}: {value}");
+    }
+
+    let needs_pairs = options.scenarios.iter().any(|s| s.needs_pairs());
+    let nodes: Vec<(Contender, Option<PluginNode>)> = if needs_pairs {
+        Contender::ALL
+            .into_iter()
+            .map(|c| Ok((c, topology::plugin_node(c)?)))
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let pairs: Vec<PodPair<'_>> = nodes
+        .iter()
+        .map(|(contender, node)| PodPair::new(*contender, node.as_ref()))
+        .collect::<Result<_>>()?;
+    let plugin_nodes: Vec<(Contender, &PluginNode)> = nodes
+        .iter()
+        .filter_map(|(contender, node)| Some((*contender, node.as_ref()?)))
+        .collect();
+
+    let mut sections = Vec::new();
+    for scenario in &options.scenarios {
+        if stop::requested() {
+            break;
+        }
+        eprintln!("\n== {} — {}", scenario.name(), scenario.heading());
+        let load_before = environment::load_average();
+        let outcome = match scenario {
+            Scenario::Tcp => tcp::run(&pairs, &plan).map(|m| (m, Vec::new())),
+            Scenario::Rr => latency::run(&pairs, &plan).map(|m| (m, Vec::new())),
+            Scenario::Crr => crr::run(&pairs, &plan).map(|m| (m, Vec::new())),
+            Scenario::Plugin => plugin_timing::run(&plugin_nodes, &plan).map(|m| (m, Vec::new())),
+            Scenario::Churn => churn::run(&plan).map(|c| (Vec::new(), c)),
+            Scenario::Masq => masquerade::run(&plan).map(|m| (m, Vec::new())),
+            Scenario::Hostport => host_ports::run(&plan).map(|m| (m, Vec::new())),
+            Scenario::Bandwidth => bandwidth::run(&plan).map(|m| (m, Vec::new())),
+        };
+        let (metrics, churn, error) = match outcome {
+            Ok((metrics, churn)) => (metrics, churn, None),
+            Err(e) => {
+                eprintln!("[{}] stopped: {e:#}", scenario.name());
+                (Vec::new(), Vec::new(), Some(format!("{e:#}")))
+            }
+        };
+        sections.push(Section {
+            scenario: scenario.name(),
+            heading: scenario.heading(),
+            load_before,
+            load_after: environment::load_average(),
+            metrics,
+            churn,
+            error,
+        });
+    }
+
+    // Pods first (DEL), then nodes, namespaces and mounts.
+    drop(pairs);
+    drop(plugin_nodes);
+    drop(nodes);
+    environment.push("load average at end", environment::load_average());
+    let complete = !stop::requested()
+        && sections.iter().all(|s| s.error.is_none())
+        && sections.len() == options.scenarios.len();
+
+    let report = Report {
+        environment,
+        sections,
+    };
+    println!("{}", report.markdown());
+    let written = report.write(&workspace.join("target").join("bench"))?;
+    for path in written {
+        eprintln!("wrote {}", path.display());
+    }
+    report_leftovers();
+    Ok(complete)
+}
+
+/// Fails early, naming what to install, when a tool is missing.
+fn check_tools(scenarios: &[Scenario]) -> Result<()> {
+    let mut needed = vec![("ip", "iproute2"), ("ping", "iputils-ping")];
+    let traffic_outside = scenarios
+        .iter()
+        .any(|s| matches!(s, Scenario::Masq | Scenario::Hostport | Scenario::Bandwidth));
+    if scenarios.contains(&Scenario::Tcp) || traffic_outside {
+        needed.push(("iperf3", "iperf3"));
+    }
+    if scenarios.contains(&Scenario::Rr) || traffic_outside {
+        needed.push(("sockperf", "sockperf"));
+    }
+    if scenarios.contains(&Scenario::Churn) {
+        needed.push(("bpftool", "bpftool"));
+    }
+    if traffic_outside
+        || scenarios
+            .iter()
+            .any(|s| matches!(s, Scenario::Tcp | Scenario::Rr))
+    {
+        needed.push(("taskset", "util-linux"));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let on_path = |tool: &str| {
+        std::env::split_paths(&path)
+            .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+            .any(|dir| dir.join(tool).is_file())
+    };
+    let missing: Vec<String> = needed
+        .iter()
+        .filter(|(tool, _)| !on_path(tool))
+        .map(|(tool, package)| format!("{tool} (Debian package {package})"))
+        .collect();
+    if !missing.is_empty() {
+        bail!("missing tools: {}", missing.join(", "));
+    }
+    for plugin in ["bridge", "ptp", "host-local", "portmap", "bandwidth"] {
+        if !Path::new(CNI_PATH).join(plugin).is_file() {
+            bail!("{CNI_PATH}/{plugin} is missing: install containernetworking-plugins");
+        }
+    }
+    // Panics with what to do when the binaries are not built.
+    binaries::path(binaries::PLUGIN);
+    binaries::path(binaries::AGENT);
+    Ok(())
+}
+
+/// Copies of the binaries under test, taken at start, so that a rebuild
+/// of the shared `target/` during the run cannot swap the plugin between
+/// rounds. Removed when dropped.
+struct BinarySnapshot {
+    _dir: tempfile::TempDir,
+    describe: String,
+}
+
+fn snapshot_binaries() -> Result<BinarySnapshot> {
+    let dir = tempfile::Builder::new()
+        .prefix("cni-ebpf-bench-bin-")
+        .tempdir()
+        .context("creating a directory for the binaries under test")?;
+    let mut built = Vec::new();
+    for name in [binaries::PLUGIN, binaries::AGENT] {
+        let source = binaries::path(name);
+        std::fs::copy(&source, dir.path().join(name))
+            .with_context(|| format!("copying {}", source.display()))?;
+        let modified = std::fs::metadata(&source)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map_or(String::new(), |age| {
+                format!(", built {} min before the run", age.as_secs() / 60)
+            });
+        built.push(format!("{}{modified}", source.display()));
+    }
+    // SAFETY: no other thread exists yet; every later lookup of the
+    // binaries (the harness's included) reads this variable.
+    unsafe { std::env::set_var("CNI_EBPF_BIN_DIR", dir.path()) };
+    Ok(BinarySnapshot {
+        _dir: dir,
+        describe: built.join("; "),
+    })
+}
+
+/// Client and server on two different CPUs when this process may use two.
+fn pick_cpus() -> Result<Cpus> {
+    let allowed = sched_getaffinity(Pid::from_raw(0)).context("sched_getaffinity")?;
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|cpu| allowed.is_set(*cpu).unwrap_or(false))
+        .collect();
+    let first = *cpus
+        .first()
+        .context("no CPU in this process's affinity mask")?;
+    let second = cpus.get(1).copied().unwrap_or(first);
+    if second == first {
+        eprintln!("only one CPU available: iperf3 client and server share it");
+    }
+    Ok(Cpus {
+        client: first,
+        server: second,
+        rr: first,
+    })
+}
+
+/// `$CNI_EBPF_BIN_DIR/../..` (set by `cargo xtask bench` to
+/// `<workspace>/target/release`), else the nearest ancestor of the current
+/// directory holding a workspace `Cargo.toml`, else the current directory.
+fn workspace_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CNI_EBPF_BIN_DIR") {
+        let dir = PathBuf::from(dir);
+        let dir = dir.canonicalize().unwrap_or(dir);
+        if let Some(root) = dir.parent().and_then(Path::parent) {
+            return root.to_path_buf();
+        }
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    cwd.ancestors()
+        .find(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|manifest| manifest.contains("[workspace]"))
+        })
+        .map(Path::to_path_buf)
+        .unwrap_or(cwd)
+}
+
+/// Warns about namespaces of this process still present after cleanup.
+fn report_leftovers() {
+    let tag = format!("-{}-", std::process::id());
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .filter(|name| name.starts_with("cet-") && name.contains(&tag))
+                .collect()
+        })
+        .unwrap_or_default();
+    if left.is_empty() {
+        eprintln!("cleanup: every namespace of this run is gone");
+    } else {
+        eprintln!("cleanup: namespaces left behind: {}", left.join(", "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Options>> {
+        parse_args(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn parses_scenarios() {
+        let options = parse(&["--quick", "--scenario", "crr,tcp", "--scenario=tcp"])
+            .unwrap()
+            .unwrap();
+        assert!(options.quick);
+        assert_eq!(options.scenarios, vec![Scenario::Tcp, Scenario::Crr]);
+        let all = parse(&[]).unwrap().unwrap();
+        assert_eq!(all.scenarios, Scenario::ALL.to_vec());
+        assert!(parse(&["--scenario", "nope"]).is_err());
+        assert!(parse(&["--scenario"]).is_err());
+        assert!(parse(&["--help"]).unwrap().is_none());
+    }
+}
