@@ -141,3 +141,9 @@ pub fn ipv4_l4_offset(ip: *const Ipv4Hdr) -> usize {
     // SAFETY: the caller bounds-checked `ip`.
     ETH_LEN + (usize::from(unsafe { (*ip).version_ihl } & 0x0f) * 4)
 }
+
+/// The IPv4 address in an IPv4-mapped 16-byte address.
+#[inline(always)]
+pub fn v4(addr: &[u8; 16]) -> [u8; 4] {
+    [addr[12], addr[13], addr[14], addr[15]]
+}

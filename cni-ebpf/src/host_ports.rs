@@ -15,15 +15,10 @@ use cni_ebpf_common::{
 };
 
 use crate::{
-    headers::{IPV4_DST_OFF, IPV4_SRC_OFF, TCP_FIN, TCP_RST, TCP_SYN},
+    headers::{IPV4_DST_OFF, IPV4_SRC_OFF, TCP_FIN, TCP_RST, TCP_SYN, v4},
     l4::{Transport, rewrite_addr, rewrite_port},
     maps::{HOST_PORT_CT, HOST_PORTS},
 };
-
-#[inline(always)]
-fn v4(addr: &[u8; 16]) -> [u8; 4] {
-    [addr[12], addr[13], addr[14], addr[15]]
-}
 
 fn state_of(t: &Transport) -> u8 {
     match t.proto {

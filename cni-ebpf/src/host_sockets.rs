@@ -12,6 +12,7 @@ use aya_ebpf::{
 };
 use cni_ebpf_common::{HostPortKey, HostPortSockKey, IPPROTO_UDP, IpKey};
 
+use crate::headers::v4;
 use crate::maps::{HOST_PORT_SOCK, HOST_PORTS, NODE_ADDRS, NODE_CONFIG};
 
 /// Verdict of a sock_addr hook that lets the call go on.
@@ -41,11 +42,6 @@ fn in_node_netns(ctx: &SockAddrContext) -> bool {
     };
     // SAFETY: plain helper call on the program's context.
     cfg.netns_cookie != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == cfg.netns_cookie
-}
-
-#[inline(always)]
-fn v4(addr: &[u8; 16]) -> [u8; 4] {
-    [addr[12], addr[13], addr[14], addr[15]]
 }
 
 /// A destination that is a host port of this node becomes the pod behind it.

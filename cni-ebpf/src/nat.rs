@@ -17,15 +17,11 @@ use crate::{
     headers::{
         ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
         IPV4_DST_OFF, IPV4_SRC_OFF, Ipv4Hdr, L4Head, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, header,
+        v4,
     },
     l4::{Transport, rewrite_addr, rewrite_port},
     maps::{NAT_FLOWS, NAT_IN, NAT_OUT},
 };
-
-#[inline(always)]
-fn v4(addr: &[u8; 16]) -> [u8; 4] {
-    [addr[12], addr[13], addr[14], addr[15]]
-}
 
 /// Translates a packet of a pod flow leaving the node: its source becomes
 /// the node's masquerade address and a port free for that destination.

@@ -1,21 +1,18 @@
 //! The per-CPU `DROPS` and `COUNTERS` arrays, summed over CPUs.
 
-use aya::maps::{Map, MapData, MapError, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray};
 use cni_ebpf_common::{
     Direction, DropReason, PacketCount, Verdict,
     map_names::{COUNTERS, DROPS},
 };
 
 use crate::{
-    error::{DatapathError, Result},
+    error::{DatapathError, Result, open_map},
     paths::BpffsLayout,
 };
 
 fn open(layout: &BpffsLayout, name: &'static str) -> Result<PerCpuArray<MapData, PacketCount>> {
-    let map_error = |source: MapError| DatapathError::Map { name, source };
-    let data = MapData::from_pin(layout.map(name)).map_err(map_error)?;
-    let map = Map::from_map_data(data).map_err(map_error)?;
-    PerCpuArray::try_from(map).map_err(map_error)
+    open_map(layout, name)
 }
 
 fn sum(

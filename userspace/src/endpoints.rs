@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, MapData, MapError};
 use cni_ebpf_common::{Endpoint, IpKey, map_names::ENDPOINTS};
 
 use crate::{
@@ -15,18 +15,13 @@ pub struct EndpointMap {
 }
 
 fn map_error(source: MapError) -> DatapathError {
-    DatapathError::Map {
-        name: ENDPOINTS,
-        source,
-    }
+    crate::error::map_error(ENDPOINTS)(source)
 }
 
 impl EndpointMap {
     pub fn open(layout: &BpffsLayout) -> Result<Self> {
-        let data = MapData::from_pin(layout.map(ENDPOINTS)).map_err(map_error)?;
-        let map = Map::from_map_data(data).map_err(map_error)?;
         Ok(Self {
-            map: HashMap::try_from(map).map_err(map_error)?,
+            map: crate::error::open_map(layout, ENDPOINTS)?,
         })
     }
 

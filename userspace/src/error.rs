@@ -66,3 +66,18 @@ pub(crate) fn key_missing(e: &aya::maps::MapError) -> bool {
         _ => false,
     }
 }
+
+/// Turns a map error into one that names the map.
+pub(crate) fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+/// Opens the pinned map `name` of `layout` as the typed map `T`.
+pub(crate) fn open_map<T>(layout: &crate::BpffsLayout, name: &'static str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let data = aya::maps::MapData::from_pin(layout.map(name)).map_err(map_error(name))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(map_error(name))?;
+    T::try_from(map).map_err(map_error(name))
+}

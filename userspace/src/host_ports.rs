@@ -6,14 +6,14 @@
 
 use std::net::IpAddr;
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, MapData, MapError};
 use cni_ebpf_common::{
     HostPortKey, HostPortTarget, IpKey, host_port_use_key,
     map_names::{HOST_PORT_USE, HOST_PORTS},
 };
 
 use crate::{
-    error::{DatapathError, Result, key_missing},
+    error::{Result, key_missing, map_error, open_map},
     paths::BpffsLayout,
 };
 
@@ -56,29 +56,16 @@ pub struct Conflict {
     pub mapping: PortMapping,
 }
 
-fn map_error(name: &'static str) -> impl Fn(MapError) -> DatapathError {
-    move |source| DatapathError::Map { name, source }
-}
-
 struct Maps {
     ports: HashMap<MapData, HostPortKey, HostPortTarget>,
     usage: HashMap<MapData, u32, u32>,
 }
 
-fn open<K: aya::Pod, V: aya::Pod>(
-    layout: &BpffsLayout,
-    name: &'static str,
-) -> Result<HashMap<MapData, K, V>> {
-    let data = MapData::from_pin(layout.map(name)).map_err(map_error(name))?;
-    let map = Map::from_map_data(data).map_err(map_error(name))?;
-    HashMap::try_from(map).map_err(map_error(name))
-}
-
 impl Maps {
     fn open(layout: &BpffsLayout) -> Result<Self> {
         Ok(Self {
-            ports: open(layout, HOST_PORTS)?,
-            usage: open(layout, HOST_PORT_USE)?,
+            ports: open_map(layout, HOST_PORTS)?,
+            usage: open_map(layout, HOST_PORT_USE)?,
         })
     }
 

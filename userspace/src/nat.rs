@@ -3,14 +3,14 @@
 
 use std::{collections::HashSet, net::IpAddr, time::Duration};
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, MapData};
 use cni_ebpf_common::{
     CtState, FlowKey, HostPortFlow, IpKey, NatEntry,
     map_names::{HOST_PORT_CT, NAT_FLOWS, NAT_IN, NAT_OUT},
 };
 
 use crate::{
-    error::{DatapathError, Result, key_missing},
+    error::{Result, key_missing, map_error, open_map},
     paths::BpffsLayout,
 };
 
@@ -71,14 +71,8 @@ pub struct GcStats {
 
 type FlowMap = HashMap<MapData, FlowKey, NatEntry>;
 
-fn map_error(name: &'static str) -> impl Fn(MapError) -> DatapathError {
-    move |source| DatapathError::Map { name, source }
-}
-
 fn open(layout: &BpffsLayout, name: &'static str) -> Result<FlowMap> {
-    let data = MapData::from_pin(layout.map(name)).map_err(map_error(name))?;
-    let map = Map::from_map_data(data).map_err(map_error(name))?;
-    HashMap::try_from(map).map_err(map_error(name))
+    open_map(layout, name)
 }
 
 /// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
@@ -183,10 +177,7 @@ pub fn gc(layout: &BpffsLayout, timeouts: &NatTimeouts) -> Result<GcStats> {
         remove(&mut replies, key, NAT_IN)?;
     }
     stats.live = kept_replies.len();
-    let data = MapData::from_pin(layout.map(NAT_FLOWS)).map_err(map_error(NAT_FLOWS))?;
-    let mut count: Array<MapData, u64> =
-        Array::try_from(Map::from_map_data(data).map_err(map_error(NAT_FLOWS))?)
-            .map_err(map_error(NAT_FLOWS))?;
+    let mut count: Array<MapData, u64> = open_map(layout, NAT_FLOWS)?;
     count
         .set(0, stats.live as u64, 0)
         .map_err(map_error(NAT_FLOWS))?;
@@ -204,10 +195,7 @@ fn remove(map: &mut FlowMap, key: &FlowKey, name: &'static str) -> Result<()> {
 /// Expires idle connections through host ports (`HOST_PORT_CT`), by the same
 /// per-state timeouts.
 pub fn gc_host_port_flows(layout: &BpffsLayout, timeouts: &NatTimeouts) -> Result<GcStats> {
-    let data = MapData::from_pin(layout.map(HOST_PORT_CT)).map_err(map_error(HOST_PORT_CT))?;
-    let mut map: HashMap<MapData, FlowKey, HostPortFlow> =
-        HashMap::try_from(Map::from_map_data(data).map_err(map_error(HOST_PORT_CT))?)
-            .map_err(map_error(HOST_PORT_CT))?;
+    let mut map: HashMap<MapData, FlowKey, HostPortFlow> = open_map(layout, HOST_PORT_CT)?;
     let now = monotonic_ns();
     let mut stats = GcStats::default();
     let mut expired = Vec::new();

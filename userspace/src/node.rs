@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use cni_ebpf_common::{
     IpKey, MAX_NAT_FLOWS, NODE_F_MASQUERADE, NodeConfig,
     map_names::{NO_MASQ, NODE_ADDRS, NODE_CONFIG},
@@ -11,7 +11,7 @@ use cni_ebpf_common::{
 use ipnet::IpNet;
 
 use crate::{
-    error::{DatapathError, Result, key_missing},
+    error::{Result, key_missing, map_error, open_map},
     paths::BpffsLayout,
 };
 
@@ -80,24 +80,13 @@ impl NodeSettings {
     }
 }
 
-fn map_error(name: &'static str) -> impl Fn(MapError) -> DatapathError {
-    move |source| DatapathError::Map { name, source }
-}
-
-fn open(layout: &BpffsLayout, name: &'static str) -> Result<Map> {
-    let data = MapData::from_pin(layout.map(name)).map_err(map_error(name))?;
-    Map::from_map_data(data).map_err(map_error(name))
-}
-
 pub fn read_config(layout: &BpffsLayout) -> Result<NodeConfig> {
-    let map: Array<MapData, NodeConfig> =
-        Array::try_from(open(layout, NODE_CONFIG)?).map_err(map_error(NODE_CONFIG))?;
+    let map: Array<MapData, NodeConfig> = open_map(layout, NODE_CONFIG)?;
     map.get(&0, 0).map_err(map_error(NODE_CONFIG))
 }
 
 pub fn write_config(layout: &BpffsLayout, config: &NodeConfig) -> Result<()> {
-    let mut map: Array<MapData, NodeConfig> =
-        Array::try_from(open(layout, NODE_CONFIG)?).map_err(map_error(NODE_CONFIG))?;
+    let mut map: Array<MapData, NodeConfig> = open_map(layout, NODE_CONFIG)?;
     map.set(0, config, 0).map_err(map_error(NODE_CONFIG))
 }
 
@@ -111,8 +100,7 @@ fn lpm_key(net: &IpNet) -> Key<[u8; 16]> {
 
 /// Adds destinations that must keep the pod's source address; idempotent.
 pub fn add_no_masquerade(layout: &BpffsLayout, nets: &[IpNet]) -> Result<()> {
-    let mut map: LpmTrie<MapData, [u8; 16], u8> =
-        LpmTrie::try_from(open(layout, NO_MASQ)?).map_err(map_error(NO_MASQ))?;
+    let mut map: LpmTrie<MapData, [u8; 16], u8> = open_map(layout, NO_MASQ)?;
     for net in nets {
         map.insert(&lpm_key(net), 1, 0)
             .map_err(map_error(NO_MASQ))?;
@@ -122,8 +110,7 @@ pub fn add_no_masquerade(layout: &BpffsLayout, nets: &[IpNet]) -> Result<()> {
 
 /// The no-masquerade destinations, for inspection.
 pub fn no_masquerade(layout: &BpffsLayout) -> Result<Vec<IpNet>> {
-    let map: LpmTrie<MapData, [u8; 16], u8> =
-        LpmTrie::try_from(open(layout, NO_MASQ)?).map_err(map_error(NO_MASQ))?;
+    let map: LpmTrie<MapData, [u8; 16], u8> = open_map(layout, NO_MASQ)?;
     map.keys()
         .map(|key| {
             let key = key.map_err(map_error(NO_MASQ))?;
@@ -140,8 +127,7 @@ pub fn no_masquerade(layout: &BpffsLayout) -> Result<Vec<IpNet>> {
 /// Makes `NODE_ADDRS` hold exactly `addrs`: pod traffic to them stays on the
 /// node. Writes only what changed.
 pub fn sync_node_addrs(layout: &BpffsLayout, addrs: &[IpAddr]) -> Result<()> {
-    let mut map: HashMap<MapData, IpKey, u8> =
-        HashMap::try_from(open(layout, NODE_ADDRS)?).map_err(map_error(NODE_ADDRS))?;
+    let mut map: HashMap<MapData, IpKey, u8> = open_map(layout, NODE_ADDRS)?;
     let wanted: Vec<IpKey> = addrs.iter().map(|a| IpKey::from_ip(*a)).collect();
     let present: Vec<IpKey> = map.keys().filter_map(|k| k.ok()).collect();
     for key in present.iter().filter(|k| !wanted.contains(k)) {

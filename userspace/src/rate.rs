@@ -1,6 +1,6 @@
 //! Bandwidth limits (`RATE_LIMITS`) from userspace.
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, MapData, MapError};
 use cni_ebpf_common::{RateBucket, RateLimit, map_names::RATE_LIMITS};
 use serde::{Deserialize, Serialize};
 
@@ -29,15 +29,11 @@ impl Limit {
 }
 
 fn map_error(source: MapError) -> DatapathError {
-    DatapathError::Map {
-        name: RATE_LIMITS,
-        source,
-    }
+    crate::error::map_error(RATE_LIMITS)(source)
 }
 
 fn open(layout: &BpffsLayout) -> Result<HashMap<MapData, u64, RateLimit>> {
-    let data = MapData::from_pin(layout.map(RATE_LIMITS)).map_err(map_error)?;
-    HashMap::try_from(Map::from_map_data(data).map_err(map_error)?).map_err(map_error)
+    crate::error::open_map(layout, RATE_LIMITS)
 }
 
 fn to_value(egress: Option<Limit>, ingress: Option<Limit>) -> RateLimit {

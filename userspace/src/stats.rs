@@ -3,7 +3,7 @@
 //! datapath only adds to them.
 
 use aya::{
-    maps::{Map, MapData, MapError, PerCpuHashMap, PerCpuValues},
+    maps::{MapData, MapError, PerCpuHashMap, PerCpuValues},
     util::nr_cpus,
 };
 use cni_ebpf_common::{EndpointStats, PacketCount, map_names::ENDPOINT_STATS};
@@ -14,15 +14,11 @@ use crate::{
 };
 
 fn map_error(source: MapError) -> DatapathError {
-    DatapathError::Map {
-        name: ENDPOINT_STATS,
-        source,
-    }
+    crate::error::map_error(ENDPOINT_STATS)(source)
 }
 
 fn open(layout: &BpffsLayout) -> Result<PerCpuHashMap<MapData, u32, EndpointStats>> {
-    let data = MapData::from_pin(layout.map(ENDPOINT_STATS)).map_err(map_error)?;
-    PerCpuHashMap::try_from(Map::from_map_data(data).map_err(map_error)?).map_err(map_error)
+    crate::error::open_map(layout, ENDPOINT_STATS)
 }
 
 /// Starts counting for the endpoint behind host veth `ifindex`, from zero.
