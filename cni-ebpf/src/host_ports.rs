@@ -9,7 +9,7 @@
 //! table, so a remapped UDP port reaches the new pod at once (no stale
 //! conntrack as with iptables DNAT).
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::TcContext};
 use cni_ebpf_common::{
     CtState, DropReason, FlowKey, HostPortFlow, HostPortKey, IPPROTO_TCP, IPPROTO_UDP, IpKey,
 };
@@ -71,26 +71,32 @@ pub fn to_pod(
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
+    let flow = HostPortFlow {
+        host_addr: IpKey::v4(dst).addr,
+        client_addr: IpKey::v4(src).addr,
+        host_port: t.dst_port,
+        client_port: t.src_port,
+        state: state_of(t),
+        _pad: [0; 3],
+        last_seen_ns: now,
+    };
     match HOST_PORT_CT.get_ptr_mut(&reply) {
+        // The same connection: refresh it.
         // SAFETY: a live map value; plain stores.
-        Some(flow) => unsafe {
-            (*flow).last_seen_ns = now;
+        Some(known)
+            if unsafe {
+                (*known).host_addr == flow.host_addr && (*known).host_port == flow.host_port
+            } =>
+        unsafe {
+            (*known).last_seen_ns = now;
             if t.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                (*flow).state = CtState::TcpClosing as u8;
+                (*known).state = CtState::TcpClosing as u8;
             }
         },
-        None => {
-            let flow = HostPortFlow {
-                host_addr: IpKey::v4(dst).addr,
-                client_addr: IpKey::v4(src).addr,
-                host_port: t.dst_port,
-                client_port: t.src_port,
-                state: state_of(t),
-                _pad: [0; 3],
-                last_seen_ns: now,
-            };
-            // Another CPU may have raced us to it: either entry is right.
-            let _ = HOST_PORT_CT.insert(&reply, &flow, u64::from(BPF_NOEXIST));
+        // New, or the same client tuple now through another published port
+        // of the same pod port: this mapping is the one replies must show.
+        _ => {
+            let _ = HOST_PORT_CT.insert(&reply, &flow, 0);
         }
     }
     rewrite_addr(ctx, t, IPV4_DST_OFF, dst, pod)?;

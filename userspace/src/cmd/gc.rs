@@ -31,7 +31,14 @@ impl Timeouts {
 }
 
 pub fn run(layout: &BpffsLayout, timeouts: &Timeouts, as_json: bool) -> anyhow::Result<()> {
-    let stats = nat::gc(layout, &timeouts.to_nat()).context("expiring NAT flows")?;
+    let timeouts = timeouts.to_nat();
+    let nat = nat::gc(layout, &timeouts).context("expiring NAT flows")?;
+    let ports = nat::gc_host_port_flows(layout, &timeouts).context("expiring host-port flows")?;
+    let stats = nat::GcStats {
+        scanned: nat.scanned + ports.scanned,
+        expired: nat.expired + ports.expired,
+        live: nat.live + ports.live,
+    };
     if as_json {
         println!(
             "{}",

@@ -184,13 +184,8 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
                 for (reverse, goodput_at, retrans_at) in [(false, 0, 1), (true, 2, 3)] {
                     stop::check()?;
                     let extra: &[&str] = if reverse { &["-R"] } else { &[] };
-                    let report = flows::iperf3(
-                        &client.netns,
-                        server,
-                        cpus.client,
-                        plan.run_time,
-                        extra,
-                    );
+                    let report =
+                        flows::iperf3(&client.netns, server, cpus.client, plan.run_time, extra);
                     let goodput = report
                         .as_ref()
                         .map_err(|e| anyhow!("{e:#}"))
@@ -200,10 +195,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
                         .as_ref()
                         .ok()
                         .and_then(|r| r["end"]["sum_sent"]["retransmits"].as_f64());
-                    let what = format!(
-                        "{label} {}",
-                        if reverse { "ingress" } else { "egress" }
-                    );
+                    let what = format!("{label} {}", if reverse { "ingress" } else { "egress" });
                     progress(SCENARIO, round, world.row, &what, &goodput, "× limit");
                     if let Some(round) = round {
                         let tables = &mut tables[index];
@@ -212,16 +204,19 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
                     }
                 }
                 stop::check()?;
-                let loaded = loaded_round_trip(
-                    world,
-                    index,
-                    plan,
-                );
+                let loaded = loaded_round_trip(world, index, plan);
                 let shown = loaded
                     .as_ref()
                     .map(|(p50, _)| *p50)
                     .map_err(|e| anyhow!("{e:#}"));
-                progress(SCENARIO, round, world.row, &format!("{label} loaded p50"), &shown, "µs");
+                progress(
+                    SCENARIO,
+                    round,
+                    world.row,
+                    &format!("{label} loaded p50"),
+                    &shown,
+                    "µs",
+                );
                 if let Some(round) = round {
                     let loaded = loaded.ok();
                     tables[index][4].record(world.row, round, loaded.map(|l| l.0));
@@ -265,4 +260,17 @@ fn loaded_round_trip(world: &World<'_>, index: usize, plan: &Plan) -> Result<(f6
         bulk.map_err(|e| e.context("the bulk flow"))?;
         result.map(|r| (r.p50_us, r.p99_us))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_is_100_ms_at_least_1_mbit() {
+        assert_eq!(burst_bits(10_000_000), 1_000_000);
+        assert_eq!(burst_bits(1_000_000), 1_000_000);
+        assert_eq!(burst_bits(1_000_000_000), 100_000_000);
+        assert_eq!(limits(100_000_000)["egressBurst"], 10_000_000);
+    }
 }

@@ -103,7 +103,12 @@ fn servers(
 pub fn start_iperf3(ns: &Netns, listen: SocketAddrV4, cpu: usize) -> Result<Server> {
     let mut command = ns.command("taskset");
     command.args(["-c", &cpu.to_string(), "iperf3", "-s"]);
-    command.args(["-B", &listen.ip().to_string(), "-p", &listen.port().to_string()]);
+    command.args([
+        "-B",
+        &listen.ip().to_string(),
+        "-p",
+        &listen.port().to_string(),
+    ]);
     let mut server = Server::start(&mut command, "iperf3")?;
     server.wait_ready(Proto::Tcp, listen.port())?;
     Ok(server)
@@ -112,7 +117,12 @@ pub fn start_iperf3(ns: &Netns, listen: SocketAddrV4, cpu: usize) -> Result<Serv
 pub fn start_sockperf(ns: &Netns, listen: SocketAddrV4, cpu: usize) -> Result<Server> {
     let mut command = ns.command("taskset");
     command.args(["-c", &cpu.to_string(), "sockperf", "sr", "--tcp"]);
-    command.args(["-i", &listen.ip().to_string(), "-p", &listen.port().to_string()]);
+    command.args([
+        "-i",
+        &listen.ip().to_string(),
+        "-p",
+        &listen.port().to_string(),
+    ]);
     let mut server = Server::start(&mut command, "sockperf")?;
     server.wait_ready(Proto::Tcp, listen.port())?;
     Ok(server)
@@ -164,7 +174,12 @@ pub fn ping_pong(
 ) -> Result<PingPong> {
     let mut command = client.command("taskset");
     command.args(["-c", &cpu.to_string(), "sockperf", "ping-pong", "--tcp"]);
-    command.args(["-i", &connect.ip().to_string(), "-p", &connect.port().to_string()]);
+    command.args([
+        "-i",
+        &connect.ip().to_string(),
+        "-p",
+        &connect.port().to_string(),
+    ]);
     command.args(["-t", &run_time.as_secs().max(1).to_string(), "--full-rtt"]);
     let output = exec::run(
         &mut command,
@@ -256,26 +271,9 @@ pub fn measure(
     );
     let cpus = plan.cpus;
 
-    // Throughput.
-    {
-        let (mut servers, index) = servers(paths, IPERF3_PORT, |ns, listen| {
-            start_iperf3(ns, listen, cpus.server)
-        })?;
-        for round in plan.round_indices() {
-            for (path, server) in paths.iter().zip(&index) {
-                stop::check()?;
-                let (_, connect) = path.addrs(IPERF3_PORT);
-                let result = iperf3(path.client, connect, cpus.client, plan.run_time, &[])
-                    .and_then(|report| tcp::received_gbits(&report))
-                    .map_err(|e| died(e, &mut servers[*server]));
-                progress(scenario, round, path.row, "tcp", &result, "Gbit/s");
-                if let Some(round) = round {
-                    gbits.record(path.row, round, result.ok());
-                }
-            }
-        }
-    }
-    // Request/response.
+    // Request/response first: sockperf's server does not set SO_REUSEADDR,
+    // so it must bind its port before other servers leave TIME_WAIT
+    // sockets on it (all measures share the container port of a mapping).
     {
         let (mut servers, index) = servers(paths, SOCKPERF_PORT, |ns, listen| {
             start_sockperf(ns, listen, cpus.rr)
@@ -295,6 +293,25 @@ pub fn measure(
                     let result = result.ok();
                     p50.record(path.row, round, result.map(|r| r.p50_us));
                     p99.record(path.row, round, result.map(|r| r.p99_us));
+                }
+            }
+        }
+    }
+    // Throughput.
+    {
+        let (mut servers, index) = servers(paths, IPERF3_PORT, |ns, listen| {
+            start_iperf3(ns, listen, cpus.server)
+        })?;
+        for round in plan.round_indices() {
+            for (path, server) in paths.iter().zip(&index) {
+                stop::check()?;
+                let (_, connect) = path.addrs(IPERF3_PORT);
+                let result = iperf3(path.client, connect, cpus.client, plan.run_time, &[])
+                    .and_then(|report| tcp::received_gbits(&report))
+                    .map_err(|e| died(e, &mut servers[*server]));
+                progress(scenario, round, path.row, "tcp", &result, "Gbit/s");
+                if let Some(round) = round {
+                    gbits.record(path.row, round, result.ok());
                 }
             }
         }

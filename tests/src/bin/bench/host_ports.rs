@@ -15,7 +15,6 @@
 //! runtime runs (ours: one plugin; reference: bridge then portmap, DEL in
 //! reverse).
 
-
 use anyhow::{Result, anyhow, bail};
 use cni_ebpf_tests::{Ext, Netns, ext, hostports::TestCgroup};
 use serde_json::{Value, json};
@@ -34,8 +33,13 @@ use crate::{
 pub const SCENARIO: &str = "hostport";
 pub const HEADING: &str = "ext → node address:hostPort → pod (published ports)";
 
-/// Every measure's server listens here in the server pod.
+/// The server pod's port behind the first mapping; every measure's server
+/// listens there.
 const CONTAINER_PORT: u16 = 8000;
+/// Behind the last mapping, and the port `direct` reaches: one pod port per
+/// way in, so that no two ways in share a reply tuple (pod port, client
+/// address and port) when the client reuses its ports.
+const LAST_CONTAINER_PORT: u16 = 8001;
 /// The first mapping's host port; mapping `i` is `HOST_PORT_BASE + i`.
 const HOST_PORT_BASE: u16 = 30000;
 /// The host port of the ADD/DEL timing pod.
@@ -58,13 +62,15 @@ fn mapping(host_port: u16, container_port: u16) -> Value {
     json!({ "hostPort": host_port, "containerPort": container_port, "protocol": "tcp" })
 }
 
-/// `count` mappings: the first and the last to [`CONTAINER_PORT`], the
-/// ones between to ports nobody listens on.
+/// `count` mappings: the first to [`CONTAINER_PORT`], the last to
+/// [`LAST_CONTAINER_PORT`], the ones between to ports nobody listens on.
 fn mappings(count: u16) -> Vec<Value> {
     (0..count)
         .map(|i| {
-            let container = if i == 0 || i == count - 1 {
+            let container = if i == 0 {
                 CONTAINER_PORT
+            } else if i == count - 1 {
+                LAST_CONTAINER_PORT
             } else {
                 10_000 + i
             };
@@ -158,6 +164,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
         &ours_1.ext.node_ip.to_string(),
     ]);
 
+    // (row, node, host port: None for the pod's own address, pod port)
     let rows: [(Contender, usize, Option<u16>); 9] = [
         (DIRECT, 0, None),
         (OURS_1, 0, Some(HOST_PORT_BASE)),
@@ -184,7 +191,11 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
                 } else {
                     server.ip()
                 },
-                mapped: Some((host_port.unwrap_or(CONTAINER_PORT), CONTAINER_PORT)),
+                mapped: Some(match *host_port {
+                    None => (LAST_CONTAINER_PORT, LAST_CONTAINER_PORT),
+                    Some(port) if port == HOST_PORT_BASE => (port, CONTAINER_PORT),
+                    Some(port) => (port, LAST_CONTAINER_PORT),
+                }),
             }
         })
         .collect();
@@ -237,10 +248,20 @@ fn timing(ours: &HpNode, portmap: &HpNode, plan: &Plan) -> Result<Vec<Metric>> {
             plan.rounds,
         )
     };
-    let mut add = metric("add", "ADD of a pod publishing one port, whole chain, spawn to exit");
-    let mut del = metric("del", "DEL of a pod publishing one port, whole chain, spawn to exit");
+    let mut add = metric(
+        "add",
+        "ADD of a pod publishing one port, whole chain, spawn to exit",
+    );
+    let mut del = metric(
+        "del",
+        "DEL of a pod publishing one port, whole chain, spawn to exit",
+    );
     let chains = [
-        (TIMING_OURS, ours, ours.chain(vec![mapping(TIMING_HOST_PORT, CONTAINER_PORT)])),
+        (
+            TIMING_OURS,
+            ours,
+            ours.chain(vec![mapping(TIMING_HOST_PORT, CONTAINER_PORT)]),
+        ),
         (
             TIMING_PORTMAP,
             portmap,
@@ -275,4 +296,19 @@ fn timing(ours: &HpNode, portmap: &HpNode, plan: &Plan) -> Result<Vec<Metric>> {
         bail!("no ADD/DEL cycle ran");
     }
     Ok(vec![add, del])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_and_last_mappings_reach_the_servers() {
+        let list = mappings(100);
+        assert_eq!(list.len(), 100);
+        assert_eq!(list[0], mapping(HOST_PORT_BASE, CONTAINER_PORT));
+        assert_eq!(list[99], mapping(HOST_PORT_BASE + 99, LAST_CONTAINER_PORT));
+        assert_eq!(list[50]["containerPort"], 10_050);
+        assert_eq!(mappings(1), vec![mapping(HOST_PORT_BASE, CONTAINER_PORT)]);
+    }
 }

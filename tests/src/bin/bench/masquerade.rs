@@ -113,7 +113,11 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
 
     let ours = PluginNode::cni_ebpf("10.211.0.0/24");
     let ours_ext = ext::uplink_with_default_route(ours.ebpf_node().expect("our node"));
-    let ours_pod = ChainedPod::new(&ours, &Chain::new(&ours, json!({ "ipMasq": true })), "bench-cni-ebpf")?;
+    let ours_pod = ChainedPod::new(
+        &ours,
+        &Chain::new(&ours, json!({ "ipMasq": true })),
+        "bench-cni-ebpf",
+    )?;
 
     let bridge = PluginNode::reference("bridge", "10.212.0.0/24")?;
     let bridge_ext = add_uplink(bridge.netns());
@@ -147,7 +151,11 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
     ];
     for path in &paths {
         if !cni_ebpf_tests::traffic::ping(path.client, path.connect_ip.into(), 2) {
-            anyhow::bail!("{}: the client does not reach {}", path.row.name(), path.connect_ip);
+            anyhow::bail!(
+                "{}: the client does not reach {}",
+                path.row.name(),
+                path.connect_ip
+            );
         }
     }
     let gc = AgentGc {
