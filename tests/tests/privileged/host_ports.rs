@@ -690,3 +690,37 @@ fn remapped_udp_port_reaches_the_new_pod_at_once() {
     assert_eq!(second_seqs, expected, "datagrams lost after the remap");
     assert_node_untouched(&hp.node);
 }
+
+/// One client socket (one source port) alternating between two published
+/// ports of the same pod port gets each answer from the port it sent to:
+/// the connection table must take the new mapping, not keep the first one.
+#[test]
+fn answers_come_from_the_published_port_the_client_used() {
+    let hp = HostPortNode::new();
+    let pod = hp.node.add_pod_with(hp.conf(&[
+        HostPort::udp(HOST_PORT, POD_PORT),
+        HostPort::udp(HOST_PORT + 1, POD_PORT),
+    ]));
+    let _servers = start_servers(&pod, POD_PORT);
+    let node_ip = hp.node_ip();
+    let sent_to = [HOST_PORT, HOST_PORT + 1, HOST_PORT];
+    let answered_from: Vec<SocketAddr> = hp.ext.netns.run(|| {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind in ext");
+        socket
+            .set_read_timeout(Some(ANSWER_TIMEOUT))
+            .expect("read timeout");
+        sent_to
+            .iter()
+            .map(|port| {
+                socket
+                    .send_to(b"which port?", sock(node_ip, *port))
+                    .expect("send");
+                let mut buf = [0u8; 512];
+                socket.recv_from(&mut buf).expect("an answer").1
+            })
+            .collect()
+    });
+    let expected: Vec<SocketAddr> = sent_to.iter().map(|p| sock(node_ip, *p)).collect();
+    assert_eq!(answered_from, expected);
+    assert_node_untouched(&hp.node);
+}
