@@ -71,7 +71,7 @@ pub fn attach_to_pod(
 ) -> Result<Attachment> {
     let pin = datapath.layout().endpoint_egress_link(host_ifname);
     attach_as(
-        datapath.to_pod(),
+        datapath.to_pod()?,
         host_ifname,
         mode,
         pin,
@@ -86,7 +86,7 @@ pub fn attach_from_uplink(
     mode: AttachMode,
 ) -> Result<Attachment> {
     let pin = datapath.layout().uplink_link(uplink);
-    attach(datapath.from_uplink(), uplink, mode, pin)
+    attach(datapath.from_uplink()?, uplink, mode, pin)
 }
 
 fn attach(

@@ -35,13 +35,14 @@ pub const SOCKET_HOOKS: [(&str, CgroupSockAddrAttachType); 3] = [
     (RECVMSG4, CgroupSockAddrAttachType::UDPRecvMsg4),
 ];
 
-/// The programs of this build, opened from their pins.
+/// The programs of this build, opened from their pins; the ones most calls
+/// never need are opened on first use.
 #[derive(Debug)]
 pub struct Datapath {
     layout: BpffsLayout,
     from_pod: SchedClassifier,
-    from_uplink: SchedClassifier,
-    to_pod: SchedClassifier,
+    from_uplink: Option<SchedClassifier>,
+    to_pod: Option<SchedClassifier>,
 }
 
 impl Datapath {
@@ -68,20 +69,15 @@ impl Datapath {
     }
 
     fn open_pinned(layout: &BpffsLayout) -> Result<Option<Self>> {
+        // `from_pod` is pinned last: its pin means every program is there.
         let Some(from_pod) = open_pinned(layout, FROM_POD)? else {
-            return Ok(None);
-        };
-        let Some(from_uplink) = open_pinned(layout, FROM_UPLINK)? else {
-            return Ok(None);
-        };
-        let Some(to_pod) = open_pinned(layout, TO_POD)? else {
             return Ok(None);
         };
         Ok(Some(Self {
             layout: layout.clone(),
             from_pod,
-            from_uplink,
-            to_pod,
+            from_uplink: None,
+            to_pod: None,
         }))
     }
 
@@ -93,16 +89,12 @@ impl Datapath {
         &mut self.from_pod
     }
 
-    pub fn from_pod_ref(&self) -> &SchedClassifier {
-        &self.from_pod
+    pub fn from_uplink(&mut self) -> Result<&mut SchedClassifier> {
+        open_once(&self.layout, &mut self.from_uplink, FROM_UPLINK)
     }
 
-    pub fn from_uplink(&mut self) -> &mut SchedClassifier {
-        &mut self.from_uplink
-    }
-
-    pub fn to_pod(&mut self) -> &mut SchedClassifier {
-        &mut self.to_pod
+    pub fn to_pod(&mut self) -> Result<&mut SchedClassifier> {
+        open_once(&self.layout, &mut self.to_pod, TO_POD)
     }
 
     /// A socket hook of this build, opened from its pin.
@@ -114,6 +106,23 @@ impl Datapath {
         CgroupSockAddr::from_pin(self.layout.program(BUILD_ID, name), attach_type)
             .map_err(|source| DatapathError::Program { name, source })
     }
+}
+
+fn open_once<'a>(
+    layout: &BpffsLayout,
+    slot: &'a mut Option<SchedClassifier>,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier> {
+    if slot.is_none() {
+        *slot = open_pinned(layout, name)?;
+    }
+    slot.as_mut().ok_or_else(|| {
+        DatapathError::io(
+            "open pinned program",
+            layout.program(BUILD_ID, name),
+            io::ErrorKind::NotFound.into(),
+        )
+    })
 }
 
 fn open_pinned(layout: &BpffsLayout, name: &'static str) -> Result<Option<SchedClassifier>> {

@@ -98,9 +98,9 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     runtime()?.block_on(async {
         let node = Netlink::connect()?;
         let pod = Netlink::connect_in(&pod_ns)?;
-        check_links(&node, &pod, &record).await?;
+        let pod_index = check_links(&node, &pod, &record).await?;
         check_attached(&node, &record).await?;
-        check_pod_config(&pod, &record, &prev).await
+        check_pod_config(&pod, pod_index, &record, &prev).await
     })?;
 
     Ok(())
@@ -139,7 +139,8 @@ fn check_result_matches(prev: &CniOutput, record: &AttachmentRecord) -> CniResul
     Ok(())
 }
 
-async fn check_links(node: &Netlink, pod: &Netlink, record: &AttachmentRecord) -> CniResult<()> {
+/// Both ends of the veth as ADD left them; the pod interface's index.
+async fn check_links(node: &Netlink, pod: &Netlink, record: &AttachmentRecord) -> CniResult<u32> {
     let host = node
         .link(&record.host_ifname)
         .await?
@@ -160,19 +161,16 @@ async fn check_links(node: &Netlink, pod: &Netlink, record: &AttachmentRecord) -
             record.ifname
         )));
     }
-    Ok(())
+    Ok(pod_link.index)
 }
 
+/// `index` is the pod interface's, as `check_links` found it.
 async fn check_pod_config(
     pod: &Netlink,
+    index: u32,
     record: &AttachmentRecord,
     prev: &CniOutput,
 ) -> CniResult<()> {
-    let index = pod
-        .link(&record.ifname)
-        .await?
-        .map(|l| l.index)
-        .ok_or_else(|| failed(format!("interface {} is missing in the pod", record.ifname)))?;
     let addresses = pod.addresses(index).await?;
     for net in &record.ips {
         if !addresses.contains(net) {
