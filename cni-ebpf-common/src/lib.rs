@@ -31,6 +31,7 @@ pub mod program_names {
     pub const SENDMSG4: &str = "host_sendmsg4";
     pub const RECVMSG4: &str = "host_recvmsg4";
     pub const TO_POD: &str = "to_pod";
+    pub const PACE_TCP: &str = "pace_tcp";
 }
 
 /// Endpoints the node can hold: one entry per pod address.
@@ -114,9 +115,12 @@ pub struct Endpoint {
     pub _pad: [u8; 4],
     /// Stable hash of (container ID, interface name) that owns the entry.
     pub owner: u64,
+    /// Cookie of the pod's network namespace (`SO_NETNS_COOKIE`): tells the
+    /// pod's own sockets from any other with its address.
+    pub netns_cookie: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Endpoint>() == 32);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 40);
 const _: () = assert!(core::mem::size_of::<IpKey>() == 16);
 
 /// Node-wide settings of the datapath: the single entry of `NODE_CONFIG`.

@@ -24,6 +24,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
+mod pacing;
+#[cfg(target_arch = "bpf")]
 mod rate;
 #[cfg(target_arch = "bpf")]
 mod to_pod;

@@ -128,16 +128,17 @@ impl UplinkConf {
 }
 
 /// Makes the node ready for traffic leaving and arriving through its uplink
-/// and for host ports; cheap when it already is (one map read, one route and
-/// one address dump). Does nothing on a node without an uplink (no default
-/// route, none named) unless `host_ports` asks for the node's addresses.
+/// and for the hooks on the node's own sockets (host ports, TCP pacing);
+/// cheap when it already is (one map read, one route and one address dump).
+/// Does nothing on a node without an uplink (no default route, none named)
+/// unless `node_sockets` asks for the node's addresses and netns cookie.
 pub async fn ensure(
     conf: &UplinkConf,
     own_subnets: &[IpNet],
     node: &Netlink,
     datapath: &mut Datapath,
     mode: AttachMode,
-    host_ports: bool,
+    node_sockets: bool,
 ) -> CniResult<()> {
     for route in &conf.node_routes {
         node.replace_route(route.dst, route.gw).await?;
@@ -151,7 +152,7 @@ pub async fn ensure(
             "invalid field \"ipMasq\": the node has no default route and no \"uplink\" is set",
         ));
     }
-    if uplink.is_none() && !host_ports {
+    if uplink.is_none() && !node_sockets {
         return Ok(());
     }
     let uplink_index = match &uplink {

@@ -21,7 +21,7 @@ use aya::programs::{
     links::FdLink,
     tc::{self, NlOptions, TcAttachOptions},
 };
-use cni_ebpf_common::program_names::FROM_POD;
+use cni_ebpf_common::program_names::{FROM_POD, PACE_TCP};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -203,24 +203,65 @@ pub fn is_attached_tcx(host_ifname: &str) -> Result<bool> {
 /// hook. The hooks only act on sockets in the node's network namespace.
 pub fn attach_socket_hooks(datapath: &Datapath, cgroup: &Path) -> Result<()> {
     for (name, attach_type) in SOCKET_HOOKS {
-        let pin = datapath.layout().cgroup_link(name);
-        if pin.exists() {
-            continue;
-        }
-        let mut program = datapath.socket_hook(name, attach_type)?;
-        let dir = File::open(cgroup).map_err(|e| DatapathError::io("open cgroup", cgroup, e))?;
-        let error = |source| DatapathError::Program { name, source };
-        // A cgroup link takes no flags and always lets others attach too.
-        let id = program
-            .attach(&dir, CgroupAttachMode::Single)
-            .map_err(error)?;
-        let link = FdLink::try_from(program.take_link(id).map_err(error)?).map_err(|source| {
-            DatapathError::Link {
-                path: pin.clone(),
-                source,
-            }
+        attach_to_cgroup_once(datapath, cgroup, name, |dir| {
+            let mut program = datapath.socket_hook(name, attach_type)?;
+            let error = |source| DatapathError::Program { name, source };
+            // A cgroup link takes no flags and always lets others attach too.
+            let id = program
+                .attach(dir, CgroupAttachMode::Single)
+                .map_err(error)?;
+            FdLink::try_from(program.take_link(id).map_err(error)?)
+                .map_err(|source| link_error(datapath, name, source))
         })?;
-        pin_link(link, &pin)?;
     }
     Ok(())
+}
+
+/// Attaches the TCP pacing hook (rate-limited pods, see the datapath's
+/// `pacing`) to the cgroup v2 directory `cgroup`, once, its link pinned.
+pub fn attach_pacing(datapath: &Datapath, cgroup: &Path) -> Result<()> {
+    attach_to_cgroup_once(datapath, cgroup, PACE_TCP, |dir| {
+        let mut program = datapath.pacer()?;
+        let error = |source| DatapathError::Program {
+            name: PACE_TCP,
+            source,
+        };
+        let id = program
+            .attach(dir, CgroupAttachMode::Single)
+            .map_err(error)?;
+        FdLink::try_from(program.take_link(id).map_err(error)?)
+            .map_err(|source| link_error(datapath, PACE_TCP, source))
+    })
+}
+
+/// Whether the TCP pacing hook is attached (its link pinned).
+pub fn pacing_attached(layout: &BpffsLayout) -> bool {
+    layout.cgroup_link(PACE_TCP).exists()
+}
+
+fn link_error(
+    datapath: &Datapath,
+    name: &str,
+    source: aya::programs::links::LinkError,
+) -> DatapathError {
+    DatapathError::Link {
+        path: datapath.layout().cgroup_link(name),
+        source,
+    }
+}
+
+/// Runs `attach` on `cgroup` and pins the link it returns, unless a link of
+/// hook `name` is pinned already.
+fn attach_to_cgroup_once(
+    datapath: &Datapath,
+    cgroup: &Path,
+    name: &str,
+    attach: impl FnOnce(&File) -> Result<FdLink>,
+) -> Result<()> {
+    let pin = datapath.layout().cgroup_link(name);
+    if pin.exists() {
+        return Ok(());
+    }
+    let dir = File::open(cgroup).map_err(|e| DatapathError::io("open cgroup", cgroup, e))?;
+    pin_link(attach(&dir)?, &pin)
 }

@@ -6,12 +6,14 @@ use std::io;
 use aya::{
     EbpfLoader,
     programs::{
-        CgroupSockAddr, Program, ProgramError, SchedClassifier,
+        CgroupSockAddr, Program, ProgramError, SchedClassifier, SockOps,
         cgroup_sock_addr::CgroupSockAddrAttachType,
     },
     sys::SyscallError,
 };
-use cni_ebpf_common::program_names::{CONNECT4, FROM_POD, FROM_UPLINK, RECVMSG4, SENDMSG4, TO_POD};
+use cni_ebpf_common::program_names::{
+    CONNECT4, FROM_POD, FROM_UPLINK, PACE_TCP, RECVMSG4, SENDMSG4, TO_POD,
+};
 
 use crate::{
     error::{DatapathError, Result},
@@ -26,7 +28,15 @@ pub const BUILD_ID: &str = env!("CNI_EBPF_BUILD_ID");
 
 /// Every program of the object; `from_pod` last, so that its pin marks a
 /// complete load.
-const PROGRAMS: [&str; 6] = [CONNECT4, SENDMSG4, RECVMSG4, TO_POD, FROM_UPLINK, FROM_POD];
+const PROGRAMS: [&str; 7] = [
+    CONNECT4,
+    SENDMSG4,
+    RECVMSG4,
+    PACE_TCP,
+    TO_POD,
+    FROM_UPLINK,
+    FROM_POD,
+];
 
 /// The cgroup socket-address hooks and where each attaches.
 pub const SOCKET_HOOKS: [(&str, CgroupSockAddrAttachType); 3] = [
@@ -106,6 +116,16 @@ impl Datapath {
         CgroupSockAddr::from_pin(self.layout.program(BUILD_ID, name), attach_type)
             .map_err(|source| DatapathError::Program { name, source })
     }
+
+    /// The TCP pacing hook of this build, opened from its pin.
+    pub fn pacer(&self) -> Result<SockOps> {
+        SockOps::from_pin(self.layout.program(BUILD_ID, PACE_TCP)).map_err(|source| {
+            DatapathError::Program {
+                name: PACE_TCP,
+                source,
+            }
+        })
+    }
 }
 
 fn open_once<'a>(
@@ -155,6 +175,7 @@ fn load_and_pin(layout: &BpffsLayout) -> Result<()> {
         let loaded = match program {
             Program::SchedClassifier(p) => p.load(),
             Program::CgroupSockAddr(p) => p.load(),
+            Program::SockOps(p) => p.load(),
             _ => Err(ProgramError::NotLoaded),
         };
         loaded.map_err(|source| DatapathError::Program { name, source })?;

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use cni_ebpf_common::{ENDPOINT_F_HOST_PORTS, ENDPOINT_F_RATE_LIMITED, Endpoint};
 use cni_ebpf_userspace::{
     AttachMode, EndpointMap,
-    attach::{attach_from_pod, attach_socket_hooks, attach_to_pod, detach_from_pod},
+    attach::{attach_from_pod, attach_pacing, attach_socket_hooks, attach_to_pod, detach_from_pod},
     host_ports::PortMapping,
     rate,
 };
@@ -49,7 +49,8 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
     let uplink_conf = UplinkConf::parse(&conf.raw)?;
     let port_requests = host_ports::requests(&conf.runtime_config.raw)?;
     let bandwidth = bandwidth::parse(&conf.raw, &conf.runtime_config.raw)?;
-    let cgroup = if port_requests.is_empty() {
+    // Host ports hook the node's sockets; limits pace TCP senders.
+    let cgroup = if port_requests.is_empty() && !bandwidth.is_limited() {
         None
     } else {
         Some(host_ports::cgroup_root(&conf.raw)?)
@@ -119,7 +120,7 @@ async fn add(
         node,
         datapath,
         req.attach_mode,
-        !req.port_requests.is_empty(),
+        !req.port_requests.is_empty() || req.bandwidth.is_limited(),
     )
     .await?;
 
@@ -173,6 +174,17 @@ async fn add(
         )
         .map_err(|e| datapath_error("setting the bandwidth limits", e))?;
         progress.rate_limited = true;
+        if let Some(cgroup) = req.cgroup {
+            // Node-wide and idempotent; the lock keeps two ADDs from both
+            // attaching it.
+            let _lock = datapath
+                .layout()
+                .lock()
+                .map_err(|e| datapath_error("locking the datapath", e))?;
+            attach_pacing(datapath, cgroup).map_err(|e| {
+                datapath_error(&format!("attaching TCP pacing to {}", cgroup.display()), e)
+            })?;
+        }
     }
     if req.bandwidth.ingress.is_some() {
         attach_to_pod(datapath, &host.name, req.attach_mode).map_err(|e| {
@@ -192,6 +204,7 @@ async fn add(
         pod_mac: pod_end.mac,
         host_mac: host.mac,
         owner,
+        netns_cookie: pod_netns_cookie(req.pod_ns)?,
         ..Default::default()
     };
     let mut endpoints = EndpointMap::open(datapath.layout())
@@ -430,4 +443,11 @@ async fn undo(req: &Request<'_>, node: &Netlink, progress: &Progress) {
     {
         log::warn!("undo: releasing addresses: {e}");
     }
+}
+
+/// The cookie of the pod's network namespace (see `Endpoint::netns_cookie`).
+fn pod_netns_cookie(pod_ns: &NetNs) -> CniResult<u64> {
+    let _inside = pod_ns.enter()?;
+    cni_ebpf_userspace::node::current_netns_cookie()
+        .map_err(|e| CniError::io("reading the pod's network namespace cookie", e))
 }

@@ -94,6 +94,14 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
             record.host_ifname
         )));
     }
+    if (record.ingress_limit.is_some() || record.egress_limit.is_some())
+        && !cni_ebpf_userspace::attach::pacing_attached(datapath.layout())
+    {
+        return Err(failed(format!(
+            "the bandwidth limits of {}: TCP pacing is not attached",
+            record.host_ifname
+        )));
+    }
 
     runtime()?.block_on(async {
         let node = Netlink::connect()?;

@@ -1,7 +1,8 @@
 //! Bandwidth limits (the `bandwidth` capability and the static fields of
-//! the reference bandwidth plugin), enforced by the datapath's policer:
-//! goodput stays under the limit in the limited direction only, what is
-//! dropped is counted as `rate-limited`, and DEL, CHECK, GC and validation
+//! the reference bandwidth plugin): TCP senders on the node are paced just
+//! under the limit and fill it without loss, a UDP flood is cut to the limit
+//! by the datapath's policer and what it drops is counted as `rate-limited`,
+//! only the limited direction is limited, and DEL, CHECK, GC and validation
 //! handle the limits.
 
 use std::{
@@ -26,6 +27,13 @@ const LIMIT_BITS: u64 = 20_000_000;
 const BURST_BITS: u64 = 2_000_000;
 /// Goodput may exceed the limit by the burst spread over a short run.
 const MARGIN: f64 = 1.10;
+/// Paced TCP fills at least this share of the limit (frames count against
+/// it, so full segments carry at most 1448/1514 of it as payload; the
+/// policer alone gave 63–71 %).
+const PACED_SHARE: f64 = 0.85;
+/// A UDP flood: many times the limit, in datagrams that need no
+/// fragmenting.
+const UDP_FLOOD: [&str; 5] = ["-u", "-b", "200M", "-l", "1400"];
 /// Unlimited goodput is at least this many times the limit (veth moves
 /// gigabits here).
 const UNLIMITED_FACTOR: f64 = 5.0;
@@ -66,7 +74,9 @@ struct Goodput {
     retransmits: u64,
 }
 
-fn iperf3(server: &Netns, server_ip: Ipv4Addr, client: &Netns) -> Goodput {
+/// One iperf3 run from `client` to a server in `server` on `server_ip`: TCP,
+/// or what `extra` asks for.
+fn iperf3_with(server: &Netns, server_ip: Ipv4Addr, client: &Netns, extra: &[&str]) -> Goodput {
     let ip = server_ip.to_string();
     let mut command = server.command("iperf3");
     command
@@ -77,20 +87,19 @@ fn iperf3(server: &Netns, server_ip: Ipv4Addr, client: &Netns) -> Goodput {
     let _server = Server(command.spawn().expect("spawning the iperf3 server"));
     // The server listens a moment after it starts.
     for attempt in 0..50 {
-        let output = client.exec(
-            "iperf3",
-            &[
-                "-c",
-                &ip,
-                "-p",
-                IPERF_PORT,
-                "-t",
-                IPERF_SECONDS,
-                "-J",
-                "--connect-timeout",
-                "3000",
-            ],
-        );
+        let mut args = vec![
+            "-c",
+            &ip,
+            "-p",
+            IPERF_PORT,
+            "-t",
+            IPERF_SECONDS,
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ];
+        args.extend_from_slice(extra);
+        let output = client.exec("iperf3", &args);
         let stdout = String::from_utf8_lossy(&output.stdout);
         let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
             panic!(
@@ -114,6 +123,27 @@ fn iperf3(server: &Netns, server_ip: Ipv4Addr, client: &Netns) -> Goodput {
         };
     }
     unreachable!("the loop returns or panics")
+}
+
+/// One iperf3 TCP run from `client` to a server in `server` on `server_ip`.
+fn iperf3(server: &Netns, server_ip: Ipv4Addr, client: &Netns) -> Goodput {
+    iperf3_with(server, server_ip, client, &[])
+}
+
+/// A UDP flood from `client` to a server in `server` on `server_ip`.
+fn udp_flood(server: &Netns, server_ip: Ipv4Addr, client: &Netns) -> Goodput {
+    iperf3_with(server, server_ip, client, &UDP_FLOOD)
+}
+
+/// [`assert_limited`], and the paced TCP sender filled the limit.
+fn assert_paced(goodput: Goodput, what: &str) {
+    assert_limited(goodput, what);
+    let ratio = goodput.received_bps / LIMIT_BITS as f64;
+    assert!(
+        ratio >= PACED_SHARE,
+        "{what}: {:.1}% of the limit: TCP was not paced to it",
+        ratio * 100.0
+    );
 }
 
 /// Panics unless `goodput` is above zero and at most the limit plus the
@@ -162,10 +192,12 @@ fn egress_limit_holds_pod_to_pod_goodput_under_the_limit() {
         json!({ "egressRate": LIMIT_BITS, "egressBurst": BURST_BITS }),
     ));
     let other = node.add_pod();
-    let before = rate_limited(&node, "from-pod");
 
     let goodput = iperf3(other.netns(), other.ip(), limited.netns());
-    assert_limited(goodput, "egress pod -> pod");
+    assert_paced(goodput, "egress pod -> pod, TCP");
+    let before = rate_limited(&node, "from-pod");
+    let flood = udp_flood(other.netns(), other.ip(), limited.netns());
+    assert_limited(flood, "egress pod -> pod, UDP flood");
     assert!(
         rate_limited(&node, "from-pod") > before,
         "no rate-limited drop counted from the pod"
@@ -181,6 +213,22 @@ fn egress_limit_holds_pod_to_pod_goodput_under_the_limit() {
 }
 
 #[test]
+fn several_flows_share_the_limit() {
+    let node = Node::new();
+    let limited = node.add_pod_with(runtime_bandwidth(&node, both_limits()));
+    let other = node.add_pod();
+    assert_limited(
+        iperf3_with(other.netns(), other.ip(), limited.netns(), &["-P", "4"]),
+        "egress pod -> pod, 4 TCP flows",
+    );
+    assert_limited(
+        iperf3_with(limited.netns(), limited.ip(), other.netns(), &["-P", "4"]),
+        "ingress pod -> pod, 4 TCP flows",
+    );
+    assert_node_untouched(&node);
+}
+
+#[test]
 fn ingress_limit_holds_from_pods_and_from_the_node() {
     let node = Node::new();
     // Gives the node an address to talk to pods from.
@@ -192,10 +240,14 @@ fn ingress_limit_holds_from_pods_and_from_the_node() {
     ));
     let other = node.add_pod();
 
+    assert_paced(
+        iperf3(limited.netns(), limited.ip(), other.netns()),
+        "ingress pod -> pod, TCP",
+    );
     let before = rate_limited(&node, "to-pod");
     assert_limited(
-        iperf3(limited.netns(), limited.ip(), other.netns()),
-        "ingress pod -> pod",
+        udp_flood(limited.netns(), limited.ip(), other.netns()),
+        "ingress pod -> pod, UDP flood",
     );
     let after_pod = rate_limited(&node, "to-pod");
     assert!(
@@ -204,9 +256,13 @@ fn ingress_limit_holds_from_pods_and_from_the_node() {
     );
 
     // The node's own traffic goes through its stack and the host veth.
-    assert_limited(
+    assert_paced(
         iperf3(limited.netns(), limited.ip(), node.netns()),
-        "ingress node -> pod",
+        "ingress node -> pod, TCP",
+    );
+    assert_limited(
+        udp_flood(limited.netns(), limited.ip(), node.netns()),
+        "ingress node -> pod, UDP flood",
     );
     assert!(
         rate_limited(&node, "to-pod") > after_pod,
@@ -292,10 +348,30 @@ fn del_check_and_gc_handle_the_limits() {
     left.sort();
     assert_eq!(rate_limit_owners(&node), left);
 
-    // CHECK finds the entry gone.
+    // CHECK finds the pacing hook gone (unpinning its link detaches it),
+    // and the next limited pod attaches it again.
     checked
         .check("1.0.0")
         .expect_success("CHECK with the limits");
+    let pacing_pin = node.bpffs_root().join("cgroup/pace_tcp");
+    assert!(
+        pacing_pin.exists(),
+        "no pinned pacing link at {pacing_pin:?}"
+    );
+    std::fs::remove_file(&pacing_pin).expect("unpinning the pacing link");
+    let msg = checked
+        .check("1.0.0")
+        .expect_error("CHECK without the pacing hook", 112);
+    assert!(msg.contains("pacing"), "{msg}");
+    let reattached = node.add_pod_with(runtime_bandwidth(&node, both_limits()));
+    assert!(pacing_pin.exists(), "ADD did not attach pacing again");
+    checked
+        .check("1.0.0")
+        .expect_success("CHECK with pacing attached again");
+    drop(reattached);
+    assert_eq!(rate_limit_owners(&node).len(), 2);
+
+    // CHECK finds the entry gone.
     delete_map_entry(&node, "RATE_LIMITS", &checked_owner.to_ne_bytes());
     assert_eq!(rate_limit_owners(&node), vec![collected_owner]);
     let msg = checked

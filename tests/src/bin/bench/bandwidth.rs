@@ -5,7 +5,9 @@
 //! Measures per limit: goodput ÷ limit and sender retransmits of one iperf3
 //! stream each way (egress: the limited pod sends; ingress: it receives),
 //! and the round trip of a second flow (sockperf TCP ping-pong from the
-//! limited pod) while a bulk iperf3 flow saturates its egress limit.
+//! limited pod) while a bulk iperf3 flow runs against its egress limit,
+//! with what the bulk flow moved during that window (÷ limit): a round trip
+//! only counts as loaded when the bulk flow really filled the limit.
 //!
 //! Rows: **cni-ebpf** = our plugin with `runtimeConfig.bandwidth` (BPF
 //! policer); **bridge+bandwidth** = reference `bridge` + `host-local` +
@@ -131,8 +133,8 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
         )
     };
     // Per rate: [egress goodput, egress retransmits, ingress goodput,
-    // ingress retransmits, loaded p50, loaded p99].
-    let mut tables: Vec<[Metric; 6]> = RATES
+    // ingress retransmits, loaded p50, loaded p99, bulk share].
+    let mut tables: Vec<[Metric; 7]> = RATES
         .iter()
         .map(|(rate, label)| {
             let key = format!("{}m", rate / 1_000_000);
@@ -172,6 +174,15 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
                 retrans("ingress", "ingress (limited pod receives)"),
                 loaded("p50"),
                 loaded("p99"),
+                metric(
+                    format!("{key}.loaded.bulk"),
+                    format!(
+                        "{label} limit, bulk flow goodput ÷ limit while the round trips were measured"
+                    ),
+                    "× limit",
+                    3,
+                    Better::Higher,
+                ),
             ]
         })
         .collect();
@@ -205,10 +216,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
                 }
                 stop::check()?;
                 let loaded = loaded_round_trip(world, index, plan);
-                let shown = loaded
-                    .as_ref()
-                    .map(|(p50, _)| *p50)
-                    .map_err(|e| anyhow!("{e:#}"));
+                let shown = loaded.as_ref().map(|l| l.p50).map_err(|e| anyhow!("{e:#}"));
                 progress(
                     SCENARIO,
                     round,
@@ -219,8 +227,13 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
                 );
                 if let Some(round) = round {
                     let loaded = loaded.ok();
-                    tables[index][4].record(world.row, round, loaded.map(|l| l.0));
-                    tables[index][5].record(world.row, round, loaded.map(|l| l.1));
+                    tables[index][4].record(world.row, round, loaded.map(|l| l.p50));
+                    tables[index][5].record(world.row, round, loaded.map(|l| l.p99));
+                    tables[index][6].record(
+                        world.row,
+                        round,
+                        loaded.map(|l| l.bulk_bits / *rate as f64),
+                    );
                 }
             }
         }
@@ -230,13 +243,27 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
     Ok(tables.into_iter().flatten().collect())
 }
 
+/// Round trips of a second flow while a bulk flow runs.
+#[derive(Clone, Copy)]
+struct Loaded {
+    p50: f64,
+    p99: f64,
+    /// What the bulk flow moved while the round trips were measured, bits
+    /// per second.
+    bulk_bits: f64,
+}
+
+/// When the round trips start, after the bulk flow has started.
+const BULK_LEAD: Duration = Duration::from_secs(1);
+
 /// sockperf p50/p99 from the limited pod while a bulk iperf3 flow from it
-/// runs from 1 s before until after the sockperf run.
-fn loaded_round_trip(world: &World<'_>, index: usize, plan: &Plan) -> Result<(f64, f64)> {
+/// runs from 1 s before until after the sockperf run, and the bulk flow's
+/// goodput over the iperf3 intervals inside the sockperf run.
+fn loaded_round_trip(world: &World<'_>, index: usize, plan: &Plan) -> Result<Loaded> {
     let client = &world.limited[index];
     let server_ip = world.server.ip();
     let cpus = plan.cpus;
-    let bulk_time = plan.run_time + Duration::from_secs(2);
+    let bulk_time = plan.run_time + 2 * BULK_LEAD;
     thread::scope(|scope| {
         let bulk = scope.spawn(|| {
             flows::iperf3(
@@ -247,7 +274,7 @@ fn loaded_round_trip(world: &World<'_>, index: usize, plan: &Plan) -> Result<(f6
                 &[],
             )
         });
-        thread::sleep(Duration::from_secs(1));
+        thread::sleep(BULK_LEAD);
         let result = flows::ping_pong(
             &client.netns,
             SocketAddrV4::new(server_ip, SOCKPERF_PORT),
@@ -256,10 +283,43 @@ fn loaded_round_trip(world: &World<'_>, index: usize, plan: &Plan) -> Result<(f6
         );
         let bulk = bulk
             .join()
-            .map_err(|_| anyhow!("the bulk iperf3 thread panicked"))?;
-        bulk.map_err(|e| e.context("the bulk flow"))?;
-        result.map(|r| (r.p50_us, r.p99_us))
+            .map_err(|_| anyhow!("the bulk iperf3 thread panicked"))?
+            .map_err(|e| e.context("the bulk flow"))?;
+        let window = BULK_LEAD.as_secs_f64()..(BULK_LEAD + plan.run_time).as_secs_f64();
+        let bulk_bits = interval_goodput(&bulk, window)?;
+        result.map(|r| Loaded {
+            p50: r.p50_us,
+            p99: r.p99_us,
+            bulk_bits,
+        })
     })
+}
+
+/// Mean goodput, bits per second, of the iperf3 intervals that lie inside
+/// `window` (seconds from the start).
+fn interval_goodput(report: &Value, window: std::ops::Range<f64>) -> Result<f64> {
+    let intervals = report["intervals"]
+        .as_array()
+        .ok_or_else(|| anyhow!("iperf3 report without intervals"))?;
+    let (mut bytes, mut seconds) = (0.0, 0.0);
+    for sum in intervals.iter().map(|i| &i["sum"]) {
+        let (Some(start), Some(end), Some(b)) = (
+            sum["start"].as_f64(),
+            sum["end"].as_f64(),
+            sum["bytes"].as_f64(),
+        ) else {
+            continue;
+        };
+        // iperf3's interval edges drift by a few milliseconds.
+        if start >= window.start - 0.05 && end <= window.end + 0.05 {
+            bytes += b;
+            seconds += end - start;
+        }
+    }
+    if seconds == 0.0 {
+        return Err(anyhow!("no iperf3 interval inside {window:?} s"));
+    }
+    Ok(bytes * 8.0 / seconds)
 }
 
 #[cfg(test)]
@@ -272,5 +332,18 @@ mod tests {
         assert_eq!(burst_bits(1_000_000), 1_000_000);
         assert_eq!(burst_bits(1_000_000_000), 100_000_000);
         assert_eq!(limits(100_000_000)["egressBurst"], 10_000_000);
+    }
+
+    #[test]
+    fn bulk_goodput_counts_the_intervals_inside_the_window() {
+        let report = json!({ "intervals": [
+            { "sum": { "start": 0.0, "end": 1.0, "bytes": 9_000_000.0 } },
+            { "sum": { "start": 1.0, "end": 2.001, "bytes": 1_000_000.0 } },
+            { "sum": { "start": 2.001, "end": 3.0, "bytes": 1_000_000.0 } },
+            { "sum": { "start": 3.0, "end": 4.0, "bytes": 9_000_000.0 } },
+        ]});
+        let bits = interval_goodput(&report, 1.0..3.0).unwrap();
+        assert!((bits - 8_000_000.0).abs() < 1.0, "{bits}");
+        assert!(interval_goodput(&report, 5.0..6.0).is_err());
     }
 }
