@@ -41,6 +41,8 @@ mod spec_ipam;
 mod spec_versions;
 #[path = "privileged/spoofing.rs"]
 mod spoofing;
+#[path = "privileged/upgrade.rs"]
+mod upgrade;
 #[path = "privileged/versions.rs"]
 mod versions;
 
