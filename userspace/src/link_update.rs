@@ -6,7 +6,8 @@
 //! Two raw bpf(2) calls rather than aya: aya 0.14 issues `BPF_LINK_UPDATE`
 //! only inside `SchedClassifier::attach_to_link` (tcx) and XDP, has no
 //! equivalent for cgroup links, and exposes no file descriptor of an
-//! `FdLink` to do it with.
+//! `FdLink` to do it with. The command numbers come from aya-obj's
+//! generated kernel bindings.
 
 use std::{
     ffi::CString,
@@ -18,8 +19,7 @@ use std::{
     path::Path,
 };
 
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_LINK_UPDATE: libc::c_long = 20;
+use aya_obj::generated::bpf_cmd;
 
 /// `bpf_attr` for `BPF_OBJ_GET`.
 #[repr(C)]
@@ -41,12 +41,12 @@ struct LinkUpdateAttr {
     old_prog_fd: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+fn bpf<T>(cmd: bpf_cmd, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live `bpf_attr` variant of the size passed.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            cmd,
+            cmd as libc::c_long,
             std::ptr::from_mut(attr),
             size_of::<T>() as libc::c_uint,
         )
@@ -66,7 +66,7 @@ fn obj_get(pin: &Path) -> io::Result<OwnedFd> {
         pathname: path.as_ptr() as u64,
         ..Default::default()
     };
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    let fd = bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -79,5 +79,5 @@ pub fn update_pinned_link(pin: &Path, program: impl AsFd) -> io::Result<()> {
         new_prog_fd: program.as_fd().as_raw_fd() as u32,
         ..Default::default()
     };
-    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+    bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(drop)
 }
