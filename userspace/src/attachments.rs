@@ -75,8 +75,8 @@ pub fn filters_on(ifindex: u32, ifname: &str, hook: Hook) -> Result<Vec<Attached
         .map_err(|e| DatapathError::io("list tc filters", ifname, e))?;
     Ok(filters
         .into_iter()
-        .filter(|f| TC_PROGRAMS.contains(&f.program_name.as_str()))
-        .map(|f| AttachedProgram {
+        .filter_map(|f| Some((our_program(&f.program_name)?, f)))
+        .map(|(program, f)| AttachedProgram {
             point: AttachPoint::Filter {
                 ifname: ifname.to_string(),
                 ifindex,
@@ -84,10 +84,19 @@ pub fn filters_on(ifindex: u32, ifname: &str, hook: Hook) -> Result<Vec<Attached
                 priority: f.priority,
                 handle: f.handle,
             },
-            program: f.program_name,
+            program: program.to_string(),
             program_id: f.program_id,
         })
         .collect())
+}
+
+/// Which of our programs a filter runs, by the name it was attached with:
+/// aya passes the program's name; `tc filter add ... bpf pinned <pin>`
+/// passes `<pin's file name>:[*fsobj]`, and our pins are named after the
+/// programs.
+fn our_program(filter_name: &str) -> Option<&'static str> {
+    let name = filter_name.split(':').next().unwrap_or_default();
+    TC_PROGRAMS.into_iter().find(|p| *p == name)
 }
 
 /// The program id the link pinned at `pin` runs.
@@ -144,4 +153,18 @@ pub fn list(layout: &BpffsLayout) -> Result<Vec<AttachedProgram>> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_ours_by_program_name_whoever_attached_them() {
+        assert_eq!(our_program("from_pod"), Some(FROM_POD));
+        assert_eq!(our_program("from_uplink:[*fsobj]"), Some(FROM_UPLINK));
+        assert_eq!(our_program("to_pod"), Some(TO_POD));
+        assert_eq!(our_program("cilium_from_pod"), None);
+        assert_eq!(our_program("bpf.o:[classifier]"), None);
+    }
 }

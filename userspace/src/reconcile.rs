@@ -76,11 +76,7 @@ fn attached(ifindex: u32, ifname: &str, program: &str) -> Result<bool> {
     }
     // No tcx on the device (or an old kernel) means nothing attached there.
     Ok(SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
-        .map(|(_, programs)| {
-            programs
-                .iter()
-                .any(|p| p.name_as_str() == Some(program))
-        })
+        .map(|(_, programs)| programs.iter().any(|p| p.name_as_str() == Some(program)))
         .unwrap_or(false))
 }
 

@@ -93,7 +93,9 @@ pub fn bpf_filters(ifindex: u32, hook: Hook) -> io::Result<Vec<BpfFilter>> {
                 NetlinkPayload::Error(e) => {
                     return match e.code {
                         // No clsact qdisc on the device: no filters.
-                        Some(code) if -code.get() == libc::EINVAL || -code.get() == libc::ENOENT => {
+                        Some(code)
+                            if -code.get() == libc::EINVAL || -code.get() == libc::ENOENT =>
+                        {
                             Ok(filters)
                         }
                         Some(code) => Err(io::Error::from_raw_os_error(-code.get())),

@@ -13,7 +13,7 @@
 //! every attachment that runs something else (an earlier build, or an
 //! earlier generation) onto the programs pinned for this build.
 
-use std::{io, path::PathBuf};
+use std::{collections::BTreeMap, io, path::PathBuf};
 
 use aya::programs::{
     ProgramInfo, SchedClassifier,
@@ -79,7 +79,7 @@ pub struct Swapped {
 pub struct Upgrade {
     pub build: String,
     /// Program ids of the generation now pinned, by name.
-    pub programs: Vec<(String, u32)>,
+    pub programs: BTreeMap<String, u32>,
     pub swapped: Vec<Swapped>,
     /// Attachments left on another program, and why.
     pub failed: Vec<String>,
@@ -175,8 +175,7 @@ fn swap(attached: &AttachedProgram, new: &Current) -> Result<()> {
                     name: "pinned program",
                     source,
                 })?;
-            update_pinned_link(pin, &program)
-                .map_err(|e| DatapathError::io("update link", pin, e))
+            update_pinned_link(pin, &program).map_err(|e| DatapathError::io("update link", pin, e))
         }
         AttachPoint::Filter {
             ifname,

@@ -46,9 +46,10 @@ fn send_spoofed(pod: &Pod<'_>, peer: &Pod<'_>, count: u32) {
     assert!(traffic::ping(pod.netns(), IpAddr::V4(peer.ip()), 1));
     let [a, b, c, _] = pod.ip().octets();
     let spoofed = Ipv4Addr::new(a, b, c, 250);
-    let _ = pod
-        .netns()
-        .exec("ip", &["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"]);
+    let _ = pod.netns().exec(
+        "ip",
+        &["addr", "add", &format!("{spoofed}/32"), "dev", "eth0"],
+    );
     let receiver =
         UdpReceiver::start(peer.netns(), SocketAddr::new(IpAddr::V4(peer.ip()), 0)).unwrap();
     traffic::udp_send(
@@ -70,7 +71,9 @@ fn agent_removes_the_state_of_a_pod_interface_that_vanished() {
     let host_ifname = gone.host_ifname();
     let pin = node.bpffs_root().join("links").join(&host_ifname);
     assert!(pin.exists(), "tcx link pin {} missing", pin.display());
-    let ifindex = link(node.netns(), &host_ifname)["ifindex"].as_u64().unwrap();
+    let ifindex = link(node.netns(), &host_ifname)["ifindex"]
+        .as_u64()
+        .unwrap();
 
     // The interface disappears without the plugin hearing of it.
     node.netns().ip(&["link", "del", &host_ifname]);
@@ -103,7 +106,8 @@ fn agent_removes_the_state_of_a_pod_interface_that_vanished() {
     assert_eq!(metrics.value("cni_ebpf_reconcile_removed_total", &[]), 2.0);
     drop(agent);
     // The runtime's DEL still succeeds, and the pod that stayed works.
-    gone.del().expect_success("DEL after the interface vanished");
+    gone.del()
+        .expect_success("DEL after the interface vanished");
     let newcomer = node.add_pod();
     assert!(traffic::ping(kept.netns(), IpAddr::V4(newcomer.ip()), 1));
 }
@@ -130,7 +134,10 @@ fn agent_reattaches_programs_detached_behind_its_back() {
         .wait_for_line(NOTICE, |l| l.contains("reconciled:"))
         .expect("no reconcile report");
     assert!(line.contains("reattached 1 program(s) (uplink)"), "{line}");
-    assert!(traffic::ping(a.netns(), ext_ip, 1), "outside after reattach");
+    assert!(
+        traffic::ping(a.netns(), ext_ip, 1),
+        "outside after reattach"
+    );
 
     // A pod's veth loses its program while the agent runs.
     let veth = a.host_ifname();
@@ -192,12 +199,7 @@ fn agent_streams_the_datapath_log_records_at_the_chosen_level() {
     send_spoofed(&a, &b, 3);
     let line = agent
         .wait_for_line(NOTICE, |l| l.contains(&expected))
-        .unwrap_or_else(|| {
-            panic!(
-                "no log line {expected:?}:\n{}",
-                agent.stderr().join("\n")
-            )
-        });
+        .unwrap_or_else(|| panic!("no log line {expected:?}:\n{}", agent.stderr().join("\n")));
     let [x, y, z, _] = a.ip().octets();
     assert!(
         line.contains("datapath warn:") && line.contains(&format!("{x}.{y}.{z}.250")),
@@ -241,8 +243,16 @@ fn metrics_report_traffic_drops_fill_levels_nat_and_gc() {
     // The stream's payload plus headers (GSO packets count whole), and the
     // few pings and handshakes around it.
     let range = BYTES as f64..BYTES as f64 * 1.15;
-    assert!(range.contains(&bytes(a.ip(), "from-pod")), "a from-pod {}", bytes(a.ip(), "from-pod"));
-    assert!(range.contains(&bytes(b.ip(), "to-pod")), "b to-pod {}", bytes(b.ip(), "to-pod"));
+    assert!(
+        range.contains(&bytes(a.ip(), "from-pod")),
+        "a from-pod {}",
+        bytes(a.ip(), "from-pod")
+    );
+    assert!(
+        range.contains(&bytes(b.ip(), "to-pod")),
+        "b to-pod {}",
+        bytes(b.ip(), "to-pod")
+    );
     for (ip, direction) in [
         (a.ip(), "from-pod"),
         (a.ip(), "to-pod"),
@@ -268,14 +278,20 @@ fn metrics_report_traffic_drops_fill_levels_nat_and_gc() {
         ),
         0.0
     );
-    assert_eq!(first.value("cni_ebpf_map_entries", &[("map", "ENDPOINTS")]), 2.0);
+    assert_eq!(
+        first.value("cni_ebpf_map_entries", &[("map", "ENDPOINTS")]),
+        2.0
+    );
     assert_eq!(
         first.value("cni_ebpf_map_capacity", &[("map", "ENDPOINTS")]),
         65536.0
     );
     assert!(first.value("cni_ebpf_map_entries", &[("map", "NAT")]) >= 1.0);
     assert!(first.value("cni_ebpf_map_capacity", &[("map", "NAT")]) > 0.0);
-    assert_eq!(first.value("cni_ebpf_map_entries", &[("map", "HOST_PORTS")]), 0.0);
+    assert_eq!(
+        first.value("cni_ebpf_map_entries", &[("map", "HOST_PORTS")]),
+        0.0
+    );
     assert!(first.value("cni_ebpf_verdicts_total", &[("verdict", "nat-new-flow")]) >= 1.0);
     assert!(first.value("cni_ebpf_verdicts_total", &[("verdict", "local-delivery")]) > 0.0);
 
@@ -318,7 +334,10 @@ fn cli_tables_and_json_reflect_the_pods_on_the_node() {
             "{table}"
         );
     }
-    assert!(table.trim_end().ends_with("2 endpoint address(es)"), "{table}");
+    assert!(
+        table.trim_end().ends_with("2 endpoint address(es)"),
+        "{table}"
+    );
 
     // portmaps
     let ports = json(node, "portmaps");
@@ -332,7 +351,11 @@ fn cli_tables_and_json_reflect_the_pods_on_the_node() {
     );
     let table = node.agent("portmaps", &[]);
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(row[..5], ["tcp", "*", "18080", &b.ip().to_string(), "8080"], "{table}");
+    assert_eq!(
+        row[..5],
+        ["tcp", "*", "18080", &b.ip().to_string(), "8080"],
+        "{table}"
+    );
     assert!(table.trim_end().ends_with("1 host port(s)"), "{table}");
 
     // status
@@ -347,7 +370,11 @@ fn cli_tables_and_json_reflect_the_pods_on_the_node() {
         "{status}"
     );
     // a's and b's filters, the uplink's, three socket hooks: all current.
-    assert_eq!(status["attachments"].as_array().unwrap().len(), 6, "{status}");
+    assert_eq!(
+        status["attachments"].as_array().unwrap().len(),
+        6,
+        "{status}"
+    );
     assert_eq!(status["attachmentsOnThisBuild"], 6, "{status}");
     let table = node.agent("status", &[]);
     assert!(table.contains("endpoints       2 address(es)"), "{table}");
@@ -357,7 +384,11 @@ fn cli_tables_and_json_reflect_the_pods_on_the_node() {
     // drops and stats: every reason and verdict, counts that move
     send_spoofed(&a, &b, 4);
     let drops = json(node, "drops");
-    assert_eq!(drops.as_array().unwrap().len(), 22, "11 reasons x 2 directions");
+    assert_eq!(
+        drops.as_array().unwrap().len(),
+        22,
+        "11 reasons x 2 directions"
+    );
     let spoofed = drops
         .as_array()
         .unwrap()
@@ -391,7 +422,10 @@ fn cli_tables_and_json_reflect_the_pods_on_the_node() {
         .unwrap();
     assert!(delivered["packets"].as_u64().unwrap() > 0, "{stats}");
     let table = node.agent("stats", &[]);
-    assert!(table.lines().any(|l| l.starts_with("local-delivery")), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("local-delivery")),
+        "{table}"
+    );
 
     // nat: one open connection to the outside
     let server = PeerServer::start(&hp.ext.netns, SocketAddrV4::new(hp.ext.ext_ip, 0)).unwrap();

@@ -101,7 +101,10 @@ fn iperf3_stream(server_ns: &Netns, server_ip: Ipv4Addr, client: &Netns) -> (Kil
     // use up the one-shot server, so wait for its socket instead.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !server_ns_listens(server_ns, IPERF_PORT) {
-        assert!(Instant::now() < deadline, "the iperf3 server never listened");
+        assert!(
+            Instant::now() < deadline,
+            "the iperf3 server never listened"
+        );
         thread::sleep(Duration::from_millis(50));
     }
     let mut command = client.command("iperf3");
@@ -213,10 +216,10 @@ fn replacing_the_programs_three_times_keeps_traffic_and_connections() {
             serde_json::from_str(&node.agent("load", &["--replace", "--json"])).unwrap();
         let took = started.elapsed();
         let new_ids: Vec<u64> = out["programs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p[1].as_u64().unwrap())
+            .as_object()
+            .unwrap_or_else(|| panic!("load --replace --json without programs: {out}"))
+            .values()
+            .map(|id| id.as_u64().unwrap())
             .collect();
         let after = attachments(node);
         assert_eq!(
@@ -286,8 +289,10 @@ fn replacing_the_programs_three_times_keeps_traffic_and_connections() {
     );
 
     // The plugin still recognises its attachments and makes new ones.
-    a.check("1.0.0").expect_success("CHECK of a after the upgrades");
-    b.check("1.0.0").expect_success("CHECK of b after the upgrades");
+    a.check("1.0.0")
+        .expect_success("CHECK of a after the upgrades");
+    b.check("1.0.0")
+        .expect_success("CHECK of b after the upgrades");
     let c = node.add_pod_with(masquerade(hp.conf(&[]), "clsact"));
     assert!(
         cni_ebpf_tests::traffic::ping(a.netns(), c.ip().into(), 1),
@@ -297,4 +302,64 @@ fn replacing_the_programs_three_times_keeps_traffic_and_connections() {
         conn.round_trip(1024)
             .unwrap_or_else(|e| panic!("after the upgrades: connection {what}: {e}"));
     }
+}
+
+#[test]
+fn agent_moves_attachments_of_an_earlier_generation_onto_its_own_at_start() {
+    let hp = HostPortNode::new();
+    let node = &hp.node;
+    let a = node.add_pod_with(masquerade(hp.conf(&[]), "clsact"));
+    let b = node.add_pod_with(masquerade(hp.conf(&[HostPort::tcp(18080, 8080)]), "tcx"));
+    let old = attachments(node);
+
+    // What a node looks like after a new binary loaded its programs (the
+    // plugin's first ADD, or `cni-ebpfd load`) while pods still run the
+    // programs of before: move this build's pins aside, load again.
+    let programs = node.bpffs_root().join("programs");
+    let build = std::fs::read_dir(&programs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    std::fs::rename(programs.join(&build), programs.join("old")).unwrap();
+    node.agent("load", &[]);
+    assert!(
+        !programs.join("old").exists(),
+        "load left the earlier programs pinned"
+    );
+    assert_eq!(attachments(node), old, "load alone moved attachments");
+
+    let conn_server = EchoServer::start(b.netns(), SocketAddrV4::new(b.ip(), 0)).unwrap();
+    let mut conn =
+        EchoClient::connect(a.netns(), conn_server.addr(), Duration::from_secs(5)).expect("a -> b");
+    conn.round_trip(1024).unwrap();
+
+    let agent = cni_ebpf_tests::agent::Agent::start(node, &[]);
+    let line = agent
+        .wait_for_line(Duration::from_secs(10), |l| l.contains("moved onto it"))
+        .unwrap();
+    assert!(
+        line.contains(&format!("; {} attachment(s) moved onto it", old.len())),
+        "{line}"
+    );
+    let now = attachments(node);
+    assert_eq!(
+        now.keys().collect::<Vec<_>>(),
+        old.keys().collect::<Vec<_>>()
+    );
+    for (point, id) in &now {
+        assert_ne!(old[point], *id, "{point} still runs the earlier program");
+    }
+    let status: Value = serde_json::from_str(&node.agent("status", &["--json"])).unwrap();
+    assert_eq!(
+        status["attachmentsOnThisBuild"].as_u64(),
+        Some(old.len() as u64),
+        "{status}"
+    );
+    assert!(agent.scrape().value("cni_ebpf_upgrade_swapped_total", &[]) >= old.len() as f64);
+    conn.round_trip(1024)
+        .expect("the connection across the adoption");
+    a.check("1.0.0").expect_success("CHECK of a");
+    b.check("1.0.0").expect_success("CHECK of b");
 }

@@ -22,7 +22,10 @@ pub fn run(layout: BpffsLayout, args: &LoadArgs, as_json: bool) -> anyhow::Resul
     if as_json {
         println!("{}", serde_json::to_string_pretty(&upgrade)?);
     } else {
-        println!("{:<44} {:<14} {:>8} {:>8}", "ATTACHMENT", "PROGRAM", "FROM", "TO");
+        println!(
+            "{:<44} {:<14} {:>8} {:>8}",
+            "ATTACHMENT", "PROGRAM", "FROM", "TO"
+        );
         for s in &upgrade.swapped {
             println!(
                 "{:<44} {:<14} {:>8} {:>8}",

@@ -91,7 +91,12 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
         attached.len()
     );
     for a in &attached {
-        println!("  {:<44} {:<14} id {}", a.point.to_string(), a.program, a.program_id);
+        println!(
+            "  {:<44} {:<14} id {}",
+            a.point.to_string(),
+            a.program,
+            a.program_id
+        );
     }
     Ok(())
 }
