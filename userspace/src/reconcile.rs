@@ -25,12 +25,14 @@ pub struct Reconciled {
     pub link_pins: Vec<String>,
     /// Interfaces a program was attached to again.
     pub reattached: Vec<String>,
+    /// Interfaces it could not attach to, and why (tried again next time).
+    pub failed: Vec<String>,
 }
 
 pub fn reconcile(datapath: &mut Datapath) -> Result<Reconciled> {
     let layout = datapath.layout().clone();
     let mut done = remove_vanished(&layout)?;
-    done.reattached = reattach(datapath)?;
+    reattach(datapath, &mut done)?;
     Ok(done)
 }
 
@@ -90,8 +92,9 @@ fn mode_of(pin: &std::path::Path) -> AttachMode {
 }
 
 /// Attaches `from_pod` again to every endpoint's host veth that lost it, and
-/// `from_uplink` to the uplink. Returns the interfaces it attached to.
-fn reattach(datapath: &mut Datapath) -> Result<Vec<String>> {
+/// `from_uplink` to the uplink; one interface that fails (it may be going
+/// away right now) does not stop the others.
+fn reattach(datapath: &mut Datapath, done: &mut Reconciled) -> Result<()> {
     let layout = datapath.layout().clone();
     let interfaces = interfaces()?;
     let name_of = |ifindex: u32| {
@@ -108,25 +111,37 @@ fn reattach(datapath: &mut Datapath) -> Result<Vec<String>> {
     endpoint_ifindexes.sort_unstable();
     endpoint_ifindexes.dedup();
 
-    let mut reattached = Vec::new();
+    let mut wanted = Vec::new();
     for ifindex in endpoint_ifindexes {
-        let Some(ifname) = name_of(ifindex) else {
-            continue;
-        };
-        if !attached(ifindex, &ifname, FROM_POD)? {
-            let mode = mode_of(&layout.endpoint_link(&ifname));
-            attach_from_pod(datapath, &ifname, mode)?;
-            reattached.push(ifname);
+        if let Some(ifname) = name_of(ifindex) {
+            wanted.push((ifindex, ifname, FROM_POD));
         }
     }
     let uplink = node::read_config(&layout)?.uplink_ifindex;
     if uplink != 0
         && let Some(ifname) = name_of(uplink)
-        && !attached(uplink, &ifname, FROM_UPLINK)?
     {
-        let mode = mode_of(&layout.uplink_link(&ifname));
-        attach_from_uplink(datapath, &ifname, mode)?;
-        reattached.push(ifname);
+        wanted.push((uplink, ifname, FROM_UPLINK));
     }
-    Ok(reattached)
+    for (ifindex, ifname, program) in wanted {
+        let result = attached(ifindex, &ifname, program).and_then(|present| {
+            if present {
+                return Ok(false);
+            }
+            if program == FROM_UPLINK {
+                let mode = mode_of(&layout.uplink_link(&ifname));
+                attach_from_uplink(datapath, &ifname, mode)?;
+            } else {
+                let mode = mode_of(&layout.endpoint_link(&ifname));
+                attach_from_pod(datapath, &ifname, mode)?;
+            }
+            Ok(true)
+        });
+        match result {
+            Ok(true) => done.reattached.push(ifname),
+            Ok(false) => {}
+            Err(e) => done.failed.push(format!("{ifname}: {e}")),
+        }
+    }
+    Ok(())
 }

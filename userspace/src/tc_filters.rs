@@ -92,9 +92,11 @@ pub fn bpf_filters(ifindex: u32, hook: Hook) -> io::Result<Vec<BpfFilter>> {
                 NetlinkPayload::Done(_) => return Ok(filters),
                 NetlinkPayload::Error(e) => {
                     return match e.code {
-                        // No clsact qdisc on the device: no filters.
+                        // No clsact qdisc on the device, or the device went
+                        // away since it was listed: no filters.
                         Some(code)
-                            if -code.get() == libc::EINVAL || -code.get() == libc::ENOENT =>
+                            if [libc::EINVAL, libc::ENOENT, libc::ENODEV]
+                                .contains(&-code.get()) =>
                         {
                             Ok(filters)
                         }

@@ -56,13 +56,16 @@ pub fn run(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("installing a {sig} handler"))?;
     }
     let root = layout.root().display().to_string();
-    let mut datapath = Datapath::open_or_load(layout.clone())
+    let datapath = Datapath::open_or_load(layout.clone())
         .with_context(|| format!("loading the datapath under {root}"))?;
     let counters = Arc::new(Mutex::new(AgentCounters::default()));
     // Attachments still on an earlier build's programs move onto this one.
     let adopted = upgrade::adopt(&layout, true).context("adopting the attachments")?;
     report_upgrade(&adopted, &counters);
-    let repaired = reconcile::reconcile(&mut datapath).context("reconciling")?;
+    // Reattaching uses the programs pinned now, not the ones opened above:
+    // the adoption may just have replaced them.
+    drop(datapath);
+    let repaired = reconcile_now(&layout).context("reconciling")?;
     eprintln!(
         "cni-ebpfd: datapath build {BUILD_ID} ready under {root}; {} attachment(s) moved onto it",
         adopted.swapped.len()
@@ -92,7 +95,7 @@ pub fn run(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
             gc(&layout, &timeouts, &counters);
             // Repairs between ticks too: a program detached behind the
             // plugin's back, an attachment made with an older generation.
-            match reconcile::reconcile(&mut datapath) {
+            match reconcile_now(&layout) {
                 Ok(repaired) => report_reconciled(&repaired, &counters, false),
                 Err(e) => eprintln!("cni-ebpfd: reconcile failed: {e}"),
             }
@@ -106,6 +109,13 @@ pub fn run(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
     }
     eprintln!("cni-ebpfd: stopping; the datapath keeps running");
     Ok(())
+}
+
+/// One reconciliation with the programs pinned at this moment (an upgrade
+/// may have replaced them since the last one).
+fn reconcile_now(layout: &BpffsLayout) -> anyhow::Result<reconcile::Reconciled> {
+    let mut datapath = Datapath::open_or_load(layout.clone())?;
+    Ok(reconcile::reconcile(&mut datapath)?)
 }
 
 fn gc(layout: &BpffsLayout, timeouts: &nat::NatTimeouts, counters: &Mutex<AgentCounters>) {
@@ -128,6 +138,9 @@ fn report_reconciled(
     always: bool,
 ) {
     let removed = repaired.endpoints.len() + repaired.link_pins.len();
+    for failure in &repaired.failed {
+        eprintln!("cni-ebpfd: could not reattach {failure}");
+    }
     if always || removed > 0 || !repaired.reattached.is_empty() {
         eprintln!(
             "cni-ebpfd: reconciled: removed {} stale endpoint address(es) and {} stale link pin(s), reattached {} program(s){}",
