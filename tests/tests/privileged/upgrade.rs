@@ -363,3 +363,57 @@ fn agent_moves_attachments_of_an_earlier_generation_onto_its_own_at_start() {
     a.check("1.0.0").expect_success("CHECK of a");
     b.check("1.0.0").expect_success("CHECK of b");
 }
+
+#[test]
+fn pods_added_during_replacements_end_on_the_new_programs() {
+    const PODS: usize = 6;
+    let hp = HostPortNode::new();
+    let node = &hp.node;
+    let first = node.add_pod_with(masquerade(hp.conf(&[]), "clsact"));
+    let _agent = cni_ebpf_tests::agent::Agent::start(node, &["--gc-interval", "1"]);
+
+    // ADDs race the replacements: one may open the programs just before
+    // they are exchanged and attach them just after; the agent's next tick
+    // moves it.
+    let pods: Vec<Pod<'_>> = thread::scope(|scope| {
+        let adds = scope.spawn(|| {
+            (0..PODS)
+                .map(|i| {
+                    let mode = if i % 2 == 0 { "clsact" } else { "tcx" };
+                    let pod = node.add_pod_with(masquerade(hp.conf(&[]), mode));
+                    thread::sleep(Duration::from_millis(150));
+                    pod
+                })
+                .collect()
+        });
+        for _ in 0..REPLACEMENTS {
+            node.agent("load", &["--replace"]);
+        }
+        adds.join().expect("the ADD thread panicked")
+    });
+
+    let settled = cni_ebpf_tests::ext::wait_until(Duration::from_secs(10), || {
+        let status: Value = serde_json::from_str(&node.agent("status", &["--json"])).unwrap();
+        status["attachmentsOnThisBuild"] == status["attachments"].as_array().unwrap().len()
+    });
+    assert!(
+        settled,
+        "attachments left on replaced programs: {}",
+        node.agent("status", &[])
+    );
+    let programs = node.bpffs_root().join("programs");
+    assert_eq!(
+        std::fs::read_dir(&programs).unwrap().count(),
+        1,
+        "one generation stays pinned"
+    );
+    for pod in &pods {
+        pod.check("1.0.0")
+            .expect_success("CHECK of a pod added during the upgrades");
+        assert!(
+            cni_ebpf_tests::traffic::ping(first.netns(), pod.ip().into(), 1),
+            "{} unreachable",
+            pod.ip()
+        );
+    }
+}
