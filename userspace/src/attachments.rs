@@ -28,7 +28,7 @@ pub enum AttachPoint {
     Filter {
         ifname: String,
         ifindex: u32,
-        hook: &'static str,
+        hook: Hook,
         priority: u16,
         handle: u32,
     },
@@ -45,7 +45,7 @@ impl std::fmt::Display for AttachPoint {
                 priority,
                 handle,
                 ..
-            } => write!(f, "{ifname} {hook} filter {priority}:{handle:x}"),
+            } => write!(f, "{ifname} {} filter {priority}:{handle:x}", hook.name()),
             AttachPoint::Link { pin } => write!(f, "link {}", pin.display()),
         }
     }
@@ -80,7 +80,7 @@ pub fn filters_on(ifindex: u32, ifname: &str, hook: Hook) -> Result<Vec<Attached
             point: AttachPoint::Filter {
                 ifname: ifname.to_string(),
                 ifindex,
-                hook: hook.name(),
+                hook,
                 priority: f.priority,
                 handle: f.handle,
             },

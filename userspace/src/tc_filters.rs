@@ -27,7 +27,8 @@ pub struct BpfFilter {
 }
 
 /// The clsact hook a filter sits on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Hook {
     Ingress,
     Egress,

@@ -50,8 +50,9 @@ fn current_programs(layout: &BpffsLayout) -> Result<Vec<Current>> {
             continue;
         };
         let pin = entry.path();
-        let info = ProgramInfo::from_pin(&pin).map_err(|source| DatapathError::Program {
-            name: "pinned program",
+        let info = ProgramInfo::from_pin(&pin).map_err(|source| DatapathError::PinnedProgram {
+            op: "open",
+            path: pin.clone(),
             source,
         })?;
         out.push(Current {
@@ -171,8 +172,9 @@ fn swap(attached: &AttachedProgram, new: &Current) -> Result<()> {
         AttachPoint::Link { pin } => {
             let program = ProgramInfo::from_pin(&new.pin)
                 .and_then(|info| info.fd())
-                .map_err(|source| DatapathError::Program {
-                    name: "pinned program",
+                .map_err(|source| DatapathError::PinnedProgram {
+                    op: "open",
+                    path: new.pin.clone(),
                     source,
                 })?;
             update_pinned_link(pin, &program).map_err(|e| DatapathError::io("update link", pin, e))
@@ -184,11 +186,7 @@ fn swap(attached: &AttachedProgram, new: &Current) -> Result<()> {
             priority,
             handle,
         } => {
-            let hook = if *hook == Hook::Egress.name() {
-                Hook::Egress
-            } else {
-                Hook::Ingress
-            };
+            let hook = *hook;
             // Another stale filter of the same device may have been swapped
             // already: add the new program once.
             let present = attachments::filters_on(*ifindex, ifname, hook)?
@@ -197,8 +195,9 @@ fn swap(attached: &AttachedProgram, new: &Current) -> Result<()> {
             if !present {
                 add_filter(&new.pin, ifname, hook)?;
             }
-            let error = |source| DatapathError::Program {
-                name: "stale filter",
+            let error = |source| DatapathError::PinnedProgram {
+                op: "detach the filter it replaces",
+                path: new.pin.clone(),
                 source,
             };
             let old = SchedClassifierLink::attached(
@@ -217,8 +216,9 @@ fn swap(attached: &AttachedProgram, new: &Current) -> Result<()> {
 /// Adds `program` as a filter in front of the ones on `hook` of `ifname`
 /// (priority 0 lets the kernel pick one below the lowest in use).
 fn add_filter(program: &std::path::Path, ifname: &str, hook: Hook) -> Result<()> {
-    let error = |source| DatapathError::Program {
-        name: "new filter",
+    let error = |source| DatapathError::PinnedProgram {
+        op: "attach as a filter",
+        path: program.to_path_buf(),
         source,
     };
     let mut classifier = SchedClassifier::from_pin(program).map_err(error)?;
