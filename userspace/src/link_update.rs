@@ -21,7 +21,9 @@ use std::{
 
 use aya_obj::generated::bpf_cmd;
 
-/// `bpf_attr` for `BPF_OBJ_GET`.
+/// `bpf_attr` for `BPF_OBJ_GET`. The kernel refuses (EINVAL) an attribute
+/// whose bytes past the last field are not zero, so the tail padding is an
+/// explicit, zeroed field.
 #[repr(C)]
 #[derive(Default)]
 struct ObjGetAttr {
@@ -29,7 +31,11 @@ struct ObjGetAttr {
     bpf_fd: u32,
     file_flags: u32,
     path_fd: i32,
+    _padding: u32,
 }
+
+const _: () = assert!(size_of::<ObjGetAttr>() == 24);
+const _: () = assert!(size_of::<LinkUpdateAttr>() == 16);
 
 /// `bpf_attr` for `BPF_LINK_UPDATE`.
 #[repr(C)]
