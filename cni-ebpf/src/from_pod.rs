@@ -24,6 +24,7 @@ use crate::{
         ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, pull_headers,
     },
     host_ports, l4,
+    log::log_drop,
     maps::{ENDPOINTS, NO_MASQ, NODE_ADDRS, NODE_CONFIG},
     nat::snat,
     rate::{Way, charge},
@@ -38,6 +39,7 @@ pub fn from_pod(ctx: TcContext) -> i32 {
         Ok(action) => action,
         Err(reason) => {
             count_drop(reason, Direction::FromPod, ctx.len());
+            log_drop(&ctx, reason, Direction::FromPod);
             TC_ACT_SHOT
         }
     }

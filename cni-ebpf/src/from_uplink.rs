@@ -18,6 +18,7 @@ use crate::{
         ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, pull_headers,
     },
     host_ports, l4,
+    log::log_drop,
     maps::{ENDPOINTS, NODE_ADDRS, NODE_CONFIG},
     nat::dnat,
 };
@@ -30,6 +31,7 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
         Ok(action) => action,
         Err(reason) => {
             count_drop(reason, Direction::ToPod, ctx.len());
+            log_drop(&ctx, reason, Direction::ToPod);
             TC_ACT_SHOT
         }
     }

@@ -20,6 +20,8 @@ mod host_sockets;
 #[cfg(target_arch = "bpf")]
 mod l4;
 #[cfg(target_arch = "bpf")]
+mod log;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;

@@ -7,8 +7,10 @@
 //! are deleted (CNI DEL) before their node's namespace goes, and the node's
 //! bpffs mount is unmounted last.
 
+pub mod agent;
 pub mod binaries;
 pub mod bpffs;
+pub mod echo;
 pub mod ext;
 pub mod firewall;
 pub mod hash;

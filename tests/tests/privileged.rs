@@ -5,6 +5,8 @@
 //! The plugin and `cni-ebpfd` come from `$CNI_EBPF_BIN_DIR` (set by `cargo
 //! xtask test`) or `target/debug`: build the workspace before running.
 
+#[path = "privileged/agent.rs"]
+mod agent;
 #[path = "privileged/bandwidth.rs"]
 mod bandwidth;
 #[path = "privileged/cross_node.rs"]
@@ -41,6 +43,8 @@ mod spec_ipam;
 mod spec_versions;
 #[path = "privileged/spoofing.rs"]
 mod spoofing;
+#[path = "privileged/upgrade.rs"]
+mod upgrade;
 #[path = "privileged/versions.rs"]
 mod versions;
 

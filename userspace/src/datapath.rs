@@ -23,6 +23,9 @@ use crate::{
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cni-ebpf-ebpf"));
 
+/// The ring buffer of aya-log records (`aya_log_ebpf`'s map).
+pub const LOG_MAP: &str = "AYA_LOGS";
+
 /// Hash of [`OBJECT`]: programs are pinned per build.
 pub const BUILD_ID: &str = env!("CNI_EBPF_BUILD_ID");
 
@@ -68,7 +71,8 @@ impl Datapath {
         if let Some(datapath) = Self::open_pinned(&layout)? {
             return Ok(datapath);
         }
-        load_and_pin(&layout)?;
+        load_and_pin(&layout, &layout.programs_dir(BUILD_ID))?;
+        remove_other_builds(&layout);
         Self::open_pinned(&layout)?.ok_or_else(|| {
             DatapathError::io(
                 "open pinned program",
@@ -158,13 +162,19 @@ fn open_pinned(layout: &BpffsLayout, name: &'static str) -> Result<Option<SchedC
     }
 }
 
-fn load_and_pin(layout: &BpffsLayout) -> Result<()> {
+/// Loads the object and pins its programs under `dir`; the maps are the
+/// node's pinned ones, so a new generation shares every entry.
+pub(crate) fn load_and_pin(layout: &BpffsLayout, dir: &std::path::Path) -> Result<()> {
     if OBJECT.is_empty() {
         return Err(DatapathError::NoObject);
     }
     // Maps marked pinned in the object are reused when their pins exist.
+    // aya-log's ring buffer is not marked pinned in the object; pinning it
+    // by name too lets every load share it, so a log reader survives an
+    // upgrade of the programs.
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(layout.maps_dir())
+        .map_pin_path(LOG_MAP, layout.map(LOG_MAP))
         .load(OBJECT)
         .map_err(Box::new)?;
     for name in PROGRAMS {
@@ -179,18 +189,18 @@ fn load_and_pin(layout: &BpffsLayout) -> Result<()> {
             _ => Err(ProgramError::NotLoaded),
         };
         loaded.map_err(|source| DatapathError::Program { name, source })?;
-        let path = layout.program(BUILD_ID, name);
+        let path = dir.join(name);
         program
             .pin(&path)
             .map_err(|source| DatapathError::Pin { path, source })?;
     }
-    remove_other_builds(layout);
     Ok(())
 }
 
-/// Unpins the programs of earlier builds. Endpoints attached to them keep
-/// running them (a link holds its program) until they are re-attached.
-fn remove_other_builds(layout: &BpffsLayout) {
+/// Unpins the programs of earlier builds and generations. Endpoints
+/// attached to them keep running them (a link holds its program) until they
+/// are re-attached or upgraded in place (`crate::upgrade`).
+pub(crate) fn remove_other_builds(layout: &BpffsLayout) {
     let current = layout.programs_dir(BUILD_ID);
     let Some(programs) = current.parent() else {
         return;

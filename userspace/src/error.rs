@@ -23,6 +23,13 @@ pub enum DatapathError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("{op} {path}: {source}")]
+    PinnedProgram {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,

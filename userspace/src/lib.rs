@@ -4,11 +4,14 @@
 //! is short-lived and opens the pins itself) and by the node agent.
 
 pub mod attach;
+pub mod attachments;
 pub mod counters;
 pub mod datapath;
+pub mod datapath_log;
 pub mod endpoints;
 pub mod error;
 pub mod host_ports;
+pub mod link_update;
 pub mod metrics;
 pub mod nat;
 pub mod node;
@@ -16,6 +19,8 @@ pub mod paths;
 pub mod rate;
 pub mod reconcile;
 pub mod stats;
+pub mod tc_filters;
+pub mod upgrade;
 
 pub use attach::{AttachMode, Attachment};
 pub use datapath::Datapath;

@@ -26,11 +26,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the node agent in the foreground (load the datapath, expire idle
-    /// NAT flows) until SIGINT or SIGTERM.
+    /// Run the node agent in the foreground (load the datapath, adopt and
+    /// repair attachments, expire idle NAT flows, stream the programs' logs,
+    /// serve metrics) until SIGINT or SIGTERM.
     Run(cmd::run::RunArgs),
-    /// Load and pin the programs and maps if they are not there yet.
-    Load,
+    /// Load and pin the programs and maps if they are not there yet; with
+    /// --replace, upgrade the running programs in place.
+    Load(cmd::load::LoadArgs),
     /// The datapath at a glance: builds, fill levels, uplink, masquerade.
     Status,
     /// The endpoints map: pod addresses, their interfaces and traffic.
@@ -52,7 +54,7 @@ fn main() -> anyhow::Result<()> {
     let layout = cni_ebpf_userspace::BpffsLayout::new(cli.bpffs_root);
     match cli.command {
         Command::Run(args) => cmd::run::run(layout, &args),
-        Command::Load => cmd::load::run(layout),
+        Command::Load(args) => cmd::load::run(layout, &args, cli.json),
         Command::Status => cmd::status::run(&layout, cli.json),
         Command::Endpoints => cmd::endpoints::run(&layout, cli.json),
         Command::Portmaps => cmd::portmaps::run(&layout, cli.json),

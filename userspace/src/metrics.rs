@@ -16,6 +16,12 @@ pub struct AgentCounters {
     pub gc_runs: u64,
     pub gc_expired: u64,
     pub gc_errors: u64,
+    /// Map entries and link pins of vanished interfaces removed.
+    pub reconcile_removed: u64,
+    /// Programs attached again to interfaces that lost them.
+    pub reconcile_reattached: u64,
+    /// Attachments moved onto another generation of the programs.
+    pub upgrade_swapped: u64,
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -139,5 +145,25 @@ pub fn render(layout: &BpffsLayout, agent: &AgentCounters) -> Result<String> {
         "Garbage collections that failed.",
     );
     let _ = writeln!(out, "cni_ebpf_gc_errors_total {}", agent.gc_errors);
+    for (name, help, value) in [
+        (
+            "cni_ebpf_reconcile_removed_total",
+            "Map entries and link pins of vanished pod interfaces the agent removed.",
+            agent.reconcile_removed,
+        ),
+        (
+            "cni_ebpf_reconcile_reattached_total",
+            "Programs the agent attached again to interfaces that had lost them.",
+            agent.reconcile_reattached,
+        ),
+        (
+            "cni_ebpf_upgrade_swapped_total",
+            "Attachments the agent moved onto another generation of the programs.",
+            agent.upgrade_swapped,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
     Ok(out)
 }

@@ -4,6 +4,7 @@
 //! ```text
 //! <root>/maps/<MAP>                 maps, pinned by name, shared by every build
 //! <root>/programs/<build-id>/<prog> programs of one build of the eBPF object
+//! <root>/programs/next/<prog>       a new generation, while it is being put in place
 //! <root>/links/<host-ifname>        the tcx link of one endpoint
 //! <root>/egress-links/<host-ifname> its egress link (pods with an ingress limit)
 //! <root>/uplinks/<ifname>           the tcx link of the node's uplink
@@ -48,8 +49,19 @@ impl BpffsLayout {
         self.maps_dir().join(name)
     }
 
+    /// Where every build's programs are pinned, one directory each.
+    pub fn programs_root(&self) -> PathBuf {
+        self.root.join("programs")
+    }
+
     pub fn programs_dir(&self, build_id: &str) -> PathBuf {
-        self.root.join("programs").join(build_id)
+        self.programs_root().join(build_id)
+    }
+
+    /// A generation of programs being loaded to replace the current one
+    /// (not a build id: those are hex digits).
+    pub fn staging_programs_dir(&self) -> PathBuf {
+        self.programs_root().join("next")
     }
 
     pub fn program(&self, build_id: &str, name: &str) -> PathBuf {
@@ -88,6 +100,17 @@ impl BpffsLayout {
 
     pub fn uplink_link(&self, ifname: &str) -> PathBuf {
         self.uplinks_dir().join(ifname)
+    }
+
+    /// Every directory holding pinned links, whose programs an upgrade
+    /// replaces in place.
+    pub fn link_dirs(&self) -> [PathBuf; 4] {
+        [
+            self.links_dir(),
+            self.egress_links_dir(),
+            self.uplinks_dir(),
+            self.cgroup_links_dir(),
+        ]
     }
 
     /// Checks that the root lives on a bpffs and creates its directories.

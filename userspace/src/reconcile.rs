@@ -1,30 +1,42 @@
-//! What the agent repairs when it starts: map entries and pinned links of
-//! pod interfaces that vanished behind the plugin's back (a deleted netns, a
-//! crashed runtime). Runs in the node's network namespace.
+//! What the agent repairs, at start and on every tick: map entries and
+//! pinned links of pod interfaces that vanished behind the plugin's back (a
+//! deleted netns, a crashed runtime), and programs detached behind its back
+//! from interfaces that are still there (a `tc filter del`, a deleted
+//! clsact qdisc). Runs in the node's network namespace.
 
 use std::net::IpAddr;
 
-use crate::{BpffsLayout, EndpointMap, error::Result, rate, stats};
+use aya::programs::{SchedClassifier, TcAttachType};
+use cni_ebpf_common::program_names::{FROM_POD, FROM_UPLINK};
 
-/// What one reconciliation removed.
+use crate::{
+    AttachMode, BpffsLayout, Datapath, EndpointMap,
+    attach::{attach_from_pod, attach_from_uplink},
+    attachments::{filters_on, interfaces},
+    error::Result,
+    node, rate, stats,
+    tc_filters::Hook,
+};
+
+/// What one reconciliation changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reconciled {
     pub endpoints: Vec<IpAddr>,
     pub link_pins: Vec<String>,
+    /// Interfaces a program was attached to again.
+    pub reattached: Vec<String>,
+    /// Interfaces it could not attach to, and why (tried again next time).
+    pub failed: Vec<String>,
 }
 
-/// The interfaces of the calling thread's namespace, by index and name.
-fn interfaces() -> Result<Vec<(u32, String)>> {
-    let list = nix::net::if_::if_nameindex().map_err(|e| {
-        crate::error::DatapathError::io("list interfaces", "if_nameindex", e.into())
-    })?;
-    Ok(list
-        .iter()
-        .map(|i| (i.index(), i.name().to_string_lossy().into_owned()))
-        .collect())
+pub fn reconcile(datapath: &mut Datapath) -> Result<Reconciled> {
+    let layout = datapath.layout().clone();
+    let mut done = remove_vanished(&layout)?;
+    reattach(datapath, &mut done)?;
+    Ok(done)
 }
 
-pub fn reconcile(layout: &BpffsLayout) -> Result<Reconciled> {
+fn remove_vanished(layout: &BpffsLayout) -> Result<Reconciled> {
     let mut done = Reconciled::default();
     let interfaces = interfaces()?;
     let interface_exists = |ifindex: u32| interfaces.iter().any(|(i, _)| *i == ifindex);
@@ -53,4 +65,83 @@ pub fn reconcile(layout: &BpffsLayout) -> Result<Reconciled> {
         }
     }
     Ok(done)
+}
+
+/// Whether `program` runs on ingress of the device, as a filter or a tcx
+/// link.
+fn attached(ifindex: u32, ifname: &str, program: &str) -> Result<bool> {
+    if filters_on(ifindex, ifname, Hook::Ingress)?
+        .iter()
+        .any(|f| f.program == program)
+    {
+        return Ok(true);
+    }
+    // No tcx on the device (or an old kernel) means nothing attached there.
+    Ok(SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+        .map(|(_, programs)| programs.iter().any(|p| p.name_as_str() == Some(program)))
+        .unwrap_or(false))
+}
+
+/// The mode an interface was attached with: tcx when its link pin exists.
+fn mode_of(pin: &std::path::Path) -> AttachMode {
+    if pin.exists() {
+        AttachMode::Tcx
+    } else {
+        AttachMode::Clsact
+    }
+}
+
+/// Attaches `from_pod` again to every endpoint's host veth that lost it, and
+/// `from_uplink` to the uplink; one interface that fails (it may be going
+/// away right now) does not stop the others.
+fn reattach(datapath: &mut Datapath, done: &mut Reconciled) -> Result<()> {
+    let layout = datapath.layout().clone();
+    let interfaces = interfaces()?;
+    let name_of = |ifindex: u32| {
+        interfaces
+            .iter()
+            .find(|(i, _)| *i == ifindex)
+            .map(|(_, n)| n.clone())
+    };
+    let mut endpoint_ifindexes: Vec<u32> = EndpointMap::open(&layout)?
+        .entries()?
+        .iter()
+        .map(|(_, e)| e.ifindex)
+        .collect();
+    endpoint_ifindexes.sort_unstable();
+    endpoint_ifindexes.dedup();
+
+    let mut wanted = Vec::new();
+    for ifindex in endpoint_ifindexes {
+        if let Some(ifname) = name_of(ifindex) {
+            wanted.push((ifindex, ifname, FROM_POD));
+        }
+    }
+    let uplink = node::read_config(&layout)?.uplink_ifindex;
+    if uplink != 0
+        && let Some(ifname) = name_of(uplink)
+    {
+        wanted.push((uplink, ifname, FROM_UPLINK));
+    }
+    for (ifindex, ifname, program) in wanted {
+        let result = attached(ifindex, &ifname, program).and_then(|present| {
+            if present {
+                return Ok(false);
+            }
+            if program == FROM_UPLINK {
+                let mode = mode_of(&layout.uplink_link(&ifname));
+                attach_from_uplink(datapath, &ifname, mode)?;
+            } else {
+                let mode = mode_of(&layout.endpoint_link(&ifname));
+                attach_from_pod(datapath, &ifname, mode)?;
+            }
+            Ok(true)
+        });
+        match result {
+            Ok(true) => done.reattached.push(ifname),
+            Ok(false) => {}
+            Err(e) => done.failed.push(format!("{ifname}: {e}")),
+        }
+    }
+    Ok(())
 }

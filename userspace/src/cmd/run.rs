@@ -1,6 +1,8 @@
 //! The node agent in the foreground: loads the datapath if it is not there,
-//! repairs what vanished behind the plugin's back, expires idle flows
-//! periodically and serves Prometheus metrics, until SIGINT/SIGTERM.
+//! moves attachments of earlier builds onto this one, repairs what vanished
+//! or was detached behind the plugin's back, expires idle flows
+//! periodically, streams the programs' log records and serves Prometheus
+//! metrics, until SIGINT/SIGTERM.
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -15,9 +17,12 @@ use std::{
 use anyhow::Context as _;
 use cni_ebpf_userspace::{
     BpffsLayout, Datapath,
+    datapath::BUILD_ID,
+    datapath_log,
     metrics::{self, AgentCounters},
-    nat, reconcile,
+    nat, reconcile, upgrade,
 };
+use log::LevelFilter;
 use nix::sys::signal::{SigHandler, Signal, signal};
 
 use crate::cmd::gc::Timeouts;
@@ -36,6 +41,10 @@ pub struct RunArgs {
     /// Where to serve Prometheus metrics (GET /metrics); "off" serves none.
     #[arg(long, default_value = "127.0.0.1:9962")]
     pub metrics_address: String,
+    /// Print the programs' log records at this level and above: off,
+    /// error, warn, info, debug or trace.
+    #[arg(long, default_value = "off")]
+    pub log_level: LevelFilter,
     #[command(flatten)]
     pub timeouts: Timeouts,
 }
@@ -47,15 +56,25 @@ pub fn run(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("installing a {sig} handler"))?;
     }
     let root = layout.root().display().to_string();
-    Datapath::open_or_load(layout.clone())
+    let datapath = Datapath::open_or_load(layout.clone())
         .with_context(|| format!("loading the datapath under {root}"))?;
-    let repaired = reconcile::reconcile(&layout).context("reconciling")?;
-    eprintln!(
-        "cni-ebpfd: datapath ready under {root}; removed {} stale endpoint address(es) and {} stale link pin(s)",
-        repaired.endpoints.len(),
-        repaired.link_pins.len()
-    );
     let counters = Arc::new(Mutex::new(AgentCounters::default()));
+    // Attachments still on an earlier build's programs move onto this one.
+    let adopted = upgrade::adopt(&layout, true).context("adopting the attachments")?;
+    report_upgrade(&adopted, &counters);
+    // Reattaching uses the programs pinned now, not the ones opened above:
+    // the adoption may just have replaced them.
+    drop(datapath);
+    let repaired = reconcile_now(&layout).context("reconciling")?;
+    eprintln!(
+        "cni-ebpfd: datapath build {BUILD_ID} ready under {root}; {} attachment(s) moved onto it",
+        adopted.swapped.len()
+    );
+    report_reconciled(&repaired, &counters, true);
+    if args.log_level != LevelFilter::Off {
+        let (layout, level) = (layout.clone(), args.log_level);
+        std::thread::spawn(move || stream_logs(&layout, level));
+    }
     if args.metrics_address != "off" {
         let address: SocketAddr = args
             .metrics_address
@@ -73,17 +92,16 @@ pub fn run(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
     let mut next = Instant::now();
     while !STOP.load(Ordering::Relaxed) {
         if Instant::now() >= next {
-            let result = nat::gc(&layout, &timeouts).and_then(|a| {
-                nat::gc_host_port_flows(&layout, &timeouts).map(|b| a.expired + b.expired)
-            });
-            let mut c = counters.lock().unwrap_or_else(|e| e.into_inner());
-            c.gc_runs += 1;
-            match result {
-                Ok(expired) => c.gc_expired += expired as u64,
-                Err(e) => {
-                    c.gc_errors += 1;
-                    eprintln!("cni-ebpfd: gc failed: {e}");
-                }
+            gc(&layout, &timeouts, &counters);
+            // Repairs between ticks too: a program detached behind the
+            // plugin's back, an attachment made with an older generation.
+            match reconcile_now(&layout) {
+                Ok(repaired) => report_reconciled(&repaired, &counters, false),
+                Err(e) => eprintln!("cni-ebpfd: reconcile failed: {e}"),
+            }
+            match upgrade::adopt(&layout, false) {
+                Ok(adopted) => report_upgrade(&adopted, &counters),
+                Err(e) => eprintln!("cni-ebpfd: adopting attachments failed: {e}"),
             }
             next = Instant::now() + interval;
         }
@@ -91,6 +109,131 @@ pub fn run(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
     }
     eprintln!("cni-ebpfd: stopping; the datapath keeps running");
     Ok(())
+}
+
+/// One reconciliation with the programs pinned at this moment (an upgrade
+/// may have replaced them since the last one).
+fn reconcile_now(layout: &BpffsLayout) -> anyhow::Result<reconcile::Reconciled> {
+    let mut datapath = Datapath::open_or_load(layout.clone())?;
+    Ok(reconcile::reconcile(&mut datapath)?)
+}
+
+fn gc(layout: &BpffsLayout, timeouts: &nat::NatTimeouts, counters: &Mutex<AgentCounters>) {
+    let result = nat::gc(layout, timeouts)
+        .and_then(|a| nat::gc_host_port_flows(layout, timeouts).map(|b| a.expired + b.expired));
+    let mut c = counters.lock().unwrap_or_else(|e| e.into_inner());
+    c.gc_runs += 1;
+    match result {
+        Ok(expired) => c.gc_expired += expired as u64,
+        Err(e) => {
+            c.gc_errors += 1;
+            eprintln!("cni-ebpfd: gc failed: {e}");
+        }
+    }
+}
+
+fn report_reconciled(
+    repaired: &reconcile::Reconciled,
+    counters: &Mutex<AgentCounters>,
+    always: bool,
+) {
+    let removed = repaired.endpoints.len() + repaired.link_pins.len();
+    for failure in &repaired.failed {
+        eprintln!("cni-ebpfd: could not reattach {failure}");
+    }
+    if always || removed > 0 || !repaired.reattached.is_empty() {
+        eprintln!(
+            "cni-ebpfd: reconciled: removed {} stale endpoint address(es) and {} stale link pin(s), reattached {} program(s){}",
+            repaired.endpoints.len(),
+            repaired.link_pins.len(),
+            repaired.reattached.len(),
+            if repaired.reattached.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", repaired.reattached.join(", "))
+            }
+        );
+    }
+    let mut c = counters.lock().unwrap_or_else(|e| e.into_inner());
+    c.reconcile_removed += removed as u64;
+    c.reconcile_reattached += repaired.reattached.len() as u64;
+}
+
+fn report_upgrade(upgrade: &upgrade::Upgrade, counters: &Mutex<AgentCounters>) {
+    for swapped in &upgrade.swapped {
+        eprintln!(
+            "cni-ebpfd: {} now runs {} id {} (was {})",
+            swapped.point, swapped.program, swapped.to_id, swapped.from_id
+        );
+    }
+    for failure in &upgrade.failed {
+        eprintln!("cni-ebpfd: not moved: {failure}");
+    }
+    counters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .upgrade_swapped += upgrade.swapped.len() as u64;
+}
+
+/// Prints the programs' aya-log records at `level` and above on stderr.
+struct StderrLog {
+    level: LevelFilter,
+}
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!(
+                "cni-ebpfd: datapath {}: {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Reads the log ring every 100 ms; attaches again when the programs are
+/// replaced (the ring is shared, but a reader holds the program it came
+/// through).
+fn stream_logs(layout: &BpffsLayout, level: LevelFilter) {
+    let mut reader = None;
+    let mut checked = Instant::now();
+    let mut warned = false;
+    while !STOP.load(Ordering::Relaxed) {
+        let stale = match &reader {
+            None => true,
+            Some((id, _)) => {
+                checked.elapsed() >= Duration::from_secs(1)
+                    && datapath_log::current_program_id(layout).is_ok_and(|now| now != *id)
+            }
+        };
+        if stale {
+            checked = Instant::now();
+            match datapath_log::reader(layout, StderrLog { level }) {
+                Ok(opened) => {
+                    if reader.is_none() {
+                        eprintln!("cni-ebpfd: streaming datapath logs at {level}");
+                    }
+                    reader = Some(opened);
+                }
+                Err(e) if !warned => {
+                    warned = true;
+                    eprintln!("cni-ebpfd: no datapath logs: {e}");
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some((_, logger)) = &mut reader {
+            logger.flush();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A minimal HTTP/1.0 responder for one path: the exposition needs no more,

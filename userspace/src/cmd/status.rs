@@ -1,6 +1,8 @@
 use anyhow::Context as _;
 use cni_ebpf_common::{IpKey, MAX_ENDPOINTS, MAX_HOST_PORTS, NODE_F_MASQUERADE};
-use cni_ebpf_userspace::{BpffsLayout, EndpointMap, datapath::BUILD_ID, host_ports, nat, node};
+use cni_ebpf_userspace::{
+    BpffsLayout, EndpointMap, attachments, datapath::BUILD_ID, host_ports, nat, node,
+};
 use serde_json::json;
 
 /// Names of the directories under `dir` (pinned builds, links).
@@ -36,6 +38,20 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
     let masquerade = (config.flags & NODE_F_MASQUERADE != 0)
         .then(|| IpKey::v6(config.masq_addr).to_ip().to_string());
     let links = names(&layout.links_dir()).len();
+    let attached = attachments::list(layout).context("listing the attachments")?;
+    let this_build: Vec<u32> = std::fs::read_dir(layout.programs_dir(BUILD_ID))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| aya::programs::ProgramInfo::from_pin(e.path()).ok())
+                .map(|info| info.id())
+                .collect()
+        })
+        .unwrap_or_default();
+    let on_this_build = attached
+        .iter()
+        .filter(|a| this_build.contains(&a.program_id))
+        .count();
     if as_json {
         let out = json!({
             "bpffsRoot": layout.root(),
@@ -50,6 +66,8 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
             "hostPorts": ports,
             "hostPortCapacity": MAX_HOST_PORTS,
             "tcxLinks": links,
+            "attachments": attached,
+            "attachmentsOnThisBuild": on_this_build,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -68,5 +86,17 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
     );
     println!("host ports      {ports} of {MAX_HOST_PORTS}");
     println!("tcx links       {links}");
+    println!(
+        "attachments     {} ({on_this_build} on this build's programs)",
+        attached.len()
+    );
+    for a in &attached {
+        println!(
+            "  {:<44} {:<14} id {}",
+            a.point.to_string(),
+            a.program,
+            a.program_id
+        );
+    }
     Ok(())
 }
