@@ -81,6 +81,16 @@ pub fn holds(
     }
 }
 
+/// Whether `owner` has an ingress limit (its host veth then carries
+/// `to_pod` on egress).
+pub fn limits_ingress(layout: &BpffsLayout, owner: u64) -> Result<bool> {
+    match open(layout)?.get(&owner, 0) {
+        Ok(v) => Ok(v.ingress.bytes_per_sec != 0),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(e) => Err(map_error(e)),
+    }
+}
+
 /// Owners with a limit (for GC).
 pub fn owners(layout: &BpffsLayout) -> Result<Vec<u64>> {
     open(layout)?.keys().map(|k| k.map_err(map_error)).collect()

@@ -7,11 +7,14 @@
 use std::net::IpAddr;
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use cni_ebpf_common::program_names::{FROM_POD, FROM_UPLINK};
+use cni_ebpf_common::{
+    ENDPOINT_F_RATE_LIMITED,
+    program_names::{FROM_POD, FROM_UPLINK, TO_POD},
+};
 
 use crate::{
     AttachMode, BpffsLayout, Datapath, EndpointMap,
-    attach::{attach_from_pod, attach_from_uplink},
+    attach::{attach_from_pod, attach_from_uplink, attach_to_pod},
     attachments::{filters_on, interfaces},
     error::Result,
     node, rate, stats,
@@ -67,17 +70,22 @@ fn remove_vanished(layout: &BpffsLayout) -> Result<Reconciled> {
     Ok(done)
 }
 
-/// Whether `program` runs on ingress of the device, as a filter or a tcx
-/// link.
+/// Whether `program` runs on the device (`to_pod` on egress, the others on
+/// ingress), as a filter or a tcx link.
 fn attached(ifindex: u32, ifname: &str, program: &str) -> Result<bool> {
-    if filters_on(ifindex, ifname, Hook::Ingress)?
+    let (hook, tcx_hook) = if program == TO_POD {
+        (Hook::Egress, TcAttachType::Egress)
+    } else {
+        (Hook::Ingress, TcAttachType::Ingress)
+    };
+    if filters_on(ifindex, ifname, hook)?
         .iter()
         .any(|f| f.program == program)
     {
         return Ok(true);
     }
     // No tcx on the device (or an old kernel) means nothing attached there.
-    Ok(SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+    Ok(SchedClassifier::query_tcx(ifname, tcx_hook)
         .map(|(_, programs)| programs.iter().any(|p| p.name_as_str() == Some(program)))
         .unwrap_or(false))
 }
@@ -91,9 +99,10 @@ fn mode_of(pin: &std::path::Path) -> AttachMode {
     }
 }
 
-/// Attaches `from_pod` again to every endpoint's host veth that lost it, and
-/// `from_uplink` to the uplink; one interface that fails (it may be going
-/// away right now) does not stop the others.
+/// Attaches `from_pod` again to every endpoint's host veth that lost it,
+/// `to_pod` to those of pods with an ingress limit, and `from_uplink` to the
+/// uplink; one interface that fails (it may be going away right now) does
+/// not stop the others.
 fn reattach(datapath: &mut Datapath, done: &mut Reconciled) -> Result<()> {
     let layout = datapath.layout().clone();
     let interfaces = interfaces()?;
@@ -103,17 +112,22 @@ fn reattach(datapath: &mut Datapath, done: &mut Reconciled) -> Result<()> {
             .find(|(i, _)| *i == ifindex)
             .map(|(_, n)| n.clone())
     };
-    let mut endpoint_ifindexes: Vec<u32> = EndpointMap::open(&layout)?
-        .entries()?
-        .iter()
-        .map(|(_, e)| e.ifindex)
-        .collect();
-    endpoint_ifindexes.sort_unstable();
-    endpoint_ifindexes.dedup();
+    // (ifindex, owner with an ingress limit) per host veth.
+    let mut endpoints: Vec<(u32, Option<u64>)> = Vec::new();
+    for (_, e) in EndpointMap::open(&layout)?.entries()? {
+        let limited =
+            e.flags & ENDPOINT_F_RATE_LIMITED != 0 && rate::limits_ingress(&layout, e.owner)?;
+        endpoints.push((e.ifindex, limited.then_some(e.owner)));
+    }
+    endpoints.sort_unstable();
+    endpoints.dedup();
 
     let mut wanted = Vec::new();
-    for ifindex in endpoint_ifindexes {
+    for (ifindex, ingress_limited) in endpoints {
         if let Some(ifname) = name_of(ifindex) {
+            if ingress_limited.is_some() {
+                wanted.push((ifindex, ifname.clone(), TO_POD));
+            }
             wanted.push((ifindex, ifname, FROM_POD));
         }
     }
@@ -131,6 +145,9 @@ fn reattach(datapath: &mut Datapath, done: &mut Reconciled) -> Result<()> {
             if program == FROM_UPLINK {
                 let mode = mode_of(&layout.uplink_link(&ifname));
                 attach_from_uplink(datapath, &ifname, mode)?;
+            } else if program == TO_POD {
+                let mode = mode_of(&layout.endpoint_egress_link(&ifname));
+                attach_to_pod(datapath, &ifname, mode)?;
             } else {
                 let mode = mode_of(&layout.endpoint_link(&ifname));
                 attach_from_pod(datapath, &ifname, mode)?;

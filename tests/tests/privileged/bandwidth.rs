@@ -14,6 +14,7 @@ use std::{
 
 use cni_ebpf_tests::{
     CniRequest, Netns, Node, Pod,
+    agent::Agent,
     ext::{assert_node_untouched, with_keys},
     hostports::{delete_map_entry, dump_map},
     node::DEFAULT_NETWORK,
@@ -277,6 +278,44 @@ fn ingress_limit_holds_from_pods_and_from_the_node() {
     );
     assert_eq!(rate_limited(&node, "from-pod"), from_pod);
     assert_node_untouched(&node);
+}
+
+#[test]
+fn the_agent_reattaches_a_lost_ingress_limit() {
+    let node = Node::new();
+    // Gives the node an address to talk to pods from.
+    let _uplink = node.add_uplink();
+    let limited = node.add_pod_with(conf_with(
+        &node,
+        json!({ "ingressRate": LIMIT_BITS, "ingressBurst": BURST_BITS }),
+    ));
+    // What the node's stack delivers is limited by `to_pod` on the host
+    // veth's egress; without it a flood from the node gets through.
+    let veth = limited.host_ifname();
+    node.netns()
+        .exec_ok("tc", &["filter", "del", "dev", &veth, "egress"]);
+    let unlimited = udp_flood(limited.netns(), limited.ip(), node.netns());
+    assert!(
+        unlimited.received_bps > 2.0 * LIMIT_BITS as f64,
+        "{:.2} Mbit/s without to_pod: the test proves nothing",
+        unlimited.received_bps / 1e6
+    );
+
+    let agent = Agent::start(&node, &["--gc-interval", "1"]);
+    agent
+        .wait_for_line(Duration::from_secs(10), |l| {
+            l.contains("reattached") && l.contains(&format!("({veth})"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the agent did not reattach to_pod on {veth}:\n{}",
+                agent.stderr().join("\n")
+            )
+        });
+    assert_limited(
+        udp_flood(limited.netns(), limited.ip(), node.netns()),
+        "ingress node -> pod after the agent reattached the limit, UDP flood",
+    );
 }
 
 #[test]
