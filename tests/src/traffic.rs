@@ -2,7 +2,7 @@
 //! all with bounded counts and deadlines.
 
 use std::{
-    io::{Read, Write},
+    io::{self, Read, Write},
     net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc, Mutex,
@@ -272,6 +272,18 @@ pub fn udp_send(
         }
         Ok(())
     })
+}
+
+/// `socket.recv_from(buf)`, tried again when a signal to the test process
+/// interrupts it: a receive with a timeout (`SO_RCVTIMEO`) is not restarted
+/// after a signal handler runs, and fails with `Interrupted` instead.
+pub fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    loop {
+        match socket.recv_from(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            result => return result,
+        }
+    }
 }
 
 #[cfg(test)]

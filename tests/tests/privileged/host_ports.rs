@@ -26,7 +26,7 @@ use cni_ebpf_tests::{
     links,
     node::DEFAULT_NETWORK,
     spec::{Footprint, Sandbox},
-    traffic::UdpReceiver,
+    traffic::{self, UdpReceiver},
 };
 use serde_json::{Value, json};
 
@@ -113,7 +113,7 @@ fn udp_exchange(
         socket.set_read_timeout(Some(ANSWER_TIMEOUT))?;
         socket.send_to(payload, dest)?;
         let mut buf = [0u8; 2048];
-        let (n, from) = socket.recv_from(&mut buf)?;
+        let (n, from) = traffic::recv_from(&socket, &mut buf)?;
         let answer = &buf[..n];
         let split = answer
             .iter()
@@ -716,7 +716,7 @@ fn answers_come_from_the_published_port_the_client_used() {
                     .send_to(b"which port?", sock(node_ip, *port))
                     .expect("send");
                 let mut buf = [0u8; 512];
-                socket.recv_from(&mut buf).expect("an answer").1
+                traffic::recv_from(&socket, &mut buf).expect("an answer").1
             })
             .collect()
     });

@@ -305,7 +305,7 @@ fn connection_from_outside_to_a_translated_port_is_not_let_in() {
     udp.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
     udp.send_to(b"hello", echo.addr()).unwrap();
     let mut buf = [0u8; 2048];
-    let (n, from) = udp.recv_from(&mut buf).expect("echo answer");
+    let (n, from) = traffic::recv_from(&udp, &mut buf).expect("echo answer");
     assert_eq!(from, echo.addr());
     let udp_translated: SocketAddr = String::from_utf8_lossy(&buf[..n])
         .lines()
@@ -348,7 +348,7 @@ fn connection_from_outside_to_a_translated_port_is_not_let_in() {
     let let_in = ext::wait_until(Duration::from_secs(1), || listener.accept().is_ok());
     assert!(!let_in, "a connection from ext reached the pod's listener");
     udp.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    match udp.recv_from(&mut buf) {
+    match traffic::recv_from(&udp, &mut buf) {
         Ok((n, from)) => panic!(
             "the pod received {:?} from {from}",
             String::from_utf8_lossy(&buf[..n])
@@ -367,7 +367,7 @@ fn connection_from_outside_to_a_translated_port_is_not_let_in() {
     assert!(exchange.intact(), "{exchange:?}");
     udp.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
     udp.send_to(b"again", echo.addr()).unwrap();
-    let (n, from) = udp.recv_from(&mut buf).expect("echo answer after");
+    let (n, from) = traffic::recv_from(&udp, &mut buf).expect("echo answer after");
     assert_eq!(from, echo.addr());
     assert!(buf[..n].ends_with(b"again"));
     assert_node_untouched(&node);
