@@ -8,10 +8,7 @@
 //! cgroup v2 directory whose processes may reach host ports at the node's
 //! addresses and 127.0.0.1 (default: the cgroup v2 mount).
 
-use std::{
-    net::IpAddr,
-    path::{Path, PathBuf},
-};
+use std::{net::IpAddr, path::PathBuf};
 
 use cni_ebpf_common::{IPPROTO_TCP, IPPROTO_UDP};
 use cni_ebpf_userspace::host_ports::PortMapping;
@@ -122,20 +119,11 @@ pub fn cgroup_root(raw: &Value) -> CniResult<PathBuf> {
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| CniError::io("reading /proc/self/mountinfo", e))?;
-    cgroup2_mount(&mountinfo).ok_or_else(|| {
+    cni_ebpf_userspace::node::cgroup2_mount_in(&mountinfo).ok_or_else(|| {
         invalid(
             "cgroupRoot",
             "no cgroup v2 mount found; set it to a cgroup v2 directory",
         )
-    })
-}
-
-fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split_whitespace().next()?;
-        let mount_point = left.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| Path::new(mount_point).to_path_buf())
     })
 }
 
@@ -183,14 +171,5 @@ mod tests {
             let err = requests(&raw).unwrap_err();
             assert!(err.msg.contains(field), "{} does not name {field}", err.msg);
         }
-    }
-
-    #[test]
-    fn finds_the_cgroup2_mount() {
-        let info = "30 1 0:26 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            cgroup2_mount(info),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
     }
 }

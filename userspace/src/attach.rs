@@ -234,6 +234,13 @@ pub fn attach_pacing(datapath: &Datapath, cgroup: &Path) -> Result<()> {
     })
 }
 
+/// Whether every socket hook is attached (its link pinned).
+pub fn socket_hooks_attached(layout: &BpffsLayout) -> bool {
+    SOCKET_HOOKS
+        .iter()
+        .all(|(name, _)| layout.cgroup_link(name).exists())
+}
+
 /// Whether the TCP pacing hook is attached (its link pinned).
 pub fn pacing_attached(layout: &BpffsLayout) -> bool {
     layout.cgroup_link(PACE_TCP).exists()

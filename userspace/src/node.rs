@@ -1,7 +1,10 @@
 //! Node-wide settings of the datapath: the uplink, masquerade, and the
 //! destinations that keep a pod's own source address.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+};
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use cni_ebpf_common::{
@@ -125,20 +128,81 @@ pub fn no_masquerade(layout: &BpffsLayout) -> Result<Vec<IpNet>> {
 }
 
 /// Makes `NODE_ADDRS` hold exactly `addrs`: pod traffic to them stays on the
-/// node. Writes only what changed.
-pub fn sync_node_addrs(layout: &BpffsLayout, addrs: &[IpAddr]) -> Result<()> {
+/// node. Writes only what changed, and returns how many entries it added or
+/// removed.
+pub fn sync_node_addrs(layout: &BpffsLayout, addrs: &[IpAddr]) -> Result<usize> {
     let mut map: HashMap<MapData, IpKey, u8> = open_map(layout, NODE_ADDRS)?;
     let wanted: Vec<IpKey> = addrs.iter().map(|a| IpKey::from_ip(*a)).collect();
     let present: Vec<IpKey> = map.keys().filter_map(|k| k.ok()).collect();
+    let mut changed = 0;
     for key in present.iter().filter(|k| !wanted.contains(k)) {
         match map.remove(key) {
-            Ok(()) => {}
+            Ok(()) => changed += 1,
             Err(e) if key_missing(&e) => {}
             Err(e) => return Err(map_error(NODE_ADDRS)(e)),
         }
     }
     for key in wanted.iter().filter(|k| !present.contains(k)) {
         map.insert(key, 1, 0).map_err(map_error(NODE_ADDRS))?;
+        changed += 1;
     }
-    Ok(())
+    Ok(changed)
+}
+
+/// Brings `NODE_ADDRS` up to date with the addresses of the calling
+/// thread's network namespace, if the plugin keeps it (it fills it on nodes
+/// with an uplink or host ports; an empty map is left alone). Returns how
+/// many entries changed.
+pub fn refresh_node_addrs(layout: &BpffsLayout) -> Result<usize> {
+    let map: HashMap<MapData, IpKey, u8> = open_map(layout, NODE_ADDRS)?;
+    if map.keys().next().is_none() {
+        return Ok(0);
+    }
+    drop(map);
+    let addrs: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+        .map_err(|e| crate::error::DatapathError::io("getifaddrs", "/", e.into()))?
+        .filter_map(|ifaddr| {
+            let address = ifaddr.address?;
+            if let Some(v4) = address.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect();
+    sync_node_addrs(layout, &addrs)
+}
+
+/// The cgroup v2 mount point of this mount namespace: where the plugin
+/// attaches its cgroup hooks unless its `cgroupRoot` says otherwise.
+pub fn cgroup2_mount() -> std::io::Result<Option<PathBuf>> {
+    Ok(cgroup2_mount_in(&std::fs::read_to_string(
+        "/proc/self/mountinfo",
+    )?))
+}
+
+/// The first cgroup v2 mount point listed in `mountinfo`.
+pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| Path::new(mount_point).to_path_buf())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount() {
+        let info = "25 1 0:22 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n\
+                    30 1 0:26 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount_in(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(cgroup2_mount_in("25 1 0:22 / /x rw - cgroup c rw\n"), None);
+    }
 }

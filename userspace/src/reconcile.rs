@@ -2,19 +2,24 @@
 //! pinned links of pod interfaces that vanished behind the plugin's back (a
 //! deleted netns, a crashed runtime), and programs detached behind its back
 //! from interfaces that are still there (a `tc filter del`, a deleted
-//! clsact qdisc). Runs in the node's network namespace.
+//! clsact qdisc), the node-wide cgroup hooks if their links are gone, and
+//! the node's own addresses as they change. Runs in the node's network
+//! namespace.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, path::Path};
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use cni_ebpf_common::{
-    ENDPOINT_F_RATE_LIMITED,
-    program_names::{FROM_POD, FROM_UPLINK, TO_POD},
+    ENDPOINT_F_HOST_PORTS, ENDPOINT_F_RATE_LIMITED,
+    program_names::{FROM_POD, FROM_UPLINK, PACE_TCP, TO_POD},
 };
 
 use crate::{
     AttachMode, BpffsLayout, Datapath, EndpointMap,
-    attach::{attach_from_pod, attach_from_uplink, attach_to_pod},
+    attach::{
+        attach_from_pod, attach_from_uplink, attach_pacing, attach_socket_hooks, attach_to_pod,
+        pacing_attached, socket_hooks_attached,
+    },
     attachments::{filters_on, interfaces},
     error::Result,
     node, rate, stats,
@@ -30,13 +35,46 @@ pub struct Reconciled {
     pub reattached: Vec<String>,
     /// Interfaces it could not attach to, and why (tried again next time).
     pub failed: Vec<String>,
+    /// Entries of `NODE_ADDRS` added or removed to follow the node's
+    /// addresses.
+    pub node_addrs: usize,
 }
 
-pub fn reconcile(datapath: &mut Datapath) -> Result<Reconciled> {
+/// One reconciliation; `cgroup` is where the plugin attaches its cgroup
+/// hooks (its `cgroupRoot`), `None` to leave them alone.
+pub fn reconcile(datapath: &mut Datapath, cgroup: Option<&Path>) -> Result<Reconciled> {
     let layout = datapath.layout().clone();
     let mut done = remove_vanished(&layout)?;
     reattach(datapath, &mut done)?;
+    if let Some(cgroup) = cgroup {
+        reattach_cgroup_hooks(datapath, cgroup, &mut done)?;
+    }
+    done.node_addrs = node::refresh_node_addrs(&layout)?;
     Ok(done)
+}
+
+/// Attaches the socket hooks (pods with host ports) and TCP pacing (pods
+/// with limits) again if a pod needs them and their links are gone.
+fn reattach_cgroup_hooks(datapath: &Datapath, cgroup: &Path, done: &mut Reconciled) -> Result<()> {
+    let layout = datapath.layout();
+    let flags = EndpointMap::open(layout)?
+        .entries()?
+        .iter()
+        .fold(0, |flags, (_, e)| flags | e.flags);
+    let _lock = layout.lock()?;
+    if flags & ENDPOINT_F_HOST_PORTS != 0 && !socket_hooks_attached(layout) {
+        match attach_socket_hooks(datapath, cgroup) {
+            Ok(()) => done.reattached.push("socket hooks".to_string()),
+            Err(e) => done.failed.push(format!("socket hooks: {e}")),
+        }
+    }
+    if flags & ENDPOINT_F_RATE_LIMITED != 0 && !pacing_attached(layout) {
+        match attach_pacing(datapath, cgroup) {
+            Ok(()) => done.reattached.push(PACE_TCP.to_string()),
+            Err(e) => done.failed.push(format!("{PACE_TCP}: {e}")),
+        }
+    }
+    Ok(())
 }
 
 fn remove_vanished(layout: &BpffsLayout) -> Result<Reconciled> {

@@ -18,10 +18,13 @@ use std::{
 
 use cni_ebpf_tests::{
     CniOutput, CniRequest, Netns, Pod,
-    ext::{Exchange, PeerClient, PeerServer, UdpEcho, assert_node_untouched, wait_until},
+    agent::Agent,
+    ext::{
+        Exchange, PeerClient, PeerServer, UdpEcho, assert_node_untouched, wait_until, with_keys,
+    },
     hostports::{
-        HostPort, HostPortNode, NodeTcp, NodeTcpOutcome, at, delete_map_entry, host_port_key,
-        node_tcp_exchange, published, sock,
+        HostPort, HostPortNode, NodeTcp, NodeTcpOutcome, at, delete_map_entry, dump_map,
+        host_port_key, node_tcp_exchange, published, sock,
     },
     links,
     node::DEFAULT_NETWORK,
@@ -723,4 +726,115 @@ fn answers_come_from_the_published_port_the_client_used() {
     let expected: Vec<SocketAddr> = sent_to.iter().map(|p| sock(node_ip, *p)).collect();
     assert_eq!(answered_from, expected);
     assert_node_untouched(&hp.node);
+}
+
+/// Whether `NODE_ADDRS` of `hp`'s node holds `ip`.
+fn node_addrs_hold(hp: &HostPortNode, ip: Ipv4Addr) -> bool {
+    dump_map(&hp.node, "NODE_ADDRS")
+        .iter()
+        .any(|(key, _)| key[12..16] == ip.octets())
+}
+
+#[test]
+fn agent_follows_node_addresses_that_change_after_the_pods() {
+    let hp = HostPortNode::new();
+    let pod = hp.add_pod(&[HostPort::tcp(HOST_PORT, POD_PORT)]);
+    let servers = start_servers(&pod, POD_PORT);
+    // An address the node gains after every ADD: only the agent sees it.
+    let late = Ipv4Addr::new(10, 250, 0, 9);
+    hp.add_node_address(late);
+    assert!(
+        !node_addrs_hold(&hp, late),
+        "NODE_ADDRS already holds {late}: the test proves nothing"
+    );
+
+    let agent = Agent::start(&hp.node, &["--gc-interval", "1"]);
+    let changed = |agent: &Agent| {
+        agent.wait_for_line(Duration::from_secs(10), |l| {
+            l.contains("node addresses changed")
+        })
+    };
+    changed(&agent).unwrap_or_else(|| {
+        panic!(
+            "the agent did not pick up {late}:\n{}",
+            agent.stderr().join("\n")
+        )
+    });
+    assert!(node_addrs_hold(&hp, late));
+    let outcome = expect_node_tcp(
+        hp.tcp_from_node(at(late, HOST_PORT), 64 * 1024, 7),
+        &format!("TCP node -> {late}:{HOST_PORT}"),
+    );
+    assert!(outcome.intact(), "{outcome:?}");
+    assert_eq!(servers.tcp.conns().len(), 1);
+
+    // And forgets it when it goes.
+    hp.node
+        .netns()
+        .ip(&["addr", "del", &format!("{late}/32"), "dev", "uplink"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || !node_addrs_hold(&hp, late)),
+        "NODE_ADDRS still holds {late} after it was removed"
+    );
+}
+
+#[test]
+fn agent_reattaches_cgroup_hooks_whose_links_are_gone() {
+    let hp = HostPortNode::new();
+    let pod = hp.add_pod(&[HostPort::tcp(HOST_PORT, POD_PORT)]);
+    let servers = start_servers(&pod, POD_PORT);
+    let limited = hp.node.add_pod_with(with_keys(
+        hp.conf(&[]),
+        json!({ "egressRate": 20_000_000, "egressBurst": 2_000_000 }),
+    ));
+    let hooks = hp.node.bpffs_root().join("cgroup");
+    let mut pins: Vec<String> = std::fs::read_dir(&hooks)
+        .expect("the cgroup link pins")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pins.sort();
+    assert_eq!(
+        pins,
+        [
+            "host_connect4",
+            "host_recvmsg4",
+            "host_sendmsg4",
+            "pace_tcp"
+        ]
+    );
+    // Unpinning a link detaches its program.
+    for pin in &pins {
+        std::fs::remove_file(hooks.join(pin)).unwrap();
+    }
+    expect_node_refused(
+        hp.tcp_from_node(at(hp.node_ip(), HOST_PORT), 16, 0),
+        "TCP node -> node:8080 without the socket hooks",
+    );
+    limited
+        .check("1.0.0")
+        .expect_error("CHECK without TCP pacing", 112);
+
+    let cgroup = hp.cgroup.path().to_string_lossy().into_owned();
+    let agent = Agent::start(&hp.node, &["--gc-interval", "1", "--cgroup-root", &cgroup]);
+    let line = agent
+        .wait_for_line(Duration::from_secs(10), |l| l.contains("reconciled:"))
+        .expect("no reconcile report");
+    assert!(
+        line.contains("socket hooks") && line.contains("pace_tcp"),
+        "{line}"
+    );
+    for pin in &pins {
+        assert!(hooks.join(pin).exists(), "{pin} not pinned again");
+    }
+    let outcome = expect_node_tcp(
+        hp.tcp_from_node(at(hp.node_ip(), HOST_PORT), 64 * 1024, 3),
+        "TCP node -> node:8080 after the agent reattached the hooks",
+    );
+    assert!(outcome.intact(), "{outcome:?}");
+    assert_eq!(servers.tcp.conns().len(), 1);
+    limited
+        .check("1.0.0")
+        .expect_success("CHECK after the agent reattached pacing");
+    pod.check("1.0.0")
+        .expect_success("CHECK of the published pod");
 }

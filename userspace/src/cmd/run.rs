@@ -7,6 +7,7 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -20,7 +21,7 @@ use cni_ebpf_userspace::{
     datapath::BUILD_ID,
     datapath_log,
     metrics::{self, AgentCounters},
-    nat, reconcile, upgrade,
+    nat, node, reconcile, upgrade,
 };
 use log::LevelFilter;
 use nix::sys::signal::{SigHandler, Signal, signal};
@@ -41,6 +42,11 @@ pub struct RunArgs {
     /// Where to serve Prometheus metrics (GET /metrics); "off" serves none.
     #[arg(long, default_value = "127.0.0.1:9962")]
     pub metrics_address: String,
+    /// The cgroup v2 directory the plugin attaches its cgroup hooks to (its
+    /// `cgroupRoot`; default: the cgroup v2 mount): where the agent puts
+    /// them back if their links are gone.
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
     /// Print the programs' log records at this level and above: off,
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "off")]
@@ -65,7 +71,11 @@ pub fn run(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
     // Reattaching uses the programs pinned now, not the ones opened above:
     // the adoption may just have replaced them.
     drop(datapath);
-    let repaired = reconcile_now(&layout).context("reconciling")?;
+    let cgroup = match &args.cgroup_root {
+        Some(path) => Some(path.clone()),
+        None => node::cgroup2_mount().context("reading /proc/self/mountinfo")?,
+    };
+    let repaired = reconcile_now(&layout, cgroup.as_deref()).context("reconciling")?;
     eprintln!(
         "cni-ebpfd: datapath build {BUILD_ID} ready under {root}; {} attachment(s) moved onto it",
         adopted.swapped.len()
@@ -95,7 +105,7 @@ pub fn run(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
             gc(&layout, &timeouts, &counters);
             // Repairs between ticks too: a program detached behind the
             // plugin's back, an attachment made with an older generation.
-            match reconcile_now(&layout) {
+            match reconcile_now(&layout, cgroup.as_deref()) {
                 Ok(repaired) => report_reconciled(&repaired, &counters, false),
                 Err(e) => eprintln!("cni-ebpfd: reconcile failed: {e}"),
             }
@@ -113,9 +123,12 @@ pub fn run(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
 
 /// One reconciliation with the programs pinned at this moment (an upgrade
 /// may have replaced them since the last one).
-fn reconcile_now(layout: &BpffsLayout) -> anyhow::Result<reconcile::Reconciled> {
+fn reconcile_now(
+    layout: &BpffsLayout,
+    cgroup: Option<&Path>,
+) -> anyhow::Result<reconcile::Reconciled> {
     let mut datapath = Datapath::open_or_load(layout.clone())?;
-    Ok(reconcile::reconcile(&mut datapath)?)
+    Ok(reconcile::reconcile(&mut datapath, cgroup)?)
 }
 
 fn gc(layout: &BpffsLayout, timeouts: &nat::NatTimeouts, counters: &Mutex<AgentCounters>) {
@@ -140,6 +153,12 @@ fn report_reconciled(
     let removed = repaired.endpoints.len() + repaired.link_pins.len();
     for failure in &repaired.failed {
         eprintln!("cni-ebpfd: could not reattach {failure}");
+    }
+    if repaired.node_addrs > 0 {
+        eprintln!(
+            "cni-ebpfd: node addresses changed: {} NODE_ADDRS entr(y/ies) updated",
+            repaired.node_addrs
+        );
     }
     if always || removed > 0 || !repaired.reattached.is_empty() {
         eprintln!(
