@@ -22,7 +22,7 @@ use cni_ebpf_common::{ENDPOINT_F_RATE_LIMITED, Endpoint, IpKey};
 
 use crate::{
     maps::{ENDPOINTS, NODE_CONFIG, RATE_LIMITS},
-    rate::Way,
+    rate::{SEGMENT_OVERHEAD, Way},
 };
 
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
@@ -30,9 +30,6 @@ const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
 const AF_INET: u32 = 2;
 const SOL_SOCKET: i32 = 1;
 const SO_MAX_PACING_RATE: i32 = 47;
-/// What a full segment carries besides its payload on the veth, as the
-/// policer counts it: Ethernet 14 + IPv4 20 + TCP 20 + timestamps 12.
-const SEGMENT_OVERHEAD: u64 = 66;
 
 #[sock_ops]
 pub fn pace_tcp(ctx: SockOpsContext) -> u32 {
@@ -72,7 +69,7 @@ fn pace(ctx: &SockOpsContext) {
     // The pacing rate counts payload; the policer counts whole frames.
     // SAFETY: the context is valid for the whole program run.
     let mss = u64::from(unsafe { (*ctx.ops).mss_cache }).max(536);
-    let payload = rate * mss / (mss + SEGMENT_OVERHEAD);
+    let payload = rate * mss / (mss + u64::from(SEGMENT_OVERHEAD));
     // The option is an int: ~0U would mean "no limit".
     let mut value = payload.min(u64::from(u32::MAX - 1)).max(1) as u32;
     // SAFETY: `value` outlives the call and its size is passed.

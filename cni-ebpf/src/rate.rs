@@ -9,7 +9,7 @@
 
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::TcContext};
 use cni_ebpf_common::{DropReason, ENDPOINT_F_RATE_LIMITED, Endpoint, RateBucket};
 
 use crate::maps::RATE_LIMITS;
@@ -26,6 +26,20 @@ const NSEC_PER_SEC: u64 = 1_000_000_000;
 /// How far ahead of now the clock may run: what tbf would hold in its queue
 /// (the reference bandwidth plugin gives tbf 25 ms of latency).
 const QUEUE_NS: u64 = 25_000_000;
+
+/// What a full TCP segment carries besides its payload on a veth: Ethernet
+/// 14 + IPv4 20 + TCP 20 + timestamps 12.
+pub const SEGMENT_OVERHEAD: u32 = 66;
+
+/// The bytes the packet occupies as frames, which is what a limit counts
+/// (as tbf does): a GSO packet carries its headers once but stands for
+/// `gso_segs` frames, each with its own (taken as a full TCP segment's).
+#[inline(always)]
+pub fn wire_len(ctx: &TcContext) -> u32 {
+    // SAFETY: the context is valid for the whole program run.
+    let (len, segs) = unsafe { ((*ctx.skb.skb).len, (*ctx.skb.skb).gso_segs) };
+    len + segs.saturating_sub(1) * SEGMENT_OVERHEAD
+}
 
 /// Charges `len` bytes to `endpoint`'s limit in `way`.
 #[inline(never)]

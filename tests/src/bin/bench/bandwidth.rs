@@ -3,8 +3,9 @@
 //! the same node.
 //!
 //! Measures per limit: goodput ÷ limit and sender retransmits of one iperf3
-//! stream each way (egress: the limited pod sends; ingress: it receives),
-//! and the round trip of a second flow (sockperf TCP ping-pong from the
+//! stream each way (egress: the limited pod sends; ingress: it receives)
+//! and of four streams the limited pod sends at once, and the round trip of
+//! a second flow (sockperf TCP ping-pong from the
 //! limited pod) while a bulk iperf3 flow runs against its egress limit,
 //! with what the bulk flow moved during that window (÷ limit): a round trip
 //! only counts as loaded when the bulk flow really filled the limit.
@@ -133,15 +134,16 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
         )
     };
     // Per rate: [egress goodput, egress retransmits, ingress goodput,
-    // ingress retransmits, loaded p50, loaded p99, bulk share].
-    let mut tables: Vec<[Metric; 7]> = RATES
+    // ingress retransmits, 4-stream egress goodput, 4-stream egress
+    // retransmits, loaded p50, loaded p99, bulk share].
+    let mut tables: Vec<[Metric; 9]> = RATES
         .iter()
         .map(|(rate, label)| {
             let key = format!("{}m", rate / 1_000_000);
             let goodput = |dir: &str, what: &str| {
                 metric(
                     format!("{key}.{dir}.goodput"),
-                    format!("{label} limit, {what}: goodput ÷ limit (1 stream)"),
+                    format!("{label} limit, {what}: goodput ÷ limit"),
                     "× limit",
                     3,
                     Better::Higher,
@@ -168,10 +170,12 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
                 )
             };
             [
-                goodput("egress", "egress (limited pod sends)"),
-                retrans("egress", "egress (limited pod sends)"),
-                goodput("ingress", "ingress (limited pod receives)"),
-                retrans("ingress", "ingress (limited pod receives)"),
+                goodput("egress", "egress (limited pod sends, 1 stream)"),
+                retrans("egress", "egress (limited pod sends, 1 stream)"),
+                goodput("ingress", "ingress (limited pod receives, 1 stream)"),
+                retrans("ingress", "ingress (limited pod receives, 1 stream)"),
+                goodput("egress4", "egress (limited pod sends, 4 streams)"),
+                retrans("egress4", "egress (limited pod sends, 4 streams)"),
                 loaded("p50"),
                 loaded("p99"),
                 metric(
@@ -192,9 +196,12 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
             for world in &worlds {
                 let client = &world.limited[index];
                 let server = SocketAddrV4::new(world.server.ip(), IPERF3_PORT);
-                for (reverse, goodput_at, retrans_at) in [(false, 0, 1), (true, 2, 3)] {
+                for (extra, what, goodput_at, retrans_at) in [
+                    (&[][..], "egress", 0, 1),
+                    (&["-R"][..], "ingress", 2, 3),
+                    (&["-P", "4"][..], "egress ×4", 4, 5),
+                ] {
                     stop::check()?;
-                    let extra: &[&str] = if reverse { &["-R"] } else { &[] };
                     let report =
                         flows::iperf3(&client.netns, server, cpus.client, plan.run_time, extra);
                     let goodput = report
@@ -206,7 +213,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
                         .as_ref()
                         .ok()
                         .and_then(|r| r["end"]["sum_sent"]["retransmits"].as_f64());
-                    let what = format!("{label} {}", if reverse { "ingress" } else { "egress" });
+                    let what = format!("{label} {what}");
                     progress(SCENARIO, round, world.row, &what, &goodput, "× limit");
                     if let Some(round) = round {
                         let tables = &mut tables[index];
@@ -227,9 +234,9 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
                 );
                 if let Some(round) = round {
                     let loaded = loaded.ok();
-                    tables[index][4].record(world.row, round, loaded.map(|l| l.p50));
-                    tables[index][5].record(world.row, round, loaded.map(|l| l.p99));
-                    tables[index][6].record(
+                    tables[index][6].record(world.row, round, loaded.map(|l| l.p50));
+                    tables[index][7].record(world.row, round, loaded.map(|l| l.p99));
+                    tables[index][8].record(
                         world.row,
                         round,
                         loaded.map(|l| l.bulk_bits / *rate as f64),
