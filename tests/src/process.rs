@@ -3,11 +3,22 @@
 
 use std::{
     io::{Read, Write},
-    process::{Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
+
+/// A child process killed and reaped when dropped (a server a test leaves
+/// running while it works).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// How long any helper command may take before it is killed.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);

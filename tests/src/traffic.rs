@@ -16,6 +16,7 @@ use std::{
 use crate::{
     hash::{ByteStream, Fnv64},
     netns::Netns,
+    process::KillOnDrop,
 };
 
 /// `ping -c count` from `from` to `ip`: transmitted and received counts.
@@ -284,6 +285,19 @@ pub fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Socke
             result => return result,
         }
     }
+}
+
+/// A one-shot iperf3 server (`-s -1`) in `ns` bound to `ip` on `port`,
+/// killed on drop if it is still running. It listens a moment after this
+/// returns; clients retry or wait for its socket.
+pub fn iperf3_server(ns: &Netns, ip: std::net::Ipv4Addr, port: &str) -> KillOnDrop {
+    let mut command = ns.command("iperf3");
+    command
+        .args(["-s", "-1", "-B", &ip.to_string(), "-p", port])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    KillOnDrop(command.spawn().expect("spawning the iperf3 server"))
 }
 
 #[cfg(test)]

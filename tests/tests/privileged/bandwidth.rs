@@ -5,20 +5,16 @@
 //! only the limited direction is limited, and DEL, CHECK, GC and validation
 //! handle the limits.
 
-use std::{
-    net::Ipv4Addr,
-    process::{Child, Stdio},
-    thread,
-    time::Duration,
-};
+use std::{net::Ipv4Addr, thread, time::Duration};
 
 use cni_ebpf_tests::{
     CniRequest, Netns, Node, Pod,
     agent::Agent,
-    ext::{assert_node_untouched, with_keys},
+    ext::{self, assert_node_untouched, with_keys},
     hostports::{delete_map_entry, dump_map},
     node::DEFAULT_NETWORK,
     spec::{Footprint, Sandbox},
+    traffic,
 };
 use serde_json::{Value, json};
 
@@ -57,17 +53,7 @@ fn runtime_bandwidth(node: &Node, bandwidth: Value) -> Value {
     )
 }
 
-/// An iperf3 server, killed and reaped on drop if it is still running.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// One iperf3 TCP run from `client` to a server in `server` on `server_ip`.
+/// What one iperf3 run measured.
 #[derive(Debug, Clone, Copy)]
 struct Goodput {
     /// What the receiver got, bits per second.
@@ -79,13 +65,7 @@ struct Goodput {
 /// or what `extra` asks for.
 fn iperf3_with(server: &Netns, server_ip: Ipv4Addr, client: &Netns, extra: &[&str]) -> Goodput {
     let ip = server_ip.to_string();
-    let mut command = server.command("iperf3");
-    command
-        .args(["-s", "-1", "-B", &ip, "-p", IPERF_PORT])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _server = Server(command.spawn().expect("spawning the iperf3 server"));
+    let _server = traffic::iperf3_server(server, server_ip, IPERF_PORT);
     // The server listens a moment after it starts.
     for attempt in 0..50 {
         let mut args = vec![
@@ -186,8 +166,10 @@ fn rate_limited(node: &Node, direction: &str) -> u64 {
 }
 
 #[test]
-fn egress_limit_holds_pod_to_pod_goodput_under_the_limit() {
+fn egress_limit_holds_to_pods_and_to_the_node() {
     let node = Node::new();
+    // Gives the node an address for the pod to talk to.
+    let uplink = node.add_uplink();
     let limited = node.add_pod_with(runtime_bandwidth(
         &node,
         json!({ "egressRate": LIMIT_BITS, "egressBurst": BURST_BITS }),
@@ -203,6 +185,20 @@ fn egress_limit_holds_pod_to_pod_goodput_under_the_limit() {
         rate_limited(&node, "from-pod") > before,
         "no rate-limited drop counted from the pod"
     );
+    // What the pod sends to the node's own stack is limited too.
+    assert_paced(
+        iperf3(node.netns(), uplink.node_ip, limited.netns()),
+        "egress pod -> node, TCP",
+    );
+    let before = rate_limited(&node, "from-pod");
+    assert_limited(
+        udp_flood(node.netns(), uplink.node_ip, limited.netns()),
+        "egress pod -> node, UDP flood",
+    );
+    assert!(
+        rate_limited(&node, "from-pod") > before,
+        "no rate-limited drop counted from the pod to the node"
+    );
     // What the limited pod receives is not limited.
     let to_pod = rate_limited(&node, "to-pod");
     assert_unlimited(
@@ -211,6 +207,55 @@ fn egress_limit_holds_pod_to_pod_goodput_under_the_limit() {
     );
     assert_eq!(rate_limited(&node, "to-pod"), to_pod);
     assert_node_untouched(&node);
+}
+
+#[test]
+fn egress_limit_holds_to_the_outside_through_masquerade() {
+    let node = Node::new();
+    let ext = ext::uplink_with_default_route(&node);
+    let limited = node.add_pod_with(with_keys(
+        ext::masquerade_conf(&node),
+        json!({ "egressRate": LIMIT_BITS, "egressBurst": BURST_BITS }),
+    ));
+    assert_paced(
+        iperf3(&ext.netns, ext.ext_ip, limited.netns()),
+        "egress pod -> outside, TCP",
+    );
+    let before = rate_limited(&node, "from-pod");
+    assert_limited(
+        udp_flood(&ext.netns, ext.ext_ip, limited.netns()),
+        "egress pod -> outside, UDP flood",
+    );
+    assert!(
+        rate_limited(&node, "from-pod") > before,
+        "no rate-limited drop counted from the pod to the outside"
+    );
+}
+
+#[test]
+fn ingress_limit_holds_from_the_outside() {
+    let node = Node::new();
+    let ext = ext::uplink_with_default_route(&node);
+    let limited = node.add_pod_with(with_keys(
+        ext::masquerade_conf(&node),
+        json!({ "ingressRate": LIMIT_BITS, "ingressBurst": BURST_BITS }),
+    ));
+    // The sender is off the node: not paced, only policed.
+    assert_limited(
+        iperf3_with(&ext.netns, ext.ext_ip, limited.netns(), &["-R"]),
+        "ingress outside -> pod (replies through masquerade), TCP",
+    );
+    let before = rate_limited(&node, "to-pod");
+    let mut flood = UDP_FLOOD.to_vec();
+    flood.push("-R");
+    assert_limited(
+        iperf3_with(&ext.netns, ext.ext_ip, limited.netns(), &flood),
+        "ingress outside -> pod, UDP flood",
+    );
+    assert!(
+        rate_limited(&node, "to-pod") > before,
+        "no rate-limited drop counted to the pod from the outside"
+    );
 }
 
 #[test]

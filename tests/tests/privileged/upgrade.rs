@@ -20,6 +20,8 @@ use cni_ebpf_tests::{
     ext::with_keys,
     hostports::{HostPort, HostPortNode},
     netns::Netns,
+    process::KillOnDrop,
+    traffic,
 };
 use serde_json::{Value, json};
 
@@ -77,26 +79,11 @@ fn pinned_link_program(node: &Node, pin: &str) -> u64 {
         .unwrap_or_else(|| panic!("bpftool link show pinned {pin}: {link}"))
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// An iperf3 client run in `client` against a one-shot server in `server`,
 /// reporting every 100 ms.
-fn iperf3_stream(server_ns: &Netns, server_ip: Ipv4Addr, client: &Netns) -> (Killed, Child) {
+fn iperf3_stream(server_ns: &Netns, server_ip: Ipv4Addr, client: &Netns) -> (KillOnDrop, Child) {
     let ip = server_ip.to_string();
-    let mut command = server_ns.command("iperf3");
-    command
-        .args(["-s", "-1", "-B", &ip, "-p", IPERF_PORT])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let server = Killed(command.spawn().expect("spawning the iperf3 server"));
+    let server = traffic::iperf3_server(server_ns, server_ip, IPERF_PORT);
     // The server listens a moment after it starts; a probe connection would
     // use up the one-shot server, so wait for its socket instead.
     let deadline = Instant::now() + Duration::from_secs(10);
