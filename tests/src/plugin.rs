@@ -73,6 +73,11 @@ impl CniOutput {
         self.json.as_ref()?.get("msg")?.as_str()
     }
 
+    /// The `details` of an error object on stdout.
+    pub fn error_details(&self) -> Option<&str> {
+        self.json.as_ref()?.get("details")?.as_str()
+    }
+
     /// Panics unless the call failed with `code`; returns the error message.
     pub fn expect_error(&self, what: &str, code: u64) -> String {
         if self.success() || self.error_code() != Some(code) {

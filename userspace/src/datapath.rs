@@ -5,6 +5,7 @@ use std::io;
 
 use aya::{
     EbpfLoader,
+    maps::MapData,
     programs::{
         CgroupSockAddr, Program, ProgramError, SchedClassifier, SockOps,
         cgroup_sock_addr::CgroupSockAddrAttachType,
@@ -164,10 +165,44 @@ fn open_pinned(layout: &BpffsLayout, name: &'static str) -> Result<Option<SchedC
 
 /// Loads the object and pins its programs under `dir`; the maps are the
 /// node's pinned ones, so a new generation shares every entry.
+/// Refuses to load over pinned maps whose key size, value size or capacity
+/// differ from this build's: aya would reuse them as they are, and the
+/// verifier would then reject a program for an access past a shorter value
+/// (or, worse, accept one that reads the wrong fields).
+fn check_pinned_layouts(layout: &BpffsLayout) -> Result<()> {
+    let object = aya_obj::Object::parse(OBJECT).map_err(|e| {
+        DatapathError::io("parse the eBPF object", "", io::Error::other(e.to_string()))
+    })?;
+    for (name, map) in &object.maps {
+        let path = layout.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|pinned| pinned.info())
+            .map_err(|e| DatapathError::io("open pinned map", &path, io::Error::other(e)))?;
+        let shape = |key: u32, value: u32, entries: u32| {
+            format!("{key}-byte keys, {value}-byte values, {entries} entries")
+        };
+        let pinned = shape(info.key_size(), info.value_size(), info.max_entries());
+        let wanted = shape(map.key_size(), map.value_size(), map.max_entries());
+        if pinned != wanted {
+            return Err(DatapathError::MapLayout {
+                name: name.clone(),
+                path,
+                pinned,
+                wanted,
+            });
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn load_and_pin(layout: &BpffsLayout, dir: &std::path::Path) -> Result<()> {
     if OBJECT.is_empty() {
         return Err(DatapathError::NoObject);
     }
+    check_pinned_layouts(layout)?;
     // Maps marked pinned in the object are reused when their pins exist.
     // aya-log's ring buffer is not marked pinned in the object; pinning it
     // by name too lets every load share it, so a log reader survives an

@@ -17,6 +17,15 @@ pub enum DatapathError {
     NoObject,
     #[error("loading the eBPF object: {0}")]
     Load(#[from] Box<aya::EbpfError>),
+    #[error(
+        "map {name} is pinned at {path} with {pinned}, but this build needs {wanted}: the datapath's maps changed layout between the builds, which an upgrade cannot carry over; drain the node's pods and remove the maps directory to start afresh"
+    )]
+    MapLayout {
+        name: String,
+        path: PathBuf,
+        pinned: String,
+        wanted: String,
+    },
     #[error("program {name}: {source}")]
     Program {
         name: &'static str,

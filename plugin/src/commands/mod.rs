@@ -18,8 +18,15 @@ pub(crate) fn datapath_error(context: &str, e: DatapathError) -> CniError {
 }
 
 pub(crate) fn open_datapath(conf: &NetConf) -> CniResult<Datapath> {
-    Datapath::open_or_load(BpffsLayout::new(&conf.bpffs_root))
-        .map_err(|e| datapath_error("loading the eBPF datapath", e))
+    Datapath::open_or_load(BpffsLayout::new(&conf.bpffs_root)).map_err(|e| {
+        let context = match &e {
+            DatapathError::MapLayout { name, .. } => format!(
+                "loading the eBPF datapath: the pinned map {name} has another layout than this build's"
+            ),
+            _ => "loading the eBPF datapath".to_string(),
+        };
+        datapath_error(&context, e)
+    })
 }
 
 /// A current-thread runtime: the plugin's netlink work is a handful of

@@ -182,3 +182,51 @@ fn add_onto_a_taken_interface_name_rolls_back() {
         "the existing attachment stopped working"
     );
 }
+
+#[test]
+fn a_map_pinned_with_another_layout_is_refused_by_name() {
+    let node = Node::new();
+    // What an older build with a shorter endpoint entry would have left.
+    let maps = node.bpffs_root().join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    let pin = maps.join("ENDPOINTS");
+    let pin = pin.to_string_lossy();
+    node.netns().exec_ok(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            &pin,
+            "type",
+            "hash",
+            "key",
+            "16",
+            "value",
+            "32",
+            "entries",
+            "65536",
+            "name",
+            "ENDPOINTS",
+        ],
+    );
+    let links_before = node.links();
+
+    let conf = node.conf().build();
+    let (output, netns) = add_raw(&node, conf.to_string().as_bytes());
+    let msg = output.expect_error("ADD over a map of another layout", 100);
+    assert!(
+        msg.contains("ENDPOINTS") && msg.contains("layout"),
+        "message does not name the map: {msg}"
+    );
+    let details = output.error_details().unwrap_or_default();
+    assert!(
+        details.contains("32-byte values") && details.contains("this build needs"),
+        "details do not give both layouts: {details}"
+    );
+    assert_eq!(node.links(), links_before);
+    assert!(
+        node.ipam_reservations(DEFAULT_NETWORK).is_empty(),
+        "a reservation was left"
+    );
+    assert_eq!(pod_links(&netns), Vec::<String>::new());
+}
