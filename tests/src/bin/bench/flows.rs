@@ -154,7 +154,12 @@ pub fn iperf3(
         let report: Value = serde_json::from_str(&output.stdout)
             .with_context(|| format!("iperf3 -J output is not JSON: {}", output.describe()))?;
         if let Some(error) = report.get("error").and_then(Value::as_str) {
-            if error.contains("busy") && attempt < BUSY_RETRIES {
+            // The server is busy with the last test, or between two tests
+            // (iperf3 listens again only once a test is over).
+            let between = error.contains("busy")
+                || error.contains("Connection refused")
+                || error.contains("Connection reset");
+            if between && attempt < BUSY_RETRIES {
                 thread::sleep(Duration::from_millis(200));
                 continue;
             }
