@@ -27,7 +27,7 @@ use crate::{
     log::log_drop,
     maps::{ENDPOINTS, NO_MASQ, NODE_ADDRS, NODE_CONFIG},
     nat::snat,
-    rate::{Way, charge, wire_len},
+    rate::{Way, charge},
 };
 
 /// Ethernet + the longest L3 header we read.
@@ -91,7 +91,7 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     // SAFETY: `eth` and `ip` are bounds-checked.
     let (src, dst, ttl, eth_src) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).ttl, (*eth).src) };
     let me = sender(ctx, IpKey::v4(src), &eth_src, DropReason::SpoofedSource)?;
-    charge(&me, Way::Egress, wire_len(ctx))?;
+    charge(ctx, &me, Way::Egress)?;
     count_endpoint(me.ifindex, Direction::FromPod, ctx.len());
     if me.flags & ENDPOINT_F_HOST_PORTS != 0
         && ttl > 1
@@ -195,7 +195,7 @@ fn deliver_rewritten(ctx: &TcContext, dst: [u8; 4]) -> Result<i32, DropReason> {
 /// Into the pod behind `target`'s host veth, skipping the host veth itself.
 #[inline(never)]
 pub fn deliver_to_pod(ctx: &TcContext, target: &Endpoint) -> Result<i32, DropReason> {
-    if let Err(reason) = charge(target, Way::Ingress, wire_len(ctx)) {
+    if let Err(reason) = charge(ctx, target, Way::Ingress) {
         // Counted against the receiving pod, not the sender.
         count_drop(reason, Direction::ToPod, ctx.len());
         return Ok(TC_ACT_SHOT);

@@ -44,18 +44,19 @@ pub const SEGMENT_OVERHEAD: u32 = 66;
 /// (as tbf does): a GSO packet carries its headers once but stands for
 /// `gso_segs` frames, each with its own (taken as a full TCP segment's).
 #[inline(always)]
-pub fn wire_len(ctx: &TcContext) -> u32 {
+fn wire_len(ctx: &TcContext) -> u32 {
     // SAFETY: the context is valid for the whole program run.
     let (len, segs) = unsafe { ((*ctx.skb.skb).len, (*ctx.skb.skb).gso_segs) };
     len + segs.saturating_sub(1) * SEGMENT_OVERHEAD
 }
 
-/// Charges `len` bytes to `endpoint`'s limit in `way`.
+/// Charges the packet ([`wire_len`]) to `endpoint`'s limit in `way`.
 #[inline(never)]
-pub fn charge(endpoint: &Endpoint, way: Way, len: u32) -> Result<(), DropReason> {
+pub fn charge(ctx: &TcContext, endpoint: &Endpoint, way: Way) -> Result<(), DropReason> {
     if endpoint.flags & ENDPOINT_F_RATE_LIMITED == 0 {
         return Ok(());
     }
+    let len = wire_len(ctx);
     let Some(limit) = RATE_LIMITS.get_ptr_mut(&endpoint.owner) else {
         return Ok(());
     };

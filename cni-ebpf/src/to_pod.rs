@@ -14,7 +14,7 @@ use crate::{
     counters::{count_drop, count_endpoint},
     headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, header},
     maps::ENDPOINTS,
-    rate::{Way, charge, wire_len},
+    rate::{Way, charge},
 };
 
 #[classifier]
@@ -33,7 +33,7 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     let Some(endpoint) = (unsafe { ENDPOINTS.get(&IpKey::v4((*ip).daddr)) }).copied() else {
         return TC_ACT_OK;
     };
-    match charge(&endpoint, Way::Ingress, wire_len(&ctx)) {
+    match charge(&ctx, &endpoint, Way::Ingress) {
         Ok(()) => {
             count_endpoint(endpoint.ifindex, Direction::ToPod, ctx.len());
             TC_ACT_OK

@@ -508,7 +508,12 @@ pub fn udp_request(
     socket.send(payload)?;
     let mut buf = [0u8; 2048];
     let n = socket.recv(&mut buf)?;
-    let answer = &buf[..n];
+    parse_echo_answer(&buf[..n])
+}
+
+/// A [`UdpEcho`] answer: the address the server saw, a newline, and the
+/// payload it echoed.
+pub fn parse_echo_answer(answer: &[u8]) -> io::Result<(SocketAddr, Vec<u8>)> {
     let split = answer
         .iter()
         .position(|&b| b == b'\n')

@@ -499,18 +499,12 @@ pub fn node_udp_request(
     )?;
     let answer: String = field(&lines, "answer")?;
     let answer = hex_bytes(&answer).ok_or_else(|| format!("answer {answer:?} is not hex"))?;
-    let split = answer
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or_else(|| "echo answer without a newline".to_string())?;
-    let seen = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let (seen_as, echoed) = crate::ext::parse_echo_answer(&answer).map_err(|e| e.to_string())?;
     Ok(NodeUdpAnswer {
         local: field(&lines, "local")?,
         from: field(&lines, "from")?,
-        seen_as: seen
-            .parse()
-            .map_err(|_| format!("echo greeting {seen:?}"))?,
-        echoed: answer[split + 1..].to_vec(),
+        seen_as,
+        echoed,
     })
 }
 

@@ -181,17 +181,17 @@ fn check_pinned_layouts(layout: &BpffsLayout) -> Result<()> {
         let info = MapData::from_pin(&path)
             .and_then(|pinned| pinned.info())
             .map_err(|e| DatapathError::io("open pinned map", &path, io::Error::other(e)))?;
-        let shape = |key: u32, value: u32, entries: u32| {
-            format!("{key}-byte keys, {value}-byte values, {entries} entries")
-        };
-        let pinned = shape(info.key_size(), info.value_size(), info.max_entries());
-        let wanted = shape(map.key_size(), map.value_size(), map.max_entries());
+        let pinned = (info.key_size(), info.value_size(), info.max_entries());
+        let wanted = (map.key_size(), map.value_size(), map.max_entries());
         if pinned != wanted {
+            let shape = |(key, value, entries): (u32, u32, u32)| {
+                format!("{key}-byte keys, {value}-byte values, {entries} entries")
+            };
             return Err(DatapathError::MapLayout {
                 name: name.clone(),
                 path,
-                pinned,
-                wanted,
+                pinned: shape(pinned),
+                wanted: shape(wanted),
             });
         }
     }

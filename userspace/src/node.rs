@@ -131,7 +131,10 @@ pub fn no_masquerade(layout: &BpffsLayout) -> Result<Vec<IpNet>> {
 /// node. Writes only what changed, and returns how many entries it added or
 /// removed.
 pub fn sync_node_addrs(layout: &BpffsLayout, addrs: &[IpAddr]) -> Result<usize> {
-    let mut map: HashMap<MapData, IpKey, u8> = open_map(layout, NODE_ADDRS)?;
+    sync_into(&mut open_map(layout, NODE_ADDRS)?, addrs)
+}
+
+fn sync_into(map: &mut HashMap<MapData, IpKey, u8>, addrs: &[IpAddr]) -> Result<usize> {
     let wanted: Vec<IpKey> = addrs.iter().map(|a| IpKey::from_ip(*a)).collect();
     let present: Vec<IpKey> = map.keys().filter_map(|k| k.ok()).collect();
     let mut changed = 0;
@@ -154,11 +157,10 @@ pub fn sync_node_addrs(layout: &BpffsLayout, addrs: &[IpAddr]) -> Result<usize> 
 /// with an uplink or host ports; an empty map is left alone). Returns how
 /// many entries changed.
 pub fn refresh_node_addrs(layout: &BpffsLayout) -> Result<usize> {
-    let map: HashMap<MapData, IpKey, u8> = open_map(layout, NODE_ADDRS)?;
+    let mut map: HashMap<MapData, IpKey, u8> = open_map(layout, NODE_ADDRS)?;
     if map.keys().next().is_none() {
         return Ok(0);
     }
-    drop(map);
     let addrs: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
         .map_err(|e| crate::error::DatapathError::io("getifaddrs", "/", e.into()))?
         .filter_map(|ifaddr| {
@@ -170,7 +172,7 @@ pub fn refresh_node_addrs(layout: &BpffsLayout) -> Result<usize> {
             }
         })
         .collect();
-    sync_node_addrs(layout, &addrs)
+    sync_into(&mut map, &addrs)
 }
 
 /// The cgroup v2 mount point of this mount namespace: where the plugin

@@ -81,14 +81,16 @@ pub fn holds(
     }
 }
 
-/// Whether `owner` has an ingress limit (its host veth then carries
-/// `to_pod` on egress).
-pub fn limits_ingress(layout: &BpffsLayout, owner: u64) -> Result<bool> {
-    match open(layout)?.get(&owner, 0) {
-        Ok(v) => Ok(v.ingress.bytes_per_sec != 0),
-        Err(MapError::KeyNotFound) => Ok(false),
-        Err(e) => Err(map_error(e)),
-    }
+/// Owners with an ingress limit (their host veths carry `to_pod` on
+/// egress), in one pass over the map.
+pub fn ingress_limited_owners(layout: &BpffsLayout) -> Result<Vec<u64>> {
+    open(layout)?
+        .iter()
+        .filter_map(|entry| match entry {
+            Ok((owner, limit)) => (limit.ingress.bytes_per_sec != 0).then_some(Ok(owner)),
+            Err(e) => Some(Err(map_error(e))),
+        })
+        .collect()
 }
 
 /// Owners with a limit (for GC).

@@ -10,7 +10,7 @@ use std::{net::IpAddr, path::Path};
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use cni_ebpf_common::{
-    ENDPOINT_F_HOST_PORTS, ENDPOINT_F_RATE_LIMITED,
+    ENDPOINT_F_HOST_PORTS, ENDPOINT_F_RATE_LIMITED, Endpoint,
     program_names::{FROM_POD, FROM_UPLINK, PACE_TCP, TO_POD},
 };
 
@@ -44,10 +44,17 @@ pub struct Reconciled {
 /// hooks (its `cgroupRoot`), `None` to leave them alone.
 pub fn reconcile(datapath: &mut Datapath, cgroup: Option<&Path>) -> Result<Reconciled> {
     let layout = datapath.layout().clone();
-    let mut done = remove_vanished(&layout)?;
-    reattach(datapath, &mut done)?;
+    let interfaces = interfaces()?;
+    let mut done = remove_vanished(&layout, &interfaces)?;
+    // What is left once the vanished are gone.
+    let endpoints: Vec<Endpoint> = EndpointMap::open(&layout)?
+        .entries()?
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    reattach(datapath, &interfaces, &endpoints, &mut done)?;
     if let Some(cgroup) = cgroup {
-        reattach_cgroup_hooks(datapath, cgroup, &mut done)?;
+        reattach_cgroup_hooks(datapath, cgroup, &endpoints, &mut done)?;
     }
     done.node_addrs = node::refresh_node_addrs(&layout)?;
     Ok(done)
@@ -55,20 +62,28 @@ pub fn reconcile(datapath: &mut Datapath, cgroup: Option<&Path>) -> Result<Recon
 
 /// Attaches the socket hooks (pods with host ports) and TCP pacing (pods
 /// with limits) again if a pod needs them and their links are gone.
-fn reattach_cgroup_hooks(datapath: &Datapath, cgroup: &Path, done: &mut Reconciled) -> Result<()> {
+fn reattach_cgroup_hooks(
+    datapath: &Datapath,
+    cgroup: &Path,
+    endpoints: &[Endpoint],
+    done: &mut Reconciled,
+) -> Result<()> {
     let layout = datapath.layout();
-    let flags = EndpointMap::open(layout)?
-        .entries()?
-        .iter()
-        .fold(0, |flags, (_, e)| flags | e.flags);
+    let flags = endpoints.iter().fold(0, |flags, e| flags | e.flags);
+    let socket_hooks = flags & ENDPOINT_F_HOST_PORTS != 0 && !socket_hooks_attached(layout);
+    let pacing = flags & ENDPOINT_F_RATE_LIMITED != 0 && !pacing_attached(layout);
+    if !socket_hooks && !pacing {
+        return Ok(());
+    }
+    // An ADD attaching them at the same moment holds the same lock.
     let _lock = layout.lock()?;
-    if flags & ENDPOINT_F_HOST_PORTS != 0 && !socket_hooks_attached(layout) {
+    if socket_hooks {
         match attach_socket_hooks(datapath, cgroup) {
             Ok(()) => done.reattached.push("socket hooks".to_string()),
             Err(e) => done.failed.push(format!("socket hooks: {e}")),
         }
     }
-    if flags & ENDPOINT_F_RATE_LIMITED != 0 && !pacing_attached(layout) {
+    if pacing {
         match attach_pacing(datapath, cgroup) {
             Ok(()) => done.reattached.push(PACE_TCP.to_string()),
             Err(e) => done.failed.push(format!("{PACE_TCP}: {e}")),
@@ -77,9 +92,8 @@ fn reattach_cgroup_hooks(datapath: &Datapath, cgroup: &Path, done: &mut Reconcil
     Ok(())
 }
 
-fn remove_vanished(layout: &BpffsLayout) -> Result<Reconciled> {
+fn remove_vanished(layout: &BpffsLayout, interfaces: &[(u32, String)]) -> Result<Reconciled> {
     let mut done = Reconciled::default();
-    let interfaces = interfaces()?;
     let interface_exists = |ifindex: u32| interfaces.iter().any(|(i, _)| *i == ifindex);
     let interface_named = |name: &str| interfaces.iter().any(|(_, n)| n == name);
     let mut endpoints = EndpointMap::open(layout)?;
@@ -141,29 +155,36 @@ fn mode_of(pin: &std::path::Path) -> AttachMode {
 /// `to_pod` to those of pods with an ingress limit, and `from_uplink` to the
 /// uplink; one interface that fails (it may be going away right now) does
 /// not stop the others.
-fn reattach(datapath: &mut Datapath, done: &mut Reconciled) -> Result<()> {
+fn reattach(
+    datapath: &mut Datapath,
+    interfaces: &[(u32, String)],
+    endpoints: &[Endpoint],
+    done: &mut Reconciled,
+) -> Result<()> {
     let layout = datapath.layout().clone();
-    let interfaces = interfaces()?;
     let name_of = |ifindex: u32| {
         interfaces
             .iter()
             .find(|(i, _)| *i == ifindex)
             .map(|(_, n)| n.clone())
     };
-    // (ifindex, owner with an ingress limit) per host veth.
-    let mut endpoints: Vec<(u32, Option<u64>)> = Vec::new();
-    for (_, e) in EndpointMap::open(&layout)?.entries()? {
-        let limited =
-            e.flags & ENDPOINT_F_RATE_LIMITED != 0 && rate::limits_ingress(&layout, e.owner)?;
-        endpoints.push((e.ifindex, limited.then_some(e.owner)));
-    }
-    endpoints.sort_unstable();
-    endpoints.dedup();
+    let ingress_limited = rate::ingress_limited_owners(&layout)?;
+    // (host veth ifindex, whether its pod has an ingress limit).
+    let mut veths: Vec<(u32, bool)> = endpoints
+        .iter()
+        .map(|e| {
+            let limited =
+                e.flags & ENDPOINT_F_RATE_LIMITED != 0 && ingress_limited.contains(&e.owner);
+            (e.ifindex, limited)
+        })
+        .collect();
+    veths.sort_unstable();
+    veths.dedup();
 
     let mut wanted = Vec::new();
-    for (ifindex, ingress_limited) in endpoints {
+    for (ifindex, ingress_limited) in veths {
         if let Some(ifname) = name_of(ifindex) {
-            if ingress_limited.is_some() {
+            if ingress_limited {
                 wanted.push((ifindex, ifname.clone(), TO_POD));
             }
             wanted.push((ifindex, ifname, FROM_POD));

@@ -20,7 +20,8 @@ use cni_ebpf_tests::{
     CniOutput, CniRequest, Netns, Pod,
     agent::Agent,
     ext::{
-        Exchange, PeerClient, PeerServer, UdpEcho, assert_node_untouched, wait_until, with_keys,
+        Exchange, PeerClient, PeerServer, UdpEcho, assert_node_untouched, parse_echo_answer,
+        wait_until, with_keys,
     },
     hostports::{
         HostPort, HostPortNode, NodeTcp, NodeTcpOutcome, at, delete_map_entry, dump_map,
@@ -117,21 +118,8 @@ fn udp_exchange(
         socket.send_to(payload, dest)?;
         let mut buf = [0u8; 2048];
         let (n, from) = traffic::recv_from(&socket, &mut buf)?;
-        let answer = &buf[..n];
-        let split = answer
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(|| io::Error::other("echo answer without a newline"))?;
-        let seen = String::from_utf8_lossy(&answer[..split]);
-        let seen = seen
-            .parse()
-            .map_err(|e| io::Error::other(format!("echo answer {seen:?}: {e}")))?;
-        Ok((
-            socket.local_addr()?.port(),
-            from,
-            seen,
-            answer[split + 1..].to_vec(),
-        ))
+        let (seen, echoed) = parse_echo_answer(&buf[..n])?;
+        Ok((socket.local_addr()?.port(), from, seen, echoed))
     })
 }
 

@@ -195,17 +195,8 @@ pub fn ping_pong(
     if !output.success() {
         bail!("sockperf ping-pong failed: {}", output.describe());
     }
-    let text = format!("{}\n{}", output.stdout, output.stderr);
-    latency::parse(&text).with_context(|| {
-        // What sockperf said instead of a summary, in short.
-        let tail: Vec<&str> = text.lines().rev().take(6).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!(
-            "parsing sockperf output: {} [{}]",
-            output.describe(),
-            tail.join(" | ")
-        )
-    })
+    latency::parse(&format!("{}\n{}", output.stdout, output.stderr))
+        .with_context(|| format!("parsing sockperf output: {}", output.describe()))
 }
 
 /// Hooks a scenario runs around the measures.

@@ -19,7 +19,7 @@ use crate::{
     cni::PluginNode,
     flows::{self, Hooks, Path},
     metric::Metric,
-    topology::Contender,
+    topology::{self, Contender},
 };
 
 pub const SCENARIO: &str = "masq";
@@ -63,27 +63,7 @@ pub fn add_uplink(node: &Netns) -> Ext {
 fn direct() -> (Netns, Netns) {
     let client = Netns::with_loopback("bench-limit");
     let server = Netns::with_loopback("ext");
-    let server_path = server.path().to_string_lossy().into_owned();
-    client.ip(&[
-        "link",
-        "add",
-        "eth0",
-        "mtu",
-        "1500",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "mtu",
-        "1500",
-        "netns",
-        &server_path,
-    ]);
-    for (ns, ip) in [(&client, "10.210.0.1/24"), (&server, "10.210.0.2/24")] {
-        ns.ip(&["addr", "add", ip, "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-    }
+    topology::join_by_veth(&client, &server, "10.210.0.1/24", "10.210.0.2/24");
     (client, server)
 }
 

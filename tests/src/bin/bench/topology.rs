@@ -124,27 +124,12 @@ impl<'n> PodPair<'n> {
         let server = Netns::with_loopback(&format!("bench-{}", contender.name()));
         let client_ip = Ipv4Addr::new(10, 200, 0, 1);
         let server_ip = Ipv4Addr::new(10, 200, 0, 2);
-        let server_path = server.path().to_string_lossy().into_owned();
-        client.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "mtu",
-            "1500",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "mtu",
-            "1500",
-            "netns",
-            &server_path,
-        ]);
-        for (ns, ip) in [(&client, client_ip), (&server, server_ip)] {
-            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-            ns.ip(&["link", "set", "eth0", "up"]);
-        }
+        join_by_veth(
+            &client,
+            &server,
+            &format!("{client_ip}/24"),
+            &format!("{server_ip}/24"),
+        );
         Ok(Self {
             contender,
             client: Pod {
@@ -169,4 +154,30 @@ fn attached_pod<'n>(contender: Contender, node: &'n PluginNode) -> Result<Pod<'n
         _attachment: Some(attachment),
         netns,
     })
+}
+
+/// Joins `client` and `server` by a veth pair named `eth0` on both sides,
+/// MTU 1500, with `client_cidr` and `server_cidr` on its ends, both up.
+pub fn join_by_veth(client: &Netns, server: &Netns, client_cidr: &str, server_cidr: &str) {
+    let server_path = server.path().to_string_lossy().into_owned();
+    client.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "mtu",
+        "1500",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "mtu",
+        "1500",
+        "netns",
+        &server_path,
+    ]);
+    for (ns, cidr) in [(client, client_cidr), (server, server_cidr)] {
+        ns.ip(&["addr", "add", cidr, "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+    }
 }
