@@ -295,9 +295,12 @@ mod tests {
             "uplink": "eth0",
             "masqueradeAddress": "192.0.2.1",
             "nodeRoutes": [{"dst": "10.244.2.0/24", "gw": "10.99.0.2"}],
-            "natPortRange": "40000-40100"
+            "natPortRange": "40000-40100",
+            "serviceCIDRs": ["10.96.0.0/12", "192.0.2.10/32"]
         }))
         .unwrap();
+        assert!(conf.services());
+        assert_eq!(conf.service_cidrs.len(), 2);
         assert!(conf.masquerade);
         assert_eq!(
             conf.no_masquerade,
@@ -324,6 +327,8 @@ mod tests {
                 "nodeRoutes[0].gw",
             ),
             (json!({"natPortRange": "9-1"}), "natPortRange"),
+            (json!({"serviceCIDRs": "10.96.0.0/12"}), "serviceCIDRs"),
+            (json!({"serviceCIDRs": ["10.96.0.0/33"]}), "serviceCIDRs[0]"),
             (json!({"masqueradeAddress": "::1"}), "masqueradeAddress"),
         ] {
             let err = UplinkConf::parse(&raw).unwrap_err();

@@ -8,8 +8,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use cni_ebpf_common::{
-    IpKey, MAX_NAT_FLOWS, NODE_F_MASQUERADE, NODE_F_SERVICES, NodeConfig,
-    map_names::{NO_MASQ, NODE_ADDRS, NODE_CONFIG, SERVICES},
+    FlowKey, IpKey, MAX_NAT_FLOWS, NODE_F_MASQUERADE, NODE_F_SERVICES, NodeConfig,
+    map_names::{NETFILTER_FLOWS, NO_MASQ, NODE_ADDRS, NODE_CONFIG, SERVICES},
 };
 use ipnet::IpNet;
 
@@ -131,6 +131,13 @@ pub fn no_masquerade(layout: &BpffsLayout) -> Result<Vec<IpNet>> {
 /// The service CIDRs, for inspection.
 pub fn services(layout: &BpffsLayout) -> Result<Vec<IpNet>> {
     cidrs(layout, SERVICES)
+}
+
+/// How many flows netfilter translated the datapath sends back through the
+/// stack (`NETFILTER_FLOWS`, an LRU map).
+pub fn netfilter_flows(layout: &BpffsLayout) -> Result<usize> {
+    let map: HashMap<MapData, FlowKey, u8> = open_map(layout, NETFILTER_FLOWS)?;
+    Ok(map.keys().filter(|k| k.is_ok()).count())
 }
 
 fn cidrs(layout: &BpffsLayout, name: &'static str) -> Result<Vec<IpNet>> {

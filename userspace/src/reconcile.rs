@@ -172,7 +172,7 @@ fn reattach(
     let ingress_limited = rate::ingress_limited_owners(&layout)?;
     let config = node::read_config(&layout)?;
     let services = config.flags & NODE_F_SERVICES != 0;
-    // (host veth ifindex, whether its pod has an ingress limit).
+    // (host veth ifindex, whether it needs to_pod: an ingress limit, or services).
     let mut veths: Vec<(u32, bool)> = endpoints
         .iter()
         .map(|e| {
