@@ -154,6 +154,10 @@ pub const NODE_F_MASQUERADE: u32 = 1;
 /// The node runs netfilter service rules (kube-proxy): pod traffic to
 /// `SERVICES` and the flows netfilter translated pass through the stack.
 pub const NODE_F_SERVICES: u32 = 2;
+/// The node does not forward in general (`net.ipv4.conf.all.forwarding=0`)
+/// but its uplink forwards for services: `from_uplink` drops what the stack
+/// would forward for neither the node, its pods nor a service address.
+pub const NODE_F_UPLINK_GUARD: u32 = 4;
 
 /// `skb->mark` bit the datapath sets on what it sends out of the uplink
 /// itself (never seen by netfilter), so that `to_uplink` tells it from what
@@ -380,10 +384,13 @@ pub enum DropReason {
     RewriteFailed = 9,
     /// Over the endpoint's bandwidth limit.
     RateLimited = 10,
+    /// Arrived on the uplink to be routed on, on a node that forwards only
+    /// for its pods and services.
+    Transit = 11,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::UnknownSource,
         DropReason::SpoofedSource,
@@ -395,6 +402,7 @@ impl DropReason {
         DropReason::NatTableFull,
         DropReason::RewriteFailed,
         DropReason::RateLimited,
+        DropReason::Transit,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -410,6 +418,7 @@ impl DropReason {
             DropReason::NatTableFull => "nat-table-full",
             DropReason::RewriteFailed => "rewrite-failed",
             DropReason::RateLimited => "rate-limited",
+            DropReason::Transit => "transit",
         }
     }
 

@@ -20,7 +20,12 @@
 //! egress hooks see every flow the stack carried, after its translation,
 //! which is exactly the key a reply carries.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
+    helpers::generated::bpf_fib_lookup,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
 use cni_ebpf_common::{
     ENDPOINT_F_NETFILTER_FLOWS, FlowKey, IPPROTO_TCP, IPPROTO_UDP, IpKey, NODE_F_SERVICES,
     NodeConfig, Verdict,
@@ -128,4 +133,34 @@ pub fn stack_bound_anyway(peer: [u8; 4]) -> bool {
 pub fn to_netfilter(ctx: &TcContext) -> i32 {
     count_verdict(Verdict::ToNetfilter, ctx.len());
     aya_ebpf::bindings::TC_ACT_OK
+}
+
+const AF_INET: u8 = 2;
+
+/// Whether the stack would route `src` -> `dst`, arrived on `ifindex`, on
+/// to somewhere else (a unicast route that is not the node's own): what a
+/// guarded uplink refuses. Service addresses, multicast and broadcast are
+/// never transit.
+#[inline(never)]
+pub fn is_transit(ctx: &TcContext, src: [u8; 4], dst: [u8; 4], ifindex: u32) -> bool {
+    if dst[0] >= 224 || is_service(dst) {
+        return false;
+    }
+    // SAFETY: plain data; all-zero is a valid lookup request.
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.ifindex = ifindex;
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    // SAFETY: `params` outlives the call and its size is passed.
+    let ret = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb.cast(),
+            &raw mut params,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    // Local and broadcast destinations answer NOT_FWDED.
+    ret == BPF_FIB_LKUP_RET_SUCCESS as i64 || ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64
 }

@@ -143,6 +143,12 @@ fn cidr_list(raw: &Value, key: &str) -> CniResult<Vec<IpNet>> {
         .collect()
 }
 
+/// Whether the node forwards IPv4 on every interface (a kubeadm node does);
+/// if not, the uplink forwards only what pods and services need.
+fn forwards_everywhere() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/forwarding").is_ok_and(|v| v.trim() == "1")
+}
+
 /// Turns on IPv4 forwarding for what arrives on `ifname` (the check is on
 /// the input device): the stack forwards the flows the datapath hands to
 /// netfilter without the node forwarding on every interface.
@@ -151,7 +157,7 @@ pub fn enable_forwarding(ifname: &str) -> CniResult<()> {
     if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
         return Ok(());
     }
-    std::fs::write(&path, "1").map_err(|e| CniError::io(&format!("writing {path}"), e))
+    std::fs::write(&path, "1").map_err(|e| CniError::io(format!("writing {path}"), e))
 }
 
 /// Makes the node ready for traffic leaving and arriving through its uplink
@@ -211,6 +217,7 @@ pub async fn ensure(
         netns_cookie: node::current_netns_cookie()
             .map_err(|e| CniError::io("reading the node's netns cookie", e))?,
         services: conf.services() && uplink_index.is_some(),
+        uplink_guard: conf.services() && !forwards_everywhere(),
     }
     .to_config();
 
