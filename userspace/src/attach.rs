@@ -98,26 +98,20 @@ pub fn attach_to_uplink(
     )
 }
 
-/// Attaches `from_tunnel` (ingress) and `to_tunnel` (egress) to the node's
-/// VXLAN device.
-pub fn attach_tunnel(datapath: &mut Datapath, device: &str, mode: AttachMode) -> Result<()> {
-    let pin = datapath.layout().tunnel_link(device, Hook::Ingress);
-    attach_as(
-        datapath.from_tunnel()?,
-        device,
-        mode,
-        pin,
-        TcAttachType::Ingress,
-    )?;
-    let pin = datapath.layout().tunnel_link(device, Hook::Egress);
-    attach_as(
-        datapath.to_tunnel()?,
-        device,
-        mode,
-        pin,
-        TcAttachType::Egress,
-    )?;
-    Ok(())
+/// Attaches `from_tunnel` (`Ingress`) or `to_tunnel` (`Egress`) to the
+/// node's VXLAN device.
+pub fn attach_tunnel(
+    datapath: &mut Datapath,
+    device: &str,
+    hook: Hook,
+    mode: AttachMode,
+) -> Result<Attachment> {
+    let pin = datapath.layout().tunnel_link(device, hook);
+    let program = match hook {
+        Hook::Ingress => datapath.from_tunnel()?,
+        Hook::Egress => datapath.to_tunnel()?,
+    };
+    attach_as(program, device, mode, pin, hook.attach_type())
 }
 
 /// Attaches `from_uplink` to tc ingress of the node's uplink.

@@ -12,7 +12,7 @@ use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
 use cni_ebpf_common::{
     IpKey, PEER_F_TUNNEL, Peer as PeerEntry, TunnelConfig,
     map_names::{PEERS, TUNNEL},
-    program_names::FROM_TUNNEL,
+    program_names::{FROM_TUNNEL, TO_TUNNEL},
 };
 use futures::TryStreamExt as _;
 use ipnet::IpNet;
@@ -167,11 +167,13 @@ pub async fn ensure_tunnel(layout: &BpffsLayout, tunnel: &TunnelSettings) -> Res
             }
         }
     }
-    let attached = filters_on(index, TUNNEL_DEVICE, Hook::Ingress)?
-        .iter()
-        .any(|f| f.program == FROM_TUNNEL);
-    if !attached {
-        attach_tunnel(&mut datapath, TUNNEL_DEVICE, AttachMode::Clsact)?;
+    for (hook, program) in [(Hook::Ingress, FROM_TUNNEL), (Hook::Egress, TO_TUNNEL)] {
+        let attached = filters_on(index, TUNNEL_DEVICE, hook)?
+            .iter()
+            .any(|f| f.program == program);
+        if !attached {
+            attach_tunnel(&mut datapath, TUNNEL_DEVICE, hook, AttachMode::Clsact)?;
+        }
     }
     let mut map: Array<MapData, TunnelConfig> = open_map(datapath.layout(), TUNNEL)?;
     map.set(
@@ -183,6 +185,12 @@ pub async fn ensure_tunnel(layout: &BpffsLayout, tunnel: &TunnelSettings) -> Res
         0,
     )
     .map_err(map_error(TUNNEL))
+}
+
+/// The VXLAN device's ifindex, 0 when the node has none.
+pub fn tunnel_ifindex(layout: &BpffsLayout) -> Result<u32> {
+    let map: Array<MapData, TunnelConfig> = open_map(layout, TUNNEL)?;
+    Ok(map.get(&0, 0).map_err(map_error(TUNNEL))?.ifindex)
 }
 
 /// Programs how `peer`'s pods are reached; idempotent (a peer that changes

@@ -296,3 +296,33 @@ fn native_peers_are_routes_that_come_and_go() {
     assert!(nodes.a.agent("peers", &["list", "--json"]).trim() == "[]");
     assert!(!traffic::ping(a.netns(), IpAddr::V4(b.ip()), 1));
 }
+
+#[test]
+fn the_agent_reattaches_the_tunnel_programs() {
+    let nodes = Routed::new();
+    let a = nodes.a.add_pod_with(conf(&nodes.a, &A));
+    let b = nodes.b.add_pod_with(conf(&nodes.b, &B));
+    join(&nodes.a, &A, &B);
+    join(&nodes.b, &B, &A);
+    assert!(traffic::ping(a.netns(), IpAddr::V4(b.ip()), 1), "baseline");
+    for hook in ["ingress", "egress"] {
+        nodes
+            .b
+            .netns()
+            .exec_ok("tc", &["filter", "del", "dev", "cnie-vxlan", hook]);
+    }
+    assert!(
+        !traffic::ping(a.netns(), IpAddr::V4(b.ip()), 2),
+        "b reachable without from_tunnel: the test proves nothing"
+    );
+    let agent = cni_ebpf_tests::agent::Agent::start(&nodes.b, &["--gc-interval", "1"]);
+    agent
+        .wait_for_line(Duration::from_secs(10), |l| {
+            l.contains("(cnie-vxlan, cnie-vxlan)")
+        })
+        .unwrap_or_else(|| panic!("no reattach:\n{}", agent.stderr().join("\n")));
+    assert!(
+        traffic::ping(a.netns(), IpAddr::V4(b.ip()), 2),
+        "after reattach"
+    );
+}
