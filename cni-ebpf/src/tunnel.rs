@@ -145,6 +145,13 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     // SAFETY: copied out at once.
     let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(dst)) }).copied() else {
+        // The device forwards (for the replies of service flows, below), but
+        // nothing a peer sends is routed on.
+        // SAFETY: the context pointer is valid for the whole program run.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        if netfilter::is_transit(ctx, src, dst, ifindex) {
+            return Err(DropReason::Transit);
+        }
         return Ok(to_stack(ctx));
     };
     if ttl <= 1 {
@@ -154,6 +161,7 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
         && let Some(transport) = l4::parse(ctx, ip)
     {
         if netfilter::owns(src, dst, &transport) {
+            make_ours(ctx);
             return Ok(to_netfilter(ctx));
         }
         netfilter::forget_replies_on_syn(src, dst, &transport);
@@ -167,13 +175,19 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
     deliver_to_pod(ctx, &target)
 }
 
-/// Hands a decapsulated packet to the node's stack. Its inner Ethernet
-/// header still names the sending pod's gateway MAC on the other node, so
-/// the stack would take it for someone else's frame: make it the node's.
+/// A decapsulated frame still names the sending pod's gateway MAC on the
+/// other node, so the stack would take it for someone else's and drop it:
+/// make it the node's.
 #[inline(always)]
-fn to_stack(ctx: &TcContext) -> i32 {
+fn make_ours(ctx: &TcContext) {
     // SAFETY: plain helper call.
     unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) };
+}
+
+/// Hands a decapsulated packet to the node's stack.
+#[inline(always)]
+fn to_stack(ctx: &TcContext) -> i32 {
+    make_ours(ctx);
     count_verdict(Verdict::ToStack, ctx.len());
     TC_ACT_OK
 }

@@ -167,6 +167,12 @@ pub async fn ensure_tunnel(layout: &BpffsLayout, tunnel: &TunnelSettings) -> Res
             }
         }
     }
+    // Replies of service flows whose endpoint is behind the tunnel arrive
+    // here and are forwarded by the stack after conntrack (the forwarding
+    // check is on the input device); `from_tunnel` lets nothing else
+    // through to be routed on.
+    let forwarding = format!("/proc/sys/net/ipv4/conf/{TUNNEL_DEVICE}/forwarding");
+    std::fs::write(&forwarding, "1").map_err(|e| DatapathError::io("write", forwarding, e))?;
     for (hook, program) in [(Hook::Ingress, FROM_TUNNEL), (Hook::Egress, TO_TUNNEL)] {
         let attached = filters_on(index, TUNNEL_DEVICE, hook)?
             .iter()

@@ -326,3 +326,39 @@ fn the_agent_reattaches_the_tunnel_programs() {
         "after reattach"
     );
 }
+
+#[test]
+fn a_service_whose_endpoint_is_behind_the_tunnel_answers_from_its_address() {
+    let nodes = Routed::new();
+    let services = with_keys(
+        conf(&nodes.a, &A),
+        json!({ "serviceCIDRs": ["10.96.0.0/12"] }),
+    );
+    let a = nodes.a.add_pod_with(services);
+    let b = nodes.b.add_pod_with(conf(&nodes.b, &B));
+    join(&nodes.a, &A, &B);
+    join(&nodes.b, &B, &A);
+    let server_b = server(&b);
+    let rules = format!(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n\
+         -A PREROUTING -d 10.96.0.30/32 -p tcp --dport 80 -j DNAT --to-destination {}\n\
+         COMMIT\n",
+        server_b.addr()
+    );
+    let path = nodes.a.dir().join("tunnel-dnat.rules");
+    std::fs::write(&path, rules).unwrap();
+    nodes
+        .a
+        .netns()
+        .exec_ok("iptables-restore", &[path.to_str().unwrap()]);
+    let vip: SocketAddr = "10.96.0.30:80".parse().unwrap();
+    let client = a
+        .netns()
+        .run(|| PeerClient::connect(vip, CONNECT_TIMEOUT))
+        .expect("pod -> ClusterIP -> pod behind the tunnel");
+    assert_eq!(client.stream.peer_addr().unwrap(), vip);
+    assert_eq!(client.seen_as.ip(), IpAddr::V4(a.ip()));
+    let exchange = client.exchange(1 << 20, 3).expect("exchange");
+    assert!(exchange.intact(), "{exchange:?}");
+    assert!(nodes.a.verdict_packets("to-netfilter") > 0);
+}
