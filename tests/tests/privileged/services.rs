@@ -80,7 +80,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(3);
 const UDP_TRIES: u32 = 3;
 const UDP_WAIT: Duration = Duration::from_millis(700);
 const BYTES: u64 = 64 << 10;
-const FAST_PATH_BYTES: u64 = 256 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Plugin {
@@ -457,6 +456,9 @@ fn run_cases(site: &Site, mode: Mode) -> Vec<Outcome> {
         "closed connection's conntrack entry, same client port again",
         reused_client_port(c, client.ip(), server.ip(), &b.server_tcp),
     );
+    if site.plugin == Plugin::CniEbpf {
+        outcomes.extend(fast_path_cases(site, &client, &server, b));
+    }
     outcomes
 }
 
@@ -707,6 +709,32 @@ fn report(site: &Site, mode: Mode, forwarding: Forwarding, outcomes: &[Outcome])
     }
 }
 
+/// One line per case: bridge's result next to cni-ebpf's.
+fn side_by_side(mode: Mode, forwarding: Forwarding, bridge: &[Outcome], ebpf: &[Outcome]) {
+    let mark = |outcome: Option<&Outcome>| match outcome.map(|o| o.result.is_ok()) {
+        Some(true) => "pass",
+        Some(false) => "FAIL",
+        None => "-",
+    };
+    eprintln!(
+        "[services] kube-proxy {mode}, node ip_forward={}: {:<62} {:>6} {:>9}",
+        forwarding.sysctl(),
+        "case",
+        "bridge",
+        "cni-ebpf"
+    );
+    for outcome in ebpf {
+        let theirs = bridge.iter().find(|o| o.case == outcome.case);
+        eprintln!(
+            "[services] kube-proxy {mode}, node ip_forward={}: {:<62} {:>6} {:>9}",
+            forwarding.sysctl(),
+            outcome.case,
+            mark(theirs),
+            mark(Some(outcome))
+        );
+    }
+}
+
 fn failures(outcomes: &[Outcome], ignore: impl Fn(&str) -> bool) -> Vec<String> {
     outcomes
         .iter()
@@ -715,42 +743,57 @@ fn failures(outcomes: &[Outcome], ignore: impl Fn(&str) -> bool) -> Vec<String> 
         .collect()
 }
 
-/// Plain pod-to-pod traffic on the node, with the rules loaded, still
-/// takes the BPF fast path (delivered straight into the pod).
-fn fast_path_kept(site: &Site) -> Result<String, String> {
-    let client = site.add_pod();
-    let server = site.add_pod();
-    let listener = PeerServer::start(
-        server.netns(),
-        SocketAddrV4::new(server.ip(), BACKEND_TCP_PORT),
-    )
-    .map_err(|e| format!("server: {e}"))?;
-    let before = site.node.verdict_bytes("local-delivery");
-    let target = SocketAddrV4::new(server.ip(), BACKEND_TCP_PORT);
-    client.netns().run(|| -> Result<(), String> {
-        let mut stream = connect(None, target).map_err(|e| format!("connect: {e}"))?;
-        stream
-            .set_read_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        read_line(&stream).map_err(|e| format!("greeting: {e}"))?;
-        let data = vec![7u8; FAST_PATH_BYTES as usize];
-        stream
-            .write_all(&data)
-            .map_err(|e| format!("sending: {e}"))?;
-        stream
-            .shutdown(Shutdown::Write)
-            .map_err(|e| e.to_string())?;
-        read_line(&stream).map_err(|e| format!("summary: {e}"))?;
-        Ok(())
-    })?;
-    drop(listener);
-    let delivered = site.node.verdict_bytes("local-delivery") - before;
-    if delivered < FAST_PATH_BYTES {
-        return Err(format!(
-            "{delivered} bytes counted as local-delivery for a {FAST_PATH_BYTES}-byte pod -> pod stream"
-        ));
-    }
-    Ok(format!("{delivered} bytes delivered by BPF"))
+/// Traffic that needs no netfilter keeps the BPF fast path on a cni-ebpf
+/// node with the rules loaded: pod -> pod on the node is delivered
+/// straight into the pod, pod -> pod off the node is forwarded out of the
+/// uplink, pod -> outside is masqueraded by BPF (a new NAT flow).
+fn fast_path_cases(
+    site: &Site,
+    client: &TestPod<'_>,
+    server: &TestPod<'_>,
+    b: &Backends,
+) -> Vec<Outcome> {
+    let node = &site.node;
+    let c = client.netns();
+    let on_node = SocketAddrV4::new(server.ip(), BACKEND_TCP_PORT);
+    let off_node = SocketAddrV4::new(REMOTE_POD, BACKEND_TCP_PORT);
+    let outside = SocketAddrV4::new(site.peer.ext_ip, API_SERVER_PORT);
+    let counted =
+        |verdict: &str, target: SocketAddrV4, server: &PeerServer, source: Option<Ipv4Addr>| {
+            let before = node.verdict_bytes(verdict);
+            let detail = tcp_case(c, target, server, source)?;
+            let counted = node.verdict_bytes(verdict) - before;
+            if counted < BYTES {
+                return Err(format!(
+                    "only {counted} bytes counted as {verdict} for a {BYTES}-byte stream ({detail})"
+                ));
+            }
+            Ok(format!("{counted} bytes {verdict}, {detail}"))
+        };
+    let new_flows = node.verdict_packets("nat-new-flow");
+    let outside_result =
+        tcp_case(c, outside, &b.api_server, Some(site.peer.node_ip)).and_then(|detail| {
+            let flows = node.verdict_packets("nat-new-flow") - new_flows;
+            if flows == 0 {
+                Err(format!("no new BPF NAT flow ({detail})"))
+            } else {
+                Ok(format!("{flows} new BPF NAT flow(s), {detail}"))
+            }
+        });
+    vec![
+        Outcome {
+            case: "fast path: pod -> pod on the node (local-delivery)",
+            result: counted("local-delivery", on_node, &b.server_tcp, Some(client.ip())),
+        },
+        Outcome {
+            case: "fast path: pod -> pod off the node (forwarded)",
+            result: counted("forwarded", off_node, &b.remote_tcp, Some(client.ip())),
+        },
+        Outcome {
+            case: "fast path: pod -> outside, BPF masquerade",
+            result: outside_result,
+        },
+    ]
 }
 
 /// Runs the cases on a cni-ebpf node and a bridge node of one kind, with
@@ -763,12 +806,10 @@ fn services_work(mode: Mode, forwarding: Forwarding) {
     drop(bridge_site);
 
     let ebpf_site = Site::new(Plugin::CniEbpf, forwarding);
-    let mut ebpf = run_cases(&ebpf_site, mode);
-    ebpf.push(Outcome {
-        case: "pod -> pod on the node keeps the BPF fast path",
-        result: fast_path_kept(&ebpf_site),
-    });
+    let ebpf = run_cases(&ebpf_site, mode);
     report(&ebpf_site, mode, forwarding, &ebpf);
+
+    side_by_side(mode, forwarding, &bridge, &ebpf);
 
     let ebpf_failures = failures(&ebpf, |_| false);
     if forwarding == Forwarding::On {
