@@ -21,6 +21,8 @@ pub mod map_names {
     pub const NAT_OUT: &str = "NAT_OUT";
     pub const NAT_IN: &str = "NAT_IN";
     pub const NAT_FLOWS: &str = "NAT_FLOWS";
+    pub const SERVICES: &str = "SERVICES";
+    pub const NETFILTER_FLOWS: &str = "NETFILTER_FLOWS";
 }
 
 /// Names of the programs in the ELF.
@@ -32,6 +34,7 @@ pub mod program_names {
     pub const RECVMSG4: &str = "host_recvmsg4";
     pub const TO_POD: &str = "to_pod";
     pub const PACE_TCP: &str = "pace_tcp";
+    pub const TO_UPLINK: &str = "to_uplink";
 }
 
 /// Endpoints the node can hold: one entry per pod address.
@@ -49,6 +52,10 @@ pub const MAX_HOST_PORT_SOCKS: u32 = 65_536;
 pub const MAX_NODE_ADDRS: u32 = 256;
 /// CIDRs excluded from masquerade.
 pub const MAX_NO_MASQ: u32 = 1_024;
+/// Service CIDRs (ClusterIP ranges, externalIPs, LoadBalancer IPs).
+pub const MAX_SERVICE_CIDRS: u32 = 1_024;
+/// Flows netfilter translated whose packets must keep passing through it.
+pub const MAX_NETFILTER_FLOWS: u32 = 131_072;
 /// Tries at a free source port before the packet is dropped.
 pub const NAT_PORT_TRIES: u32 = 32;
 
@@ -144,6 +151,18 @@ pub struct NodeConfig {
 }
 
 pub const NODE_F_MASQUERADE: u32 = 1;
+/// The node runs netfilter service rules (kube-proxy): pod traffic to
+/// `SERVICES` and the flows netfilter translated pass through the stack.
+pub const NODE_F_SERVICES: u32 = 2;
+/// The node does not forward in general (`net.ipv4.conf.all.forwarding=0`)
+/// but its uplink forwards for services: `from_uplink` drops what the stack
+/// would forward for neither the node, its pods nor a service address.
+pub const NODE_F_UPLINK_GUARD: u32 = 4;
+
+/// `skb->mark` bit the datapath sets on what it sends out of the uplink
+/// itself (never seen by netfilter), so that `to_uplink` tells it from what
+/// the stack forwarded; cleared there.
+pub const MARK_DATAPATH_FORWARDED: u32 = 0x0040_0000;
 
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 40);
 
@@ -248,6 +267,12 @@ pub const ENDPOINT_F_RATE_LIMITED: u32 = 2;
 /// `Endpoint::flags`: the pod publishes host ports, so its replies are
 /// checked against `HOST_PORT_CT` (pods without any pay nothing for it).
 pub const ENDPOINT_F_HOST_PORTS: u32 = 1;
+
+/// `Endpoint::flags`, set by the datapath itself: netfilter translated a
+/// flow of this pod (it is a service backend, or a client whose service
+/// traffic left the node), so its packets and the replies delivered to it
+/// are checked against `NETFILTER_FLOWS` (other pods pay nothing for it).
+pub const ENDPOINT_F_NETFILTER_FLOWS: u32 = 4;
 
 /// One direction of a flow as the packet carries it. For ICMP echo the
 /// identifier stands in the port of the side that chose it (`src_port` of a
@@ -359,10 +384,13 @@ pub enum DropReason {
     RewriteFailed = 9,
     /// Over the endpoint's bandwidth limit.
     RateLimited = 10,
+    /// Arrived on the uplink to be routed on, on a node that forwards only
+    /// for its pods and services.
+    Transit = 11,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::UnknownSource,
         DropReason::SpoofedSource,
@@ -374,6 +402,7 @@ impl DropReason {
         DropReason::NatTableFull,
         DropReason::RewriteFailed,
         DropReason::RateLimited,
+        DropReason::Transit,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -389,6 +418,7 @@ impl DropReason {
             DropReason::NatTableFull => "nat-table-full",
             DropReason::RewriteFailed => "rewrite-failed",
             DropReason::RateLimited => "rate-limited",
+            DropReason::Transit => "transit",
         }
     }
 
@@ -419,10 +449,13 @@ pub enum Verdict {
     NatPortRetry = 5,
     /// Reply of a masqueraded flow translated back and delivered.
     NatReply = 6,
+    /// Handed to the node's stack because netfilter translates the flow
+    /// (a service address, or a packet of a flow netfilter translated).
+    ToNetfilter = 7,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 7] = [
+    pub const ALL: [Verdict; 8] = [
         Verdict::LocalDelivery,
         Verdict::ToStack,
         Verdict::ArpReply,
@@ -430,6 +463,7 @@ impl Verdict {
         Verdict::NatNewFlow,
         Verdict::NatPortRetry,
         Verdict::NatReply,
+        Verdict::ToNetfilter,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -441,6 +475,7 @@ impl Verdict {
             Verdict::NatNewFlow => "nat-new-flow",
             Verdict::NatPortRetry => "nat-port-retry",
             Verdict::NatReply => "nat-reply",
+            Verdict::ToNetfilter => "to-netfilter",
         }
     }
 }

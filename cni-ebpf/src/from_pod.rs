@@ -13,7 +13,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use cni_ebpf_common::{
-    Direction, DropReason, ENDPOINT_F_HOST_PORTS, Endpoint, IpKey, NODE_F_MASQUERADE, Verdict,
+    Direction, DropReason, ENDPOINT_F_HOST_PORTS, ENDPOINT_F_NETFILTER_FLOWS, Endpoint, IpKey,
+    NODE_F_MASQUERADE, Verdict,
 };
 
 use crate::{
@@ -27,6 +28,7 @@ use crate::{
     log::log_drop,
     maps::{ENDPOINTS, NO_MASQ, NODE_ADDRS, NODE_CONFIG},
     nat::snat,
+    netfilter::{self, to_netfilter},
     rate::{Way, charge},
 };
 
@@ -93,6 +95,12 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     let me = sender(ctx, IpKey::v4(src), &eth_src, DropReason::SpoofedSource)?;
     charge(ctx, &me, Way::Egress)?;
     count_endpoint(me.ifindex, Direction::FromPod, ctx.len());
+    if me.flags & ENDPOINT_F_NETFILTER_FLOWS != 0
+        && let Some(transport) = l4::parse(ctx, ip)
+        && netfilter::owns(src, dst, &transport)
+    {
+        return Ok(to_netfilter(ctx));
+    }
     if me.flags & ENDPOINT_F_HOST_PORTS != 0
         && ttl > 1
         && let Some(transport) = l4::parse(ctx, ip)
@@ -103,12 +111,17 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
 
     // SAFETY: copied out at once.
     let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(dst)) }).copied() else {
-        return leave_node(ctx, ip, src, dst, ttl);
+        return leave_node(ctx, ip, &me, dst, ttl);
     };
     if ttl <= 1 {
         // The stack answers with ICMP time exceeded.
         count_verdict(Verdict::ToStack, ctx.len());
         return Ok(TC_ACT_OK);
+    }
+    if target.flags & ENDPOINT_F_NETFILTER_FLOWS != 0
+        && let Some(transport) = l4::parse(ctx, ip)
+    {
+        netfilter::forget_replies_on_syn(src, dst, &transport);
     }
     ipv4_decrease_ttl(ip);
     // SAFETY: bounds-checked; nothing above changed the packet's length.
@@ -129,10 +142,12 @@ fn to_stack(ctx: &TcContext) -> Result<i32, DropReason> {
 fn leave_node(
     ctx: &TcContext,
     ip: *mut Ipv4Hdr,
-    src: [u8; 4],
+    me: &Endpoint,
     dst: [u8; 4],
     ttl: u8,
 ) -> Result<i32, DropReason> {
+    // SAFETY: bounds-checked by the caller.
+    let src = unsafe { (*ip).saddr };
     let Some(cfg) = NODE_CONFIG.get(0).copied() else {
         return to_stack(ctx);
     };
@@ -146,6 +161,15 @@ fn leave_node(
     }
     if cfg.uplink_ifindex == 0 || ttl <= 1 || for_node {
         return to_stack(ctx);
+    }
+    let services = netfilter::enabled(&cfg);
+    if services && netfilter::is_service(dst) {
+        return Ok(to_netfilter(ctx));
+    }
+    if me.flags & ENDPOINT_F_NETFILTER_FLOWS != 0
+        && let Some(transport) = l4::parse(ctx, ip)
+    {
+        netfilter::forget_replies_on_syn(src, dst, &transport);
     }
     let masquerade = cfg.flags & NODE_F_MASQUERADE != 0
         && NO_MASQ.get(Key::new(128, IpKey::v4(dst).addr)).is_none();
@@ -161,7 +185,7 @@ fn leave_node(
     // The rewrites went through helpers: the packet pointers must be fresh.
     let ip: *mut Ipv4Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
     ipv4_decrease_ttl(ip);
-    let action = out_of_uplink(cfg.uplink_ifindex)?;
+    let action = out_of_uplink(ctx, &cfg)?;
     count_verdict(Verdict::Forwarded, ctx.len());
     Ok(action)
 }
@@ -182,12 +206,14 @@ fn deliver_rewritten(ctx: &TcContext, dst: [u8; 4]) -> Result<i32, DropReason> {
         }
         return deliver_to_pod(ctx, &target);
     }
-    let uplink = NODE_CONFIG.get(0).map_or(0, |cfg| cfg.uplink_ifindex);
-    if uplink == 0 || NODE_ADDRS.get_ptr(&IpKey::v4(dst)).is_some() {
+    let Some(cfg) = NODE_CONFIG.get(0).copied() else {
+        return to_stack(ctx);
+    };
+    if cfg.uplink_ifindex == 0 || NODE_ADDRS.get_ptr(&IpKey::v4(dst)).is_some() {
         return to_stack(ctx);
     }
     ipv4_decrease_ttl(ip);
-    let action = out_of_uplink(uplink)?;
+    let action = out_of_uplink(ctx, &cfg)?;
     count_verdict(Verdict::Forwarded, ctx.len());
     Ok(action)
 }

@@ -9,7 +9,10 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use cni_ebpf_common::{Direction, DropReason, IpKey, NODE_F_MASQUERADE, Verdict};
+use cni_ebpf_common::{
+    Direction, DropReason, ENDPOINT_F_NETFILTER_FLOWS, IpKey, NODE_F_MASQUERADE,
+    NODE_F_UPLINK_GUARD, Verdict,
+};
 
 use crate::{
     counters::{count_drop, count_verdict},
@@ -21,6 +24,7 @@ use crate::{
     log::log_drop,
     maps::{ENDPOINTS, NODE_ADDRS, NODE_CONFIG},
     nat::dnat,
+    netfilter::{self, to_netfilter},
 };
 
 const HEADERS_LEN: u32 = (ETH_LEN + core::mem::size_of::<Ipv6Hdr>()) as u32;
@@ -76,6 +80,13 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     // SAFETY: copied out at once.
     let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(pod)) }).copied() else {
+        let guarded = NODE_CONFIG
+            .get(0)
+            .is_some_and(|cfg| cfg.flags & NODE_F_UPLINK_GUARD != 0);
+        // SAFETY: the context pointer is valid for the whole program run.
+        if guarded && netfilter::is_transit(ctx, src, pod, unsafe { (*ctx.skb.skb).ifindex }) {
+            return Err(DropReason::Transit);
+        }
         return Ok(TC_ACT_OK);
     };
     if ttl <= 1 {
@@ -83,6 +94,16 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     // Fresh pointers: the translation may have gone through helpers.
     let ip: *mut Ipv4Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
+    if target.flags & ENDPOINT_F_NETFILTER_FLOWS != 0
+        && let Some(transport) = l4::parse(ctx, ip)
+    {
+        // A reply of a flow netfilter translated on its way out (a service
+        // whose endpoint is off the node): conntrack translates it back.
+        if netfilter::owns(src, pod, &transport) {
+            return Ok(to_netfilter(ctx));
+        }
+        netfilter::forget_replies_on_syn(src, pod, &transport);
+    }
     let eth: *mut EthHdr = header(ctx, 0).ok_or(DropReason::Malformed)?;
     ipv4_decrease_ttl(ip);
     // SAFETY: bounds-checked.

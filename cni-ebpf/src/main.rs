@@ -26,11 +26,15 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
+mod netfilter;
+#[cfg(target_arch = "bpf")]
 mod pacing;
 #[cfg(target_arch = "bpf")]
 mod rate;
 #[cfg(target_arch = "bpf")]
 mod to_pod;
+#[cfg(target_arch = "bpf")]
+mod to_uplink;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

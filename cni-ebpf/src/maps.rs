@@ -7,8 +7,8 @@ use aya_ebpf::{
 use cni_ebpf_common::{
     COUNTER_SLOTS, DROP_SLOTS, Endpoint, EndpointStats, FlowKey, HostPortFlow, HostPortKey,
     HostPortSockKey, HostPortTarget, IpKey, MAX_ENDPOINTS, MAX_HOST_PORT_FLOWS,
-    MAX_HOST_PORT_SOCKS, MAX_HOST_PORTS, MAX_NAT_FLOWS, MAX_NO_MASQ, MAX_NODE_ADDRS, NatEntry,
-    NodeConfig, PacketCount, RateLimit,
+    MAX_HOST_PORT_SOCKS, MAX_HOST_PORTS, MAX_NAT_FLOWS, MAX_NETFILTER_FLOWS, MAX_NO_MASQ,
+    MAX_NODE_ADDRS, MAX_SERVICE_CIDRS, NatEntry, NodeConfig, PacketCount, RateLimit,
 };
 
 /// Pod addresses on this node -> their interface.
@@ -77,3 +77,15 @@ pub static RATE_LIMITS: HashMap<u64, RateLimit> = HashMap::pinned(MAX_ENDPOINTS,
 #[map]
 pub static ENDPOINT_STATS: PerCpuHashMap<u32, EndpointStats> =
     PerCpuHashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// Service addresses (ClusterIP ranges, externalIPs, LoadBalancer IPs):
+/// pod traffic to them goes to the node's stack, where netfilter (kube-proxy)
+/// translates it. Read only on nodes with `NODE_F_SERVICES`.
+#[map]
+pub static SERVICES: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(MAX_SERVICE_CIDRS, 1);
+
+/// Flows netfilter translated, keyed by the packet that must go back
+/// through it (the reply, as the pod or the uplink sees it); written where
+/// the stack hands such a flow's packets to a pod or to the uplink.
+#[map]
+pub static NETFILTER_FLOWS: LruHashMap<FlowKey, u8> = LruHashMap::pinned(MAX_NETFILTER_FLOWS, 0);

@@ -11,13 +11,18 @@
 //!   uplink's first IPv4 address);
 //! - `nodeRoutes`: `[{"dst": "<other node's pod CIDR>", "gw": "<its node IP>"}]`,
 //!   installed in the node namespace;
-//! - `natPortRange`: `"61000-65535"`, ports tried when a flow's own is taken.
+//! - `natPortRange`: `"61000-65535"`, ports tried when a flow's own is taken;
+//! - `serviceCIDRs`: service addresses that netfilter (kube-proxy)
+//!   translates (ClusterIP ranges, externalIPs, LoadBalancer IPs); setting
+//!   it hands their traffic, and the flows netfilter translated, to the
+//!   node's stack (see the datapath's `netfilter` module).
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use cni_ebpf_common::{NODE_F_SERVICES, NodeConfig};
 use cni_ebpf_userspace::{
     AttachMode, Datapath,
-    attach::attach_from_uplink,
+    attach::{attach_from_uplink, attach_to_uplink},
     node::{self, DEFAULT_NAT_MAX_FLOWS, DEFAULT_NAT_PORTS, NodeSettings},
 };
 use ipnet::IpNet;
@@ -43,6 +48,7 @@ pub struct UplinkConf {
     pub masquerade_address: Option<Ipv4Addr>,
     pub node_routes: Vec<NodeRoute>,
     pub nat_ports: Option<(u16, u16)>,
+    pub service_cidrs: Vec<IpNet>,
 }
 
 fn invalid(field: &str, why: impl std::fmt::Display) -> CniError {
@@ -57,20 +63,8 @@ impl UplinkConf {
                 .as_bool()
                 .ok_or_else(|| invalid("ipMasq", "not a boolean"))?;
         }
-        if let Some(v) = raw.get("nonMasqueradeCIDRs") {
-            let list = v
-                .as_array()
-                .ok_or_else(|| invalid("nonMasqueradeCIDRs", "not an array"))?;
-            for (i, item) in list.iter().enumerate() {
-                let field = format!("nonMasqueradeCIDRs[{i}]");
-                let net = item
-                    .as_str()
-                    .ok_or_else(|| invalid(&field, "not a string"))?
-                    .parse::<IpNet>()
-                    .map_err(|e| invalid(&field, e))?;
-                conf.no_masquerade.push(net);
-            }
-        }
+        conf.no_masquerade = cidr_list(raw, "nonMasqueradeCIDRs")?;
+        conf.service_cidrs = cidr_list(raw, "serviceCIDRs")?;
         if let Some(v) = raw.get("uplink") {
             let name = v
                 .as_str()
@@ -125,6 +119,45 @@ impl UplinkConf {
         }
         Ok(conf)
     }
+
+    /// Whether netfilter translates service addresses on this node.
+    pub fn services(&self) -> bool {
+        !self.service_cidrs.is_empty()
+    }
+}
+
+fn cidr_list(raw: &Value, key: &str) -> CniResult<Vec<IpNet>> {
+    let Some(v) = raw.get(key) else {
+        return Ok(Vec::new());
+    };
+    let list = v.as_array().ok_or_else(|| invalid(key, "not an array"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let field = format!("{key}[{i}]");
+            item.as_str()
+                .ok_or_else(|| invalid(&field, "not a string"))?
+                .parse::<IpNet>()
+                .map_err(|e| invalid(&field, e))
+        })
+        .collect()
+}
+
+/// Whether the node forwards IPv4 on every interface (a kubeadm node does);
+/// if not, the uplink forwards only what pods and services need.
+fn forwards_everywhere() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/forwarding").is_ok_and(|v| v.trim() == "1")
+}
+
+/// Turns on IPv4 forwarding for what arrives on `ifname` (the check is on
+/// the input device): the stack forwards the flows the datapath hands to
+/// netfilter without the node forwarding on every interface.
+pub fn enable_forwarding(ifname: &str) -> CniResult<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(&path, "1").map_err(|e| CniError::io(format!("writing {path}"), e))
 }
 
 /// Makes the node ready for traffic leaving and arriving through its uplink
@@ -183,23 +216,44 @@ pub async fn ensure(
         nat_max_flows: DEFAULT_NAT_MAX_FLOWS,
         netns_cookie: node::current_netns_cookie()
             .map_err(|e| CniError::io("reading the node's netns cookie", e))?,
+        services: conf.services() && uplink_index.is_some(),
+        uplink_guard: conf.services() && !forwards_everywhere(),
     }
     .to_config();
 
     let layout = datapath.layout().clone();
     let current =
         node::read_config(&layout).map_err(|e| datapath_error("reading the node config", e))?;
-    if current.uplink_ifindex != wanted.uplink_ifindex {
+    // Service CIDRs first: the datapath reads them once the flag is set.
+    if conf.services() {
+        node::add_services(&layout, &conf.service_cidrs)
+            .map_err(|e| datapath_error("writing the service CIDRs", e))?;
+    }
+    let attach_needed = |current: &NodeConfig| {
+        current.uplink_ifindex != wanted.uplink_ifindex
+            || (wanted.flags & !current.flags & NODE_F_SERVICES != 0)
+    };
+    if attach_needed(&current) {
         let _lock = layout
             .lock()
             .map_err(|e| datapath_error("locking the datapath", e))?;
         let current =
             node::read_config(&layout).map_err(|e| datapath_error("reading the node config", e))?;
-        if current.uplink_ifindex != wanted.uplink_ifindex
+        if attach_needed(&current)
             && let Some(uplink) = &uplink
         {
-            attach_from_uplink(datapath, uplink, mode)
-                .map_err(|e| datapath_error(&format!("attaching to the uplink {uplink}"), e))?;
+            if current.uplink_ifindex != wanted.uplink_ifindex {
+                attach_from_uplink(datapath, uplink, mode)
+                    .map_err(|e| datapath_error(&format!("attaching to the uplink {uplink}"), e))?;
+            }
+            if wanted.flags & NODE_F_SERVICES != 0 {
+                // NodePorts and replies of services whose endpoints are off
+                // the node arrive here and are forwarded by the stack.
+                enable_forwarding(uplink)?;
+                attach_to_uplink(datapath, uplink, mode).map_err(|e| {
+                    datapath_error(&format!("attaching to egress of the uplink {uplink}"), e)
+                })?;
+            }
         }
         node::write_config(&layout, &wanted)
             .map_err(|e| datapath_error("writing the node config", e))?;
@@ -248,9 +302,12 @@ mod tests {
             "uplink": "eth0",
             "masqueradeAddress": "192.0.2.1",
             "nodeRoutes": [{"dst": "10.244.2.0/24", "gw": "10.99.0.2"}],
-            "natPortRange": "40000-40100"
+            "natPortRange": "40000-40100",
+            "serviceCIDRs": ["10.96.0.0/12", "192.0.2.10/32"]
         }))
         .unwrap();
+        assert!(conf.services());
+        assert_eq!(conf.service_cidrs.len(), 2);
         assert!(conf.masquerade);
         assert_eq!(
             conf.no_masquerade,
@@ -277,6 +334,8 @@ mod tests {
                 "nodeRoutes[0].gw",
             ),
             (json!({"natPortRange": "9-1"}), "natPortRange"),
+            (json!({"serviceCIDRs": "10.96.0.0/12"}), "serviceCIDRs"),
+            (json!({"serviceCIDRs": ["10.96.0.0/33"]}), "serviceCIDRs[0]"),
             (json!({"masqueradeAddress": "::1"}), "masqueradeAddress"),
         ] {
             let err = UplinkConf::parse(&raw).unwrap_err();

@@ -23,6 +23,8 @@ mod host_to_pod;
 mod lifecycle;
 #[path = "privileged/masquerade.rs"]
 mod masquerade;
+#[path = "privileged/netfilter_handoff.rs"]
+mod netfilter_handoff;
 #[path = "privileged/pod_to_pod.rs"]
 mod pod_to_pod;
 #[path = "privileged/services.rs"]

@@ -63,7 +63,8 @@ pub fn attach_from_pod(
 }
 
 /// Attaches `to_pod` to tc egress of `host_ifname` (pods with an ingress
-/// limit only: what the node's stack delivers to them passes there).
+/// limit, and every pod on a node with netfilter services: what the node's
+/// stack delivers to them passes there).
 pub fn attach_to_pod(
     datapath: &mut Datapath,
     host_ifname: &str,
@@ -73,6 +74,23 @@ pub fn attach_to_pod(
     attach_as(
         datapath.to_pod()?,
         host_ifname,
+        mode,
+        pin,
+        TcAttachType::Egress,
+    )
+}
+
+/// Attaches `to_uplink` to tc egress of the node's uplink (nodes with
+/// netfilter services: it records the flows the stack forwarded).
+pub fn attach_to_uplink(
+    datapath: &mut Datapath,
+    uplink: &str,
+    mode: AttachMode,
+) -> Result<Attachment> {
+    let pin = datapath.layout().uplink_egress_link(uplink);
+    attach_as(
+        datapath.to_uplink()?,
+        uplink,
         mode,
         pin,
         TcAttachType::Egress,

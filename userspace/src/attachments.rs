@@ -8,7 +8,7 @@ use aya::programs::{
     links::{FdLink, PinnedLink},
     loaded_programs,
 };
-use cni_ebpf_common::program_names::{FROM_POD, FROM_UPLINK, TO_POD};
+use cni_ebpf_common::program_names::{FROM_POD, FROM_UPLINK, TO_POD, TO_UPLINK};
 use serde::Serialize;
 
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// The programs the datapath attaches as tc filters.
-pub const TC_PROGRAMS: [&str; 3] = [FROM_POD, FROM_UPLINK, TO_POD];
+pub const TC_PROGRAMS: [&str; 4] = [FROM_POD, FROM_UPLINK, TO_POD, TO_UPLINK];
 
 /// Where one program is attached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -13,7 +13,7 @@ use aya::{
     sys::SyscallError,
 };
 use cni_ebpf_common::program_names::{
-    CONNECT4, FROM_POD, FROM_UPLINK, PACE_TCP, RECVMSG4, SENDMSG4, TO_POD,
+    CONNECT4, FROM_POD, FROM_UPLINK, PACE_TCP, RECVMSG4, SENDMSG4, TO_POD, TO_UPLINK,
 };
 
 use crate::{
@@ -32,12 +32,13 @@ pub const BUILD_ID: &str = env!("CNI_EBPF_BUILD_ID");
 
 /// Every program of the object; `from_pod` last, so that its pin marks a
 /// complete load.
-const PROGRAMS: [&str; 7] = [
+const PROGRAMS: [&str; 8] = [
     CONNECT4,
     SENDMSG4,
     RECVMSG4,
     PACE_TCP,
     TO_POD,
+    TO_UPLINK,
     FROM_UPLINK,
     FROM_POD,
 ];
@@ -57,6 +58,7 @@ pub struct Datapath {
     from_pod: SchedClassifier,
     from_uplink: Option<SchedClassifier>,
     to_pod: Option<SchedClassifier>,
+    to_uplink: Option<SchedClassifier>,
 }
 
 impl Datapath {
@@ -93,6 +95,7 @@ impl Datapath {
             from_pod,
             from_uplink: None,
             to_pod: None,
+            to_uplink: None,
         }))
     }
 
@@ -110,6 +113,10 @@ impl Datapath {
 
     pub fn to_pod(&mut self) -> Result<&mut SchedClassifier> {
         open_once(&self.layout, &mut self.to_pod, TO_POD)
+    }
+
+    pub fn to_uplink(&mut self) -> Result<&mut SchedClassifier> {
+        open_once(&self.layout, &mut self.to_uplink, TO_UPLINK)
     }
 
     /// A socket hook of this build, opened from its pin.

@@ -8,8 +8,9 @@ use std::{
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use cni_ebpf_common::{
-    IpKey, MAX_NAT_FLOWS, NODE_F_MASQUERADE, NodeConfig,
-    map_names::{NO_MASQ, NODE_ADDRS, NODE_CONFIG},
+    FlowKey, IpKey, MAX_NAT_FLOWS, NODE_F_MASQUERADE, NODE_F_SERVICES, NODE_F_UPLINK_GUARD,
+    NodeConfig,
+    map_names::{NETFILTER_FLOWS, NO_MASQ, NODE_ADDRS, NODE_CONFIG, SERVICES},
 };
 use ipnet::IpNet;
 
@@ -35,6 +36,12 @@ pub struct NodeSettings {
     pub nat_max_flows: u32,
     /// Cookie of the node's network namespace ([`current_netns_cookie`]).
     pub netns_cookie: u64,
+    /// Netfilter (kube-proxy) translates service addresses on this node:
+    /// see the datapath's `netfilter` module.
+    pub services: bool,
+    /// The uplink forwards only for pods and services (the node does not
+    /// forward otherwise): see `NODE_F_UPLINK_GUARD`.
+    pub uplink_guard: bool,
 }
 
 /// `SO_NETNS_COOKIE` of the calling thread's network namespace.
@@ -74,7 +81,12 @@ impl NodeSettings {
                 NODE_F_MASQUERADE
             } else {
                 0
-            },
+            } | if self.services { NODE_F_SERVICES } else { 0 }
+                | if self.uplink_guard {
+                    NODE_F_UPLINK_GUARD
+                } else {
+                    0
+                },
             nat_port_min: self.nat_ports.0,
             nat_port_max: self.nat_ports.1,
             nat_max_flows: self.nat_max_flows,
@@ -103,20 +115,45 @@ fn lpm_key(net: &IpNet) -> Key<[u8; 16]> {
 
 /// Adds destinations that must keep the pod's source address; idempotent.
 pub fn add_no_masquerade(layout: &BpffsLayout, nets: &[IpNet]) -> Result<()> {
-    let mut map: LpmTrie<MapData, [u8; 16], u8> = open_map(layout, NO_MASQ)?;
+    add_cidrs(layout, NO_MASQ, nets)
+}
+
+/// Adds service addresses (ClusterIP ranges, externalIPs, LoadBalancer
+/// IPs) whose traffic netfilter translates; idempotent.
+pub fn add_services(layout: &BpffsLayout, nets: &[IpNet]) -> Result<()> {
+    add_cidrs(layout, SERVICES, nets)
+}
+
+fn add_cidrs(layout: &BpffsLayout, name: &'static str, nets: &[IpNet]) -> Result<()> {
+    let mut map: LpmTrie<MapData, [u8; 16], u8> = open_map(layout, name)?;
     for net in nets {
-        map.insert(&lpm_key(net), 1, 0)
-            .map_err(map_error(NO_MASQ))?;
+        map.insert(&lpm_key(net), 1, 0).map_err(map_error(name))?;
     }
     Ok(())
 }
 
 /// The no-masquerade destinations, for inspection.
 pub fn no_masquerade(layout: &BpffsLayout) -> Result<Vec<IpNet>> {
-    let map: LpmTrie<MapData, [u8; 16], u8> = open_map(layout, NO_MASQ)?;
+    cidrs(layout, NO_MASQ)
+}
+
+/// The service CIDRs, for inspection.
+pub fn services(layout: &BpffsLayout) -> Result<Vec<IpNet>> {
+    cidrs(layout, SERVICES)
+}
+
+/// How many flows netfilter translated the datapath sends back through the
+/// stack (`NETFILTER_FLOWS`, an LRU map).
+pub fn netfilter_flows(layout: &BpffsLayout) -> Result<usize> {
+    let map: HashMap<MapData, FlowKey, u8> = open_map(layout, NETFILTER_FLOWS)?;
+    Ok(map.keys().filter(|k| k.is_ok()).count())
+}
+
+fn cidrs(layout: &BpffsLayout, name: &'static str) -> Result<Vec<IpNet>> {
+    let map: LpmTrie<MapData, [u8; 16], u8> = open_map(layout, name)?;
     map.keys()
         .map(|key| {
-            let key = key.map_err(map_error(NO_MASQ))?;
+            let key = key.map_err(map_error(name))?;
             let ip = IpKey::v6(key.data()).to_ip();
             let prefix = match ip {
                 IpAddr::V4(_) => key.prefix_len().saturating_sub(96),

@@ -102,13 +102,23 @@ impl BpffsLayout {
         self.uplinks_dir().join(ifname)
     }
 
+    pub fn uplink_egress_links_dir(&self) -> PathBuf {
+        self.root.join("uplink-egress")
+    }
+
+    /// The tcx link of the uplink's `to_uplink` (egress) program.
+    pub fn uplink_egress_link(&self, ifname: &str) -> PathBuf {
+        self.uplink_egress_links_dir().join(ifname)
+    }
+
     /// Every directory holding pinned links, whose programs an upgrade
     /// replaces in place.
-    pub fn link_dirs(&self) -> [PathBuf; 4] {
+    pub fn link_dirs(&self) -> [PathBuf; 5] {
         [
             self.links_dir(),
             self.egress_links_dir(),
             self.uplinks_dir(),
+            self.uplink_egress_links_dir(),
             self.cgroup_links_dir(),
         ]
     }

@@ -10,15 +10,15 @@ use std::{net::IpAddr, path::Path};
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use cni_ebpf_common::{
-    ENDPOINT_F_HOST_PORTS, ENDPOINT_F_RATE_LIMITED, Endpoint,
-    program_names::{FROM_POD, FROM_UPLINK, PACE_TCP, TO_POD},
+    ENDPOINT_F_HOST_PORTS, ENDPOINT_F_RATE_LIMITED, Endpoint, NODE_F_SERVICES,
+    program_names::{FROM_POD, FROM_UPLINK, PACE_TCP, TO_POD, TO_UPLINK},
 };
 
 use crate::{
     AttachMode, BpffsLayout, Datapath, EndpointMap,
     attach::{
         attach_from_pod, attach_from_uplink, attach_pacing, attach_socket_hooks, attach_to_pod,
-        pacing_attached, socket_hooks_attached,
+        attach_to_uplink, pacing_attached, socket_hooks_attached,
     },
     attachments::{filters_on, interfaces},
     error::Result,
@@ -122,10 +122,10 @@ fn remove_vanished(layout: &BpffsLayout, interfaces: &[(u32, String)]) -> Result
     Ok(done)
 }
 
-/// Whether `program` runs on the device (`to_pod` on egress, the others on
-/// ingress), as a filter or a tcx link.
+/// Whether `program` runs on the device (`to_pod` and `to_uplink` on
+/// egress, the others on ingress), as a filter or a tcx link.
 fn attached(ifindex: u32, ifname: &str, program: &str) -> Result<bool> {
-    let (hook, tcx_hook) = if program == TO_POD {
+    let (hook, tcx_hook) = if program == TO_POD || program == TO_UPLINK {
         (Hook::Egress, TcAttachType::Egress)
     } else {
         (Hook::Ingress, TcAttachType::Ingress)
@@ -152,8 +152,9 @@ fn mode_of(pin: &std::path::Path) -> AttachMode {
 }
 
 /// Attaches `from_pod` again to every endpoint's host veth that lost it,
-/// `to_pod` to those of pods with an ingress limit, and `from_uplink` to the
-/// uplink; one interface that fails (it may be going away right now) does
+/// `to_pod` to those of pods with an ingress limit (every pod's on a node
+/// with netfilter services), and `from_uplink` (and there `to_uplink`) to
+/// the uplink; one interface that fails (it may be going away right now) does
 /// not stop the others.
 fn reattach(
     datapath: &mut Datapath,
@@ -169,31 +170,36 @@ fn reattach(
             .map(|(_, n)| n.clone())
     };
     let ingress_limited = rate::ingress_limited_owners(&layout)?;
-    // (host veth ifindex, whether its pod has an ingress limit).
+    let config = node::read_config(&layout)?;
+    let services = config.flags & NODE_F_SERVICES != 0;
+    // (host veth ifindex, whether it needs to_pod: an ingress limit, or services).
     let mut veths: Vec<(u32, bool)> = endpoints
         .iter()
         .map(|e| {
             let limited =
                 e.flags & ENDPOINT_F_RATE_LIMITED != 0 && ingress_limited.contains(&e.owner);
-            (e.ifindex, limited)
+            (e.ifindex, limited || services)
         })
         .collect();
     veths.sort_unstable();
     veths.dedup();
 
     let mut wanted = Vec::new();
-    for (ifindex, ingress_limited) in veths {
+    for (ifindex, needs_to_pod) in veths {
         if let Some(ifname) = name_of(ifindex) {
-            if ingress_limited {
+            if needs_to_pod {
                 wanted.push((ifindex, ifname.clone(), TO_POD));
             }
             wanted.push((ifindex, ifname, FROM_POD));
         }
     }
-    let uplink = node::read_config(&layout)?.uplink_ifindex;
+    let uplink = config.uplink_ifindex;
     if uplink != 0
         && let Some(ifname) = name_of(uplink)
     {
+        if services {
+            wanted.push((uplink, ifname.clone(), TO_UPLINK));
+        }
         wanted.push((uplink, ifname, FROM_UPLINK));
     }
     for (ifindex, ifname, program) in wanted {
@@ -204,6 +210,9 @@ fn reattach(
             if program == FROM_UPLINK {
                 let mode = mode_of(&layout.uplink_link(&ifname));
                 attach_from_uplink(datapath, &ifname, mode)?;
+            } else if program == TO_UPLINK {
+                let mode = mode_of(&layout.uplink_egress_link(&ifname));
+                attach_to_uplink(datapath, &ifname, mode)?;
             } else if program == TO_POD {
                 let mode = mode_of(&layout.endpoint_egress_link(&ifname));
                 attach_to_pod(datapath, &ifname, mode)?;

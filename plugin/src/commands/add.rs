@@ -186,9 +186,14 @@ async fn add(
             })?;
         }
     }
-    if req.bandwidth.ingress.is_some() {
+    if req.uplink.services() {
+        // Flows netfilter translates reach the pod through the stack, which
+        // forwards what the pod sends to service addresses.
+        uplink::enable_forwarding(&host.name)?;
+    }
+    if req.bandwidth.ingress.is_some() || req.uplink.services() {
         attach_to_pod(datapath, &host.name, req.attach_mode).map_err(|e| {
-            datapath_error(&format!("attaching the ingress limit to {}", host.name), e)
+            datapath_error(&format!("attaching to_pod to egress of {}", host.name), e)
         })?;
     }
     let mut flags = 0;

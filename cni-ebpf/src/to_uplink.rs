@@ -1,0 +1,76 @@
+//! `to_uplink`: tc egress of the node's uplink, attached on nodes with
+//! netfilter services. What the datapath sends out itself carries its mark
+//! and passes untouched (the mark is cleared). A pod's packet without the
+//! mark was forwarded by the stack: a flow netfilter translated (a service
+//! whose endpoint is off the node). Its replies are recorded so that they go
+//! back through conntrack, and it is masqueraded here like the datapath's
+//! own flows when its destination is outside the no-masquerade CIDRs (the
+//! stack has no masquerade rule for pods).
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use cni_ebpf_common::{Direction, DropReason, IpKey, MARK_DATAPATH_FORWARDED, NODE_F_MASQUERADE};
+
+use crate::{
+    counters::count_drop,
+    headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, header},
+    l4,
+    log::log_drop,
+    maps::{ENDPOINTS, NO_MASQ, NODE_CONFIG},
+    nat::snat,
+    netfilter,
+};
+
+#[classifier]
+pub fn to_uplink(ctx: TcContext) -> i32 {
+    match try_to_uplink(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            count_drop(reason, Direction::FromPod, ctx.len());
+            log_drop(&ctx, reason, Direction::FromPod);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+fn try_to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if mark & MARK_DATAPATH_FORWARDED != 0 {
+        ctx.set_mark(mark & !MARK_DATAPATH_FORWARDED);
+        return Ok(TC_ACT_OK);
+    }
+    // Without services the datapath does not mark its own packets.
+    let Some(cfg) = NODE_CONFIG.get(0).copied().filter(netfilter::enabled) else {
+        return Ok(TC_ACT_OK);
+    };
+    let Some(eth) = header::<EthHdr>(ctx, 0) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: bounds-checked.
+    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
+        return Ok(TC_ACT_OK);
+    }
+    let Some(ip) = header::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: bounds-checked.
+    let (src, dst) = unsafe { ((*ip).saddr, (*ip).daddr) };
+    if ENDPOINTS.get_ptr(&IpKey::v4(src)).is_none() {
+        return Ok(TC_ACT_OK);
+    }
+    let Some(transport) = l4::parse(ctx, ip) else {
+        return Ok(TC_ACT_OK);
+    };
+    netfilter::remember_replies(src, dst, &transport, src);
+    let masquerade = cfg.flags & NODE_F_MASQUERADE != 0
+        && NO_MASQ.get(Key::new(128, IpKey::v4(dst).addr)).is_none();
+    if masquerade {
+        snat(ctx, src, dst, &transport, &cfg)?;
+    }
+    Ok(TC_ACT_OK)
+}
