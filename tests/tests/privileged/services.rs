@@ -453,8 +453,12 @@ fn run_cases(site: &Site, mode: Mode) -> Vec<Outcome> {
         },
     );
     record(
-        "closed connection's conntrack entry, same client port again",
+        "tcp: closed connection's conntrack entry, same client port again",
         reused_client_port(c, client.ip(), server.ip(), &b.server_tcp),
+    );
+    record(
+        "udp: live conntrack entry of a ClusterIP flow, same port direct",
+        reused_udp_client_port(c, client.ip(), server.ip(), &b.server_udp),
     );
     if site.plugin == Plugin::CniEbpf {
         outcomes.extend(fast_path_cases(site, &client, &server, b));
@@ -476,17 +480,7 @@ fn reused_client_port(
     // client keeps in TIME_WAIT: the pod allows its reuse, as a busy
     // client would, once a second has passed (timestamps decide).
     from.set_sysctl("net.ipv4.tcp_tw_reuse", "1");
-    let local = from
-        .run(|| -> io::Result<SocketAddrV4> {
-            let probe = UdpSocket::bind((client_ip, 0))?;
-            match probe.local_addr()? {
-                SocketAddr::V4(addr) => {
-                    Ok(SocketAddrV4::new(client_ip, 40_000 + addr.port() % 20_000))
-                }
-                SocketAddr::V6(_) => unreachable!(),
-            }
-        })
-        .map_err(|e| format!("picking a client port: {e}"))?;
+    let local = SocketAddrV4::new(client_ip, client_port(from, client_ip)?);
     let service = SocketAddrV4::new(WEB_IP, WEB_PORT);
     let direct = SocketAddrV4::new(server_ip, BACKEND_TCP_PORT);
     let steps = [
@@ -509,6 +503,49 @@ fn reused_client_port(
         seen.push(format!("{what} seen as {}", round.seen_as));
     }
     Ok(seen.join("; "))
+}
+
+/// The same for UDP: through the DNS ClusterIP, directly to its backend,
+/// through the ClusterIP again, one client port, a socket each. The
+/// ClusterIP flow's conntrack entry is still live when the direct flow
+/// starts, and its reply tuple (backend -> client port) is the direct
+/// flow's: the direct answers must still come from the backend itself.
+fn reused_udp_client_port(
+    from: &Netns,
+    client_ip: Ipv4Addr,
+    server_ip: Ipv4Addr,
+    server: &UdpEcho,
+) -> Result<String, String> {
+    let local = SocketAddrV4::new(client_ip, client_port(from, client_ip)?);
+    let service = SocketAddrV4::new(DNS_IP, DNS_PORT);
+    let direct = SocketAddrV4::new(server_ip, BACKEND_UDP_PORT);
+    let steps = [
+        ("via the ClusterIP", service),
+        ("directly", direct),
+        ("via the ClusterIP again", service),
+    ];
+    let mut seen = Vec::new();
+    for (what, target) in steps {
+        let served_before = server.seen().len();
+        let seen_as = from
+            .run(|| udp_round(Some(local), target))
+            .map_err(|e| format!("{what} ({target}) from {local}: {e}"))?;
+        if server.seen().len() <= served_before {
+            return Err(format!("{what}: another server answered"));
+        }
+        seen.push(format!("{what} seen as {seen_as}"));
+    }
+    Ok(seen.join("; "))
+}
+
+/// A port for a client that binds one explicitly, away from the one the
+/// kernel just handed out.
+fn client_port(from: &Netns, client_ip: Ipv4Addr) -> Result<u16, String> {
+    from.run(|| -> io::Result<u16> {
+        let probe = UdpSocket::bind((client_ip, 0))?;
+        Ok(40_000 + probe.local_addr()?.port() % 20_000)
+    })
+    .map_err(|e| format!("picking a client port: {e}"))
 }
 
 /// What one TCP round saw.
@@ -637,7 +674,7 @@ fn udp_case(
     source: Option<Ipv4Addr>,
 ) -> Result<String, String> {
     let served_before = server.seen().len();
-    let seen_as = from.run(|| udp_round(target))?;
+    let seen_as = from.run(|| udp_round(None, target))?;
     if server.seen().len() <= served_before {
         return Err(format!("answered by another server than {}", server.addr()));
     }
@@ -649,8 +686,11 @@ fn udp_case(
     Ok(format!("seen as {seen_as}"))
 }
 
-fn udp_round(target: SocketAddrV4) -> Result<SocketAddr, String> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| format!("bind: {e}"))?;
+/// Datagrams from `local` (or any port) to `target` until one is answered:
+/// the address the server saw. Call it in the client's namespace.
+fn udp_round(local: Option<SocketAddrV4>, target: SocketAddrV4) -> Result<SocketAddr, String> {
+    let local = local.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    let socket = UdpSocket::bind(local).map_err(|e| format!("bind {local}: {e}"))?;
     socket
         .set_read_timeout(Some(UDP_WAIT))
         .map_err(|e| e.to_string())?;
