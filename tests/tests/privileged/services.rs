@@ -457,6 +457,10 @@ fn run_cases(site: &Site, mode: Mode) -> Vec<Outcome> {
         reused_client_port(c, client.ip(), server.ip(), &b.server_tcp),
     );
     record(
+        CONCURRENT_CLIENT_PORT,
+        concurrent_client_port(c, client.ip(), server.ip(), &b.server_tcp),
+    );
+    record(
         "udp: live conntrack entry of a ClusterIP flow, same port direct",
         reused_udp_client_port(c, client.ip(), server.ip(), &b.server_udp),
     );
@@ -503,6 +507,37 @@ fn reused_client_port(
         seen.push(format!("{what} seen as {}", round.seen_as));
     }
     Ok(seen.join("; "))
+}
+
+/// A connection through the ClusterIP stays open while the same client
+/// port connects directly to its backend: the direct connection's replies
+/// (backend -> client port) match the reply tuple of the live DNATed one,
+/// and must still reach the client from the backend's own address.
+fn concurrent_client_port(
+    from: &Netns,
+    client_ip: Ipv4Addr,
+    server_ip: Ipv4Addr,
+    server: &PeerServer,
+) -> Result<String, String> {
+    let local = SocketAddrV4::new(client_ip, client_port(from, client_ip)?);
+    let service = SocketAddrV4::new(WEB_IP, WEB_PORT);
+    let direct = SocketAddrV4::new(server_ip, BACKEND_TCP_PORT);
+    let served_before = server.conns().len();
+    let detail = from.run(|| -> Result<String, String> {
+        let (held, first) =
+            tcp_open(Some(local), service).map_err(|e| format!("via the ClusterIP: {e}"))?;
+        let second = tcp_round(Some(local), direct)
+            .map_err(|e| format!("directly while the ClusterIP one is open: {e}"))?;
+        tcp_finish(&held, 1).map_err(|e| format!("finishing the ClusterIP one: {e}"))?;
+        Ok(format!(
+            "via the ClusterIP seen as {}; directly seen as {}",
+            first.seen_as, second.seen_as
+        ))
+    })?;
+    if server.conns().len() < served_before + 2 {
+        return Err(format!("another server answered: {detail}"));
+    }
+    Ok(detail)
 }
 
 /// The same for UDP: through the DNS ClusterIP, directly to its backend,
@@ -587,6 +622,16 @@ fn tcp_case(
 /// sends [`BYTES`] and checks what the server got. Call it in the client's
 /// namespace.
 fn tcp_round(local: Option<SocketAddrV4>, target: SocketAddrV4) -> Result<Round, String> {
+    let (stream, round) = tcp_open(local, target)?;
+    tcp_finish(&stream, u64::from(target.port()))?;
+    Ok(round)
+}
+
+/// Connects and reads the greeting; the connection stays open.
+fn tcp_open(
+    local: Option<SocketAddrV4>,
+    target: SocketAddrV4,
+) -> Result<(TcpStream, Round), String> {
     let stream = connect(local, target).map_err(|e| format!("connect: {e}"))?;
     let peer = stream.peer_addr().map_err(|e| format!("peer_addr: {e}"))?;
     if peer != SocketAddr::V4(target) {
@@ -599,22 +644,29 @@ fn tcp_round(local: Option<SocketAddrV4>, target: SocketAddrV4) -> Result<Round,
     let seen_as: SocketAddr = greeting
         .parse()
         .map_err(|e| format!("greeting {greeting:?}: {e}"))?;
+    Ok((stream, Round { seen_as }))
+}
+
+/// Sends [`BYTES`] seeded with `seed`, closes the sending side and checks
+/// the server's summary.
+fn tcp_finish(stream: &TcpStream, seed: u64) -> Result<(), String> {
     let mut data = vec![0u8; BYTES as usize];
-    ByteStream::new(u64::from(target.port())).fill(&mut data);
+    ByteStream::new(seed).fill(&mut data);
     let mut hash = Fnv64::default();
     hash.update(&data);
-    (&stream)
+    let mut writer = stream;
+    writer
         .write_all(&data)
         .map_err(|e| format!("sending: {e}"))?;
     stream
         .shutdown(Shutdown::Write)
         .map_err(|e| format!("shutdown: {e}"))?;
-    let summary = read_line(&stream).map_err(|e| format!("reading the summary: {e}"))?;
+    let summary = read_line(stream).map_err(|e| format!("reading the summary: {e}"))?;
     let want = format!("{BYTES} {:016x}", hash.finish());
     if summary != want {
         return Err(format!("the server got {summary:?}, sent {want:?}"));
     }
-    Ok(Round { seen_as })
+    Ok(())
 }
 
 /// A TCP socket with `SO_REUSEADDR`, bound to `local` if given, connected
@@ -727,6 +779,15 @@ fn udp_round(local: Option<SocketAddrV4>, target: SocketAddrV4) -> Result<Socket
     Err(format!("no answer to {UDP_TRIES} datagrams"))
 }
 
+/// Recorded, not asserted: with netfilter alone the direct connection's
+/// conntrack entry clashes with the live DNATed one (same reply tuple) and
+/// NAT gives it another source port, so the backend sees two connections.
+/// A datapath that carries the direct connection itself (cni-ebpf's fast
+/// path) hands the backend a SYN on the 4-tuple of its established
+/// connection, and the ClusterIP connection is reset (measured at 505a8b5).
+/// It takes a client that binds one port for two connections at once.
+const CONCURRENT_CLIENT_PORT: &str = "tcp: ClusterIP connection open, same client port direct";
+
 /// Cases bridge is known to fail on a forwarding node: its bridge ports
 /// have no hairpin mode, so a packet DNATed back to its sender's port is
 /// not sent out of it.
@@ -744,6 +805,12 @@ fn report(site: &Site, mode: Mode, forwarding: Forwarding, outcomes: &[Outcome])
     for outcome in outcomes {
         match &outcome.result {
             Ok(detail) => eprintln!("  pass  {:<62} {detail}", outcome.case),
+            Err(reason) if outcome.case == CONCURRENT_CLIENT_PORT => {
+                eprintln!(
+                    "  fail  {:<62} {reason} (recorded, not asserted)",
+                    outcome.case
+                )
+            }
             Err(reason) => eprintln!("  FAIL  {:<62} {reason}", outcome.case),
         }
     }
@@ -751,10 +818,12 @@ fn report(site: &Site, mode: Mode, forwarding: Forwarding, outcomes: &[Outcome])
 
 /// One line per case: bridge's result next to cni-ebpf's.
 fn side_by_side(mode: Mode, forwarding: Forwarding, bridge: &[Outcome], ebpf: &[Outcome]) {
-    let mark = |outcome: Option<&Outcome>| match outcome.map(|o| o.result.is_ok()) {
-        Some(true) => "pass",
-        Some(false) => "FAIL",
+    // Lower case: a failure recorded but not asserted.
+    let mark = |outcome: Option<&Outcome>| match outcome {
         None => "-",
+        Some(o) if o.result.is_ok() => "pass",
+        Some(o) if o.case == CONCURRENT_CLIENT_PORT => "fail",
+        Some(_) => "FAIL",
     };
     eprintln!(
         "[services] kube-proxy {mode}, node ip_forward={}: {:<62} {:>6} {:>9}",
@@ -778,7 +847,7 @@ fn side_by_side(mode: Mode, forwarding: Forwarding, bridge: &[Outcome], ebpf: &[
 fn failures(outcomes: &[Outcome], ignore: impl Fn(&str) -> bool) -> Vec<String> {
     outcomes
         .iter()
-        .filter(|o| !ignore(o.case))
+        .filter(|o| o.case != CONCURRENT_CLIENT_PORT && !ignore(o.case))
         .filter_map(|o| Some(format!("{}: {}", o.case, o.result.as_ref().err()?)))
         .collect()
 }
