@@ -5,6 +5,14 @@
 //! `bridge` plugin with the same rules, prints both columns, asserts that
 //! cni-ebpf passes every case and that bridge does what it is known to do.
 //!
+//! What bridge does, measured: everything but hairpin passes (its bridge
+//! ports have no hairpin mode). Replies between two pods of its bridge meet
+//! conntrack only because `br_netfilter` is built in and
+//! `bridge-nf-call-iptables` is 1 in every new namespace here. With
+//! `isGateway` it turns `net.ipv4.ip_forward` on itself at ADD, so on the
+//! `ip_forward=0` node kind it is a forwarding node again: its column is
+//! recorded there, not asserted.
+//!
 //! Topology of one node (either plugin):
 //!
 //! ```text
@@ -920,33 +928,39 @@ fn services_work(mode: Mode, forwarding: Forwarding) {
 
     side_by_side(mode, forwarding, &bridge, &ebpf);
 
+    // One panic naming every unexpected case, cni-ebpf's first.
+    let mut problems = Vec::new();
     let ebpf_failures = failures(&ebpf, |_| false);
+    if !ebpf_failures.is_empty() {
+        problems.push(format!(
+            "cni-ebpf failed {} of {} service cases (kube-proxy {mode}, ip_forward={}):\n  {}",
+            ebpf_failures.len(),
+            ebpf.len(),
+            forwarding.sysctl(),
+            ebpf_failures.join("\n  ")
+        ));
+    }
     if forwarding == Forwarding::On {
         let bridge_failures = failures(&bridge, bridge_known_failure);
-        assert!(
-            bridge_failures.is_empty(),
-            "the reference bridge plugin failed cases it passes on a forwarding node \
-             (kube-proxy {mode}):\n  {}",
-            bridge_failures.join("\n  ")
-        );
-        let hairpin_passed: Vec<&str> = bridge
+        if !bridge_failures.is_empty() {
+            problems.push(format!(
+                "the reference bridge plugin failed cases it passes on a forwarding node \
+                 (kube-proxy {mode}):\n  {}",
+                bridge_failures.join("\n  ")
+            ));
+        }
+        let unexpected: Vec<&str> = bridge
             .iter()
             .filter(|o| bridge_known_failure(o.case) && o.result.is_ok())
             .map(|o| o.case)
             .collect();
-        assert!(
-            hairpin_passed.is_empty(),
-            "bridge passed {hairpin_passed:?}: update what it is known to do"
-        );
+        if !unexpected.is_empty() {
+            problems.push(format!(
+                "bridge passed {unexpected:?}: update what it is known to do"
+            ));
+        }
     }
-    assert!(
-        ebpf_failures.is_empty(),
-        "cni-ebpf failed {} of {} service cases (kube-proxy {mode}, ip_forward={}):\n  {}",
-        ebpf_failures.len(),
-        ebpf.len(),
-        forwarding.sysctl(),
-        ebpf_failures.join("\n  ")
-    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]
