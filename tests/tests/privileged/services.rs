@@ -581,12 +581,12 @@ fn reused_udp_client_port(
     Ok(seen.join("; "))
 }
 
-/// A port for a client that binds one explicitly, away from the one the
-/// kernel just handed out.
+/// A port for a client that binds one explicitly: below the ephemeral
+/// range (32768 and up), so no earlier case's connection holds it.
 fn client_port(from: &Netns, client_ip: Ipv4Addr) -> Result<u16, String> {
     from.run(|| -> io::Result<u16> {
         let probe = UdpSocket::bind((client_ip, 0))?;
-        Ok(40_000 + probe.local_addr()?.port() % 20_000)
+        Ok(20_000 + probe.local_addr()?.port() % 10_000)
     })
     .map_err(|e| format!("picking a client port: {e}"))
 }
