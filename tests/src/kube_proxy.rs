@@ -28,7 +28,7 @@
 //! SHA-256, this module with FNV-1a, which is all a test needs: stable
 //! names, distinct per service port and endpoint.
 
-use std::{fmt, fmt::Write as _, net::Ipv4Addr, process::Command};
+use std::{fmt, fmt::Write as _, net::Ipv4Addr};
 
 use crate::{
     hash::Fnv64,
@@ -298,11 +298,11 @@ pub fn flush(ns: &Netns, mode: Mode) {
 }
 
 fn restore(ns: &Netns, program: &str, args: &[&str], input: &str) {
-    let mut command: crate::NsCommand = ns.command(program);
-    let command: &mut Command = &mut command;
+    let mut command = ns.command(program);
     command.args(args);
-    let output = process::output_with_timeout(command, Some(input.as_bytes()), DEFAULT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("spawning {program} in {}: {e}", ns.name()));
+    let output =
+        process::output_with_timeout(&mut command, Some(input.as_bytes()), DEFAULT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("spawning {program} in {}: {e}", ns.name()));
     if !output.status.success() {
         panic!(
             "{program} {} in {} failed: {}\ninput:\n{}",
