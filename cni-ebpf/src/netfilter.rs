@@ -27,8 +27,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use cni_ebpf_common::{
-    ENDPOINT_F_NETFILTER_FLOWS, FlowKey, IPPROTO_TCP, IPPROTO_UDP, IpKey, NODE_F_SERVICES,
-    NodeConfig, Verdict,
+    ENDPOINT_F_NETFILTER_FLOWS, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IpKey,
+    NODE_F_SERVICES, NodeConfig, Verdict,
 };
 
 use crate::{
@@ -79,9 +79,14 @@ fn reply_key(src: [u8; 4], dst: [u8; 4], t: &Transport) -> FlowKey {
 // Not inlined, here and below: the callers' stack frames are near the
 // verifier's 512-byte limit for a call chain.
 
-/// Whether the packet `src` -> `dst` belongs to a flow netfilter translated.
+/// Whether the packet `src` -> `dst`, sent by or delivered to a flagged pod,
+/// belongs to netfilter: a packet of a flow it translated, or an ICMP error
+/// (conntrack translates those about its flows, and forwards the rest).
 #[inline(never)]
 pub fn owns(src: [u8; 4], dst: [u8; 4], t: &Transport) -> bool {
+    if t.proto == IPPROTO_ICMP {
+        return !t.is_echo();
+    }
     NETFILTER_FLOWS.get_ptr(&flow_key(src, dst, t)).is_some()
 }
 

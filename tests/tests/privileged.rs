@@ -47,6 +47,8 @@ mod spec_ipam;
 mod spec_versions;
 #[path = "privileged/spoofing.rs"]
 mod spoofing;
+#[path = "privileged/tunnel.rs"]
+mod tunnel;
 #[path = "privileged/upgrade.rs"]
 mod upgrade;
 #[path = "privileged/versions.rs"]

@@ -28,6 +28,7 @@ use crate::{
     datapath::{Datapath, SOCKET_HOOKS},
     error::{DatapathError, Result},
     paths::BpffsLayout,
+    tc_filters::Hook,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +96,28 @@ pub fn attach_to_uplink(
         pin,
         TcAttachType::Egress,
     )
+}
+
+/// Attaches `from_tunnel` (ingress) and `to_tunnel` (egress) to the node's
+/// VXLAN device.
+pub fn attach_tunnel(datapath: &mut Datapath, device: &str, mode: AttachMode) -> Result<()> {
+    let pin = datapath.layout().tunnel_link(device, Hook::Ingress);
+    attach_as(
+        datapath.from_tunnel()?,
+        device,
+        mode,
+        pin,
+        TcAttachType::Ingress,
+    )?;
+    let pin = datapath.layout().tunnel_link(device, Hook::Egress);
+    attach_as(
+        datapath.to_tunnel()?,
+        device,
+        mode,
+        pin,
+        TcAttachType::Egress,
+    )?;
+    Ok(())
 }
 
 /// Attaches `from_uplink` to tc ingress of the node's uplink.

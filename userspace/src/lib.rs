@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod nat;
 pub mod node;
 pub mod paths;
+pub mod peers;
 pub mod rate;
 pub mod reconcile;
 pub mod stats;

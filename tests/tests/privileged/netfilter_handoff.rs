@@ -4,7 +4,8 @@
 //! Service cases with kube-proxy's own rule shapes are in `services`.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    io,
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
     time::Duration,
 };
 
@@ -27,12 +28,14 @@ fn services_conf(node: &Node) -> Value {
 }
 
 /// A DNAT of `VIP` to `backend:8080`, from pods (PREROUTING) and the node
-/// (OUTPUT): the smallest rule set of kube-proxy's shape.
+/// (OUTPUT), and of UDP `VIP:53` to `backend:5353`, where nothing listens:
+/// the smallest rule set of kube-proxy's shape.
 fn dnat_vip_to(node: &Node, backend: Ipv4Addr) {
     let rules = format!(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
          -A PREROUTING -d 10.96.0.20/32 -p tcp --dport 80 -j DNAT --to-destination {backend}:8080\n\
          -A OUTPUT -d 10.96.0.20/32 -p tcp --dport 80 -j DNAT --to-destination {backend}:8080\n\
+         -A PREROUTING -d 10.96.0.20/32 -p udp --dport 53 -j DNAT --to-destination {backend}:5353\n\
          COMMIT\n"
     );
     let path = node.dir().join("dnat.rules");
@@ -130,6 +133,23 @@ fn service_flows_go_to_netfilter_and_direct_flows_stay_on_the_fast_path() {
 
     // The node itself reaches the service (OUTPUT DNAT), unchanged.
     exchange(node.netns(), VIP.parse().unwrap(), 64 << 10);
+
+    // The backend's ICMP port unreachable goes through conntrack, which
+    // quotes the service address the client used: its connected socket
+    // sees the refusal.
+    let refused = client.netns().run(|| {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.connect("10.96.0.20:53").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        (0..3).any(|_| {
+            let _ = socket.send(b"query");
+            matches!(socket.recv(&mut [0u8; 64]), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused)
+        })
+    });
+    assert!(
+        refused,
+        "the client never saw the backend's port unreachable"
+    );
 }
 
 /// A second network behind the node, which `ext` routes to through it.
