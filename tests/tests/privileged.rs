@@ -27,6 +27,8 @@ mod masquerade;
 mod netfilter_handoff;
 #[path = "privileged/pod_to_pod.rs"]
 mod pod_to_pod;
+#[path = "privileged/services.rs"]
+mod services;
 #[path = "privileged/spec_chaining.rs"]
 mod spec_chaining;
 #[path = "privileged/spec_check.rs"]
