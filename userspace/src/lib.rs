@@ -21,6 +21,7 @@ pub mod rate;
 pub mod reconcile;
 pub mod stats;
 pub mod tc_filters;
+pub mod teardown;
 pub mod upgrade;
 
 pub use attach::{AttachMode, Attachment};
