@@ -116,7 +116,10 @@ pub async fn follow(layout: BpffsLayout, level: LevelFilter) {
             match LogRing::open(&layout) {
                 Ok(opened) => {
                     if ring.is_none() {
-                        log::info!("streaming datapath logs at {level}");
+                        log::info!(
+                            "streaming datapath logs at {}",
+                            level.as_str().to_lowercase()
+                        );
                     }
                     ring = Some(opened);
                 }
