@@ -43,43 +43,50 @@ pub struct AgentMetrics {
 /// the datapath pinned under `layout` on each scrape.
 pub fn registry(layout: BpffsLayout) -> (Registry, AgentMetrics) {
     let mut registry = Registry::default();
-    let agent = AgentMetrics::default();
-    for (name, help, counter) in [
-        (
-            "cni_ebpf_gc_runs",
-            "Garbage collections of the NAT and host-port connection tables",
-            &agent.gc_runs,
-        ),
-        (
-            "cni_ebpf_gc_expired",
-            "Flows the garbage collection expired",
-            &agent.gc_expired,
-        ),
-        (
-            "cni_ebpf_gc_errors",
-            "Garbage collections that failed",
-            &agent.gc_errors,
-        ),
-        (
-            "cni_ebpf_reconcile_removed",
-            "Map entries and link pins of vanished pod interfaces the agent removed",
-            &agent.reconcile_removed,
-        ),
-        (
-            "cni_ebpf_reconcile_reattached",
-            "Programs the agent attached again to interfaces that had lost them",
-            &agent.reconcile_reattached,
-        ),
-        (
-            "cni_ebpf_upgrade_swapped",
-            "Attachments the agent moved onto another generation of the programs",
-            &agent.upgrade_swapped,
-        ),
-    ] {
-        registry.register(name, help, counter.clone());
-    }
+    let agent = AgentMetrics::register(&mut registry);
     registry.register_collector(Box::new(DatapathCollector { layout }));
     (registry, agent)
+}
+
+impl AgentMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let agent = Self::default();
+        for (name, help, counter) in [
+            (
+                "cni_ebpf_gc_runs",
+                "Garbage collections of the NAT and host-port connection tables",
+                &agent.gc_runs,
+            ),
+            (
+                "cni_ebpf_gc_expired",
+                "Flows the garbage collection expired",
+                &agent.gc_expired,
+            ),
+            (
+                "cni_ebpf_gc_errors",
+                "Garbage collections that failed",
+                &agent.gc_errors,
+            ),
+            (
+                "cni_ebpf_reconcile_removed",
+                "Map entries and link pins of vanished pod interfaces the agent removed",
+                &agent.reconcile_removed,
+            ),
+            (
+                "cni_ebpf_reconcile_reattached",
+                "Programs the agent attached again to interfaces that had lost them",
+                &agent.reconcile_reattached,
+            ),
+            (
+                "cni_ebpf_upgrade_swapped",
+                "Attachments the agent moved onto another generation of the programs",
+                &agent.upgrade_swapped,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        agent
+    }
 }
 
 /// The text exposition of everything in `registry`. Fails when the datapath
@@ -290,4 +297,78 @@ where
         value.encode(metric.encode_family(labels)?)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use cni_ebpf_common::{Direction, DropReason, Verdict};
+
+    use super::*;
+
+    /// A datapath read once, so the exposition can be checked without one.
+    #[derive(Debug)]
+    struct Fixed;
+
+    impl Collector for Fixed {
+        fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+            let endpoint = |direction| EndpointLabels {
+                ifindex: 7,
+                ip: "10.244.1.2".into(),
+                direction,
+            };
+            DatapathState {
+                traffic: vec![
+                    (endpoint("from-pod"), 3, 180),
+                    (endpoint("to-pod"), 2, 1500),
+                ],
+                drops: vec![(
+                    DropLabels {
+                        reason: DropReason::UnknownSource.name(),
+                        direction: counters::direction_name(Direction::FromPod),
+                    },
+                    5,
+                )],
+                verdicts: vec![(
+                    VerdictLabels {
+                        verdict: Verdict::NatNewFlow.name(),
+                    },
+                    1,
+                )],
+                maps: vec![(MapLabels { map: "ENDPOINTS" }, 1, u64::from(MAX_ENDPOINTS))],
+            }
+            .encode(&mut encoder)
+        }
+    }
+
+    #[test]
+    fn exposition_has_the_names_labels_and_values_the_readme_lists() {
+        let mut registry = Registry::default();
+        let agent = AgentMetrics::register(&mut registry);
+        registry.register_collector(Box::new(Fixed));
+        agent.gc_runs.inc_by(3);
+        agent.upgrade_swapped.inc();
+        let text = render(&registry).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for expected in [
+            "# TYPE cni_ebpf_endpoint_packets_total counter",
+            r#"cni_ebpf_endpoint_packets_total{ifindex="7",ip="10.244.1.2",direction="from-pod"} 3"#,
+            r#"cni_ebpf_endpoint_bytes_total{ifindex="7",ip="10.244.1.2",direction="to-pod"} 1500"#,
+            r#"cni_ebpf_drops_total{reason="unknown-source",direction="from-pod"} 5"#,
+            r#"cni_ebpf_verdicts_total{verdict="nat-new-flow"} 1"#,
+            "# TYPE cni_ebpf_map_entries gauge",
+            r#"cni_ebpf_map_entries{map="ENDPOINTS"} 1"#,
+            r#"cni_ebpf_map_capacity{map="ENDPOINTS"} 65536"#,
+            "cni_ebpf_gc_runs_total 3",
+            "cni_ebpf_gc_expired_total 0",
+            "cni_ebpf_gc_errors_total 0",
+            "cni_ebpf_reconcile_removed_total 0",
+            "cni_ebpf_reconcile_reattached_total 0",
+            "cni_ebpf_upgrade_swapped_total 1",
+        ] {
+            assert!(
+                lines.contains(&expected),
+                "{expected:?} missing from\n{text}"
+            );
+        }
+    }
 }
