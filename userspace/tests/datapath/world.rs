@@ -6,7 +6,8 @@
 use std::net::Ipv4Addr;
 
 use cni_ebpf_common::{
-    ENDPOINT_F_HOST_PORTS, Endpoint, IpKey, NODE_F_MASQUERADE, NODE_F_SERVICES, NodeConfig,
+    CtState, ENDPOINT_F_HOST_PORTS, Endpoint, FlowKey, IpKey, NODE_F_MASQUERADE, NODE_F_SERVICES,
+    NatEntry, NodeConfig,
 };
 
 use crate::harness::{Datapath, LO_IFINDEX};
@@ -116,4 +117,37 @@ pub fn flag(dp: &mut Datapath, addr: Ipv4Addr, flags: u32) {
 /// A publishes host ports.
 pub fn publishes(dp: &mut Datapath) {
     flag(dp, POD_A, ENDPOINT_F_HOST_PORTS);
+}
+
+/// A flow's key as the datapath writes it (ports in network order).
+pub fn flow(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8) -> FlowKey {
+    FlowKey {
+        src: key(src).addr,
+        dst: key(dst).addr,
+        src_port: sport.to_be(),
+        dst_port: dport.to_be(),
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// A NAT map value as the datapath writes it, without its timestamp.
+pub fn nat_entry(addr: Ipv4Addr, port: u16, state: CtState) -> NatEntry {
+    NatEntry {
+        addr: key(addr).addr,
+        port: port.to_be(),
+        state: state as u8,
+        ..Default::default()
+    }
+}
+
+/// `entry` without its timestamp, which must have been set.
+pub fn untimed(entry: Option<NatEntry>) -> Option<NatEntry> {
+    entry.map(|entry| {
+        assert_ne!(entry.last_seen_ns, 0, "the entry's timestamp is set");
+        NatEntry {
+            last_seen_ns: 0,
+            ..entry
+        }
+    })
 }
