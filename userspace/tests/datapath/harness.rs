@@ -459,12 +459,6 @@ impl Datapath {
             .expect("NAT_IN insert");
     }
 
-    pub fn insert_nat_out(&mut self, key: FlowKey, entry: NatEntry) {
-        self.hash(map_names::NAT_OUT)
-            .insert(key, entry, 0)
-            .expect("NAT_OUT insert");
-    }
-
     /// Live translated flows as the datapath counts them for admission.
     pub fn nat_flows(&self) -> u64 {
         let map: Array<_, u64> =
