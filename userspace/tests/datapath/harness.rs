@@ -136,6 +136,8 @@ impl Drop for PrivateBpffs {
 pub struct Skb {
     pub ifindex: u32,
     pub mark: u32,
+    /// Segments of a GSO packet (0: not GSO).
+    pub gso_segs: u32,
 }
 
 impl Default for Skb {
@@ -143,14 +145,16 @@ impl Default for Skb {
         Self {
             ifindex: LO_IFINDEX,
             mark: 0,
+            gso_segs: 0,
         }
     }
 }
 
 pub const LO_IFINDEX: u32 = 1;
 
-/// The head of the uapi `struct __sk_buff` up to the fields set here, and
-/// the rest as zeros (192 bytes on 6.18: `mark` at 8, `ifindex` at 40).
+/// The uapi `struct __sk_buff` (192 bytes on 6.18) with the fields set
+/// here named and the others as zeros: `mark` at 8, `ifindex` at 40,
+/// `gso_segs` at 164.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct SkBuffCtx {
@@ -160,12 +164,16 @@ struct SkBuffCtx {
     queue_mapping_to_priority: [u32; 6],
     ingress_ifindex: u32,
     ifindex: u32,
-    rest: [u32; 37],
+    tc_index_to_tstamp: [u32; 29],
+    wire_len: u32,
+    gso_segs: u32,
+    sk_to_hwtstamp: [u32; 6],
 }
 
 const _: () = assert!(size_of::<SkBuffCtx>() == 192);
 const _: () = assert!(std::mem::offset_of!(SkBuffCtx, mark) == 8);
 const _: () = assert!(std::mem::offset_of!(SkBuffCtx, ifindex) == 40);
+const _: () = assert!(std::mem::offset_of!(SkBuffCtx, gso_segs) == 164);
 
 impl Default for SkBuffCtx {
     fn default() -> Self {
@@ -176,7 +184,10 @@ impl Default for SkBuffCtx {
             queue_mapping_to_priority: [0; 6],
             ingress_ifindex: 0,
             ifindex: 0,
-            rest: [0; 37],
+            tc_index_to_tstamp: [0; 29],
+            wire_len: 0,
+            gso_segs: 0,
+            sk_to_hwtstamp: [0; 6],
         }
     }
 }
@@ -324,6 +335,7 @@ impl Datapath {
         let ctx_in = SkBuffCtx {
             mark: skb.mark,
             ifindex: skb.ifindex,
+            gso_segs: skb.gso_segs,
             ..Default::default()
         };
         let mut ctx_out = SkBuffCtx::default();

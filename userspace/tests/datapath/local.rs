@@ -278,11 +278,13 @@ fn cluster_destinations_leave_unmasqueraded() {
     });
 }
 
-/// A limit of 1 kB/s whose clock already runs `ahead_ns` ahead of now.
+/// A limit of 1 kB/s whose clock already runs `ahead_ns` ahead of now. The
+/// burst is long, so a clock set at now is never pulled up to the burst's
+/// floor however late the program runs.
 fn limit(ahead_ns: u64) -> RateBucket {
     RateBucket {
         bytes_per_sec: 1000,
-        burst_ns: 1_000_000,
+        burst_ns: 10_000_000_000,
         clock_ns: ktime_ns() + ahead_ns,
     }
 }
@@ -352,5 +354,35 @@ fn packets_within_the_limit_advance_the_clock() {
             within.clock_ns + cost
         );
         assert_eq!(dp.counts(), counted(&[("local-delivery", 1)]));
+    });
+}
+
+#[test]
+fn gso_packet_is_charged_as_the_frames_it_stands_for() {
+    /// Headers of a full TCP segment on a veth, as `rate.rs` counts them
+    /// for every segment but the first (`SEGMENT_OVERHEAD`).
+    const SEGMENT_OVERHEAD: u64 = 66;
+    with_datapath(|dp| {
+        pods(dp);
+        flag(dp, POD_A, ENDPOINT_F_RATE_LIMITED);
+        let within = limit(0);
+        dp.set_rate_limit(
+            OWNER_A,
+            RateLimit {
+                egress: within,
+                ..Default::default()
+            },
+        );
+        let frame = from_a(POD_B, syn(80)).bytes();
+        let gso = Skb {
+            gso_segs: 4,
+            ..Skb::default()
+        };
+        assert_eq!(dp.run(FROM_POD, &frame, gso).action, TC_ACT_REDIRECT);
+        let cost = (frame.len() as u64 + 3 * SEGMENT_OVERHEAD) * 1_000_000;
+        assert_eq!(
+            dp.rate_limit(OWNER_A).egress.clock_ns,
+            within.clock_ns + cost
+        );
     });
 }

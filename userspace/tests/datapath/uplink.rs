@@ -166,7 +166,7 @@ fn guard_drops_transit_and_passes_the_rest() {
         with_routed_uplink(dp, |dp, up0| {
             let on_uplink = Skb {
                 ifindex: up0,
-                mark: 0,
+                ..Skb::default()
             };
             let transit = arriving(REMOTE, Ipv4Addr::new(198, 51, 100, 7)).bytes();
             assert_eq!(dp.run(FROM_UPLINK, &transit, on_uplink).action, TC_ACT_SHOT);
