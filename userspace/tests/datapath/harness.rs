@@ -156,7 +156,7 @@ pub const LO_IFINDEX: u32 = 1;
 /// here named and the others as zeros: `mark` at 8, `ifindex` at 40,
 /// `gso_segs` at 164.
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct SkBuffCtx {
     len: u32,
     pkt_type: u32,
@@ -174,23 +174,6 @@ const _: () = assert!(size_of::<SkBuffCtx>() == 192);
 const _: () = assert!(std::mem::offset_of!(SkBuffCtx, mark) == 8);
 const _: () = assert!(std::mem::offset_of!(SkBuffCtx, ifindex) == 40);
 const _: () = assert!(std::mem::offset_of!(SkBuffCtx, gso_segs) == 164);
-
-impl Default for SkBuffCtx {
-    fn default() -> Self {
-        Self {
-            len: 0,
-            pkt_type: 0,
-            mark: 0,
-            queue_mapping_to_priority: [0; 6],
-            ingress_ifindex: 0,
-            ifindex: 0,
-            tc_index_to_tstamp: [0; 29],
-            wire_len: 0,
-            gso_segs: 0,
-            sk_to_hwtstamp: [0; 6],
-        }
-    }
-}
 
 impl SkBuffCtx {
     fn as_bytes(&self) -> &[u8] {
