@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use cni_ebpf_common::{
-    CtState, FlowKey, HostPortFlow, HostPortKey, HostPortTarget, IPPROTO_TCP, IpKey,
+    CtState, FlowKey, HostPortFlow, HostPortKey, HostPortTarget, IPPROTO_TCP, IPPROTO_UDP, IpKey,
     program_names::{FROM_POD, FROM_UPLINK},
     wire::{TCP_ACK, TCP_SYN},
 };
@@ -24,11 +24,15 @@ const CLIENT_PORT: u16 = 5555;
 /// Publishes `HOST_PORT`/tcp on `host` (all-zero: every node address) for
 /// `pod`:`POD_PORT`.
 fn publish(dp: &mut Datapath, host: IpKey, pod: Ipv4Addr) {
+    publish_proto(dp, host, pod, IPPROTO_TCP);
+}
+
+fn publish_proto(dp: &mut Datapath, host: IpKey, pod: Ipv4Addr, proto: u8) {
     dp.add_host_port(
         HostPortKey {
             host_addr: host.addr,
             port: HOST_PORT.to_be(),
-            proto: IPPROTO_TCP,
+            proto,
             _pad: 0,
         },
         HostPortTarget {
@@ -265,5 +269,53 @@ fn replies_of_pods_without_host_ports_are_not_looked_up() {
         assert_eq!(out.action, TC_ACT_REDIRECT);
         assert_eq!(out.frame, answer.forwarded(POD_A_MAC, HOST_A_MAC).bytes());
         assert_eq!(dp.counts(), counted(&[("forwarded", 1)]));
+    });
+}
+
+#[test]
+fn remapped_udp_port_reaches_the_new_pod_at_once() {
+    with_datapath(|dp| {
+        pods(dp);
+        uplink(dp, 0);
+        let datagram = Frame::new(
+            ROUTER_MAC,
+            UPLINK_MAC,
+            REMOTE,
+            NODE,
+            L4::Udp {
+                sport: CLIENT_PORT,
+                dport: HOST_PORT,
+                checksum: true,
+            },
+        );
+        let translated = L4::Udp {
+            sport: CLIENT_PORT,
+            dport: POD_PORT,
+            checksum: true,
+        };
+        publish_proto(dp, IpKey::default(), POD_A, IPPROTO_UDP);
+        let out = dp.run(FROM_UPLINK, &datagram.bytes(), Skb::default());
+        let to_a = Frame {
+            dst: POD_A,
+            l4: translated.clone(),
+            ..datagram.forwarded(HOST_A_MAC, POD_A_MAC)
+        };
+        assert_eq!((out.action, out.frame), (TC_ACT_REDIRECT, to_a.bytes()));
+        // The mapping moves to B: the same client's next datagram follows
+        // it, whatever the connection table remembers of A.
+        publish_proto(dp, IpKey::default(), POD_B, IPPROTO_UDP);
+        let out = dp.run(FROM_UPLINK, &datagram.bytes(), Skb::default());
+        let to_b = Frame {
+            dst: POD_B,
+            l4: translated,
+            ..datagram.forwarded(HOST_B_MAC, POD_B_MAC)
+        };
+        assert_eq!((out.action, out.frame), (TC_ACT_REDIRECT, to_b.bytes()));
+        let b_replies = flow(POD_B, POD_PORT, REMOTE, CLIENT_PORT, IPPROTO_UDP);
+        assert_eq!(
+            connection(dp, &b_replies),
+            Some(expected_connection(REMOTE, CtState::Udp))
+        );
+        assert_eq!(dp.counts(), counted(&[("local-delivery", 2)]));
     });
 }

@@ -208,6 +208,34 @@ fn flagged_pods_reply_goes_back_through_netfilter() {
 }
 
 #[test]
+fn reply_from_the_uplink_to_a_flagged_pod_goes_back_through_netfilter() {
+    with_datapath(|dp| {
+        services_node(dp);
+        // A reached a service whose endpoint is a pod on another node; the
+        // stack forwarded A's packet out of the uplink (`to_uplink`
+        // recorded it). The endpoint answers A directly.
+        let forwarded = Frame::new(
+            UPLINK_MAC,
+            ROUTER_MAC,
+            POD_A,
+            OTHER_NODE_POD,
+            tcp(40000, 8443, TCP_SYN),
+        );
+        dp.run(TO_UPLINK, &forwarded.bytes(), Skb::default());
+        let answer = Frame::new(
+            ROUTER_MAC,
+            UPLINK_MAC,
+            OTHER_NODE_POD,
+            POD_A,
+            tcp(8443, 40000, TCP_SYN | TCP_ACK),
+        );
+        let out = dp.run(FROM_UPLINK, &answer.bytes(), Skb::default());
+        assert_eq!((out.action, out.frame), (TC_ACT_OK, answer.bytes()));
+        assert_eq!(dp.counts(), counted(&[("to-netfilter", 1)]));
+    });
+}
+
+#[test]
 fn unflagged_pods_are_not_looked_up() {
     with_datapath(|dp| {
         services_node(dp);
