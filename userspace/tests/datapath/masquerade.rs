@@ -218,6 +218,27 @@ fn echo_request_is_masqueraded_by_its_identifier() {
 }
 
 #[test]
+fn echo_request_from_outside_is_never_taken_for_a_reply() {
+    // A pings REMOTE; REMOTE pings the node with the same identifier. Only
+    // echo replies answer a masqueraded ping: the request is the node's.
+    with_datapath(|dp| {
+        masquerading_node(dp);
+        send(dp, &from_a(echo(true)));
+        let ping = to_node(L4::Echo {
+            request: true,
+            id: SPORT,
+            seq: 9,
+        });
+        let out = receive(dp, &ping);
+        assert_eq!((out.action, out.frame), (TC_ACT_OK, ping.bytes()));
+        assert_eq!(
+            dp.counts(),
+            counted(&[("forwarded", 1), ("nat-new-flow", 1)])
+        );
+    });
+}
+
+#[test]
 fn taken_port_is_retried_in_the_range() {
     with_datapath(|dp| {
         masquerading_node(dp);
