@@ -8,8 +8,8 @@ use aya_ebpf::{
 use cni_ebpf_common::{DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::headers::{
-    ICMP_CSUM_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPV4_CSUM_OFF, Ipv4Hdr, L4Head,
-    TCP_CSUM_OFF, TcpFlagsWord, UDP_CSUM_OFF, header, ipv4_l4_offset,
+    ICMP_CSUM_OFF, IPV4_CSUM_OFF, Ipv4Hdr, L4Head, TCP_CSUM_OFF, TcpFlagsWord, UDP_CSUM_OFF,
+    header, ipv4_l4_offset,
 };
 
 /// Offsets are from the start of the packet; ports in network order.
@@ -42,11 +42,6 @@ impl Transport {
         } else {
             self.offset + 2
         }
-    }
-
-    pub fn is_echo(&self) -> bool {
-        self.proto == IPPROTO_ICMP
-            && (self.icmp_type == ICMP_ECHO_REQUEST || self.icmp_type == ICMP_ECHO_REPLY)
     }
 }
 
