@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use cni_ebpf_common::{
     CtState, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_PORT_TRIES,
     program_names::{FROM_POD, FROM_UPLINK},
-    wire::{ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, TCP_ACK, TCP_FIN, TCP_SYN},
+    wire::{ETH_LEN, ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, TCP_ACK, TCP_FIN, TCP_SYN},
 };
 
 use crate::{
@@ -489,5 +489,20 @@ fn truncated_icmp_error_is_malformed() {
         });
         assert_eq!(receive(dp, &error).action, TC_ACT_SHOT);
         assert_eq!(dp.counts(), counted(&[("drop malformed to-pod", 1)]));
+    });
+}
+
+#[test]
+fn ipv4_header_shorter_than_its_minimum_is_not_translated() {
+    // IHL 4 (16 bytes): no transport header can be found from it. Handed
+    // to the stack as it is (which drops it), never given a NAT flow.
+    with_datapath(|dp| {
+        masquerading_node(dp);
+        let mut frame = from_a(tcp(TCP_SYN)).bytes();
+        frame[ETH_LEN] = 0x44;
+        let out = dp.run(FROM_POD, &frame, Skb::default());
+        assert_eq!((out.action, out.frame), (TC_ACT_OK, frame));
+        assert_eq!(dp.nat_flows(), 0);
+        assert_eq!(dp.counts(), counted(&[("to-stack", 1)]));
     });
 }
