@@ -35,6 +35,11 @@
 //! | rate-limited | `local::egress_over_the_limit_is_dropped`, `local::ingress_over_the_limit_is_dropped_for_the_receiver` |
 //! | transit | `uplink::guard_drops_transit_and_passes_the_rest` |
 //!
+//! Not testable here: `malformed` for a truncated IPv4 header (from_pod's
+//! first check): the kernel refuses to run a tc program on an IPv4 frame
+//! shorter than an IPv4 header (`EINVAL` on 6.18), so `malformed` is
+//! covered through ARP and an ICMP error's quote instead.
+//!
 //! Not reachable from a packet: `redirect-failed`. `bpf_redirect_peer`,
 //! `bpf_redirect_neigh` and `bpf_redirect` return something other than
 //! `TC_ACT_REDIRECT` only for flags the datapath never passes (and for
