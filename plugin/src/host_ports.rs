@@ -122,25 +122,48 @@ pub fn requests(runtime_config: &Value) -> CniResult<Vec<HostPortRequest>> {
     Ok(out)
 }
 
-/// The cgroup the socket hooks attach to: `cgroupRoot`, or the cgroup v2
-/// mount point.
-pub fn cgroup_root(raw: &Value) -> CniResult<PathBuf> {
+/// Where the hooks on the node's own sockets (host ports reached from the
+/// node, TCP pacing) attach, or why they cannot: only connections from the
+/// node itself need them, so a node without a cgroup v2 hierarchy still
+/// serves host ports to the outside and to pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeHooks {
+    Cgroup(PathBuf),
+    Unavailable(String),
+}
+
+/// `cgroupRoot` (it must be absolute: code 7 otherwise), or the cgroup v2
+/// mount point; either must be a cgroup v2 directory to be used.
+pub fn node_hooks(raw: &Value) -> CniResult<NodeHooks> {
     if let Some(v) = raw.get("cgroupRoot") {
         let path = v
             .as_str()
             .map(PathBuf::from)
             .filter(|p| p.is_absolute())
             .ok_or_else(|| invalid("cgroupRoot", "not an absolute path"))?;
-        return Ok(path);
+        return Ok(match cni_ebpf_userspace::node::check_cgroup2(&path) {
+            Ok(()) => NodeHooks::Cgroup(path),
+            Err(why) => NodeHooks::Unavailable(format!("cgroupRoot {why}")),
+        });
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| CniError::io("reading /proc/self/mountinfo", e))?;
-    cni_ebpf_userspace::node::cgroup2_mount_in(&mountinfo).ok_or_else(|| {
-        invalid(
-            "cgroupRoot",
-            "no cgroup v2 mount found; set it to a cgroup v2 directory",
-        )
-    })
+    Ok(
+        match cni_ebpf_userspace::node::cgroup2_mount_in(&mountinfo) {
+            Some(path) => NodeHooks::Cgroup(path),
+            None => NodeHooks::Unavailable(
+                "no cgroup v2 mount found (set cgroupRoot to a cgroup v2 directory)".to_string(),
+            ),
+        },
+    )
+}
+
+/// What a pod without the node hooks lacks, for logs and CHECK.
+pub fn missing_hooks_warning(why: &str) -> String {
+    format!(
+        "{why}: host ports are not reachable from the node's own processes and TCP senders \
+         are not paced (the policer still limits); traffic from outside and from pods is served"
+    )
 }
 
 #[cfg(test)]

@@ -165,5 +165,33 @@ pub fn render(layout: &BpffsLayout, agent: &AgentCounters) -> Result<String> {
         family(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {value}");
     }
+
+    // A node without cgroup v2 serves such pods without these hooks.
+    family(
+        &mut out,
+        "cni_ebpf_node_hooks_missing",
+        "gauge",
+        "1 when pods need a hook on the node's own sockets that is not attached \
+         (host-ports: connections from the node to host ports; tcp-pacing).",
+    );
+    let needs = |flag: u32| endpoints.iter().any(|(_, e)| e.flags & flag != 0);
+    for (hook, needed, attached) in [
+        (
+            "host-ports",
+            needs(cni_ebpf_common::ENDPOINT_F_HOST_PORTS),
+            crate::attach::socket_hooks_attached(layout),
+        ),
+        (
+            "tcp-pacing",
+            needs(cni_ebpf_common::ENDPOINT_F_RATE_LIMITED),
+            crate::attach::pacing_attached(layout),
+        ),
+    ] {
+        let missing = u8::from(needed && !attached);
+        let _ = writeln!(
+            out,
+            "cni_ebpf_node_hooks_missing{{hook=\"{hook}\"}} {missing}"
+        );
+    }
     Ok(out)
 }
