@@ -17,6 +17,11 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "iputils-ping",
     "ethtool",
+    // The CRI tests run a private containerd (never the system service)
+    // whose shim starts sandboxes with crun.
+    "containerd",
+    "runc",
+    "crun",
 ];
 
 pub fn ensure(ctx: &Context) -> Result<()> {
