@@ -79,7 +79,7 @@ pub fn requests(runtime_config: &Value) -> CniResult<Vec<HostPortRequest>> {
             .as_object()
             .ok_or_else(|| invalid(&format!("runtimeConfig.portMappings[{i}]"), "not an object"))?;
         let proto = match text(entry, &field("protocol"))? {
-            // portmap's default, and what an empty protocol means to it.
+            // Absent or empty: TCP, the CRI's default protocol.
             None | Some("") => IPPROTO_TCP,
             Some(p) if p.eq_ignore_ascii_case("tcp") => IPPROTO_TCP,
             Some(p) if p.eq_ignore_ascii_case("udp") => IPPROTO_UDP,
