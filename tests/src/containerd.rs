@@ -342,8 +342,15 @@ const START_SCRIPT: &str = r#"set -e
 mount -t tmpfs -o mode=755 cni-ebpf-run /run
 mkdir -p /run/netns /run/containerd
 mount -t tmpfs -o mode=755 cni-ebpf-varlib /var/lib
-# Only the cgroup v1 hierarchies: crun refuses a hybrid layout.
-if mountpoint -q /sys/fs/cgroup/unified; then umount -l /sys/fs/cgroup/unified; fi
+# Only the cgroup v1 hierarchies: crun refuses a hybrid layout, and the
+# plugin must find no cgroup v2 to hook (never the machine's root cgroup).
+if [ "$(stat -f -c %T /sys/fs/cgroup)" = cgroup2fs ]; then
+    echo "a pure cgroup v2 host: this harness needs the cgroup v1 hierarchies" >&2
+    exit 1
+fi
+for m in $(awk '{for (i = 7; i <= NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2") print $5; break }}' /proc/self/mountinfo); do
+    umount -l "$m"
+done
 exec containerd --config "$1"
 "#;
 
