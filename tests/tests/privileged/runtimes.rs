@@ -261,3 +261,73 @@ fn wrongly_typed_capability_fields_are_code_7_by_name_and_unknown_ones_are_ignor
     sandbox.add_ok(&conf(&hp, &payload));
     sandbox.del().expect_success("DEL");
 }
+
+/// `value` with every object key upper-cased, at every level.
+fn shout(value: &Value) -> Value {
+    match value {
+        Value::Object(object) => Value::Object(
+            object
+                .iter()
+                .map(|(key, value)| (key.to_uppercase(), shout(value)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(shout).collect()),
+        other => other.clone(),
+    }
+}
+
+#[test]
+fn every_key_of_the_config_matches_without_regard_to_case() {
+    // Go plugins read `"IPMASQ"` as ipMasq, `"RANGESTART"` as rangeStart;
+    // each reader here (IPAM, the uplink, bandwidth, the verbs' own fields)
+    // must too, and the pins and state land where the keys say.
+    let hp = HostPortNode::new();
+    let mut conf = hp.node.conf().range("10.244.1.77", "10.244.1.80").build();
+    conf["ipMasq"] = json!(true);
+    conf["egressRate"] = json!(LIMIT_BITS);
+    conf["egressBurst"] = json!(LIMIT_BITS / 10);
+    conf["cgroupRoot"] = json!(hp.cgroup.path());
+    conf["capabilities"] = json!({"portMappings": true});
+    conf["runtimeConfig"] =
+        json!({"portMappings": [{"hostPort": HOST_PORT, "containerPort": POD_PORT}]});
+    let conf = shout(&conf);
+    assert!(
+        conf.get("IPMASQ").is_some() && conf["IPAM"]["RANGES"][0][0].get("RANGESTART").is_some()
+    );
+
+    let mut sandbox = Sandbox::new(&hp.node);
+    let result = sandbox.add_ok(&conf);
+    assert_eq!(result["ips"][0]["address"], "10.244.1.77/24", "{result}");
+    let record = hp
+        .node
+        .state_dir()
+        .join(DEFAULT_NETWORK)
+        .join(format!("{}-eth0.json", sandbox.id()));
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(&record)
+            .unwrap_or_else(|e| panic!("the attachment record under the STATEDIR given: {e}")),
+    )
+    .unwrap();
+    assert_eq!(record["egressLimit"]["rateBits"], LIMIT_BITS, "{record}");
+
+    // Masquerade (IPMASQ) and the host port (RUNTIMECONFIG.PORTMAPPINGS).
+    let outside = PeerServer::start(&hp.ext.netns, at(Ipv4Addr::UNSPECIFIED, HOST_PORT)).unwrap();
+    assert_tcp_reaches(&outside, sandbox.netns(), hp.ext.ext_ip, hp.node_ip());
+    let server = PeerServer::start(sandbox.netns(), at(Ipv4Addr::UNSPECIFIED, POD_PORT)).unwrap();
+    assert_tcp_reaches(&server, &hp.ext.netns, hp.node_ip(), hp.ext.ext_ip);
+
+    // CHECK and DEL with the result as "PREVRESULT", its keys shouted too.
+    let with_prev = shout(&sandbox.conf_with_prev_result());
+    sandbox
+        .call("CHECK", &with_prev)
+        .expect_success("CHECK with shouted keys");
+    sandbox
+        .call("DEL", &with_prev)
+        .expect_success("DEL with shouted keys");
+    sandbox.del().expect_success("DEL again");
+    assert!(
+        hp.node.ipam_reservations(DEFAULT_NETWORK).is_empty(),
+        "{:?}",
+        hp.node.ipam_reservations(DEFAULT_NETWORK)
+    );
+}
