@@ -371,6 +371,7 @@ mod tests {
                     1,
                 )],
                 maps: vec![(MapLabels { map: "ENDPOINTS" }, 1, u64::from(MAX_ENDPOINTS))],
+                hooks_missing: vec![(HookLabels { hook: "host-ports" }, 1)],
             }
             .encode(&mut encoder)
         }
@@ -394,6 +395,8 @@ mod tests {
             "# TYPE cni_ebpf_map_entries gauge",
             r#"cni_ebpf_map_entries{map="ENDPOINTS"} 1"#,
             r#"cni_ebpf_map_capacity{map="ENDPOINTS"} 65536"#,
+            "# TYPE cni_ebpf_node_hooks_missing gauge",
+            r#"cni_ebpf_node_hooks_missing{hook="host-ports"} 1"#,
             "cni_ebpf_gc_runs_total 3",
             "cni_ebpf_gc_expired_total 0",
             "cni_ebpf_gc_errors_total 0",
