@@ -10,7 +10,9 @@
 pub mod agent;
 pub mod binaries;
 pub mod bpffs;
+pub mod cluster;
 pub mod echo;
+pub mod etcd;
 pub mod ext;
 pub mod firewall;
 pub mod hash;

@@ -9,6 +9,8 @@
 mod agent;
 #[path = "privileged/bandwidth.rs"]
 mod bandwidth;
+#[path = "privileged/cluster.rs"]
+mod cluster;
 #[path = "privileged/cross_node.rs"]
 mod cross_node;
 #[path = "privileged/errors.rs"]

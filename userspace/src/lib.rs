@@ -5,6 +5,7 @@
 
 pub mod attach;
 pub mod attachments;
+pub mod cluster;
 pub mod counters;
 pub mod datapath;
 pub mod datapath_log;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod nat;
 pub mod node;
 pub mod paths;
+pub mod peers;
 pub mod rate;
 pub mod reconcile;
 pub mod stats;

@@ -53,6 +53,8 @@ pub struct RunArgs {
     pub log_level: LevelFilter,
     #[command(flatten)]
     pub timeouts: Timeouts,
+    #[command(flatten)]
+    pub cluster: crate::cmd::cluster::ClusterArgs,
 }
 
 pub fn run(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
@@ -97,10 +99,11 @@ pub fn run(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
         std::thread::spawn(move || serve_metrics(&listener, &layout, &counters));
     }
 
+    let cluster = args.cluster.start(&layout)?;
     let timeouts = args.timeouts.to_nat();
     let interval = Duration::from_secs(args.gc_interval.max(1));
     let mut next = Instant::now();
-    while !STOP.load(Ordering::Relaxed) {
+    while !STOP.load(Ordering::Relaxed) && cluster.as_ref().is_none_or(|c| c.is_running()) {
         if Instant::now() >= next {
             gc(&layout, &timeouts, &counters);
             // Repairs between ticks too: a program detached behind the
@@ -118,7 +121,7 @@ pub fn run(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("cni-ebpfd: stopping; the datapath keeps running");
-    Ok(())
+    cluster.map_or(Ok(()), |c| c.stop().context("cluster"))
 }
 
 /// One reconciliation with the programs pinned at this moment (an upgrade

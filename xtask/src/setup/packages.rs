@@ -17,6 +17,11 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "iputils-ping",
     "ethtool",
+    // The cluster tests' datastore (etcd 3.4) and etcdctl.
+    "etcd-server",
+    "etcd-client",
+    // protoc: the etcd client crate compiles etcd's gRPC protos when it builds.
+    "protobuf-compiler",
 ];
 
 pub fn ensure(ctx: &Context) -> Result<()> {

@@ -1,0 +1,163 @@
+//! Turns the other nodes' subnet records into datapath peers: decides each
+//! peer's mode, programs what changed, forgets what left, and retries what
+//! failed on the next [`PeerTable::retry`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::{IpNet, Ipv4Net};
+
+use super::{
+    records::{Backend, SubnetRecord},
+    underlay::Underlay,
+};
+use crate::{
+    BpffsLayout,
+    peers::{self, Peer, PeerMode},
+};
+
+pub struct PeerTable {
+    layout: BpffsLayout,
+    backend: Backend,
+    underlay: Underlay,
+    /// What the datapath holds, by pod CIDR.
+    programmed: BTreeMap<Ipv4Net, Peer>,
+    /// Wanted but not programmed yet (the last attempt failed).
+    pending: BTreeMap<Ipv4Net, Peer>,
+    /// CIDRs to take out of the datapath whose removal failed.
+    stale: BTreeSet<Ipv4Net>,
+}
+
+impl PeerTable {
+    pub fn new(layout: BpffsLayout, backend: Backend, underlay: Underlay) -> Self {
+        Self {
+            layout,
+            backend,
+            underlay,
+            programmed: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            stale: BTreeSet::new(),
+        }
+    }
+
+    pub fn set_backend(&mut self, backend: Backend) {
+        self.backend = backend;
+    }
+
+    /// Native where the cluster says so, or (auto) where the peer is one
+    /// hop away on a subnet of this node; VXLAN otherwise.
+    pub fn mode_for(&self, record: &SubnetRecord) -> PeerMode {
+        match self.backend {
+            Backend::Native => PeerMode::Native,
+            Backend::Vxlan => PeerMode::Vxlan,
+            Backend::Auto if self.underlay.is_neighbour(record.underlay) => PeerMode::Native,
+            Backend::Auto => PeerMode::Vxlan,
+        }
+    }
+
+    /// A node announced (or changed) its subnet.
+    pub async fn upsert(&mut self, cidr: Ipv4Net, record: &SubnetRecord) {
+        let peer = Peer {
+            pod_cidr: IpNet::V4(cidr),
+            underlay: record.underlay.into(),
+            mode: self.mode_for(record),
+        };
+        self.stale.remove(&cidr);
+        if self.programmed.get(&cidr) == Some(&peer) {
+            return;
+        }
+        match peers::apply(&self.layout, &peer).await {
+            Ok(()) => {
+                eprintln!(
+                    "cni-ebpfd: cluster: peer {} {cidr} via {} ({})",
+                    record.node_name,
+                    record.underlay,
+                    mode_name(peer.mode)
+                );
+                self.pending.remove(&cidr);
+                self.programmed.insert(cidr, peer);
+            }
+            Err(e) => {
+                eprintln!(
+                    "cni-ebpfd: cluster: programming peer {} {cidr} failed (retrying): {e}",
+                    record.node_name
+                );
+                self.programmed.remove(&cidr);
+                self.pending.insert(cidr, peer);
+            }
+        }
+    }
+
+    /// A node's subnet left the cluster (its lease expired or was revoked).
+    pub async fn remove(&mut self, cidr: Ipv4Net) {
+        self.pending.remove(&cidr);
+        if self.programmed.remove(&cidr).is_none() && !self.stale.contains(&cidr) {
+            return;
+        }
+        match peers::remove(&self.layout, IpNet::V4(cidr)).await {
+            Ok(()) => {
+                self.stale.remove(&cidr);
+                eprintln!("cni-ebpfd: cluster: peer {cidr} removed");
+            }
+            Err(e) => {
+                self.stale.insert(cidr);
+                eprintln!("cni-ebpfd: cluster: removing peer {cidr} failed (retrying): {e}");
+            }
+        }
+    }
+
+    /// Makes the datapath hold exactly `records` (after a full list).
+    pub async fn sync(&mut self, records: &BTreeMap<Ipv4Net, SubnetRecord>) {
+        let gone: Vec<Ipv4Net> = self
+            .programmed
+            .keys()
+            .chain(self.pending.keys())
+            .filter(|cidr| !records.contains_key(cidr))
+            .copied()
+            .collect();
+        for cidr in gone {
+            self.remove(cidr).await;
+        }
+        for (cidr, record) in records {
+            self.upsert(*cidr, record).await;
+        }
+    }
+
+    /// Tries again what failed before.
+    pub async fn retry(&mut self) {
+        for cidr in std::mem::take(&mut self.stale) {
+            match peers::remove(&self.layout, IpNet::V4(cidr)).await {
+                Ok(()) => eprintln!("cni-ebpfd: cluster: peer {cidr} removed"),
+                Err(_) => {
+                    self.stale.insert(cidr);
+                }
+            }
+        }
+        for (cidr, peer) in std::mem::take(&mut self.pending) {
+            match peers::apply(&self.layout, &peer).await {
+                Ok(()) => {
+                    eprintln!(
+                        "cni-ebpfd: cluster: peer {cidr} via {} ({})",
+                        peer.underlay,
+                        mode_name(peer.mode)
+                    );
+                    self.programmed.insert(cidr, peer);
+                }
+                Err(_) => {
+                    self.pending.insert(cidr, peer);
+                }
+            }
+        }
+    }
+
+    /// Pod CIDRs the datapath holds now.
+    pub fn programmed(&self) -> impl Iterator<Item = &Ipv4Net> {
+        self.programmed.keys()
+    }
+}
+
+fn mode_name(mode: PeerMode) -> &'static str {
+    match mode {
+        PeerMode::Native => "native",
+        PeerMode::Vxlan => "vxlan",
+    }
+}
