@@ -171,9 +171,9 @@ impl Drop for Etcd {
 
 /// Whether `etcd` and `etcdctl` are installed (the setup installs them).
 pub fn installed() -> bool {
-    ["etcd", "etcdctl"].iter().all(|tool| {
+    [("etcd", "--version"), ("etcdctl", "version")].iter().all(|(tool, arg)| {
         Command::new(tool)
-            .arg("--version")
+            .arg(arg)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
