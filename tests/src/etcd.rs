@@ -171,12 +171,14 @@ impl Drop for Etcd {
 
 /// Whether `etcd` and `etcdctl` are installed (the setup installs them).
 pub fn installed() -> bool {
-    [("etcd", "--version"), ("etcdctl", "version")].iter().all(|(tool, arg)| {
-        Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
+    [("etcd", "--version"), ("etcdctl", "version")]
+        .iter()
+        .all(|(tool, arg)| {
+            Command::new(tool)
+                .arg(arg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
 }
