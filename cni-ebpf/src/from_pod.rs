@@ -30,6 +30,7 @@ use crate::{
     nat::snat,
     netfilter::{self, to_netfilter},
     rate::{Way, charge},
+    tunnel,
 };
 
 /// Ethernet + the longest L3 header we read.
@@ -170,6 +171,9 @@ fn leave_node(
         && let Some(transport) = l4::parse(ctx, ip)
     {
         netfilter::forget_replies_on_syn(src, dst, &transport);
+    }
+    if let Some(action) = tunnel::into_tunnel(ctx, ip, dst)? {
+        return Ok(action);
     }
     let masquerade = cfg.flags & NODE_F_MASQUERADE != 0
         && NO_MASQ.get(Key::new(128, IpKey::v4(dst).addr)).is_none();

@@ -29,6 +29,8 @@ mod masquerade;
 mod netfilter_handoff;
 #[path = "privileged/pod_to_pod.rs"]
 mod pod_to_pod;
+#[path = "privileged/services.rs"]
+mod services;
 #[path = "privileged/spec_chaining.rs"]
 mod spec_chaining;
 #[path = "privileged/spec_check.rs"]
@@ -47,6 +49,8 @@ mod spec_ipam;
 mod spec_versions;
 #[path = "privileged/spoofing.rs"]
 mod spoofing;
+#[path = "privileged/tunnel.rs"]
+mod tunnel;
 #[path = "privileged/upgrade.rs"]
 mod upgrade;
 #[path = "privileged/versions.rs"]

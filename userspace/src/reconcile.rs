@@ -11,18 +11,18 @@ use std::{net::IpAddr, path::Path};
 use aya::programs::{SchedClassifier, TcAttachType};
 use cni_ebpf_common::{
     ENDPOINT_F_HOST_PORTS, ENDPOINT_F_RATE_LIMITED, Endpoint, NODE_F_SERVICES,
-    program_names::{FROM_POD, FROM_UPLINK, PACE_TCP, TO_POD, TO_UPLINK},
+    program_names::{FROM_POD, FROM_TUNNEL, FROM_UPLINK, PACE_TCP, TO_POD, TO_TUNNEL, TO_UPLINK},
 };
 
 use crate::{
     AttachMode, BpffsLayout, Datapath, EndpointMap,
     attach::{
         attach_from_pod, attach_from_uplink, attach_pacing, attach_socket_hooks, attach_to_pod,
-        attach_to_uplink, pacing_attached, socket_hooks_attached,
+        attach_to_uplink, attach_tunnel, pacing_attached, socket_hooks_attached,
     },
     attachments::{filters_on, interfaces},
     error::Result,
-    node, rate, stats,
+    node, peers, rate, stats,
     tc_filters::Hook,
 };
 
@@ -125,7 +125,7 @@ fn remove_vanished(layout: &BpffsLayout, interfaces: &[(u32, String)]) -> Result
 /// Whether `program` runs on the device (`to_pod` and `to_uplink` on
 /// egress, the others on ingress), as a filter or a tcx link.
 fn attached(ifindex: u32, ifname: &str, program: &str) -> Result<bool> {
-    let (hook, tcx_hook) = if program == TO_POD || program == TO_UPLINK {
+    let (hook, tcx_hook) = if [TO_POD, TO_UPLINK, TO_TUNNEL].contains(&program) {
         (Hook::Egress, TcAttachType::Egress)
     } else {
         (Hook::Ingress, TcAttachType::Ingress)
@@ -202,6 +202,13 @@ fn reattach(
         }
         wanted.push((uplink, ifname, FROM_UPLINK));
     }
+    let tunnel = peers::tunnel_ifindex(&layout)?;
+    if tunnel != 0
+        && let Some(ifname) = name_of(tunnel)
+    {
+        wanted.push((tunnel, ifname.clone(), FROM_TUNNEL));
+        wanted.push((tunnel, ifname, TO_TUNNEL));
+    }
     for (ifindex, ifname, program) in wanted {
         let result = attached(ifindex, &ifname, program).and_then(|present| {
             if present {
@@ -210,6 +217,14 @@ fn reattach(
             if program == FROM_UPLINK {
                 let mode = mode_of(&layout.uplink_link(&ifname));
                 attach_from_uplink(datapath, &ifname, mode)?;
+            } else if program == FROM_TUNNEL || program == TO_TUNNEL {
+                let hook = if program == FROM_TUNNEL {
+                    Hook::Ingress
+                } else {
+                    Hook::Egress
+                };
+                let mode = mode_of(&layout.tunnel_link(&ifname, hook));
+                attach_tunnel(datapath, &ifname, hook, mode)?;
             } else if program == TO_UPLINK {
                 let mode = mode_of(&layout.uplink_egress_link(&ifname));
                 attach_to_uplink(datapath, &ifname, mode)?;

@@ -386,8 +386,8 @@ fn cli_tables_and_json_reflect_the_pods_on_the_node() {
     let drops = json(node, "drops");
     assert_eq!(
         drops.as_array().unwrap().len(),
-        22,
-        "11 reasons x 2 directions"
+        24,
+        "12 reasons x 2 directions"
     );
     let spoofed = drops
         .as_array()

@@ -42,10 +42,13 @@ use self::{
     lease::{Claim, Held},
     node_state::NodeState,
     program::PeerTable,
-    underlay::{Underlay, VXLAN_OVERHEAD},
+    underlay::Underlay,
     watch::{Change, Step, SubnetWatch},
 };
-use crate::{BpffsLayout, peers};
+use crate::{
+    BpffsLayout,
+    peers::{self, TUNNEL_OVERHEAD},
+};
 
 /// How long one etcd request may take before the connection counts as lost.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -162,6 +165,7 @@ async fn run(
         held: None,
         revision: None,
         written: None,
+        tunnel_ready: false,
         settings,
         wanted,
         underlay,
@@ -208,6 +212,7 @@ struct Member {
     /// The last revision whose changes are programmed.
     revision: Option<i64>,
     written: Option<NodeState>,
+    tunnel_ready: bool,
 }
 
 enum Never {}
@@ -220,6 +225,7 @@ impl Member {
         let network = lease::ensure_network(&mut client, &self.keys, self.wanted.as_ref()).await?;
         self.table.set_backend(network.backend);
         self.hold(&mut client, &network).await?;
+        self.tunnel_ready = false;
         if network.backend.tunnels() {
             self.ensure_tunnel(&network).await;
         }
@@ -239,7 +245,12 @@ impl Member {
                         return Err(ClusterError::Protocol("the lease expired".into()));
                     }
                 }
-                _ = retry.tick() => self.table.retry().await,
+                _ = retry.tick() => {
+                    if network.backend.tunnels() && !self.tunnel_ready {
+                        self.ensure_tunnel(&network).await;
+                    }
+                    self.table.retry().await;
+                }
                 step = watch.next(&self.keys) => match step? {
                     Step::Changes { changes, revision } => {
                         if self.apply(changes).await {
@@ -297,7 +308,7 @@ impl Member {
         }
         let cidr = self.held.as_ref().expect("held").cidr;
         let mtu = if network.backend.tunnels() {
-            self.underlay.mtu - VXLAN_OVERHEAD
+            self.underlay.mtu - TUNNEL_OVERHEAD
         } else {
             self.underlay.mtu
         };
@@ -328,18 +339,25 @@ impl Member {
         }
     }
 
-    async fn ensure_tunnel(&self, network: &ClusterNetwork) {
+    async fn ensure_tunnel(&mut self, network: &ClusterNetwork) {
         let tunnel = peers::TunnelSettings {
             vni: network.vxlan.vni,
             port: network.vxlan.port,
             local: self.underlay.address,
             underlay_ifname: self.underlay.ifname.clone(),
-            mtu: self.underlay.mtu - VXLAN_OVERHEAD,
+            mtu: self.underlay.mtu - TUNNEL_OVERHEAD,
+            // The node's own packets to other nodes' pods leave from its
+            // pods' gateway address (host-local never hands it to a pod),
+            // so the answers come back through the tunnel.
+            address: self.held.as_ref().map(|h| gateway_of(h.cidr)),
         };
         // Without it, VXLAN peers stay pending and are retried; native
         // peers work regardless.
-        if let Err(e) = peers::ensure_tunnel(&self.layout, &tunnel).await {
-            eprintln!("cni-ebpfd: cluster: the VXLAN device is not ready: {e}");
+        match peers::ensure_tunnel(&self.layout, &tunnel).await {
+            Ok(()) => self.tunnel_ready = true,
+            Err(e) => {
+                eprintln!("cni-ebpfd: cluster: the VXLAN device is not ready (retrying): {e}")
+            }
         }
     }
 
@@ -380,6 +398,11 @@ impl Member {
         }
         lost
     }
+}
+
+/// host-local's default gateway of a pod CIDR: its first address.
+fn gateway_of(cidr: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(cidr.network()) + 1)
 }
 
 async fn connect(endpoints: &[String]) -> Result<Client> {

@@ -9,10 +9,6 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
 use super::error::{ClusterError, Result};
 
-/// What a VXLAN header costs a pod's packets: outer IPv4 (20), UDP (8),
-/// VXLAN (8) and the inner Ethernet header (14).
-pub const VXLAN_OVERHEAD: u32 = 50;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Underlay {
     pub ifname: String,
