@@ -101,7 +101,10 @@ mod tests {
                       containernetworking-plugins install ok installed\n\
                       iptables:amd64 install ok installed\n\
                       nftables install ok installed\n\
-                      ethtool install ok installed\n";
+                      ethtool install ok installed\n\
+                      etcd-server install ok installed\n\
+                      etcd-client install ok installed\n\
+                      protobuf-compiler install ok installed\n";
         assert_eq!(not_installed(output), ["sockperf", "iputils-ping"]);
     }
 }
