@@ -232,6 +232,26 @@ fn a_node_that_stops_is_forgotten_after_its_ttl_and_keeps_its_cidr_when_back() {
     );
     wait_route(&a, &cidr_b, b.ip);
     assert!(traffic::ping(pod_a.netns(), IpAddr::V4(pod_b.ip()), 2));
+
+    // B leaves while A's agent is down too: A, back, finds B in its
+    // datapath but not in etcd, and takes it out.
+    drop(agent_a);
+    drop(agent_b);
+    let gone = wait_until(LEAVE, || {
+        underlay.subnets().iter().all(|(c, _)| *c != cidr_b)
+    });
+    assert!(gone, "{:?}", underlay.subnets());
+    assert!(a.route_to(&cidr_b).contains(&b.ip.to_string()));
+    let agent_a = a.start_agent(&[]);
+    assert!(
+        agent_a
+            .wait_for_line(JOIN, |l| l.contains(&removed))
+            .is_some(),
+        "{}",
+        agent_a.stderr().join("\n")
+    );
+    assert_eq!(a.route_to(&cidr_b).trim(), "");
+    assert_eq!(a.wait_pod_cidr(JOIN), cidr_a);
 }
 
 #[test]

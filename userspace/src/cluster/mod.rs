@@ -56,6 +56,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(2));
 /// How often peers whose programming failed are tried again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+/// How often every peer is programmed again (repairs what was removed
+/// behind the agent's back).
+const REAPPLY_INTERVAL: Duration = Duration::from_secs(30);
 /// The widest split of a cluster CIDR into node CIDRs (2^16 nodes).
 const MAX_NODE_BITS: u8 = 16;
 
@@ -234,6 +237,10 @@ impl Member {
         let (mut keeper, mut answers) = rpc(client.lease_keep_alive(lease)).await?;
         let mut renew = tokio::time::interval(self.settings.lease_ttl / 3);
         let mut retry = tokio::time::interval(RETRY_INTERVAL);
+        let mut reapply = tokio::time::interval_at(
+            tokio::time::Instant::now() + REAPPLY_INTERVAL,
+            REAPPLY_INTERVAL,
+        );
         loop {
             tokio::select! {
                 _ = renew.tick() => {
@@ -251,6 +258,7 @@ impl Member {
                     }
                     self.table.retry().await;
                 }
+                _ = reapply.tick() => self.table.reapply().await,
                 step = watch.next(&self.keys) => match step? {
                     Step::Changes { changes, revision } => {
                         if self.apply(changes).await {

@@ -28,12 +28,28 @@ pub struct PeerTable {
 }
 
 impl PeerTable {
+    /// Starts from the IPv4 peers the datapath already holds (an earlier
+    /// run's): the first full list removes those of nodes that left while
+    /// the agent was away. In cluster mode the agent owns every peer.
     pub fn new(layout: BpffsLayout, backend: Backend, underlay: Underlay) -> Self {
+        let programmed = match peers::list(&layout) {
+            Ok(peers) => peers
+                .into_iter()
+                .filter_map(|peer| match peer.pod_cidr {
+                    IpNet::V4(cidr) => Some((cidr, peer)),
+                    IpNet::V6(_) => None,
+                })
+                .collect(),
+            Err(e) => {
+                eprintln!("cni-ebpfd: cluster: reading the datapath's peers: {e}");
+                BTreeMap::new()
+            }
+        };
         Self {
             layout,
             backend,
             underlay,
-            programmed: BTreeMap::new(),
+            programmed,
             pending: BTreeMap::new(),
             stale: BTreeSet::new(),
         }
@@ -149,9 +165,19 @@ impl PeerTable {
         }
     }
 
-    /// Pod CIDRs the datapath holds now.
-    pub fn programmed(&self) -> impl Iterator<Item = &Ipv4Net> {
-        self.programmed.keys()
+    /// Programs every peer again (idempotent): puts back a route or map
+    /// entry removed behind the agent's back.
+    pub async fn reapply(&mut self) {
+        for (cidr, peer) in std::mem::take(&mut self.programmed) {
+            if let Err(e) = peers::apply(&self.layout, &peer).await {
+                eprintln!(
+                    "cni-ebpfd: cluster: programming peer {cidr} again failed (retrying): {e}"
+                );
+                self.pending.insert(cidr, peer);
+            } else {
+                self.programmed.insert(cidr, peer);
+            }
+        }
     }
 }
 
