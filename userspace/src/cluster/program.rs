@@ -59,15 +59,8 @@ impl PeerTable {
         self.backend = backend;
     }
 
-    /// Native where the cluster says so, or (auto) where the peer is one
-    /// hop away on a subnet of this node; VXLAN otherwise.
     pub fn mode_for(&self, record: &SubnetRecord) -> PeerMode {
-        match self.backend {
-            Backend::Native => PeerMode::Native,
-            Backend::Vxlan => PeerMode::Vxlan,
-            Backend::Auto if self.underlay.is_neighbour(record.underlay) => PeerMode::Native,
-            Backend::Auto => PeerMode::Vxlan,
-        }
+        mode_for(self.backend, &self.underlay, record)
     }
 
     /// A node announced (or changed) its subnet.
@@ -181,9 +174,48 @@ impl PeerTable {
     }
 }
 
+/// Native where the cluster says so, or (auto) where the peer is one hop
+/// away on a subnet of this node; VXLAN otherwise.
+fn mode_for(backend: Backend, underlay: &Underlay, record: &SubnetRecord) -> PeerMode {
+    match backend {
+        Backend::Native => PeerMode::Native,
+        Backend::Vxlan => PeerMode::Vxlan,
+        Backend::Auto if underlay.is_neighbour(record.underlay) => PeerMode::Native,
+        Backend::Auto => PeerMode::Vxlan,
+    }
+}
+
 fn mode_name(mode: PeerMode) -> &'static str {
     match mode {
         PeerMode::Native => "native",
         PeerMode::Vxlan => "vxlan",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn auto_routes_neighbours_natively_and_tunnels_to_the_rest() {
+        let underlay = Underlay {
+            ifname: "eth0".into(),
+            address: Ipv4Addr::new(10, 99, 1, 11),
+            mtu: 1500,
+            subnets: vec!["10.99.1.0/24".parse().unwrap()],
+        };
+        let peer = |ip: [u8; 4]| SubnetRecord {
+            node_name: "peer".into(),
+            underlay: Ipv4Addr::from(ip),
+            backend: Backend::Auto,
+            vtep: None,
+        };
+        let (near, far) = (peer([10, 99, 1, 12]), peer([10, 99, 2, 11]));
+        assert_eq!(mode_for(Backend::Auto, &underlay, &near), PeerMode::Native);
+        assert_eq!(mode_for(Backend::Auto, &underlay, &far), PeerMode::Vxlan);
+        assert_eq!(mode_for(Backend::Native, &underlay, &far), PeerMode::Native);
+        assert_eq!(mode_for(Backend::Vxlan, &underlay, &near), PeerMode::Vxlan);
     }
 }
