@@ -98,7 +98,7 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     count_endpoint(me.ifindex, Direction::FromPod, ctx.len());
     if me.flags & ENDPOINT_F_NETFILTER_FLOWS != 0
         && let Some(transport) = l4::parse(ctx, ip)
-        && netfilter::owns(src, dst, &transport)
+        && netfilter::belongs(src, dst, &transport)
     {
         return Ok(to_netfilter(ctx));
     }
@@ -112,7 +112,7 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
 
     // SAFETY: copied out at once.
     let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(dst)) }).copied() else {
-        return leave_node(ctx, ip, &me, dst, ttl);
+        return leave_node(ctx, ip, src, dst, ttl);
     };
     if ttl <= 1 {
         // The stack answers with ICMP time exceeded.
@@ -121,8 +121,9 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     }
     if target.flags & ENDPOINT_F_NETFILTER_FLOWS != 0
         && let Some(transport) = l4::parse(ctx, ip)
+        && netfilter::belongs(src, dst, &transport)
     {
-        netfilter::forget_replies_on_syn(src, dst, &transport);
+        return Ok(to_netfilter(ctx));
     }
     ipv4_decrease_ttl(ip);
     // SAFETY: bounds-checked; nothing above changed the packet's length.
@@ -143,12 +144,10 @@ fn to_stack(ctx: &TcContext) -> Result<i32, DropReason> {
 fn leave_node(
     ctx: &TcContext,
     ip: *mut Ipv4Hdr,
-    me: &Endpoint,
+    src: [u8; 4],
     dst: [u8; 4],
     ttl: u8,
 ) -> Result<i32, DropReason> {
-    // SAFETY: bounds-checked by the caller.
-    let src = unsafe { (*ip).saddr };
     let Some(cfg) = NODE_CONFIG.get(0).copied() else {
         return to_stack(ctx);
     };
@@ -166,11 +165,6 @@ fn leave_node(
     let services = netfilter::enabled(&cfg);
     if services && netfilter::is_service(dst) {
         return Ok(to_netfilter(ctx));
-    }
-    if me.flags & ENDPOINT_F_NETFILTER_FLOWS != 0
-        && let Some(transport) = l4::parse(ctx, ip)
-    {
-        netfilter::forget_replies_on_syn(src, dst, &transport);
     }
     if let Some(action) = tunnel::into_tunnel(ctx, ip, dst)? {
         return Ok(action);

@@ -96,13 +96,11 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     let ip: *mut Ipv4Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
     if target.flags & ENDPOINT_F_NETFILTER_FLOWS != 0
         && let Some(transport) = l4::parse(ctx, ip)
-    {
         // A reply of a flow netfilter translated on its way out (a service
         // whose endpoint is off the node): conntrack translates it back.
-        if netfilter::owns(src, pod, &transport) {
-            return Ok(to_netfilter(ctx));
-        }
-        netfilter::forget_replies_on_syn(src, pod, &transport);
+        && netfilter::belongs(src, pod, &transport)
+    {
+        return Ok(to_netfilter(ctx));
     }
     let eth: *mut EthHdr = header(ctx, 0).ok_or(DropReason::Malformed)?;
     ipv4_decrease_ttl(ip);

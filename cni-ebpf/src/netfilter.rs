@@ -33,7 +33,7 @@ use cni_ebpf_common::{
 
 use crate::{
     counters::count_verdict,
-    headers::{TCP_ACK, TCP_SYN},
+    headers::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST},
     l4::Transport,
     maps::{ENDPOINTS, NETFILTER_FLOWS, NODE_ADDRS, SERVICES},
 };
@@ -80,25 +80,19 @@ fn reply_key(src: [u8; 4], dst: [u8; 4], t: &Transport) -> FlowKey {
 // verifier's 512-byte limit for a call chain.
 
 /// Whether the packet `src` -> `dst`, sent by or delivered to a flagged pod,
-/// belongs to netfilter: a packet of a flow it translated, or an ICMP error
+/// belongs to netfilter: a packet of a flow it translated; a packet whose
+/// replies such a flow already claims (the same addresses and ports: a
+/// client that reuses its port to reach a service's backend directly, or
+/// the key a closed connection left), which netfilter sets apart as on any
+/// node by giving the new flow another source port; or an ICMP error
 /// (conntrack translates those about its flows, and forwards the rest).
 #[inline(never)]
-pub fn owns(src: [u8; 4], dst: [u8; 4], t: &Transport) -> bool {
+pub fn belongs(src: [u8; 4], dst: [u8; 4], t: &Transport) -> bool {
     if t.proto == IPPROTO_ICMP {
-        return !t.is_echo();
+        return t.icmp_type != ICMP_ECHO_REQUEST && t.icmp_type != ICMP_ECHO_REPLY;
     }
     NETFILTER_FLOWS.get_ptr(&flow_key(src, dst, t)).is_some()
-}
-
-/// A new TCP connection `src` -> `dst` on the datapath's own path: a closed
-/// connection that netfilter carried with the same addresses and ports may
-/// have left the key of this one's replies behind, which would send them to
-/// the old connection's conntrack entry.
-#[inline(never)]
-pub fn forget_replies_on_syn(src: [u8; 4], dst: [u8; 4], t: &Transport) {
-    if t.proto == IPPROTO_TCP && t.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        let _ = NETFILTER_FLOWS.remove(&reply_key(src, dst, t));
-    }
+        || NETFILTER_FLOWS.get_ptr(&reply_key(src, dst, t)).is_some()
 }
 
 /// The stack carried the packet `src` -> `dst` (to a pod, or out of the

@@ -159,12 +159,10 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     if target.flags & ENDPOINT_F_NETFILTER_FLOWS != 0
         && let Some(transport) = l4::parse(ctx, ip)
+        && netfilter::belongs(src, dst, &transport)
     {
-        if netfilter::owns(src, dst, &transport) {
-            make_ours(ctx);
-            return Ok(to_netfilter(ctx));
-        }
-        netfilter::forget_replies_on_syn(src, dst, &transport);
+        make_ours(ctx);
+        return Ok(to_netfilter(ctx));
     }
     ipv4_decrease_ttl(ip);
     // SAFETY: bounds-checked; nothing changed the packet's length.

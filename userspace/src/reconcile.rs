@@ -22,8 +22,9 @@ use crate::{
     },
     attachments::{filters_on, interfaces},
     error::Result,
-    node, peers, rate, stats,
+    node, peers, rate,
     tc_filters::Hook,
+    teardown,
 };
 
 /// What one reconciliation changed.
@@ -96,15 +97,15 @@ fn remove_vanished(layout: &BpffsLayout, interfaces: &[(u32, String)]) -> Result
     let mut done = Reconciled::default();
     let interface_exists = |ifindex: u32| interfaces.iter().any(|(i, _)| *i == ifindex);
     let interface_named = |name: &str| interfaces.iter().any(|(_, n)| n == name);
-    let mut endpoints = EndpointMap::open(layout)?;
-    for (ip, endpoint) in endpoints.entries()? {
-        if interface_exists(endpoint.ifindex) {
+    for endpoint in teardown::held(layout)?.values() {
+        let Some(ifindex) = endpoint.host_ifindex else {
+            continue;
+        };
+        if interface_exists(ifindex) {
             continue;
         }
-        endpoints.remove_owned(ip, endpoint.owner)?;
-        stats::remove(layout, endpoint.ifindex)?;
-        rate::remove(layout, endpoint.owner)?;
-        done.endpoints.push(ip);
+        teardown::remove(layout, endpoint)?;
+        done.endpoints.extend(&endpoint.ips);
     }
     for dir in [layout.links_dir(), layout.egress_links_dir()] {
         let Ok(entries) = std::fs::read_dir(&dir) else {

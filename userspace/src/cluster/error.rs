@@ -6,6 +6,7 @@ use ipnet::Ipv4Net;
 /// agent reconnects); the others are the node's configuration and end it.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    #[cfg(feature = "agent")]
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
     #[error("etcd: {0}")]
@@ -48,7 +49,12 @@ impl ClusterError {
     /// Whether reconnecting can cure it (etcd down or answering oddly), as
     /// opposed to a node configuration no retry changes.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Etcd(_) | Self::Protocol(_) | Self::Datapath(_))
+        match self {
+            #[cfg(feature = "agent")]
+            Self::Etcd(_) => true,
+            Self::Protocol(_) | Self::Datapath(_) => true,
+            _ => false,
+        }
     }
 }
 

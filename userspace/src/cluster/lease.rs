@@ -15,8 +15,8 @@ use ipnet::Ipv4Net;
 use super::{
     error::{ClusterError, Result},
     keys::Keys,
+    member::rpc,
     records::{ClusterNetwork, SubnetRecord},
-    rpc,
     watch::{Listed, list_subnets},
 };
 
@@ -38,8 +38,8 @@ pub async fn ensure_network(
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), wanted.to_json(), None)]);
         if rpc(client.txn(create)).await?.succeeded() {
-            eprintln!(
-                "cni-ebpfd: cluster: created {key}: cluster CIDR {}, /{} per node, backend {}",
+            log::info!(
+                "cluster: created {key}: cluster CIDR {}, /{} per node, backend {}",
                 wanted.cluster_cidr,
                 wanted.node_cidr_prefix,
                 wanted.backend.name()
@@ -56,8 +56,8 @@ pub async fn ensure_network(
     let stored: ClusterNetwork = serde_json::from_slice(kv.value())
         .map_err(|e| ClusterError::Config(format!("{key} is not a cluster network: {e}")))?;
     if let Some(wanted) = wanted.filter(|w| **w != stored) {
-        eprintln!(
-            "cni-ebpfd: cluster: warning: {key} holds {} (/{}, {}), not this node's {} (/{}, {}); using the stored one",
+        log::warn!(
+            "cluster: {key} holds {} (/{}, {}), not this node's {} (/{}, {}); using the stored one",
             stored.cluster_cidr,
             stored.node_cidr_prefix,
             stored.backend.name(),

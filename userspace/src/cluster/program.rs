@@ -41,7 +41,7 @@ impl PeerTable {
                 })
                 .collect(),
             Err(e) => {
-                eprintln!("cni-ebpfd: cluster: reading the datapath's peers: {e}");
+                log::warn!("cluster: reading the datapath's peers: {e}");
                 BTreeMap::new()
             }
         };
@@ -76,8 +76,8 @@ impl PeerTable {
         }
         match peers::apply(&self.layout, &peer).await {
             Ok(()) => {
-                eprintln!(
-                    "cni-ebpfd: cluster: peer {} {cidr} via {} ({})",
+                log::info!(
+                    "cluster: peer {} {cidr} via {} ({})",
                     record.node_name,
                     record.underlay,
                     mode_name(peer.mode)
@@ -86,8 +86,8 @@ impl PeerTable {
                 self.programmed.insert(cidr, peer);
             }
             Err(e) => {
-                eprintln!(
-                    "cni-ebpfd: cluster: programming peer {} {cidr} failed (retrying): {e}",
+                log::warn!(
+                    "cluster: programming peer {} {cidr} failed (retrying): {e}",
                     record.node_name
                 );
                 self.programmed.remove(&cidr);
@@ -105,11 +105,11 @@ impl PeerTable {
         match peers::remove(&self.layout, IpNet::V4(cidr)).await {
             Ok(()) => {
                 self.stale.remove(&cidr);
-                eprintln!("cni-ebpfd: cluster: peer {cidr} removed");
+                log::info!("cluster: peer {cidr} removed");
             }
             Err(e) => {
                 self.stale.insert(cidr);
-                eprintln!("cni-ebpfd: cluster: removing peer {cidr} failed (retrying): {e}");
+                log::warn!("cluster: removing peer {cidr} failed (retrying): {e}");
             }
         }
     }
@@ -135,7 +135,7 @@ impl PeerTable {
     pub async fn retry(&mut self) {
         for cidr in std::mem::take(&mut self.stale) {
             match peers::remove(&self.layout, IpNet::V4(cidr)).await {
-                Ok(()) => eprintln!("cni-ebpfd: cluster: peer {cidr} removed"),
+                Ok(()) => log::info!("cluster: peer {cidr} removed"),
                 Err(_) => {
                     self.stale.insert(cidr);
                 }
@@ -144,8 +144,8 @@ impl PeerTable {
         for (cidr, peer) in std::mem::take(&mut self.pending) {
             match peers::apply(&self.layout, &peer).await {
                 Ok(()) => {
-                    eprintln!(
-                        "cni-ebpfd: cluster: peer {cidr} via {} ({})",
+                    log::info!(
+                        "cluster: peer {cidr} via {} ({})",
                         peer.underlay,
                         mode_name(peer.mode)
                     );
@@ -163,9 +163,7 @@ impl PeerTable {
     pub async fn reapply(&mut self) {
         for (cidr, peer) in std::mem::take(&mut self.programmed) {
             if let Err(e) = peers::apply(&self.layout, &peer).await {
-                eprintln!(
-                    "cni-ebpfd: cluster: programming peer {cidr} again failed (retrying): {e}"
-                );
+                log::warn!("cluster: programming peer {cidr} again failed (retrying): {e}");
                 self.pending.insert(cidr, peer);
             } else {
                 self.programmed.insert(cidr, peer);

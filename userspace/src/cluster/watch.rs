@@ -10,8 +10,8 @@ use ipnet::Ipv4Net;
 use super::{
     error::{ClusterError, Result},
     keys::Keys,
+    member::rpc,
     records::SubnetRecord,
-    rpc,
 };
 
 /// One subnet key as listed.
