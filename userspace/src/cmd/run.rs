@@ -19,6 +19,7 @@ use cni_ebpf_userspace::{
         metrics::{self, AgentMetrics},
         metrics_server,
     },
+    cluster,
     datapath::BUILD_ID,
     nat, node, reconcile, upgrade,
 };
@@ -55,6 +56,8 @@ pub struct RunArgs {
     pub log_level: LevelFilter,
     #[command(flatten)]
     pub timeouts: Timeouts,
+    #[command(flatten)]
+    pub cluster: crate::cmd::cluster::ClusterArgs,
 }
 
 pub fn run(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
@@ -96,6 +99,7 @@ async fn agent(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
         cgroup,
         counters,
     });
+    let cluster = args.cluster.start(&periodic.layout)?;
     let mut ticks = tokio::time::interval(Duration::from_secs(args.gc_interval.max(1)));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let stopped_by = loop {
@@ -108,10 +112,11 @@ async fn agent(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
             }
             _ = interrupt.recv() => break "SIGINT",
             _ = terminate.recv() => break "SIGTERM",
+            _ = cluster::Handle::ended(cluster.as_ref()) => break "the cluster agent's end",
         }
     };
     log::info!("stopping on {stopped_by}; the datapath keeps running");
-    Ok(())
+    cluster.map_or(Ok(()), |c| c.stop().context("cluster"))
 }
 
 /// Loads the datapath if it is not there, moves earlier generations'

@@ -22,6 +22,11 @@ const PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "crun",
+    // The cluster tests' datastore (etcd 3.4) and etcdctl.
+    "etcd-server",
+    "etcd-client",
+    // protoc: the etcd client crate compiles etcd's gRPC protos when it builds.
+    "protobuf-compiler",
 ];
 
 pub fn ensure(ctx: &Context) -> Result<()> {
@@ -104,7 +109,10 @@ mod tests {
                       ethtool install ok installed\n\
                       containerd install ok installed\n\
                       runc install ok installed\n\
-                      crun install ok installed\n";
+                      crun install ok installed\n\
+                      etcd-server install ok installed\n\
+                      etcd-client install ok installed\n\
+                      protobuf-compiler install ok installed\n";
         assert_eq!(not_installed(output), ["sockperf", "iputils-ping"]);
     }
 }
