@@ -2,7 +2,7 @@
 //! traffic leaves and arrives), masquerade, the destinations that keep a
 //! pod's own source address, and routes to other nodes' pod CIDRs.
 //!
-//! Config keys (all optional):
+//! Config keys (all optional; read in `cni::config`):
 //! - `ipMasq`: masquerade pod traffic leaving the node (as the bridge plugin);
 //! - `nonMasqueradeCIDRs`: destinations that keep the pod's address
 //!   (default: the network's own ranges; add the cluster's pod CIDR);
@@ -26,15 +26,17 @@ use cni_ebpf_userspace::{
     node::{self, DEFAULT_NAT_MAX_FLOWS, DEFAULT_NAT_PORTS, NodeSettings},
 };
 use ipnet::IpNet;
-use serde_json::Value;
+use serde::Deserialize;
 
 use crate::{
+    cni::config::invalid_field as invalid,
     commands::datapath_error,
     error::{CniError, CniResult},
     netlink::Netlink,
 };
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A `nodeRoutes` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct NodeRoute {
     pub dst: IpNet,
     pub gw: IpAddr,
@@ -51,96 +53,11 @@ pub struct UplinkConf {
     pub service_cidrs: Vec<IpNet>,
 }
 
-fn invalid(field: &str, why: impl std::fmt::Display) -> CniError {
-    CniError::invalid_config(format!("invalid field \"{field}\": {why}"))
-}
-
 impl UplinkConf {
-    pub fn parse(raw: &Value) -> CniResult<Self> {
-        let mut conf = UplinkConf::default();
-        if let Some(v) = raw.get("ipMasq") {
-            conf.masquerade = v
-                .as_bool()
-                .ok_or_else(|| invalid("ipMasq", "not a boolean"))?;
-        }
-        conf.no_masquerade = cidr_list(raw, "nonMasqueradeCIDRs")?;
-        conf.service_cidrs = cidr_list(raw, "serviceCIDRs")?;
-        if let Some(v) = raw.get("uplink") {
-            let name = v
-                .as_str()
-                .ok_or_else(|| invalid("uplink", "not a string"))?;
-            if name.is_empty() || name.len() > 15 {
-                return Err(invalid("uplink", "not an interface name"));
-            }
-            conf.uplink = Some(name.to_string());
-        }
-        if let Some(v) = raw.get("masqueradeAddress") {
-            conf.masquerade_address = Some(
-                v.as_str()
-                    .ok_or_else(|| invalid("masqueradeAddress", "not a string"))?
-                    .parse()
-                    .map_err(|e| invalid("masqueradeAddress", e))?,
-            );
-        }
-        if let Some(v) = raw.get("nodeRoutes") {
-            let list = v
-                .as_array()
-                .ok_or_else(|| invalid("nodeRoutes", "not an array"))?;
-            for (i, item) in list.iter().enumerate() {
-                let get = |key: &str| {
-                    let field = format!("nodeRoutes[{i}].{key}");
-                    item.get(key)
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| invalid(&field, "missing or not a string"))
-                        .map(|s| (s.to_string(), field))
-                };
-                let (dst, dst_field) = get("dst")?;
-                let (gw, gw_field) = get("gw")?;
-                conf.node_routes.push(NodeRoute {
-                    dst: dst.parse().map_err(|e| invalid(&dst_field, e))?,
-                    gw: gw.parse().map_err(|e| invalid(&gw_field, e))?,
-                });
-            }
-        }
-        if let Some(v) = raw.get("natPortRange") {
-            let text = v
-                .as_str()
-                .ok_or_else(|| invalid("natPortRange", "not a string"))?;
-            let (lo, hi) = text
-                .split_once('-')
-                .and_then(|(a, b)| {
-                    Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
-                })
-                .filter(|(a, b)| 0 < *a && a <= b)
-                .ok_or_else(|| {
-                    invalid("natPortRange", "expected \"LOW-HIGH\" with 0 < LOW <= HIGH")
-                })?;
-            conf.nat_ports = Some((lo, hi));
-        }
-        Ok(conf)
-    }
-
     /// Whether netfilter translates service addresses on this node.
     pub fn services(&self) -> bool {
         !self.service_cidrs.is_empty()
     }
-}
-
-fn cidr_list(raw: &Value, key: &str) -> CniResult<Vec<IpNet>> {
-    let Some(v) = raw.get(key) else {
-        return Ok(Vec::new());
-    };
-    let list = v.as_array().ok_or_else(|| invalid(key, "not an array"))?;
-    list.iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let field = format!("{key}[{i}]");
-            item.as_str()
-                .ok_or_else(|| invalid(&field, "not a string"))?
-                .parse::<IpNet>()
-                .map_err(|e| invalid(&field, e))
-        })
-        .collect()
 }
 
 /// Whether the node forwards IPv4 on every interface (a kubeadm node does);
@@ -286,61 +203,4 @@ async fn first_ipv4(node: &Netlink, index: u32) -> CniResult<Option<Ipv4Addr>> {
             IpAddr::V4(v4) => Some(v4),
             IpAddr::V6(_) => None,
         }))
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn parses_every_key() {
-        let conf = UplinkConf::parse(&json!({
-            "ipMasq": true,
-            "nonMasqueradeCIDRs": ["10.244.0.0/16"],
-            "uplink": "eth0",
-            "masqueradeAddress": "192.0.2.1",
-            "nodeRoutes": [{"dst": "10.244.2.0/24", "gw": "10.99.0.2"}],
-            "natPortRange": "40000-40100",
-            "serviceCIDRs": ["10.96.0.0/12", "192.0.2.10/32"]
-        }))
-        .unwrap();
-        assert!(conf.services());
-        assert_eq!(conf.service_cidrs.len(), 2);
-        assert!(conf.masquerade);
-        assert_eq!(
-            conf.no_masquerade,
-            vec!["10.244.0.0/16".parse::<IpNet>().unwrap()]
-        );
-        assert_eq!(conf.uplink.as_deref(), Some("eth0"));
-        assert_eq!(conf.nat_ports, Some((40000, 40100)));
-        assert_eq!(
-            conf.node_routes[0].gw,
-            "10.99.0.2".parse::<IpAddr>().unwrap()
-        );
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        for (raw, field) in [
-            (json!({"ipMasq": "yes"}), "ipMasq"),
-            (
-                json!({"nonMasqueradeCIDRs": ["nope"]}),
-                "nonMasqueradeCIDRs[0]",
-            ),
-            (
-                json!({"nodeRoutes": [{"dst": "10.1.0.0/16"}]}),
-                "nodeRoutes[0].gw",
-            ),
-            (json!({"natPortRange": "9-1"}), "natPortRange"),
-            (json!({"serviceCIDRs": "10.96.0.0/12"}), "serviceCIDRs"),
-            (json!({"serviceCIDRs": ["10.96.0.0/33"]}), "serviceCIDRs[0]"),
-            (json!({"masqueradeAddress": "::1"}), "masqueradeAddress"),
-        ] {
-            let err = UplinkConf::parse(&raw).unwrap_err();
-            assert_eq!(err.code, crate::error::code::INVALID_CONFIG);
-            assert!(err.msg.contains(field), "{} does not name {field}", err.msg);
-        }
-    }
 }

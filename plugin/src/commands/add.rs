@@ -14,7 +14,7 @@ use ipnet::IpNet;
 
 use super::{datapath_error, open_datapath, runtime};
 use crate::{
-    bandwidth::{self, Bandwidth},
+    bandwidth::Bandwidth,
     cni::{CniEnv, CniOutput, Interface, IpConfig, NetConf, Route, format_mac},
     error::{CniError, CniResult},
     host_ports::{self, HostPortRequest, NodeHooks},
@@ -43,15 +43,14 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
     let ifname = env.require_ifname()?;
     let pod_ns = NetNs::open(env.require_netns()?)?;
     let ipam = Ipam::from_conf(conf, env)?;
-    let attach_mode = attach_mode(conf)?;
-    let uplink_conf = UplinkConf::parse(&conf.raw)?;
-    let port_requests = host_ports::requests(&conf.runtime_config.raw)?;
-    let bandwidth = bandwidth::parse(&conf.raw, &conf.runtime_config.raw)?;
+    let add_conf = conf.add_conf()?;
+    let port_requests = &add_conf.port_requests;
+    let bandwidth = add_conf.bandwidth;
     // Host ports hook the node's sockets; limits pace TCP senders.
     let (cgroup, hooks_missing) = if port_requests.is_empty() && !bandwidth.is_limited() {
         (None, None)
     } else {
-        match host_ports::node_hooks(&conf.raw)? {
+        match host_ports::node_hooks(add_conf.cgroup_root.as_deref())? {
             NodeHooks::Cgroup(path) => (Some(path), None),
             NodeHooks::Unavailable(why) => {
                 log::warn!("{}", host_ports::missing_hooks_warning(&why));
@@ -73,9 +72,9 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
             ifname,
             pod_ns: &pod_ns,
             ipam: &ipam,
-            attach_mode,
-            uplink: &uplink_conf,
-            port_requests: &port_requests,
+            attach_mode: add_conf.attach_mode,
+            uplink: &add_conf.uplink,
+            port_requests,
             cgroup: cgroup.as_deref(),
             hooks_missing,
             bandwidth,
@@ -406,17 +405,6 @@ fn requested_mac(req: &Request<'_>) -> CniResult<Option<[u8; 6]>> {
         });
     }
     Ok(req.env.requested_mac())
-}
-
-/// `auto` is clsact: see `cni_ebpf_userspace::attach` for the measurement.
-fn attach_mode(conf: &NetConf) -> CniResult<AttachMode> {
-    match conf.raw.get("attachMode").and_then(|v| v.as_str()) {
-        None | Some("auto" | "clsact") => Ok(AttachMode::Clsact),
-        Some("tcx") => Ok(AttachMode::Tcx),
-        Some(other) => Err(CniError::invalid_config(format!(
-            "attachMode {other:?}: expected \"auto\", \"tcx\" or \"clsact\""
-        ))),
-    }
 }
 
 /// Undoes a failed ADD in reverse order; every step tolerates "not there".

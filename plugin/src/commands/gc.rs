@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 
 use cni_ebpf_userspace::{BpffsLayout, attach::detach_from_pod, teardown};
-use serde_json::Value;
 
 use super::{datapath_error, runtime};
 use crate::{
@@ -19,7 +18,10 @@ use crate::{
 };
 
 pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
-    let valid = valid_attachments(&conf.raw)?;
+    let valid = conf
+        .valid_attachments
+        .clone()
+        .ok_or_else(|| CniError::invalid_config("missing field \"cni.dev/valid-attachments\""))?;
     let ipam = Ipam::from_conf(conf, env)?;
     let state = StateDir::new(&conf.state_dir, &conf.name);
     let layout = BpffsLayout::new(&conf.bpffs_root);
@@ -63,29 +65,6 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         state.remove(&record.container_id, &record.ifname)?;
     }
     ipam.gc(conf, &valid).map(drop)
-}
-
-fn valid_attachments(raw: &Value) -> CniResult<Vec<(String, String)>> {
-    let list = raw
-        .get("cni.dev/valid-attachments")
-        .or_else(|| raw.get("cni.dev/attachments"))
-        .ok_or_else(|| CniError::invalid_config("missing field \"cni.dev/valid-attachments\""))?;
-    let list = list.as_array().ok_or_else(|| {
-        CniError::invalid_config("invalid field \"cni.dev/valid-attachments\": not an array")
-    })?;
-    list.iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let field = |name: &str| {
-                a.get(name).and_then(Value::as_str).map(str::to_owned).ok_or_else(|| {
-                    CniError::invalid_config(format!(
-                        "invalid field \"cni.dev/valid-attachments[{i}].{name}\": missing or not a string"
-                    ))
-                })
-            };
-            Ok((field("containerID")?, field("ifname")?))
-        })
-        .collect()
 }
 
 /// `ce` + 12 hex digits, as `names::host_ifname` makes them.
@@ -148,23 +127,5 @@ mod tests {
         assert!(!is_host_veth_name("cni0"));
         assert!(!is_host_veth_name("ceXYZ000000000"));
         assert!(!is_host_veth_name("eth0"));
-    }
-
-    #[test]
-    fn valid_attachments_accept_both_keys() {
-        let new = serde_json::json!({"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]});
-        let old =
-            serde_json::json!({"cni.dev/attachments": [{"containerID": "b", "ifname": "net1"}]});
-        assert_eq!(
-            valid_attachments(&new).unwrap(),
-            vec![("a".into(), "eth0".into())]
-        );
-        assert_eq!(
-            valid_attachments(&old).unwrap(),
-            vec![("b".into(), "net1".into())]
-        );
-        let err = valid_attachments(&serde_json::json!({})).unwrap_err();
-        assert_eq!(err.code, crate::error::code::INVALID_CONFIG);
-        assert!(err.msg.contains("cni.dev/valid-attachments"));
     }
 }

@@ -33,12 +33,7 @@ pub struct IpamResult {
 
 impl Ipam {
     pub fn from_conf(conf: &NetConf, env: &CniEnv) -> CniResult<Self> {
-        let delegate_host_local = conf
-            .raw
-            .get("delegateHostLocal")
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(false);
-        if conf.ipam.ipam_type == "host-local" && !delegate_host_local {
+        if conf.ipam.ipam_type == "host-local" && !conf.ipam.delegate_host_local {
             let (ipam, node) = pod_cidr::resolve(&conf.ipam.raw, &conf.state_dir, env.command)?;
             let mut cfg = HostLocalConfig::parse(&ipam, &conf.name)?;
             cfg.pod_mtu = node.map(|n| n.mtu);
@@ -62,7 +57,7 @@ impl Ipam {
                 let routes: Vec<Route> =
                     cfg.routes.iter().map(|r| Route::new(r.dst, r.gw)).collect();
                 // `"routes": []` asks for none (a second network in the pod).
-                let explicit = conf.ipam.raw.get("routes").is_some();
+                let explicit = conf.ipam.routes_given;
                 (
                     allocations,
                     Some(routes).filter(|r| explicit || !r.is_empty()),
