@@ -48,6 +48,9 @@ pub struct NetConf {
     pub runtime_config: RuntimeConfig,
     pub prev_result: Option<Value>,
     pub args: Option<Value>,
+    /// `args.cni.ips`: addresses asked for, with or without a prefix length;
+    /// entries that are not strings are skipped, as they always were.
+    pub args_ips: Vec<String>,
     pub dns: Option<Dns>,
     /// `cni.dev/valid-attachments` (or the older `cni.dev/attachments`):
     /// GC's list of `(containerID, ifname)`; `None` when absent.
@@ -306,6 +309,16 @@ impl NetworkKeys {
             .dns
             .map(|dns| Dns::deserialize(dns).map_err(|e| invalid_field("dns", e)))
             .transpose()?;
+        let args_ips = self
+            .args
+            .as_ref()
+            .and_then(|args| args.pointer("/cni/ips"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect();
         let valid_attachments = self.valid_attachments.or(self.attachments).map(|list| {
             list.into_iter()
                 .map(|a| (a.container_id, a.ifname))
@@ -327,6 +340,7 @@ impl NetworkKeys {
             runtime_config,
             prev_result: self.prev_result,
             args: self.args,
+            args_ips,
             dns,
             valid_attachments,
             add,

@@ -1,11 +1,12 @@
-//! ADD: address, veth pair, pod and host routes, attachment, endpoint entry,
-//! state record, result. A failure part way undoes every step taken.
+//! ADD: allocate, create the veth pair, address and routes, attach, limits,
+//! publish host ports, record. Each step notes what it did in [`Progress`];
+//! a failure part way hands that to the endpoint teardown.
 
 use std::net::IpAddr;
 
 use cni_ebpf_common::{ENDPOINT_F_HOST_PORTS, ENDPOINT_F_RATE_LIMITED, Endpoint};
 use cni_ebpf_userspace::{
-    AttachMode, EndpointMap,
+    AttachMode, Attachment, Datapath, EndpointMap,
     attach::{attach_from_pod, attach_pacing, attach_socket_hooks, attach_to_pod},
     host_ports::PortMapping,
     rate, teardown,
@@ -15,10 +16,10 @@ use ipnet::IpNet;
 use super::{datapath_error, open_datapath, runtime};
 use crate::{
     bandwidth::Bandwidth,
-    cni::{CniEnv, CniOutput, Interface, IpConfig, NetConf, Route, format_mac},
+    cni::{CniEnv, CniOutput, Interface, IpConfig, NetConf, Route, format_mac, parse_mac},
     error::{CniError, CniResult},
     host_ports::{self, HostPortRequest, NodeHooks},
-    ipam::{Allocation, Ipam},
+    ipam::{Allocation, Ipam, IpamResult},
     names,
     netlink::{Netlink, VethEnd},
     netns::NetNs,
@@ -44,12 +45,12 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
     let pod_ns = NetNs::open(env.require_netns()?)?;
     let ipam = Ipam::from_conf(conf, env)?;
     let add_conf = conf.add_conf()?;
-    let port_requests = &add_conf.port_requests;
-    let bandwidth = add_conf.bandwidth;
-    // Host ports hook the node's sockets; limits pace TCP senders.
-    let (cgroup, hooks_missing) = if port_requests.is_empty() && !bandwidth.is_limited() {
-        (None, None)
-    } else {
+    let needs = Needs::of(
+        &add_conf.port_requests,
+        &add_conf.bandwidth,
+        &add_conf.uplink,
+    );
+    let (cgroup, hooks_missing) = if needs.node_sockets {
         match host_ports::node_hooks(add_conf.cgroup_root.as_deref())? {
             NodeHooks::Cgroup(path) => (Some(path), None),
             NodeHooks::Unavailable(why) => {
@@ -57,28 +58,31 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
                 (None, Some(why))
             }
         }
+    } else {
+        (None, None)
     };
     let _shared = StateDir::new(&conf.state_dir, &conf.name).lock_shared()?;
     let mut datapath = open_datapath(conf)?;
-    let rt = runtime()?;
-    rt.block_on(async {
+    runtime()?.block_on(async {
         let node = Netlink::connect()?;
-        let pod = Netlink::connect_in(&pod_ns)?;
-        let mut progress = Progress::default();
+        let pod = PodSide::enter(&pod_ns)?;
         let request = Request {
             env,
             conf,
             container_id,
             ifname,
+            owner: names::attachment_id(container_id, ifname),
             pod_ns: &pod_ns,
             ipam: &ipam,
             attach_mode: add_conf.attach_mode,
             uplink: &add_conf.uplink,
-            port_requests,
+            port_requests: &add_conf.port_requests,
             cgroup: cgroup.as_deref(),
             hooks_missing,
-            bandwidth,
+            bandwidth: add_conf.bandwidth,
+            needs,
         };
+        let mut progress = Progress::default();
         match add(&request, &node, &pod, &mut datapath, &mut progress).await {
             Ok(output) => Ok(output),
             Err(e) => {
@@ -94,6 +98,8 @@ struct Request<'a> {
     conf: &'a NetConf,
     container_id: &'a str,
     ifname: &'a str,
+    /// The attachment's id in the maps (see `names::attachment_id`).
+    owner: u64,
     pod_ns: &'a NetNs,
     ipam: &'a Ipam,
     attach_mode: AttachMode,
@@ -103,22 +109,112 @@ struct Request<'a> {
     /// Why the node's own sockets are not hooked although the pod needs it.
     hooks_missing: Option<String>,
     bandwidth: Bandwidth,
+    needs: Needs,
+}
+
+/// What ADD needs from inside the pod's namespace, read in one entry.
+struct PodSide {
+    netlink: Netlink,
+    /// See `Endpoint::netns_cookie`.
+    netns_cookie: u64,
+}
+
+impl PodSide {
+    /// Must run inside the tokio runtime (the socket's connection is
+    /// spawned on it).
+    fn enter(pod_ns: &NetNs) -> CniResult<Self> {
+        let _inside = pod_ns.enter()?;
+        Ok(Self {
+            netlink: Netlink::connect()?,
+            netns_cookie: cni_ebpf_userspace::node::current_netns_cookie()
+                .map_err(|e| CniError::io("reading the pod's network namespace cookie", e))?,
+        })
+    }
+}
+
+/// Which programs and hooks a pod needs beyond `from_pod` on its host veth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Needs {
+    /// Hooks on the node's own sockets: host ports reached from the node,
+    /// TCP pacing of limited pods.
+    node_sockets: bool,
+    /// `to_pod` on the host veth's egress: the ingress policer, and flows
+    /// netfilter translated entering the pod.
+    to_pod: bool,
+    /// IPv4 forwarding on the host veth: the stack forwards what the pod
+    /// sends to service addresses.
+    forwarding: bool,
+}
+
+impl Needs {
+    fn of(port_requests: &[HostPortRequest], bandwidth: &Bandwidth, uplink: &UplinkConf) -> Self {
+        Self {
+            node_sockets: !port_requests.is_empty() || bandwidth.is_limited(),
+            to_pod: bandwidth.ingress.is_some() || uplink.services(),
+            forwarding: uplink.services(),
+        }
+    }
+}
+
+/// The two ends of the pod's veth pair, once both exist.
+struct VethPair {
+    host: VethEnd,
+    host_index: u32,
+    pod: VethEnd,
+    pod_index: u32,
 }
 
 async fn add(
     req: &Request<'_>,
     node: &Netlink,
-    pod: &Netlink,
-    datapath: &mut cni_ebpf_userspace::Datapath,
+    pod: &PodSide,
+    datapath: &mut Datapath,
     progress: &mut Progress,
 ) -> CniResult<CniOutput> {
-    let owner = names::attachment_id(req.container_id, req.ifname);
-    let requested = requested_ips(req);
+    let lease = allocate(req, progress)?;
+    let port_mappings = published_ports(req.port_requests, &lease.allocations)?;
+    prepare_node(req, node, datapath, &lease.allocations).await?;
+    let veth = create_veth_pair(req, node, &pod.netlink, progress).await?;
+    address_and_routes(node, &pod.netlink, &veth, &lease).await?;
+    let attachment = attach(req, datapath, &veth, progress)?;
+    set_limits(req, datapath)?;
+    attach_towards_pod(req, datapath, &veth)?;
+    add_endpoint(
+        req,
+        datapath,
+        &veth,
+        pod.netns_cookie,
+        &port_mappings,
+        &lease,
+        progress,
+    )?;
+    publish_host_ports(req, datapath, &port_mappings, progress)?;
+    record(req, &veth, &lease, attachment, port_mappings)?;
+    Ok(result(req, veth, lease))
+}
+
+/// Addresses from IPAM, as asked for where the runtime asked.
+fn allocate(req: &Request<'_>, progress: &mut Progress) -> CniResult<IpamResult> {
+    let requested = requested_ips(
+        req.env.requested_ips(),
+        &req.conf.runtime_config.ips,
+        &req.conf.args_ips,
+    );
     let lease = req
         .ipam
         .add(req.conf, req.container_id, req.ifname, &requested)?;
     progress.allocated = true;
-    let allocations = lease.allocations;
+    Ok(lease)
+}
+
+/// The node's side of the network (uplink, masquerade, node routes), ready
+/// for this pod's subnets.
+async fn prepare_node(
+    req: &Request<'_>,
+    node: &Netlink,
+    datapath: &mut Datapath,
+    allocations: &[Allocation],
+) -> CniResult<()> {
     let own_subnets: Vec<IpNet> = allocations.iter().map(|a| a.address.trunc()).collect();
     uplink::ensure(
         req.uplink,
@@ -126,10 +222,18 @@ async fn add(
         node,
         datapath,
         req.attach_mode,
-        !req.port_requests.is_empty() || req.bandwidth.is_limited(),
+        req.needs.node_sockets,
     )
-    .await?;
+    .await
+}
 
+/// The veth pair, its pod end created inside the pod and up.
+async fn create_veth_pair(
+    req: &Request<'_>,
+    node: &Netlink,
+    pod: &Netlink,
+    progress: &mut Progress,
+) -> CniResult<VethPair> {
     let mtu = req.conf.mtu.or(req.ipam.pod_mtu()).unwrap_or(DEFAULT_MTU);
     let host = VethEnd {
         name: names::host_ifname(req.container_id, req.ifname),
@@ -138,7 +242,11 @@ async fn add(
     };
     let pod_end = VethEnd {
         name: req.ifname.to_string(),
-        mac: requested_mac(req)?.unwrap_or_else(names::random_mac),
+        mac: requested_mac(
+            req.conf.runtime_config.mac.as_deref(),
+            req.env.requested_mac(),
+        )?
+        .unwrap_or_else(names::random_mac),
         mtu,
     };
     if pod.link(req.ifname).await?.is_some() {
@@ -156,114 +264,191 @@ async fn add(
     let host_index = existing_link(node, &host.name).await?;
     let pod_index = existing_link(pod, req.ifname).await?;
     pod.set_up(pod_index).await?;
+    Ok(VethPair {
+        host,
+        host_index,
+        pod: pod_end,
+        pod_index,
+    })
+}
 
-    configure_pod(pod, pod_index, &allocations, &lease.routes).await?;
-    for allocation in &allocations {
-        node.add_route(host_route(allocation.address.addr()), None, host_index)
+/// The pod's addresses and routes, and a host route to each address.
+async fn address_and_routes(
+    node: &Netlink,
+    pod: &Netlink,
+    veth: &VethPair,
+    lease: &IpamResult,
+) -> CniResult<()> {
+    configure_pod(pod, veth.pod_index, &lease.allocations, &lease.routes).await?;
+    for allocation in &lease.allocations {
+        node.add_route(host_route(allocation.address.addr()), None, veth.host_index)
             .await?;
     }
+    Ok(())
+}
 
-    let attachment = attach_from_pod(datapath, &host.name, req.attach_mode)
-        .map_err(|e| datapath_error(&format!("attaching to {}", host.name), e))?;
-
-    cni_ebpf_userspace::stats::create(datapath.layout(), host_index)
+/// `from_pod` on the host veth, and the endpoint's counters.
+fn attach(
+    req: &Request<'_>,
+    datapath: &mut Datapath,
+    veth: &VethPair,
+    progress: &mut Progress,
+) -> CniResult<Attachment> {
+    let host = &veth.host.name;
+    let attachment = attach_from_pod(datapath, host, req.attach_mode)
+        .map_err(|e| datapath_error(&format!("attaching to {host}"), e))?;
+    cni_ebpf_userspace::stats::create(datapath.layout(), veth.host_index)
         .map_err(|e| datapath_error("creating the endpoint's counters", e))?;
-    progress.stats_ifindex = Some(host_index);
-    let port_mappings = published_ports(req, &allocations)?;
-    if req.bandwidth.is_limited() {
-        rate::set(
-            datapath.layout(),
-            owner,
-            req.bandwidth.egress,
-            req.bandwidth.ingress,
-        )
-        .map_err(|e| datapath_error("setting the bandwidth limits", e))?;
-        if let Some(cgroup) = req.cgroup {
-            // Node-wide and idempotent; the lock keeps two ADDs from both
-            // attaching it.
-            let _lock = datapath
-                .layout()
-                .lock()
-                .map_err(|e| datapath_error("locking the datapath", e))?;
-            attach_pacing(datapath, cgroup).map_err(|e| {
-                datapath_error(&format!("attaching TCP pacing to {}", cgroup.display()), e)
-            })?;
-        }
+    progress.stats_ifindex = Some(veth.host_index);
+    Ok(attachment)
+}
+
+/// The pod's bandwidth limits, and TCP pacing of the node's senders.
+fn set_limits(req: &Request<'_>, datapath: &mut Datapath) -> CniResult<()> {
+    if !req.bandwidth.is_limited() {
+        return Ok(());
     }
-    if req.uplink.services() {
-        // Flows netfilter translates reach the pod through the stack, which
-        // forwards what the pod sends to service addresses.
-        uplink::enable_forwarding(&host.name)?;
-    }
-    if req.bandwidth.ingress.is_some() || req.uplink.services() {
-        attach_to_pod(datapath, &host.name, req.attach_mode).map_err(|e| {
-            datapath_error(&format!("attaching to_pod to egress of {}", host.name), e)
+    rate::set(
+        datapath.layout(),
+        req.owner,
+        req.bandwidth.egress,
+        req.bandwidth.ingress,
+    )
+    .map_err(|e| datapath_error("setting the bandwidth limits", e))?;
+    if let Some(cgroup) = req.cgroup {
+        // Node-wide and idempotent; the lock keeps two ADDs from both
+        // attaching it.
+        let _lock = datapath
+            .layout()
+            .lock()
+            .map_err(|e| datapath_error("locking the datapath", e))?;
+        attach_pacing(datapath, cgroup).map_err(|e| {
+            datapath_error(&format!("attaching TCP pacing to {}", cgroup.display()), e)
         })?;
     }
-    let mut flags = 0;
-    if !port_mappings.is_empty() {
-        flags |= ENDPOINT_F_HOST_PORTS;
+    Ok(())
+}
+
+/// `to_pod` and forwarding on the host veth, where the pod needs them.
+fn attach_towards_pod(
+    req: &Request<'_>,
+    datapath: &mut Datapath,
+    veth: &VethPair,
+) -> CniResult<()> {
+    let host = &veth.host.name;
+    if req.needs.forwarding {
+        // Flows netfilter translates reach the pod through the stack, which
+        // forwards what the pod sends to service addresses.
+        uplink::enable_forwarding(host)?;
     }
-    if req.bandwidth.is_limited() {
-        flags |= ENDPOINT_F_RATE_LIMITED;
+    if req.needs.to_pod {
+        attach_to_pod(datapath, host, req.attach_mode)
+            .map_err(|e| datapath_error(&format!("attaching to_pod to egress of {host}"), e))?;
     }
+    Ok(())
+}
+
+/// The pod's addresses in the endpoints map: from here the datapath
+/// delivers to it.
+fn add_endpoint(
+    req: &Request<'_>,
+    datapath: &Datapath,
+    veth: &VethPair,
+    netns_cookie: u64,
+    port_mappings: &[PortMapping],
+    lease: &IpamResult,
+    progress: &mut Progress,
+) -> CniResult<()> {
     let endpoint = Endpoint {
-        ifindex: host_index,
-        flags,
-        pod_mac: pod_end.mac,
-        host_mac: host.mac,
-        owner,
-        netns_cookie: pod_netns_cookie(req.pod_ns)?,
+        ifindex: veth.host_index,
+        flags: endpoint_flags(!port_mappings.is_empty(), req.bandwidth.is_limited()),
+        pod_mac: veth.pod.mac,
+        host_mac: veth.host.mac,
+        owner: req.owner,
+        netns_cookie,
         ..Default::default()
     };
     let mut endpoints = EndpointMap::open(datapath.layout())
         .map_err(|e| datapath_error("opening the endpoints map", e))?;
-    for allocation in &allocations {
+    for allocation in &lease.allocations {
         let ip = allocation.address.addr();
         endpoints
             .insert(ip, &endpoint)
             .map_err(|e| datapath_error(&format!("adding endpoint {ip}"), e))?;
         progress.endpoint_ips.push(ip);
     }
+    Ok(())
+}
 
-    if !port_mappings.is_empty() {
-        publish(datapath, req, &port_mappings, owner)?;
-        progress.published = port_mappings.clone();
+fn endpoint_flags(host_ports: bool, rate_limited: bool) -> u32 {
+    let mut flags = 0;
+    if host_ports {
+        flags |= ENDPOINT_F_HOST_PORTS;
     }
+    if rate_limited {
+        flags |= ENDPOINT_F_RATE_LIMITED;
+    }
+    flags
+}
 
+fn publish_host_ports(
+    req: &Request<'_>,
+    datapath: &Datapath,
+    port_mappings: &[PortMapping],
+    progress: &mut Progress,
+) -> CniResult<()> {
+    if port_mappings.is_empty() {
+        return Ok(());
+    }
+    publish(datapath, req, port_mappings, req.owner)?;
+    progress.published = port_mappings.to_vec();
+    Ok(())
+}
+
+/// The attachment record DEL and CHECK read.
+fn record(
+    req: &Request<'_>,
+    veth: &VethPair,
+    lease: &IpamResult,
+    attachment: Attachment,
+    port_mappings: Vec<PortMapping>,
+) -> CniResult<()> {
     StateDir::new(&req.conf.state_dir, &req.conf.name).write(&AttachmentRecord {
         container_id: req.container_id.to_string(),
         ifname: req.ifname.to_string(),
         netns: req.pod_ns.path().to_path_buf(),
-        host_ifname: host.name.clone(),
-        host_ifindex: host_index,
-        host_mac: format_mac(host.mac),
-        pod_mac: format_mac(pod_end.mac),
-        ips: allocations.iter().map(|a| a.address).collect(),
-        owner,
+        host_ifname: veth.host.name.clone(),
+        host_ifindex: veth.host_index,
+        host_mac: format_mac(veth.host.mac),
+        pod_mac: format_mac(veth.pod.mac),
+        ips: lease.allocations.iter().map(|a| a.address).collect(),
+        owner: req.owner,
         attachment,
         port_mappings,
         ingress_limit: req.bandwidth.ingress,
         egress_limit: req.bandwidth.egress,
         hooks_missing: req.hooks_missing.clone(),
-    })?;
+    })
+}
 
-    Ok(CniOutput {
+fn result(req: &Request<'_>, veth: VethPair, lease: IpamResult) -> CniOutput {
+    CniOutput {
         interfaces: vec![
             Interface {
-                name: host.name,
-                mac: Some(format_mac(host.mac)),
+                name: veth.host.name,
+                mac: Some(format_mac(veth.host.mac)),
                 mtu: None,
                 sandbox: None,
             },
             Interface {
                 name: req.ifname.to_string(),
-                mac: Some(format_mac(pod_end.mac)),
+                mac: Some(format_mac(veth.pod.mac)),
                 mtu: None,
                 sandbox: Some(req.pod_ns.path().display().to_string()),
             },
         ],
-        ips: allocations
+        ips: lease
+            .allocations
             .iter()
             .map(|a| IpConfig {
                 address: a.address,
@@ -273,12 +458,15 @@ async fn add(
             .collect(),
         routes: lease.routes,
         dns: lease.dns,
-    })
+    }
 }
 
 /// The pod's host ports, on its IPv4 address.
-fn published_ports(req: &Request<'_>, allocations: &[Allocation]) -> CniResult<Vec<PortMapping>> {
-    if req.port_requests.is_empty() {
+fn published_ports(
+    requests: &[HostPortRequest],
+    allocations: &[Allocation],
+) -> CniResult<Vec<PortMapping>> {
+    if requests.is_empty() {
         return Ok(Vec::new());
     }
     let pod_addr = allocations
@@ -288,11 +476,39 @@ fn published_ports(req: &Request<'_>, allocations: &[Allocation]) -> CniResult<V
         .ok_or_else(|| {
             CniError::invalid_config("runtimeConfig.portMappings: the pod has no IPv4 address")
         })?;
-    Ok(req
-        .port_requests
-        .iter()
-        .map(|r| r.for_pod(pod_addr))
-        .collect())
+    Ok(requests.iter().map(|r| r.for_pod(pod_addr)).collect())
+}
+
+/// Addresses asked for by `CNI_ARGS` `IP=`, `runtimeConfig.ips` and
+/// `args.cni.ips`, with or without a prefix length; sorted, each once.
+fn requested_ips(
+    from_env: Vec<IpAddr>,
+    runtime_ips: &[String],
+    args_ips: &[String],
+) -> Vec<IpAddr> {
+    let mut ips = from_env;
+    ips.extend(
+        runtime_ips
+            .iter()
+            .chain(args_ips)
+            .filter_map(|ip| ip.split('/').next()?.parse::<IpAddr>().ok()),
+    );
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// `runtimeConfig.mac`, else `CNI_ARGS` `MAC=`.
+fn requested_mac(
+    runtime_mac: Option<&str>,
+    env_mac: Option<[u8; 6]>,
+) -> CniResult<Option<[u8; 6]>> {
+    match runtime_mac {
+        Some(mac) => parse_mac(mac).map(Some).ok_or_else(|| {
+            CniError::invalid_config(format!("runtimeConfig.mac {mac:?}: not a MAC address"))
+        }),
+        None => Ok(env_mac),
+    }
 }
 
 /// Publishes the pod's host ports (refusing any another pod holds) and makes
@@ -371,47 +587,11 @@ fn host_route(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
-/// Addresses asked for by `CNI_ARGS` `IP=`, `runtimeConfig.ips` and
-/// `args.cni.ips`, with or without a prefix length.
-fn requested_ips(req: &Request<'_>) -> Vec<IpAddr> {
-    let from_args = req
-        .conf
-        .args
-        .as_ref()
-        .and_then(|a| a.pointer("/cni/ips"))
-        .and_then(serde_json::Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(serde_json::Value::as_str);
-    let mut ips = req.env.requested_ips();
-    ips.extend(
-        req.conf
-            .runtime_config
-            .ips
-            .iter()
-            .map(String::as_str)
-            .chain(from_args)
-            .filter_map(|ip| ip.split('/').next()?.parse::<IpAddr>().ok()),
-    );
-    ips.sort();
-    ips.dedup();
-    ips
-}
-
-fn requested_mac(req: &Request<'_>) -> CniResult<Option<[u8; 6]>> {
-    if let Some(mac) = &req.conf.runtime_config.mac {
-        return crate::cni::parse_mac(mac).map(Some).ok_or_else(|| {
-            CniError::invalid_config(format!("runtimeConfig.mac {mac:?}: not a MAC address"))
-        });
-    }
-    Ok(req.env.requested_mac())
-}
-
 /// Undoes a failed ADD in reverse order; every step tolerates "not there".
 async fn undo(req: &Request<'_>, node: &Netlink, progress: &Progress) {
     let layout = cni_ebpf_userspace::BpffsLayout::new(&req.conf.bpffs_root);
     let endpoint = teardown::Endpoint {
-        owner: names::attachment_id(req.container_id, req.ifname),
+        owner: req.owner,
         host_ifname: progress.host_ifname.clone(),
         host_ifindex: progress.stats_ifindex,
         ips: progress.endpoint_ips.clone(),
@@ -432,9 +612,126 @@ async fn undo(req: &Request<'_>, node: &Netlink, progress: &Progress) {
     }
 }
 
-/// The cookie of the pod's network namespace (see `Endpoint::netns_cookie`).
-fn pod_netns_cookie(pod_ns: &NetNs) -> CniResult<u64> {
-    let _inside = pod_ns.enter()?;
-    cni_ebpf_userspace::node::current_netns_cookie()
-        .map_err(|e| CniError::io("reading the pod's network namespace cookie", e))
+#[cfg(test)]
+mod tests {
+    use cni_ebpf_common::IPPROTO_TCP;
+    use cni_ebpf_userspace::rate::Limit;
+
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn requested_ips_come_from_every_source_once() {
+        let got = requested_ips(
+            vec![ip("10.1.0.9"), ip("10.1.0.5")],
+            &strings(&["10.1.0.5/24", "fd00::5", "not-an-ip"]),
+            &strings(&["10.1.0.7", "10.1.0.9/24"]),
+        );
+        assert_eq!(
+            got,
+            vec![
+                ip("10.1.0.5"),
+                ip("10.1.0.7"),
+                ip("10.1.0.9"),
+                ip("fd00::5")
+            ]
+        );
+        assert!(requested_ips(vec![], &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn runtime_config_mac_wins_over_cni_args() {
+        let env = Some([2, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            requested_mac(Some("0a:58:0a:01:00:05"), env).unwrap(),
+            Some([0x0a, 0x58, 0x0a, 0x01, 0x00, 0x05])
+        );
+        assert_eq!(requested_mac(None, env).unwrap(), env);
+        assert_eq!(requested_mac(None, None).unwrap(), None);
+        let err = requested_mac(Some("0a:58"), env).unwrap_err();
+        assert_eq!(err.code, crate::error::code::INVALID_CONFIG);
+        assert!(err.msg.contains("runtimeConfig.mac"), "{err}");
+    }
+
+    #[test]
+    fn endpoint_flags_say_what_the_datapath_looks_up() {
+        assert_eq!(endpoint_flags(false, false), 0);
+        assert_eq!(endpoint_flags(true, false), ENDPOINT_F_HOST_PORTS);
+        assert_eq!(endpoint_flags(false, true), ENDPOINT_F_RATE_LIMITED);
+        assert_eq!(
+            endpoint_flags(true, true),
+            ENDPOINT_F_HOST_PORTS | ENDPOINT_F_RATE_LIMITED
+        );
+    }
+
+    #[test]
+    fn a_pod_gets_the_programs_and_hooks_it_needs() {
+        let port = HostPortRequest {
+            proto: IPPROTO_TCP,
+            host_port: 8080,
+            container_port: 80,
+            host_ip: None,
+        };
+        let limit = Some(Limit {
+            rate_bits: 1_000_000,
+            burst_bits: 100_000,
+        });
+        let services = UplinkConf {
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            ..UplinkConf::default()
+        };
+        let plain = UplinkConf::default();
+        let none = Bandwidth::default();
+        let egress = Bandwidth {
+            egress: limit,
+            ingress: None,
+        };
+        let ingress = Bandwidth {
+            ingress: limit,
+            egress: None,
+        };
+        let needs = |ports: &[HostPortRequest], bw: &Bandwidth, up: &UplinkConf| {
+            let n = Needs::of(ports, bw, up);
+            (n.node_sockets, n.to_pod, n.forwarding)
+        };
+        assert_eq!(needs(&[], &none, &plain), (false, false, false));
+        assert_eq!(needs(&[port], &none, &plain), (true, false, false));
+        assert_eq!(needs(&[], &egress, &plain), (true, false, false));
+        assert_eq!(needs(&[], &ingress, &plain), (true, true, false));
+        assert_eq!(needs(&[], &none, &services), (false, true, true));
+    }
+
+    #[test]
+    fn host_ports_go_to_the_pods_ipv4_address() {
+        let port = HostPortRequest {
+            proto: IPPROTO_TCP,
+            host_port: 8080,
+            container_port: 80,
+            host_ip: None,
+        };
+        let v6 = Allocation {
+            address: "fd00::5/64".parse().unwrap(),
+            gateway: None,
+        };
+        let v4 = Allocation {
+            address: "10.1.0.5/24".parse().unwrap(),
+            gateway: None,
+        };
+        let got = published_ports(&[port], &[v6.clone(), v4]).unwrap();
+        assert_eq!(got, vec![port.for_pod(ip("10.1.0.5"))]);
+        assert!(
+            published_ports(&[], std::slice::from_ref(&v6))
+                .unwrap()
+                .is_empty()
+        );
+        let err = published_ports(&[port], &[v6]).unwrap_err();
+        assert!(err.msg.contains("runtimeConfig.portMappings"), "{err}");
+    }
 }
