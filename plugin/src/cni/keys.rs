@@ -124,7 +124,8 @@ const ATTACHMENTS: Shape = Shape::Array(&Shape::Object(&[
 ]));
 
 /// Every key of the network configuration the plugin reads. A new config
-/// key belongs here, or it is matched exactly only.
+/// key belongs here, or it is matched exactly only; `cni::config`'s struct
+/// tree reads the same keys (a test there holds the two equal).
 pub const NETWORK: Shape = Shape::Object(&[
     ("cniVersion", Shape::Opaque),
     ("name", Shape::Opaque),
