@@ -25,6 +25,8 @@ mod lifecycle;
 mod masquerade;
 #[path = "privileged/pod_to_pod.rs"]
 mod pod_to_pod;
+#[path = "privileged/services.rs"]
+mod services;
 #[path = "privileged/spec_chaining.rs"]
 mod spec_chaining;
 #[path = "privileged/spec_check.rs"]

@@ -1,0 +1,1153 @@
+//! Kubernetes Services written into a node namespace the way kube-proxy's
+//! proxier writes them, in its `iptables` and `nftables` modes, so tests and
+//! benchmarks meet the same netfilter state a Kubernetes node has.
+//!
+//! Modelled on `pkg/proxy/iptables/proxier.go` and
+//! `pkg/proxy/nftables/proxier.go` (IPv4, no session affinity, no
+//! `loadBalancerSourceRanges`, no health-check node ports):
+//!
+//! - iptables: `KUBE-SERVICES` (from `PREROUTING` and `OUTPUT`) →
+//!   `KUBE-SVC-*` (random balancing with `statistic`) → `KUBE-SEP-*` (DNAT,
+//!   hairpin `KUBE-MARK-MASQ`); `KUBE-EXT-*` for NodePorts, externalIPs and
+//!   LoadBalancer IPs, `KUBE-SVL-*` for `externalTrafficPolicy: Local`;
+//!   `KUBE-NODEPORTS` last in `KUBE-SERVICES`; `KUBE-POSTROUTING`
+//!   masquerades what `KUBE-MARK-MASQ` marked (0x4000); the filter table's
+//!   `KUBE-FORWARD`, `KUBE-SERVICES`, `KUBE-EXTERNAL-SERVICES`,
+//!   `KUBE-FIREWALL`. Written with `iptables-restore --noflush`, as
+//!   kube-proxy does, so other rules of the node (a CNI plugin's own
+//!   masquerade chains) stay.
+//! - nftables: one `ip kube-proxy` table: verdict maps `service-ips` and
+//!   `service-nodeports` dispatched from `services`, chains `service-*`,
+//!   `local-*`, `external-*`, `endpoint-*`, `mark-for-masquerade`,
+//!   `masquerading`, base chains `nat-prerouting`/`nat-output`/
+//!   `nat-postrouting` and `filter-*` (with `ct state invalid drop` in
+//!   `filter-forward`). Replaced as a whole in one `nft -f` transaction.
+//!
+//! Chain names have kube-proxy's shape (`KUBE-SVC-` and 16 base32
+//! characters; `service-XXXXXXXX-ns/name/tcp/port`); kube-proxy hashes with
+//! SHA-256, this module with FNV-1a, which is all a test needs: stable
+//! names, distinct per service port and endpoint.
+
+use std::{fmt, fmt::Write as _, net::Ipv4Addr, process::Command};
+
+use crate::{
+    hash::Fnv64,
+    netns::Netns,
+    process::{self, DEFAULT_TIMEOUT},
+};
+
+/// kube-proxy's default masquerade bit 14.
+pub const MASQUERADE_MARK: u32 = 0x4000;
+/// The nftables table kube-proxy owns.
+pub const NFT_TABLE: &str = "kube-proxy";
+
+/// Which proxier writes the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Iptables,
+    Nftables,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// As kube-proxy writes it in rules and chain names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// `externalTrafficPolicy` (it applies to NodePorts, externalIPs and
+/// LoadBalancer IPs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+/// One ready endpoint of a service port: the address and the port the
+/// service's `targetPort` resolved to, and whether it is on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub local: bool,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.ip, self.port)
+    }
+}
+
+/// One port of a Service, as kube-proxy sees a `ServicePort` with its
+/// endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// `namespace/name`.
+    pub name: String,
+    /// The port's name; empty for an unnamed single port.
+    pub port_name: String,
+    pub cluster_ip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub endpoints: Vec<Endpoint>,
+    pub node_port: Option<u16>,
+    pub external_traffic_policy: TrafficPolicy,
+    pub external_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+}
+
+impl Service {
+    /// A ClusterIP service `namespace/name` without endpoints.
+    pub fn new(name: &str, cluster_ip: Ipv4Addr, port: u16, protocol: Protocol) -> Self {
+        assert!(
+            name.contains('/'),
+            "service name {name:?} is not namespace/name"
+        );
+        Self {
+            name: name.to_string(),
+            port_name: String::new(),
+            cluster_ip,
+            port,
+            protocol,
+            endpoints: Vec::new(),
+            node_port: None,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+        }
+    }
+
+    pub fn port_name(mut self, port_name: &str) -> Self {
+        self.port_name = port_name.to_string();
+        self
+    }
+
+    pub fn endpoint(mut self, ip: Ipv4Addr, port: u16, local: bool) -> Self {
+        self.endpoints.push(Endpoint { ip, port, local });
+        self
+    }
+
+    /// Replaces the endpoints (an endpoint moved, a pod restarted).
+    pub fn with_endpoints(mut self, endpoints: Vec<Endpoint>) -> Self {
+        self.endpoints = endpoints;
+        self
+    }
+
+    pub fn node_port(mut self, port: u16) -> Self {
+        self.node_port = Some(port);
+        self
+    }
+
+    pub fn external_traffic_policy(mut self, policy: TrafficPolicy) -> Self {
+        self.external_traffic_policy = policy;
+        self
+    }
+
+    pub fn external_ip(mut self, ip: Ipv4Addr) -> Self {
+        self.external_ips.push(ip);
+        self
+    }
+
+    pub fn load_balancer_ip(mut self, ip: Ipv4Addr) -> Self {
+        self.load_balancer_ips.push(ip);
+        self
+    }
+
+    /// `ServicePortName.String()`: `ns/name:port`, or `ns/name` unnamed.
+    pub fn port_name_string(&self) -> String {
+        if self.port_name.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}:{}", self.name, self.port_name)
+        }
+    }
+
+    /// Reached from outside the cluster: NodePort, externalIPs or
+    /// LoadBalancer IPs.
+    fn externally_accessible(&self) -> bool {
+        self.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+    }
+
+    fn external_policy_local(&self) -> bool {
+        self.external_traffic_policy == TrafficPolicy::Local
+    }
+
+    fn local_endpoints(&self) -> Vec<Endpoint> {
+        self.endpoints.iter().copied().filter(|e| e.local).collect()
+    }
+
+    /// `ns/name:port` for nftables chain names: `ns/name/tcp/port`.
+    fn nft_name_base(&self) -> String {
+        let (namespace, name) = self.name.split_once('/').unwrap();
+        format!(
+            "{namespace}/{name}/{}/{}",
+            self.protocol.as_str(),
+            self.port_name
+        )
+    }
+
+    fn iptables_chain(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}{}",
+            hash16(&format!(
+                "{}{}",
+                self.port_name_string(),
+                self.protocol.as_str()
+            ))
+        )
+    }
+
+    fn iptables_sep_chain(&self, endpoint: &Endpoint) -> String {
+        format!(
+            "KUBE-SEP-{}",
+            hash16(&format!(
+                "{}{}{endpoint}",
+                self.port_name_string(),
+                self.protocol.as_str()
+            ))
+        )
+    }
+
+    fn nft_chain(&self, prefix: &str) -> String {
+        let base = self.nft_name_base();
+        format!("{prefix}{}-{base}", hash8(&base))
+    }
+
+    fn nft_endpoint_chain(&self, endpoint: &Endpoint) -> String {
+        let base = format!(
+            "{}__{}/{}",
+            self.nft_name_base(),
+            endpoint.ip,
+            endpoint.port
+        );
+        format!("endpoint-{}-{base}", hash8(&base))
+    }
+}
+
+/// The node-wide settings of kube-proxy that shape the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// `--cluster-cidr`: sources inside it are pods (the local-traffic
+    /// detector), and ClusterIP traffic from outside it is masqueraded.
+    pub cluster_cidr: String,
+    /// `--nodeport-addresses` as addresses; empty means every local
+    /// address (`addrtype --dst-type LOCAL` / `fib daddr type local`).
+    pub node_ips: Vec<Ipv4Addr>,
+}
+
+impl ClusterSettings {
+    pub fn new(cluster_cidr: &str) -> Self {
+        Self {
+            cluster_cidr: cluster_cidr.to_string(),
+            node_ips: Vec::new(),
+        }
+    }
+}
+
+/// Writes the rules of `services` into `ns`, replacing whatever this module
+/// (or kube-proxy) wrote before, as one proxier sync does: applying again
+/// with other endpoints is an endpoint move. Panics if a tool fails.
+pub fn apply(ns: &Netns, mode: Mode, settings: &ClusterSettings, services: &[Service]) {
+    match mode {
+        Mode::Iptables => {
+            let saved = ns.exec_ok("iptables-save", &[] as &[&str]);
+            let input = iptables_restore_input(settings, services, &saved);
+            restore(ns, "iptables-restore", &["-w", "--noflush"], &input);
+        }
+        Mode::Nftables => {
+            let script = nft_script(settings, services);
+            restore(ns, "nft", &["-f", "-"], &script);
+        }
+    }
+}
+
+/// Removes everything [`apply`] wrote in `mode`.
+pub fn flush(ns: &Netns, mode: Mode) {
+    match mode {
+        Mode::Iptables => {
+            let saved = ns.exec_ok("iptables-save", &[] as &[&str]);
+            let input = iptables_flush_input(&saved);
+            restore(ns, "iptables-restore", &["-w", "--noflush"], &input);
+        }
+        Mode::Nftables => {
+            let script = format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n");
+            restore(ns, "nft", &["-f", "-"], &script);
+        }
+    }
+}
+
+fn restore(ns: &Netns, program: &str, args: &[&str], input: &str) {
+    let mut command: crate::NsCommand = ns.command(program);
+    let command: &mut Command = &mut command;
+    command.args(args);
+    let output = process::output_with_timeout(command, Some(input.as_bytes()), DEFAULT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("spawning {program} in {}: {e}", ns.name()));
+    if !output.status.success() {
+        panic!(
+            "{program} {} in {} failed: {}\ninput:\n{}",
+            args.join(" "),
+            ns.name(),
+            String::from_utf8_lossy(&output.stderr).trim(),
+            numbered(input)
+        );
+    }
+}
+
+fn numbered(text: &str) -> String {
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| format!("{:4} {line}\n", i + 1))
+        .collect()
+}
+
+/// 16 base32 characters of a hash of `s` (kube-proxy: of SHA-256).
+fn hash16(s: &str) -> String {
+    let mut first = Fnv64::default();
+    first.update(s.as_bytes());
+    let mut second = Fnv64::default();
+    second.update(b"kube-proxy");
+    second.update(s.as_bytes());
+    let bits = (u128::from(first.finish()) << 64) | u128::from(second.finish());
+    base32(bits, 16)
+}
+
+/// 8 base32 characters of a hash of `s`.
+fn hash8(s: &str) -> String {
+    hash16(s)[..8].to_string()
+}
+
+fn base32(bits: u128, chars: usize) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    (0..chars)
+        .map(|i| ALPHABET[((bits >> (123 - 5 * i)) & 31) as usize] as char)
+        .collect()
+}
+
+// ---- iptables mode ----
+
+/// Jumps from built-in chains, ensured once as kube-proxy's
+/// `iptables -C`/`-I` pass does: (table, chain, rule without `-A chain`).
+const IPTABLES_JUMPS: &[(&str, &str, &str)] = &[
+    (
+        "filter",
+        "INPUT",
+        "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
+    ),
+    ("filter", "INPUT", "-j KUBE-FIREWALL"),
+    (
+        "filter",
+        "FORWARD",
+        "-m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
+    ),
+    (
+        "filter",
+        "OUTPUT",
+        "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+    ("filter", "OUTPUT", "-j KUBE-FIREWALL"),
+    (
+        "nat",
+        "PREROUTING",
+        "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+    (
+        "nat",
+        "OUTPUT",
+        "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+    ),
+    (
+        "nat",
+        "POSTROUTING",
+        "-m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+    ),
+];
+
+/// Chains kube-proxy always declares (so a restore flushes them).
+const FILTER_CHAINS: &[&str] = &[
+    "KUBE-SERVICES",
+    "KUBE-EXTERNAL-SERVICES",
+    "KUBE-FORWARD",
+    "KUBE-FIREWALL",
+    "KUBE-NODEPORTS",
+];
+const NAT_CHAINS: &[&str] = &[
+    "KUBE-SERVICES",
+    "KUBE-NODEPORTS",
+    "KUBE-POSTROUTING",
+    "KUBE-MARK-MASQ",
+];
+
+/// Prefixes of the per-service chains, deleted once no service uses them.
+const SERVICE_CHAIN_PREFIXES: &[&str] = &[
+    "KUBE-SVC-",
+    "KUBE-SVL-",
+    "KUBE-EXT-",
+    "KUBE-SEP-",
+    "KUBE-FW-",
+];
+
+/// The `iptables-restore --noflush` input of one sync: `saved` is the
+/// current `iptables-save`, from which missing jumps and stale service
+/// chains are worked out.
+pub fn iptables_restore_input(
+    settings: &ClusterSettings,
+    services: &[Service],
+    saved: &str,
+) -> String {
+    let mut filter = Section::default();
+    let mut nat = Section::default();
+    for chain in FILTER_CHAINS {
+        filter.chain(chain);
+    }
+    for chain in NAT_CHAINS {
+        nat.chain(chain);
+    }
+    let existing = SavedTables::parse(saved);
+    for (table, chain, rule) in IPTABLES_JUMPS {
+        if !existing.has_rule(table, chain, rule) {
+            let section = if *table == "nat" {
+                &mut nat
+            } else {
+                &mut filter
+            };
+            section.rule(&format!("-I {chain} 1 {rule}"));
+        }
+    }
+
+    filter.rule(
+        "-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+    );
+    filter.rule("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP");
+    filter.rule(&format!(
+        "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {MASQUERADE_MARK:#x}/{MASQUERADE_MARK:#x} -j ACCEPT"
+    ));
+    filter.rule(
+        "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    );
+
+    nat.rule(&format!(
+        "-A KUBE-POSTROUTING -m mark ! --mark {MASQUERADE_MARK:#x}/{MASQUERADE_MARK:#x} -j RETURN"
+    ));
+    nat.rule(&format!(
+        "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQUERADE_MARK:#x}"
+    ));
+    nat.rule(
+        "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully",
+    );
+    nat.rule(&format!(
+        "-A KUBE-MARK-MASQ -j MARK --or-mark {MASQUERADE_MARK:#x}"
+    ));
+
+    for service in services {
+        iptables_service(settings, service, &mut filter, &mut nat);
+    }
+
+    // Last in KUBE-SERVICES, as kube-proxy notes in the rule's comment.
+    let nodeports_comment = "-m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\"";
+    if settings.node_ips.is_empty() {
+        nat.rule(&format!(
+            "-A KUBE-SERVICES {nodeports_comment} -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
+        ));
+    } else {
+        for ip in &settings.node_ips {
+            nat.rule(&format!(
+                "-A KUBE-SERVICES -d {ip}/32 {nodeports_comment} -j KUBE-NODEPORTS"
+            ));
+        }
+    }
+
+    // Service chains no service uses any more: declared (which flushes
+    // them) and deleted, after every chain that jumped to them was
+    // rewritten.
+    for (table, section) in [("filter", &mut filter), ("nat", &mut nat)] {
+        let stale: Vec<String> = existing
+            .chains(table)
+            .into_iter()
+            .filter(|c| SERVICE_CHAIN_PREFIXES.iter().any(|p| c.starts_with(p)))
+            .filter(|c| !section.chains.contains(c))
+            .collect();
+        for chain in stale {
+            section.chain(&chain);
+            section.late.push(format!("-X {chain}"));
+        }
+    }
+
+    let mut out = String::new();
+    filter.write("filter", &mut out);
+    nat.write("nat", &mut out);
+    out
+}
+
+/// The restore input that removes every jump and `KUBE-*` chain.
+pub fn iptables_flush_input(saved: &str) -> String {
+    let existing = SavedTables::parse(saved);
+    let mut out = String::new();
+    for table in ["filter", "nat"] {
+        let mut section = Section::default();
+        for (t, chain, rule) in IPTABLES_JUMPS {
+            if *t == table && existing.has_rule(table, chain, rule) {
+                section.rule(&format!("-D {chain} {rule}"));
+            }
+        }
+        for chain in existing.chains(table) {
+            if chain.starts_with("KUBE-") {
+                section.chain(&chain);
+                section.late.push(format!("-X {chain}"));
+            }
+        }
+        section.write(table, &mut out);
+    }
+    out
+}
+
+fn iptables_service(
+    settings: &ClusterSettings,
+    service: &Service,
+    filter: &mut Section,
+    nat: &mut Section,
+) {
+    let name = service.port_name_string();
+    let proto = service.protocol.as_str();
+    let port = service.port;
+    let svc_chain = service.iptables_chain("KUBE-SVC-");
+    let svl_chain = service.iptables_chain("KUBE-SVL-");
+    let ext_chain = service.iptables_chain("KUBE-EXT-");
+    let local_endpoints = service.local_endpoints();
+    let has_endpoints = !service.endpoints.is_empty();
+    let has_external_endpoints = if service.external_policy_local() {
+        !local_endpoints.is_empty()
+    } else {
+        has_endpoints
+    };
+    let external_destinations = service
+        .external_ips
+        .iter()
+        .map(|ip| (*ip, "external IP"))
+        .chain(
+            service
+                .load_balancer_ips
+                .iter()
+                .map(|ip| (*ip, "loadbalancer IP")),
+        );
+
+    if !has_endpoints {
+        // Nothing in nat; the filter table rejects the service's addresses.
+        filter.rule(&format!(
+            "-A KUBE-SERVICES -m comment --comment \"{name} has no endpoints\" -m {proto} -p {proto} -d {}/32 --dport {port} -j REJECT",
+            service.cluster_ip
+        ));
+        for (ip, _) in external_destinations {
+            filter.rule(&format!(
+                "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{name} has no endpoints\" -m {proto} -p {proto} -d {ip}/32 --dport {port} -j REJECT"
+            ));
+        }
+        if let Some(node_port) = service.node_port {
+            filter.rule(&format!(
+                "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{name} has no endpoints\" -m addrtype --dst-type LOCAL -m {proto} -p {proto} --dport {node_port} -j REJECT"
+            ));
+        }
+        return;
+    }
+
+    // ClusterIP.
+    nat.chain(&svc_chain);
+    nat.rule(&format!(
+        "-A KUBE-SERVICES -m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {}/32 --dport {port} -j {svc_chain}",
+        service.cluster_ip
+    ));
+    nat.rule(&format!(
+        "-A {svc_chain} -m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {}/32 --dport {port} ! -s {} -j KUBE-MARK-MASQ",
+        service.cluster_ip, settings.cluster_cidr
+    ));
+    balance(nat, service, &svc_chain, &service.endpoints);
+
+    // External destinations all go through KUBE-EXT-*.
+    if service.externally_accessible() {
+        nat.chain(&ext_chain);
+        for (ip, what) in external_destinations.clone() {
+            nat.rule(&format!(
+                "-A KUBE-SERVICES -m comment --comment \"{name} {what}\" -m {proto} -p {proto} -d {ip}/32 --dport {port} -j {ext_chain}"
+            ));
+        }
+        if let Some(node_port) = service.node_port {
+            nat.rule(&format!(
+                "-A KUBE-NODEPORTS -m comment --comment {name} -m {proto} -p {proto} --dport {node_port} -j {ext_chain}"
+            ));
+        }
+        if service.external_policy_local() {
+            nat.rule(&format!(
+                "-A {ext_chain} -s {} -m comment --comment \"pod traffic for {name} external destinations\" -j {svc_chain}",
+                settings.cluster_cidr
+            ));
+            nat.rule(&format!(
+                "-A {ext_chain} -m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ"
+            ));
+            nat.rule(&format!(
+                "-A {ext_chain} -m comment --comment \"route LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {svc_chain}"
+            ));
+            if has_external_endpoints {
+                nat.chain(&svl_chain);
+                nat.rule(&format!("-A {ext_chain} -j {svl_chain}"));
+                balance(nat, service, &svl_chain, &local_endpoints);
+            }
+        } else {
+            nat.rule(&format!(
+                "-A {ext_chain} -m comment --comment \"masquerade traffic for {name} external destinations\" -j KUBE-MARK-MASQ"
+            ));
+            nat.rule(&format!("-A {ext_chain} -j {svc_chain}"));
+        }
+    }
+    if !has_external_endpoints {
+        // Local policy without local endpoints: what the EXT chain did not
+        // short-circuit is dropped.
+        for (ip, _) in external_destinations {
+            filter.rule(&format!(
+                "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{name} has no local endpoints\" -m {proto} -p {proto} -d {ip}/32 --dport {port} -j DROP"
+            ));
+        }
+        if let Some(node_port) = service.node_port {
+            filter.rule(&format!(
+                "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{name} has no local endpoints\" -m addrtype --dst-type LOCAL -m {proto} -p {proto} --dport {node_port} -j DROP"
+            ));
+        }
+    }
+
+    for endpoint in &service.endpoints {
+        let sep = service.iptables_sep_chain(endpoint);
+        nat.chain(&sep);
+        nat.rule(&format!(
+            "-A {sep} -m comment --comment {name} -s {}/32 -j KUBE-MARK-MASQ",
+            endpoint.ip
+        ));
+        nat.rule(&format!(
+            "-A {sep} -m comment --comment {name} -m {proto} -p {proto} -j DNAT --to-destination {endpoint}"
+        ));
+    }
+}
+
+/// `chain` spreads new connections over `endpoints` with `statistic`
+/// probabilities 1/n, 1/(n-1), …, the last unconditional.
+fn balance(nat: &mut Section, service: &Service, chain: &str, endpoints: &[Endpoint]) {
+    let name = service.port_name_string();
+    let n = endpoints.len();
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let sep = service.iptables_sep_chain(endpoint);
+        let statistic = if i + 1 < n {
+            format!(
+                " -m statistic --mode random --probability {:.10}",
+                1.0 / (n - i) as f64
+            )
+        } else {
+            String::new()
+        };
+        nat.rule(&format!(
+            "-A {chain} -m comment --comment \"{name} -> {endpoint}\"{statistic} -j {sep}"
+        ));
+    }
+}
+
+/// One table of a restore input: declared chains, rules, then deletions.
+#[derive(Default)]
+struct Section {
+    chains: Vec<String>,
+    rules: Vec<String>,
+    late: Vec<String>,
+}
+
+impl Section {
+    fn chain(&mut self, name: &str) {
+        if !self.chains.iter().any(|c| c == name) {
+            self.chains.push(name.to_string());
+        }
+    }
+
+    fn rule(&mut self, rule: &str) {
+        self.rules.push(rule.to_string());
+    }
+
+    fn write(&self, table: &str, out: &mut String) {
+        if self.chains.is_empty() && self.rules.is_empty() && self.late.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "*{table}");
+        for chain in &self.chains {
+            let _ = writeln!(out, ":{chain} - [0:0]");
+        }
+        for line in self.rules.iter().chain(&self.late) {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = writeln!(out, "COMMIT");
+    }
+}
+
+/// Chains and rules of an `iptables-save` output, per table.
+struct SavedTables {
+    /// (table, line) for every `:CHAIN` and `-A` line.
+    lines: Vec<(String, String)>,
+}
+
+impl SavedTables {
+    fn parse(saved: &str) -> Self {
+        let mut table = String::new();
+        let mut lines = Vec::new();
+        for line in saved.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix('*') {
+                table = name.to_string();
+            } else if line.starts_with(':') || line.starts_with("-A ") {
+                lines.push((table.clone(), line.to_string()));
+            }
+        }
+        Self { lines }
+    }
+
+    fn chains(&self, table: &str) -> Vec<String> {
+        self.lines
+            .iter()
+            .filter(|(t, _)| t == table)
+            .filter_map(|(_, line)| line.strip_prefix(':')?.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Whether `-A chain rule` is there; iptables-save prints rules as
+    /// they were given when, as here, they are in its canonical order.
+    fn has_rule(&self, table: &str, chain: &str, rule: &str) -> bool {
+        let wanted = format!("-A {chain} {rule}");
+        self.lines
+            .iter()
+            .any(|(t, line)| t == table && *line == wanted)
+    }
+}
+
+// ---- nftables mode ----
+
+/// The `nft -f` script of one sync: the `ip kube-proxy` table deleted and
+/// written anew in one transaction.
+pub fn nft_script(settings: &ClusterSettings, services: &[Service]) -> String {
+    let mut table = NftTable::default();
+    let mark = format!("{MASQUERADE_MARK:#010x}");
+    let no_localhost = "ip daddr != 127.0.0.0/8";
+
+    // kube-proxy names the priorities `dstnat - 10` and so on; nft 1.0.6
+    // (Debian 12) accepts `dstnat` only on the prerouting hook, so they are
+    // written as numbers (dstnat = -100, srcnat = 100).
+    for (name, kind, hook, priority) in [
+        ("filter-prerouting", "filter", "prerouting", "-110"),
+        ("filter-input", "filter", "input", "-110"),
+        ("filter-forward", "filter", "forward", "-110"),
+        ("filter-output", "filter", "output", "-110"),
+        ("filter-output-post-dnat", "filter", "output", "-90"),
+        ("nat-prerouting", "nat", "prerouting", "-100"),
+        ("nat-output", "nat", "output", "-100"),
+        ("nat-postrouting", "nat", "postrouting", "100"),
+    ] {
+        table.chain(name).header = Some(format!(
+            "type {kind} hook {hook} priority {priority}; policy accept;"
+        ));
+    }
+    // Jumps from the base chains.
+    table.rule("filter-prerouting", "ct state new jump firewall-check");
+    table.rule("filter-input", "ct state new jump nodeport-endpoints-check");
+    table.rule("filter-input", "ct state new jump service-endpoints-check");
+    table.rule("filter-forward", "ct state invalid drop");
+    table.rule(
+        "filter-forward",
+        "ct state new jump service-endpoints-check",
+    );
+    table.rule("filter-forward", "ct state new jump cluster-ips-check");
+    table.rule("filter-output", "ct state new jump service-endpoints-check");
+    table.rule("filter-output", "ct state new jump firewall-check");
+    table.rule(
+        "filter-output-post-dnat",
+        "ct state new jump cluster-ips-check",
+    );
+    table.rule("nat-prerouting", "jump services");
+    table.rule("nat-output", "jump services");
+    table.rule("nat-postrouting", "jump masquerading");
+
+    table.rule("mark-for-masquerade", &format!("mark set mark or {mark}"));
+    table.rule("masquerading", &format!("mark and {mark} == 0 return"));
+    table.rule("masquerading", &format!("mark set mark xor {mark}"));
+    table.rule("masquerading", "masquerade fully-random");
+    table.rule("reject-chain", "reject");
+    table.rule(
+        "cluster-ips-check",
+        "ip daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\"",
+    );
+    table.rule(
+        "firewall-check",
+        "ip daddr . meta l4proto . th dport vmap @firewall-ips",
+    );
+    table.rule(
+        "service-endpoints-check",
+        "ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
+    );
+    table.rule(
+        "services",
+        "ip daddr . meta l4proto . th dport vmap @service-ips",
+    );
+    if settings.node_ips.is_empty() {
+        table.rule(
+            "nodeport-endpoints-check",
+            &format!("fib daddr type local {no_localhost} meta l4proto . th dport vmap @no-endpoint-nodeports"),
+        );
+        table.rule(
+            "services",
+            &format!("fib daddr type local {no_localhost} meta l4proto . th dport vmap @service-nodeports"),
+        );
+    } else {
+        table.rule(
+            "nodeport-endpoints-check",
+            "ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports",
+        );
+        table.rule(
+            "services",
+            "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports",
+        );
+        let ips: Vec<String> = settings.node_ips.iter().map(Ipv4Addr::to_string).collect();
+        table.set(
+            "nodeport-ips",
+            "ipv4_addr",
+            "IPs that accept NodePort traffic",
+            ips,
+        );
+    }
+
+    let mut cluster_ips = Vec::new();
+    let mut service_ips = Vec::new();
+    let mut service_nodeports = Vec::new();
+    let mut no_endpoint_services = Vec::new();
+    let mut no_endpoint_nodeports = Vec::new();
+    for service in services {
+        cluster_ips.push(service.cluster_ip.to_string());
+        nft_service(
+            settings,
+            service,
+            &mut table,
+            &mut service_ips,
+            &mut service_nodeports,
+            &mut no_endpoint_services,
+            &mut no_endpoint_nodeports,
+        );
+    }
+    cluster_ips.sort();
+    cluster_ips.dedup();
+    let addr_proto_port = "ipv4_addr . inet_proto . inet_service : verdict";
+    let proto_port = "inet_proto . inet_service : verdict";
+    table.set("cluster-ips", "ipv4_addr", "Active ClusterIPs", cluster_ips);
+    table.map(
+        "no-endpoint-services",
+        addr_proto_port,
+        "vmap to drop or reject packets to services with no endpoints",
+        no_endpoint_services,
+    );
+    table.map(
+        "no-endpoint-nodeports",
+        proto_port,
+        "vmap to drop or reject packets to service nodeports with no endpoints",
+        no_endpoint_nodeports,
+    );
+    table.map(
+        "firewall-ips",
+        addr_proto_port,
+        "destinations that are subject to LoadBalancerSourceRanges",
+        Vec::new(),
+    );
+    table.map(
+        "service-ips",
+        addr_proto_port,
+        "ClusterIP, ExternalIP and LoadBalancer IP traffic",
+        service_ips,
+    );
+    table.map(
+        "service-nodeports",
+        proto_port,
+        "NodePort traffic",
+        service_nodeports,
+    );
+
+    let mut out = format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n");
+    table.write(&mut out);
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn nft_service(
+    settings: &ClusterSettings,
+    service: &Service,
+    table: &mut NftTable,
+    service_ips: &mut Vec<String>,
+    service_nodeports: &mut Vec<String>,
+    no_endpoint_services: &mut Vec<String>,
+    no_endpoint_nodeports: &mut Vec<String>,
+) {
+    let name = service.port_name_string();
+    let proto = service.protocol.as_str();
+    let port = service.port;
+    let cluster_chain = service.nft_chain("service-");
+    let local_chain = service.nft_chain("local-");
+    let external_chain = service.nft_chain("external-");
+    let local_endpoints = service.local_endpoints();
+    let has_endpoints = !service.endpoints.is_empty();
+    let has_external_endpoints = if service.external_policy_local() {
+        !local_endpoints.is_empty()
+    } else {
+        has_endpoints
+    };
+    let external_ips: Vec<Ipv4Addr> = service
+        .external_ips
+        .iter()
+        .chain(&service.load_balancer_ips)
+        .copied()
+        .collect();
+
+    if !has_endpoints {
+        let verdict = "goto reject-chain";
+        for ip in std::iter::once(service.cluster_ip).chain(external_ips.iter().copied()) {
+            no_endpoint_services.push(format!(
+                "{ip} . {proto} . {port} comment \"{name}\" : {verdict}"
+            ));
+        }
+        if let Some(node_port) = service.node_port {
+            no_endpoint_nodeports.push(format!(
+                "{proto} . {node_port} comment \"{name}\" : {verdict}"
+            ));
+        }
+        return;
+    }
+
+    service_ips.push(format!(
+        "{} . {proto} . {port} : goto {cluster_chain}",
+        service.cluster_ip
+    ));
+    table.rule(
+        &cluster_chain,
+        &format!(
+            "ip daddr {} {proto} dport {port} ip saddr != {} jump mark-for-masquerade",
+            service.cluster_ip, settings.cluster_cidr
+        ),
+    );
+    nft_balance(table, service, &cluster_chain, &service.endpoints);
+
+    if service.externally_accessible() {
+        for ip in &external_ips {
+            service_ips.push(format!("{ip} . {proto} . {port} : goto {external_chain}"));
+        }
+        if let Some(node_port) = service.node_port {
+            service_nodeports.push(format!("{proto} . {node_port} : goto {external_chain}"));
+        }
+        if service.external_policy_local() {
+            table.rule(
+                &external_chain,
+                &format!(
+                    "ip saddr {} goto {cluster_chain} comment \"short-circuit pod traffic\"",
+                    settings.cluster_cidr
+                ),
+            );
+            table.rule(
+                &external_chain,
+                "fib saddr type local jump mark-for-masquerade comment \"masquerade local traffic\"",
+            );
+            table.rule(
+                &external_chain,
+                &format!("fib saddr type local goto {cluster_chain} comment \"short-circuit local traffic\""),
+            );
+            if has_external_endpoints {
+                table.rule(&external_chain, &format!("goto {local_chain}"));
+                nft_balance(table, service, &local_chain, &local_endpoints);
+            }
+        } else {
+            table.rule(&external_chain, "jump mark-for-masquerade");
+            table.rule(&external_chain, &format!("goto {cluster_chain}"));
+        }
+    }
+    if !has_external_endpoints {
+        for ip in &external_ips {
+            no_endpoint_services.push(format!("{ip} . {proto} . {port} comment \"{name}\" : drop"));
+        }
+        if let Some(node_port) = service.node_port {
+            no_endpoint_nodeports.push(format!("{proto} . {node_port} comment \"{name}\" : drop"));
+        }
+    }
+
+    for endpoint in &service.endpoints {
+        let chain = service.nft_endpoint_chain(endpoint);
+        table.rule(
+            &chain,
+            &format!("ip saddr {} jump mark-for-masquerade", endpoint.ip),
+        );
+        table.rule(&chain, &format!("meta l4proto {proto} dnat to {endpoint}"));
+    }
+}
+
+/// `numgen random mod n` over the endpoints' chains.
+fn nft_balance(table: &mut NftTable, service: &Service, chain: &str, endpoints: &[Endpoint]) {
+    let elements: Vec<String> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("{i} : goto {}", service.nft_endpoint_chain(e)))
+        .collect();
+    table.rule(
+        chain,
+        &format!(
+            "numgen random mod {} vmap {{ {} }}",
+            endpoints.len(),
+            elements.join(", ")
+        ),
+    );
+}
+
+#[derive(Default)]
+struct NftChain {
+    name: String,
+    header: Option<String>,
+    rules: Vec<String>,
+}
+
+#[derive(Default)]
+struct NftTable {
+    /// Sets and maps, already written out.
+    declarations: Vec<String>,
+    chains: Vec<NftChain>,
+}
+
+impl NftTable {
+    fn chain(&mut self, name: &str) -> &mut NftChain {
+        let index = match self.chains.iter().position(|c| c.name == name) {
+            Some(index) => index,
+            None => {
+                self.chains.push(NftChain {
+                    name: name.to_string(),
+                    ..NftChain::default()
+                });
+                self.chains.len() - 1
+            }
+        };
+        &mut self.chains[index]
+    }
+
+    fn rule(&mut self, chain: &str, rule: &str) {
+        self.chain(chain).rules.push(rule.to_string());
+    }
+
+    fn set(&mut self, name: &str, kind: &str, comment: &str, elements: Vec<String>) {
+        self.declare("set", name, kind, comment, elements);
+    }
+
+    fn map(&mut self, name: &str, kind: &str, comment: &str, elements: Vec<String>) {
+        self.declare("map", name, kind, comment, elements);
+    }
+
+    fn declare(
+        &mut self,
+        what: &str,
+        name: &str,
+        kind: &str,
+        comment: &str,
+        elements: Vec<String>,
+    ) {
+        let mut text = format!("\t{what} {name} {{\n\t\ttype {kind}\n\t\tcomment \"{comment}\"\n");
+        if !elements.is_empty() {
+            let _ = writeln!(text, "\t\telements = {{ {} }}", elements.join(", "));
+        }
+        text.push_str("\t}\n");
+        self.declarations.push(text);
+    }
+
+    fn write(&self, out: &mut String) {
+        let _ = writeln!(out, "table ip {NFT_TABLE} {{");
+        let _ = writeln!(out, "\tcomment \"rules for kube-proxy\"");
+        // Chains first: nft resolves a verdict map's `goto` as it reads.
+        for chain in &self.chains {
+            let _ = writeln!(out, "\tchain {} {{", chain.name);
+            if let Some(header) = &chain.header {
+                let _ = writeln!(out, "\t\t{header}");
+            }
+            let _ = writeln!(out, "\t}}");
+        }
+        for declaration in &self.declarations {
+            out.push_str(declaration);
+        }
+        let _ = writeln!(out, "}}");
+        for chain in &self.chains {
+            for rule in &chain.rules {
+                let _ = writeln!(out, "add rule ip {NFT_TABLE} {} {rule}", chain.name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLUSTER_CIDR: &str = "10.244.0.0/16";
+
+    fn web() -> Service {
+        Service::new(
+            "default/web",
+            Ipv4Addr::new(10, 96, 0, 20),
+            80,
+            Protocol::Tcp,
+        )
+        .port_name("http")
+        .endpoint(Ipv4Addr::new(10, 244, 1, 2), 8080, true)
+        .endpoint(Ipv4Addr::new(10, 244, 2, 3), 8080, false)
+        .node_port(30080)
+        .external_ip(Ipv4Addr::new(10, 200, 0, 10))
+        .load_balancer_ip(Ipv4Addr::new(10, 200, 1, 10))
+    }
+
+    fn dns() -> Service {
+        Service::new(
+            "kube-system/kube-dns",
+            Ipv4Addr::new(10, 96, 0, 10),
+            53,
+            Protocol::Udp,
+        )
+        .port_name("dns")
+        .endpoint(Ipv4Addr::new(10, 244, 1, 5), 53, true)
+    }
+
+    #[test]
+    fn print_examples() {
+        let settings = ClusterSettings::new(CLUSTER_CIDR);
+        let local = web().external_traffic_policy(TrafficPolicy::Local);
+        println!(
+            "{}",
+            iptables_restore_input(&settings, &[local.clone(), dns()], "")
+        );
+        println!("{}", nft_script(&settings, &[local, dns()]));
+    }
+}
