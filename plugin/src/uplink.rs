@@ -151,7 +151,7 @@ pub fn enable_forwarding(ifname: &str) -> CniResult<()> {
     if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
         return Ok(());
     }
-    std::fs::write(&path, "1").map_err(|e| CniError::io(&format!("writing {path}"), e))
+    std::fs::write(&path, "1").map_err(|e| CniError::io(format!("writing {path}"), e))
 }
 
 /// Makes the node ready for traffic leaving and arriving through its uplink
