@@ -23,6 +23,8 @@ pub mod map_names {
     pub const NAT_FLOWS: &str = "NAT_FLOWS";
     pub const SERVICES: &str = "SERVICES";
     pub const NETFILTER_FLOWS: &str = "NETFILTER_FLOWS";
+    pub const PEERS: &str = "PEERS";
+    pub const TUNNEL: &str = "TUNNEL";
 }
 
 /// Names of the programs in the ELF.
@@ -35,6 +37,8 @@ pub mod program_names {
     pub const TO_POD: &str = "to_pod";
     pub const PACE_TCP: &str = "pace_tcp";
     pub const TO_UPLINK: &str = "to_uplink";
+    pub const FROM_TUNNEL: &str = "from_tunnel";
+    pub const TO_TUNNEL: &str = "to_tunnel";
 }
 
 /// Endpoints the node can hold: one entry per pod address.
@@ -56,6 +60,8 @@ pub const MAX_NO_MASQ: u32 = 1_024;
 pub const MAX_SERVICE_CIDRS: u32 = 1_024;
 /// Flows netfilter translated whose packets must keep passing through it.
 pub const MAX_NETFILTER_FLOWS: u32 = 131_072;
+/// Other nodes' pod CIDRs the node knows.
+pub const MAX_PEERS: u32 = 16_384;
 /// Tries at a free source port before the packet is dropped.
 pub const NAT_PORT_TRIES: u32 = 32;
 
@@ -154,6 +160,10 @@ pub const NODE_F_MASQUERADE: u32 = 1;
 /// The node runs netfilter service rules (kube-proxy): pod traffic to
 /// `SERVICES` and the flows netfilter translated pass through the stack.
 pub const NODE_F_SERVICES: u32 = 2;
+/// The node does not forward in general (`net.ipv4.conf.all.forwarding=0`)
+/// but its uplink forwards for services: `from_uplink` drops what the stack
+/// would forward for neither the node, its pods nor a service address.
+pub const NODE_F_UPLINK_GUARD: u32 = 4;
 
 /// `skb->mark` bit the datapath sets on what it sends out of the uplink
 /// itself (never seen by netfilter), so that `to_uplink` tells it from what
@@ -161,6 +171,35 @@ pub const NODE_F_SERVICES: u32 = 2;
 pub const MARK_DATAPATH_FORWARDED: u32 = 0x0040_0000;
 
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 40);
+
+/// Another node, as the value of `PEERS` (keyed by its pod CIDR).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Peer {
+    /// The node's underlay address (IPv4-mapped for IPv4).
+    pub underlay: [u8; 16],
+    /// `PEER_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Peer>() == 24);
+
+/// `Peer::flags`: reach the node's pods through the VXLAN tunnel (else by
+/// the node's routing table, natively).
+pub const PEER_F_TUNNEL: u32 = 1;
+
+/// The node's VXLAN tunnel: the single entry of `TUNNEL` (ifindex 0: none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TunnelConfig {
+    /// The collect-metadata VXLAN device.
+    pub ifindex: u32,
+    /// The VXLAN network identifier put on every packet.
+    pub vni: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<TunnelConfig>() == 8);
 
 /// A published port: key of `HOST_PORTS`. An all-zero `host_addr` publishes
 /// the port on every node address (and 127.0.0.1 for the node itself).
@@ -380,10 +419,13 @@ pub enum DropReason {
     RewriteFailed = 9,
     /// Over the endpoint's bandwidth limit.
     RateLimited = 10,
+    /// Arrived on the uplink to be routed on, on a node that forwards only
+    /// for its pods and services.
+    Transit = 11,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::UnknownSource,
         DropReason::SpoofedSource,
@@ -395,6 +437,7 @@ impl DropReason {
         DropReason::NatTableFull,
         DropReason::RewriteFailed,
         DropReason::RateLimited,
+        DropReason::Transit,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -410,6 +453,7 @@ impl DropReason {
             DropReason::NatTableFull => "nat-table-full",
             DropReason::RewriteFailed => "rewrite-failed",
             DropReason::RateLimited => "rate-limited",
+            DropReason::Transit => "transit",
         }
     }
 
@@ -443,10 +487,12 @@ pub enum Verdict {
     /// Handed to the node's stack because netfilter translates the flow
     /// (a service address, or a packet of a flow netfilter translated).
     ToNetfilter = 7,
+    /// Sent into the VXLAN tunnel towards another node.
+    Tunneled = 8,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 8] = [
+    pub const ALL: [Verdict; 9] = [
         Verdict::LocalDelivery,
         Verdict::ToStack,
         Verdict::ArpReply,
@@ -455,6 +501,7 @@ impl Verdict {
         Verdict::NatPortRetry,
         Verdict::NatReply,
         Verdict::ToNetfilter,
+        Verdict::Tunneled,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -467,6 +514,7 @@ impl Verdict {
             Verdict::NatPortRetry => "nat-port-retry",
             Verdict::NatReply => "nat-reply",
             Verdict::ToNetfilter => "to-netfilter",
+            Verdict::Tunneled => "tunneled",
         }
     }
 }
@@ -511,4 +559,6 @@ mod pod {
     unsafe impl aya::Pod for super::HostPortFlow {}
     unsafe impl aya::Pod for super::RateLimit {}
     unsafe impl aya::Pod for super::EndpointStats {}
+    unsafe impl aya::Pod for super::Peer {}
+    unsafe impl aya::Pod for super::TunnelConfig {}
 }

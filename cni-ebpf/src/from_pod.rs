@@ -30,6 +30,7 @@ use crate::{
     nat::snat,
     netfilter::{self, to_netfilter},
     rate::{Way, charge},
+    tunnel,
 };
 
 /// Ethernet + the longest L3 header we read.
@@ -97,7 +98,7 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     count_endpoint(me.ifindex, Direction::FromPod, ctx.len());
     if me.flags & ENDPOINT_F_NETFILTER_FLOWS != 0
         && let Some(transport) = l4::parse(ctx, ip)
-        && netfilter::owns(src, dst, &transport)
+        && netfilter::belongs(src, dst, &transport)
     {
         return Ok(to_netfilter(ctx));
     }
@@ -120,8 +121,9 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     }
     if target.flags & ENDPOINT_F_NETFILTER_FLOWS != 0
         && let Some(transport) = l4::parse(ctx, ip)
+        && netfilter::belongs(src, dst, &transport)
     {
-        netfilter::forget_replies_on_syn(src, dst, &transport);
+        return Ok(to_netfilter(ctx));
     }
     ipv4_decrease_ttl(ip);
     // SAFETY: bounds-checked; nothing above changed the packet's length.
@@ -166,10 +168,8 @@ fn leave_node(
     if services && netfilter::is_service(dst) {
         return Ok(to_netfilter(ctx));
     }
-    if me.flags & ENDPOINT_F_NETFILTER_FLOWS != 0
-        && let Some(transport) = l4::parse(ctx, ip)
-    {
-        netfilter::forget_replies_on_syn(src, dst, &transport);
+    if let Some(action) = tunnel::into_tunnel(ctx, ip, dst)? {
+        return Ok(action);
     }
     let masquerade = cfg.flags & NODE_F_MASQUERADE != 0
         && NO_MASQ.get(Key::new(128, IpKey::v4(dst).addr)).is_none();

@@ -10,7 +10,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use cni_ebpf_common::{
-    Direction, DropReason, ENDPOINT_F_NETFILTER_FLOWS, IpKey, NODE_F_MASQUERADE, Verdict,
+    Direction, DropReason, ENDPOINT_F_NETFILTER_FLOWS, IpKey, NODE_F_MASQUERADE,
+    NODE_F_UPLINK_GUARD, Verdict,
 };
 
 use crate::{
@@ -79,6 +80,13 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     // SAFETY: copied out at once.
     let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(pod)) }).copied() else {
+        let guarded = NODE_CONFIG
+            .get(0)
+            .is_some_and(|cfg| cfg.flags & NODE_F_UPLINK_GUARD != 0);
+        // SAFETY: the context pointer is valid for the whole program run.
+        if guarded && netfilter::is_transit(ctx, src, pod, unsafe { (*ctx.skb.skb).ifindex }) {
+            return Err(DropReason::Transit);
+        }
         return Ok(TC_ACT_OK);
     };
     if ttl <= 1 {
@@ -88,13 +96,11 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     let ip: *mut Ipv4Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
     if target.flags & ENDPOINT_F_NETFILTER_FLOWS != 0
         && let Some(transport) = l4::parse(ctx, ip)
-    {
         // A reply of a flow netfilter translated on its way out (a service
         // whose endpoint is off the node): conntrack translates it back.
-        if netfilter::owns(src, pod, &transport) {
-            return Ok(to_netfilter(ctx));
-        }
-        netfilter::forget_replies_on_syn(src, pod, &transport);
+        && netfilter::belongs(src, pod, &transport)
+    {
+        return Ok(to_netfilter(ctx));
     }
     let eth: *mut EthHdr = header(ctx, 0).ok_or(DropReason::Malformed)?;
     ipv4_decrease_ttl(ip);

@@ -35,6 +35,8 @@ mod rate;
 mod to_pod;
 #[cfg(target_arch = "bpf")]
 mod to_uplink;
+#[cfg(target_arch = "bpf")]
+mod tunnel;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

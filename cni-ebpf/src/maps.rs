@@ -8,7 +8,8 @@ use cni_ebpf_common::{
     COUNTER_SLOTS, DROP_SLOTS, Endpoint, EndpointStats, FlowKey, HostPortFlow, HostPortKey,
     HostPortSockKey, HostPortTarget, IpKey, MAX_ENDPOINTS, MAX_HOST_PORT_FLOWS,
     MAX_HOST_PORT_SOCKS, MAX_HOST_PORTS, MAX_NAT_FLOWS, MAX_NETFILTER_FLOWS, MAX_NO_MASQ,
-    MAX_NODE_ADDRS, MAX_SERVICE_CIDRS, NatEntry, NodeConfig, PacketCount, RateLimit,
+    MAX_NODE_ADDRS, MAX_PEERS, MAX_SERVICE_CIDRS, NatEntry, NodeConfig, PacketCount, Peer,
+    RateLimit, TunnelConfig,
 };
 
 /// Pod addresses on this node -> their interface.
@@ -89,3 +90,11 @@ pub static SERVICES: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(MAX_SERVICE_CIDRS, 
 /// the stack hands such a flow's packets to a pod or to the uplink.
 #[map]
 pub static NETFILTER_FLOWS: LruHashMap<FlowKey, u8> = LruHashMap::pinned(MAX_NETFILTER_FLOWS, 0);
+
+/// Other nodes by pod CIDR: how their pods are reached.
+#[map]
+pub static PEERS: LpmTrie<[u8; 16], Peer> = LpmTrie::pinned(MAX_PEERS, 1);
+
+/// The node's VXLAN tunnel (one entry), written by the agent.
+#[map]
+pub static TUNNEL: Array<TunnelConfig> = Array::pinned(1, 0);

@@ -20,15 +20,19 @@
 //! egress hooks see every flow the stack carried, after its translation,
 //! which is exactly the key a reply carries.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
+    helpers::generated::bpf_fib_lookup,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
 use cni_ebpf_common::{
-    ENDPOINT_F_NETFILTER_FLOWS, FlowKey, IPPROTO_TCP, IPPROTO_UDP, IpKey, NODE_F_SERVICES,
-    NodeConfig, Verdict,
+    ENDPOINT_F_NETFILTER_FLOWS, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IpKey,
+    NODE_F_SERVICES, NodeConfig, Verdict,
 };
 
 use crate::{
     counters::count_verdict,
-    headers::{TCP_ACK, TCP_SYN},
     l4::Transport,
     maps::{ENDPOINTS, NETFILTER_FLOWS, NODE_ADDRS, SERVICES},
 };
@@ -74,21 +78,20 @@ fn reply_key(src: [u8; 4], dst: [u8; 4], t: &Transport) -> FlowKey {
 // Not inlined, here and below: the callers' stack frames are near the
 // verifier's 512-byte limit for a call chain.
 
-/// Whether the packet `src` -> `dst` belongs to a flow netfilter translated.
+/// Whether the packet `src` -> `dst`, sent by or delivered to a flagged pod,
+/// belongs to netfilter: a packet of a flow it translated; a packet whose
+/// replies such a flow already claims (the same addresses and ports: a
+/// client that reuses its port to reach a service's backend directly, or
+/// the key a closed connection left), which netfilter sets apart as on any
+/// node by giving the new flow another source port; or an ICMP error
+/// (conntrack translates those about its flows, and forwards the rest).
 #[inline(never)]
-pub fn owns(src: [u8; 4], dst: [u8; 4], t: &Transport) -> bool {
-    NETFILTER_FLOWS.get_ptr(&flow_key(src, dst, t)).is_some()
-}
-
-/// A new TCP connection `src` -> `dst` on the datapath's own path: a closed
-/// connection that netfilter carried with the same addresses and ports may
-/// have left the key of this one's replies behind, which would send them to
-/// the old connection's conntrack entry.
-#[inline(never)]
-pub fn forget_replies_on_syn(src: [u8; 4], dst: [u8; 4], t: &Transport) {
-    if t.proto == IPPROTO_TCP && t.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        let _ = NETFILTER_FLOWS.remove(&reply_key(src, dst, t));
+pub fn belongs(src: [u8; 4], dst: [u8; 4], t: &Transport) -> bool {
+    if t.proto == IPPROTO_ICMP {
+        return !t.is_echo();
     }
+    NETFILTER_FLOWS.get_ptr(&flow_key(src, dst, t)).is_some()
+        || NETFILTER_FLOWS.get_ptr(&reply_key(src, dst, t)).is_some()
 }
 
 /// The stack carried the packet `src` -> `dst` (to a pod, or out of the
@@ -128,4 +131,34 @@ pub fn stack_bound_anyway(peer: [u8; 4]) -> bool {
 pub fn to_netfilter(ctx: &TcContext) -> i32 {
     count_verdict(Verdict::ToNetfilter, ctx.len());
     aya_ebpf::bindings::TC_ACT_OK
+}
+
+const AF_INET: u8 = 2;
+
+/// Whether the stack would route `src` -> `dst`, arrived on `ifindex`, on
+/// to somewhere else (a unicast route that is not the node's own): what a
+/// guarded uplink refuses. Service addresses, multicast and broadcast are
+/// never transit.
+#[inline(never)]
+pub fn is_transit(ctx: &TcContext, src: [u8; 4], dst: [u8; 4], ifindex: u32) -> bool {
+    if dst[0] >= 224 || is_service(dst) {
+        return false;
+    }
+    // SAFETY: plain data; all-zero is a valid lookup request.
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.ifindex = ifindex;
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    // SAFETY: `params` outlives the call and its size is passed.
+    let ret = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb.cast(),
+            &raw mut params,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    // Local and broadcast destinations answer NOT_FWDED.
+    ret == BPF_FIB_LKUP_RET_SUCCESS as i64 || ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64
 }

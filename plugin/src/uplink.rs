@@ -143,6 +143,12 @@ fn cidr_list(raw: &Value, key: &str) -> CniResult<Vec<IpNet>> {
         .collect()
 }
 
+/// Whether the node forwards IPv4 on every interface (a kubeadm node does);
+/// if not, the uplink forwards only what pods and services need.
+fn forwards_everywhere() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/forwarding").is_ok_and(|v| v.trim() == "1")
+}
+
 /// Turns on IPv4 forwarding for what arrives on `ifname` (the check is on
 /// the input device): the stack forwards the flows the datapath hands to
 /// netfilter without the node forwarding on every interface.
@@ -211,6 +217,7 @@ pub async fn ensure(
         netns_cookie: node::current_netns_cookie()
             .map_err(|e| CniError::io("reading the node's netns cookie", e))?,
         services: conf.services() && uplink_index.is_some(),
+        uplink_guard: conf.services() && !forwards_everywhere(),
     }
     .to_config();
 
@@ -295,9 +302,12 @@ mod tests {
             "uplink": "eth0",
             "masqueradeAddress": "192.0.2.1",
             "nodeRoutes": [{"dst": "10.244.2.0/24", "gw": "10.99.0.2"}],
-            "natPortRange": "40000-40100"
+            "natPortRange": "40000-40100",
+            "serviceCIDRs": ["10.96.0.0/12", "192.0.2.10/32"]
         }))
         .unwrap();
+        assert!(conf.services());
+        assert_eq!(conf.service_cidrs.len(), 2);
         assert!(conf.masquerade);
         assert_eq!(
             conf.no_masquerade,
@@ -324,6 +334,8 @@ mod tests {
                 "nodeRoutes[0].gw",
             ),
             (json!({"natPortRange": "9-1"}), "natPortRange"),
+            (json!({"serviceCIDRs": "10.96.0.0/12"}), "serviceCIDRs"),
+            (json!({"serviceCIDRs": ["10.96.0.0/33"]}), "serviceCIDRs[0]"),
             (json!({"masqueradeAddress": "::1"}), "masqueradeAddress"),
         ] {
             let err = UplinkConf::parse(&raw).unwrap_err();

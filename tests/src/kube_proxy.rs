@@ -28,7 +28,7 @@
 //! SHA-256, this module with FNV-1a, which is all a test needs: stable
 //! names, distinct per service port and endpoint.
 
-use std::{fmt, fmt::Write as _, net::Ipv4Addr, process::Command};
+use std::{fmt, fmt::Write as _, net::Ipv4Addr};
 
 use crate::{
     hash::Fnv64,
@@ -298,11 +298,11 @@ pub fn flush(ns: &Netns, mode: Mode) {
 }
 
 fn restore(ns: &Netns, program: &str, args: &[&str], input: &str) {
-    let mut command: crate::NsCommand = ns.command(program);
-    let command: &mut Command = &mut command;
+    let mut command = ns.command(program);
     command.args(args);
-    let output = process::output_with_timeout(command, Some(input.as_bytes()), DEFAULT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("spawning {program} in {}: {e}", ns.name()));
+    let output =
+        process::output_with_timeout(&mut command, Some(input.as_bytes()), DEFAULT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("spawning {program} in {}: {e}", ns.name()));
     if !output.status.success() {
         panic!(
             "{program} {} in {} failed: {}\ninput:\n{}",
@@ -1140,14 +1140,324 @@ mod tests {
         .endpoint(Ipv4Addr::new(10, 244, 1, 5), 53, true)
     }
 
+    fn lines_of<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        text.lines().filter(|l| l.starts_with(prefix)).collect()
+    }
+
     #[test]
-    fn print_examples() {
-        let settings = ClusterSettings::new(CLUSTER_CIDR);
-        let local = web().external_traffic_policy(TrafficPolicy::Local);
-        println!(
-            "{}",
-            iptables_restore_input(&settings, &[local.clone(), dns()], "")
+    fn chain_names_have_kube_proxys_shape() {
+        let web = web();
+        let svc = web.iptables_chain("KUBE-SVC-");
+        let suffix = svc.strip_prefix("KUBE-SVC-").unwrap();
+        assert_eq!(suffix.len(), 16, "{svc}");
+        assert!(
+            suffix
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
         );
-        println!("{}", nft_script(&settings, &[local, dns()]));
+        assert_eq!(web.iptables_chain("KUBE-EXT-")[9..], svc[9..]);
+        let seps: Vec<String> = web
+            .endpoints
+            .iter()
+            .map(|e| web.iptables_sep_chain(e))
+            .collect();
+        assert_ne!(seps[0], seps[1]);
+        assert_ne!(svc, dns().iptables_chain("KUBE-SVC-"));
+        let chain = web.nft_chain("service-");
+        assert!(chain.ends_with("-default/web/tcp/http"), "{chain}");
+        assert_eq!(
+            chain.len(),
+            "service-".len() + 8 + "-default/web/tcp/http".len()
+        );
+        let endpoint = web.nft_endpoint_chain(&web.endpoints[0]);
+        assert!(
+            endpoint.ends_with("-default/web/tcp/http__10.244.1.2/8080"),
+            "{endpoint}"
+        );
+    }
+
+    #[test]
+    fn iptables_cluster_ip_balances_and_masquerades_off_cluster_sources() {
+        let settings = ClusterSettings::new(CLUSTER_CIDR);
+        let three = dns()
+            .endpoint(Ipv4Addr::new(10, 244, 1, 6), 53, true)
+            .endpoint(Ipv4Addr::new(10, 244, 2, 7), 53, false);
+        let out = iptables_restore_input(&settings, std::slice::from_ref(&three), "");
+        let svc = three.iptables_chain("KUBE-SVC-");
+        assert!(out.contains(&format!(
+            "-A KUBE-SERVICES -m comment --comment \"kube-system/kube-dns:dns cluster IP\" -m udp -p udp -d 10.96.0.10/32 --dport 53 -j {svc}"
+        )), "{out}");
+        assert!(
+            out.contains("--dport 53 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ"),
+            "{out}"
+        );
+        let balance = lines_of(
+            &out,
+            &format!("-A {svc} -m comment --comment \"kube-system/kube-dns:dns ->"),
+        );
+        assert_eq!(balance.len(), 3, "{out}");
+        assert!(balance[0].contains("-m statistic --mode random --probability 0.3333333333 "));
+        assert!(balance[1].contains("-m statistic --mode random --probability 0.5000000000 "));
+        assert!(!balance[2].contains("statistic"));
+        let sep = three.iptables_sep_chain(&three.endpoints[0]);
+        assert!(out.contains(&format!("-A {sep} -m comment --comment kube-system/kube-dns:dns -s 10.244.1.5/32 -j KUBE-MARK-MASQ")));
+        assert!(out.contains(&format!("-A {sep} -m comment --comment kube-system/kube-dns:dns -m udp -p udp -j DNAT --to-destination 10.244.1.5:53")));
+    }
+
+    #[test]
+    fn iptables_masquerade_forward_and_jumps() {
+        let out = iptables_restore_input(&ClusterSettings::new(CLUSTER_CIDR), &[dns()], "");
+        for rule in [
+            "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
+            "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+            "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000",
+            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully",
+            "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT",
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "-I PREROUTING 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+            "-I OUTPUT 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+            "-I POSTROUTING 1 -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+        ] {
+            assert!(out.lines().any(|l| l == rule), "missing {rule:?} in\n{out}");
+        }
+        // A second sync finds the jumps and does not add them twice.
+        let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\nCOMMIT\n";
+        let again = iptables_restore_input(&ClusterSettings::new(CLUSTER_CIDR), &[dns()], saved);
+        assert!(!again.contains("-I PREROUTING"), "{again}");
+        assert!(again.contains("-I OUTPUT 1"), "{again}");
+    }
+
+    #[test]
+    fn iptables_external_destinations_and_node_ports() {
+        let settings = ClusterSettings::new(CLUSTER_CIDR);
+        let web = web();
+        let out = iptables_restore_input(&settings, std::slice::from_ref(&web), "");
+        let ext = web.iptables_chain("KUBE-EXT-");
+        let svc = web.iptables_chain("KUBE-SVC-");
+        for rule in [
+            format!(
+                "-A KUBE-SERVICES -m comment --comment \"default/web:http external IP\" -m tcp -p tcp -d 10.200.0.10/32 --dport 80 -j {ext}"
+            ),
+            format!(
+                "-A KUBE-SERVICES -m comment --comment \"default/web:http loadbalancer IP\" -m tcp -p tcp -d 10.200.1.10/32 --dport 80 -j {ext}"
+            ),
+            format!(
+                "-A KUBE-NODEPORTS -m comment --comment default/web:http -m tcp -p tcp --dport 30080 -j {ext}"
+            ),
+            format!(
+                "-A {ext} -m comment --comment \"masquerade traffic for default/web:http external destinations\" -j KUBE-MARK-MASQ"
+            ),
+            format!("-A {ext} -j {svc}"),
+        ] {
+            assert!(out.lines().any(|l| l == rule), "missing {rule:?} in\n{out}");
+        }
+        let services = lines_of(&out, "-A KUBE-SERVICES");
+        assert_eq!(
+            *services.last().unwrap(),
+            "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
+        );
+        let mut only_node = settings.clone();
+        only_node.node_ips = vec![Ipv4Addr::new(10, 250, 0, 1)];
+        let out = iptables_restore_input(&only_node, &[web], "");
+        assert!(
+            out.contains("-A KUBE-SERVICES -d 10.250.0.1/32 -m comment"),
+            "{out}"
+        );
+        assert!(!out.contains("--dst-type LOCAL -j KUBE-NODEPORTS"), "{out}");
+    }
+
+    #[test]
+    fn iptables_local_policy_uses_local_endpoints_and_short_circuits_pods() {
+        let web = web().external_traffic_policy(TrafficPolicy::Local);
+        let out = iptables_restore_input(
+            &ClusterSettings::new(CLUSTER_CIDR),
+            std::slice::from_ref(&web),
+            "",
+        );
+        let (ext, svc, svl) = (
+            web.iptables_chain("KUBE-EXT-"),
+            web.iptables_chain("KUBE-SVC-"),
+            web.iptables_chain("KUBE-SVL-"),
+        );
+        let ext_rules = lines_of(&out, &format!("-A {ext} "));
+        assert_eq!(ext_rules.len(), 4, "{out}");
+        assert!(
+            ext_rules[0].starts_with(&format!("-A {ext} -s 10.244.0.0/16 "))
+                && ext_rules[0].ends_with(&format!("-j {svc}"))
+        );
+        assert!(ext_rules[1].contains("--src-type LOCAL -j KUBE-MARK-MASQ"));
+        assert!(ext_rules[2].contains(&format!("--src-type LOCAL -j {svc}")));
+        assert_eq!(ext_rules[3], format!("-A {ext} -j {svl}"));
+        let local = lines_of(&out, &format!("-A {svl} "));
+        assert_eq!(local.len(), 1, "{out}");
+        assert!(local[0].ends_with(&format!("-j {}", web.iptables_sep_chain(&web.endpoints[0]))));
+        // Without local endpoints, outside traffic is dropped in filter.
+        let remote_only = web.with_endpoints(vec![Endpoint {
+            ip: Ipv4Addr::new(10, 244, 2, 3),
+            port: 8080,
+            local: false,
+        }]);
+        let out = iptables_restore_input(&ClusterSettings::new(CLUSTER_CIDR), &[remote_only], "");
+        assert!(!out.contains(&format!(":{svl}")), "{out}");
+        assert!(out.contains("has no local endpoints\" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 30080 -j DROP"), "{out}");
+    }
+
+    #[test]
+    fn iptables_service_without_endpoints_is_rejected_in_filter() {
+        let empty = Service::new(
+            "default/empty",
+            Ipv4Addr::new(10, 96, 0, 99),
+            80,
+            Protocol::Tcp,
+        );
+        let out = iptables_restore_input(&ClusterSettings::new(CLUSTER_CIDR), &[empty], "");
+        assert!(out.contains("-A KUBE-SERVICES -m comment --comment \"default/empty has no endpoints\" -m tcp -p tcp -d 10.96.0.99/32 --dport 80 -j REJECT"), "{out}");
+        assert!(!out.contains("KUBE-SVC-"), "{out}");
+    }
+
+    #[test]
+    fn iptables_stale_chains_are_deleted_and_flush_removes_everything() {
+        let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-OLDOLDOLDOLDOLDO - [0:0]\n:KUBE-SEP-OLDOLDOLDOLDOLDO - [0:0]\n:CNI-1234 - [0:0]\n-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\nCOMMIT\n";
+        let out = iptables_restore_input(&ClusterSettings::new(CLUSTER_CIDR), &[dns()], saved);
+        assert!(
+            out.contains(":KUBE-SVC-OLDOLDOLDOLDOLDO - [0:0]")
+                && out.contains("-X KUBE-SVC-OLDOLDOLDOLDOLDO"),
+            "{out}"
+        );
+        assert!(out.contains("-X KUBE-SEP-OLDOLDOLDOLDOLDO"), "{out}");
+        assert!(!out.contains("CNI-1234"), "{out}");
+        let nat = &out[out.find("*nat").unwrap()..];
+        assert!(
+            nat.find("-X KUBE-SVC-OLD").unwrap() > nat.rfind("-A ").unwrap(),
+            "{nat}"
+        );
+
+        let flush = iptables_flush_input(saved);
+        assert!(
+            flush.contains(
+                "-D PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
+            ),
+            "{flush}"
+        );
+        for chain in [
+            "KUBE-SERVICES",
+            "KUBE-SVC-OLDOLDOLDOLDOLDO",
+            "KUBE-SEP-OLDOLDOLDOLDOLDO",
+        ] {
+            assert!(flush.contains(&format!("-X {chain}")), "{flush}");
+        }
+        assert!(!flush.contains("CNI-1234"), "{flush}");
+    }
+
+    #[test]
+    fn nft_table_dispatches_through_verdict_maps() {
+        let web = web();
+        let out = nft_script(&ClusterSettings::new(CLUSTER_CIDR), &[web.clone(), dns()]);
+        assert!(
+            out.starts_with(
+                "add table ip kube-proxy\ndelete table ip kube-proxy\ntable ip kube-proxy {"
+            ),
+            "{out}"
+        );
+        let service = web.nft_chain("service-");
+        let external = web.nft_chain("external-");
+        for text in [
+            format!("10.96.0.20 . tcp . 80 : goto {service}"),
+            format!("10.200.0.10 . tcp . 80 : goto {external}"),
+            format!("10.200.1.10 . tcp . 80 : goto {external}"),
+            format!("tcp . 30080 : goto {external}"),
+            "add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips".to_string(),
+            "add rule ip kube-proxy services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports".to_string(),
+            "add rule ip kube-proxy nat-prerouting jump services".to_string(),
+            "add rule ip kube-proxy nat-output jump services".to_string(),
+            "add rule ip kube-proxy nat-postrouting jump masquerading".to_string(),
+            "add rule ip kube-proxy mark-for-masquerade mark set mark or 0x00004000".to_string(),
+            "add rule ip kube-proxy masquerading mark and 0x00004000 == 0 return".to_string(),
+            "add rule ip kube-proxy masquerading mark set mark xor 0x00004000".to_string(),
+            "add rule ip kube-proxy masquerading masquerade fully-random".to_string(),
+            "add rule ip kube-proxy filter-forward ct state invalid drop".to_string(),
+            format!("add rule ip kube-proxy {service} ip daddr 10.96.0.20 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade"),
+            format!("add rule ip kube-proxy {external} jump mark-for-masquerade"),
+            format!("add rule ip kube-proxy {external} goto {service}"),
+        ] {
+            assert!(out.contains(&text), "missing {text:?} in\n{out}");
+        }
+        let endpoint = web.nft_endpoint_chain(&web.endpoints[1]);
+        assert!(out.contains(&format!(
+            "add rule ip kube-proxy {endpoint} ip saddr 10.244.2.3 jump mark-for-masquerade"
+        )));
+        assert!(out.contains(&format!(
+            "add rule ip kube-proxy {endpoint} meta l4proto tcp dnat to 10.244.2.3:8080"
+        )));
+        assert!(
+            out.contains(&format!(
+                "{service} numgen random mod 2 vmap {{ 0 : goto {}, 1 : goto {endpoint} }}",
+                web.nft_endpoint_chain(&web.endpoints[0])
+            )),
+            "{out}"
+        );
+        // Chains are declared before the maps that jump to them.
+        assert!(
+            out.find(&format!("chain {service} {{")).unwrap()
+                < out.find("map service-ips").unwrap()
+        );
+    }
+
+    #[test]
+    fn nft_local_policy_and_node_port_addresses() {
+        let web = web().external_traffic_policy(TrafficPolicy::Local);
+        let mut settings = ClusterSettings::new(CLUSTER_CIDR);
+        settings.node_ips = vec![Ipv4Addr::new(10, 250, 0, 1)];
+        let out = nft_script(&settings, std::slice::from_ref(&web));
+        let (service, external, local) = (
+            web.nft_chain("service-"),
+            web.nft_chain("external-"),
+            web.nft_chain("local-"),
+        );
+        let external_rules = lines_of(&out, &format!("add rule ip kube-proxy {external} "));
+        assert_eq!(external_rules.len(), 4, "{out}");
+        assert!(external_rules[0].contains(&format!("ip saddr 10.244.0.0/16 goto {service}")));
+        assert!(external_rules[1].contains("fib saddr type local jump mark-for-masquerade"));
+        assert!(external_rules[2].contains(&format!("fib saddr type local goto {service}")));
+        assert!(external_rules[3].ends_with(&format!("goto {local}")));
+        assert!(
+            out.contains(&format!(
+                "add rule ip kube-proxy {local} numgen random mod 1 vmap {{ 0 : goto {} }}",
+                web.nft_endpoint_chain(&web.endpoints[0])
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains("set nodeport-ips {") && out.contains("elements = { 10.250.0.1 }"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn nft_service_without_endpoints_goes_to_the_reject_chain() {
+        let empty = Service::new(
+            "default/empty",
+            Ipv4Addr::new(10, 96, 0, 99),
+            80,
+            Protocol::Tcp,
+        )
+        .node_port(30099);
+        let out = nft_script(&ClusterSettings::new(CLUSTER_CIDR), &[empty]);
+        assert!(
+            out.contains("10.96.0.99 . tcp . 80 comment \"default/empty\" : goto reject-chain"),
+            "{out}"
+        );
+        assert!(
+            out.contains("tcp . 30099 comment \"default/empty\" : goto reject-chain"),
+            "{out}"
+        );
+        assert!(!out.contains("-default/empty/tcp/"), "{out}");
     }
 }

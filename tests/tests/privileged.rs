@@ -23,6 +23,8 @@ mod host_to_pod;
 mod lifecycle;
 #[path = "privileged/masquerade.rs"]
 mod masquerade;
+#[path = "privileged/netfilter_handoff.rs"]
+mod netfilter_handoff;
 #[path = "privileged/pod_to_pod.rs"]
 mod pod_to_pod;
 #[path = "privileged/services.rs"]
@@ -45,6 +47,8 @@ mod spec_ipam;
 mod spec_versions;
 #[path = "privileged/spoofing.rs"]
 mod spoofing;
+#[path = "privileged/tunnel.rs"]
+mod tunnel;
 #[path = "privileged/upgrade.rs"]
 mod upgrade;
 #[path = "privileged/versions.rs"]

@@ -28,6 +28,7 @@ use crate::{
     datapath::{Datapath, SOCKET_HOOKS},
     error::{DatapathError, Result},
     paths::BpffsLayout,
+    tc_filters::Hook,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +96,22 @@ pub fn attach_to_uplink(
         pin,
         TcAttachType::Egress,
     )
+}
+
+/// Attaches `from_tunnel` (`Ingress`) or `to_tunnel` (`Egress`) to the
+/// node's VXLAN device.
+pub fn attach_tunnel(
+    datapath: &mut Datapath,
+    device: &str,
+    hook: Hook,
+    mode: AttachMode,
+) -> Result<Attachment> {
+    let pin = datapath.layout().tunnel_link(device, hook);
+    let program = match hook {
+        Hook::Ingress => datapath.from_tunnel()?,
+        Hook::Egress => datapath.to_tunnel()?,
+    };
+    attach_as(program, device, mode, pin, hook.attach_type())
 }
 
 /// Attaches `from_uplink` to tc ingress of the node's uplink.

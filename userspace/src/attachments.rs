@@ -8,7 +8,9 @@ use aya::programs::{
     links::{FdLink, PinnedLink},
     loaded_programs,
 };
-use cni_ebpf_common::program_names::{FROM_POD, FROM_UPLINK, TO_POD, TO_UPLINK};
+use cni_ebpf_common::program_names::{
+    FROM_POD, FROM_TUNNEL, FROM_UPLINK, TO_POD, TO_TUNNEL, TO_UPLINK,
+};
 use serde::Serialize;
 
 use crate::{
@@ -18,7 +20,14 @@ use crate::{
 };
 
 /// The programs the datapath attaches as tc filters.
-pub const TC_PROGRAMS: [&str; 4] = [FROM_POD, FROM_UPLINK, TO_POD, TO_UPLINK];
+pub const TC_PROGRAMS: [&str; 6] = [
+    FROM_POD,
+    FROM_UPLINK,
+    TO_POD,
+    TO_UPLINK,
+    FROM_TUNNEL,
+    TO_TUNNEL,
+];
 
 /// Where one program is attached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -13,7 +13,8 @@ use aya::{
     sys::SyscallError,
 };
 use cni_ebpf_common::program_names::{
-    CONNECT4, FROM_POD, FROM_UPLINK, PACE_TCP, RECVMSG4, SENDMSG4, TO_POD, TO_UPLINK,
+    CONNECT4, FROM_POD, FROM_TUNNEL, FROM_UPLINK, PACE_TCP, RECVMSG4, SENDMSG4, TO_POD, TO_TUNNEL,
+    TO_UPLINK,
 };
 
 use crate::{
@@ -32,13 +33,15 @@ pub const BUILD_ID: &str = env!("CNI_EBPF_BUILD_ID");
 
 /// Every program of the object; `from_pod` last, so that its pin marks a
 /// complete load.
-const PROGRAMS: [&str; 8] = [
+const PROGRAMS: [&str; 10] = [
     CONNECT4,
     SENDMSG4,
     RECVMSG4,
     PACE_TCP,
     TO_POD,
     TO_UPLINK,
+    FROM_TUNNEL,
+    TO_TUNNEL,
     FROM_UPLINK,
     FROM_POD,
 ];
@@ -59,6 +62,8 @@ pub struct Datapath {
     from_uplink: Option<SchedClassifier>,
     to_pod: Option<SchedClassifier>,
     to_uplink: Option<SchedClassifier>,
+    from_tunnel: Option<SchedClassifier>,
+    to_tunnel: Option<SchedClassifier>,
 }
 
 impl Datapath {
@@ -96,6 +101,8 @@ impl Datapath {
             from_uplink: None,
             to_pod: None,
             to_uplink: None,
+            from_tunnel: None,
+            to_tunnel: None,
         }))
     }
 
@@ -117,6 +124,14 @@ impl Datapath {
 
     pub fn to_uplink(&mut self) -> Result<&mut SchedClassifier> {
         open_once(&self.layout, &mut self.to_uplink, TO_UPLINK)
+    }
+
+    pub fn from_tunnel(&mut self) -> Result<&mut SchedClassifier> {
+        open_once(&self.layout, &mut self.from_tunnel, FROM_TUNNEL)
+    }
+
+    pub fn to_tunnel(&mut self) -> Result<&mut SchedClassifier> {
+        open_once(&self.layout, &mut self.to_tunnel, TO_TUNNEL)
     }
 
     /// A socket hook of this build, opened from its pin.

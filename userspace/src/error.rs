@@ -51,6 +51,12 @@ pub enum DatapathError {
         #[source]
         source: aya::pin::PinError,
     },
+    #[error("{op}: {source}")]
+    Netlink {
+        op: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
     #[error("link {path}: {source}")]
     Link {
         path: PathBuf,

@@ -16,10 +16,12 @@ pub mod metrics;
 pub mod nat;
 pub mod node;
 pub mod paths;
+pub mod peers;
 pub mod rate;
 pub mod reconcile;
 pub mod stats;
 pub mod tc_filters;
+pub mod teardown;
 pub mod upgrade;
 
 pub use attach::{AttachMode, Attachment};

@@ -47,6 +47,10 @@ enum Command {
     Nat,
     /// Expire idle masqueraded flows once.
     Gc(cmd::gc::Timeouts),
+    /// Other nodes and how their pods are reached (natively or through the
+    /// VXLAN tunnel).
+    #[command(subcommand)]
+    Peers(cmd::peers::PeersCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,5 +66,6 @@ fn main() -> anyhow::Result<()> {
         Command::Stats => cmd::stats::run(&layout, cli.json),
         Command::Nat => cmd::nat::run(&layout, cli.json),
         Command::Gc(timeouts) => cmd::gc::run(&layout, &timeouts, cli.json),
+        Command::Peers(command) => cmd::peers::run(&layout, &command, cli.json),
     }
 }

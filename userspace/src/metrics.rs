@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use cni_ebpf_common::{MAX_ENDPOINTS, MAX_HOST_PORTS, MAX_NAT_FLOWS};
+use cni_ebpf_common::{MAX_ENDPOINTS, MAX_HOST_PORTS, MAX_NAT_FLOWS, MAX_NETFILTER_FLOWS};
 
 use crate::{
     BpffsLayout, EndpointMap, counters, error::Result, host_ports, nat, node, rate, stats,
@@ -114,11 +114,17 @@ pub fn render(layout: &BpffsLayout, agent: &AgentCounters) -> Result<String> {
     let nat_count = nat::flows(layout).map(|f| f.len()).unwrap_or(0);
     let ports = host_ports::published(layout).map(|p| p.len()).unwrap_or(0);
     let limits = rate::owners(layout).map(|o| o.len()).unwrap_or(0);
+    let netfilter_flows = node::netfilter_flows(layout).unwrap_or(0);
     for (map, entries, capacity) in [
         ("ENDPOINTS", endpoints.len(), u64::from(MAX_ENDPOINTS)),
         ("NAT", nat_count, u64::from(nat_limit.min(MAX_NAT_FLOWS))),
         ("HOST_PORTS", ports, u64::from(MAX_HOST_PORTS)),
         ("RATE_LIMITS", limits, u64::from(MAX_ENDPOINTS)),
+        (
+            "NETFILTER_FLOWS",
+            netfilter_flows,
+            u64::from(MAX_NETFILTER_FLOWS),
+        ),
     ] {
         let _ = writeln!(out, "cni_ebpf_map_entries{{map=\"{map}\"}} {entries}");
         let _ = writeln!(out, "cni_ebpf_map_capacity{{map=\"{map}\"}} {capacity}");

@@ -8,8 +8,9 @@ use std::{
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use cni_ebpf_common::{
-    IpKey, MAX_NAT_FLOWS, NODE_F_MASQUERADE, NODE_F_SERVICES, NodeConfig,
-    map_names::{NO_MASQ, NODE_ADDRS, NODE_CONFIG, SERVICES},
+    FlowKey, IpKey, MAX_NAT_FLOWS, NODE_F_MASQUERADE, NODE_F_SERVICES, NODE_F_UPLINK_GUARD,
+    NodeConfig,
+    map_names::{NETFILTER_FLOWS, NO_MASQ, NODE_ADDRS, NODE_CONFIG, SERVICES},
 };
 use ipnet::IpNet;
 
@@ -38,6 +39,9 @@ pub struct NodeSettings {
     /// Netfilter (kube-proxy) translates service addresses on this node:
     /// see the datapath's `netfilter` module.
     pub services: bool,
+    /// The uplink forwards only for pods and services (the node does not
+    /// forward otherwise): see `NODE_F_UPLINK_GUARD`.
+    pub uplink_guard: bool,
 }
 
 /// `SO_NETNS_COOKIE` of the calling thread's network namespace.
@@ -77,7 +81,12 @@ impl NodeSettings {
                 NODE_F_MASQUERADE
             } else {
                 0
-            } | if self.services { NODE_F_SERVICES } else { 0 },
+            } | if self.services { NODE_F_SERVICES } else { 0 }
+                | if self.uplink_guard {
+                    NODE_F_UPLINK_GUARD
+                } else {
+                    0
+                },
             nat_port_min: self.nat_ports.0,
             nat_port_max: self.nat_ports.1,
             nat_max_flows: self.nat_max_flows,
@@ -131,6 +140,13 @@ pub fn no_masquerade(layout: &BpffsLayout) -> Result<Vec<IpNet>> {
 /// The service CIDRs, for inspection.
 pub fn services(layout: &BpffsLayout) -> Result<Vec<IpNet>> {
     cidrs(layout, SERVICES)
+}
+
+/// How many flows netfilter translated the datapath sends back through the
+/// stack (`NETFILTER_FLOWS`, an LRU map).
+pub fn netfilter_flows(layout: &BpffsLayout) -> Result<usize> {
+    let map: HashMap<MapData, FlowKey, u8> = open_map(layout, NETFILTER_FLOWS)?;
+    Ok(map.keys().filter(|k| k.is_ok()).count())
 }
 
 fn cidrs(layout: &BpffsLayout, name: &'static str) -> Result<Vec<IpNet>> {

@@ -8,6 +8,8 @@
 //! <root>/links/<host-ifname>        the tcx link of one endpoint
 //! <root>/egress-links/<host-ifname> its egress link (pods with an ingress limit)
 //! <root>/uplinks/<ifname>           the tcx link of the node's uplink
+//! <root>/uplink-egress/<ifname>     its egress link (nodes with netfilter services)
+//! <root>/tunnel/<ifname>-<hook>     the tcx links of the VXLAN device
 //! <root>/cgroup/<hook>              the links of the socket hooks
 //! ```
 
@@ -22,7 +24,10 @@ use nix::{
     sys::statfs::statfs,
 };
 
-use crate::error::{DatapathError, Result};
+use crate::{
+    error::{DatapathError, Result},
+    tc_filters::Hook,
+};
 
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -111,14 +116,26 @@ impl BpffsLayout {
         self.uplink_egress_links_dir().join(ifname)
     }
 
+    pub fn tunnel_links_dir(&self) -> PathBuf {
+        self.root.join("tunnel")
+    }
+
+    /// The tcx link of `from_tunnel` (`Ingress`) or `to_tunnel` (`Egress`)
+    /// on the VXLAN device.
+    pub fn tunnel_link(&self, ifname: &str, hook: Hook) -> PathBuf {
+        self.tunnel_links_dir()
+            .join(format!("{ifname}-{}", hook.name()))
+    }
+
     /// Every directory holding pinned links, whose programs an upgrade
     /// replaces in place.
-    pub fn link_dirs(&self) -> [PathBuf; 5] {
+    pub fn link_dirs(&self) -> [PathBuf; 6] {
         [
             self.links_dir(),
             self.egress_links_dir(),
             self.uplinks_dir(),
             self.uplink_egress_links_dir(),
+            self.tunnel_links_dir(),
             self.cgroup_links_dir(),
         ]
     }

@@ -11,19 +11,20 @@ use std::{net::IpAddr, path::Path};
 use aya::programs::{SchedClassifier, TcAttachType};
 use cni_ebpf_common::{
     ENDPOINT_F_HOST_PORTS, ENDPOINT_F_RATE_LIMITED, Endpoint, NODE_F_SERVICES,
-    program_names::{FROM_POD, FROM_UPLINK, PACE_TCP, TO_POD, TO_UPLINK},
+    program_names::{FROM_POD, FROM_TUNNEL, FROM_UPLINK, PACE_TCP, TO_POD, TO_TUNNEL, TO_UPLINK},
 };
 
 use crate::{
     AttachMode, BpffsLayout, Datapath, EndpointMap,
     attach::{
         attach_from_pod, attach_from_uplink, attach_pacing, attach_socket_hooks, attach_to_pod,
-        attach_to_uplink, pacing_attached, socket_hooks_attached,
+        attach_to_uplink, attach_tunnel, pacing_attached, socket_hooks_attached,
     },
     attachments::{filters_on, interfaces},
     error::Result,
-    node, rate, stats,
+    node, peers, rate,
     tc_filters::Hook,
+    teardown,
 };
 
 /// What one reconciliation changed.
@@ -96,15 +97,15 @@ fn remove_vanished(layout: &BpffsLayout, interfaces: &[(u32, String)]) -> Result
     let mut done = Reconciled::default();
     let interface_exists = |ifindex: u32| interfaces.iter().any(|(i, _)| *i == ifindex);
     let interface_named = |name: &str| interfaces.iter().any(|(_, n)| n == name);
-    let mut endpoints = EndpointMap::open(layout)?;
-    for (ip, endpoint) in endpoints.entries()? {
-        if interface_exists(endpoint.ifindex) {
+    for endpoint in teardown::held(layout)?.values() {
+        let Some(ifindex) = endpoint.host_ifindex else {
+            continue;
+        };
+        if interface_exists(ifindex) {
             continue;
         }
-        endpoints.remove_owned(ip, endpoint.owner)?;
-        stats::remove(layout, endpoint.ifindex)?;
-        rate::remove(layout, endpoint.owner)?;
-        done.endpoints.push(ip);
+        teardown::remove(layout, endpoint)?;
+        done.endpoints.extend(&endpoint.ips);
     }
     for dir in [layout.links_dir(), layout.egress_links_dir()] {
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -125,7 +126,7 @@ fn remove_vanished(layout: &BpffsLayout, interfaces: &[(u32, String)]) -> Result
 /// Whether `program` runs on the device (`to_pod` and `to_uplink` on
 /// egress, the others on ingress), as a filter or a tcx link.
 fn attached(ifindex: u32, ifname: &str, program: &str) -> Result<bool> {
-    let (hook, tcx_hook) = if program == TO_POD || program == TO_UPLINK {
+    let (hook, tcx_hook) = if [TO_POD, TO_UPLINK, TO_TUNNEL].contains(&program) {
         (Hook::Egress, TcAttachType::Egress)
     } else {
         (Hook::Ingress, TcAttachType::Ingress)
@@ -172,7 +173,7 @@ fn reattach(
     let ingress_limited = rate::ingress_limited_owners(&layout)?;
     let config = node::read_config(&layout)?;
     let services = config.flags & NODE_F_SERVICES != 0;
-    // (host veth ifindex, whether its pod has an ingress limit).
+    // (host veth ifindex, whether it needs to_pod: an ingress limit, or services).
     let mut veths: Vec<(u32, bool)> = endpoints
         .iter()
         .map(|e| {
@@ -202,6 +203,13 @@ fn reattach(
         }
         wanted.push((uplink, ifname, FROM_UPLINK));
     }
+    let tunnel = peers::tunnel_ifindex(&layout)?;
+    if tunnel != 0
+        && let Some(ifname) = name_of(tunnel)
+    {
+        wanted.push((tunnel, ifname.clone(), FROM_TUNNEL));
+        wanted.push((tunnel, ifname, TO_TUNNEL));
+    }
     for (ifindex, ifname, program) in wanted {
         let result = attached(ifindex, &ifname, program).and_then(|present| {
             if present {
@@ -210,6 +218,14 @@ fn reattach(
             if program == FROM_UPLINK {
                 let mode = mode_of(&layout.uplink_link(&ifname));
                 attach_from_uplink(datapath, &ifname, mode)?;
+            } else if program == FROM_TUNNEL || program == TO_TUNNEL {
+                let hook = if program == FROM_TUNNEL {
+                    Hook::Ingress
+                } else {
+                    Hook::Egress
+                };
+                let mode = mode_of(&layout.tunnel_link(&ifname, hook));
+                attach_tunnel(datapath, &ifname, hook, mode)?;
             } else if program == TO_UPLINK {
                 let mode = mode_of(&layout.uplink_egress_link(&ifname));
                 attach_to_uplink(datapath, &ifname, mode)?;

@@ -6,9 +6,9 @@ use std::net::IpAddr;
 use cni_ebpf_common::{ENDPOINT_F_HOST_PORTS, ENDPOINT_F_RATE_LIMITED, Endpoint};
 use cni_ebpf_userspace::{
     AttachMode, EndpointMap,
-    attach::{attach_from_pod, attach_pacing, attach_socket_hooks, attach_to_pod, detach_from_pod},
+    attach::{attach_from_pod, attach_pacing, attach_socket_hooks, attach_to_pod},
     host_ports::PortMapping,
-    rate,
+    rate, teardown,
 };
 use ipnet::IpNet;
 
@@ -33,10 +33,8 @@ const DEFAULT_MTU: u32 = 1500;
 struct Progress {
     allocated: bool,
     host_ifname: Option<String>,
-    link_pinned: bool,
     endpoint_ips: Vec<IpAddr>,
     published: Vec<PortMapping>,
-    rate_limited: bool,
     stats_ifindex: Option<u32>,
 }
 
@@ -159,7 +157,6 @@ async fn add(
 
     let attachment = attach_from_pod(datapath, &host.name, req.attach_mode)
         .map_err(|e| datapath_error(&format!("attaching to {}", host.name), e))?;
-    progress.link_pinned = attachment.link_pin.is_some();
 
     cni_ebpf_userspace::stats::create(datapath.layout(), host_index)
         .map_err(|e| datapath_error("creating the endpoint's counters", e))?;
@@ -173,7 +170,6 @@ async fn add(
             req.bandwidth.ingress,
         )
         .map_err(|e| datapath_error("setting the bandwidth limits", e))?;
-        progress.rate_limited = true;
         if let Some(cgroup) = req.cgroup {
             // Node-wide and idempotent; the lock keeps two ADDs from both
             // attaching it.
@@ -415,33 +411,21 @@ fn attach_mode(conf: &NetConf) -> CniResult<AttachMode> {
 
 /// Undoes a failed ADD in reverse order; every step tolerates "not there".
 async fn undo(req: &Request<'_>, node: &Netlink, progress: &Progress) {
-    let owner = names::attachment_id(req.container_id, req.ifname);
     let layout = cni_ebpf_userspace::BpffsLayout::new(&req.conf.bpffs_root);
-    if !progress.published.is_empty()
-        && let Ok(_lock) = layout.lock()
+    let endpoint = teardown::Endpoint {
+        owner: names::attachment_id(req.container_id, req.ifname),
+        host_ifname: progress.host_ifname.clone(),
+        host_ifindex: progress.stats_ifindex,
+        ips: progress.endpoint_ips.clone(),
+        port_mappings: progress.published.clone(),
+    };
+    if let Err(e) = teardown::remove(&layout, &endpoint) {
+        log::warn!("undo: removing the endpoint from the datapath: {e}");
+    }
+    if let Some(host_ifname) = &progress.host_ifname
+        && let Err(e) = node.delete_link(host_ifname).await
     {
-        let _ = cni_ebpf_userspace::host_ports::unpublish(&layout, &progress.published, owner);
-    }
-    if progress.rate_limited {
-        let _ = rate::remove(&layout, owner);
-    }
-    if let Some(ifindex) = progress.stats_ifindex {
-        let _ = cni_ebpf_userspace::stats::remove(&layout, ifindex);
-    }
-    if !progress.endpoint_ips.is_empty()
-        && let Ok(mut endpoints) = EndpointMap::open(&layout)
-    {
-        for ip in &progress.endpoint_ips {
-            let _ = endpoints.remove_owned(*ip, owner);
-        }
-    }
-    if let Some(host_ifname) = &progress.host_ifname {
-        if progress.link_pinned {
-            let _ = detach_from_pod(&layout, host_ifname);
-        }
-        if let Err(e) = node.delete_link(host_ifname).await {
-            log::warn!("undo: deleting {host_ifname}: {e}");
-        }
+        log::warn!("undo: deleting {host_ifname}: {e}");
     }
     if progress.allocated
         && let Err(e) = req.ipam.del(req.conf, req.container_id, req.ifname)

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use cni_ebpf_userspace::{BpffsLayout, EndpointMap, attach::detach_from_pod};
+use cni_ebpf_userspace::{BpffsLayout, teardown};
 
 use super::{datapath_error, runtime};
 use crate::{
@@ -35,31 +35,6 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         let node = Netlink::connect()?;
         node.delete_link(&host_ifname).await
     })?;
-    detach_from_pod(&layout, &host_ifname).map_err(|e| datapath_error("unpinning the link", e))?;
-
-    if let Some(record) = &record
-        && !record.port_mappings.is_empty()
-        && layout.map(cni_ebpf_common::map_names::HOST_PORTS).exists()
-    {
-        let _lock = layout
-            .lock()
-            .map_err(|e| datapath_error("locking the datapath", e))?;
-        cni_ebpf_userspace::host_ports::unpublish(&layout, &record.port_mappings, owner)
-            .map_err(|e| datapath_error("removing host ports", e))?;
-    }
-
-    if let Some(record) = &record
-        && layout
-            .map(cni_ebpf_common::map_names::ENDPOINT_STATS)
-            .exists()
-    {
-        cni_ebpf_userspace::stats::remove(&layout, record.host_ifindex)
-            .map_err(|e| datapath_error("removing the endpoint's counters", e))?;
-    }
-    if layout.map(cni_ebpf_common::map_names::RATE_LIMITS).exists() {
-        cni_ebpf_userspace::rate::remove(&layout, owner)
-            .map_err(|e| datapath_error("removing the bandwidth limits", e))?;
-    }
 
     let held = ipam.held_by(container_id, ifname)?.unwrap_or_default();
     let mut ips: Vec<IpAddr> = record
@@ -69,24 +44,22 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         .collect();
     ips.sort();
     ips.dedup();
-    remove_endpoints(&layout, &ips, owner)?;
+    teardown::remove(
+        &layout,
+        &teardown::Endpoint {
+            owner,
+            host_ifname: Some(host_ifname),
+            host_ifindex: record.as_ref().map(|r| r.host_ifindex),
+            ips,
+            port_mappings: record
+                .as_ref()
+                .map(|r| r.port_mappings.clone())
+                .unwrap_or_default(),
+        },
+    )
+    .map_err(|e| datapath_error("removing the endpoint from the datapath", e))?;
 
     // The address is free for reuse only once nothing refers to it.
     ipam.del(conf, container_id, ifname)?;
     state.remove(container_id, ifname)
-}
-
-fn remove_endpoints(layout: &BpffsLayout, ips: &[IpAddr], owner: u64) -> CniResult<()> {
-    if ips.is_empty() || !layout.map(cni_ebpf_common::map_names::ENDPOINTS).exists() {
-        // Nothing was ever loaded on this node, so nothing refers to the pod.
-        return Ok(());
-    }
-    let mut endpoints =
-        EndpointMap::open(layout).map_err(|e| datapath_error("opening the endpoints map", e))?;
-    for ip in ips {
-        endpoints
-            .remove_owned(*ip, owner)
-            .map_err(|e| datapath_error(&format!("removing endpoint {ip}"), e))?;
-    }
-    Ok(())
 }

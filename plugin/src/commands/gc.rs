@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use cni_ebpf_userspace::{BpffsLayout, EndpointMap, attach::detach_from_pod};
+use cni_ebpf_userspace::{BpffsLayout, attach::detach_from_pod, teardown};
 use serde_json::Value;
 
 use super::{datapath_error, runtime};
@@ -57,9 +57,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
             detach_from_pod(&layout, &pin).map_err(|e| datapath_error("unpinning a link", e))?;
         }
     }
-    remove_orphan_endpoints(&layout, &live)?;
-    remove_orphan_host_ports(&layout, &live)?;
-    remove_orphan_rate_limits(&layout, &live)?;
+    remove_orphans(&layout, &live)?;
     remove_orphan_stats(&layout, &live)?;
     for record in &stale {
         state.remove(&record.container_id, &record.ifname)?;
@@ -110,23 +108,14 @@ fn pinned_links(layout: &BpffsLayout) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Endpoint entries whose owner is no live attachment.
-fn remove_orphan_endpoints(layout: &BpffsLayout, live: &[AttachmentRecord]) -> CniResult<()> {
-    if !layout.map(cni_ebpf_common::map_names::ENDPOINTS).exists() {
-        return Ok(());
-    }
+/// Whatever the maps hold for an owner that is no live attachment:
+/// endpoint entries, host ports, bandwidth limits.
+fn remove_orphans(layout: &BpffsLayout, live: &[AttachmentRecord]) -> CniResult<()> {
     let owners: HashSet<u64> = live.iter().map(|r| r.owner).collect();
-    let mut endpoints =
-        EndpointMap::open(layout).map_err(|e| datapath_error("opening the endpoints map", e))?;
-    let entries = endpoints
-        .entries()
-        .map_err(|e| datapath_error("reading the endpoints map", e))?;
-    for (ip, endpoint) in entries {
-        if !owners.contains(&endpoint.owner) {
-            endpoints
-                .remove_owned(ip, endpoint.owner)
-                .map_err(|e| datapath_error(&format!("removing endpoint {ip}"), e))?;
-        }
+    let held = teardown::held(layout).map_err(|e| datapath_error("reading the maps", e))?;
+    for endpoint in held.values().filter(|e| !owners.contains(&e.owner)) {
+        teardown::remove(layout, endpoint)
+            .map_err(|e| datapath_error("removing an orphaned endpoint", e))?;
     }
     Ok(())
 }
@@ -145,41 +134,6 @@ fn remove_orphan_stats(layout: &BpffsLayout, live: &[AttachmentRecord]) -> CniRe
     for (ifindex, _) in present.into_iter().filter(|(i, _)| !live.contains(i)) {
         cni_ebpf_userspace::stats::remove(layout, ifindex)
             .map_err(|e| datapath_error("removing endpoint counters", e))?;
-    }
-    Ok(())
-}
-
-/// Bandwidth limits whose owner is no live attachment.
-fn remove_orphan_rate_limits(layout: &BpffsLayout, live: &[AttachmentRecord]) -> CniResult<()> {
-    if !layout.map(cni_ebpf_common::map_names::RATE_LIMITS).exists() {
-        return Ok(());
-    }
-    let owners: HashSet<u64> = live.iter().map(|r| r.owner).collect();
-    let present = cni_ebpf_userspace::rate::owners(layout)
-        .map_err(|e| datapath_error("reading the bandwidth limits", e))?;
-    for owner in present.into_iter().filter(|o| !owners.contains(o)) {
-        cni_ebpf_userspace::rate::remove(layout, owner)
-            .map_err(|e| datapath_error("removing a bandwidth limit", e))?;
-    }
-    Ok(())
-}
-
-/// Host ports whose owner is no live attachment.
-fn remove_orphan_host_ports(layout: &BpffsLayout, live: &[AttachmentRecord]) -> CniResult<()> {
-    if !layout.map(cni_ebpf_common::map_names::HOST_PORTS).exists() {
-        return Ok(());
-    }
-    let owners: HashSet<u64> = live.iter().map(|r| r.owner).collect();
-    let _lock = layout
-        .lock()
-        .map_err(|e| datapath_error("locking the datapath", e))?;
-    let published = cni_ebpf_userspace::host_ports::published(layout)
-        .map_err(|e| datapath_error("reading the host ports", e))?;
-    for (mapping, owner) in published {
-        if !owners.contains(&owner) {
-            cni_ebpf_userspace::host_ports::unpublish(layout, &[mapping], owner)
-                .map_err(|e| datapath_error("removing a host port", e))?;
-        }
     }
     Ok(())
 }

@@ -113,6 +113,28 @@ fn agent_removes_the_state_of_a_pod_interface_that_vanished() {
 }
 
 #[test]
+fn agent_unpublishes_the_host_ports_of_a_pod_interface_that_vanished() {
+    let hp = HostPortNode::new();
+    let gone = hp.add_pod(&[HostPort::tcp(30090, 80)]);
+    let host_ifname = gone.host_ifname();
+    hp.node.netns().ip(&["link", "del", &host_ifname]);
+    // The port stays taken until something notices.
+    let refused = Pod::add(&hp.node, hp.conf(&[HostPort::tcp(30090, 80)]))
+        .err()
+        .expect("a second pod got a port the first still holds");
+    refused.expect_error("ADD of a port still held", 111);
+
+    let agent = Agent::start(&hp.node, &["--gc-interval", "1"]);
+    agent
+        .wait_for_line(NOTICE, |l| l.contains("reconciled:"))
+        .expect("no reconcile report");
+    let portmaps = hp.node.agent("portmaps", &["--json"]);
+    assert!(!portmaps.contains("30090"), "{portmaps}");
+    drop(agent);
+    let _newcomer = hp.add_pod(&[HostPort::tcp(30090, 80)]);
+}
+
+#[test]
 fn agent_reattaches_programs_detached_behind_its_back() {
     let hp = HostPortNode::new();
     let node = &hp.node;
@@ -386,8 +408,8 @@ fn cli_tables_and_json_reflect_the_pods_on_the_node() {
     let drops = json(node, "drops");
     assert_eq!(
         drops.as_array().unwrap().len(),
-        22,
-        "11 reasons x 2 directions"
+        24,
+        "12 reasons x 2 directions"
     );
     let spoofed = drops
         .as_array()

@@ -5,6 +5,14 @@
 //! `bridge` plugin with the same rules, prints both columns, asserts that
 //! cni-ebpf passes every case and that bridge does what it is known to do.
 //!
+//! What bridge does, measured: everything but hairpin passes (its bridge
+//! ports have no hairpin mode). Replies between two pods of its bridge meet
+//! conntrack only because `br_netfilter` is built in and
+//! `bridge-nf-call-iptables` is 1 in every new namespace here. With
+//! `isGateway` it turns `net.ipv4.ip_forward` on itself at ADD, so on the
+//! `ip_forward=0` node kind it is a forwarding node again: its column is
+//! recorded there, not asserted.
+//!
 //! Topology of one node (either plugin):
 //!
 //! ```text
@@ -80,7 +88,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(3);
 const UDP_TRIES: u32 = 3;
 const UDP_WAIT: Duration = Duration::from_millis(700);
 const BYTES: u64 = 64 << 10;
-const FAST_PATH_BYTES: u64 = 256 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Plugin {
@@ -454,9 +461,20 @@ fn run_cases(site: &Site, mode: Mode) -> Vec<Outcome> {
         },
     );
     record(
-        "closed connection's conntrack entry, same client port again",
+        "tcp: closed connection's conntrack entry, same client port again",
         reused_client_port(c, client.ip(), server.ip(), &b.server_tcp),
     );
+    record(
+        CONCURRENT_CLIENT_PORT,
+        concurrent_client_port(c, client.ip(), server.ip(), &b.server_tcp),
+    );
+    record(
+        "udp: live conntrack entry of a ClusterIP flow, same port direct",
+        reused_udp_client_port(c, client.ip(), server.ip(), &b.server_udp),
+    );
+    if site.plugin == Plugin::CniEbpf {
+        outcomes.extend(fast_path_cases(site, &client, &server, b));
+    }
     outcomes
 }
 
@@ -474,17 +492,7 @@ fn reused_client_port(
     // client keeps in TIME_WAIT: the pod allows its reuse, as a busy
     // client would, once a second has passed (timestamps decide).
     from.set_sysctl("net.ipv4.tcp_tw_reuse", "1");
-    let local = from
-        .run(|| -> io::Result<SocketAddrV4> {
-            let probe = UdpSocket::bind((client_ip, 0))?;
-            match probe.local_addr()? {
-                SocketAddr::V4(addr) => {
-                    Ok(SocketAddrV4::new(client_ip, 40_000 + addr.port() % 20_000))
-                }
-                SocketAddr::V6(_) => unreachable!(),
-            }
-        })
-        .map_err(|e| format!("picking a client port: {e}"))?;
+    let local = SocketAddrV4::new(client_ip, client_port(from, client_ip)?);
     let service = SocketAddrV4::new(WEB_IP, WEB_PORT);
     let direct = SocketAddrV4::new(server_ip, BACKEND_TCP_PORT);
     let steps = [
@@ -507,6 +515,80 @@ fn reused_client_port(
         seen.push(format!("{what} seen as {}", round.seen_as));
     }
     Ok(seen.join("; "))
+}
+
+/// A connection through the ClusterIP stays open while the same client
+/// port connects directly to its backend: the direct connection's replies
+/// (backend -> client port) match the reply tuple of the live DNATed one,
+/// and must still reach the client from the backend's own address.
+fn concurrent_client_port(
+    from: &Netns,
+    client_ip: Ipv4Addr,
+    server_ip: Ipv4Addr,
+    server: &PeerServer,
+) -> Result<String, String> {
+    let local = SocketAddrV4::new(client_ip, client_port(from, client_ip)?);
+    let service = SocketAddrV4::new(WEB_IP, WEB_PORT);
+    let direct = SocketAddrV4::new(server_ip, BACKEND_TCP_PORT);
+    let served_before = server.conns().len();
+    let detail = from.run(|| -> Result<String, String> {
+        let (held, first) =
+            tcp_open(Some(local), service).map_err(|e| format!("via the ClusterIP: {e}"))?;
+        let second = tcp_round(Some(local), direct)
+            .map_err(|e| format!("directly while the ClusterIP one is open: {e}"))?;
+        tcp_finish(&held, 1).map_err(|e| format!("finishing the ClusterIP one: {e}"))?;
+        Ok(format!(
+            "via the ClusterIP seen as {}; directly seen as {}",
+            first.seen_as, second.seen_as
+        ))
+    })?;
+    if server.conns().len() < served_before + 2 {
+        return Err(format!("another server answered: {detail}"));
+    }
+    Ok(detail)
+}
+
+/// The same for UDP: through the DNS ClusterIP, directly to its backend,
+/// through the ClusterIP again, one client port, a socket each. The
+/// ClusterIP flow's conntrack entry is still live when the direct flow
+/// starts, and its reply tuple (backend -> client port) is the direct
+/// flow's: the direct answers must still come from the backend itself.
+fn reused_udp_client_port(
+    from: &Netns,
+    client_ip: Ipv4Addr,
+    server_ip: Ipv4Addr,
+    server: &UdpEcho,
+) -> Result<String, String> {
+    let local = SocketAddrV4::new(client_ip, client_port(from, client_ip)?);
+    let service = SocketAddrV4::new(DNS_IP, DNS_PORT);
+    let direct = SocketAddrV4::new(server_ip, BACKEND_UDP_PORT);
+    let steps = [
+        ("via the ClusterIP", service),
+        ("directly", direct),
+        ("via the ClusterIP again", service),
+    ];
+    let mut seen = Vec::new();
+    for (what, target) in steps {
+        let served_before = server.seen().len();
+        let seen_as = from
+            .run(|| udp_round(Some(local), target))
+            .map_err(|e| format!("{what} ({target}) from {local}: {e}"))?;
+        if server.seen().len() <= served_before {
+            return Err(format!("{what}: another server answered"));
+        }
+        seen.push(format!("{what} seen as {seen_as}"));
+    }
+    Ok(seen.join("; "))
+}
+
+/// A port for a client that binds one explicitly: below the ephemeral
+/// range (32768 and up), so no earlier case's connection holds it.
+fn client_port(from: &Netns, client_ip: Ipv4Addr) -> Result<u16, String> {
+    from.run(|| -> io::Result<u16> {
+        let probe = UdpSocket::bind((client_ip, 0))?;
+        Ok(20_000 + probe.local_addr()?.port() % 10_000)
+    })
+    .map_err(|e| format!("picking a client port: {e}"))
 }
 
 /// What one TCP round saw.
@@ -548,6 +630,16 @@ fn tcp_case(
 /// sends [`BYTES`] and checks what the server got. Call it in the client's
 /// namespace.
 fn tcp_round(local: Option<SocketAddrV4>, target: SocketAddrV4) -> Result<Round, String> {
+    let (stream, round) = tcp_open(local, target)?;
+    tcp_finish(&stream, u64::from(target.port()))?;
+    Ok(round)
+}
+
+/// Connects and reads the greeting; the connection stays open.
+fn tcp_open(
+    local: Option<SocketAddrV4>,
+    target: SocketAddrV4,
+) -> Result<(TcpStream, Round), String> {
     let stream = connect(local, target).map_err(|e| format!("connect: {e}"))?;
     let peer = stream.peer_addr().map_err(|e| format!("peer_addr: {e}"))?;
     if peer != SocketAddr::V4(target) {
@@ -560,22 +652,29 @@ fn tcp_round(local: Option<SocketAddrV4>, target: SocketAddrV4) -> Result<Round,
     let seen_as: SocketAddr = greeting
         .parse()
         .map_err(|e| format!("greeting {greeting:?}: {e}"))?;
+    Ok((stream, Round { seen_as }))
+}
+
+/// Sends [`BYTES`] seeded with `seed`, closes the sending side and checks
+/// the server's summary.
+fn tcp_finish(stream: &TcpStream, seed: u64) -> Result<(), String> {
     let mut data = vec![0u8; BYTES as usize];
-    ByteStream::new(u64::from(target.port())).fill(&mut data);
+    ByteStream::new(seed).fill(&mut data);
     let mut hash = Fnv64::default();
     hash.update(&data);
-    (&stream)
+    let mut writer = stream;
+    writer
         .write_all(&data)
         .map_err(|e| format!("sending: {e}"))?;
     stream
         .shutdown(Shutdown::Write)
         .map_err(|e| format!("shutdown: {e}"))?;
-    let summary = read_line(&stream).map_err(|e| format!("reading the summary: {e}"))?;
+    let summary = read_line(stream).map_err(|e| format!("reading the summary: {e}"))?;
     let want = format!("{BYTES} {:016x}", hash.finish());
     if summary != want {
         return Err(format!("the server got {summary:?}, sent {want:?}"));
     }
-    Ok(Round { seen_as })
+    Ok(())
 }
 
 /// A TCP socket with `SO_REUSEADDR`, bound to `local` if given, connected
@@ -635,7 +734,7 @@ fn udp_case(
     source: Option<Ipv4Addr>,
 ) -> Result<String, String> {
     let served_before = server.seen().len();
-    let seen_as = from.run(|| udp_round(target))?;
+    let seen_as = from.run(|| udp_round(None, target))?;
     if server.seen().len() <= served_before {
         return Err(format!("answered by another server than {}", server.addr()));
     }
@@ -647,8 +746,11 @@ fn udp_case(
     Ok(format!("seen as {seen_as}"))
 }
 
-fn udp_round(target: SocketAddrV4) -> Result<SocketAddr, String> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| format!("bind: {e}"))?;
+/// Datagrams from `local` (or any port) to `target` until one is answered:
+/// the address the server saw. Call it in the client's namespace.
+fn udp_round(local: Option<SocketAddrV4>, target: SocketAddrV4) -> Result<SocketAddr, String> {
+    let local = local.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    let socket = UdpSocket::bind(local).map_err(|e| format!("bind {local}: {e}"))?;
     socket
         .set_read_timeout(Some(UDP_WAIT))
         .map_err(|e| e.to_string())?;
@@ -685,6 +787,15 @@ fn udp_round(target: SocketAddrV4) -> Result<SocketAddr, String> {
     Err(format!("no answer to {UDP_TRIES} datagrams"))
 }
 
+/// With netfilter alone the direct connection's conntrack entry clashes
+/// with the live DNATed one (same reply tuple) and NAT gives it another
+/// source port, so the backend sees two connections. A datapath that
+/// carried the direct connection itself would hand the backend a SYN on
+/// the 4-tuple of its established connection and reset the ClusterIP one
+/// (cni-ebpf did, at 505a8b5; it now sends such a clash to netfilter). It
+/// takes a client that binds one port for two connections at once.
+const CONCURRENT_CLIENT_PORT: &str = "tcp: ClusterIP connection open, same client port direct";
+
 /// Cases bridge is known to fail on a forwarding node: its bridge ports
 /// have no hairpin mode, so a packet DNATed back to its sender's port is
 /// not sent out of it.
@@ -707,6 +818,32 @@ fn report(site: &Site, mode: Mode, forwarding: Forwarding, outcomes: &[Outcome])
     }
 }
 
+/// One line per case: bridge's result next to cni-ebpf's.
+fn side_by_side(mode: Mode, forwarding: Forwarding, bridge: &[Outcome], ebpf: &[Outcome]) {
+    let mark = |outcome: Option<&Outcome>| match outcome {
+        None => "-",
+        Some(o) if o.result.is_ok() => "pass",
+        Some(_) => "FAIL",
+    };
+    eprintln!(
+        "[services] kube-proxy {mode}, node ip_forward={}: {:<62} {:>6} {:>9}",
+        forwarding.sysctl(),
+        "case",
+        "bridge",
+        "cni-ebpf"
+    );
+    for outcome in ebpf {
+        let theirs = bridge.iter().find(|o| o.case == outcome.case);
+        eprintln!(
+            "[services] kube-proxy {mode}, node ip_forward={}: {:<62} {:>6} {:>9}",
+            forwarding.sysctl(),
+            outcome.case,
+            mark(theirs),
+            mark(Some(outcome))
+        );
+    }
+}
+
 fn failures(outcomes: &[Outcome], ignore: impl Fn(&str) -> bool) -> Vec<String> {
     outcomes
         .iter()
@@ -715,42 +852,57 @@ fn failures(outcomes: &[Outcome], ignore: impl Fn(&str) -> bool) -> Vec<String> 
         .collect()
 }
 
-/// Plain pod-to-pod traffic on the node, with the rules loaded, still
-/// takes the BPF fast path (delivered straight into the pod).
-fn fast_path_kept(site: &Site) -> Result<String, String> {
-    let client = site.add_pod();
-    let server = site.add_pod();
-    let listener = PeerServer::start(
-        server.netns(),
-        SocketAddrV4::new(server.ip(), BACKEND_TCP_PORT),
-    )
-    .map_err(|e| format!("server: {e}"))?;
-    let before = site.node.verdict_bytes("local-delivery");
-    let target = SocketAddrV4::new(server.ip(), BACKEND_TCP_PORT);
-    client.netns().run(|| -> Result<(), String> {
-        let mut stream = connect(None, target).map_err(|e| format!("connect: {e}"))?;
-        stream
-            .set_read_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        read_line(&stream).map_err(|e| format!("greeting: {e}"))?;
-        let data = vec![7u8; FAST_PATH_BYTES as usize];
-        stream
-            .write_all(&data)
-            .map_err(|e| format!("sending: {e}"))?;
-        stream
-            .shutdown(Shutdown::Write)
-            .map_err(|e| e.to_string())?;
-        read_line(&stream).map_err(|e| format!("summary: {e}"))?;
-        Ok(())
-    })?;
-    drop(listener);
-    let delivered = site.node.verdict_bytes("local-delivery") - before;
-    if delivered < FAST_PATH_BYTES {
-        return Err(format!(
-            "{delivered} bytes counted as local-delivery for a {FAST_PATH_BYTES}-byte pod -> pod stream"
-        ));
-    }
-    Ok(format!("{delivered} bytes delivered by BPF"))
+/// Traffic that needs no netfilter keeps the BPF fast path on a cni-ebpf
+/// node with the rules loaded: pod -> pod on the node is delivered
+/// straight into the pod, pod -> pod off the node is forwarded out of the
+/// uplink, pod -> outside is masqueraded by BPF (a new NAT flow).
+fn fast_path_cases(
+    site: &Site,
+    client: &TestPod<'_>,
+    server: &TestPod<'_>,
+    b: &Backends,
+) -> Vec<Outcome> {
+    let node = &site.node;
+    let c = client.netns();
+    let on_node = SocketAddrV4::new(server.ip(), BACKEND_TCP_PORT);
+    let off_node = SocketAddrV4::new(REMOTE_POD, BACKEND_TCP_PORT);
+    let outside = SocketAddrV4::new(site.peer.ext_ip, API_SERVER_PORT);
+    let counted =
+        |verdict: &str, target: SocketAddrV4, server: &PeerServer, source: Option<Ipv4Addr>| {
+            let before = node.verdict_bytes(verdict);
+            let detail = tcp_case(c, target, server, source)?;
+            let counted = node.verdict_bytes(verdict) - before;
+            if counted < BYTES {
+                return Err(format!(
+                    "only {counted} bytes counted as {verdict} for a {BYTES}-byte stream ({detail})"
+                ));
+            }
+            Ok(format!("{counted} bytes {verdict}, {detail}"))
+        };
+    let new_flows = node.verdict_packets("nat-new-flow");
+    let outside_result =
+        tcp_case(c, outside, &b.api_server, Some(site.peer.node_ip)).and_then(|detail| {
+            let flows = node.verdict_packets("nat-new-flow") - new_flows;
+            if flows == 0 {
+                Err(format!("no new BPF NAT flow ({detail})"))
+            } else {
+                Ok(format!("{flows} new BPF NAT flow(s), {detail}"))
+            }
+        });
+    vec![
+        Outcome {
+            case: "fast path: pod -> pod on the node (local-delivery)",
+            result: counted("local-delivery", on_node, &b.server_tcp, Some(client.ip())),
+        },
+        Outcome {
+            case: "fast path: pod -> pod off the node (forwarded)",
+            result: counted("forwarded", off_node, &b.remote_tcp, Some(client.ip())),
+        },
+        Outcome {
+            case: "fast path: pod -> outside, BPF masquerade",
+            result: outside_result,
+        },
+    ]
 }
 
 /// Runs the cases on a cni-ebpf node and a bridge node of one kind, with
@@ -763,40 +915,44 @@ fn services_work(mode: Mode, forwarding: Forwarding) {
     drop(bridge_site);
 
     let ebpf_site = Site::new(Plugin::CniEbpf, forwarding);
-    let mut ebpf = run_cases(&ebpf_site, mode);
-    ebpf.push(Outcome {
-        case: "pod -> pod on the node keeps the BPF fast path",
-        result: fast_path_kept(&ebpf_site),
-    });
+    let ebpf = run_cases(&ebpf_site, mode);
     report(&ebpf_site, mode, forwarding, &ebpf);
 
+    side_by_side(mode, forwarding, &bridge, &ebpf);
+
+    // One panic naming every unexpected case, cni-ebpf's first.
+    let mut problems = Vec::new();
     let ebpf_failures = failures(&ebpf, |_| false);
+    if !ebpf_failures.is_empty() {
+        problems.push(format!(
+            "cni-ebpf failed {} of {} service cases (kube-proxy {mode}, ip_forward={}):\n  {}",
+            ebpf_failures.len(),
+            ebpf.len(),
+            forwarding.sysctl(),
+            ebpf_failures.join("\n  ")
+        ));
+    }
     if forwarding == Forwarding::On {
         let bridge_failures = failures(&bridge, bridge_known_failure);
-        assert!(
-            bridge_failures.is_empty(),
-            "the reference bridge plugin failed cases it passes on a forwarding node \
-             (kube-proxy {mode}):\n  {}",
-            bridge_failures.join("\n  ")
-        );
-        let hairpin_passed: Vec<&str> = bridge
+        if !bridge_failures.is_empty() {
+            problems.push(format!(
+                "the reference bridge plugin failed cases it passes on a forwarding node \
+                 (kube-proxy {mode}):\n  {}",
+                bridge_failures.join("\n  ")
+            ));
+        }
+        let unexpected: Vec<&str> = bridge
             .iter()
             .filter(|o| bridge_known_failure(o.case) && o.result.is_ok())
             .map(|o| o.case)
             .collect();
-        assert!(
-            hairpin_passed.is_empty(),
-            "bridge passed {hairpin_passed:?}: update what it is known to do"
-        );
+        if !unexpected.is_empty() {
+            problems.push(format!(
+                "bridge passed {unexpected:?}: update what it is known to do"
+            ));
+        }
     }
-    assert!(
-        ebpf_failures.is_empty(),
-        "cni-ebpf failed {} of {} service cases (kube-proxy {mode}, ip_forward={}):\n  {}",
-        ebpf_failures.len(),
-        ebpf.len(),
-        forwarding.sysctl(),
-        ebpf_failures.join("\n  ")
-    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]

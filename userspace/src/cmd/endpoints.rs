@@ -26,6 +26,9 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
                     "podMac": format_mac(&ep.pod_mac),
                     "hostMac": format_mac(&ep.host_mac),
                     "owner": format!("{:016x}", ep.owner),
+                    // Netfilter translated a flow of this pod: its packets
+                    // are checked against NETFILTER_FLOWS.
+                    "netfilterFlows": ep.flags & cni_ebpf_common::ENDPOINT_F_NETFILTER_FLOWS != 0,
                     "fromPod": {"packets": traffic_of(ep.ifindex).from_pod.packets, "bytes": traffic_of(ep.ifindex).from_pod.bytes},
                     "toPod": {"packets": traffic_of(ep.ifindex).to_pod.packets, "bytes": traffic_of(ep.ifindex).to_pod.bytes},
                 })

@@ -3,6 +3,7 @@ pub mod endpoints;
 pub mod gc;
 pub mod load;
 pub mod nat;
+pub mod peers;
 pub mod portmaps;
 pub mod run;
 pub mod stats;

@@ -1,0 +1,318 @@
+//! Other nodes and how their pods are reached: natively, by a route to the
+//! peer's pod CIDR via its underlay address (the node's routing table, which
+//! the datapath's `bpf_redirect_neigh` follows), or through the node's
+//! collect-metadata VXLAN device (a `PEERS` entry that `from_pod` and
+//! `to_tunnel` key packets with, plus a route over the device for the
+//! node's own traffic). The agent programs these from the cluster datastore;
+//! `cni-ebpfd peer` does it by hand.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
+use cni_ebpf_common::{
+    IpKey, PEER_F_TUNNEL, Peer as PeerEntry, TunnelConfig,
+    map_names::{PEERS, TUNNEL},
+    program_names::{FROM_TUNNEL, TO_TUNNEL},
+};
+use futures::TryStreamExt as _;
+use ipnet::IpNet;
+use netlink_packet_route::link::LinkFlags;
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+
+use crate::{
+    AttachMode, Datapath,
+    attach::attach_tunnel,
+    attachments::filters_on,
+    error::{DatapathError, Result, key_missing, map_error, open_map},
+    paths::BpffsLayout,
+    tc_filters::Hook,
+};
+
+/// The VXLAN device every node names the same.
+pub const TUNNEL_DEVICE: &str = "cnie-vxlan";
+/// VXLAN and outer IPv4/UDP/Ethernet headers: pods' MTU is the underlay's
+/// minus this.
+pub const TUNNEL_OVERHEAD: u32 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerMode {
+    Native,
+    Vxlan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Peer {
+    pub pod_cidr: IpNet,
+    pub underlay: IpAddr,
+    pub mode: PeerMode,
+}
+
+/// The node's side of the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelSettings {
+    pub vni: u32,
+    /// UDP port of VXLAN (IANA: 4789; flannel and Linux's default: 8472).
+    pub port: u16,
+    /// This node's underlay address (outer source).
+    pub local: Ipv4Addr,
+    pub underlay_ifname: String,
+    /// The device's MTU: the underlay's minus [`TUNNEL_OVERHEAD`].
+    pub mtu: u32,
+    /// An address of the node's own pod CIDR put on the device: the source
+    /// of the node's own packets to other nodes' pods, so that their answers
+    /// come back through the tunnel too.
+    pub address: Option<Ipv4Addr>,
+}
+
+fn netlink_error(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> DatapathError {
+    let op = op.into();
+    move |source| DatapathError::Netlink { op, source }
+}
+
+fn connect() -> Result<Handle> {
+    let (connection, handle, _) = rtnetlink::new_connection()
+        .map_err(|e| DatapathError::io("netlink socket", "rtnetlink", e))?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+fn lpm_key(net: &IpNet) -> Key<[u8; 16]> {
+    let net = net.trunc();
+    let prefix = match net {
+        IpNet::V4(v4) => 96 + u32::from(v4.prefix_len()),
+        IpNet::V6(v6) => u32::from(v6.prefix_len()),
+    };
+    Key::new(prefix, IpKey::from_ip(net.addr()).addr)
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(link) => Ok(link.map(|l| l.header.index)),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(netlink_error(format!("looking up {name}"))(e)),
+    }
+}
+
+/// Creates the node's VXLAN device (collect-metadata, no ARP, no learning)
+/// if it is missing, attaches `from_tunnel`/`to_tunnel` to it and records
+/// it in `TUNNEL`. Idempotent; runs in the node's network namespace inside
+/// a tokio runtime.
+pub async fn ensure_tunnel(layout: &BpffsLayout, tunnel: &TunnelSettings) -> Result<()> {
+    let mut datapath = Datapath::open_or_load(layout.clone())?;
+    let handle = connect()?;
+    let underlay = link_index(&handle, &tunnel.underlay_ifname)
+        .await?
+        .ok_or_else(|| {
+            DatapathError::io(
+                "find the underlay device",
+                tunnel.underlay_ifname.as_str(),
+                std::io::ErrorKind::NotFound.into(),
+            )
+        })?;
+    let index = match link_index(&handle, TUNNEL_DEVICE).await? {
+        Some(index) => index,
+        None => {
+            // A collect-metadata device carries no VNI of its own: its
+            // socket looks every packet up under VNI 0 (the key holds it).
+            let message = LinkVxlan::new(TUNNEL_DEVICE, 0)
+                .collect_metadata(true)
+                .port(tunnel.port)
+                .dev(underlay)
+                .learning(false)
+                .mtu(tunnel.mtu)
+                .build();
+            handle
+                .link()
+                .add(message)
+                .execute()
+                .await
+                .map_err(netlink_error(format!("creating {TUNNEL_DEVICE}")))?;
+            let index = link_index(&handle, TUNNEL_DEVICE).await?.ok_or_else(|| {
+                DatapathError::io(
+                    "find the tunnel device",
+                    TUNNEL_DEVICE,
+                    std::io::ErrorKind::NotFound.into(),
+                )
+            })?;
+            // No neighbour resolution over the device: the datapath keys
+            // every packet with the peer's address itself.
+            let mut message = LinkUnspec::new_with_index(index).up().build();
+            message.header.flags |= LinkFlags::Noarp;
+            message.header.change_mask |= LinkFlags::Noarp;
+            handle
+                .link()
+                .set(message)
+                .execute()
+                .await
+                .map_err(netlink_error(format!("bringing {TUNNEL_DEVICE} up")))?;
+            index
+        }
+    };
+    if let Some(address) = tunnel.address {
+        match handle
+            .address()
+            .add(index, IpAddr::V4(address), 32)
+            .execute()
+            .await
+        {
+            Ok(()) => {}
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+            Err(e) => {
+                return Err(netlink_error(format!(
+                    "adding {address} to {TUNNEL_DEVICE}"
+                ))(e));
+            }
+        }
+    }
+    // Replies of service flows whose endpoint is behind the tunnel arrive
+    // here and are forwarded by the stack after conntrack (the forwarding
+    // check is on the input device); `from_tunnel` lets nothing else
+    // through to be routed on.
+    let forwarding = format!("/proc/sys/net/ipv4/conf/{TUNNEL_DEVICE}/forwarding");
+    std::fs::write(&forwarding, "1").map_err(|e| DatapathError::io("write", forwarding, e))?;
+    for (hook, program) in [(Hook::Ingress, FROM_TUNNEL), (Hook::Egress, TO_TUNNEL)] {
+        let attached = filters_on(index, TUNNEL_DEVICE, hook)?
+            .iter()
+            .any(|f| f.program == program);
+        if !attached {
+            attach_tunnel(&mut datapath, TUNNEL_DEVICE, hook, AttachMode::Clsact)?;
+        }
+    }
+    let mut map: Array<MapData, TunnelConfig> = open_map(datapath.layout(), TUNNEL)?;
+    map.set(
+        0,
+        TunnelConfig {
+            ifindex: index,
+            vni: tunnel.vni,
+        },
+        0,
+    )
+    .map_err(map_error(TUNNEL))
+}
+
+/// The VXLAN device's ifindex, 0 when the node has none.
+pub fn tunnel_ifindex(layout: &BpffsLayout) -> Result<u32> {
+    let map: Array<MapData, TunnelConfig> = open_map(layout, TUNNEL)?;
+    Ok(map.get(&0, 0).map_err(map_error(TUNNEL))?.ifindex)
+}
+
+/// Programs how `peer`'s pods are reached; idempotent (a peer that changes
+/// mode is reprogrammed).
+pub async fn apply(layout: &BpffsLayout, peer: &Peer) -> Result<()> {
+    let handle = connect()?;
+    let mut map: LpmTrie<MapData, [u8; 16], PeerEntry> = open_map(layout, PEERS)?;
+    let entry = PeerEntry {
+        underlay: IpKey::from_ip(peer.underlay).addr,
+        flags: match peer.mode {
+            PeerMode::Native => 0,
+            PeerMode::Vxlan => PEER_F_TUNNEL,
+        },
+        _pad: 0,
+    };
+    map.insert(&lpm_key(&peer.pod_cidr), entry, 0)
+        .map_err(map_error(PEERS))?;
+    let dst = peer.pod_cidr.trunc();
+    let route = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dst.addr(), dst.prefix_len())
+        .map_err(|e| DatapathError::io("route", dst.to_string(), std::io::Error::other(e)))?;
+    let message = match peer.mode {
+        PeerMode::Native => route
+            .gateway(peer.underlay)
+            .map_err(|e| DatapathError::io("route", dst.to_string(), std::io::Error::other(e)))?
+            .build(),
+        PeerMode::Vxlan => {
+            let index = link_index(&handle, TUNNEL_DEVICE).await?.ok_or_else(|| {
+                DatapathError::io(
+                    "route over the tunnel",
+                    TUNNEL_DEVICE,
+                    std::io::ErrorKind::NotFound.into(),
+                )
+            })?;
+            let source = tunnel_address(&handle, index).await?;
+            let mut builder = route.output_interface(index);
+            if let Some(source) = source {
+                builder = builder.pref_source(IpAddr::V4(source)).map_err(|e| {
+                    DatapathError::io("route", dst.to_string(), std::io::Error::other(e))
+                })?;
+            }
+            builder.build()
+        }
+    };
+    handle
+        .route()
+        .add(message)
+        .replace()
+        .execute()
+        .await
+        .map_err(netlink_error(format!("route to {dst} ({:?})", peer.mode)))
+}
+
+async fn tunnel_address(handle: &Handle, index: u32) -> Result<Option<Ipv4Addr>> {
+    let mut addresses = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(message) = addresses
+        .try_next()
+        .await
+        .map_err(netlink_error("listing the tunnel's addresses"))?
+    {
+        for attribute in message.attributes {
+            if let netlink_packet_route::address::AddressAttribute::Address(IpAddr::V4(v4)) =
+                attribute
+            {
+                return Ok(Some(v4));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Forgets a peer: its `PEERS` entry and its route. Idempotent.
+pub async fn remove(layout: &BpffsLayout, pod_cidr: IpNet) -> Result<()> {
+    let mut map: LpmTrie<MapData, [u8; 16], PeerEntry> = open_map(layout, PEERS)?;
+    match map.remove(&lpm_key(&pod_cidr)) {
+        Ok(()) => {}
+        Err(e) if key_missing(&e) => {}
+        Err(e) => return Err(map_error(PEERS)(e)),
+    }
+    let handle = connect()?;
+    let dst = pod_cidr.trunc();
+    let message = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dst.addr(), dst.prefix_len())
+        .map_err(|e| DatapathError::io("route", dst.to_string(), std::io::Error::other(e)))?
+        .build();
+    match handle.route().del(message).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+        Err(e) => Err(netlink_error(format!("removing the route to {dst}"))(e)),
+    }
+}
+
+/// The peers the datapath knows (their routes are not read back).
+pub fn list(layout: &BpffsLayout) -> Result<Vec<Peer>> {
+    let map: LpmTrie<MapData, [u8; 16], PeerEntry> = open_map(layout, PEERS)?;
+    map.iter()
+        .map(|item| {
+            let (key, entry) = item.map_err(map_error(PEERS))?;
+            let ip = IpKey::v6(key.data()).to_ip();
+            let prefix = match ip {
+                IpAddr::V4(_) => key.prefix_len().saturating_sub(96),
+                IpAddr::V6(_) => key.prefix_len(),
+            };
+            Ok(Peer {
+                pod_cidr: IpNet::new(ip, prefix as u8).unwrap_or(IpNet::from(ip)),
+                underlay: IpKey::v6(entry.underlay).to_ip(),
+                mode: if entry.flags & PEER_F_TUNNEL != 0 {
+                    PeerMode::Vxlan
+                } else {
+                    PeerMode::Native
+                },
+            })
+        })
+        .collect()
+}
