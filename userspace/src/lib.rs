@@ -1,18 +1,19 @@
 //! The cni-ebpf datapath from userspace: the embedded eBPF object, its
 //! pinned programs and maps under a bpffs root, typed map handles, and the
 //! attachment of programs to pod interfaces. Used by the CNI plugin (which
-//! is short-lived and opens the pins itself) and by the node agent.
+//! is short-lived and opens the pins itself) and by the node agent, whose
+//! own parts (`agent`) are behind the `agent` feature.
 
+#[cfg(feature = "agent")]
+pub mod agent;
 pub mod attach;
 pub mod attachments;
 pub mod counters;
 pub mod datapath;
-pub mod datapath_log;
 pub mod endpoints;
 pub mod error;
 pub mod host_ports;
 pub mod link_update;
-pub mod metrics;
 pub mod nat;
 pub mod node;
 pub mod paths;

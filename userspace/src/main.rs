@@ -55,6 +55,12 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The programs' records are read by `run` alone, at its --log-level.
+    let datapath_level = match &cli.command {
+        Command::Run(args) => args.log_level,
+        _ => log::LevelFilter::Off,
+    };
+    cni_ebpf_userspace::agent::logging::init(datapath_level);
     let layout = cni_ebpf_userspace::BpffsLayout::new(cli.bpffs_root);
     match cli.command {
         Command::Run(args) => cmd::run::run(layout, &args),

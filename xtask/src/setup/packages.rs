@@ -17,6 +17,11 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "iputils-ping",
     "ethtool",
+    // The CRI tests run a private containerd (never the system service)
+    // whose shim starts sandboxes with crun.
+    "containerd",
+    "runc",
+    "crun",
 ];
 
 pub fn ensure(ctx: &Context) -> Result<()> {
@@ -96,7 +101,10 @@ mod tests {
                       containernetworking-plugins install ok installed\n\
                       iptables:amd64 install ok installed\n\
                       nftables install ok installed\n\
-                      ethtool install ok installed\n";
+                      ethtool install ok installed\n\
+                      containerd install ok installed\n\
+                      runc install ok installed\n\
+                      crun install ok installed\n";
         assert_eq!(not_installed(output), ["sockperf", "iputils-ping"]);
     }
 }
