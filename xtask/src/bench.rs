@@ -16,7 +16,8 @@ pub struct Options {
     /// Fewer rounds and shorter runs: a smoke test, not a measurement.
     #[arg(long)]
     quick: bool,
-    /// Run only this scenario.
+    /// Run only these scenarios (comma-separated: tcp, rr, crr, plugin,
+    /// churn, masq, services, hostport, bandwidth).
     #[arg(long, value_name = "NAME")]
     scenario: Option<String>,
 }

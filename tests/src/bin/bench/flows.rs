@@ -199,6 +199,24 @@ pub fn ping_pong(
         .with_context(|| format!("parsing sockperf output: {}", output.describe()))
 }
 
+/// One TCP connection through `path` to a listener on its server's
+/// address for a measure on `port`, before measuring: a path that does not
+/// carry a connection fails here, named, rather than as every run's error.
+pub fn check_reaches(path: &Path<'_>, port: u16) -> Result<()> {
+    let (listen, connect) = path.addrs(port);
+    let listener = path.server.run(|| std::net::TcpListener::bind(listen))?;
+    let connected = path
+        .client
+        .run(|| std::net::TcpStream::connect_timeout(&connect.into(), Duration::from_secs(3)));
+    drop(listener);
+    connected.map(drop).map_err(|e| {
+        anyhow!(
+            "{}: {connect} does not reach {listen}: {e}",
+            path.row.name()
+        )
+    })
+}
+
 /// Hooks a scenario runs around the measures.
 pub trait Hooks {
     /// Before each CRR run of `row` (e.g. expire closed NAT flows, as the

@@ -200,7 +200,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
         })
         .collect();
     for path in &paths {
-        check_reaches(path)?;
+        flows::check_reaches(path, flows::CRR_PORT)?;
     }
     let gc = AgentGc {
         nodes: rows
@@ -213,22 +213,6 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
     drop(paths);
     metrics.extend(timing(&ours_1, &portmap_1, plan)?);
     Ok(metrics)
-}
-
-/// One TCP connection through the path, before measuring.
-fn check_reaches(path: &Path<'_>) -> Result<()> {
-    let (listen, connect) = path.addrs(0);
-    let listener = path.server.run(|| std::net::TcpListener::bind(listen))?;
-    let connected = path.client.run(|| {
-        std::net::TcpStream::connect_timeout(&connect.into(), std::time::Duration::from_secs(3))
-    });
-    drop(listener);
-    connected.map(drop).map_err(|e| {
-        anyhow!(
-            "{}: {connect} does not reach {listen}: {e}",
-            path.row.name()
-        )
-    })
 }
 
 /// ADD and DEL of a pod publishing one port, pooled like the `plugin`

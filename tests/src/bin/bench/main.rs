@@ -1,7 +1,10 @@
 //! `cni-ebpf-bench`: pod-to-pod throughput, request/response latency,
 //! connect rate, plugin ADD/DEL latency and churn leaks, for our plugin
 //! against a direct veth pair (`limit`) and the reference `bridge` and
-//! `ptp` plugins. Run through `cargo xtask bench [--quick] [--scenario NAME]`.
+//! `ptp` plugins; then pod → outside (masquerade), pod → ClusterIP beside
+//! kube-proxy's rules, published host ports and bandwidth limits, each
+//! against its reference. Run through
+//! `cargo xtask bench [--quick] [--scenario NAME]`.
 //!
 //! Everything runs in network namespaces made here and removed at the end,
 //! also on failure or Ctrl-C; nothing touches the machine's own namespace.
@@ -20,6 +23,7 @@ mod masquerade;
 mod metric;
 mod plugin_timing;
 mod report;
+mod services;
 mod stats;
 mod stop;
 mod tcp;
@@ -47,7 +51,8 @@ const USAGE: &str = "usage: cni-ebpf-bench [--quick] [--scenario NAME]...
   --quick          3 rounds of 2 s runs, 20 plugin cycles, 100 churn cycles:
                    a smoke test, not a measurement
   --scenario NAME  run only NAME (repeatable, or comma-separated):
-                   tcp, rr, crr, plugin, churn, masq, hostport, bandwidth
+                   tcp, rr, crr, plugin, churn, masq, services, hostport,
+                   bandwidth
 
 Needs root. Reads the binaries from $CNI_EBPF_BIN_DIR (set by `cargo xtask
 bench`) and writes target/bench/results.{md,json} and throughput.svg.";
@@ -60,18 +65,20 @@ enum Scenario {
     Plugin,
     Churn,
     Masq,
+    Services,
     Hostport,
     Bandwidth,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 8] = [
+    const ALL: [Scenario; 9] = [
         Scenario::Tcp,
         Scenario::Rr,
         Scenario::Crr,
         Scenario::Plugin,
         Scenario::Churn,
         Scenario::Masq,
+        Scenario::Services,
         Scenario::Hostport,
         Scenario::Bandwidth,
     ];
@@ -84,6 +91,7 @@ impl Scenario {
             Scenario::Plugin => plugin_timing::SCENARIO,
             Scenario::Churn => churn::SCENARIO,
             Scenario::Masq => masquerade::SCENARIO,
+            Scenario::Services => services::SCENARIO,
             Scenario::Hostport => host_ports::SCENARIO,
             Scenario::Bandwidth => bandwidth::SCENARIO,
         }
@@ -101,6 +109,7 @@ impl Scenario {
             Scenario::Plugin => "plugin ADD and DEL latency as a runtime sees it",
             Scenario::Churn => "ADD/DEL churn and leaks",
             Scenario::Masq => masquerade::HEADING,
+            Scenario::Services => services::HEADING,
             Scenario::Hostport => host_ports::HEADING,
             Scenario::Bandwidth => bandwidth::HEADING,
         }
@@ -316,6 +325,7 @@ fn run(options: &Options) -> Result<bool> {
             Scenario::Plugin => plugin_timing::run(&plugin_nodes, &plan).map(|m| (m, Vec::new())),
             Scenario::Churn => churn::run(&plan).map(|c| (Vec::new(), c)),
             Scenario::Masq => masquerade::run(&plan).map(|m| (m, Vec::new())),
+            Scenario::Services => services::run(&plan).map(|m| (m, Vec::new())),
             Scenario::Hostport => host_ports::run(&plan).map(|m| (m, Vec::new())),
             Scenario::Bandwidth => bandwidth::run(&plan).map(|m| (m, Vec::new())),
         };
@@ -362,9 +372,12 @@ fn run(options: &Options) -> Result<bool> {
 /// Fails early, naming what to install, when a tool is missing.
 fn check_tools(scenarios: &[Scenario]) -> Result<()> {
     let mut needed = vec![("ip", "iproute2"), ("ping", "iputils-ping")];
-    let traffic_outside = scenarios
-        .iter()
-        .any(|s| matches!(s, Scenario::Masq | Scenario::Hostport | Scenario::Bandwidth));
+    let traffic_outside = scenarios.iter().any(|s| {
+        matches!(
+            s,
+            Scenario::Masq | Scenario::Services | Scenario::Hostport | Scenario::Bandwidth
+        )
+    });
     if scenarios.contains(&Scenario::Tcp) || traffic_outside {
         needed.push(("iperf3", "iperf3"));
     }
@@ -373,6 +386,9 @@ fn check_tools(scenarios: &[Scenario]) -> Result<()> {
     }
     if scenarios.contains(&Scenario::Churn) {
         needed.push(("bpftool", "bpftool"));
+    }
+    if scenarios.contains(&Scenario::Services) {
+        needed.push(("iptables-restore", "iptables"));
     }
     if traffic_outside
         || scenarios
