@@ -18,7 +18,7 @@ use crate::{
     counters::{count_drop, count_verdict},
     from_pod::deliver_to_pod,
     headers::{
-        ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, pull_headers,
+        ETH_LEN, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, ipv4_headers, pull_headers,
     },
     host_ports, l4,
     log::log_drop,
@@ -43,14 +43,7 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 
 fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     pull_headers(ctx, HEADERS_LEN);
-    let Some(eth) = header::<EthHdr>(ctx, 0) else {
-        return Ok(TC_ACT_OK);
-    };
-    // SAFETY: bounds-checked.
-    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
-        return Ok(TC_ACT_OK);
-    }
-    let Some(ip) = header::<Ipv4Hdr>(ctx, ETH_LEN) else {
+    let Some((_, ip)) = ipv4_headers(ctx) else {
         return Ok(TC_ACT_OK);
     };
     // SAFETY: bounds-checked.

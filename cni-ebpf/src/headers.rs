@@ -73,6 +73,18 @@ pub fn header<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
+/// The Ethernet and IPv4 headers of an IPv4 frame, bounds-checked; `None`
+/// for other EtherTypes and frames too short to hold both.
+#[inline(always)]
+pub fn ipv4_headers(ctx: &TcContext) -> Option<(*mut EthHdr, *mut Ipv4Hdr)> {
+    let eth: *mut EthHdr = header(ctx, 0)?;
+    // SAFETY: bounds-checked.
+    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
+        return None;
+    }
+    Some((eth, header(ctx, ETH_LEN)?))
+}
+
 /// Make sure the first `len` bytes are in the linear area (or the packet is
 /// shorter than that), so that direct access sees the whole header chain.
 #[inline(always)]

@@ -14,7 +14,7 @@ use cni_ebpf_common::{Direction, IpKey};
 
 use crate::{
     counters::{count_drop, count_endpoint},
-    headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, header},
+    headers::ipv4_headers,
     l4,
     maps::{ENDPOINTS, NODE_CONFIG},
     netfilter,
@@ -23,14 +23,7 @@ use crate::{
 
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    let Some(eth) = header::<EthHdr>(&ctx, 0) else {
-        return TC_ACT_OK;
-    };
-    // SAFETY: bounds-checked.
-    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
-        return TC_ACT_OK;
-    }
-    let Some(ip) = header::<Ipv4Hdr>(&ctx, ETH_LEN) else {
+    let Some((_, ip)) = ipv4_headers(&ctx) else {
         return TC_ACT_OK;
     };
     // SAFETY: bounds-checked.

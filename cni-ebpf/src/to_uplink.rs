@@ -17,7 +17,7 @@ use cni_ebpf_common::{Direction, DropReason, IpKey, MARK_DATAPATH_FORWARDED, NOD
 
 use crate::{
     counters::count_drop,
-    headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, header},
+    headers::ipv4_headers,
     l4,
     log::log_drop,
     maps::{ENDPOINTS, NO_MASQ, NODE_CONFIG},
@@ -48,14 +48,7 @@ fn try_to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(cfg) = NODE_CONFIG.get(0).copied().filter(netfilter::enabled) else {
         return Ok(TC_ACT_OK);
     };
-    let Some(eth) = header::<EthHdr>(ctx, 0) else {
-        return Ok(TC_ACT_OK);
-    };
-    // SAFETY: bounds-checked.
-    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
-        return Ok(TC_ACT_OK);
-    }
-    let Some(ip) = header::<Ipv4Hdr>(ctx, ETH_LEN) else {
+    let Some((_, ip)) = ipv4_headers(ctx) else {
         return Ok(TC_ACT_OK);
     };
     // SAFETY: bounds-checked.

@@ -24,9 +24,7 @@ use cni_ebpf_common::{
 use crate::{
     counters::{count_drop, count_verdict},
     from_pod::deliver_to_pod,
-    headers::{
-        ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, pull_headers, v4,
-    },
+    headers::{ETH_LEN, Ipv4Hdr, Ipv6Hdr, ipv4_decrease_ttl, ipv4_headers, pull_headers, v4},
     l4,
     log::log_drop,
     maps::{ENDPOINTS, PEERS, TUNNEL},
@@ -125,14 +123,7 @@ pub fn from_tunnel(ctx: TcContext) -> i32 {
 
 fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
     pull_headers(ctx, HEADERS_LEN);
-    let Some(eth) = header::<EthHdr>(ctx, 0) else {
-        return Ok(TC_ACT_OK);
-    };
-    // SAFETY: bounds-checked.
-    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
-        return Ok(TC_ACT_OK);
-    }
-    let Some(ip) = header::<Ipv4Hdr>(ctx, ETH_LEN) else {
+    let Some((eth, ip)) = ipv4_headers(ctx) else {
         return Ok(TC_ACT_OK);
     };
     // SAFETY: bounds-checked.
@@ -205,14 +196,7 @@ pub fn to_tunnel(ctx: TcContext) -> i32 {
 /// own packets and flows netfilter forwarded (recorded as `to_uplink`
 /// does). The datapath's own redirects are keyed already.
 fn try_to_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
-    let Some(eth) = header::<EthHdr>(ctx, 0) else {
-        return Ok(TC_ACT_OK);
-    };
-    // SAFETY: bounds-checked.
-    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
-        return Ok(TC_ACT_OK);
-    }
-    let Some(ip) = header::<Ipv4Hdr>(ctx, ETH_LEN) else {
+    let Some((_, ip)) = ipv4_headers(ctx) else {
         return Ok(TC_ACT_OK);
     };
     if tunnel_source(ctx).is_some() {
