@@ -10,6 +10,7 @@ mod bandwidth;
 mod chain;
 mod churn;
 mod cni;
+mod cross_node;
 mod crr;
 mod environment;
 mod exec;
@@ -47,7 +48,8 @@ const USAGE: &str = "usage: cni-ebpf-bench [--quick] [--scenario NAME]...
   --quick          3 rounds of 2 s runs, 20 plugin cycles, 100 churn cycles:
                    a smoke test, not a measurement
   --scenario NAME  run only NAME (repeatable, or comma-separated):
-                   tcp, rr, crr, plugin, churn, masq, hostport, bandwidth
+                   tcp, rr, crr, plugin, churn, masq, hostport, bandwidth,
+                   cross-node
 
 Needs root. Reads the binaries from $CNI_EBPF_BIN_DIR (set by `cargo xtask
 bench`) and writes target/bench/results.{md,json} and throughput.svg.";
@@ -62,10 +64,11 @@ enum Scenario {
     Masq,
     Hostport,
     Bandwidth,
+    CrossNode,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 8] = [
+    const ALL: [Scenario; 9] = [
         Scenario::Tcp,
         Scenario::Rr,
         Scenario::Crr,
@@ -74,6 +77,7 @@ impl Scenario {
         Scenario::Masq,
         Scenario::Hostport,
         Scenario::Bandwidth,
+        Scenario::CrossNode,
     ];
 
     fn name(self) -> &'static str {
@@ -86,6 +90,7 @@ impl Scenario {
             Scenario::Masq => masquerade::SCENARIO,
             Scenario::Hostport => host_ports::SCENARIO,
             Scenario::Bandwidth => bandwidth::SCENARIO,
+            Scenario::CrossNode => cross_node::SCENARIO,
         }
     }
 
@@ -103,6 +108,15 @@ impl Scenario {
             Scenario::Masq => masquerade::HEADING,
             Scenario::Hostport => host_ports::HEADING,
             Scenario::Bandwidth => bandwidth::HEADING,
+            Scenario::CrossNode => cross_node::HEADING,
+        }
+    }
+
+    /// What its rows are, for the scenarios with rows of their own.
+    fn note(self) -> Option<&'static str> {
+        match self {
+            Scenario::CrossNode => Some(cross_node::NOTE),
+            _ => None,
         }
     }
 
@@ -318,6 +332,7 @@ fn run(options: &Options) -> Result<bool> {
             Scenario::Masq => masquerade::run(&plan).map(|m| (m, Vec::new())),
             Scenario::Hostport => host_ports::run(&plan).map(|m| (m, Vec::new())),
             Scenario::Bandwidth => bandwidth::run(&plan).map(|m| (m, Vec::new())),
+            Scenario::CrossNode => cross_node::run(&plan).map(|m| (m, Vec::new())),
         };
         let (metrics, churn, error) = match outcome {
             Ok((metrics, churn)) => (metrics, churn, None),
@@ -329,6 +344,7 @@ fn run(options: &Options) -> Result<bool> {
         sections.push(Section {
             scenario: scenario.name(),
             heading: scenario.heading(),
+            note: scenario.note(),
             load_before,
             load_after: environment::load_average(),
             metrics,
@@ -362,9 +378,15 @@ fn run(options: &Options) -> Result<bool> {
 /// Fails early, naming what to install, when a tool is missing.
 fn check_tools(scenarios: &[Scenario]) -> Result<()> {
     let mut needed = vec![("ip", "iproute2"), ("ping", "iputils-ping")];
-    let traffic_outside = scenarios
-        .iter()
-        .any(|s| matches!(s, Scenario::Masq | Scenario::Hostport | Scenario::Bandwidth));
+    let traffic_outside = scenarios.iter().any(|s| {
+        matches!(
+            s,
+            Scenario::Masq | Scenario::Hostport | Scenario::Bandwidth | Scenario::CrossNode
+        )
+    });
+    if scenarios.contains(&Scenario::CrossNode) {
+        needed.push(("bridge", "iproute2"));
+    }
     if scenarios.contains(&Scenario::Tcp) || traffic_outside {
         needed.push(("iperf3", "iperf3"));
     }
@@ -511,6 +533,10 @@ mod tests {
 
     #[test]
     fn parses_scenarios() {
+        let cross = parse(&["--quick", "--scenario", "cross-node"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(cross.scenarios, vec![Scenario::CrossNode]);
         let options = parse(&["--quick", "--scenario", "crr,tcp", "--scenario=tcp"])
             .unwrap()
             .unwrap();
