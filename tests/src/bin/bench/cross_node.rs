@@ -422,6 +422,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
             );
         }
     }
+    check_datapaths(&native_nodes, &vxlan_nodes, &flannel_nodes)?;
     let gc = AgentGc {
         nodes: native_nodes
             .iter()
@@ -434,6 +435,56 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
         metric.counterparts = COUNTERPARTS.to_vec();
     }
     Ok(metrics)
+}
+
+/// After the pings: each row's packets took the path it is named for
+/// (our native node sent none through the tunnel and forwarded some, our
+/// vxlan node tunneled and the other side delivered, flannel.1 carried
+/// packets), so that no row measures another's path by accident.
+fn check_datapaths(
+    native: &[PluginNode; 2],
+    vxlan: &[PluginNode; 2],
+    flannel: &[PluginNode; 2],
+) -> Result<()> {
+    fn ebpf(node: &PluginNode) -> Result<&cni_ebpf_tests::Node> {
+        node.ebpf_node().context("not a cni-ebpf node")
+    }
+    let (native_a, native_b) = (ebpf(&native[0])?, ebpf(&native[1])?);
+    let native_counts = (
+        native_a.verdict_bytes("tunneled"),
+        native_a.verdict_bytes("forwarded"),
+        native_b.verdict_bytes("local-delivery"),
+    );
+    if native_counts.0 != 0 || native_counts.1 == 0 || native_counts.2 == 0 {
+        bail!(
+            "{}: (tunneled, forwarded on A, delivered on B) = {native_counts:?} bytes: not the native path",
+            NATIVE.name()
+        );
+    }
+    let (vxlan_a, vxlan_b) = (ebpf(&vxlan[0])?, ebpf(&vxlan[1])?);
+    let vxlan_counts = (
+        vxlan_a.verdict_bytes("tunneled"),
+        vxlan_b.verdict_bytes("local-delivery"),
+    );
+    if vxlan_counts.0 == 0 || vxlan_counts.1 == 0 {
+        bail!(
+            "{}: (tunneled on A, delivered on B) = {vxlan_counts:?} bytes: not the BPF tunnel",
+            VXLAN.name()
+        );
+    }
+    let stats = flannel[0]
+        .netns()
+        .ip(&["-s", "-j", "link", "show", "dev", "flannel.1"]);
+    let stats: Value = serde_json::from_str(&stats).context("ip -s -j link show flannel.1")?;
+    let sent = stats[0]["stats64"]["tx"]["packets"].as_u64().unwrap_or(0);
+    if sent == 0 {
+        bail!("{}: flannel.1 sent nothing: {stats}", FLANNEL.name());
+    }
+    eprintln!(
+        "[{SCENARIO}] paths checked: native (tunneled, forwarded, delivered) {native_counts:?} B; \
+         vxlan (tunneled, delivered) {vxlan_counts:?} B; flannel.1 sent {sent} packets"
+    );
+    Ok(())
 }
 
 fn pod_to_pod<'a>(
