@@ -102,23 +102,23 @@ impl Addresses {
     }
 }
 
-const LIMIT_PLAN: Addresses = Addresses {
+const LIMIT_ADDRESSES: Addresses = Addresses {
     underlay: 230,
     pods: 240,
 };
-const NATIVE_PLAN: Addresses = Addresses {
+const NATIVE_ADDRESSES: Addresses = Addresses {
     underlay: 231,
     pods: 241,
 };
-const HOST_GW_PLAN: Addresses = Addresses {
+const HOST_GW_ADDRESSES: Addresses = Addresses {
     underlay: 232,
     pods: 242,
 };
-const VXLAN_PLAN: Addresses = Addresses {
+const VXLAN_ADDRESSES: Addresses = Addresses {
     underlay: 233,
     pods: 243,
 };
-const FLANNEL_PLAN: Addresses = Addresses {
+const FLANNEL_ADDRESSES: Addresses = Addresses {
     underlay: 234,
     pods: 245,
 };
@@ -364,48 +364,48 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
     // limit: node ↔ node, no pods.
     let limit_a = Netns::with_loopback("bench-node");
     let limit_b = Netns::with_loopback("bench-node");
-    underlay(&limit_a, &limit_b, LIMIT_PLAN);
+    underlay(&limit_a, &limit_b, LIMIT_ADDRESSES);
 
-    let native_nodes = ours_nodes(NATIVE_PLAN);
+    let native_nodes = ours_nodes(NATIVE_ADDRESSES);
     let (native_client, native_server) = pods(
         &native_nodes,
-        [0, 1].map(|i| Chain::new(&native_nodes[i], ours_conf(NATIVE_PLAN, UNDERLAY_MTU))),
+        [0, 1].map(|i| Chain::new(&native_nodes[i], ours_conf(NATIVE_ADDRESSES, UNDERLAY_MTU))),
         "bench-native",
     )?;
-    native_peers(&native_nodes, NATIVE_PLAN)?;
+    native_peers(&native_nodes, NATIVE_ADDRESSES)?;
 
-    let host_gw_nodes = bridge_nodes(HOST_GW_PLAN)?;
+    let host_gw_nodes = bridge_nodes(HOST_GW_ADDRESSES)?;
     let (host_gw_client, host_gw_server) = pods(
         &host_gw_nodes,
         [0, 1].map(|i| Chain::new(&host_gw_nodes[i], bridge_conf(UNDERLAY_MTU))),
         "bench-host-gw",
     )?;
-    host_gw_routes(&host_gw_nodes, HOST_GW_PLAN);
+    host_gw_routes(&host_gw_nodes, HOST_GW_ADDRESSES);
 
     let pod_mtu = UNDERLAY_MTU - TUNNEL_OVERHEAD;
-    let vxlan_nodes = ours_nodes(VXLAN_PLAN);
+    let vxlan_nodes = ours_nodes(VXLAN_ADDRESSES);
     let (vxlan_client, vxlan_server) = pods(
         &vxlan_nodes,
-        [0, 1].map(|i| Chain::new(&vxlan_nodes[i], ours_conf(VXLAN_PLAN, pod_mtu))),
+        [0, 1].map(|i| Chain::new(&vxlan_nodes[i], ours_conf(VXLAN_ADDRESSES, pod_mtu))),
         "bench-vxlan",
     )?;
-    vxlan_peers(&vxlan_nodes, VXLAN_PLAN)?;
+    vxlan_peers(&vxlan_nodes, VXLAN_ADDRESSES)?;
 
-    let flannel_nodes = bridge_nodes(FLANNEL_PLAN)?;
+    let flannel_nodes = bridge_nodes(FLANNEL_ADDRESSES)?;
     let (flannel_client, flannel_server) = pods(
         &flannel_nodes,
         [0, 1].map(|i| Chain::new(&flannel_nodes[i], bridge_conf(pod_mtu))),
         "bench-flannel",
     )?;
-    flannel_vxlan(&flannel_nodes, FLANNEL_PLAN);
+    flannel_vxlan(&flannel_nodes, FLANNEL_ADDRESSES);
 
     let paths = [
         Path {
             row: LIMIT,
             client: &limit_a,
             server: &limit_b,
-            server_ip: LIMIT_PLAN.underlay_ip(2),
-            connect_ip: LIMIT_PLAN.underlay_ip(2),
+            server_ip: LIMIT_ADDRESSES.underlay_ip(2),
+            connect_ip: LIMIT_ADDRESSES.underlay_ip(2),
             mapped: None,
         },
         pod_to_pod(NATIVE, &native_client, &native_server),
