@@ -13,6 +13,7 @@ mod bandwidth;
 mod chain;
 mod churn;
 mod cni;
+mod cross_node;
 mod crr;
 mod environment;
 mod exec;
@@ -52,7 +53,7 @@ const USAGE: &str = "usage: cni-ebpf-bench [--quick] [--scenario NAME]...
                    a smoke test, not a measurement
   --scenario NAME  run only NAME (repeatable, or comma-separated):
                    tcp, rr, crr, plugin, churn, masq, services, hostport,
-                   bandwidth
+                   bandwidth, cross-node
 
 Needs root. Reads the binaries from $CNI_EBPF_BIN_DIR (set by `cargo xtask
 bench`) and writes target/bench/results.{md,json} and throughput.svg.";
@@ -68,10 +69,11 @@ enum Scenario {
     Services,
     Hostport,
     Bandwidth,
+    CrossNode,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 9] = [
+    const ALL: [Scenario; 10] = [
         Scenario::Tcp,
         Scenario::Rr,
         Scenario::Crr,
@@ -81,6 +83,7 @@ impl Scenario {
         Scenario::Services,
         Scenario::Hostport,
         Scenario::Bandwidth,
+        Scenario::CrossNode,
     ];
 
     fn name(self) -> &'static str {
@@ -94,6 +97,7 @@ impl Scenario {
             Scenario::Services => services::SCENARIO,
             Scenario::Hostport => host_ports::SCENARIO,
             Scenario::Bandwidth => bandwidth::SCENARIO,
+            Scenario::CrossNode => cross_node::SCENARIO,
         }
     }
 
@@ -112,6 +116,15 @@ impl Scenario {
             Scenario::Services => services::HEADING,
             Scenario::Hostport => host_ports::HEADING,
             Scenario::Bandwidth => bandwidth::HEADING,
+            Scenario::CrossNode => cross_node::HEADING,
+        }
+    }
+
+    /// What its rows are, for the scenarios with rows of their own.
+    fn note(self) -> Option<&'static str> {
+        match self {
+            Scenario::CrossNode => Some(cross_node::NOTE),
+            _ => None,
         }
     }
 
@@ -328,6 +341,7 @@ fn run(options: &Options) -> Result<bool> {
             Scenario::Services => services::run(&plan).map(|m| (m, Vec::new())),
             Scenario::Hostport => host_ports::run(&plan).map(|m| (m, Vec::new())),
             Scenario::Bandwidth => bandwidth::run(&plan).map(|m| (m, Vec::new())),
+            Scenario::CrossNode => cross_node::run(&plan).map(|m| (m, Vec::new())),
         };
         let (metrics, churn, error) = match outcome {
             Ok((metrics, churn)) => (metrics, churn, None),
@@ -339,6 +353,7 @@ fn run(options: &Options) -> Result<bool> {
         sections.push(Section {
             scenario: scenario.name(),
             heading: scenario.heading(),
+            note: scenario.note(),
             load_before,
             load_after: environment::load_average(),
             metrics,
@@ -375,9 +390,16 @@ fn check_tools(scenarios: &[Scenario]) -> Result<()> {
     let traffic_outside = scenarios.iter().any(|s| {
         matches!(
             s,
-            Scenario::Masq | Scenario::Services | Scenario::Hostport | Scenario::Bandwidth
+            Scenario::Masq
+                | Scenario::Services
+                | Scenario::Hostport
+                | Scenario::Bandwidth
+                | Scenario::CrossNode
         )
     });
+    if scenarios.contains(&Scenario::CrossNode) {
+        needed.push(("bridge", "iproute2"));
+    }
     if scenarios.contains(&Scenario::Tcp) || traffic_outside {
         needed.push(("iperf3", "iperf3"));
     }
@@ -527,6 +549,10 @@ mod tests {
 
     #[test]
     fn parses_scenarios() {
+        let cross = parse(&["--quick", "--scenario", "cross-node"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(cross.scenarios, vec![Scenario::CrossNode]);
         let options = parse(&["--quick", "--scenario", "crr,tcp", "--scenario=tcp"])
             .unwrap()
             .unwrap();

@@ -41,6 +41,18 @@ pub struct Metric {
     /// Every single observation, pooled over rounds (plugin timing),
     /// summarised with percentiles.
     pub pooled: BTreeMap<Contender, Vec<f64>>,
+    /// `(row, counterpart)`: rows also compared, round by round, with
+    /// another row than the baseline (ours against its classic equivalent).
+    pub counterparts: Vec<(Contender, Contender)>,
+}
+
+/// A row's paired ratio to its counterpart.
+#[derive(Debug, Clone, Copy)]
+pub struct Versus {
+    pub counterpart: Contender,
+    pub ratio: f64,
+    pub ratio_min: f64,
+    pub ratio_max: f64,
 }
 
 /// What a table row shows.
@@ -82,7 +94,22 @@ impl Metric {
                 .map(|c| (*c, vec![None; rounds]))
                 .collect(),
             pooled: BTreeMap::new(),
+            counterparts: Vec::new(),
         }
+    }
+
+    /// `contender`'s median per-round ratio to its counterpart, if it has
+    /// one and they ran in a common round.
+    pub fn versus(&self, contender: Contender) -> Option<Versus> {
+        let (_, counterpart) = self.counterparts.iter().find(|(c, _)| *c == contender)?;
+        let ratios =
+            stats::paired_ratios(self.rounds.get(&contender)?, self.rounds.get(counterpart)?);
+        Some(Versus {
+            counterpart: *counterpart,
+            ratio: stats::median(&ratios)?,
+            ratio_min: stats::min(&ratios)?,
+            ratio_max: stats::max(&ratios)?,
+        })
     }
 
     /// The value of `contender` in measured round `round` (0-based).
@@ -144,6 +171,14 @@ impl Metric {
                     "ratio_max": s.ratio_max,
                 })),
             });
+            if let Some(versus) = self.versus(*contender) {
+                entry["vs_counterpart"] = json!({
+                    "counterpart": versus.counterpart.name(),
+                    "ratio": versus.ratio,
+                    "ratio_min": versus.ratio_min,
+                    "ratio_max": versus.ratio_max,
+                });
+            }
             if let Some(pooled) = self.pooled.get(contender) {
                 entry["samples"] = json!(pooled);
                 entry["p50"] = json!(stats::percentile(pooled, 50.0));
@@ -193,5 +228,39 @@ mod tests {
         assert_eq!(ours.ratio_max, Some(0.9));
         assert_eq!(metric.summary(Contender::Limit).unwrap().ratio, Some(1.0));
         assert!(metric.summary(Contender::Bridge).is_none());
+    }
+
+    #[test]
+    fn counterpart_ratio_is_paired_too() {
+        let mut metric = Metric::new(
+            "x",
+            "x",
+            "x",
+            "Gbit/s",
+            2,
+            Better::Higher,
+            Contender::Limit,
+            3,
+        );
+        metric.counterparts = vec![(Contender::CniEbpf, Contender::Bridge)];
+        let rounds = [
+            (Some(9.0), Some(6.0)),
+            (Some(8.0), Some(8.0)),
+            (Some(1.0), None),
+        ];
+        for (round, (ours, bridge)) in rounds.into_iter().enumerate() {
+            metric.record(Contender::CniEbpf, round, ours);
+            metric.record(Contender::Bridge, round, bridge);
+        }
+        let versus = metric.versus(Contender::CniEbpf).unwrap();
+        assert_eq!(versus.counterpart, Contender::Bridge);
+        assert_eq!(versus.ratio, 1.25);
+        assert_eq!(versus.ratio_min, 1.0);
+        assert_eq!(versus.ratio_max, 1.5);
+        assert!(metric.versus(Contender::Bridge).is_none());
+        assert_eq!(
+            metric.to_json()["contenders"]["cni-ebpf"]["vs_counterpart"]["counterpart"],
+            "bridge"
+        );
     }
 }

@@ -20,6 +20,8 @@ use crate::{
 pub struct Section {
     pub scenario: &'static str,
     pub heading: &'static str,
+    /// What the scenario's own rows are, when they are not the contenders.
+    pub note: Option<&'static str>,
     pub load_before: String,
     pub load_after: String,
     pub metrics: Vec<Metric>,
@@ -55,6 +57,9 @@ impl Report {
                 "Load average (1, 5, 15 min) before: {}; after: {}.",
                 section.load_before, section.load_after
             );
+            if let Some(note) = section.note {
+                let _ = writeln!(md, "\n{note}");
+            }
             if let Some(error) = &section.error {
                 let _ = writeln!(md, "\n**Scenario stopped early:** {error}");
             }
@@ -88,6 +93,7 @@ impl Report {
                 json!({
                     "scenario": section.scenario,
                     "heading": section.heading,
+                    "note": section.note,
                     "load_before": section.load_before,
                     "load_after": section.load_after,
                     "error": section.error,
@@ -158,20 +164,41 @@ fn ratio_cell(summary: &crate::metric::Summary, baseline: Contender, me: Contend
     }
 }
 
-/// median / min / max over rounds, and the paired ratio.
+/// median / min / max over rounds, and the paired ratio (and the ratio to
+/// a counterpart row, when the metric has counterparts).
 fn rounds_table(metric: &Metric) -> String {
+    let versus = !metric.counterparts.is_empty();
+    let (versus_head, versus_rule) = if versus {
+        (" vs counterpart |", "---:|")
+    } else {
+        ("", "")
+    };
     let mut md = format!(
-        "### {} ({}, {})\n\n| contender | median | min | max | ratio vs {} | rounds |\n|---|---:|---:|---:|---:|---:|\n",
+        "### {} ({}, {})\n\n| contender | median | min | max | ratio vs {} |{versus_head} rounds |\n|---|---:|---:|---:|---:|{versus_rule}---:|\n",
         metric.title,
         metric.unit,
         metric.better.word(),
         metric.baseline.name()
     );
     for contender in &metric.contenders {
+        let versus_cell = if !versus {
+            String::new()
+        } else {
+            match metric.versus(*contender) {
+                Some(v) => format!(
+                    " {:.2} [{:.2}–{:.2}] vs {} |",
+                    v.ratio,
+                    v.ratio_min,
+                    v.ratio_max,
+                    v.counterpart.name()
+                ),
+                None => " |".into(),
+            }
+        };
         let _ = match metric.summary(*contender) {
             Some(s) => writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |{versus_cell} {} |",
                 contender.name(),
                 number(s.median, metric.decimals),
                 number(s.min, metric.decimals),
@@ -179,7 +206,11 @@ fn rounds_table(metric: &Metric) -> String {
                 ratio_cell(&s, metric.baseline, *contender),
                 s.rounds
             ),
-            None => writeln!(md, "| {} | n/a | n/a | n/a | n/a | 0 |", contender.name()),
+            None => writeln!(
+                md,
+                "| {} | n/a | n/a | n/a | n/a |{versus_cell} 0 |",
+                contender.name()
+            ),
         };
     }
     md
@@ -474,6 +505,16 @@ mod tests {
         let table = rounds_table(&metric);
         assert!(table.contains("| cni-ebpf | 18.00 | 18.00 | 18.00 | 0.90 [0.90–0.90] | 2 |"));
         assert!(table.contains("| bridge | n/a |"));
+        metric.counterparts = vec![(Contender::CniEbpf, Contender::Limit)];
+        let table = rounds_table(&metric);
+        assert!(
+            table.contains("| ratio vs limit | vs counterpart | rounds |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| cni-ebpf | 18.00 | 18.00 | 18.00 | 0.90 [0.90–0.90] | 0.90 [0.90–0.90] vs limit | 2 |"),
+            "{table}"
+        );
         let svg = bar_chart(&[("TCP", "#000", &metric)]);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert!(svg.contains(">0.90<"));
