@@ -1,0 +1,514 @@
+//! `cni-ebpfd install` / `uninstall` against a fake node root: the CNI bin
+//! and conf dirs, state and IPAM dirs are temp dirs of a node namespace,
+//! the bpffs is the node's own mount. Nothing touches the machine's
+//! /opt/cni/bin, /etc/cni/net.d, /run or /sys/fs/bpf.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::{Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use cni_ebpf_tests::{
+    CniRequest, Netns, Node, Plugin, binaries,
+    ext::{self, wait_until},
+    names,
+    process::{self, KillOnDrop},
+};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use serde_json::{Value, json};
+
+const POD_CIDR: &str = "10.244.5.0/24";
+
+/// The fake node root's CNI dirs, inside the node's temp dir.
+struct CniDirs {
+    bin: PathBuf,
+    conf: PathBuf,
+}
+
+impl CniDirs {
+    fn of(node: &Node) -> Self {
+        let dirs = Self {
+            bin: node.dir().join("opt-cni-bin"),
+            conf: node.dir().join("etc-cni-net.d"),
+        };
+        fs::create_dir_all(&dirs.bin).unwrap();
+        fs::create_dir_all(&dirs.conf).unwrap();
+        dirs
+    }
+
+    fn conflist_path(&self) -> PathBuf {
+        self.conf.join("05-cni-ebpf.conflist")
+    }
+
+    fn conflist(&self) -> Value {
+        let text = fs::read_to_string(self.conflist_path()).expect("reading the conflist");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("conflist: {e}: {text}"))
+    }
+
+    fn names(dir: &Path) -> BTreeSet<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+fn dir_args(dirs: &CniDirs) -> Vec<String> {
+    vec![
+        "--cni-bin-dir".into(),
+        dirs.bin.display().to_string(),
+        "--cni-conf-dir".into(),
+        dirs.conf.display().to_string(),
+    ]
+}
+
+/// `install` with the node's directories, a pod CIDR and `extra` flags.
+fn install_args(node: &Node, dirs: &CniDirs, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["install".to_string()];
+    args.extend(dir_args(dirs));
+    args.extend(
+        [
+            "--state-dir",
+            &node.state_dir().display().to_string(),
+            "--ipam-data-dir",
+            &node.ipam_dir().display().to_string(),
+            "--pod-cidr",
+            POD_CIDR,
+        ]
+        .map(String::from),
+    );
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Runs `cni-ebpfd --bpffs-root <root> <args>` in the node namespace.
+fn cni_ebpfd(node: &Node, bpffs_root: &Path, args: &[String]) -> Output {
+    let mut command = node.netns().command(binaries::path(binaries::AGENT));
+    command.arg("--bpffs-root").arg(bpffs_root).args(args);
+    process::output_with_timeout(&mut command, None, Duration::from_secs(120))
+        .expect("spawning cni-ebpfd")
+}
+
+fn install(node: &Node, dirs: &CniDirs, extra: &[&str]) -> String {
+    let out = cni_ebpfd(node, node.bpffs_root(), &install_args(node, dirs, extra));
+    process::expect_success("cni-ebpfd install", &out)
+}
+
+fn uninstall(node: &Node, dirs: &CniDirs) -> String {
+    let mut args = vec!["uninstall".to_string()];
+    args.extend(dir_args(dirs));
+    let out = cni_ebpfd(node, node.bpffs_root(), &args);
+    process::expect_success("cni-ebpfd uninstall", &out)
+}
+
+/// A pod added as a runtime would with an installed conflist: the
+/// conflist's plugin with its `name` and `cniVersion`, the installed
+/// binary; DEL on drop.
+struct RuntimePod<'n> {
+    node: &'n Node,
+    plugin: Plugin,
+    conf: String,
+    netns: Netns,
+    container_id: String,
+    result: Value,
+}
+
+impl<'n> RuntimePod<'n> {
+    fn add(node: &'n Node, dirs: &CniDirs) -> Self {
+        let conflist = dirs.conflist();
+        let mut conf = conflist["plugins"][0].clone();
+        conf["name"] = conflist["name"].clone();
+        conf["cniVersion"] = conflist["cniVersion"].clone();
+        let mut pod = Self {
+            node,
+            plugin: Plugin::at(dirs.bin.join("cni-ebpf")),
+            conf: conf.to_string(),
+            netns: Netns::with_loopback("pod"),
+            container_id: names::unique("cniinstall"),
+            result: Value::Null,
+        };
+        let out = pod.call("ADD");
+        pod.result = out.expect_result("ADD with the installed plugin").clone();
+        pod
+    }
+
+    fn call(&self, command: &str) -> cni_ebpf_tests::CniOutput {
+        self.plugin.call(
+            self.node.netns(),
+            &CniRequest {
+                command,
+                container_id: &self.container_id,
+                netns: Some(self.netns.path()),
+                ifname: "eth0",
+                args: None,
+                stdin: self.conf.as_bytes(),
+            },
+        )
+    }
+
+    fn ip(&self) -> String {
+        let address = self.result["ips"][0]["address"].as_str().unwrap();
+        address.split_once('/').unwrap().0.to_string()
+    }
+}
+
+impl Drop for RuntimePod<'_> {
+    fn drop(&mut self) {
+        let out = self.call("DEL");
+        if !out.success() && !thread::panicking() {
+            panic!("DEL with the installed plugin: {}", out.describe());
+        }
+    }
+}
+
+#[test]
+fn install_leaves_the_plugin_and_a_conflist_a_pod_can_be_added_with() {
+    let node = Node::new();
+    let _ext = ext::uplink_with_default_route(&node);
+    node.netns().ip(&["link", "set", "uplink", "mtu", "1400"]);
+    let dirs = CniDirs::of(&node);
+
+    install(
+        &node,
+        &dirs,
+        &[
+            "--backend",
+            "vxlan",
+            "--masquerade",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--service-cidr",
+            "10.96.0.0/12",
+        ],
+    );
+
+    let installed = fs::read(dirs.bin.join("cni-ebpf")).unwrap();
+    assert!(
+        installed == fs::read(binaries::path(binaries::PLUGIN)).unwrap(),
+        "the installed plugin is not the one next to cni-ebpfd"
+    );
+    assert_eq!(
+        fs::metadata(dirs.bin.join("cni-ebpf")).unwrap().mode() & 0o777,
+        0o755
+    );
+    assert_eq!(
+        dirs.conflist(),
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "cni-ebpf",
+            "plugins": [{
+                "type": "cni-ebpf",
+                // The uplink's 1400 less the VXLAN header.
+                "mtu": 1350,
+                "bpffsRoot": node.bpffs_root(),
+                "stateDir": node.state_dir(),
+                "ipMasq": true,
+                "nonMasqueradeCIDRs": ["10.244.0.0/16"],
+                "serviceCIDRs": ["10.96.0.0/12"],
+                "capabilities": { "portMappings": true, "bandwidth": true },
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{ "subnet": POD_CIDR }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }],
+                    "dataDir": node.ipam_dir(),
+                },
+            }],
+        })
+    );
+    assert_eq!(
+        CniDirs::names(&dirs.bin),
+        BTreeSet::from(["cni-ebpf".to_string()]),
+        "staging files left in the bin dir"
+    );
+
+    let pod = RuntimePod::add(&node, &dirs);
+    let ip = pod.ip();
+    assert!(
+        ip.starts_with("10.244.5."),
+        "pod address {ip} outside {POD_CIDR}"
+    );
+    let mtu = pod.netns.ip(&["-j", "link", "show", "dev", "eth0"]);
+    let mtu: Value = serde_json::from_str(&mtu).unwrap();
+    assert_eq!(mtu[0]["mtu"], 1350, "pod eth0");
+    node.netns().exec_ok("ping", &["-c", "1", "-W", "2", &ip]);
+}
+
+#[test]
+fn install_twice_changes_nothing_and_uninstall_leaves_nothing() {
+    let node = Node::new();
+    let dirs = CniDirs::of(&node);
+    let mtu = ["--mtu", "1500"];
+
+    let first = install(&node, &dirs, &mtu);
+    assert!(first.contains("installed"), "{first}");
+    let inode = |p: PathBuf| fs::metadata(p).unwrap().ino();
+    let before = (
+        inode(dirs.bin.join("cni-ebpf")),
+        inode(dirs.conflist_path()),
+    );
+    let second = install(&node, &dirs, &mtu);
+    assert_eq!(second.matches("unchanged").count(), 2, "{second}");
+    let after = (
+        inode(dirs.bin.join("cni-ebpf")),
+        inode(dirs.conflist_path()),
+    );
+    assert_eq!(before, after, "a second install rewrote a file");
+
+    // A changed setting rewrites the conflist alone.
+    let third = install(&node, &dirs, &["--mtu", "1400"]);
+    assert!(
+        third.contains(&format!(
+            "unchanged {}",
+            dirs.bin.join("cni-ebpf").display()
+        )),
+        "{third}"
+    );
+    assert_eq!(dirs.conflist()["plugins"][0]["mtu"], 1400);
+
+    // An interrupted install's staging file goes too.
+    fs::write(dirs.bin.join(".cni-ebpf-staging-cni-ebpf.99999"), b"half").unwrap();
+    uninstall(&node, &dirs);
+    assert!(
+        CniDirs::names(&dirs.bin).is_empty(),
+        "{:?}",
+        CniDirs::names(&dirs.bin)
+    );
+    assert!(
+        CniDirs::names(&dirs.conf).is_empty(),
+        "{:?}",
+        CniDirs::names(&dirs.conf)
+    );
+    let again = uninstall(&node, &dirs);
+    assert!(again.contains("nothing to remove"), "{again}");
+}
+
+#[test]
+fn exclusive_moves_other_configs_aside_and_uninstall_restores_them() {
+    let node = Node::new();
+    let dirs = CniDirs::of(&node);
+    let others = [
+        (
+            "10-bridge.conflist",
+            r#"{"cniVersion":"1.0.0","name":"b","plugins":[{"type":"bridge"}]}"#,
+        ),
+        (
+            "87-podman.conf",
+            r#"{"cniVersion":"0.4.0","name":"p","type":"bridge"}"#,
+        ),
+        (
+            "99-loopback.json",
+            r#"{"cniVersion":"1.0.0","name":"l","type":"loopback"}"#,
+        ),
+    ];
+    for (name, text) in others {
+        fs::write(dirs.conf.join(name), text).unwrap();
+    }
+    fs::write(dirs.conf.join("README"), "not a config").unwrap();
+
+    // Without --exclusive, others stay.
+    install(&node, &dirs, &["--mtu", "1500"]);
+    assert_eq!(CniDirs::names(&dirs.conf).len(), 5);
+
+    let out = install(&node, &dirs, &["--mtu", "1500", "--exclusive"]);
+    assert_eq!(out.matches("moved aside").count(), 3, "{out}");
+    assert_eq!(
+        CniDirs::names(&dirs.conf),
+        BTreeSet::from(
+            [
+                "05-cni-ebpf.conflist",
+                "10-bridge.conflist.cni-ebpf-bak",
+                "87-podman.conf.cni-ebpf-bak",
+                "99-loopback.json.cni-ebpf-bak",
+                "README",
+            ]
+            .map(String::from)
+        )
+    );
+    // Exclusive again: nothing more to move.
+    let out = install(&node, &dirs, &["--mtu", "1500", "--exclusive"]);
+    assert!(!out.contains("moved aside"), "{out}");
+
+    uninstall(&node, &dirs);
+    assert_eq!(
+        CniDirs::names(&dirs.conf),
+        BTreeSet::from(
+            [
+                "10-bridge.conflist",
+                "87-podman.conf",
+                "99-loopback.json",
+                "README"
+            ]
+            .map(String::from)
+        )
+    );
+    for (name, text) in others {
+        assert_eq!(fs::read_to_string(dirs.conf.join(name)).unwrap(), text);
+    }
+    assert!(CniDirs::names(&dirs.bin).is_empty());
+}
+
+/// The bin dir is read in a loop while installs alternate between two
+/// plugin builds: every read sees one whole binary or the other. (An
+/// in-place copy shows a truncated or partly written file here.)
+#[test]
+fn a_half_written_plugin_is_never_visible() {
+    let node = Node::new();
+    let dirs = CniDirs::of(&node);
+    let built = fs::read(binaries::path(binaries::PLUGIN)).unwrap();
+    // Another build, as far as the bytes go: trailing data does not change
+    // how an ELF runs.
+    let other_path = node.dir().join("cni-ebpf-other");
+    let mut other = built.clone();
+    other.extend_from_slice(&[0x5a; 4096]);
+    fs::write(&other_path, &other).unwrap();
+    let other_arg = other_path.display().to_string();
+    let target = dirs.bin.join("cni-ebpf");
+
+    install(&node, &dirs, &["--mtu", "1500"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        let target = target.clone();
+        let (a, b) = (built.len(), other.len());
+        let (a_head, b_tail) = (built[..4096].to_vec(), other[other.len() - 4096..].to_vec());
+        thread::spawn(move || {
+            let mut reads = 0u32;
+            let mut torn = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let bytes = fs::read(&target).expect("the plugin is always there");
+                reads += 1;
+                let whole = (bytes.len() == a && bytes[..4096] == a_head[..])
+                    || (bytes.len() == b && bytes[b - 4096..] == b_tail[..]);
+                if !whole {
+                    torn.push(bytes.len());
+                }
+            }
+            (reads, torn)
+        })
+    };
+    for round in 0..4 {
+        let source = if round % 2 == 0 {
+            other_arg.as_str()
+        } else {
+            ""
+        };
+        let mut extra = vec!["--mtu", "1500"];
+        if !source.is_empty() {
+            extra.extend(["--plugin-binary", source]);
+        }
+        let out = install(&node, &dirs, &extra);
+        assert!(out.starts_with("installed"), "round {round}: {out}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (reads, torn) = reader.join().unwrap();
+    assert!(reads >= 4, "only {reads} reads during four installs");
+    assert!(
+        torn.is_empty(),
+        "{} of {reads} reads saw a partial binary: sizes {torn:?}",
+        torn.len()
+    );
+    uninstall(&node, &dirs);
+}
+
+/// A bpffs mounted by the test on a directory of its own; unmounted on drop.
+struct LateBpffs(PathBuf);
+
+impl Drop for LateBpffs {
+    fn drop(&mut self) {
+        let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn the_conflist_appears_only_once_the_datapath_is_loaded() {
+    let node = Node::new();
+    let dirs = CniDirs::of(&node);
+    // bpffsRoot on a directory that is not (yet) a bpffs: STATUS answers 50.
+    let mountpoint = node.dir().join("bpffs-later");
+    fs::create_dir_all(&mountpoint).unwrap();
+    let root = mountpoint.join("node");
+
+    let out = cni_ebpfd(
+        &node,
+        &root,
+        &install_args(&node, &dirs, &["--mtu", "1500", "--ready-timeout", "1"]),
+    );
+    assert!(
+        !out.status.success(),
+        "install succeeded without a datapath"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("did not become ready") && stderr.contains("code 50"),
+        "{stderr}"
+    );
+    assert!(
+        !dirs.conflist_path().exists(),
+        "conflist written without a datapath"
+    );
+
+    // Now an install that waits, and a bpffs that arrives while it does.
+    let mut command = node.netns().command(binaries::path(binaries::AGENT));
+    command
+        .arg("--bpffs-root")
+        .arg(&root)
+        .args(install_args(
+            &node,
+            &dirs,
+            &["--mtu", "1500", "--ready-timeout", "60"],
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut waiting = KillOnDrop(command.spawn().expect("spawning cni-ebpfd install"));
+    thread::sleep(Duration::from_millis(1500));
+    assert!(
+        waiting.0.try_wait().unwrap().is_none(),
+        "install gave up early"
+    );
+    assert!(
+        !dirs.conflist_path().exists(),
+        "conflist written before the datapath was loaded"
+    );
+    assert!(
+        dirs.bin.join("cni-ebpf").exists(),
+        "the plugin is copied first"
+    );
+
+    mount(
+        Some("bpf"),
+        &mountpoint,
+        Some("bpf"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .expect("mounting bpffs");
+    let _bpffs = LateBpffs(mountpoint.clone());
+    assert!(
+        wait_until(Duration::from_secs(60), || waiting
+            .0
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "install did not finish once bpffs was there"
+    );
+    let status = waiting.0.wait().unwrap();
+    assert!(status.success(), "install failed after bpffs arrived");
+    assert!(
+        dirs.conflist_path().exists(),
+        "no conflist after the datapath loaded"
+    );
+    assert!(
+        root.join("maps").is_dir(),
+        "STATUS did not load the datapath"
+    );
+    assert_eq!(dirs.conflist()["plugins"][0]["bpffsRoot"], json!(root));
+}
