@@ -18,7 +18,9 @@ use std::{
 };
 
 use cni_ebpf_tests::{
-    CniRequest, Netns, Node, Plugin, binaries,
+    CniRequest, Netns, Node, Plugin,
+    agent::Agent,
+    binaries,
     ext::{self, wait_until},
     names,
     process::{self, KillOnDrop},
@@ -483,14 +485,7 @@ fn the_conflist_appears_only_once_the_datapath_is_loaded() {
         "the plugin is copied first"
     );
 
-    mount(
-        Some("bpf"),
-        &mountpoint,
-        Some("bpf"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .expect("mounting bpffs");
+    mount_bpffs(&mountpoint);
     let _bpffs = LateBpffs(mountpoint.clone());
     assert!(
         wait_until(Duration::from_secs(60), || waiting
@@ -511,4 +506,76 @@ fn the_conflist_appears_only_once_the_datapath_is_loaded() {
         "STATUS did not load the datapath"
     );
     assert_eq!(dirs.conflist()["plugins"][0]["bpffsRoot"], json!(root));
+}
+
+/// `cni-ebpfd run --cni-conflist`: the node's bpffs goes away under the
+/// agent (the datapath can be neither opened nor loaded), the conflist is
+/// withdrawn; a bpffs is back, the agent loads the datapath into it and
+/// the same conflist returns.
+#[test]
+fn the_agent_withdraws_the_conflist_while_the_datapath_is_unusable() {
+    let node = Node::new();
+    let dirs = CniDirs::of(&node);
+    install(&node, &dirs, &["--mtu", "1500"]);
+    let written = fs::read(dirs.conflist_path()).unwrap();
+    let withdrawn = dirs.conf.join("05-cni-ebpf.conflist.cni-ebpf-withdrawn");
+    let conflist_arg = dirs.conflist_path().display().to_string();
+    let agent = Agent::start(
+        &node,
+        &["--gc-interval", "1", "--cni-conflist", &conflist_arg],
+    );
+
+    let mountpoint = node.bpffs().mountpoint().to_path_buf();
+    umount2(&mountpoint, MntFlags::MNT_DETACH).expect("unmounting the node's bpffs");
+    let _remount = Remount(mountpoint.clone());
+    let gone = wait_until(Duration::from_secs(10), || {
+        !dirs.conflist_path().exists() && withdrawn.exists()
+    });
+    assert!(
+        gone,
+        "conflist still there without a datapath:\n{}",
+        agent.stderr().join("\n")
+    );
+
+    mount_bpffs(&mountpoint);
+    let back = wait_until(Duration::from_secs(10), || dirs.conflist_path().exists());
+    assert!(
+        back,
+        "conflist not restored:\n{}",
+        agent.stderr().join("\n")
+    );
+    assert_eq!(fs::read(dirs.conflist_path()).unwrap(), written);
+    assert!(!withdrawn.exists());
+    assert!(
+        node.bpffs_root().join("maps").is_dir(),
+        "the agent did not load the datapath again"
+    );
+    drop(agent);
+    uninstall(&node, &dirs);
+    assert!(CniDirs::names(&dirs.conf).is_empty());
+}
+
+fn mount_bpffs(at: &Path) {
+    mount(
+        Some("bpf"),
+        at,
+        Some("bpf"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .expect("mounting bpffs");
+}
+
+/// Mounts a bpffs back on the node's mountpoint if the test ends without
+/// one there, so the node's own cleanup finds what it expects.
+struct Remount(PathBuf);
+
+impl Drop for Remount {
+    fn drop(&mut self) {
+        let on_bpffs = nix::sys::statfs::statfs(&self.0)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
+        if !on_bpffs {
+            mount_bpffs(&self.0);
+        }
+    }
 }

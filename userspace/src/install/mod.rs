@@ -10,6 +10,7 @@ pub mod files;
 pub mod pod_cidr;
 pub mod readiness;
 pub mod uplink;
+pub mod withdrawal;
 
 use std::{
     path::{Path, PathBuf},
@@ -160,8 +161,12 @@ pub struct Uninstalled {
 pub fn uninstall(dirs: &NodeDirs) -> Result<Uninstalled> {
     let mut removed = Vec::new();
     let conflist = dirs.conflist_path();
+    let withdrawn = withdrawal::Conflist::new(&conflist).withdrawn_path();
     if files::remove_if_present(&conflist)? {
         removed.push(conflist);
+    }
+    if files::remove_if_present(&withdrawn)? {
+        removed.push(withdrawn);
     }
     let restored = files::restore_moved_aside(&dirs.cni_conf_dir)?;
     let plugin = dirs.plugin_path();
