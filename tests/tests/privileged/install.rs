@@ -579,3 +579,67 @@ impl Drop for Remount {
         }
     }
 }
+
+/// `--pod-cidr-from-api` runs `kubectl get node <name> -o json` and takes
+/// the IPv4 entry of `spec.podCIDRs`. A script stands in for kubectl: no
+/// API server exists here (what it would print is a trimmed real Node).
+#[test]
+fn install_takes_the_pod_cidr_from_the_node_object_kubectl_prints() {
+    let node = Node::new();
+    let dirs = CniDirs::of(&node);
+    let kubectl = node.dir().join("kubectl");
+    fs::write(
+        &kubectl,
+        r#"#!/bin/sh
+if [ "$*" = "get node worker-7 --output json" ]; then
+cat <<'NODE'
+{"apiVersion":"v1","kind":"Node","metadata":{"name":"worker-7"},
+ "spec":{"podCIDR":"fd00:10:244:7::/64","podCIDRs":["fd00:10:244:7::/64","10.244.7.0/24"]}}
+NODE
+else
+echo 'Error from server (Forbidden): nodes "'"$3"'" is forbidden' >&2
+exit 1
+fi
+"#,
+    )
+    .unwrap();
+    fs::set_permissions(
+        &kubectl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let kubectl_arg = kubectl.display().to_string();
+    let api = |name: &str| {
+        let mut args = install_args(&node, &dirs, &["--mtu", "1500"]);
+        // install_args gives --pod-cidr; the API is the source here.
+        let at = args.iter().position(|a| a == "--pod-cidr").unwrap();
+        args.drain(at..at + 2);
+        args.extend(
+            [
+                "--pod-cidr-from-api",
+                "--node-name",
+                name,
+                "--kubectl",
+                &kubectl_arg,
+            ]
+            .map(String::from),
+        );
+        cni_ebpfd(&node, node.bpffs_root(), &args)
+    };
+
+    let refused = api("worker-8");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("Forbidden"), "{stderr}");
+    assert!(
+        CniDirs::names(&dirs.conf).is_empty(),
+        "a conflist without a pod CIDR"
+    );
+
+    process::expect_success("install --pod-cidr-from-api", &api("worker-7"));
+    assert_eq!(
+        dirs.conflist()["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+        "10.244.7.0/24"
+    );
+    uninstall(&node, &dirs);
+}

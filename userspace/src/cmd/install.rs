@@ -14,6 +14,9 @@ use cni_ebpf_userspace::{
 };
 use ipnet::{IpNet, Ipv4Net};
 
+/// How long one `kubectl get node` may take.
+const KUBECTL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where the CNI files go; shared with `uninstall`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct NodeDirArgs {
@@ -40,7 +43,7 @@ impl NodeDirArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 #[command(group(clap::ArgGroup::new("pod-cidr-source").required(true).args([
-    "pod_cidr", "pod_cidr_from_node_state", "use_pod_cidr", "node_object",
+    "pod_cidr", "pod_cidr_from_node_state", "use_pod_cidr", "node_object", "pod_cidr_from_api",
 ])))]
 pub struct InstallArgs {
     #[command(flatten)]
@@ -62,6 +65,17 @@ pub struct InstallArgs {
     /// A Kubernetes Node object (JSON) whose `spec.podCIDRs` holds the pod CIDR.
     #[arg(long)]
     pub node_object: Option<PathBuf>,
+    /// Read this node's `spec.podCIDRs` from the Kubernetes API (through
+    /// `kubectl get node <--node-name> -o json`; in a pod, kubectl uses its
+    /// service account).
+    #[arg(long, requires = "node_name")]
+    pub pod_cidr_from_api: bool,
+    /// This node's name in Kubernetes (the DaemonSet passes spec.nodeName).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The kubectl --pod-cidr-from-api runs.
+    #[arg(long, default_value = "kubectl")]
+    pub kubectl: PathBuf,
     /// The plugin's `stateDir`.
     #[arg(long, default_value = "/run/cni-ebpf")]
     pub state_dir: PathBuf,
@@ -171,6 +185,14 @@ fn pod_cidr(args: &InstallArgs) -> anyhow::Result<PodCidr> {
     }
     if args.pod_cidr_from_node_state {
         return Ok(PodCidr::Cidr(pod_cidr::from_node_state(&args.state_dir)?));
+    }
+    if args.pod_cidr_from_api {
+        let name = args
+            .node_name
+            .as_deref()
+            .expect("clap requires --node-name");
+        let json = pod_cidr::fetch_node_object(&args.kubectl, name, KUBECTL_TIMEOUT)?;
+        return Ok(PodCidr::Cidr(pod_cidr::from_node_object(&json)?));
     }
     let file = args.node_object.as_ref().expect("clap requires one source");
     let json =

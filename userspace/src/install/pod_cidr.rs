@@ -4,7 +4,11 @@
 //! (`spec.podCIDRs`, as the controller manager's `--allocate-node-cidrs`
 //! fills it).
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
@@ -84,6 +88,49 @@ pub fn from_node_object(json: &str) -> Result<Ipv4Net> {
                 node.metadata.name
             ))
         })
+}
+
+/// The Node object of `node_name` from the Kubernetes API, through
+/// `kubectl get node <name> -o json` (inside a pod kubectl uses the pod's
+/// service account and the in-cluster API address; the ServiceAccount needs
+/// `get` on nodes). A kubectl that does not answer within `timeout` is killed.
+pub fn fetch_node_object(kubectl: &Path, node_name: &str, timeout: Duration) -> Result<String> {
+    let mut child = Command::new(kubectl)
+        .args(["get", "node", node_name, "--output", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| InstallError::io("running", kubectl, e))?;
+    let deadline = Instant::now() + timeout;
+    while child
+        .try_wait()
+        .map_err(|e| InstallError::io("waiting for", kubectl, e))?
+        .is_none()
+    {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(InstallError::PodCidr(format!(
+                "{} get node {node_name}: no answer within {timeout:?}",
+                kubectl.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| InstallError::io("reading", kubectl, e))?;
+    if !output.status.success() {
+        return Err(InstallError::PodCidr(format!(
+            "{} get node {node_name}: {}: {}",
+            kubectl.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    String::from_utf8(output.stdout)
+        .map_err(|e| InstallError::PodCidr(format!("kubectl's output: {e}")))
 }
 
 #[cfg(test)]
