@@ -17,6 +17,8 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "iputils-ping",
     "ethtool",
+    // `cargo xtask image` builds the node image from scratch with it.
+    "buildah",
 ];
 
 pub fn ensure(ctx: &Context) -> Result<()> {
@@ -96,7 +98,8 @@ mod tests {
                       containernetworking-plugins install ok installed\n\
                       iptables:amd64 install ok installed\n\
                       nftables install ok installed\n\
-                      ethtool install ok installed\n";
+                      ethtool install ok installed\n\
+                      buildah install ok installed\n";
         assert_eq!(not_installed(output), ["sockperf", "iputils-ping"]);
     }
 }
