@@ -643,3 +643,134 @@ fi
     );
     uninstall(&node, &dirs);
 }
+
+/// The Kubernetes version `deploy/` is validated against.
+const KUBERNETES_VERSION: &str = "1.32.0";
+
+fn deploy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// PyPI's kubernetes-validate as `cargo xtask setup` installs it.
+fn kubernetes_validate() -> PathBuf {
+    let path = std::env::var_os("CNI_EBPF_KUBERNETES_VALIDATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+            target.join("tools/venv/bin/kubernetes-validate")
+        });
+    assert!(
+        path.is_file(),
+        "{} missing: `cargo xtask setup` installs kubernetes-validate (or set CNI_EBPF_KUBERNETES_VALIDATE)",
+        path.display()
+    );
+    path
+}
+
+fn manifests() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(deploy_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn deploy_manifests_are_valid_for_kubernetes() {
+    let files = manifests();
+    assert!(files.len() >= 5, "deploy/ holds {files:?}");
+    let mut command = std::process::Command::new(kubernetes_validate());
+    command
+        .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+        .args(&files);
+    let out = process::output_with_timeout(&mut command, None, Duration::from_secs(120)).unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubernetes-validate:\n{report}");
+    // One line per resource, each passed: namespace, service account, role,
+    // binding, config map, daemon set.
+    assert_eq!(report.matches(" passed ").count(), 6, "{report}");
+
+    // And a misspelt field fails, so the check above means something.
+    let broken = tempfile_dir().join("broken.yaml");
+    let daemonset = fs::read_to_string(deploy_dir().join("40-daemonset.yaml")).unwrap();
+    fs::write(&broken, daemonset.replace("hostNetwork:", "hostNetwrk:")).unwrap();
+    let mut command = std::process::Command::new(kubernetes_validate());
+    command
+        .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+        .arg(&broken);
+    let out = process::output_with_timeout(&mut command, None, Duration::from_secs(120)).unwrap();
+    assert!(!out.status.success(), "a misspelt field passed");
+    let _ = fs::remove_dir_all(broken.parent().unwrap());
+}
+
+/// Every flag the DaemonSet passes exists in the binary it runs, so the
+/// manifests and the CLI cannot drift apart unnoticed.
+#[test]
+fn the_daemonsets_flags_are_cni_ebpfds() {
+    let python = kubernetes_validate().with_file_name("python");
+    let daemonset = deploy_dir().join("40-daemonset.yaml");
+    let mut command = std::process::Command::new(python);
+    command.args([
+        "-c",
+        "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+    ]);
+    command.arg(&daemonset);
+    let out = process::output_with_timeout(&mut command, None, Duration::from_secs(60)).unwrap();
+    let spec: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let pod = &spec["spec"]["template"]["spec"];
+    let containers = pod["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(pod["containers"].as_array().unwrap());
+    let mut checked = 0;
+    for container in containers {
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let subcommand = *args.iter().find(|a| !a.starts_with("--")).unwrap();
+        let help = process::expect_success(
+            &format!("cni-ebpfd {subcommand} --help"),
+            &process::output_with_timeout(
+                std::process::Command::new(binaries::path(binaries::AGENT))
+                    .args([subcommand, "--help"]),
+                None,
+                Duration::from_secs(30),
+            )
+            .unwrap(),
+        );
+        for flag in args.iter().filter(|a| a.starts_with("--")) {
+            let name = flag.split('=').next().unwrap();
+            if name == "--bpffs-root" {
+                continue; // global
+            }
+            assert!(
+                help.contains(&format!("{name} ")) || help.contains(&format!("{name}\n")),
+                "container {}: cni-ebpfd {subcommand} has no {name}",
+                container["name"]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 12, "only {checked} flags checked");
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(spec["spec"]["updateStrategy"]["type"], "RollingUpdate");
+}
+
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(names::unique("cni-ebpf-deploy"));
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -33,7 +33,7 @@ pub const EXPECTED_FILES: &[&str] = &[
 #[derive(Args)]
 pub struct Options {
     /// Image name and tag (the OCI layout's ref name is the tag).
-    #[arg(long, default_value = "cni-ebpf:dev")]
+    #[arg(long, default_value = "localhost/cni-ebpf:dev")]
     tag: String,
     /// Put the debug binaries in (quicker to build, much larger).
     #[arg(long)]
@@ -53,12 +53,12 @@ pub fn run(ctx: &Context, options: &Options) -> Result<()> {
     if !ctx.dry_run {
         rootfs::stage(ctx, &bin_dir, &work, &root)?;
     }
-    let (name, tag) = options
+    let tag = options
         .tag
-        .split_once(':')
-        .unwrap_or((options.tag.as_str(), "latest"));
+        .rsplit_once(':')
+        .map_or("latest", |(_, tag)| tag);
     let layout_dir = work.join("oci");
-    let archive = work.join(format!("{name}.tar"));
+    let archive = work.join("cni-ebpf.tar");
     buildah_build(ctx, &work, &root, &options.tag, tag, &layout_dir, &archive)?;
     if ctx.dry_run {
         return Ok(());

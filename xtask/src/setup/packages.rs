@@ -19,6 +19,8 @@ const PACKAGES: &[&str] = &[
     "ethtool",
     // `cargo xtask image` builds the node image from scratch with it.
     "buildah",
+    // A venv for PyPI's kubernetes-validate (deploy/ manifests' schemas).
+    "python3-venv",
 ];
 
 pub fn ensure(ctx: &Context) -> Result<()> {
@@ -99,7 +101,8 @@ mod tests {
                       iptables:amd64 install ok installed\n\
                       nftables install ok installed\n\
                       ethtool install ok installed\n\
-                      buildah install ok installed\n";
+                      buildah install ok installed\n\
+                      python3-venv install ok installed\n";
         assert_eq!(not_installed(output), ["sockperf", "iputils-ping"]);
     }
 }
