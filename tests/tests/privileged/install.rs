@@ -774,3 +774,138 @@ fn tempfile_dir() -> PathBuf {
     fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The image `cargo xtask image` built (an OCI archive).
+fn image_archive() -> PathBuf {
+    std::env::var_os("CNI_EBPF_IMAGE_ARCHIVE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/image/cni-ebpf.tar")
+        })
+}
+
+/// Podman with its storage, run and temp dirs in a temp dir: nothing in
+/// the machine's /var/lib/containers or /run/containers.
+struct Podman {
+    dir: PathBuf,
+}
+
+impl Podman {
+    fn new() -> Self {
+        let dir = tempfile_dir();
+        Self { dir }
+    }
+
+    fn command(&self) -> std::process::Command {
+        let mut command = std::process::Command::new("podman");
+        command
+            .arg("--root")
+            .arg(self.dir.join("storage"))
+            .arg("--runroot")
+            .arg(self.dir.join("run"))
+            .arg("--tmpdir")
+            .arg(self.dir.join("tmp"))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "none",
+            ]);
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut command = self.command();
+        command.args(args);
+        process::output_with_timeout(&mut command, None, Duration::from_secs(180))
+            .expect("spawning podman")
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rm", "--all", "--force"]);
+        let _ = self.run(&["rmi", "--all", "--force"]);
+        let mut command = self.command();
+        command.arg("system").arg("reset").arg("--force");
+        let _ = process::output_with_timeout(&mut command, None, Duration::from_secs(60));
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The built image run with Podman in the node's network namespace,
+/// privileged, against a fake node root (temp CNI dirs, the node's bpffs
+/// and state dir mounted at their own paths, as the DaemonSet mounts the
+/// host's): its install leaves a plugin and a conflist a pod can be added
+/// with, its uninstall removes them.
+#[test]
+#[ignore = "needs the image: run `cargo xtask image` first, then with --ignored"]
+fn the_image_installs_into_a_fake_node_root() {
+    let archive = image_archive();
+    assert!(
+        archive.is_file(),
+        "{} missing: run `cargo xtask image`",
+        archive.display()
+    );
+    let node = Node::new();
+    let _ext = ext::uplink_with_default_route(&node);
+    let dirs = CniDirs::of(&node);
+    fs::create_dir_all(node.state_dir()).unwrap();
+    let podman = Podman::new();
+    let loaded = podman.run(&["load", "--input", &archive.display().to_string()]);
+    let loaded = process::expect_success("podman load", &loaded);
+    let image = loaded
+        .lines()
+        .find_map(|l| l.strip_prefix("Loaded image: "))
+        .unwrap_or_else(|| panic!("podman load: {loaded}"))
+        .trim()
+        .to_string();
+
+    let same = |p: &Path| format!("{0}:{0}", p.display());
+    let netns = format!("ns:{}", node.netns().path().display());
+    let bpffs = node.bpffs().mountpoint().to_path_buf();
+    // The node's temp dir holds the CNI dirs, the state and IPAM dirs.
+    let volumes = [same(&bpffs), same(node.dir())];
+    let in_image = |args: &[String]| {
+        let mut all: Vec<String> = ["run", "--rm", "--privileged", "--network", &netns]
+            .map(String::from)
+            .to_vec();
+        for volume in &volumes {
+            all.extend(["--volume".to_string(), volume.clone()]);
+        }
+        all.push(image.clone());
+        all.push("--bpffs-root".into());
+        all.push(node.bpffs_root().display().to_string());
+        all.extend(args.iter().cloned());
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        podman.run(&refs)
+    };
+
+    let mut args = install_args(
+        &node,
+        &dirs,
+        &["--masquerade", "--cluster-cidr", "10.244.0.0/16"],
+    );
+    // The default plugin source: the cni-ebpf next to cni-ebpfd in the image.
+    args.extend(["--ready-timeout".to_string(), "60".to_string()]);
+    process::expect_success("install in the image", &in_image(&args));
+    assert_eq!(
+        dirs.conflist()["plugins"][0]["mtu"],
+        1500,
+        "the uplink's MTU, read in the image"
+    );
+    assert_eq!(dirs.conflist()["plugins"][0]["ipMasq"], true);
+    {
+        let pod = RuntimePod::add(&node, &dirs);
+        node.netns()
+            .exec_ok("ping", &["-c", "1", "-W", "2", &pod.ip()]);
+    }
+
+    let mut args = vec!["uninstall".to_string()];
+    args.extend(dir_args(&dirs));
+    process::expect_success("uninstall in the image", &in_image(&args));
+    assert!(CniDirs::names(&dirs.bin).is_empty());
+    assert!(CniDirs::names(&dirs.conf).is_empty());
+}

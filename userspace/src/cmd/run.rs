@@ -85,10 +85,8 @@ async fn agent(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
         Ok(cgroup) => cgroup,
         Err(e) => {
             // No pods for a datapath the agent cannot even load.
-            if let Some(conflist) = &conflist {
-                if let Err(e) = conflist.withdraw() {
-                    log::error!("{e}");
-                }
+            if let Some(Err(withdrawing)) = conflist.as_ref().map(Conflist::withdraw) {
+                log::error!("{withdrawing}");
             }
             return Err(e);
         }
