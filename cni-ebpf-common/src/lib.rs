@@ -41,6 +41,43 @@ pub mod program_names {
     pub const TO_TUNNEL: &str = "to_tunnel";
 }
 
+/// Wire constants of the headers the datapath reads and writes: shared so
+/// that the datapath's unit tests build and read packets at the offsets the
+/// programs use. Offsets are from the start of the Ethernet frame unless
+/// they say otherwise; multi-byte values are in host order.
+pub mod wire {
+    pub const ETH_P_IP: u16 = 0x0800;
+    pub const ETH_P_ARP: u16 = 0x0806;
+    pub const ETH_P_IPV6: u16 = 0x86dd;
+
+    pub const ARP_REQUEST: u16 = 1;
+    pub const ARP_REPLY: u16 = 2;
+    pub const ARP_HTYPE_ETHERNET: u16 = 1;
+
+    /// Ethernet header: destination MAC, source MAC, EtherType.
+    pub const ETH_LEN: usize = 14;
+
+    pub const IPV4_CSUM_OFF: usize = ETH_LEN + 10;
+    pub const IPV4_SRC_OFF: usize = ETH_LEN + 12;
+    pub const IPV4_DST_OFF: usize = ETH_LEN + 16;
+
+    /// Where a transport header's checksum sits, relative to its start.
+    pub const TCP_CSUM_OFF: usize = 16;
+    pub const UDP_CSUM_OFF: usize = 6;
+    pub const ICMP_CSUM_OFF: usize = 2;
+
+    pub const TCP_FIN: u8 = 0x01;
+    pub const TCP_SYN: u8 = 0x02;
+    pub const TCP_RST: u8 = 0x04;
+    pub const TCP_ACK: u8 = 0x10;
+
+    pub const ICMP_ECHO_REPLY: u8 = 0;
+    pub const ICMP_DEST_UNREACH: u8 = 3;
+    pub const ICMP_ECHO_REQUEST: u8 = 8;
+    pub const ICMP_TIME_EXCEEDED: u8 = 11;
+    pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+}
+
 /// Endpoints the node can hold: one entry per pod address.
 pub const MAX_ENDPOINTS: u32 = 65_536;
 /// Translated flows the node can hold (each has an entry in `NAT_OUT` and

@@ -112,7 +112,7 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
 
     // SAFETY: copied out at once.
     let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(dst)) }).copied() else {
-        return leave_node(ctx, ip, &me, dst, ttl);
+        return leave_node(ctx, ip, src, dst, ttl);
     };
     if ttl <= 1 {
         // The stack answers with ICMP time exceeded.
@@ -144,12 +144,10 @@ fn to_stack(ctx: &TcContext) -> Result<i32, DropReason> {
 fn leave_node(
     ctx: &TcContext,
     ip: *mut Ipv4Hdr,
-    me: &Endpoint,
+    src: [u8; 4],
     dst: [u8; 4],
     ttl: u8,
 ) -> Result<i32, DropReason> {
-    // SAFETY: bounds-checked by the caller.
-    let src = unsafe { (*ip).saddr };
     let Some(cfg) = NODE_CONFIG.get(0).copied() else {
         return to_stack(ctx);
     };

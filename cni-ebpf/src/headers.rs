@@ -3,14 +3,13 @@
 //! verifier sees is exactly the wire layout, with no version churn.
 
 use aya_ebpf::programs::TcContext;
-
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_ARP: u16 = 0x0806;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-
-pub const ARP_REQUEST: u16 = 1;
-pub const ARP_REPLY: u16 = 2;
-pub const ARP_HTYPE_ETHERNET: u16 = 1;
+// The wire constants live in the common crate, where the unit tests read them.
+pub use cni_ebpf_common::wire::{
+    ARP_HTYPE_ETHERNET, ARP_REPLY, ARP_REQUEST, ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
+    ICMP_CSUM_OFF, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM,
+    ICMP_TIME_EXCEEDED, IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, TCP_ACK, TCP_CSUM_OFF, TCP_FIN,
+    TCP_RST, TCP_SYN, UDP_CSUM_OFF,
+};
 
 #[repr(C)]
 pub struct EthHdr {
@@ -19,8 +18,6 @@ pub struct EthHdr {
     /// Network order.
     pub ether_type: u16,
 }
-
-pub const ETH_LEN: usize = core::mem::size_of::<EthHdr>();
 
 #[repr(C)]
 pub struct Ipv4Hdr {
@@ -60,7 +57,7 @@ pub struct ArpEthIpv4 {
     pub tpa: [u8; 4],
 }
 
-const _: () = assert!(core::mem::size_of::<EthHdr>() == 14);
+const _: () = assert!(core::mem::size_of::<EthHdr>() == ETH_LEN);
 const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == 20);
 const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == 40);
 const _: () = assert!(core::mem::size_of::<ArpEthIpv4>() == 28);
@@ -98,26 +95,6 @@ pub fn ipv4_decrease_ttl(ip: *mut Ipv4Hdr) {
         (*ip).ttl -= 1;
     }
 }
-
-pub const IPV4_CSUM_OFF: usize = ETH_LEN + 10;
-pub const IPV4_SRC_OFF: usize = ETH_LEN + 12;
-pub const IPV4_DST_OFF: usize = ETH_LEN + 16;
-
-/// Where a transport header's checksum sits, relative to its start.
-pub const TCP_CSUM_OFF: usize = 16;
-pub const UDP_CSUM_OFF: usize = 6;
-pub const ICMP_CSUM_OFF: usize = 2;
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
-
-pub const ICMP_ECHO_REPLY: u8 = 0;
-pub const ICMP_DEST_UNREACH: u8 = 3;
-pub const ICMP_ECHO_REQUEST: u8 = 8;
-pub const ICMP_TIME_EXCEEDED: u8 = 11;
-pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 /// The first 8 bytes of TCP, UDP and ICMP alike: enough for ports (or the
 /// echo identifier) and, for TCP, up to the flags.

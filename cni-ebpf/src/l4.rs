@@ -8,8 +8,8 @@ use aya_ebpf::{
 use cni_ebpf_common::{DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::headers::{
-    ICMP_CSUM_OFF, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPV4_CSUM_OFF, Ipv4Hdr, L4Head,
-    TCP_CSUM_OFF, TcpFlagsWord, UDP_CSUM_OFF, header, ipv4_l4_offset,
+    ETH_LEN, ICMP_CSUM_OFF, IPV4_CSUM_OFF, Ipv4Hdr, L4Head, TCP_CSUM_OFF, TcpFlagsWord,
+    UDP_CSUM_OFF, header, ipv4_l4_offset,
 };
 
 /// Offsets are from the start of the packet; ports in network order.
@@ -43,15 +43,11 @@ impl Transport {
             self.offset + 2
         }
     }
-
-    pub fn is_echo(&self) -> bool {
-        self.proto == IPPROTO_ICMP
-            && (self.icmp_type == ICMP_ECHO_REQUEST || self.icmp_type == ICMP_ECHO_REPLY)
-    }
 }
 
-/// Parses TCP, UDP or ICMP behind `ip`; `None` for other protocols and for
-/// fragments, which carry no complete transport header.
+/// Parses TCP, UDP or ICMP behind `ip`; `None` for other protocols, for
+/// fragments, which carry no complete transport header, and for a header
+/// length under the IPv4 minimum, which points into the IP header itself.
 #[inline(always)]
 pub fn parse(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<Transport> {
     // SAFETY: the caller bounds-checked `ip`.
@@ -60,6 +56,9 @@ pub fn parse(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<Transport> {
         return None;
     }
     let offset = ipv4_l4_offset(ip);
+    if offset < ETH_LEN + size_of::<Ipv4Hdr>() {
+        return None;
+    }
     let head: *const L4Head = header(ctx, offset)?;
     // SAFETY: bounds-checked.
     let (w0, w1, w2) = unsafe { ((*head).word0, (*head).word1, (*head).word2) };

@@ -15,9 +15,9 @@ use cni_ebpf_common::{
 use crate::{
     counters::count_verdict,
     headers::{
-        ICMP_DEST_UNREACH, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM, ICMP_TIME_EXCEEDED,
-        IPV4_DST_OFF, IPV4_SRC_OFF, Ipv4Hdr, L4Head, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, header,
-        v4,
+        ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM,
+        ICMP_TIME_EXCEEDED, IPV4_DST_OFF, IPV4_SRC_OFF, Ipv4Hdr, L4Head, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN, header, v4,
     },
     l4::{Transport, rewrite_addr, rewrite_port},
     maps::{NAT_FLOWS, NAT_IN, NAT_OUT},
@@ -154,7 +154,10 @@ pub fn dnat(
     {
         return dnat_icmp_error(ctx, dst, t);
     }
-    if t.proto == IPPROTO_ICMP && !t.is_echo() {
+    // Only echo replies answer a masqueraded ping (`snat` translates echo
+    // requests only): an echo request from outside is for the node itself,
+    // whatever its identifier.
+    if t.proto == IPPROTO_ICMP && t.icmp_type != ICMP_ECHO_REPLY {
         return Ok(None);
     }
     let key = FlowKey {

@@ -33,6 +33,7 @@ use cni_ebpf_common::{
 
 use crate::{
     counters::count_verdict,
+    headers::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST},
     l4::Transport,
     maps::{ENDPOINTS, NETFILTER_FLOWS, NODE_ADDRS, SERVICES},
 };
@@ -88,7 +89,7 @@ fn reply_key(src: [u8; 4], dst: [u8; 4], t: &Transport) -> FlowKey {
 #[inline(never)]
 pub fn belongs(src: [u8; 4], dst: [u8; 4], t: &Transport) -> bool {
     if t.proto == IPPROTO_ICMP {
-        return !t.is_echo();
+        return t.icmp_type != ICMP_ECHO_REQUEST && t.icmp_type != ICMP_ECHO_REPLY;
     }
     NETFILTER_FLOWS.get_ptr(&flow_key(src, dst, t)).is_some()
         || NETFILTER_FLOWS.get_ptr(&reply_key(src, dst, t)).is_some()

@@ -3,6 +3,13 @@
 //! `ingressBurst`/`egressBurst` in bits, each direction optional;
 //! `runtimeConfig.bandwidth` wins over the static fields. Enforced in the
 //! datapath (see `cni-ebpf/src/rate.rs`) instead of tbf + ifb.
+//!
+//! Kubernetes has no burst annotation: for a pod with the
+//! `kubernetes.io/{ingress,egress}-bandwidth` annotations each runtime
+//! writes its own "no limit" burst ([`UNSET_BURSTS`]), which the reference
+//! plugin takes literally (containerd's lets ~512 MB through at line rate
+//! before the limit bites). Here those values mean the rate over 1/10 s
+//! (100 ms), so an annotated pod is held to its rate from its first second.
 
 use cni_ebpf_userspace::rate::Limit;
 use serde_json::Value;
@@ -20,6 +27,19 @@ impl Bandwidth {
         self.ingress.is_some() || self.egress.is_some()
     }
 }
+
+/// The bursts runtimes send for "unset": containerd `math.MaxUint32`,
+/// CRI-O `math.MaxUint32*8` and later `math.MaxUint32*8 - 1`, kubelet's
+/// dockershim `math.MaxInt32`.
+pub const UNSET_BURSTS: [u64; 4] = [
+    u32::MAX as u64,
+    u32::MAX as u64 * 8,
+    u32::MAX as u64 * 8 - 1,
+    i32::MAX as u64,
+];
+
+/// An unset burst is the rate over 1/10 s.
+pub const DEFAULT_BURST_DIVISOR: u64 = 10;
 
 fn invalid(field: &str, why: &str) -> CniError {
     CniError::invalid_config(format!("invalid field \"{field}\": {why}"))
@@ -41,7 +61,11 @@ fn direction(
     burst_key: &str,
 ) -> CniResult<Option<Limit>> {
     let rate = number(obj, prefix, rate_key)?;
-    let burst = number(obj, prefix, burst_key)?;
+    let burst = match number(obj, prefix, burst_key)? {
+        burst if !UNSET_BURSTS.contains(&burst) => burst,
+        _ if rate == 0 => 0,
+        _ => (rate / DEFAULT_BURST_DIVISOR).max(1),
+    };
     match (rate, burst) {
         (0, 0) => Ok(None),
         (_, 0) => Err(invalid(
@@ -97,6 +121,47 @@ mod tests {
             })
         );
         assert!(!parse(&json!({}), &json!({})).unwrap().is_limited());
+    }
+
+    #[test]
+    fn containerds_unset_burst_is_100_ms_at_the_rate() {
+        let mut conf = json!({"runtimeConfig": {"bandwidth": {
+            "IngressRate": 20_000_000, "IngressBurst": 4_294_967_295u64,
+            "EgressRate": 0, "EgressBurst": 4_294_967_295u64
+        }}});
+        crate::cni::keys::canonicalize(&mut conf, &crate::cni::keys::NETWORK);
+        let bw = parse(&json!({}), &conf["runtimeConfig"]).unwrap();
+        assert_eq!(
+            bw.ingress,
+            Some(Limit {
+                rate_bits: 20_000_000,
+                burst_bits: 2_000_000
+            })
+        );
+        assert_eq!(bw.egress, None);
+        // CRI-O's and dockershim's "unset".
+        for burst in [34_359_738_360u64, 34_359_738_359, 2_147_483_647] {
+            let bw = parse(
+                &json!({}),
+                &json!({"bandwidth": {"egressRate": 1_000_000, "egressBurst": burst}}),
+            )
+            .unwrap();
+            assert_eq!(bw.egress.unwrap().burst_bits, 100_000, "{burst}");
+        }
+        // A burst one bit smaller is taken as given.
+        let bw = parse(
+            &json!({"egressRate": 1_000_000, "egressBurst": 4_294_967_294u64}),
+            &json!({}),
+        )
+        .unwrap();
+        assert_eq!(bw.egress.unwrap().burst_bits, 4_294_967_294);
+        // No annotation: containerd sends zeros.
+        let bw = parse(
+            &json!({}),
+            &json!({"bandwidth": {"ingressRate": 0, "ingressBurst": 0, "egressRate": 0, "egressBurst": 0}}),
+        )
+        .unwrap();
+        assert!(!bw.is_limited());
     }
 
     #[test]

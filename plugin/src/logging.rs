@@ -1,5 +1,7 @@
-//! A stderr logger: stdout belongs to the CNI result. Off unless
-//! `CNI_EBPF_LOG` names a level (error, warn, info, debug, trace).
+//! A stderr logger: stdout belongs to the CNI result. Warnings (a pod
+//! served with less than it asked for) unless `CNI_EBPF_LOG` names another
+//! level (off, error, warn, info, debug, trace); runtimes log a plugin's
+//! stderr.
 
 use std::io::Write as _;
 
@@ -29,7 +31,7 @@ pub fn init() {
     let level = std::env::var("CNI_EBPF_LOG")
         .ok()
         .and_then(|v| v.parse::<log::LevelFilter>().ok())
-        .unwrap_or(log::LevelFilter::Off);
+        .unwrap_or(log::LevelFilter::Warn);
     if log::set_logger(&Stderr).is_ok() {
         log::set_max_level(level);
     }

@@ -32,6 +32,10 @@ pub struct AttachmentRecord {
     pub ingress_limit: Option<cni_ebpf_userspace::rate::Limit>,
     #[serde(default)]
     pub egress_limit: Option<cni_ebpf_userspace::rate::Limit>,
+    /// Why ADD could not hook the node's own sockets (no cgroup v2): CHECK
+    /// reports it instead of failing on the missing hooks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks_missing: Option<String>,
 }
 
 pub struct StateDir {

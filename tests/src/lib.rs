@@ -10,6 +10,8 @@
 pub mod agent;
 pub mod binaries;
 pub mod bpffs;
+pub mod containerd;
+pub mod cri;
 pub mod echo;
 pub mod ext;
 pub mod firewall;

@@ -56,6 +56,23 @@ impl Netns {
         Self { name, path }
     }
 
+    /// The network namespace of process `pid` (one a runtime made), named
+    /// here as `ip netns attach` names it; only that name is removed on
+    /// drop, the namespace lives as long as its processes.
+    pub fn attach(role: &str, pid: u32) -> Self {
+        require_root();
+        let name = names::unique(&format!("cet-{role}"));
+        let output = process::output_with_timeout(
+            Command::new("ip").args(["netns", "attach", &name, &pid.to_string()]),
+            None,
+            DEFAULT_TIMEOUT,
+        )
+        .expect("running `ip netns attach`");
+        process::expect_success(&format!("ip netns attach {name} {pid}"), &output);
+        let path = Path::new(NETNS_RUN_DIR).join(&name);
+        Self { name, path }
+    }
+
     /// A fresh namespace with `lo` up.
     pub fn with_loopback(role: &str) -> Self {
         let ns = Self::new(role);

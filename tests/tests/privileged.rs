@@ -9,6 +9,8 @@
 mod agent;
 #[path = "privileged/bandwidth.rs"]
 mod bandwidth;
+#[path = "privileged/containerd.rs"]
+mod containerd;
 #[path = "privileged/cross_node.rs"]
 mod cross_node;
 #[path = "privileged/errors.rs"]
@@ -29,6 +31,8 @@ mod masquerade;
 mod netfilter_handoff;
 #[path = "privileged/pod_to_pod.rs"]
 mod pod_to_pod;
+#[path = "privileged/runtimes.rs"]
+mod runtimes;
 #[path = "privileged/services.rs"]
 mod services;
 #[path = "privileged/spec_chaining.rs"]

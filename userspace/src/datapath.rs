@@ -25,6 +25,13 @@ use crate::{
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cni-ebpf-ebpf"));
 
+/// The embedded eBPF object, for a loader of its own: the datapath's unit
+/// tests load it into a private bpffs and run its programs with
+/// `BPF_PROG_TEST_RUN`.
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
 /// The ring buffer of aya-log records (`aya_log_ebpf`'s map).
 pub const LOG_MAP: &str = "AYA_LOGS";
 

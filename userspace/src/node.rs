@@ -220,6 +220,16 @@ pub fn cgroup2_mount() -> std::io::Result<Option<PathBuf>> {
     )?))
 }
 
+/// Whether `path` is a directory of a cgroup v2 hierarchy (where cgroup
+/// hooks can attach), `Err` with why not.
+pub fn check_cgroup2(path: &Path) -> std::result::Result<(), String> {
+    match nix::sys::statfs::statfs(path) {
+        Ok(fs) if fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC => Ok(()),
+        Ok(_) => Err(format!("{} is not a cgroup v2 directory", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 /// The first cgroup v2 mount point listed in `mountinfo`.
 pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {

@@ -1,5 +1,8 @@
 //! The network configuration a runtime streams on stdin.
 //!
+//! Keys are first brought to their canonical spelling as Go plugins match
+//! them (exact, else without regard to case: see [`super::keys`]), so every
+//! reader, here and in the modules that read `raw`, looks up one spelling.
 //! Each field is read on its own so that every error names the field it is
 //! about; serde's own messages say what was wrong but not where.
 
@@ -11,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::env::is_valid_identifier;
+use super::keys;
 use super::result::{CniOutput, Dns, parse_mac};
 use super::version;
 use crate::error::{CniError, CniResult, code};
@@ -34,7 +38,8 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     pub args: Option<Value>,
     pub dns: Option<Dns>,
-    /// The whole config as given, unknown keys included.
+    /// The whole config as given, unknown keys included, known keys in
+    /// their canonical spelling.
     pub raw: Value,
 }
 
@@ -60,9 +65,10 @@ impl NetConf {
     /// Code 6 when `bytes` is not a JSON object, code 1 for an unsupported
     /// `cniVersion`, code 7 naming the field for anything else wrong.
     pub fn parse(bytes: &[u8]) -> CniResult<NetConf> {
-        let raw: Value = serde_json::from_slice(bytes).map_err(|e| {
+        let mut raw: Value = serde_json::from_slice(bytes).map_err(|e| {
             CniError::new(code::DECODE_FAILURE, "error decoding network config").with_details(e)
         })?;
+        keys::canonicalize(&mut raw, &keys::NETWORK);
         let Value::Object(fields) = &raw else {
             return Err(
                 CniError::new(code::DECODE_FAILURE, "error decoding network config")
@@ -169,6 +175,17 @@ impl RuntimeConfig {
             return Err(invalid_field(
                 "runtimeConfig.mac",
                 format!("{bad:?} is not a MAC address"),
+            ));
+        }
+        // A capability we cannot honour is refused, never dropped: the pod
+        // would get an address outside the ranges it asked for.
+        if optional::<Value>(&runtime, "runtimeConfig.ipRanges")?
+            .is_some_and(|ranges| ranges.as_array().is_none_or(|r| !r.is_empty()))
+        {
+            return Err(invalid_field(
+                "runtimeConfig.ipRanges",
+                "the ipRanges capability is not supported: set the ranges in \"ipam\" \
+                 and do not declare it in \"capabilities\"",
             ));
         }
         Ok(RuntimeConfig {
@@ -460,6 +477,64 @@ mod tests {
         let conf = parse(&with("runtimeConfig", json!({"bandwidth": {}}))).unwrap();
         assert!(conf.runtime_config.ips.is_empty());
         assert_eq!(conf.runtime_config.raw, json!({"bandwidth": {}}));
+    }
+
+    #[test]
+    fn keys_match_without_regard_to_case_as_in_go() {
+        let conf = parse(&json!({
+            "CNIVersion": "1.0.0",
+            "Name": "pods",
+            "Type": "cni-ebpf",
+            "MTU": 1400,
+            "BpffsRoot": "/sys/fs/bpf/x",
+            "IPAM": {"Type": "host-local", "Subnet": "10.1.0.0/24"},
+            "RuntimeConfig": {"IPs": ["10.1.0.5"], "Mac": "0a:58:0a:01:00:05"},
+            "Args": {"Cni": {"Ips": ["10.1.0.6"]}},
+            "PrevResult": {"CniVersion": "1.0.0", "Ips": [{"Address": "10.1.0.5/24"}]},
+            "DNS": {"Nameservers": ["10.96.0.10"]}
+        }))
+        .unwrap();
+        assert_eq!(conf.cni_version, "1.0.0");
+        assert_eq!(conf.name, "pods");
+        assert_eq!(conf.mtu, Some(1400));
+        assert_eq!(conf.bpffs_root, PathBuf::from("/sys/fs/bpf/x"));
+        assert_eq!(conf.ipam.ipam_type, "host-local");
+        assert_eq!(conf.ipam.raw["subnet"], "10.1.0.0/24");
+        assert_eq!(conf.runtime_config.ips, vec!["10.1.0.5"]);
+        assert_eq!(
+            conf.runtime_config.mac.as_deref(),
+            Some("0a:58:0a:01:00:05")
+        );
+        assert_eq!(conf.args.as_ref().unwrap()["cni"]["ips"][0], "10.1.0.6");
+        let prev = conf.prev_output().unwrap().unwrap();
+        assert_eq!(prev.ips[0].address, "10.1.0.5/24".parse::<IpNet>().unwrap());
+        assert_eq!(conf.dns.as_ref().unwrap().nameservers, vec!["10.96.0.10"]);
+        assert_eq!(conf.raw["ipam"]["type"], "host-local");
+    }
+
+    #[test]
+    fn errors_about_folded_keys_name_the_canonical_field() {
+        assert_config_error(
+            &with("RuntimeConfig", json!({"MAC": 42})),
+            "runtimeConfig.mac",
+        );
+        assert_config_error(&with("MTU", json!("1500")), "mtu");
+    }
+
+    #[test]
+    fn ip_ranges_capability_is_refused_not_dropped() {
+        assert_config_error(
+            &with(
+                "runtimeConfig",
+                json!({"ipRanges": [[{"subnet": "10.9.0.0/24"}]]}),
+            ),
+            "runtimeConfig.ipRanges",
+        );
+        assert_config_error(
+            &with("runtimeConfig", json!({"IPRanges": "x"})),
+            "runtimeConfig.ipRanges",
+        );
+        parse(&with("runtimeConfig", json!({"ipRanges": []}))).unwrap();
     }
 
     #[test]

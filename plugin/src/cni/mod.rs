@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod env;
+pub mod keys;
 pub mod result;
 pub mod version;
 

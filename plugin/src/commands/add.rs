@@ -17,7 +17,7 @@ use crate::{
     bandwidth::{self, Bandwidth},
     cni::{CniEnv, CniOutput, Interface, IpConfig, NetConf, Route, format_mac},
     error::{CniError, CniResult},
-    host_ports::{self, HostPortRequest},
+    host_ports::{self, HostPortRequest, NodeHooks},
     ipam::{Allocation, Ipam},
     names,
     netlink::{Netlink, VethEnd},
@@ -48,10 +48,16 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
     let port_requests = host_ports::requests(&conf.runtime_config.raw)?;
     let bandwidth = bandwidth::parse(&conf.raw, &conf.runtime_config.raw)?;
     // Host ports hook the node's sockets; limits pace TCP senders.
-    let cgroup = if port_requests.is_empty() && !bandwidth.is_limited() {
-        None
+    let (cgroup, hooks_missing) = if port_requests.is_empty() && !bandwidth.is_limited() {
+        (None, None)
     } else {
-        Some(host_ports::cgroup_root(&conf.raw)?)
+        match host_ports::node_hooks(&conf.raw)? {
+            NodeHooks::Cgroup(path) => (Some(path), None),
+            NodeHooks::Unavailable(why) => {
+                log::warn!("{}", host_ports::missing_hooks_warning(&why));
+                (None, Some(why))
+            }
+        }
     };
     let _shared = StateDir::new(&conf.state_dir, &conf.name).lock_shared()?;
     let mut datapath = open_datapath(conf)?;
@@ -71,6 +77,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
             uplink: &uplink_conf,
             port_requests: &port_requests,
             cgroup: cgroup.as_deref(),
+            hooks_missing,
             bandwidth,
         };
         match add(&request, &node, &pod, &mut datapath, &mut progress).await {
@@ -94,6 +101,8 @@ struct Request<'a> {
     uplink: &'a UplinkConf,
     port_requests: &'a [HostPortRequest],
     cgroup: Option<&'a std::path::Path>,
+    /// Why the node's own sockets are not hooked although the pod needs it.
+    hooks_missing: Option<String>,
     bandwidth: Bandwidth,
 }
 
@@ -237,6 +246,7 @@ async fn add(
         port_mappings,
         ingress_limit: req.bandwidth.ingress,
         egress_limit: req.bandwidth.egress,
+        hooks_missing: req.hooks_missing.clone(),
     })?;
 
     Ok(CniOutput {

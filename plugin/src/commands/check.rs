@@ -94,7 +94,13 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
             record.host_ifname
         )));
     }
-    if (record.ingress_limit.is_some() || record.egress_limit.is_some())
+    if let Some(why) = &record.hooks_missing {
+        log::warn!(
+            "{}: {}",
+            record.host_ifname,
+            crate::host_ports::missing_hooks_warning(why)
+        );
+    } else if (record.ingress_limit.is_some() || record.egress_limit.is_some())
         && !cni_ebpf_userspace::attach::pacing_attached(datapath.layout())
     {
         return Err(failed(format!(

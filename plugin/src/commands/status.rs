@@ -52,5 +52,9 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
             "{missing} pod address(es) are missing from the endpoints map"
         ));
     }
+    // Served, with less: not an error code, which would stop new pods.
+    if let Some(why) = records.iter().find_map(|r| r.hooks_missing.as_deref()) {
+        log::warn!("{}", crate::host_ports::missing_hooks_warning(why));
+    }
     Ok(())
 }

@@ -19,11 +19,11 @@ use cni_ebpf_tests::{
 use serde_json::{Value, json};
 
 /// The limit of the limited direction, bits per second.
-const LIMIT_BITS: u64 = 20_000_000;
+pub(crate) const LIMIT_BITS: u64 = 20_000_000;
 /// Its burst, bits.
 const BURST_BITS: u64 = 2_000_000;
 /// Goodput may exceed the limit by the burst spread over a short run.
-const MARGIN: f64 = 1.10;
+pub(crate) const MARGIN: f64 = 1.10;
 /// Paced TCP fills at least this share of the limit (frames count against
 /// it, so full segments carry at most 1448/1514 of it as payload; the
 /// policer alone gave 63–71 %).
@@ -55,9 +55,9 @@ fn runtime_bandwidth(node: &Node, bandwidth: Value) -> Value {
 
 /// What one iperf3 run measured.
 #[derive(Debug, Clone, Copy)]
-struct Goodput {
+pub(crate) struct Goodput {
     /// What the receiver got, bits per second.
-    received_bps: f64,
+    pub(crate) received_bps: f64,
     retransmits: u64,
 }
 
@@ -112,7 +112,7 @@ fn iperf3(server: &Netns, server_ip: Ipv4Addr, client: &Netns) -> Goodput {
 }
 
 /// A UDP flood from `client` to a server in `server` on `server_ip`.
-fn udp_flood(server: &Netns, server_ip: Ipv4Addr, client: &Netns) -> Goodput {
+pub(crate) fn udp_flood(server: &Netns, server_ip: Ipv4Addr, client: &Netns) -> Goodput {
     iperf3_with(server, server_ip, client, &UDP_FLOOD)
 }
 

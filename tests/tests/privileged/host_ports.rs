@@ -826,3 +826,90 @@ fn agent_reattaches_cgroup_hooks_whose_links_are_gone() {
     pod.check("1.0.0")
         .expect_success("CHECK of the published pod");
 }
+
+/// A STATUS call (no attachment variables) on `hp`'s node.
+fn status(hp: &HostPortNode, conf: &Value) -> CniOutput {
+    let stdin = conf.to_string();
+    hp.node.cni(&CniRequest {
+        command: "STATUS",
+        container_id: "",
+        netns: None,
+        ifname: "",
+        args: None,
+        stdin: stdin.as_bytes(),
+    })
+}
+
+#[test]
+fn node_without_cgroup_v2_serves_host_ports_and_limits_and_says_what_it_lacks() {
+    // As on a cgroup v1 node (or one whose cgroup v2 is mounted out of the
+    // plugin's sight): `cgroupRoot` is a directory but no cgroup v2 one.
+    let hp = HostPortNode::new();
+    let not_cgroup2 = tempfile::tempdir().expect("a temporary directory");
+    let conf = with_keys(
+        hp.conf(&[
+            HostPort::tcp(HOST_PORT, POD_PORT),
+            HostPort::udp(HOST_PORT, POD_PORT),
+        ]),
+        json!({
+            "cniVersion": "1.1.0",
+            "cgroupRoot": not_cgroup2.path(),
+            "egressRate": 100_000_000,
+            "egressBurst": 10_000_000
+        }),
+    );
+    let mut sandbox = Sandbox::new(&hp.node);
+    let added = sandbox.add(&conf);
+    added.expect_result("ADD of a pod with host ports on a node without cgroup v2");
+    assert!(
+        added.stderr.contains("not a cgroup v2 directory")
+            && added.stderr.contains("not reachable from the node"),
+        "ADD does not say what the pod lacks: {}",
+        added.stderr
+    );
+    // No hook was attached to anything.
+    let hooks = hp.node.bpffs_root().join("cgroup");
+    let pins = std::fs::read_dir(&hooks).map_or(0, |dir| dir.count());
+    assert_eq!(pins, 0, "cgroup link pins under {}", hooks.display());
+
+    let tcp = PeerServer::start(sandbox.netns(), at(ANY, POD_PORT)).expect("TCP server");
+    let udp = UdpEcho::start(sandbox.netns(), at(ANY, POD_PORT), false).expect("UDP echo");
+    let servers = Servers { tcp, udp };
+    let dest = sock(hp.node_ip(), HOST_PORT);
+    assert_tcp_reaches(&servers, &hp.ext.netns, dest, hp.ext.ext_ip);
+    assert_udp_reaches(&servers, &hp.ext.netns, dest, hp.ext.ext_ip);
+    let client = hp.node.add_pod();
+    assert_tcp_reaches(&servers, client.netns(), dest, client.ip());
+    assert_udp_reaches(&servers, client.netns(), dest, client.ip());
+
+    let checked = sandbox.check();
+    checked.expect_success("CHECK of the pod without node hooks");
+    assert!(
+        checked.stderr.contains("not a cgroup v2 directory"),
+        "CHECK does not mention it: {}",
+        checked.stderr
+    );
+    let status = status(&hp, &conf);
+    status.expect_success("STATUS with a pod without node hooks");
+    assert!(
+        status.stderr.contains("not a cgroup v2 directory"),
+        "STATUS does not mention it: {}",
+        status.stderr
+    );
+    let not_cgroup2_arg = not_cgroup2.path().to_string_lossy().into_owned();
+    let agent = Agent::start(
+        &hp.node,
+        &["--gc-interval", "60", "--cgroup-root", &not_cgroup2_arg],
+    );
+    let metrics = agent.scrape();
+    for hook in ["host-ports", "tcp-pacing"] {
+        assert_eq!(
+            metrics.value("cni_ebpf_node_hooks_missing", &[("hook", hook)]),
+            1.0,
+            "{hook} not reported missing"
+        );
+    }
+    drop(agent);
+    sandbox.del().expect_success("DEL");
+    assert!(published(&hp.node).is_empty(), "{:?}", published(&hp.node));
+}

@@ -7,7 +7,10 @@
 
 use std::fmt;
 
-use cni_ebpf_common::{MAX_ENDPOINTS, MAX_HOST_PORTS, MAX_NAT_FLOWS, MAX_NETFILTER_FLOWS};
+use cni_ebpf_common::{
+    ENDPOINT_F_HOST_PORTS, ENDPOINT_F_RATE_LIMITED, MAX_ENDPOINTS, MAX_HOST_PORTS, MAX_NAT_FLOWS,
+    MAX_NETFILTER_FLOWS,
+};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, prometheus_text},
@@ -19,7 +22,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    BpffsLayout, EndpointMap, counters, error::Result, host_ports, nat, node, rate, stats,
+    BpffsLayout, EndpointMap, attach, counters, error::Result, host_ports, nat, node, rate, stats,
 };
 
 /// The `Content-Type` of what [`render`] returns.
@@ -139,6 +142,11 @@ struct MapLabels {
     map: &'static str,
 }
 
+#[derive(Debug, EncodeLabelSet)]
+struct HookLabels {
+    hook: &'static str,
+}
+
 /// One scrape's reading of the maps.
 struct DatapathState {
     /// (labels, packets, bytes)
@@ -147,6 +155,8 @@ struct DatapathState {
     verdicts: Vec<(VerdictLabels, u64)>,
     /// (map, entries, capacity)
     maps: Vec<(MapLabels, u64, u64)>,
+    /// (hook, 1 when pods need it and it is not attached)
+    hooks_missing: Vec<(HookLabels, u64)>,
 }
 
 impl DatapathState {
@@ -216,11 +226,29 @@ impl DatapathState {
         .into_iter()
         .map(|(map, entries, capacity)| (MapLabels { map }, entries as u64, u64::from(capacity)))
         .collect();
+        // A node without cgroup v2 serves such pods without these hooks.
+        let needs = |flag: u32| endpoints.iter().any(|(_, e)| e.flags & flag != 0);
+        let hooks_missing = [
+            (
+                "host-ports",
+                needs(ENDPOINT_F_HOST_PORTS),
+                attach::socket_hooks_attached(layout),
+            ),
+            (
+                "tcp-pacing",
+                needs(ENDPOINT_F_RATE_LIMITED),
+                attach::pacing_attached(layout),
+            ),
+        ]
+        .into_iter()
+        .map(|(hook, needed, attached)| (HookLabels { hook }, u64::from(needed && !attached)))
+        .collect();
         Ok(Self {
             traffic,
             drops,
             verdicts,
             maps,
+            hooks_missing,
         })
     }
 
@@ -272,6 +300,14 @@ impl DatapathState {
             self.maps
                 .iter()
                 .map(|(labels, _, capacity)| (labels, ConstGauge::new(*capacity))),
+        )?;
+        family(
+            encoder,
+            "cni_ebpf_node_hooks_missing",
+            "1 when pods need a hook on the node's own sockets that is not attached (host-ports: connections from the node to host ports; tcp-pacing).",
+            self.hooks_missing
+                .iter()
+                .map(|(labels, missing)| (labels, ConstGauge::new(*missing))),
         )
     }
 }
@@ -335,6 +371,7 @@ mod tests {
                     1,
                 )],
                 maps: vec![(MapLabels { map: "ENDPOINTS" }, 1, u64::from(MAX_ENDPOINTS))],
+                hooks_missing: vec![(HookLabels { hook: "host-ports" }, 1)],
             }
             .encode(&mut encoder)
         }
@@ -358,6 +395,8 @@ mod tests {
             "# TYPE cni_ebpf_map_entries gauge",
             r#"cni_ebpf_map_entries{map="ENDPOINTS"} 1"#,
             r#"cni_ebpf_map_capacity{map="ENDPOINTS"} 65536"#,
+            "# TYPE cni_ebpf_node_hooks_missing gauge",
+            r#"cni_ebpf_node_hooks_missing{hook="host-ports"} 1"#,
             "cni_ebpf_gc_runs_total 3",
             "cni_ebpf_gc_expired_total 0",
             "cni_ebpf_gc_errors_total 0",

@@ -152,6 +152,19 @@ fn start(
         Some(path) => Some(path.to_path_buf()),
         None => node::cgroup2_mount().context("reading /proc/self/mountinfo")?,
     };
+    // Pods on a node without cgroup v2 run without these hooks (the plugin
+    // says so; the metric cni_ebpf_node_hooks_missing shows it).
+    let cgroup = match cgroup.map(|path| node::check_cgroup2(&path).map(|()| path)) {
+        Some(Ok(path)) => Some(path),
+        Some(Err(why)) => {
+            log::warn!("{why}: the hooks on the node's own sockets are not attached");
+            None
+        }
+        None => {
+            log::warn!("no cgroup v2 mount: the hooks on the node's own sockets are not attached");
+            None
+        }
+    };
     let repaired = reconcile_now(layout, cgroup.as_deref()).context("reconciling")?;
     log::info!(
         "datapath build {BUILD_ID} ready under {root}; {} attachment(s) moved onto it",

@@ -17,6 +17,11 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "iputils-ping",
     "ethtool",
+    // The CRI tests run a private containerd (never the system service)
+    // whose shim starts sandboxes with crun.
+    "containerd",
+    "runc",
+    "crun",
     // `cargo xtask image` builds the node image from scratch with it.
     "buildah",
     // A venv for PyPI's kubernetes-validate (deploy/ manifests' schemas).
@@ -101,6 +106,9 @@ mod tests {
                       iptables:amd64 install ok installed\n\
                       nftables install ok installed\n\
                       ethtool install ok installed\n\
+                      containerd install ok installed\n\
+                      runc install ok installed\n\
+                      crun install ok installed\n\
                       buildah install ok installed\n\
                       python3-venv install ok installed\n";
         assert_eq!(not_installed(output), ["sockperf", "iputils-ping"]);
