@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use clap::Args;
 
 use crate::{
-    build::{self, Profile},
+    build::Profile,
     exec::{self, Context},
     setup,
 };
@@ -47,7 +47,7 @@ pub fn run(ctx: &Context, options: &Options) -> Result<()> {
     } else {
         Profile::Release
     };
-    let bin_dir = build::workspace(ctx, profile)?;
+    let bin_dir = build_binaries(ctx, profile)?;
     let work = ctx.target_dir().join("image");
     let root = work.join("rootfs");
     if !ctx.dry_run {
@@ -77,6 +77,17 @@ pub fn run(ctx: &Context, options: &Options) -> Result<()> {
         archive.display()
     );
     Ok(())
+}
+
+/// Builds the two binaries the image holds (not the test harness).
+fn build_binaries(ctx: &Context, profile: Profile) -> Result<std::path::PathBuf> {
+    let mut cmd = ctx.cargo();
+    cmd.args(["build", "-p", "cni-ebpf-userspace", "-p", "cni-ebpf-plugin"]);
+    if let Profile::Release = profile {
+        cmd.arg("--release");
+    }
+    ctx.run("build", &mut cmd)?;
+    Ok(ctx.target_dir().join(profile.dir_name()))
 }
 
 /// `buildah from scratch`, copy the staged root, set the entrypoint, commit
