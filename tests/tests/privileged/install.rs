@@ -805,7 +805,10 @@ impl Podman {
             .arg(self.dir.join("run"))
             .arg("--tmpdir")
             .arg(self.dir.join("tmp"))
+            // crun refuses this machine's hybrid cgroup layout; runc runs.
             .args([
+                "--runtime",
+                "runc",
                 "--storage-driver",
                 "vfs",
                 "--cgroup-manager",
@@ -869,9 +872,22 @@ fn the_image_installs_into_a_fake_node_root() {
     // The node's temp dir holds the CNI dirs, the state and IPAM dirs.
     let volumes = [same(&bpffs), same(node.dir())];
     let in_image = |args: &[String]| {
-        let mut all: Vec<String> = ["run", "--rm", "--privileged", "--network", &netns]
-            .map(String::from)
-            .to_vec();
+        // Lower limits than the tests' own: podman raises RLIMIT_NOFILE and
+        // RLIMIT_NPROC by default, which needs CAP_SYS_RESOURCE, missing
+        // here (DESIGN §7).
+        let mut all: Vec<String> = [
+            "run",
+            "--rm",
+            "--privileged",
+            "--ulimit",
+            "nofile=4096:4096",
+            "--ulimit",
+            "nproc=4096:4096",
+            "--network",
+            &netns,
+        ]
+        .map(String::from)
+        .to_vec();
         for volume in &volumes {
             all.extend(["--volume".to_string(), volume.clone()]);
         }
