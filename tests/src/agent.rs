@@ -71,6 +71,30 @@ impl Agent {
         agent
     }
 
+    /// Freezes the agent (SIGSTOP), as a hung process would be.
+    pub fn pause(&self) {
+        let _ = kill(self.pid(), Signal::SIGSTOP);
+    }
+
+    /// Lets a paused agent go on (SIGCONT).
+    pub fn resume(&self) {
+        let _ = kill(self.pid(), Signal::SIGCONT);
+    }
+
+    /// The agent's exit status once it ends, waiting up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
     /// Every line the agent wrote to stderr so far.
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
@@ -128,7 +152,8 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let pid = Pid::from_raw(self.child.id() as i32);
+        let pid = self.pid();
+        let _ = kill(pid, Signal::SIGCONT);
         let _ = kill(pid, Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {

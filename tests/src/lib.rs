@@ -10,9 +10,11 @@
 pub mod agent;
 pub mod binaries;
 pub mod bpffs;
+pub mod cluster;
 pub mod containerd;
 pub mod cri;
 pub mod echo;
+pub mod etcd;
 pub mod ext;
 pub mod firewall;
 pub mod hash;

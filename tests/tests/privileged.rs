@@ -9,6 +9,8 @@
 mod agent;
 #[path = "privileged/bandwidth.rs"]
 mod bandwidth;
+#[path = "privileged/cluster.rs"]
+mod cluster;
 #[path = "privileged/containerd.rs"]
 mod containerd;
 #[path = "privileged/cross_node.rs"]

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod attach;
 pub mod attachments;
+pub mod cluster;
 pub mod counters;
 pub mod datapath;
 pub mod endpoints;

@@ -29,7 +29,7 @@ enum Command {
     /// Run the node agent in the foreground (load the datapath, adopt and
     /// repair attachments, expire idle NAT flows, stream the programs' logs,
     /// serve metrics) until SIGINT or SIGTERM.
-    Run(cmd::run::RunArgs),
+    Run(Box<cmd::run::RunArgs>),
     /// Load and pin the programs and maps if they are not there yet; with
     /// --replace, upgrade the running programs in place.
     Load(cmd::load::LoadArgs),

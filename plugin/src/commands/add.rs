@@ -131,7 +131,7 @@ async fn add(
     )
     .await?;
 
-    let mtu = req.conf.mtu.unwrap_or(DEFAULT_MTU);
+    let mtu = req.conf.mtu.or(req.ipam.pod_mtu()).unwrap_or(DEFAULT_MTU);
     let host = VethEnd {
         name: names::host_ifname(req.container_id, req.ifname),
         mac: names::random_mac(),

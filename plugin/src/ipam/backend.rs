@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
-use super::{Allocation, HostLocalConfig, delegate::DelegatedIpam, host_local};
+use super::{Allocation, HostLocalConfig, delegate::DelegatedIpam, host_local, pod_cidr};
 use crate::{
     cni::{CniEnv, Command as Verb, Dns, NetConf, Route},
     error::{CniError, CniResult},
@@ -39,7 +39,10 @@ impl Ipam {
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(false);
         if conf.ipam.ipam_type == "host-local" && !delegate_host_local {
-            return HostLocalConfig::parse(&conf.ipam.raw, &conf.name).map(Ipam::BuiltIn);
+            let (ipam, node) = pod_cidr::resolve(&conf.ipam.raw, &conf.state_dir, env.command)?;
+            let mut cfg = HostLocalConfig::parse(&ipam, &conf.name)?;
+            cfg.pod_mtu = node.map(|n| n.mtu);
+            return Ok(Ipam::BuiltIn(cfg));
         }
         DelegatedIpam::find(&conf.ipam.ipam_type, &env.path).map(Ipam::Delegated)
     }
@@ -100,6 +103,15 @@ impl Ipam {
             routes,
             dns,
         })
+    }
+
+    /// The MTU the node's cluster agent wants pods to have (with
+    /// `usePodCidr`), for a config that sets none.
+    pub fn pod_mtu(&self) -> Option<u32> {
+        match self {
+            Ipam::BuiltIn(cfg) => cfg.pod_mtu,
+            Ipam::Delegated(_) => None,
+        }
     }
 
     /// Releases what `add` handed out; idempotent.

@@ -26,6 +26,8 @@ pub struct HostLocalConfig {
     pub data_dir: PathBuf,
     /// resolv.conf to take the result's DNS settings from.
     pub resolv_conf: Option<PathBuf>,
+    /// The pod MTU of the node state a `usePodCidr` range came from.
+    pub pod_mtu: Option<u32>,
 }
 
 /// A route for the result, as written in `ipam.routes`.
@@ -95,6 +97,7 @@ impl HostLocalConfig {
             resolv_conf: string_field(ipam, "resolvConf", "ipam")?
                 .filter(|path| !path.is_empty())
                 .map(PathBuf::from),
+            pod_mtu: None,
         })
     }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod delegate;
 pub mod dns;
 pub mod host_local;
+pub mod pod_cidr;
 pub mod range;
 pub mod store;
 

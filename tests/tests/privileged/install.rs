@@ -925,3 +925,74 @@ fn the_image_installs_into_a_fake_node_root() {
     assert!(CniDirs::names(&dirs.bin).is_empty());
     assert!(CniDirs::names(&dirs.conf).is_empty());
 }
+
+/// Cluster mode's pod CIDR: `--use-pod-cidr` writes `usePodCidr`, which
+/// the plugin resolves from `<stateDir>/cluster/node.json` (written here as
+/// the cluster-mode agent writes it); STATUS answers 50 until the file is
+/// there, so install waits for it. `--pod-cidr-from-node-state` writes the
+/// file's CIDR itself.
+#[test]
+fn install_in_cluster_mode_takes_the_leased_pod_cidr() {
+    let node = Node::new();
+    let _ext = ext::uplink_with_default_route(&node);
+    let dirs = CniDirs::of(&node);
+    let without_cidr = |extra: &[&str]| {
+        let mut args = install_args(&node, &dirs, extra);
+        let at = args.iter().position(|a| a == "--pod-cidr").unwrap();
+        args.drain(at..at + 2);
+        args
+    };
+
+    let early = cni_ebpfd(
+        &node,
+        node.bpffs_root(),
+        &without_cidr(&["--mtu", "1500", "--use-pod-cidr", "--ready-timeout", "1"]),
+    );
+    assert!(
+        !early.status.success(),
+        "install passed STATUS without a leased pod CIDR"
+    );
+    assert!(!dirs.conflist_path().exists());
+
+    let cluster_dir = node.state_dir().join("cluster");
+    fs::create_dir_all(&cluster_dir).unwrap();
+    fs::write(
+        cluster_dir.join("node.json"),
+        r#"{"nodeName":"n1","podCIDR":"10.244.9.0/24","mtu":1450,"backend":"vxlan","underlay":"10.250.0.1"}"#,
+    )
+    .unwrap();
+    process::expect_success(
+        "install --use-pod-cidr",
+        &cni_ebpfd(
+            &node,
+            node.bpffs_root(),
+            &without_cidr(&["--mtu", "1500", "--use-pod-cidr"]),
+        ),
+    );
+    assert_eq!(
+        dirs.conflist()["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+        "usePodCidr"
+    );
+    {
+        let pod = RuntimePod::add(&node, &dirs);
+        assert!(
+            pod.ip().starts_with("10.244.9."),
+            "pod address {}",
+            pod.ip()
+        );
+    }
+
+    process::expect_success(
+        "install --pod-cidr-from-node-state",
+        &cni_ebpfd(
+            &node,
+            node.bpffs_root(),
+            &without_cidr(&["--mtu", "1500", "--pod-cidr-from-node-state"]),
+        ),
+    );
+    assert_eq!(
+        dirs.conflist()["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+        "10.244.9.0/24"
+    );
+    uninstall(&node, &dirs);
+}

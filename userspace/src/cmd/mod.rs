@@ -1,3 +1,4 @@
+pub mod cluster;
 pub mod drops;
 pub mod endpoints;
 pub mod gc;

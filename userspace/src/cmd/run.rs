@@ -19,6 +19,7 @@ use cni_ebpf_userspace::{
         metrics::{self, AgentMetrics},
         metrics_server,
     },
+    cluster,
     datapath::BUILD_ID,
     install::withdrawal::{self, Conflist},
     nat, node, reconcile, upgrade,
@@ -61,6 +62,8 @@ pub struct RunArgs {
     pub cni_conflist: Option<PathBuf>,
     #[command(flatten)]
     pub timeouts: Timeouts,
+    #[command(flatten)]
+    pub cluster: crate::cmd::cluster::ClusterArgs,
 }
 
 pub fn run(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
@@ -113,6 +116,7 @@ async fn agent(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
         counters,
         conflist,
     });
+    let cluster = args.cluster.start(&periodic.layout)?;
     let mut ticks = tokio::time::interval(Duration::from_secs(args.gc_interval.max(1)));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let stopped_by = loop {
@@ -125,10 +129,11 @@ async fn agent(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
             }
             _ = interrupt.recv() => break "SIGINT",
             _ = terminate.recv() => break "SIGTERM",
+            _ = cluster::Handle::ended(cluster.as_ref()) => break "the cluster agent's end",
         }
     };
     log::info!("stopping on {stopped_by}; the datapath keeps running");
-    Ok(())
+    cluster.map_or(Ok(()), |c| c.stop().context("cluster"))
 }
 
 /// Loads the datapath if it is not there, moves earlier generations'

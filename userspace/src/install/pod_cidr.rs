@@ -14,26 +14,19 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 
 use super::{InstallError, Result};
+use crate::cluster::node_state;
 
 /// `<state_dir>/cluster/node.json`, the cluster-mode agent's file.
 pub fn node_state_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("cluster").join("node.json")
-}
-
-/// The part of the node state file install reads.
-#[derive(Deserialize)]
-struct NodeState {
-    #[serde(rename = "podCIDR")]
-    pod_cidr: Ipv4Net,
+    node_state::path(state_dir)
 }
 
 /// The pod CIDR the cluster-mode agent leased for this node.
 pub fn from_node_state(state_dir: &Path) -> Result<Ipv4Net> {
-    let path = node_state_path(state_dir);
-    let bytes = std::fs::read(&path).map_err(|e| InstallError::io("reading", &path, e))?;
-    let state: NodeState = serde_json::from_slice(&bytes)
-        .map_err(|e| InstallError::PodCidr(format!("{}: {e}", path.display())))?;
-    Ok(state.pod_cidr)
+    let path = node_state::path(state_dir);
+    node_state::read_file(&path)
+        .map(|state| state.pod_cidr)
+        .map_err(|e| InstallError::io("reading", &path, e))
 }
 
 #[derive(Deserialize)]

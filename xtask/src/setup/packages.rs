@@ -22,6 +22,11 @@ const PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "crun",
+    // The cluster tests' datastore (etcd 3.4) and etcdctl.
+    "etcd-server",
+    "etcd-client",
+    // protoc: the etcd client crate compiles etcd's gRPC protos when it builds.
+    "protobuf-compiler",
     // `cargo xtask image` builds the node image from scratch with it.
     "buildah",
     // A venv for PyPI's kubernetes-validate (deploy/ manifests' schemas).
@@ -109,6 +114,9 @@ mod tests {
                       containerd install ok installed\n\
                       runc install ok installed\n\
                       crun install ok installed\n\
+                      etcd-server install ok installed\n\
+                      etcd-client install ok installed\n\
+                      protobuf-compiler install ok installed\n\
                       buildah install ok installed\n\
                       python3-venv install ok installed\n";
         assert_eq!(not_installed(output), ["sockperf", "iputils-ping"]);

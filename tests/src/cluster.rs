@@ -1,0 +1,266 @@
+//! Cluster topologies: nodes on two L2 segments (a bridge each, inside one
+//! "switch" namespace) joined by a router namespace, and etcd in its own
+//! namespace on the first segment. Every node runs the agent in cluster
+//! mode and takes its pod CIDR from it (`"subnet": "usePodCidr"`).
+//!
+//! ```text
+//!  segment 0: 10.99.1.0/24 (br0)            segment 1: 10.99.2.0/24 (br1)
+//!   etcd .2   node .11 .12 ...   router .1 | .1 router   node .11 .12 ...
+//! ```
+
+use std::{cell::Cell, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
+
+use serde_json::{Value, json};
+
+use crate::{
+    Bpffs, Node,
+    agent::Agent,
+    etcd::Etcd,
+    ext::{wait_until, with_keys},
+    names,
+    netns::Netns,
+};
+
+/// The pod CIDR of the whole cluster, split into /24s.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The underlay interface of every node.
+pub const UNDERLAY: &str = "underlay";
+/// The lease TTL the tests' agents use, seconds.
+pub const LEASE_TTL: u64 = 3;
+/// etcd's address, on segment 0.
+pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 1, 2);
+
+/// The router's address on `segment`, the segment's default gateway.
+pub fn router_ip(segment: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 99, segment + 1, 1)
+}
+
+/// The underlay every node of a test is attached to, and its etcd.
+pub struct Underlay {
+    // Dropped first: etcd, then the router, then the switch.
+    pub etcd: Etcd,
+    router: Netns,
+    switch: Netns,
+    bpffs: Arc<Bpffs>,
+    cluster_name: String,
+    next_host: [Cell<u8>; 2],
+    next_node: Cell<u32>,
+}
+
+impl Underlay {
+    pub fn new() -> Self {
+        assert!(
+            crate::etcd::installed(),
+            "etcd and etcdctl are missing: run `cargo xtask setup` (Debian etcd-server, etcd-client)"
+        );
+        let switch = Netns::with_loopback("switch");
+        let router = Netns::with_loopback("router");
+        router.set_sysctl("net.ipv4.ip_forward", "1");
+        for segment in 0..2u8 {
+            let bridge = format!("br{segment}");
+            switch.ip(&["link", "add", &bridge, "type", "bridge"]);
+            switch.ip(&["link", "set", &bridge, "up"]);
+            let ifname = format!("seg{segment}");
+            attach(&switch, &bridge, &router, &format!("r{segment}"), &ifname);
+            router.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", router_ip(segment)),
+                "dev",
+                &ifname,
+            ]);
+            router.ip(&["link", "set", &ifname, "up"]);
+        }
+        let etcd_ns = Netns::with_loopback("etcd");
+        attach(&switch, "br0", &etcd_ns, "etcd", "eth0");
+        etcd_ns.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "eth0"]);
+        etcd_ns.ip(&["link", "set", "eth0", "up"]);
+        etcd_ns.ip(&["route", "add", "default", "via", &router_ip(0).to_string()]);
+        let etcd = Etcd::start(etcd_ns, ETCD_IP);
+        Self {
+            etcd,
+            router,
+            switch,
+            bpffs: Arc::new(Bpffs::new()),
+            cluster_name: names::unique("c"),
+            next_host: [Cell::new(11), Cell::new(11)],
+            next_node: Cell::new(1),
+        }
+    }
+
+    pub fn router(&self) -> &Netns {
+        &self.router
+    }
+
+    /// The key prefix of this test's cluster.
+    pub fn prefix(&self) -> String {
+        format!("/cni-ebpf/{}", self.cluster_name)
+    }
+
+    /// Subnet keys and their records, by CIDR (`10.244.3.0/24`).
+    pub fn subnets(&self) -> Vec<(String, Value)> {
+        let prefix = format!("{}/subnets/", self.prefix());
+        self.etcd
+            .get_prefix(&prefix)
+            .into_iter()
+            .map(|(key, value)| {
+                let cidr = key[prefix.len()..].replacen('-', "/", 1);
+                let record =
+                    serde_json::from_str(&value).unwrap_or_else(|e| panic!("{key}: {e}: {value}"));
+                (cidr, record)
+            })
+            .collect()
+    }
+
+    /// A node on `segment` (0 or 1): its underlay veth on the segment's
+    /// bridge, the next free address, a default route via the router.
+    pub fn add_node(&self, segment: u8) -> ClusterNode {
+        let node = Node::with_bpffs(self.bpffs.clone());
+        let host = self.next_host[usize::from(segment)].get();
+        self.next_host[usize::from(segment)].set(host + 1);
+        let n = self.next_node.get();
+        self.next_node.set(n + 1);
+        let ip = Ipv4Addr::new(10, 99, segment + 1, host);
+        attach(
+            &self.switch,
+            &format!("br{segment}"),
+            node.netns(),
+            &format!("n{n}"),
+            UNDERLAY,
+        );
+        node.netns()
+            .ip(&["addr", "add", &format!("{ip}/24"), "dev", UNDERLAY]);
+        node.netns().ip(&["link", "set", UNDERLAY, "up"]);
+        node.netns().ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &router_ip(segment).to_string(),
+        ]);
+        ClusterNode {
+            node,
+            name: format!("node{n}"),
+            ip,
+            segment,
+            endpoint: self.etcd.endpoint(),
+            cluster_name: self.cluster_name.clone(),
+        }
+    }
+}
+
+impl Default for Underlay {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A veth from `bridge` in the switch to `ifname` in `other` (the switch
+/// end is `port`, up and enslaved).
+fn attach(switch: &Netns, bridge: &str, other: &Netns, port: &str, ifname: &str) {
+    let other_path = other.path().to_string_lossy().into_owned();
+    switch.ip(&[
+        "link",
+        "add",
+        port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        ifname,
+        "netns",
+        &other_path,
+    ]);
+    switch.ip(&["link", "set", port, "master", bridge, "up"]);
+}
+
+/// A node of a cluster test.
+pub struct ClusterNode {
+    pub node: Node,
+    /// Its name in the cluster.
+    pub name: String,
+    /// Its underlay address.
+    pub ip: Ipv4Addr,
+    pub segment: u8,
+    endpoint: String,
+    cluster_name: String,
+}
+
+impl ClusterNode {
+    /// The agent's cluster flags (TTL [`LEASE_TTL`], backend auto).
+    pub fn agent_args(&self, cluster_cidr: &str) -> Vec<String> {
+        [
+            "--etcd-endpoints",
+            &self.endpoint,
+            "--cluster-name",
+            &self.cluster_name,
+            "--cluster-cidr",
+            cluster_cidr,
+            "--node-name",
+            &self.name,
+            "--lease-ttl",
+            &LEASE_TTL.to_string(),
+            "--state-dir",
+            &self.node.state_dir().to_string_lossy(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Starts `cni-ebpfd run` in cluster mode with `extra` flags.
+    pub fn start_agent(&self, extra: &[&str]) -> Agent {
+        self.start_agent_in(CLUSTER_CIDR, extra)
+    }
+
+    /// [`ClusterNode::start_agent`] with another cluster CIDR.
+    pub fn start_agent_in(&self, cluster_cidr: &str, extra: &[&str]) -> Agent {
+        let args = self.agent_args(cluster_cidr);
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
+        Agent::start(&self.node, &all)
+    }
+
+    /// The plugin config: the pod CIDR from the agent, its MTU, masquerade
+    /// except inside the cluster, the underlay as uplink.
+    pub fn conf(&self) -> Value {
+        let mut conf = with_keys(
+            self.node.conf().subnet("usePodCidr").build(),
+            json!({
+                "ipMasq": true,
+                "nonMasqueradeCIDRs": [CLUSTER_CIDR],
+                "uplink": UNDERLAY,
+            }),
+        );
+        conf.as_object_mut().unwrap().remove("mtu");
+        conf
+    }
+
+    /// `<stateDir>/cluster/node.json`.
+    pub fn state_file(&self) -> PathBuf {
+        self.node.state_dir().join("cluster").join("node.json")
+    }
+
+    /// The node state the agent wrote, if any.
+    pub fn node_state(&self) -> Option<Value> {
+        let text = std::fs::read_to_string(self.state_file()).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The pod CIDR the agent wrote, waiting up to `timeout`.
+    pub fn wait_pod_cidr(&self, timeout: Duration) -> String {
+        let mut cidr = None;
+        wait_until(timeout, || {
+            cidr = self
+                .node_state()
+                .and_then(|s| Some(s["podCIDR"].as_str()?.to_string()));
+            cidr.is_some()
+        });
+        cidr.unwrap_or_else(|| panic!("{}: no pod CIDR within {timeout:?}", self.name))
+    }
+
+    /// `ip -4 route show <cidr>` in the node.
+    pub fn route_to(&self, cidr: &str) -> String {
+        self.node.netns().ip(&["-4", "route", "show", cidr])
+    }
+}

@@ -1,0 +1,61 @@
+use std::{io, net::Ipv4Addr, path::PathBuf};
+
+use ipnet::Ipv4Net;
+
+/// What can go wrong in cluster mode. `Etcd` errors are transient (the
+/// agent reconnects); the others are the node's configuration and end it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[cfg(feature = "agent")]
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("etcd: {0}")]
+    Protocol(String),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error("pod CIDR {cidr} is held by node {holder}; this node ({node}) cannot take it")]
+    Collision {
+        cidr: Ipv4Net,
+        holder: String,
+        node: String,
+    },
+    #[error("no free /{prefix_len} left in the cluster CIDR {cluster_cidr}")]
+    Exhausted {
+        cluster_cidr: Ipv4Net,
+        prefix_len: u8,
+    },
+    #[error("no interface of this node holds {0}")]
+    NoSuchAddress(Ipv4Addr),
+    #[error("datapath: {0}")]
+    Datapath(String),
+}
+
+impl ClusterError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether reconnecting can cure it (etcd down or answering oddly), as
+    /// opposed to a node configuration no retry changes.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            #[cfg(feature = "agent")]
+            Self::Etcd(_) => true,
+            Self::Protocol(_) | Self::Datapath(_) => true,
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = ClusterError> = std::result::Result<T, E>;

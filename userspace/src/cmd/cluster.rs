@@ -1,0 +1,97 @@
+//! `cni-ebpfd run`'s cluster flags: with `--etcd-endpoints` the agent joins
+//! the cluster (see the library's `cluster` module).
+
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use cni_ebpf_userspace::{
+    BpffsLayout,
+    cluster::{self, Backend, ClusterSettings, Vtep},
+};
+use ipnet::Ipv4Net;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// etcd client URLs (comma-separated); joins the cluster when set.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// The cluster's name: its keys live under /cni-ebpf/<name>.
+    #[arg(long, default_value = "default")]
+    pub cluster_name: String,
+    /// The key prefix instead of /cni-ebpf/<cluster-name>.
+    #[arg(long)]
+    pub etcd_prefix: Option<String>,
+    /// Pod CIDR of the whole cluster, split into node CIDRs (used by the
+    /// node that creates the cluster; later nodes take the stored one).
+    #[arg(long)]
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_prefix: u8,
+    /// This node's pod CIDR, given instead of leased.
+    #[arg(long)]
+    pub pod_cidr: Option<Ipv4Net>,
+    /// This node's name in the cluster (default: the hostname).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The address other nodes reach this one at (default: the first IPv4
+    /// of the default route's device).
+    #[arg(long)]
+    pub underlay_address: Option<Ipv4Addr>,
+    /// How pods reach other nodes: native routes, the VXLAN overlay, or
+    /// native to peers on this node's subnets and VXLAN to the others.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: Backend,
+    /// VXLAN network identifier of the overlay.
+    #[arg(long, default_value_t = 1)]
+    pub vxlan_vni: u32,
+    /// UDP port of the overlay.
+    #[arg(long, default_value_t = 8472)]
+    pub vxlan_port: u16,
+    /// Seconds a node's subnet outlives its agent (renewed every third).
+    #[arg(long, default_value_t = 20)]
+    pub lease_ttl: u64,
+    /// The plugin's stateDir: the node's pod CIDR goes to
+    /// <state-dir>/cluster/node.json.
+    #[arg(long, default_value = "/run/cni-ebpf")]
+    pub state_dir: PathBuf,
+}
+
+impl ClusterArgs {
+    /// Joins the cluster on a thread of its own, or does nothing without
+    /// `--etcd-endpoints`.
+    pub fn start(&self, layout: &BpffsLayout) -> anyhow::Result<Option<cluster::Handle>> {
+        if self.etcd_endpoints.is_empty() {
+            return Ok(None);
+        }
+        let node_name = match &self.node_name {
+            Some(name) => name.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .context("reading the hostname for --node-name")?
+                .trim()
+                .to_string(),
+        };
+        let settings = ClusterSettings {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self
+                .etcd_prefix
+                .clone()
+                .unwrap_or_else(|| format!("/cni-ebpf/{}", self.cluster_name)),
+            cluster_cidr: self.cluster_cidr,
+            node_cidr_prefix: self.node_cidr_prefix,
+            pod_cidr: self.pod_cidr,
+            node_name,
+            underlay_address: self.underlay_address,
+            backend: self.backend,
+            vtep: Vtep {
+                vni: self.vxlan_vni,
+                port: self.vxlan_port,
+            },
+            lease_ttl: Duration::from_secs(self.lease_ttl.max(1)),
+            state_dir: self.state_dir.clone(),
+        };
+        Ok(Some(
+            cluster::spawn(settings, layout.clone()).context("joining the cluster")?,
+        ))
+    }
+}
