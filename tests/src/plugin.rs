@@ -115,6 +115,13 @@ impl Plugin {
         }
     }
 
+    /// A plugin binary elsewhere (one `cni-ebpfd install` copied).
+    pub fn at(binary: impl Into<PathBuf>) -> Self {
+        Self {
+            binary: binary.into(),
+        }
+    }
+
     pub fn binary(&self) -> &Path {
         &self.binary
     }

@@ -23,6 +23,8 @@ mod harness;
 mod host_ports;
 #[path = "privileged/host_to_pod.rs"]
 mod host_to_pod;
+#[path = "privileged/install.rs"]
+mod install;
 #[path = "privileged/lifecycle.rs"]
 mod lifecycle;
 #[path = "privileged/masquerade.rs"]

@@ -14,6 +14,7 @@ pub mod datapath;
 pub mod endpoints;
 pub mod error;
 pub mod host_ports;
+pub mod install;
 pub mod link_update;
 pub mod nat;
 pub mod node;

@@ -51,6 +51,13 @@ enum Command {
     /// VXLAN tunnel).
     #[command(subcommand)]
     Peers(cmd::peers::PeersCommand),
+    /// Install the plugin and its conflist on this node: the binary into
+    /// the CNI bin dir, the conflist into the CNI conf dir once the
+    /// datapath answers STATUS (the DaemonSet's init step).
+    Install(Box<cmd::install::InstallArgs>),
+    /// Remove what install put into the CNI dirs and restore the configs
+    /// --exclusive moved aside (the datapath stays loaded).
+    Uninstall(cmd::uninstall::UninstallArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,5 +80,7 @@ fn main() -> anyhow::Result<()> {
         Command::Nat => cmd::nat::run(&layout, cli.json),
         Command::Gc(timeouts) => cmd::gc::run(&layout, &timeouts, cli.json),
         Command::Peers(command) => cmd::peers::run(&layout, &command, cli.json),
+        Command::Install(args) => cmd::install::run(&layout, &args, cli.json),
+        Command::Uninstall(args) => cmd::uninstall::run(&args, cli.json),
     }
 }

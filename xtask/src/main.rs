@@ -6,6 +6,7 @@ mod bench;
 mod build;
 mod exec;
 mod host;
+mod image;
 mod run;
 mod setup;
 mod test;
@@ -42,6 +43,9 @@ enum Task {
     Run(run::Options),
     /// Setup, release build, then run the benchmarks.
     Bench(bench::Options),
+    /// Setup, release build, then the node image (OCI layout and archive
+    /// under target/image/) built from scratch with buildah.
+    Image(image::Options),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Task::Test(options) => test::run(&ctx, options),
         Task::Run(options) => run::run(&ctx, options),
         Task::Bench(options) => bench::run(&ctx, options),
+        Task::Image(options) => image::run(&ctx, options),
     };
     // The error chain says what failed; a backtrace of xtask itself does not.
     match outcome {

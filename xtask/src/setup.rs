@@ -3,6 +3,7 @@
 
 mod bpf_linker;
 mod packages;
+pub mod python;
 mod toolchain;
 
 use anyhow::Result;
@@ -13,6 +14,7 @@ pub fn run(ctx: &Context) -> Result<()> {
     let nightly = toolchain::ensure(ctx)?;
     bpf_linker::ensure(ctx, &nightly)?;
     packages::ensure(ctx)?;
+    python::ensure(ctx)?;
     Ok(())
 }
 

@@ -50,7 +50,11 @@ pub fn run(ctx: &Context, options: &Options) -> Result<()> {
     cargo_test
         .arg("--no-fail-fast")
         .args(&options.cargo_test_args)
-        .env("CNI_EBPF_BIN_DIR", &bin_dir);
+        .env("CNI_EBPF_BIN_DIR", &bin_dir)
+        .env(
+            "CNI_EBPF_KUBERNETES_VALIDATE",
+            setup::python::kubernetes_validate(ctx),
+        );
     ctx.run("test", &mut cargo_test)?;
     if !ctx.dry_run {
         eprintln!("[test] all steps passed");

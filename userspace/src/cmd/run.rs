@@ -21,6 +21,7 @@ use cni_ebpf_userspace::{
     },
     cluster,
     datapath::BUILD_ID,
+    install::withdrawal::{self, Conflist},
     nat, node, reconcile, upgrade,
 };
 use log::LevelFilter;
@@ -54,6 +55,11 @@ pub struct RunArgs {
     /// and above, or what RUST_LOG says.)
     #[arg(long, default_value = "off")]
     pub log_level: LevelFilter,
+    /// The conflist `cni-ebpfd install` wrote: renamed out of the
+    /// runtimes' sight (`<path>.cni-ebpf-withdrawn`) while the datapath
+    /// cannot be opened or loaded, and back when it can.
+    #[arg(long)]
+    pub cni_conflist: Option<PathBuf>,
     #[command(flatten)]
     pub timeouts: Timeouts,
     #[command(flatten)]
@@ -77,7 +83,17 @@ async fn agent(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let (registry, counters) = metrics::registry(layout.clone());
     // Blocks the thread, but nothing else runs yet; a signal waits for it.
-    let cgroup = start(&layout, args.cgroup_root.as_deref(), &counters)?;
+    let conflist = args.cni_conflist.clone().map(Conflist::new);
+    let cgroup = match start(&layout, args.cgroup_root.as_deref(), &counters) {
+        Ok(cgroup) => cgroup,
+        Err(e) => {
+            // No pods for a datapath the agent cannot even load.
+            if let Some(Err(withdrawing)) = conflist.as_ref().map(Conflist::withdraw) {
+                log::error!("{withdrawing}");
+            }
+            return Err(e);
+        }
+    };
     if args.log_level != LevelFilter::Off {
         tokio::spawn(datapath_log::follow(layout.clone(), args.log_level));
     }
@@ -98,6 +114,7 @@ async fn agent(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
         timeouts: args.timeouts.to_nat(),
         cgroup,
         counters,
+        conflist,
     });
     let cluster = args.cluster.start(&periodic.layout)?;
     let mut ticks = tokio::time::interval(Duration::from_secs(args.gc_interval.max(1)));
@@ -168,6 +185,7 @@ struct Periodic {
     timeouts: nat::NatTimeouts,
     cgroup: Option<PathBuf>,
     counters: AgentMetrics,
+    conflist: Option<Conflist>,
 }
 
 impl Periodic {
@@ -175,13 +193,35 @@ impl Periodic {
         gc(&self.layout, &self.timeouts, &self.counters);
         // Repairs between ticks too: a program detached behind the
         // plugin's back, an attachment made with an older generation.
-        match reconcile_now(&self.layout, self.cgroup.as_deref()) {
+        let reconciled = reconcile_now(&self.layout, self.cgroup.as_deref());
+        self.follow_conflist(reconciled.is_ok());
+        match reconciled {
             Ok(repaired) => report_reconciled(&repaired, &self.counters, false),
-            Err(e) => log::error!("reconcile failed: {e}"),
+            Err(e) => log::error!("reconcile failed: {e:#}"),
         }
         match upgrade::adopt(&self.layout, false) {
             Ok(adopted) => report_upgrade(&adopted, &self.counters),
             Err(e) => log::error!("adopting attachments failed: {e}"),
+        }
+    }
+}
+
+impl Periodic {
+    /// Withdraws the conflist while the datapath cannot be opened or
+    /// loaded (reconciling opens it, loading it if it is gone), restores it
+    /// when it can.
+    fn follow_conflist(&self, datapath_ok: bool) {
+        let Some(conflist) = &self.conflist else {
+            return;
+        };
+        let path = conflist.path().display();
+        match conflist.follow(datapath_ok) {
+            Ok(withdrawal::Change::Withdrawn) => {
+                log::error!("datapath unusable: withdrew {path} until it is back")
+            }
+            Ok(withdrawal::Change::Restored) => log::info!("datapath back: restored {path}"),
+            Ok(withdrawal::Change::None) => {}
+            Err(e) => log::error!("{e}"),
         }
     }
 }

@@ -27,6 +27,10 @@ const PACKAGES: &[&str] = &[
     "etcd-client",
     // protoc: the etcd client crate compiles etcd's gRPC protos when it builds.
     "protobuf-compiler",
+    // `cargo xtask image` builds the node image from scratch with it.
+    "buildah",
+    // A venv for PyPI's kubernetes-validate (deploy/ manifests' schemas).
+    "python3-venv",
 ];
 
 pub fn ensure(ctx: &Context) -> Result<()> {
@@ -112,7 +116,9 @@ mod tests {
                       crun install ok installed\n\
                       etcd-server install ok installed\n\
                       etcd-client install ok installed\n\
-                      protobuf-compiler install ok installed\n";
+                      protobuf-compiler install ok installed\n\
+                      buildah install ok installed\n\
+                      python3-venv install ok installed\n";
         assert_eq!(not_installed(output), ["sockperf", "iputils-ping"]);
     }
 }
