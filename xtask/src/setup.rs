@@ -2,6 +2,7 @@
 //! machine, checked quickly and installed only when missing.
 
 mod bpf_linker;
+mod cargo_fuzz;
 mod packages;
 mod toolchain;
 
@@ -12,6 +13,7 @@ use crate::exec::Context;
 pub fn run(ctx: &Context) -> Result<()> {
     let nightly = toolchain::ensure(ctx)?;
     bpf_linker::ensure(ctx, &nightly)?;
+    cargo_fuzz::ensure(ctx)?;
     packages::ensure(ctx)?;
     Ok(())
 }
