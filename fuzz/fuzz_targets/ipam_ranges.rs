@@ -150,7 +150,15 @@ fn capacity(range: &AddressRange) -> u128 {
 fn scratch_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("cni-ebpf-fuzz-ipam-{}", std::process::id()));
+        // tmpfs when there is one: every input writes and removes files.
+        let shm = std::path::Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        // One directory for every run; networks are named per process.
+        let dir = base.join("cni-ebpf-fuzz-ipam");
         std::fs::create_dir_all(&dir).expect("scratch directory");
         dir
     })
@@ -158,7 +166,11 @@ fn scratch_dir() -> &'static PathBuf {
 
 fuzz_target!(|input: Input| {
     static RUN: AtomicU64 = AtomicU64::new(0);
-    let network = format!("n{}", RUN.fetch_add(1, Ordering::Relaxed));
+    let network = format!(
+        "n{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    );
 
     let sets: Vec<&Vec<Range>> = input.sets.iter().take(3).collect();
     let mut ipam = json!({ "type": "host-local", "dataDir": scratch_dir() });
