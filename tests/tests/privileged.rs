@@ -13,6 +13,8 @@ mod bandwidth;
 mod cross_node;
 #[path = "privileged/errors.rs"]
 mod errors;
+#[path = "privileged/faults.rs"]
+mod faults;
 #[path = "privileged/harness.rs"]
 mod harness;
 #[path = "privileged/host_ports.rs"]
