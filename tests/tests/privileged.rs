@@ -29,6 +29,8 @@ mod masquerade;
 mod netfilter_handoff;
 #[path = "privileged/pod_to_pod.rs"]
 mod pod_to_pod;
+#[path = "privileged/resources.rs"]
+mod resources;
 #[path = "privileged/services.rs"]
 mod services;
 #[path = "privileged/spec_chaining.rs"]
