@@ -71,6 +71,11 @@ impl Agent {
         agent
     }
 
+    /// The agent's process id (its memory is read from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Every line the agent wrote to stderr so far.
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()

@@ -33,6 +33,8 @@ mod pod_to_pod;
 mod resources;
 #[path = "privileged/services.rs"]
 mod services;
+#[path = "privileged/soak.rs"]
+mod soak;
 #[path = "privileged/spec_chaining.rs"]
 mod spec_chaining;
 #[path = "privileged/spec_check.rs"]

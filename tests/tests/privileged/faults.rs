@@ -35,15 +35,15 @@ const LOOP_BUDGET: Duration = Duration::from_secs(150);
 /// routes of the node, and the per-endpoint maps that `cni-ebpfd
 /// endpoints` does not show.
 #[derive(Debug, PartialEq)]
-struct Leftovers {
-    footprint: Footprint,
-    routes: BTreeSet<String>,
-    endpoint_stats: usize,
-    rate_limits: usize,
+pub(crate) struct Leftovers {
+    pub footprint: Footprint,
+    pub routes: BTreeSet<String>,
+    pub endpoint_stats: usize,
+    pub rate_limits: usize,
 }
 
 impl Leftovers {
-    fn of(node: &Node) -> Self {
+    pub(crate) fn of(node: &Node) -> Self {
         let routes = node
             .netns()
             .exec_ok("ip", &["-4", "route", "show", "table", "all"])
