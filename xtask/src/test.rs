@@ -17,8 +17,14 @@ use crate::{
 pub struct Options {
     /// Seconds each fuzz target runs (libFuzzer's `-max_total_time`);
     /// 0 skips fuzzing.
-    #[arg(long, default_value_t = 20, value_name = "SECONDS")]
+    #[arg(long, default_value_t = DEFAULT_FUZZ_SECONDS, value_name = "SECONDS")]
     fuzz_seconds: u64,
+    /// Also the long profiles: the churn/soak tests (1000 ADD/DEL cycles
+    /// beside live traffic), the packet fuzzer with 200 000 frames (or 5
+    /// minutes), and each fuzz target for 5 minutes unless `--fuzz-seconds`
+    /// says otherwise.
+    #[arg(long, alias = "soak")]
+    long: bool,
     /// Passed to `cargo test` as they are, e.g. `-- endpoint` (a filter) or
     /// `-- -p cni-ebpf-tests -- --nocapture`.
     #[arg(last = true)]
@@ -59,11 +65,41 @@ pub fn run(ctx: &Context, options: &Options) -> Result<()> {
         .args(&options.cargo_test_args)
         .env("CNI_EBPF_BIN_DIR", &bin_dir);
     ctx.run("test", &mut cargo_test)?;
-    fuzz(ctx, options.fuzz_seconds)?;
+    if options.long {
+        long_tests(ctx, &bin_dir)?;
+    }
+    let fuzz_seconds = match options.fuzz_seconds {
+        DEFAULT_FUZZ_SECONDS if options.long => LONG_FUZZ_SECONDS,
+        seconds => seconds,
+    };
+    fuzz(ctx, fuzz_seconds)?;
     if !ctx.dry_run {
         eprintln!("[test] all steps passed");
     }
     Ok(())
+}
+
+const DEFAULT_FUZZ_SECONDS: u64 = 20;
+const LONG_FUZZ_SECONDS: u64 = 300;
+
+/// The ignored (long) tests: churn and soak in namespaces, then the packet
+/// fuzzer with more frames. Their figures are printed (`--nocapture`).
+fn long_tests(ctx: &Context, bin_dir: &Path) -> Result<()> {
+    ctx.run(
+        "long",
+        ctx.cargo()
+            .args(["test", "-p", "cni-ebpf-tests", "--test", "privileged"])
+            .args(["--", "--ignored", "soak::", "--nocapture"])
+            .env("CNI_EBPF_BIN_DIR", bin_dir),
+    )?;
+    ctx.run(
+        "long",
+        ctx.cargo()
+            .args(["test", "-p", "cni-ebpf-userspace", "--test", "datapath"])
+            .args(["--", "fuzz::", "--nocapture"])
+            .env("CNI_EBPF_PACKET_FUZZ_FRAMES", "200000")
+            .env("CNI_EBPF_PACKET_FUZZ_SECONDS", "300"),
+    )
 }
 
 /// Runs every target in `fuzz/fuzz_targets/` for `seconds` on nightly. New

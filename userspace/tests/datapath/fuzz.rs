@@ -16,8 +16,8 @@
 //!   reason; a frame another program leaves to the stack is counted at
 //!   most once, never as a drop.
 //!
-//! Bounded: `CNI_EBPF_PACKET_FUZZ_FRAMES` frames (20 000 by default) or 60 s,
-//! whichever ends first; `CNI_EBPF_PACKET_FUZZ_SEED` replays a run (the
+//! Bounded: `CNI_EBPF_PACKET_FUZZ_FRAMES` frames (20 000 by default) or
+//! `CNI_EBPF_PACKET_FUZZ_SECONDS` (60), whichever ends first; `CNI_EBPF_PACKET_FUZZ_SEED` replays a run (the
 //! seed is printed).
 
 use std::{
@@ -50,7 +50,6 @@ const NAT_MAX_FLOWS: u32 = 256;
 const HOST_PORT: u16 = 8080;
 /// The full scan of the NAT maps runs this often (and at the end).
 const SCAN_EVERY: u64 = 1000;
-const WALL_LIMIT: Duration = Duration::from_secs(60);
 
 /// xorshift64*: reproducible from the printed seed, no dependency.
 struct Rng(u64);
@@ -412,6 +411,7 @@ fn random_and_mutated_frames_change_maps_only_as_packets_may() {
         let configuration = Configuration::read(dp);
         let first_endpoints = endpoints(dp);
         let mut endpoints_now = first_endpoints.clone();
+        let wall_limit = Duration::from_secs(env_u64("CNI_EBPF_PACKET_FUZZ_SECONDS").unwrap_or(60));
         let started = Instant::now();
         let mut ran = 0u64;
         let mut refused = 0u64;
@@ -419,7 +419,7 @@ fn random_and_mutated_frames_change_maps_only_as_packets_may() {
         let mut actions: BTreeMap<(&str, i32), u64> = BTreeMap::new();
 
         for index in 0..frames {
-            if started.elapsed() > WALL_LIMIT {
+            if started.elapsed() > wall_limit {
                 println!("packet fuzz: stopped at the time limit after {index} frames");
                 break;
             }
