@@ -357,3 +357,97 @@ fn del_without_a_record_removes_the_counters_of_the_veth() {
     assert!(left.footprint.reservations.is_empty(), "{left:?}");
     assert!(left.footprint.endpoints.is_empty(), "{left:?}");
 }
+
+/// BPF filters on ingress of `dev`: their program ids, as `tc` lists them.
+fn tc_filter_ids(node: &Node, dev: &str) -> Vec<u64> {
+    let out = node
+        .netns()
+        .exec_ok("tc", &["-j", "filter", "show", "dev", dev, "ingress"]);
+    let filters: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
+    filters
+        .iter()
+        .filter_map(|f| f["options"]["prog"]["id"].as_u64())
+        .collect()
+}
+
+fn host_ifname(sandbox: &Sandbox<'_>) -> String {
+    sandbox.result()["interfaces"][0]["name"]
+        .as_str()
+        .expect("host interface")
+        .to_string()
+}
+
+/// `cni-ebpfd load --replace` (what an upgrading agent does) killed at
+/// every point of a replacement, then run again as a restarted agent
+/// would: afterwards every attachment runs this generation's programs,
+/// once (no clsact filter of the old generation left beside the new one),
+/// nothing is left staged, and pods still reach each other.
+#[test]
+fn sigkill_at_every_point_of_an_upgrade_then_a_new_upgrade_repairs_all() {
+    let node = Node::new();
+    let clsact = conf(&node, false);
+    let tcx = conf(&node, true);
+    let mut a = Sandbox::new(&node);
+    a.add_ok(&clsact);
+    let mut b = Sandbox::new(&node);
+    b.add_ok(&tcx);
+    let a_veth = host_ifname(&a);
+    let agent_binary = cni_ebpf_tests::binaries::path(cni_ebpf_tests::binaries::AGENT);
+    let replace = || {
+        let mut command = node.netns().command(&agent_binary);
+        command
+            .arg("--bpffs-root")
+            .arg(node.bpffs_root())
+            .args(["load", "--replace"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command.spawn().expect("spawning cni-ebpfd load --replace")
+    };
+    let started = Instant::now();
+    let mut whole = replace();
+    whole.wait().expect("load --replace");
+    let call = started.elapsed();
+
+    let points = delays(call);
+    let step = (points.len() / 16).max(1);
+    let (mut killed, mut tried) = (0, 0);
+    for delay in points.iter().step_by(step) {
+        if started.elapsed() > LOOP_BUDGET {
+            break;
+        }
+        tried += 1;
+        if !kill_after(replace(), *delay) {
+            killed += 1;
+        }
+        node.agent("load", &["--replace"]);
+        let status: Value = serde_json::from_str(&node.agent("status", &["--json"])).unwrap();
+        let total = status["attachments"].as_array().map_or(0, Vec::len) as u64;
+        assert_eq!(
+            status["attachmentsOnThisBuild"].as_u64(),
+            Some(total),
+            "after a kill at {delay:?}: {status}"
+        );
+        let filters = tc_filter_ids(&node, &a_veth);
+        assert_eq!(
+            filters.len(),
+            1,
+            "after a kill at {delay:?}: filters on {a_veth}: {filters:?}"
+        );
+        assert!(
+            !node.bpffs_root().join("programs").join("next").exists(),
+            "after a kill at {delay:?}: programs/next left"
+        );
+        assert!(
+            cni_ebpf_tests::traffic::ping(a.netns(), std::net::IpAddr::V4(b.ip()), 1),
+            "after a kill at {delay:?}: a cannot reach b"
+        );
+    }
+    a.check().expect_success("CHECK of a");
+    b.check().expect_success("CHECK of b");
+    eprintln!(
+        "[faults] load --replace: uninterrupted {call:?}, {tried} kill points: {killed} killed \
+         mid-upgrade; each repaired by the next replacement"
+    );
+    assert!(killed > 0, "no kill landed inside an upgrade");
+}
