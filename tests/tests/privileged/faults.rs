@@ -79,14 +79,26 @@ fn pinned_map_entries(node: &Node, name: &str) -> usize {
 
 /// Starts one plugin call the way `Plugin::call` makes it, without waiting.
 fn spawn(node: &Node, command: &str, sandbox: &Sandbox<'_>, conf: &Value) -> Child {
+    let netns = sandbox.netns().path();
+    spawn_raw(node, command, sandbox.id(), sandbox.name(), netns, conf)
+}
+
+fn spawn_raw(
+    node: &Node,
+    command: &str,
+    container_id: &str,
+    ifname: &str,
+    netns: &std::path::Path,
+    conf: &Value,
+) -> Child {
     let mut process = node.netns().command(node.plugin().binary());
     process
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", sandbox.id())
-        .env("CNI_IFNAME", sandbox.name())
-        .env("CNI_NETNS", sandbox.netns().path())
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_NETNS", netns)
         .env("CNI_PATH", CNI_PATH)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -450,4 +462,56 @@ fn sigkill_at_every_point_of_an_upgrade_then_a_new_upgrade_repairs_all() {
          mid-upgrade; each repaired by the next replacement"
     );
     assert!(killed > 0, "no kill landed inside an upgrade");
+}
+
+/// The pod's namespace deleted at every point of an ADD (the runtime tore
+/// the sandbox down while the plugin worked), then DEL without it: whether
+/// the ADD failed or finished into a namespace that is gone, nothing stays.
+#[test]
+fn pod_netns_deleted_at_every_point_of_add_then_del_leaves_nothing() {
+    let node = Node::new();
+    let conf = conf(&node, false);
+    let mut kept = Sandbox::new(&node);
+    kept.add_ok(&conf);
+    let baseline = Leftovers::of(&node);
+    let call = call_time(&node, &conf, "ADD");
+    let stdin = conf.to_string();
+    let started = Instant::now();
+    let (mut succeeded, mut failed) = (0, 0);
+    for (i, delay) in delays(call).into_iter().enumerate() {
+        if started.elapsed() > LOOP_BUDGET {
+            break;
+        }
+        let container_id = format!("netns-gone-{}-{i}", std::process::id());
+        let netns = cni_ebpf_tests::Netns::with_loopback("pod");
+        let mut child = spawn_raw(&node, "ADD", &container_id, "eth0", netns.path(), &conf);
+        thread::sleep(delay);
+        drop(netns);
+        let status = child.wait().expect("wait for ADD");
+        if status.success() {
+            succeeded += 1;
+        } else {
+            failed += 1;
+        }
+        node.cni(&CniRequest {
+            command: "DEL",
+            container_id: &container_id,
+            netns: None,
+            ifname: "eth0",
+            args: None,
+            stdin: stdin.as_bytes(),
+        })
+        .expect_success("DEL after the namespace went");
+        assert_eq!(
+            Leftovers::of(&node),
+            baseline,
+            "netns deleted {delay:?} into ADD: left behind"
+        );
+    }
+    kept.check()
+        .expect_success("CHECK of the pod kept throughout");
+    eprintln!(
+        "[faults] pod netns deleted during ADD: {succeeded} ADDs finished, {failed} failed; \
+         nothing left after DEL"
+    );
 }
