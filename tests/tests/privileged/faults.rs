@@ -515,3 +515,82 @@ fn pod_netns_deleted_at_every_point_of_add_then_del_leaves_nothing() {
          nothing left after DEL"
     );
 }
+
+/// The agent killed at points of its start-up reconcile (stale endpoints
+/// and link pins of vanished interfaces to remove, a detached program to
+/// reattach), then started again: the node ends repaired, whatever the
+/// killed one had done.
+#[test]
+fn sigkill_of_the_agent_mid_reconcile_then_a_restart_repairs_all() {
+    let node = Node::new();
+    let clsact = conf(&node, false);
+    let tcx = conf(&node, true);
+    let mut kept = Sandbox::new(&node);
+    kept.add_ok(&clsact);
+    let kept_veth = host_ifname(&kept);
+    let agent_binary = cni_ebpf_tests::binaries::path(cni_ebpf_tests::binaries::AGENT);
+    let started = Instant::now();
+    let mut killed = 0;
+    // The reconcile takes a few ms after start-up: 1 ms apart there.
+    let points_ms: Vec<u64> = (0..=24).chain([40, 80, 160, 320]).collect();
+    for &delay_ms in &points_ms {
+        if started.elapsed() > LOOP_BUDGET {
+            break;
+        }
+        // Work for the reconcile: two interfaces vanish behind the
+        // plugin's back, and the kept pod's program is detached.
+        let mut gone: Vec<Sandbox<'_>> = (0..2).map(|_| Sandbox::new(&node)).collect();
+        for pod in &mut gone {
+            pod.add_ok(&tcx);
+            node.netns().ip(&["link", "del", &host_ifname(pod)]);
+        }
+        node.netns()
+            .exec_ok("tc", &["filter", "del", "dev", &kept_veth, "ingress"]);
+
+        let mut command = node.netns().command(&agent_binary);
+        command
+            .arg("--bpffs-root")
+            .arg(node.bpffs_root())
+            .args(["run", "--metrics-address", "off", "--gc-interval", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let agent = command.spawn().expect("spawning cni-ebpfd run");
+        kill_after(agent, Duration::from_millis(delay_ms));
+        let repaired = || {
+            node.endpoint_ips() == BTreeSet::from([kept.ip().to_string()])
+                && cni_ebpf_tests::spec::link_pins(&node).is_empty()
+                && tc_filter_ids(&node, &kept_veth).len() == 1
+        };
+        // The killed agent had not finished the repair.
+        if !repaired() {
+            killed += 1;
+        }
+
+        let agent = cni_ebpf_tests::agent::Agent::start(&node, &["--gc-interval", "1"]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !repaired() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            repaired(),
+            "agent killed after {delay_ms} ms, restarted: endpoints {:?}, pins {:?}, \
+             filters on {kept_veth}: {:?}",
+            node.endpoint_ips(),
+            cni_ebpf_tests::spec::link_pins(&node),
+            tc_filter_ids(&node, &kept_veth)
+        );
+        drop(agent);
+        // The runtime's DELs of the vanished pods still succeed.
+        for mut pod in gone {
+            pod.del().expect_success("DEL of a vanished pod");
+        }
+        kept.check().expect_success("CHECK of the kept pod");
+    }
+    eprintln!(
+        "[faults] agent killed 0-320 ms after its start ({} points, {killed} before its \
+         reconcile had repaired everything); each restart repaired the node",
+        points_ms.len()
+    );
+    assert!(killed > 0, "no kill landed before the agent finished");
+}
