@@ -167,3 +167,77 @@ fn churn_of_add_and_del_beside_live_traffic_loses_and_leaks_nothing() {
     b.check().expect_success("CHECK of b");
     drop(agent);
 }
+
+/// The NAT table under a flood of new flows for minutes
+/// (`CNI_EBPF_NAT_FLOOD_SECONDS`, 120) with the agent expiring idle UDP
+/// flows after 2 s every second: each flow is a fresh socket of the pod
+/// asking a UDP echo server outside the node; every answer must come back
+/// to the socket that asked (the payload says so), seen as the node's
+/// address, and none may be lost; the agent's memory must stay flat.
+#[test]
+#[ignore = "soak: run by `cargo xtask test --long`"]
+fn nat_table_under_a_flood_of_new_flows_with_gc_never_mistranslates() {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+
+    use cni_ebpf_tests::ext::{UdpEcho, masquerade_conf, udp_request, uplink_with_default_route};
+
+    let seconds = env_u64("CNI_EBPF_NAT_FLOOD_SECONDS", 120);
+    let node = Node::new();
+    let ext = uplink_with_default_route(&node);
+    let pod = node.add_pod_with(masquerade_conf(&node));
+    let echo = UdpEcho::start(&ext.netns, SocketAddrV4::new(ext.ext_ip, 0), false)
+        .expect("UDP echo outside the node");
+    let agent = Agent::start(&node, &["--gc-interval", "1", "--udp-timeout", "2"]);
+    let rss_start = rss_kib(agent.pid());
+    let server = echo.addr();
+    let node_ip = ext.node_ip;
+
+    let started = Instant::now();
+    let (flows, lost, wrong) = pod.netns().run(move || {
+        let (mut flows, mut lost, mut wrong) = (0u64, 0u64, Vec::new());
+        while started.elapsed() < Duration::from_secs(seconds) {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+            socket.connect(server).expect("connect");
+            let payload = format!("flow {flows}");
+            match udp_request(&socket, payload.as_bytes(), Duration::from_secs(1)) {
+                Ok((seen, back)) => {
+                    let seen_ok = matches!(seen, SocketAddr::V4(v4) if *v4.ip() == node_ip);
+                    if !seen_ok || back != payload.as_bytes() {
+                        wrong.push(format!(
+                            "{payload}: seen as {seen}, answer {:?}",
+                            String::from_utf8_lossy(&back)
+                        ));
+                    }
+                }
+                Err(_) => lost += 1,
+            }
+            flows += 1;
+        }
+        (flows, lost, wrong)
+    });
+    let elapsed = started.elapsed();
+    thread::sleep(Duration::from_secs(4));
+    let metrics = agent.scrape();
+    let expired = metrics.value("cni_ebpf_gc_expired_total", &[]);
+    let rss_end = rss_kib(agent.pid());
+    let drops = node.dropped_packets(&["nat-table-full", "nat-ports-exhausted"], "from-pod");
+    eprintln!(
+        "[soak] NAT flood: {flows} new UDP flows in {:.0} s ({:.0}/s), {lost} unanswered, \
+         {} mistranslated, {drops} NAT drops counted; GC expired {expired}; \
+         agent RSS {rss_start} KiB at start, {rss_end} KiB at end",
+        elapsed.as_secs_f64(),
+        flows as f64 / elapsed.as_secs_f64(),
+        wrong.len(),
+    );
+    assert!(
+        wrong.is_empty(),
+        "mistranslated answers: {:#?}",
+        &wrong[..wrong.len().min(10)]
+    );
+    assert!(
+        lost <= drops,
+        "{lost} flows unanswered, {drops} drops counted"
+    );
+    assert!(expired > 0.0, "GC expired nothing");
+    drop(agent);
+}
