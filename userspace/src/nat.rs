@@ -183,16 +183,22 @@ pub fn gc(layout: &BpffsLayout, timeouts: &NatTimeouts) -> Result<GcStats> {
     // Replies left behind by an outbound entry the LRU evicted, once idle
     // themselves: a flow admitted during the scan has its reply entry but
     // may have had its outbound entry put where the scan had already been.
-    let (orphans, admitted): (Vec<(FlowKey, NatEntry)>, Vec<(FlowKey, NatEntry)>) = replies
-        .iter()
-        .filter_map(|entry| entry.ok())
-        .filter(|(key, _)| !kept_replies.contains(key))
-        .partition(|(_, reply)| idle(reply, None));
-    let orphans: Vec<FlowKey> = orphans.into_iter().map(|(key, _)| key).collect();
+    let mut orphans = Vec::new();
+    let mut admitted = 0;
+    for (key, reply) in replies.iter().filter_map(|entry| entry.ok()) {
+        if kept_replies.contains(&key) {
+            continue;
+        }
+        if idle(&reply, None) {
+            orphans.push(key);
+        } else {
+            admitted += 1;
+        }
+    }
     for key in &orphans {
         remove(&mut replies, key, NAT_IN)?;
     }
-    stats.live = kept_replies.len() + admitted.len();
+    stats.live = kept_replies.len() + admitted;
     let mut count: Array<MapData, u64> = open_map(layout, NAT_FLOWS)?;
     count
         .set(0, stats.live as u64, 0)
