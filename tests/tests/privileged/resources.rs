@@ -1,8 +1,8 @@
 //! Resource faults: the state directory or the IPAM data directory
-//! read-only or full, the bpffs read-only. Each ADD fails with a coded
-//! error naming what failed, leaves nothing behind (host veth, pod
-//! interface, endpoint, counters, reservation, record), and the node
-//! serves the next ADD once the fault is gone.
+//! read-only or full, the bpffs read-only, the endpoints map full. Each ADD
+//! fails with a coded error naming what failed, leaves nothing behind (host
+//! veth, pod interface, route, endpoint, counters, limits, reservation,
+//! record), and the node serves the next ADD once the fault is gone.
 //!
 //! The faults are mounts made in a private mount namespace of one thread
 //! (read-only bind mounts, a one-page tmpfs); the plugin is spawned from
@@ -24,7 +24,7 @@ use nix::{
 };
 use serde_json::{Value, json};
 
-use crate::pod_links;
+use crate::{faults::Leftovers, pod_links};
 
 /// Runs `f` on a thread with a private mount namespace.
 fn with_private_mounts<T: Send>(f: impl FnOnce() -> T + Send) -> T {
@@ -76,18 +76,19 @@ fn full(dir: &Path, keep: &[&str]) {
     let _ = std::fs::write(dir.join("filler"), vec![0u8; 64 * 1024]);
 }
 
-/// [`Footprint::of`], also on a node whose datapath was never loaded.
-fn footprint(node: &Node) -> Footprint {
+/// [`Leftovers::of`] (footprint, routes, counters, limits), or on a node
+/// whose datapath was never loaded, the footprint without maps.
+fn footprint(node: &Node) -> Result<Leftovers, Footprint> {
     if node.bpffs_root().join("maps").join("ENDPOINTS").exists() {
-        return Footprint::of(node, DEFAULT_NETWORK);
+        return Ok(Leftovers::of(node));
     }
-    Footprint {
+    Err(Footprint {
         host_veths: host_veths(node),
         reservations: node.ipam_reservations(DEFAULT_NETWORK),
         endpoints: Default::default(),
         records: records(node, DEFAULT_NETWORK),
         link_pins: link_pins(node),
-    }
+    })
 }
 
 fn conf(node: &Node) -> Value {
@@ -99,6 +100,18 @@ fn conf(node: &Node) -> Value {
 /// ADD under `fault` must fail with one of `codes`, leave the node as it
 /// was, and the node must serve an ADD once the fault is gone.
 fn add_fails_cleanly(node: &Node, what: &str, codes: &[u64], fault: impl FnOnce() + Send) {
+    add_fails_cleanly_then(node, what, codes, fault, || {});
+}
+
+/// [`add_fails_cleanly`] for a fault that outlives the mounts: `heal`
+/// removes it before the next ADD.
+fn add_fails_cleanly_then(
+    node: &Node,
+    what: &str,
+    codes: &[u64],
+    fault: impl FnOnce() + Send,
+    heal: impl FnOnce(),
+) {
     let conf = conf(node);
     let before = footprint(node);
     let (code, msg, pod_interfaces) = with_private_mounts(|| {
@@ -121,6 +134,7 @@ fn add_fails_cleanly(node: &Node, what: &str, codes: &[u64], fault: impl FnOnce(
         "{what}: pod kept {pod_interfaces:?}"
     );
     assert_eq!(footprint(node), before, "{what}: left behind");
+    heal();
     let mut next = Sandbox::new(node);
     next.add_ok(&conf);
     next.del().expect_success("DEL after the fault");
@@ -175,4 +189,49 @@ fn read_only_bpffs_fails_the_first_add_cleanly() {
     let node = Node::new();
     let bpffs = node.bpffs().mountpoint().to_path_buf();
     add_fails_cleanly(&node, "read-only bpffs", &[100], || read_only(&bpffs));
+}
+
+/// `ENDPOINTS` full (65 536 entries, here filled with addresses of no pod
+/// through `bpftool batch`): ADD fails with code 100 naming the endpoint,
+/// and rolls back its veth, counters, reservation and record.
+#[test]
+fn full_endpoints_map_fails_add_cleanly() {
+    let node = loaded_node();
+    let map = node.bpffs_root().join("maps").join("ENDPOINTS");
+    let batch = node.dir().join("fill-endpoints.batch");
+    let value = vec!["00"; 40].join(" ");
+    let mut commands = String::new();
+    for i in 0..65_536u32 {
+        // 10.250.x.y as an IPv4-mapped key: outside every pod subnet.
+        commands.push_str(&format!(
+            "map update pinned {} key 0 0 0 0 0 0 0 0 0 0 0xff 0xff 10 250 {} {} value {value}\n",
+            map.display(),
+            i >> 8,
+            i & 0xff
+        ));
+    }
+    std::fs::write(&batch, commands).expect("writing the bpftool batch");
+    let output = std::process::Command::new("bpftool")
+        .arg("batch")
+        .arg("file")
+        .arg(&batch)
+        .output()
+        .expect("bpftool batch");
+    assert!(
+        output.status.success(),
+        "filling ENDPOINTS: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _ = std::fs::remove_file(&batch);
+    let heal = || {
+        let key = "0 0 0 0 0 0 0 0 0 0 0xff 0xff 10 250 0 0";
+        let mut delete = std::process::Command::new("bpftool");
+        delete
+            .args(["map", "delete", "pinned"])
+            .arg(&map)
+            .arg("key");
+        delete.args(key.split(' '));
+        assert!(delete.status().expect("bpftool").success());
+    };
+    add_fails_cleanly_then(&node, "full ENDPOINTS map", &[100], || {}, heal);
 }
