@@ -91,7 +91,8 @@ impl Agent {
         status
     }
 
-    fn pid(&self) -> Pid {
+    /// The agent's process id (its memory is read from `/proc`).
+    pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }
 

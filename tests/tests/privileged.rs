@@ -17,6 +17,8 @@ mod containerd;
 mod cross_node;
 #[path = "privileged/errors.rs"]
 mod errors;
+#[path = "privileged/faults.rs"]
+mod faults;
 #[path = "privileged/harness.rs"]
 mod harness;
 #[path = "privileged/host_ports.rs"]
@@ -33,10 +35,14 @@ mod masquerade;
 mod netfilter_handoff;
 #[path = "privileged/pod_to_pod.rs"]
 mod pod_to_pod;
+#[path = "privileged/resources.rs"]
+mod resources;
 #[path = "privileged/runtimes.rs"]
 mod runtimes;
 #[path = "privileged/services.rs"]
 mod services;
+#[path = "privileged/soak.rs"]
+mod soak;
 #[path = "privileged/spec_chaining.rs"]
 mod spec_chaining;
 #[path = "privileged/spec_check.rs"]

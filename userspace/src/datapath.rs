@@ -86,6 +86,7 @@ impl Datapath {
         if let Some(datapath) = Self::open_pinned(&layout)? {
             return Ok(datapath);
         }
+        remove_partial_load(&layout.programs_dir(BUILD_ID))?;
         load_and_pin(&layout, &layout.programs_dir(BUILD_ID))?;
         remove_other_builds(&layout);
         Self::open_pinned(&layout)?.ok_or_else(|| {
@@ -257,6 +258,26 @@ pub(crate) fn load_and_pin(layout: &BpffsLayout, dir: &std::path::Path) -> Resul
         program
             .pin(&path)
             .map_err(|source| DatapathError::Pin { path, source })?;
+    }
+    Ok(())
+}
+
+/// Unpins what a load that did not finish left in `dir`: a loader killed
+/// (or failing) before it pinned `from_pod`, which goes last, left some
+/// programs pinned, and pinning over them would fail every later load
+/// (`BPF_OBJ_PIN`: exists). Called under the root's lock with `from_pod`
+/// absent, so no one else is loading there and nothing uses those pins.
+fn remove_partial_load(dir: &std::path::Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => log::warn!("unpinned {} left by an unfinished load", path.display()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DatapathError::io("unpin", &path, e)),
+        }
     }
     Ok(())
 }

@@ -146,37 +146,59 @@ pub fn gc(layout: &BpffsLayout, timeouts: &NatTimeouts) -> Result<GcStats> {
     let mut stats = GcStats::default();
     let mut expired = Vec::new();
     let mut kept_replies = HashSet::new();
+    let idle = |translation: &NatEntry, reply: Option<&NatEntry>| {
+        let last = reply.map_or(translation.last_seen_ns, |r| {
+            r.last_seen_ns.max(translation.last_seen_ns)
+        });
+        let timeout =
+            joined_state(translation, reply).map_or(timeouts.icmp, |s| timeouts.for_state(s));
+        now.saturating_sub(last) > timeout.as_nanos() as u64
+    };
     for entry in out.iter() {
         let (key, translation) = entry.map_err(map_error(NAT_OUT))?;
         stats.scanned += 1;
         let reply_key = reply_key(&key, &translation);
         let reply = replies.get(&reply_key, 0).ok();
-        let last = reply.map_or(translation.last_seen_ns, |r| {
-            r.last_seen_ns.max(translation.last_seen_ns)
-        });
-        let timeout = joined_state(&translation, reply.as_ref())
-            .map_or(timeouts.icmp, |s| timeouts.for_state(s));
-        if now.saturating_sub(last) > timeout.as_nanos() as u64 {
+        if idle(&translation, reply.as_ref()) {
             expired.push((key, reply_key));
         } else {
             kept_replies.insert(reply_key);
         }
     }
     for (key, reply_key) in &expired {
+        // The datapath may have used the flow since the scan (a pod reusing
+        // the port): look again just before removing, or its replies lose
+        // their translation.
+        let Ok(translation) = out.get(key, 0) else {
+            continue;
+        };
+        if !idle(&translation, replies.get(reply_key, 0).ok().as_ref()) {
+            kept_replies.insert(*reply_key);
+            continue;
+        }
         remove(&mut out, key, NAT_OUT)?;
         remove(&mut replies, reply_key, NAT_IN)?;
+        stats.expired += 1;
     }
-    stats.expired = expired.len();
-    // Replies left behind by an outbound entry the LRU evicted.
-    let orphans: Vec<FlowKey> = replies
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| !kept_replies.contains(k))
-        .collect();
+    // Replies left behind by an outbound entry the LRU evicted, once idle
+    // themselves: a flow admitted during the scan has its reply entry but
+    // may have had its outbound entry put where the scan had already been.
+    let mut orphans = Vec::new();
+    let mut admitted = 0;
+    for (key, reply) in replies.iter().filter_map(|entry| entry.ok()) {
+        if kept_replies.contains(&key) {
+            continue;
+        }
+        if idle(&reply, None) {
+            orphans.push(key);
+        } else {
+            admitted += 1;
+        }
+    }
     for key in &orphans {
         remove(&mut replies, key, NAT_IN)?;
     }
-    stats.live = kept_replies.len();
+    stats.live = kept_replies.len() + admitted;
     let mut count: Array<MapData, u64> = open_map(layout, NAT_FLOWS)?;
     count
         .set(0, stats.live as u64, 0)

@@ -2,6 +2,7 @@
 //! machine, checked quickly and installed only when missing.
 
 mod bpf_linker;
+mod cargo_fuzz;
 mod packages;
 pub mod python;
 mod toolchain;
@@ -13,6 +14,7 @@ use crate::exec::Context;
 pub fn run(ctx: &Context) -> Result<()> {
     let nightly = toolchain::ensure(ctx)?;
     bpf_linker::ensure(ctx, &nightly)?;
+    cargo_fuzz::ensure(ctx)?;
     packages::ensure(ctx)?;
     python::ensure(ctx)?;
     Ok(())

@@ -30,10 +30,13 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     let layout = BpffsLayout::new(&conf.bpffs_root);
 
     // Traffic stops first: the host veth takes the pod end and the filter
-    // with it.
-    runtime()?.block_on(async {
+    // with it. Its ifindex keys its counters: without a record (an ADD
+    // killed before writing it) only the live link still tells it.
+    let live_ifindex = runtime()?.block_on(async {
         let node = Netlink::connect()?;
-        node.delete_link(&host_ifname).await
+        let index = node.link(&host_ifname).await?.map(|link| link.index);
+        node.delete_link(&host_ifname).await?;
+        CniResult::Ok(index)
     })?;
 
     let held = ipam.held_by(container_id, ifname)?.unwrap_or_default();
@@ -49,7 +52,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         &teardown::Endpoint {
             owner,
             host_ifname: Some(host_ifname),
-            host_ifindex: record.as_ref().map(|r| r.host_ifindex),
+            host_ifindex: record.as_ref().map(|r| r.host_ifindex).or(live_ifindex),
             ips,
             port_mappings: record
                 .as_ref()

@@ -321,6 +321,18 @@ impl Datapath {
     /// Runs tc program `name` once on `frame`, as if it arrived on the
     /// device and with the mark `skb` says.
     pub fn run(&mut self, name: &'static str, frame: &[u8], skb: Skb) -> Outcome {
+        self.try_run(name, frame, skb)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e:?}"))
+    }
+
+    /// [`Datapath::run`], with the kernel's refusal to run (a frame too
+    /// short for its ethertype: `EINVAL`) as an error instead of a panic.
+    pub fn try_run(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        skb: Skb,
+    ) -> Result<Outcome, aya::programs::ProgramError> {
         let ctx_in = SkBuffCtx {
             mark: skb.mark,
             ifindex: skb.ifindex,
@@ -336,21 +348,19 @@ impl Datapath {
             .unwrap_or_else(|| panic!("no program {name}"))
             .try_into()
             .unwrap_or_else(|e| panic!("{name} is not a tc program: {e}"));
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut data_out),
-                ctx_in: Some(ctx_in.as_bytes()),
-                ctx_out: Some(ctx_out.as_bytes_mut()),
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e:?}"));
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut data_out),
+            ctx_in: Some(ctx_in.as_bytes()),
+            ctx_out: Some(ctx_out.as_bytes_mut()),
+            ..Default::default()
+        })?;
         data_out.truncate(result.data_size_out as usize);
-        Outcome {
+        Ok(Outcome {
             action: result.return_value as i32,
             frame: data_out,
             mark: ctx_out.mark,
-        }
+        })
     }
 
     fn hash<K: Pod, V: Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
@@ -363,7 +373,8 @@ impl Datapath {
         map.get(key, 0).ok()
     }
 
-    fn entries<K: Pod, V: Pod>(&self, name: &str) -> Vec<(K, V)> {
+    /// Every entry of hash map `name`.
+    pub fn entries<K: Pod, V: Pod>(&self, name: &str) -> Vec<(K, V)> {
         let map: HashMap<&MapData, K, V> =
             HashMap::try_from(self.ebpf.map(name).expect(name)).expect(name);
         map.iter().map(|entry| entry.expect(name)).collect()

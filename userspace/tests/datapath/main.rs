@@ -47,6 +47,7 @@
 //! missing or wrong device fails later, in `skb_do_redirect`, after the
 //! program returned, where the datapath cannot count it.
 
+mod fuzz;
 mod harness;
 mod host_ports;
 mod local;
