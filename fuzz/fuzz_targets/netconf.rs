@@ -1,6 +1,6 @@
 //! A whole conflist entry as a runtime streams it on stdin: the top-level
-//! parser, then every section the verbs read from it (IPAM, masquerade and
-//! uplink, bandwidth, host ports, prevResult).
+//! parser (which types every key ADD reads: masquerade and uplink,
+//! bandwidth, host ports), then the sections read later (IPAM, prevResult).
 //!
 //! Properties: no panic; every refusal is a config error (code 1, 6 or 7);
 //! a config that parses parses again, unchanged, from its own `raw`.
@@ -8,12 +8,9 @@
 #![no_main]
 
 use cni_ebpf_plugin::{
-    bandwidth,
     cni::NetConf,
     error::{CniError, code},
-    host_ports,
     ipam::HostLocalConfig,
-    uplink::UplinkConf,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -36,17 +33,13 @@ fuzz_target!(|data: &[u8]| {
     let again = NetConf::parse(conf.raw.to_string().as_bytes()).expect("its own raw parses");
     assert_eq!(again, conf);
 
-    let sections: [Result<(), CniError>; 6] = [
+    // The keys ADD reads (attach mode, masquerade and uplink, bandwidth,
+    // host ports, cgroup root) are typed and validated by `NetConf::parse`
+    // itself; `add_conf` hands out their error.
+    let sections: [Result<(), CniError>; 3] = [
         conf.prev_output().map(drop),
         HostLocalConfig::parse(&conf.ipam.raw, &conf.name).map(drop),
-        UplinkConf::parse(&conf.raw).map(drop),
-        bandwidth::parse(&conf.raw, &conf.runtime_config.raw).map(drop),
-        host_ports::requests(&conf.runtime_config.raw).map(drop),
-        // Without the key it reads /proc/self/mountinfo: not the parser.
-        match conf.raw.get("cgroupRoot") {
-            Some(_) => host_ports::cgroup_root(&conf.raw).map(drop),
-            None => Ok(()),
-        },
+        conf.add_conf().map(drop),
     ];
     for error in sections.into_iter().filter_map(Result::err) {
         assert_eq!(error.code, code::INVALID_CONFIG, "{error}");

@@ -170,6 +170,16 @@ fn parse_range(object: &Map<String, Value>, path: &str) -> CniResult<AddressRang
     let subnet: IpNet = subnet_text
         .parse()
         .map_err(|_| invalid(&subnet_path, format!("{subnet_text:?} is not a CIDR")))?;
+    // As in host-local, where Go reads such an address as IPv4 and then
+    // finds the mask's family does not match: one spelling per family.
+    if let IpNet::V6(v6) = subnet
+        && v6.addr().to_ipv4_mapped().is_some()
+    {
+        return Err(invalid(
+            &subnet_path,
+            format!("{subnet} is an IPv4-mapped IPv6 network; write it as IPv4"),
+        ));
+    }
     if subnet.addr() != subnet.network() {
         return Err(invalid(
             &subnet_path,
@@ -337,6 +347,11 @@ mod tests {
     #[test]
     fn ipv6_defaults_end_at_last_address() {
         let cfg = parse(json!({"ranges": [[{"subnet": "fd00:1::/64"}]]})).unwrap();
+        let mapped = parse(json!({"ranges": [[{"subnet": "::ffff:10.0.0.0/120"}]]})).unwrap_err();
+        assert!(
+            mapped.msg.contains("ranges[0][0].subnet") && mapped.msg.contains("IPv4-mapped"),
+            "{mapped:?}"
+        );
         let r = &cfg.range_sets[0].ranges[0];
         assert_eq!(r.range_start.to_string(), "fd00:1::1");
         assert_eq!(r.range_end.to_string(), "fd00:1::ffff:ffff:ffff:ffff");
