@@ -344,6 +344,25 @@ pub fn addresses(ns: &Netns, ifname: &str) -> Vec<String> {
         .collect()
 }
 
+/// The addresses of either family on `ifname` in `ns`, link-local ones left
+/// out.
+pub fn global_addresses(ns: &Netns, ifname: &str) -> Vec<String> {
+    let json = ns.ip(&["-j", "addr", "show", "dev", ifname, "scope", "global"]);
+    let links: Vec<Value> =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("ip -j addr: {e}: {json}"));
+    links
+        .iter()
+        .flat_map(|link| link["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| {
+            Some(format!(
+                "{}/{}",
+                a.get("local")?.as_str()?,
+                a.get("prefixlen")?.as_u64()?
+            ))
+        })
+        .collect()
+}
+
 /// `ip -j link show dev ifname` in `ns`: the link's JSON object.
 pub fn link(ns: &Netns, ifname: &str) -> Value {
     let json = ns.ip(&["-j", "link", "show", "dev", ifname]);
