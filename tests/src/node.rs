@@ -357,6 +357,12 @@ impl ConfBuilder {
         self
     }
 
+    /// A second range set from `subnet` (of the other family: dual stack).
+    pub fn second_subnet(mut self, subnet: &str) -> Self {
+        self.second_subnet = Some(subnet.to_string());
+        self
+    }
+
     /// `rangeStart` and `rangeEnd` of the one range.
     pub fn range(mut self, start: &str, end: &str) -> Self {
         self.range = Some((start.to_string(), end.to_string()));
