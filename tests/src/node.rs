@@ -389,7 +389,12 @@ impl ConfBuilder {
         let routes: Vec<Value> = subnets
             .iter()
             .map(|subnet| {
-                let family = Family::of(subnet.split('/').next().unwrap().parse().unwrap());
+                // `usePodCidr` and other non-CIDRs: the IPv4 default route.
+                let family = subnet
+                    .split('/')
+                    .next()
+                    .and_then(|ip| ip.parse().ok())
+                    .map_or(Family::V4, Family::of);
                 json!({ "dst": family.default_route() })
             })
             .collect();
