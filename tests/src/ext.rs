@@ -5,7 +5,10 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream,
+        UdpSocket,
+    },
     os::fd::{AsFd, AsRawFd},
     sync::{
         Arc, Mutex,
@@ -23,7 +26,7 @@ use nix::sys::time::{TimeVal, TimeValLike};
 use serde_json::{Value, json};
 
 use crate::{
-    Bpffs, Node, firewall,
+    Bpffs, Family, Node, firewall,
     hash::{ByteStream, Fnv64},
     netns::Netns,
     node::Ext,
@@ -58,12 +61,14 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// Panics unless `node` forwards nothing itself (`ip_forward=0`) and has
 /// empty iptables and nftables rulesets: the datapath alone moves traffic.
 pub fn assert_node_untouched(node: &Node) {
-    assert_eq!(
-        node.netns().sysctl("net.ipv4.ip_forward"),
-        "0",
-        "ip_forward is on in node {}",
-        node.name()
-    );
+    for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+        assert_eq!(
+            node.netns().sysctl(key),
+            "0",
+            "{key} is on in node {}",
+            node.name()
+        );
+    }
     assert_eq!(
         firewall::rules(node.netns()),
         Vec::<String>::new(),
@@ -107,18 +112,18 @@ pub fn uplink_with_default_route(node: &Node) -> Ext {
 /// A listening TCP socket with a deep accept queue; with `reuse_port` it
 /// may share its port with a connecting socket (`SO_REUSEPORT` on both).
 /// Create it in the namespace it should listen in.
-pub fn tcp_listen(addr: SocketAddrV4, reuse_port: bool) -> io::Result<TcpListener> {
-    let fd = socket::socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+pub fn tcp_listen(addr: impl Into<SocketAddr>, reuse_port: bool) -> io::Result<TcpListener> {
+    let addr = addr.into();
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     if reuse_port {
         socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
     }
-    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(addr))?;
+    socket::bind(fd.as_raw_fd(), &socket::SockaddrStorage::from(addr))?;
     socket::listen(&fd, Backlog::new(1024)?)?;
     Ok(TcpListener::from(fd))
 }
@@ -173,7 +178,8 @@ pub struct PeerServer {
 
 impl PeerServer {
     /// Listens on `addr` inside `ns` (port 0 picks one).
-    pub fn start(ns: &Netns, addr: SocketAddrV4) -> io::Result<Self> {
+    pub fn start(ns: &Netns, addr: impl Into<SocketAddr>) -> io::Result<Self> {
+        let addr = addr.into();
         let conns = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let handlers = Arc::new(Mutex::new(Vec::new()));
@@ -782,23 +788,47 @@ pub fn nat_gc(node: &Node, timeouts: &[&str]) -> GcOutcome {
 
 /// The cluster CIDR both nodes of [`TwoNodes`] carve their pod CIDRs from.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The IPv6 cluster CIDR of two-node tests.
+pub const CLUSTER_CIDR_V6: &str = "fd00:10:244::/48";
 
 /// One node of a [`TwoNodes`] topology: its underlay address and pod CIDR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeSide {
     pub underlay_ip: Ipv4Addr,
     pub pod_cidr: &'static str,
+    pub underlay_ip6: Ipv6Addr,
+    pub pod_cidr6: &'static str,
+}
+
+impl NodeSide {
+    pub fn pod_cidr_of(self, family: Family) -> &'static str {
+        match family {
+            Family::V4 => self.pod_cidr,
+            Family::V6 => self.pod_cidr6,
+        }
+    }
+
+    pub fn underlay_of(self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.underlay_ip.into(),
+            Family::V6 => self.underlay_ip6.into(),
+        }
+    }
 }
 
 /// Node A's side.
 pub const SIDE_A: NodeSide = NodeSide {
     underlay_ip: Ipv4Addr::new(10, 99, 0, 1),
     pod_cidr: "10.244.1.0/24",
+    underlay_ip6: Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1),
+    pod_cidr6: "fd00:10:244:1::/64",
 };
 /// Node B's side.
 pub const SIDE_B: NodeSide = NodeSide {
     underlay_ip: Ipv4Addr::new(10, 99, 0, 2),
     pod_cidr: "10.244.2.0/24",
+    underlay_ip6: Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2),
+    pod_cidr6: "fd00:10:244:2::/64",
 };
 
 /// The name of the underlay veth in both nodes.
@@ -828,9 +858,28 @@ impl TwoNodes {
                 "dev",
                 UNDERLAY,
             ]);
+            node.netns().ip(&[
+                "addr",
+                "add",
+                &format!("{}/64", side.underlay_ip6),
+                "dev",
+                UNDERLAY,
+                "nodad",
+            ]);
             node.netns().ip(&["link", "set", UNDERLAY, "up"]);
         }
         Self { a, b }
+    }
+
+    /// Node A's config for pods of `families` (one, or both for dual
+    /// stack), as [`TwoNodes::conf_a`] for each.
+    pub fn conf_a_of(&self, families: &[Family]) -> Value {
+        node_conf_of(&self.a, SIDE_A, SIDE_B, families)
+    }
+
+    /// Node B's config for pods of `families`.
+    pub fn conf_b_of(&self, families: &[Family]) -> Value {
+        node_conf_of(&self.b, SIDE_B, SIDE_A, families)
     }
 
     /// Node A's config: its pod CIDR, masquerade on except inside the
@@ -849,6 +898,26 @@ impl Default for TwoNodes {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn node_conf_of(node: &Node, own: NodeSide, other: NodeSide, families: &[Family]) -> Value {
+    let mut builder = node.conf().subnet(own.pod_cidr_of(families[0]));
+    if let Some(second) = families.get(1) {
+        builder = builder.second_subnet(own.pod_cidr_of(*second));
+    }
+    let routes: Vec<Value> = families
+        .iter()
+        .map(|f| json!({ "dst": other.pod_cidr_of(*f), "gw": other.underlay_of(*f).to_string() }))
+        .collect();
+    with_keys(
+        builder.build(),
+        json!({
+            "ipMasq": true,
+            "nonMasqueradeCIDRs": [CLUSTER_CIDR, CLUSTER_CIDR_V6],
+            "uplink": UNDERLAY,
+            "nodeRoutes": routes,
+        }),
+    )
 }
 
 fn node_conf(node: &Node, own: NodeSide, other: NodeSide) -> Value {
