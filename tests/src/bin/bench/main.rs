@@ -22,6 +22,7 @@ mod latency;
 mod masquerade;
 mod metric;
 mod plugin_timing;
+mod program_cost;
 mod report;
 mod services;
 mod stats;
@@ -42,6 +43,7 @@ use nix::{sched::sched_getaffinity, unistd::Pid};
 use crate::{
     cni::{CNI_PATH, PluginNode},
     environment::Environment,
+    program_cost::Profile,
     report::{Report, Section},
     topology::{Contender, PodPair},
 };
@@ -212,6 +214,38 @@ pub fn progress(
     }
 }
 
+/// One extra run of `traffic` on our pod pair with the programs' run-time
+/// statistics on (see [`program_cost`]); `None`, said on stderr, when there
+/// is no such pair or the run fails: the scenario's rounds stand anyway.
+pub fn profile_pair<T>(
+    scenario: &str,
+    pairs: &[PodPair<'_>],
+    label: &str,
+    per: &'static str,
+    traffic: impl FnOnce(&PodPair<'_>) -> Result<T>,
+    transactions: impl FnOnce(&T) -> Option<f64>,
+) -> Option<Profile> {
+    let (pair, root) = pairs
+        .iter()
+        .find_map(|pair| Some((pair, pair.bpffs_root()?)))?;
+    match program_cost::profile(root, label, per, || traffic(pair), transactions) {
+        Ok((_, profile)) => {
+            for (name, counts) in &profile.programs {
+                eprintln!(
+                    "[{scenario}] profile  {label}: {name} {} runs, {:.1} ns per run",
+                    counts.runs,
+                    counts.run_time_ns as f64 / counts.runs.max(1) as f64
+                );
+            }
+            Some(profile)
+        }
+        Err(e) => {
+            eprintln!("[{scenario}] profile  {label}: FAILED: {e:#}");
+            None
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let options = match parse_args(std::env::args().skip(1)) {
         Ok(Some(options)) => options,
@@ -318,22 +352,23 @@ fn run(options: &Options) -> Result<bool> {
         }
         eprintln!("\n== {} — {}", scenario.name(), scenario.heading());
         let load_before = environment::load_average();
+        let metrics_only = |m| (m, Vec::new(), Vec::new());
         let outcome = match scenario {
-            Scenario::Tcp => tcp::run(&pairs, &plan).map(|m| (m, Vec::new())),
-            Scenario::Rr => latency::run(&pairs, &plan).map(|m| (m, Vec::new())),
-            Scenario::Crr => crr::run(&pairs, &plan).map(|m| (m, Vec::new())),
-            Scenario::Plugin => plugin_timing::run(&plugin_nodes, &plan).map(|m| (m, Vec::new())),
-            Scenario::Churn => churn::run(&plan).map(|c| (Vec::new(), c)),
-            Scenario::Masq => masquerade::run(&plan).map(|m| (m, Vec::new())),
-            Scenario::Services => services::run(&plan).map(|m| (m, Vec::new())),
-            Scenario::Hostport => host_ports::run(&plan).map(|m| (m, Vec::new())),
-            Scenario::Bandwidth => bandwidth::run(&plan).map(|m| (m, Vec::new())),
+            Scenario::Tcp => tcp::run(&pairs, &plan).map(|(m, p)| (m, Vec::new(), p)),
+            Scenario::Rr => latency::run(&pairs, &plan).map(|(m, p)| (m, Vec::new(), p)),
+            Scenario::Crr => crr::run(&pairs, &plan).map(|(m, p)| (m, Vec::new(), p)),
+            Scenario::Plugin => plugin_timing::run(&plugin_nodes, &plan).map(metrics_only),
+            Scenario::Churn => churn::run(&plan).map(|c| (Vec::new(), c, Vec::new())),
+            Scenario::Masq => masquerade::run(&plan).map(metrics_only),
+            Scenario::Services => services::run(&plan).map(metrics_only),
+            Scenario::Hostport => host_ports::run(&plan).map(metrics_only),
+            Scenario::Bandwidth => bandwidth::run(&plan).map(metrics_only),
         };
-        let (metrics, churn, error) = match outcome {
-            Ok((metrics, churn)) => (metrics, churn, None),
+        let (metrics, churn, profiles, error) = match outcome {
+            Ok((metrics, churn, profiles)) => (metrics, churn, profiles, None),
             Err(e) => {
                 eprintln!("[{}] stopped: {e:#}", scenario.name());
-                (Vec::new(), Vec::new(), Some(format!("{e:#}")))
+                (Vec::new(), Vec::new(), Vec::new(), Some(format!("{e:#}")))
             }
         };
         sections.push(Section {
@@ -343,6 +378,7 @@ fn run(options: &Options) -> Result<bool> {
             load_after: environment::load_average(),
             metrics,
             churn,
+            profiles,
             error,
         });
     }
