@@ -25,6 +25,24 @@ pub struct VethEnd {
     pub name: String,
     pub mac: [u8; 6],
     pub mtu: u32,
+    /// GSO and GRO maximum size, IPv4 and IPv6, when above the kernel's
+    /// 64 KiB default (BIG TCP).
+    pub big_tcp: Option<u32>,
+}
+
+/// The four attributes of BIG TCP: `IFLA_GSO_MAX_SIZE`/`IFLA_GRO_MAX_SIZE`
+/// (IPv6, and IPv4 before 6.3) and `IFLA_GSO_IPV4_MAX_SIZE`/
+/// `IFLA_GRO_IPV4_MAX_SIZE` (6.3; ignored by older kernels). Given at
+/// creation, they cost no request of their own.
+fn big_tcp_attributes(size: Option<u32>) -> Vec<LinkAttribute> {
+    size.map_or_else(Vec::new, |size| {
+        vec![
+            LinkAttribute::GsoMaxSize(size),
+            LinkAttribute::GroMaxSize(size),
+            LinkAttribute::GsoIpv4MaxSize(size),
+            LinkAttribute::GroIpv4MaxSize(size),
+        ]
+    })
 }
 
 /// What CHECK and DEL need to know of an existing link.
@@ -81,18 +99,23 @@ impl Netlink {
         pod: &VethEnd,
         pod_ns: &NetNs,
     ) -> CniResult<()> {
-        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(pod.name.clone())
             .mtu(pod.mtu)
             .address(pod.mac.to_vec())
-            .setns_by_fd(pod_ns.raw_fd())
-            .build();
-        let message = LinkVeth::new(&host.name, &pod.name)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .setns_by_fd(pod_ns.raw_fd());
+        for attribute in big_tcp_attributes(pod.big_tcp) {
+            peer = peer.append_extra_attribute(attribute);
+        }
+        let mut message = LinkVeth::new(&host.name, &pod.name)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
             .mtu(host.mtu)
             .address(host.mac.to_vec())
-            .up()
-            .build();
+            .up();
+        for attribute in big_tcp_attributes(host.big_tcp) {
+            message = message.append_extra_attribute(attribute);
+        }
+        let message = message.build();
         self.handle
             .link()
             .add(message)

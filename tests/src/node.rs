@@ -25,6 +25,8 @@ use crate::{
 pub const DEFAULT_NETWORK: &str = "testnet";
 /// The pod subnet [`Node::conf`] uses unless told otherwise.
 pub const DEFAULT_SUBNET: &str = "10.244.1.0/24";
+/// The GSO/GRO size `"bigTcp": true` gives both veth ends.
+pub const BIG_TCP_DEFAULT: u32 = 196_608;
 /// The spec version [`Node::conf`] uses unless told otherwise.
 pub const DEFAULT_CNI_VERSION: &str = "1.0.0";
 

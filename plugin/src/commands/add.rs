@@ -80,6 +80,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
             cgroup: cgroup.as_deref(),
             hooks_missing,
             bandwidth: add_conf.bandwidth,
+            big_tcp: add_conf.big_tcp,
             needs,
         };
         let mut progress = Progress::default();
@@ -109,6 +110,8 @@ struct Request<'a> {
     /// Why the node's own sockets are not hooked although the pod needs it.
     hooks_missing: Option<String>,
     bandwidth: Bandwidth,
+    /// `bigTcp`: the veth's GSO/GRO maximum size.
+    big_tcp: Option<u32>,
     needs: Needs,
 }
 
@@ -235,10 +238,12 @@ async fn create_veth_pair(
     progress: &mut Progress,
 ) -> CniResult<VethPair> {
     let mtu = req.conf.mtu.or(req.ipam.pod_mtu()).unwrap_or(DEFAULT_MTU);
+    let big_tcp = req.big_tcp;
     let host = VethEnd {
         name: names::host_ifname(req.container_id, req.ifname),
         mac: names::random_mac(),
         mtu,
+        big_tcp,
     };
     let pod_end = VethEnd {
         name: req.ifname.to_string(),
@@ -248,6 +253,7 @@ async fn create_veth_pair(
         )?
         .unwrap_or_else(names::random_mac),
         mtu,
+        big_tcp,
     };
     if pod.link(req.ifname).await?.is_some() {
         return Err(CniError::new(

@@ -10,7 +10,8 @@ use crate::{
     Plan,
     exec::{self, OnStop, Proto, Server},
     metric::{Better, Metric},
-    profile_pair, program_cost::Profile,
+    profile_pair,
+    program_cost::Profile,
     progress, stop,
     topology::{Contender, PodPair},
 };

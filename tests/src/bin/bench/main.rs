@@ -10,6 +10,7 @@
 //! also on failure or Ctrl-C; nothing touches the machine's own namespace.
 
 mod bandwidth;
+mod big_tcp;
 mod chain;
 mod churn;
 mod cni;
@@ -54,7 +55,7 @@ const USAGE: &str = "usage: cni-ebpf-bench [--quick] [--scenario NAME]...
                    a smoke test, not a measurement
   --scenario NAME  run only NAME (repeatable, or comma-separated):
                    tcp, rr, crr, plugin, churn, masq, services, hostport,
-                   bandwidth
+                   bandwidth, bigtcp
 
 Needs root. Reads the binaries from $CNI_EBPF_BIN_DIR (set by `cargo xtask
 bench`) and writes target/bench/results.{md,json} and throughput.svg.";
@@ -70,10 +71,11 @@ enum Scenario {
     Services,
     Hostport,
     Bandwidth,
+    BigTcp,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 9] = [
+    const ALL: [Scenario; 10] = [
         Scenario::Tcp,
         Scenario::Rr,
         Scenario::Crr,
@@ -83,6 +85,7 @@ impl Scenario {
         Scenario::Services,
         Scenario::Hostport,
         Scenario::Bandwidth,
+        Scenario::BigTcp,
     ];
 
     fn name(self) -> &'static str {
@@ -96,6 +99,7 @@ impl Scenario {
             Scenario::Services => services::SCENARIO,
             Scenario::Hostport => host_ports::SCENARIO,
             Scenario::Bandwidth => bandwidth::SCENARIO,
+            Scenario::BigTcp => big_tcp::SCENARIO,
         }
     }
 
@@ -114,6 +118,7 @@ impl Scenario {
             Scenario::Services => services::HEADING,
             Scenario::Hostport => host_ports::HEADING,
             Scenario::Bandwidth => bandwidth::HEADING,
+            Scenario::BigTcp => big_tcp::HEADING,
         }
     }
 
@@ -363,6 +368,7 @@ fn run(options: &Options) -> Result<bool> {
             Scenario::Services => services::run(&plan).map(metrics_only),
             Scenario::Hostport => host_ports::run(&plan).map(metrics_only),
             Scenario::Bandwidth => bandwidth::run(&plan).map(metrics_only),
+            Scenario::BigTcp => big_tcp::run(&plan).map(metrics_only),
         };
         let (metrics, churn, profiles, error) = match outcome {
             Ok((metrics, churn, profiles)) => (metrics, churn, profiles, None),
@@ -411,7 +417,11 @@ fn check_tools(scenarios: &[Scenario]) -> Result<()> {
     let traffic_outside = scenarios.iter().any(|s| {
         matches!(
             s,
-            Scenario::Masq | Scenario::Services | Scenario::Hostport | Scenario::Bandwidth
+            Scenario::Masq
+                | Scenario::Services
+                | Scenario::Hostport
+                | Scenario::Bandwidth
+                | Scenario::BigTcp
         )
     });
     if scenarios.contains(&Scenario::Tcp) || traffic_outside {

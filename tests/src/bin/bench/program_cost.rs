@@ -204,6 +204,9 @@ mod tests {
         };
         assert_eq!(profile.total_ns_per_transaction(), Some(206.0));
         let md = profile.markdown();
-        assert!(md.contains("| from_pod | 10 | 100.0 | 2.00 | 200 |"), "{md}");
+        assert!(
+            md.contains("| from_pod | 10 | 100.0 | 2.00 | 200 |"),
+            "{md}"
+        );
     }
 }
