@@ -40,6 +40,42 @@ pub fn names(ns: &Netns) -> Vec<String> {
     list(ns).into_iter().map(|link| link.name).collect()
 }
 
+/// Link names of `ns` read over netlink in this process: no `ip` to
+/// spawn, so what a plugin call just left is seen before anything running
+/// in the background changes it.
+pub fn names_now(ns: &Netns) -> Vec<String> {
+    ns.run(dump_links)
+        .unwrap_or_else(|e| panic!("dumping the links of {}: {e}", ns.name()))
+        .iter()
+        .filter_map(|link| {
+            link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            })
+        })
+        .collect()
+}
+
+/// Whether `name` is a veth DEL retired (down, renamed `cez` + 8 hex
+/// digits) and deletes in the background.
+pub fn is_retired(name: &str) -> bool {
+    name.len() == 11 && name.starts_with("cez") && name[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Link names of `ns` once the veths DEL retired are deleted (which the
+/// plugin leaves to a child process, tens of milliseconds), or after 2 s
+/// with those still there: a leak still shows.
+pub fn names_settled(ns: &Netns) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let names = names(ns);
+        if !names.iter().any(|n| is_retired(n)) || std::time::Instant::now() > deadline {
+            return names;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// A link's GSO and GRO maximum sizes, as `RTM_GETLINK` reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GsoSizes {

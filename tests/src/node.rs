@@ -149,9 +149,10 @@ impl Node {
         }
     }
 
-    /// Link names in the node namespace.
+    /// Link names in the node namespace, once the veths DEL retired are
+    /// gone (see [`links::names_settled`]).
     pub fn links(&self) -> Vec<String> {
-        links::names(&self.netns)
+        links::names_settled(&self.netns)
     }
 
     /// Runs `cni-ebpfd --bpffs-root <root> <subcommand> [args]` in the node
