@@ -84,14 +84,23 @@ async fn retire_veth(env: &CniEnv, host_ifname: &str, ifname: &str) -> CniResult
     let Some(host) = node.link(host_ifname).await? else {
         return Ok(None);
     };
-    let pod = env.netns.as_deref().and_then(|path| NetNs::open(path).ok());
-    if let Some(pod) = pod {
-        let pod = Netlink::connect_in(&pod)?;
-        if let Some(end) = pod.link(ifname).await?
-            && end.peer == Some(host.index)
-        {
-            pod.retire_link(&end).await?;
-        }
+    if let Some(pod) = env.netns.as_deref().and_then(|path| NetNs::open(path).ok())
+        && let Err(e) = retire_pod_end(&pod, ifname, host.index).await
+    {
+        // The pair goes with the host end anyway; only a new ADD into the
+        // same namespace within those milliseconds would find the name taken.
+        log::warn!("retiring {ifname} in the pod: {e}");
     }
     Ok(node.retire_link(&host).await?.then_some(host.index))
+}
+
+/// Retires `ifname` in `pod` if it is the peer of the host veth `host_index`.
+async fn retire_pod_end(pod: &NetNs, ifname: &str, host_index: u32) -> CniResult<()> {
+    let pod = Netlink::connect_in(pod)?;
+    if let Some(end) = pod.link(ifname).await?
+        && end.peer == Some(host_index)
+    {
+        pod.retire_link(&end).await?;
+    }
+    Ok(())
 }

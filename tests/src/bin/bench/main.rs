@@ -25,6 +25,7 @@ mod metric;
 mod plugin_timing;
 mod program_cost;
 mod report;
+mod scale;
 mod services;
 mod stats;
 mod stop;
@@ -55,7 +56,7 @@ const USAGE: &str = "usage: cni-ebpf-bench [--quick] [--scenario NAME]...
                    a smoke test, not a measurement
   --scenario NAME  run only NAME (repeatable, or comma-separated):
                    tcp, rr, crr, plugin, churn, masq, services, hostport,
-                   bandwidth, bigtcp
+                   bandwidth, bigtcp, scale
 
 Needs root. Reads the binaries from $CNI_EBPF_BIN_DIR (set by `cargo xtask
 bench`) and writes target/bench/results.{md,json} and throughput.svg.";
@@ -72,10 +73,11 @@ enum Scenario {
     Hostport,
     Bandwidth,
     BigTcp,
+    Scale,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 10] = [
+    const ALL: [Scenario; 11] = [
         Scenario::Tcp,
         Scenario::Rr,
         Scenario::Crr,
@@ -86,6 +88,7 @@ impl Scenario {
         Scenario::Hostport,
         Scenario::Bandwidth,
         Scenario::BigTcp,
+        Scenario::Scale,
     ];
 
     fn name(self) -> &'static str {
@@ -100,6 +103,7 @@ impl Scenario {
             Scenario::Hostport => host_ports::SCENARIO,
             Scenario::Bandwidth => bandwidth::SCENARIO,
             Scenario::BigTcp => big_tcp::SCENARIO,
+            Scenario::Scale => scale::SCENARIO,
         }
     }
 
@@ -119,6 +123,7 @@ impl Scenario {
             Scenario::Hostport => host_ports::HEADING,
             Scenario::Bandwidth => bandwidth::HEADING,
             Scenario::BigTcp => big_tcp::HEADING,
+            Scenario::Scale => scale::HEADING,
         }
     }
 
@@ -369,6 +374,7 @@ fn run(options: &Options) -> Result<bool> {
             Scenario::Hostport => host_ports::run(&plan).map(metrics_only),
             Scenario::Bandwidth => bandwidth::run(&plan).map(metrics_only),
             Scenario::BigTcp => big_tcp::run(&plan).map(metrics_only),
+            Scenario::Scale => scale::run(&plan).map(metrics_only),
         };
         let (metrics, churn, profiles, error) = match outcome {
             Ok((metrics, churn, profiles)) => (metrics, churn, profiles, None),
