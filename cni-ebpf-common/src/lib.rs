@@ -39,6 +39,7 @@ pub mod program_names {
     pub const TO_UPLINK: &str = "to_uplink";
     pub const FROM_TUNNEL: &str = "from_tunnel";
     pub const TO_TUNNEL: &str = "to_tunnel";
+    pub const XDP_UPLINK: &str = "xdp_uplink";
 }
 
 /// Wire constants of the headers the datapath reads and writes: shared so
@@ -346,6 +347,11 @@ pub const ENDPOINT_F_HOST_PORTS: u32 = 1;
 /// are checked against `NETFILTER_FLOWS` (other pods pay nothing for it).
 pub const ENDPOINT_F_NETFILTER_FLOWS: u32 = 4;
 
+/// `Endpoint::flags`: the pod end of the veth runs NAPI (GRO on), so XDP on
+/// the uplink may redirect frames into the host veth (`veth_xdp_xmit`
+/// drops them otherwise); pods without it are left to the tc program.
+pub const ENDPOINT_F_XDP_TARGET: u32 = 1 << 15;
+
 /// One direction of a flow as the packet carries it. For ICMP echo the
 /// identifier stands in the port of the side that chose it (`src_port` of a
 /// request from the pod, `dst_port` of the reply) and the other port is 0.
@@ -526,10 +532,13 @@ pub enum Verdict {
     ToNetfilter = 7,
     /// Sent into the VXLAN tunnel towards another node.
     Tunneled = 8,
+    /// Delivered into a pod by XDP on the uplink (after reverse NAT or
+    /// host-port DNAT, or as it came from another node).
+    XdpDelivered = 20,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 9] = [
+    pub const ALL: [Verdict; 10] = [
         Verdict::LocalDelivery,
         Verdict::ToStack,
         Verdict::ArpReply,
@@ -539,6 +548,7 @@ impl Verdict {
         Verdict::NatReply,
         Verdict::ToNetfilter,
         Verdict::Tunneled,
+        Verdict::XdpDelivered,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -552,6 +562,7 @@ impl Verdict {
             Verdict::NatReply => "nat-reply",
             Verdict::ToNetfilter => "to-netfilter",
             Verdict::Tunneled => "tunneled",
+            Verdict::XdpDelivered => "xdp-delivered",
         }
     }
 }

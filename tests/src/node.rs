@@ -236,6 +236,9 @@ impl Node {
         self.netns.ip(&["link", "set", "uplink", "up"]);
         ext.ip(&["addr", "add", &format!("{ext_ip}/24"), "dev", "eth0"]);
         ext.ip(&["link", "set", "eth0", "up"]);
+        if uplink_xdp_requested() {
+            crate::ext::full_checksums(&ext, "eth0");
+        }
         Ext {
             netns: ext,
             node_ip,
@@ -312,7 +315,7 @@ impl ConfBuilder {
             range["rangeStart"] = json!(start);
             range["rangeEnd"] = json!(end);
         }
-        json!({
+        let mut conf = json!({
             "cniVersion": self.cni_version,
             "name": self.name,
             "type": "cni-ebpf",
@@ -325,6 +328,17 @@ impl ConfBuilder {
                 "routes": [{ "dst": "0.0.0.0/0" }],
                 "dataDir": self.ipam_dir,
             },
-        })
+        });
+        if uplink_xdp_requested() {
+            conf["uplinkXdp"] = json!(true);
+        }
+        conf
     }
+}
+
+/// `CNI_EBPF_TEST_UPLINK_XDP=1`: every config the harness builds turns on
+/// XDP on the uplink, so the uplink tests (masquerade, host ports, nodes)
+/// can be run again with it.
+pub fn uplink_xdp_requested() -> bool {
+    std::env::var_os("CNI_EBPF_TEST_UPLINK_XDP").is_some_and(|v| v == "1")
 }

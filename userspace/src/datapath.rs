@@ -7,14 +7,14 @@ use aya::{
     EbpfLoader,
     maps::MapData,
     programs::{
-        CgroupSockAddr, Program, ProgramError, SchedClassifier, SockOps,
+        CgroupSockAddr, Program, ProgramError, SchedClassifier, SockOps, Xdp,
         cgroup_sock_addr::CgroupSockAddrAttachType,
     },
     sys::SyscallError,
 };
 use cni_ebpf_common::program_names::{
     CONNECT4, FROM_POD, FROM_TUNNEL, FROM_UPLINK, PACE_TCP, RECVMSG4, SENDMSG4, TO_POD, TO_TUNNEL,
-    TO_UPLINK,
+    TO_UPLINK, XDP_UPLINK,
 };
 
 use crate::{
@@ -40,7 +40,7 @@ pub const BUILD_ID: &str = env!("CNI_EBPF_BUILD_ID");
 
 /// Every program of the object; `from_pod` last, so that its pin marks a
 /// complete load.
-const PROGRAMS: [&str; 10] = [
+const PROGRAMS: [&str; 11] = [
     CONNECT4,
     SENDMSG4,
     RECVMSG4,
@@ -50,6 +50,7 @@ const PROGRAMS: [&str; 10] = [
     FROM_TUNNEL,
     TO_TUNNEL,
     FROM_UPLINK,
+    XDP_UPLINK,
     FROM_POD,
 ];
 
@@ -160,6 +161,17 @@ impl Datapath {
             }
         })
     }
+}
+
+/// `xdp_uplink`, opened from its pin.
+pub fn xdp_uplink(layout: &BpffsLayout) -> Result<Xdp> {
+    let path = layout.program(BUILD_ID, XDP_UPLINK);
+    Xdp::from_pin(&path, aya_obj::programs::XdpAttachType::Interface).map_err(|source| {
+        DatapathError::Program {
+            name: XDP_UPLINK,
+            source,
+        }
+    })
 }
 
 fn open_once<'a>(
@@ -286,6 +298,7 @@ fn load_programs(ebpf: &mut aya::Ebpf) -> Result<()> {
                         Program::SchedClassifier(p) => p.load(),
                         Program::CgroupSockAddr(p) => p.load(),
                         Program::SockOps(p) => p.load(),
+                        Program::Xdp(p) => p.load(),
                         _ => Err(ProgramError::NotLoaded),
                     };
                     loaded.map_err(|source| DatapathError::Program { name, source })

@@ -177,6 +177,7 @@ struct AddKeys {
     egress_burst: Option<u64>,
     /// `true`, `false` or a size in bytes.
     big_tcp: Option<Value>,
+    uplink_xdp: Option<bool>,
     runtime_config: Option<AddCapabilities>,
 }
 
@@ -445,6 +446,7 @@ impl AddKeys {
                 node_routes: self.node_routes.unwrap_or_default(),
                 nat_ports,
                 service_cidrs: self.service_cidrs.unwrap_or_default(),
+                xdp: self.uplink_xdp.unwrap_or(false),
             },
             cgroup_root: self.cgroup_root,
             port_requests,

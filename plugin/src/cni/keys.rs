@@ -150,6 +150,7 @@ pub const NETWORK: Shape = Shape::Object(&[
     ("egressRate", Shape::Opaque),
     ("egressBurst", Shape::Opaque),
     ("bigTcp", Shape::Opaque),
+    ("uplinkXdp", Shape::Opaque),
     ("ipam", IPAM),
     ("dns", DNS),
     ("runtimeConfig", RUNTIME_CONFIG),

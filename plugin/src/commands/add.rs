@@ -65,7 +65,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
     let mut datapath = open_datapath(conf)?;
     runtime()?.block_on(async {
         let node = Netlink::connect()?;
-        let pod = PodSide::enter(&pod_ns)?;
+        let pod = PodSide::enter(&pod_ns, add_conf.uplink.xdp)?;
         let request = Request {
             env,
             conf,
@@ -118,6 +118,9 @@ struct Request<'a> {
 /// What ADD needs from inside the pod's namespace, read in one entry.
 struct PodSide {
     netlink: Netlink,
+    /// A socket in the pod's namespace for `SIOCETHTOOL`, when the uplink
+    /// runs XDP (see `enable_gro`).
+    ethtool: Option<std::os::fd::OwnedFd>,
     /// See `Endpoint::netns_cookie`.
     netns_cookie: u64,
 }
@@ -125,10 +128,22 @@ struct PodSide {
 impl PodSide {
     /// Must run inside the tokio runtime (the socket's connection is
     /// spawned on it).
-    fn enter(pod_ns: &NetNs) -> CniResult<Self> {
+    fn enter(pod_ns: &NetNs, xdp: bool) -> CniResult<Self> {
         let _inside = pod_ns.enter()?;
+        let ethtool = xdp
+            .then(|| {
+                nix::sys::socket::socket(
+                    nix::sys::socket::AddressFamily::Inet,
+                    nix::sys::socket::SockType::Datagram,
+                    nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                    None,
+                )
+                .map_err(|e| CniError::io("opening a socket in the pod", e))
+            })
+            .transpose()?;
         Ok(Self {
             netlink: Netlink::connect()?,
+            ethtool,
             netns_cookie: cni_ebpf_userspace::node::current_netns_cookie()
                 .map_err(|e| CniError::io("reading the pod's network namespace cookie", e))?,
         })
@@ -178,6 +193,9 @@ async fn add(
     let port_mappings = published_ports(req.port_requests, &lease.allocations)?;
     prepare_node(req, node, datapath, &lease.allocations).await?;
     let veth = create_veth_pair(req, node, &pod.netlink, progress).await?;
+    if let Some(socket) = &pod.ethtool {
+        enable_gro(socket, req.ifname)?;
+    }
     address_and_routes(node, &pod.netlink, &veth, &lease).await?;
     let attachment = attach(req, datapath, &veth, progress)?;
     set_limits(req, datapath)?;
@@ -278,6 +296,40 @@ async fn create_veth_pair(
     })
 }
 
+/// GRO on the pod end of the veth: it gives the device NAPI, without which
+/// the kernel drops the frames XDP on the uplink redirects into the host
+/// veth (`veth_xdp_xmit` needs the peer's NAPI). The legacy `ETHTOOL_SGRO`
+/// request, on a socket in the pod's namespace.
+fn enable_gro(socket: &std::os::fd::OwnedFd, ifname: &str) -> CniResult<()> {
+    use std::os::fd::AsRawFd;
+    /// `ETHTOOL_SGRO` from `linux/ethtool.h`.
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_SGRO,
+        data: 1,
+    };
+    // SAFETY: a zeroed ifreq is valid; the name fits (checked by ADD).
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: `request` points at `value`, both live across the call.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL as _, &raw mut request) };
+    if rc != 0 {
+        return Err(CniError::io(
+            format!("turning GRO on for {ifname} (uplinkXdp)"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
 /// The pod's addresses and routes, and a host route to each address.
 async fn address_and_routes(
     node: &Netlink,
@@ -367,7 +419,12 @@ fn add_endpoint(
 ) -> CniResult<()> {
     let endpoint = Endpoint {
         ifindex: veth.host_index,
-        flags: endpoint_flags(!port_mappings.is_empty(), req.bandwidth.is_limited()),
+        flags: endpoint_flags(!port_mappings.is_empty(), req.bandwidth.is_limited())
+            | if req.uplink.xdp {
+                cni_ebpf_common::ENDPOINT_F_XDP_TARGET
+            } else {
+                0
+            },
         pod_mac: veth.pod.mac,
         host_mac: veth.host.mac,
         owner: req.owner,
