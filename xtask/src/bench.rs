@@ -17,7 +17,7 @@ pub struct Options {
     #[arg(long)]
     quick: bool,
     /// Run only these scenarios (comma-separated: tcp, rr, crr, plugin,
-    /// churn, masq, services, hostport, bandwidth, bigtcp, scale).
+    /// churn, masq, services, hostport, bandwidth, bigtcp, scale, xdp).
     #[arg(long, value_name = "NAME")]
     scenario: Option<String>,
 }

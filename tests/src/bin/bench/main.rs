@@ -31,6 +31,7 @@ mod stats;
 mod stop;
 mod tcp;
 mod topology;
+mod xdp;
 
 use std::{
     path::{Path, PathBuf},
@@ -56,7 +57,7 @@ const USAGE: &str = "usage: cni-ebpf-bench [--quick] [--scenario NAME]...
                    a smoke test, not a measurement
   --scenario NAME  run only NAME (repeatable, or comma-separated):
                    tcp, rr, crr, plugin, churn, masq, services, hostport,
-                   bandwidth, bigtcp, scale
+                   bandwidth, bigtcp, scale, xdp
 
 Needs root. Reads the binaries from $CNI_EBPF_BIN_DIR (set by `cargo xtask
 bench`) and writes target/bench/results.{md,json} and throughput.svg.";
@@ -74,10 +75,11 @@ enum Scenario {
     Bandwidth,
     BigTcp,
     Scale,
+    Xdp,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 11] = [
+    const ALL: [Scenario; 12] = [
         Scenario::Tcp,
         Scenario::Rr,
         Scenario::Crr,
@@ -89,6 +91,7 @@ impl Scenario {
         Scenario::Bandwidth,
         Scenario::BigTcp,
         Scenario::Scale,
+        Scenario::Xdp,
     ];
 
     fn name(self) -> &'static str {
@@ -104,6 +107,7 @@ impl Scenario {
             Scenario::Bandwidth => bandwidth::SCENARIO,
             Scenario::BigTcp => big_tcp::SCENARIO,
             Scenario::Scale => scale::SCENARIO,
+            Scenario::Xdp => xdp::SCENARIO,
         }
     }
 
@@ -124,6 +128,7 @@ impl Scenario {
             Scenario::Bandwidth => bandwidth::HEADING,
             Scenario::BigTcp => big_tcp::HEADING,
             Scenario::Scale => scale::HEADING,
+            Scenario::Xdp => xdp::HEADING,
         }
     }
 
@@ -375,6 +380,7 @@ fn run(options: &Options) -> Result<bool> {
             Scenario::Bandwidth => bandwidth::run(&plan).map(metrics_only),
             Scenario::BigTcp => big_tcp::run(&plan).map(metrics_only),
             Scenario::Scale => scale::run(&plan).map(metrics_only),
+            Scenario::Xdp => xdp::run(&plan).map(metrics_only),
         };
         let (metrics, churn, profiles, error) = match outcome {
             Ok((metrics, churn, profiles)) => (metrics, churn, profiles, None),
@@ -428,6 +434,7 @@ fn check_tools(scenarios: &[Scenario]) -> Result<()> {
                 | Scenario::Hostport
                 | Scenario::Bandwidth
                 | Scenario::BigTcp
+                | Scenario::Xdp
         )
     });
     if scenarios.contains(&Scenario::Tcp) || traffic_outside {
