@@ -39,6 +39,7 @@ pub mod program_names {
     pub const TO_UPLINK: &str = "to_uplink";
     pub const FROM_TUNNEL: &str = "from_tunnel";
     pub const TO_TUNNEL: &str = "to_tunnel";
+    pub const XDP_UPLINK: &str = "xdp_uplink";
 }
 
 /// Wire constants of the headers the datapath reads and writes: shared so
@@ -398,6 +399,11 @@ pub const ENDPOINT_F_HOST_PORTS: u32 = 1;
 /// are checked against `NETFILTER_FLOWS` (other pods pay nothing for it).
 pub const ENDPOINT_F_NETFILTER_FLOWS: u32 = 4;
 
+/// `Endpoint::flags`: the pod end of the veth runs NAPI (GRO on), so XDP on
+/// the uplink may redirect frames into the host veth (`veth_xdp_xmit`
+/// drops them otherwise); pods without it are left to the tc program.
+pub const ENDPOINT_F_XDP_TARGET: u32 = 1 << 15;
+
 /// One direction of a flow as the packet carries it. For ICMP echo the
 /// identifier stands in the port of the side that chose it (`src_port` of a
 /// request from the pod, `dst_port` of the reply) and the other port is 0.
@@ -586,10 +592,13 @@ pub enum Verdict {
     Tunneled = 8,
     /// Neighbor solicitation answered on behalf of the gateway (IPv6's ARP).
     NdReply = 9,
+    /// Delivered into a pod by XDP on the uplink (after reverse NAT or
+    /// host-port DNAT, or as it came from another node).
+    XdpDelivered = 10,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 10] = [
+    pub const ALL: [Verdict; 11] = [
         Verdict::LocalDelivery,
         Verdict::ToStack,
         Verdict::ArpReply,
@@ -600,6 +609,7 @@ impl Verdict {
         Verdict::ToNetfilter,
         Verdict::Tunneled,
         Verdict::NdReply,
+        Verdict::XdpDelivered,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -614,6 +624,7 @@ impl Verdict {
             Verdict::ToNetfilter => "to-netfilter",
             Verdict::Tunneled => "tunneled",
             Verdict::NdReply => "nd-reply",
+            Verdict::XdpDelivered => "xdp-delivered",
         }
     }
 }

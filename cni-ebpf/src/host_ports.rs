@@ -11,7 +11,8 @@
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::TcContext};
 use cni_ebpf_common::{
-    CtState, DropReason, FlowKey, HostPortFlow, HostPortKey, IPPROTO_TCP, IPPROTO_UDP, IpKey,
+    CtState, DropReason, FlowKey, HostPortFlow, HostPortKey, HostPortTarget, IPPROTO_TCP,
+    IPPROTO_UDP, IpKey,
 };
 
 use crate::{
@@ -38,8 +39,27 @@ pub fn to_pod(
     dst: [u8; 4],
     t: &Transport,
 ) -> Result<Option<[u8; 4]>, DropReason> {
-    if t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP {
+    let Some(target) = published(src, dst, t) else {
         return Ok(None);
+    };
+    let pod = v4(&target.pod_addr);
+    let hairpin = src == pod;
+    rewrite_addr(ctx, t, IPV4_DST_OFF, dst, pod)?;
+    rewrite_port(ctx, t, t.dst_port_offset(), t.dst_port, target.pod_port)?;
+    if hairpin {
+        rewrite_addr(ctx, t, IPV4_SRC_OFF, src, dst)?;
+    }
+    Ok(Some(pod))
+}
+
+/// The pod port published at `dst:t.dst_port`, with the connection
+/// remembered for the pod's replies; `None` when nothing is published
+/// there. Shared by `to_pod` and the XDP program, which rewrite the packet
+/// each in their own way (a hairpin's source too: `src` is then the pod's).
+#[inline(always)]
+pub fn published(src: [u8; 4], dst: [u8; 4], t: &Transport) -> Option<HostPortTarget> {
+    if t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP {
+        return None;
     }
     let mut key = HostPortKey {
         host_addr: IpKey::v4(dst).addr,
@@ -53,10 +73,7 @@ pub fn to_pod(
         None => {
             key.host_addr = [0; 16];
             // SAFETY: copied out at once.
-            match unsafe { HOST_PORTS.get(&key) }.copied() {
-                Some(target) => target,
-                None => return Ok(None),
-            }
+            unsafe { HOST_PORTS.get(&key) }.copied()?
         }
     };
     let pod = v4(&target.pod_addr);
@@ -99,12 +116,7 @@ pub fn to_pod(
             let _ = HOST_PORT_CT.insert(&reply, &flow, 0);
         }
     }
-    rewrite_addr(ctx, t, IPV4_DST_OFF, dst, pod)?;
-    rewrite_port(ctx, t, t.dst_port_offset(), t.dst_port, target.pod_port)?;
-    if hairpin {
-        rewrite_addr(ctx, t, IPV4_SRC_OFF, src, dst)?;
-    }
-    Ok(Some(pod))
+    Some(target)
 }
 
 /// Rewrites a pod's reply on a connection that came in through a host port

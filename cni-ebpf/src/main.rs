@@ -39,6 +39,8 @@ mod to_pod;
 mod to_uplink;
 #[cfg(target_arch = "bpf")]
 mod tunnel;
+#[cfg(target_arch = "bpf")]
+mod xdp_uplink;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -160,6 +160,21 @@ pub fn dnat(
     if t.proto == IPPROTO_ICMP && t.icmp_type != ICMP_ECHO_REPLY {
         return Ok(None);
     }
+    let Some((pod, pod_port)) = reply_of(src, dst, t) else {
+        return Ok(None);
+    };
+    rewrite_addr(ctx, t, IPV4_DST_OFF, dst, pod)?;
+    rewrite_port(ctx, t, t.dst_port_offset(), t.dst_port, pod_port)?;
+    Ok(Some(pod))
+}
+
+/// The pod address and port of the masqueraded flow a packet from `src`
+/// to `dst` (the masquerade address) answers, its connection state brought
+/// up to date; `None` when it answers none. Shared by `dnat` and the XDP
+/// program, which rewrite the packet each in their own way. ICMP errors are
+/// the caller's (`dnat_icmp_error`).
+#[inline(always)]
+pub fn reply_of(src: [u8; 4], dst: [u8; 4], t: &Transport) -> Option<([u8; 4], u16)> {
     let key = FlowKey {
         src: IpKey::v4(src).addr,
         dst: IpKey::v4(dst).addr,
@@ -172,11 +187,10 @@ pub fn dnat(
         proto: t.proto,
         _pad: [0; 3],
     };
-    let Some(entry) = NAT_IN.get_ptr_mut(&key) else {
-        return Ok(None);
-    };
-    // SAFETY: plain helper call; a live map value as above.
-    let (pod, pod_port) = unsafe {
+    let entry = NAT_IN.get_ptr_mut(&key)?;
+    // SAFETY: plain helper call; a live map value: a torn update of two
+    // plain fields only delays an expiry.
+    unsafe {
         (*entry).last_seen_ns = bpf_ktime_get_ns();
         if t.proto == IPPROTO_TCP {
             if t.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -185,11 +199,8 @@ pub fn dnat(
                 (*entry).state = CtState::TcpEstablished as u8;
             }
         }
-        (v4(&(*entry).addr), (*entry).port)
-    };
-    rewrite_addr(ctx, t, IPV4_DST_OFF, dst, pod)?;
-    rewrite_port(ctx, t, t.dst_port_offset(), t.dst_port, pod_port)?;
-    Ok(Some(pod))
+        Some((v4(&(*entry).addr), (*entry).port))
+    }
 }
 
 /// An ICMP error about a masqueraded flow (e.g. port unreachable, or time

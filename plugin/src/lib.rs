@@ -12,5 +12,6 @@ pub mod logging;
 pub mod names;
 pub mod netlink;
 pub mod netns;
+pub mod reap;
 pub mod state;
 pub mod uplink;

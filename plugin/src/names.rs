@@ -19,6 +19,22 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
     format!("ce{:012x}", attachment_id(container_id, ifname) >> 16)
 }
 
+/// Name of a link DEL took out of use and deletes in the background:
+/// `cez` + its ifindex in 8 hex digits (unique in its namespace while it
+/// exists; never a host veth name, which has only hex digits after `ce`).
+pub fn tombstone(ifindex: u32) -> String {
+    format!("cez{ifindex:08x}")
+}
+
+/// Whether `name` is a [`tombstone`].
+pub fn is_tombstone(name: &str) -> bool {
+    name.len() == 11
+        && name.starts_with("cez")
+        && name[3..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
 /// A random locally administered unicast MAC.
 pub fn random_mac() -> [u8; 6] {
     let mut mac = [0u8; 6];
@@ -46,6 +62,17 @@ mod tests {
         assert_ne!(name, host_ifname("abc123", "eth1"));
         assert_eq!(name.len(), 14);
         assert!(name.starts_with("ce"));
+    }
+
+    #[test]
+    fn tombstones_are_short_and_never_host_veth_names() {
+        let name = tombstone(0x1234);
+        assert_eq!(name, "cez00001234");
+        assert!(is_tombstone(&name));
+        assert!(name.len() < 16);
+        assert!(!is_tombstone(&host_ifname("abc123", "eth0")));
+        assert!(!is_tombstone("cez0000123"));
+        assert!(!is_tombstone("eth0"));
     }
 
     #[test]

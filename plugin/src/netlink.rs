@@ -16,6 +16,7 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBu
 
 use crate::{
     error::{CniError, CniResult},
+    names,
     netns::NetNs,
 };
 
@@ -25,6 +26,24 @@ pub struct VethEnd {
     pub name: String,
     pub mac: [u8; 6],
     pub mtu: u32,
+    /// GSO and GRO maximum size, IPv4 and IPv6, when above the kernel's
+    /// 64 KiB default (BIG TCP).
+    pub big_tcp: Option<u32>,
+}
+
+/// The four attributes of BIG TCP: `IFLA_GSO_MAX_SIZE`/`IFLA_GRO_MAX_SIZE`
+/// (IPv6, and IPv4 before 6.3) and `IFLA_GSO_IPV4_MAX_SIZE`/
+/// `IFLA_GRO_IPV4_MAX_SIZE` (6.3; ignored by older kernels). Given at
+/// creation, they cost no request of their own.
+fn big_tcp_attributes(size: Option<u32>) -> Vec<LinkAttribute> {
+    size.map_or_else(Vec::new, |size| {
+        vec![
+            LinkAttribute::GsoMaxSize(size),
+            LinkAttribute::GroMaxSize(size),
+            LinkAttribute::GsoIpv4MaxSize(size),
+            LinkAttribute::GroIpv4MaxSize(size),
+        ]
+    })
 }
 
 /// What CHECK and DEL need to know of an existing link.
@@ -34,6 +53,8 @@ pub struct LinkState {
     pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
     pub up: bool,
+    /// `IFLA_LINK`: a veth's peer (its ifindex in the peer's namespace).
+    pub peer: Option<u32>,
 }
 
 /// A route as read back from the kernel.
@@ -81,18 +102,23 @@ impl Netlink {
         pod: &VethEnd,
         pod_ns: &NetNs,
     ) -> CniResult<()> {
-        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(pod.name.clone())
             .mtu(pod.mtu)
             .address(pod.mac.to_vec())
-            .setns_by_fd(pod_ns.raw_fd())
-            .build();
-        let message = LinkVeth::new(&host.name, &pod.name)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .setns_by_fd(pod_ns.raw_fd());
+        for attribute in big_tcp_attributes(pod.big_tcp) {
+            peer = peer.append_extra_attribute(attribute);
+        }
+        let mut message = LinkVeth::new(&host.name, &pod.name)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
             .mtu(host.mtu)
             .address(host.mac.to_vec())
-            .up()
-            .build();
+            .up();
+        for attribute in big_tcp_attributes(host.big_tcp) {
+            message = message.append_extra_attribute(attribute);
+        }
+        let message = message.build();
         self.handle
             .link()
             .add(message)
@@ -168,6 +194,26 @@ impl Netlink {
             Ok(()) => Ok(true),
             Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
             Err(e) => Err(CniError::netlink(format!("deleting link {name}"), e)),
+        }
+    }
+
+    /// Takes `link` out of use in one request, without deleting it (which
+    /// costs the caller the kernel's unregistration, 15–30 ms here): down,
+    /// so its routes go with it and a veth peer loses its carrier, and
+    /// renamed to [`names::tombstone`] of its ifindex, so its name is free
+    /// for the next ADD at once. False when it was gone already.
+    pub async fn retire_link(&self, link: &LinkState) -> CniResult<bool> {
+        let message = LinkUnspec::new_with_index(link.index)
+            .down()
+            .name(names::tombstone(link.index))
+            .build();
+        match self.handle.link().set(message).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(CniError::netlink(
+                format!("retiring link {}", link.index),
+                e,
+            )),
         }
     }
 
@@ -345,11 +391,13 @@ fn link_state(message: &LinkMessage) -> LinkState {
         mac: None,
         mtu: None,
         up: message.header.flags.contains(LinkFlags::Up),
+        peer: None,
     };
     for attribute in &message.attributes {
         match attribute {
             LinkAttribute::Address(bytes) => state.mac = bytes.as_slice().try_into().ok(),
             LinkAttribute::Mtu(mtu) => state.mtu = Some(*mtu),
+            LinkAttribute::Link(peer) => state.peer = Some(*peer),
             _ => {}
         }
     }

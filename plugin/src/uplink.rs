@@ -51,6 +51,8 @@ pub struct UplinkConf {
     pub node_routes: Vec<NodeRoute>,
     pub nat_ports: Option<(u16, u16)>,
     pub service_cidrs: Vec<IpNet>,
+    /// `uplinkXdp`: `xdp_uplink` in front of `from_uplink` (native mode).
+    pub xdp: bool,
 }
 
 impl UplinkConf {
@@ -177,6 +179,22 @@ pub async fn ensure(
     } else if current != wanted {
         node::write_config(&layout, &wanted)
             .map_err(|e| datapath_error("writing the node config", e))?;
+    }
+
+    if conf.xdp
+        && let Some(uplink) = &uplink
+    {
+        // Idempotent (a pin check); under the lock so that two ADDs do not
+        // both attach.
+        let _lock = layout
+            .lock()
+            .map_err(|e| datapath_error("locking the datapath", e))?;
+        cni_ebpf_userspace::attach::attach_xdp_uplink(datapath, uplink).map_err(|e| {
+            datapath_error(
+                &format!("attaching XDP (native mode) to the uplink {uplink}"),
+                e,
+            )
+        })?;
     }
 
     let node_addrs: Vec<IpAddr> = node

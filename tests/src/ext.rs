@@ -43,6 +43,15 @@ fn timeval(duration: Duration) -> TimeVal {
     TimeVal::milliseconds(duration.as_millis() as i64)
 }
 
+/// Makes `ifname` in `ns` (a veth) compute its checksums in full, as a NIC
+/// puts them on the wire: a veth otherwise sends TCP and UDP with only the
+/// pseudo-header sum (`CHECKSUM_PARTIAL`), which survives a veth crossing as
+/// metadata of the socket buffer but not as an XDP frame, so a frame XDP on
+/// the other end redirects would arrive with a wrong checksum.
+pub fn full_checksums(ns: &Netns, ifname: &str) {
+    ns.exec_ok("ethtool", &["-K", ifname, "tx", "off"]);
+}
+
 /// Polls `done` every 10 ms until it holds or `timeout` passes; returns
 /// whether it held.
 pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -867,6 +876,9 @@ impl TwoNodes {
                 "nodad",
             ]);
             node.netns().ip(&["link", "set", UNDERLAY, "up"]);
+            if crate::node::uplink_xdp_requested() {
+                full_checksums(node.netns(), UNDERLAY);
+            }
         }
         Self { a, b }
     }

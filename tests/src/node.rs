@@ -28,6 +28,8 @@ pub const DEFAULT_SUBNET: &str = "10.244.1.0/24";
 /// The IPv6 pod subnet of [`ConfBuilder::family`] and
 /// [`ConfBuilder::dual_stack`].
 pub const DEFAULT_SUBNET_V6: &str = "fd00:10:244:1::/64";
+/// The GSO/GRO size `"bigTcp": true` gives both veth ends.
+pub const BIG_TCP_DEFAULT: u32 = 196_608;
 /// The spec version [`Node::conf`] uses unless told otherwise.
 pub const DEFAULT_CNI_VERSION: &str = "1.0.0";
 
@@ -156,9 +158,10 @@ impl Node {
         }
     }
 
-    /// Link names in the node namespace.
+    /// Link names in the node namespace, once the veths DEL retired are
+    /// gone (see [`links::names_settled`]).
     pub fn links(&self) -> Vec<String> {
-        links::names(&self.netns)
+        links::names_settled(&self.netns)
     }
 
     /// Runs `cni-ebpfd --bpffs-root <root> <subcommand> [args]` in the node
@@ -261,6 +264,9 @@ impl Node {
             "nodad",
         ]);
         ext.ip(&["link", "set", "eth0", "up"]);
+        if uplink_xdp_requested() {
+            crate::ext::full_checksums(&ext, "eth0");
+        }
         Ext {
             netns: ext,
             node_ip,
@@ -398,7 +404,7 @@ impl ConfBuilder {
                 json!({ "dst": family.default_route() })
             })
             .collect();
-        json!({
+        let mut conf = json!({
             "cniVersion": self.cni_version,
             "name": self.name,
             "type": "cni-ebpf",
@@ -411,6 +417,17 @@ impl ConfBuilder {
                 "routes": routes,
                 "dataDir": self.ipam_dir,
             },
-        })
+        });
+        if uplink_xdp_requested() {
+            conf["uplinkXdp"] = json!(true);
+        }
+        conf
     }
+}
+
+/// `CNI_EBPF_TEST_UPLINK_XDP=1`: every config the harness builds turns on
+/// XDP on the uplink, so the uplink tests (masquerade, host ports, nodes)
+/// can be run again with it.
+pub fn uplink_xdp_requested() -> bool {
+    std::env::var_os("CNI_EBPF_TEST_UPLINK_XDP").is_some_and(|v| v == "1")
 }

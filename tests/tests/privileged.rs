@@ -92,5 +92,8 @@ impl NodeState {
 
 /// Link names of a pod namespace other than `lo`.
 fn pod_links(ns: &cni_ebpf_tests::Netns) -> Vec<String> {
-    links::names(ns).into_iter().filter(|l| l != "lo").collect()
+    links::names_settled(ns)
+        .into_iter()
+        .filter(|l| l != "lo")
+        .collect()
 }

@@ -20,8 +20,9 @@ use aya::programs::{
     CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, TcAttachType,
     links::FdLink,
     tc::{self, NlOptions, TcAttachOptions},
+    xdp::XdpMode,
 };
-use cni_ebpf_common::program_names::{FROM_POD, PACE_TCP};
+use cni_ebpf_common::program_names::{FROM_POD, PACE_TCP, XDP_UPLINK};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -122,6 +123,28 @@ pub fn attach_from_uplink(
 ) -> Result<Attachment> {
     let pin = datapath.layout().uplink_link(uplink);
     attach(datapath.from_uplink()?, uplink, mode, pin)
+}
+
+/// `xdp_uplink` on the uplink in native (driver) mode, in front of
+/// `from_uplink`, its link pinned so that it outlives this process. Nothing
+/// to do when its pin is there; fails where the driver has no native XDP.
+pub fn attach_xdp_uplink(datapath: &Datapath, uplink: &str) -> Result<()> {
+    let pin = datapath.layout().uplink_xdp_link(uplink);
+    if pin.exists() {
+        return Ok(());
+    }
+    let error = |source| DatapathError::Program {
+        name: XDP_UPLINK,
+        source,
+    };
+    let mut program = crate::datapath::xdp_uplink(datapath.layout())?;
+    let id = program.attach(uplink, XdpMode::Driver).map_err(error)?;
+    let link = program.take_link(id).map_err(error)?;
+    let link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
+        path: pin.clone(),
+        source,
+    })?;
+    pin_link(link, &pin)
 }
 
 fn attach(

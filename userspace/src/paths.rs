@@ -9,6 +9,7 @@
 //! <root>/egress-links/<host-ifname> its egress link (pods with an ingress limit)
 //! <root>/uplinks/<ifname>           the tcx link of the node's uplink
 //! <root>/uplink-egress/<ifname>     its egress link (nodes with netfilter services)
+//! <root>/uplink-xdp/<ifname>        its XDP link (`uplinkXdp`)
 //! <root>/tunnel/<ifname>-<hook>     the tcx links of the VXLAN device
 //! <root>/cgroup/<hook>              the links of the socket hooks
 //! ```
@@ -116,6 +117,15 @@ impl BpffsLayout {
         self.uplink_egress_links_dir().join(ifname)
     }
 
+    pub fn uplink_xdp_links_dir(&self) -> PathBuf {
+        self.root.join("uplink-xdp")
+    }
+
+    /// The XDP link of the uplink's `xdp_uplink` program.
+    pub fn uplink_xdp_link(&self, ifname: &str) -> PathBuf {
+        self.uplink_xdp_links_dir().join(ifname)
+    }
+
     pub fn tunnel_links_dir(&self) -> PathBuf {
         self.root.join("tunnel")
     }
@@ -129,12 +139,13 @@ impl BpffsLayout {
 
     /// Every directory holding pinned links, whose programs an upgrade
     /// replaces in place.
-    pub fn link_dirs(&self) -> [PathBuf; 6] {
+    pub fn link_dirs(&self) -> [PathBuf; 7] {
         [
             self.links_dir(),
             self.egress_links_dir(),
             self.uplinks_dir(),
             self.uplink_egress_links_dir(),
+            self.uplink_xdp_links_dir(),
             self.tunnel_links_dir(),
             self.cgroup_links_dir(),
         ]

@@ -17,7 +17,7 @@ pub struct Options {
     #[arg(long)]
     quick: bool,
     /// Run only these scenarios (comma-separated: tcp, rr, crr, plugin,
-    /// churn, masq, services, hostport, bandwidth).
+    /// churn, masq, services, hostport, bandwidth, bigtcp, scale, xdp).
     #[arg(long, value_name = "NAME")]
     scenario: Option<String>,
     /// Pods addressed over IPv6 only, in the pod pair scenarios tcp, crr

@@ -94,7 +94,16 @@ pub struct AddConf {
     pub cgroup_root: Option<PathBuf>,
     pub port_requests: Vec<HostPortRequest>,
     pub bandwidth: Bandwidth,
+    /// `bigTcp`: the GSO and GRO maximum size of both veth ends, IPv4 and
+    /// IPv6, when above 64 KiB (BIG TCP); `None` leaves the kernel's 64 KiB.
+    pub big_tcp: Option<u32>,
 }
+
+/// What `"bigTcp": true` asks for: 192 KiB, Cilium's BIG TCP size (three
+/// 64 KiB aggregates; about 45 segments of 4 KiB pages at MTU 1500).
+pub const BIG_TCP_DEFAULT: u32 = 196_608;
+/// Above the legacy 64 KiB, up to the kernel's `GSO_MAX_SIZE` (512 KiB).
+const BIG_TCP_RANGE: std::ops::RangeInclusive<u32> = 65_537..=524_280;
 
 // The struct tree serde reads. Field names are the canonical keys, the same
 // as in `keys::NETWORK` and the README's table (tests below hold them equal).
@@ -166,6 +175,9 @@ struct AddKeys {
     ingress_burst: Option<u64>,
     egress_rate: Option<u64>,
     egress_burst: Option<u64>,
+    /// `true`, `false` or a size in bytes.
+    big_tcp: Option<Value>,
+    uplink_xdp: Option<bool>,
     runtime_config: Option<AddCapabilities>,
 }
 
@@ -432,6 +444,7 @@ impl AddKeys {
                 ));
             }
         }
+        let big_tcp = self.big_tcp.as_ref().map(big_tcp).transpose()?.flatten();
         Ok(AddConf {
             attach_mode,
             uplink: UplinkConf {
@@ -442,11 +455,41 @@ impl AddKeys {
                 node_routes,
                 nat_ports,
                 service_cidrs: self.service_cidrs.unwrap_or_default(),
+                xdp: self.uplink_xdp.unwrap_or(false),
             },
             cgroup_root: self.cgroup_root,
             port_requests,
             bandwidth,
+            big_tcp,
         })
+    }
+}
+
+/// `bigTcp`: `true` ([`BIG_TCP_DEFAULT`]), `false`, or a size in bytes
+/// above 64 KiB.
+fn big_tcp(value: &Value) -> CniResult<Option<u32>> {
+    match value {
+        Value::Bool(false) => Ok(None),
+        Value::Bool(true) => Ok(Some(BIG_TCP_DEFAULT)),
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| BIG_TCP_RANGE.contains(n))
+            .map(Some)
+            .ok_or_else(|| {
+                invalid_field(
+                    "bigTcp",
+                    format!(
+                        "{n} is outside {}..={} bytes",
+                        BIG_TCP_RANGE.start(),
+                        BIG_TCP_RANGE.end()
+                    ),
+                )
+            }),
+        other => Err(invalid_field(
+            "bigTcp",
+            format!("{other}: expected true, false or a size in bytes"),
+        )),
     }
 }
 
@@ -1266,6 +1309,32 @@ mod tests {
             field_names::<IpamKeys>(),
             shape_names(shape_of(&keys::NETWORK, "ipam"))
         ));
+    }
+
+    #[test]
+    fn big_tcp_is_a_switch_or_a_size() {
+        let big_tcp = |value: Value| {
+            parse(&with("bigTcp", value))
+                .unwrap()
+                .add_conf()
+                .unwrap()
+                .big_tcp
+        };
+        assert_eq!(big_tcp(json!(true)), Some(BIG_TCP_DEFAULT));
+        assert_eq!(big_tcp(json!(false)), None);
+        assert_eq!(big_tcp(json!(262_144)), Some(262_144));
+        assert_eq!(parse(&minimal()).unwrap().add_conf().unwrap().big_tcp, None);
+        for bad in [
+            json!(65_536),
+            json!(524_281),
+            json!(-1),
+            json!("yes"),
+            json!(1.5),
+        ] {
+            let conf = parse(&with("bigTcp", bad)).unwrap();
+            let error = conf.add_conf().unwrap_err();
+            assert!(error.to_string().contains("bigTcp"), "{error}");
+        }
     }
 
     /// The README's configuration table lists the plugin's own keys: every

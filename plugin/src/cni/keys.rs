@@ -149,6 +149,8 @@ pub const NETWORK: Shape = Shape::Object(&[
     ("ingressBurst", Shape::Opaque),
     ("egressRate", Shape::Opaque),
     ("egressBurst", Shape::Opaque),
+    ("bigTcp", Shape::Opaque),
+    ("uplinkXdp", Shape::Opaque),
     ("ipam", IPAM),
     ("dns", DNS),
     ("runtimeConfig", RUNTIME_CONFIG),

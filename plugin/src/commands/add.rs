@@ -65,7 +65,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
     let mut datapath = open_datapath(conf)?;
     runtime()?.block_on(async {
         let node = Netlink::connect()?;
-        let pod = PodSide::enter(&pod_ns)?;
+        let pod = PodSide::enter(&pod_ns, add_conf.uplink.xdp)?;
         let request = Request {
             env,
             conf,
@@ -80,6 +80,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
             cgroup: cgroup.as_deref(),
             hooks_missing,
             bandwidth: add_conf.bandwidth,
+            big_tcp: add_conf.big_tcp,
             needs,
         };
         let mut progress = Progress::default();
@@ -109,12 +110,17 @@ struct Request<'a> {
     /// Why the node's own sockets are not hooked although the pod needs it.
     hooks_missing: Option<String>,
     bandwidth: Bandwidth,
+    /// `bigTcp`: the veth's GSO/GRO maximum size.
+    big_tcp: Option<u32>,
     needs: Needs,
 }
 
 /// What ADD needs from inside the pod's namespace, read in one entry.
 struct PodSide {
     netlink: Netlink,
+    /// A socket in the pod's namespace for `SIOCETHTOOL`, when the uplink
+    /// runs XDP (see `enable_gro`).
+    ethtool: Option<std::os::fd::OwnedFd>,
     /// See `Endpoint::netns_cookie`.
     netns_cookie: u64,
 }
@@ -122,10 +128,22 @@ struct PodSide {
 impl PodSide {
     /// Must run inside the tokio runtime (the socket's connection is
     /// spawned on it).
-    fn enter(pod_ns: &NetNs) -> CniResult<Self> {
+    fn enter(pod_ns: &NetNs, xdp: bool) -> CniResult<Self> {
         let _inside = pod_ns.enter()?;
+        let ethtool = xdp
+            .then(|| {
+                nix::sys::socket::socket(
+                    nix::sys::socket::AddressFamily::Inet,
+                    nix::sys::socket::SockType::Datagram,
+                    nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                    None,
+                )
+                .map_err(|e| CniError::io("opening a socket in the pod", e))
+            })
+            .transpose()?;
         Ok(Self {
             netlink: Netlink::connect()?,
+            ethtool,
             netns_cookie: cni_ebpf_userspace::node::current_netns_cookie()
                 .map_err(|e| CniError::io("reading the pod's network namespace cookie", e))?,
         })
@@ -176,6 +194,9 @@ async fn add(
     prepare_node(req, node, datapath, &lease.allocations).await?;
     let ipv6 = ipv6::wanted(lease.allocations.iter().map(|a| a.address.addr()));
     let veth = create_veth_pair(req, node, &pod.netlink, ipv6, progress).await?;
+    if let Some(socket) = &pod.ethtool {
+        enable_gro(socket, req.ifname)?;
+    }
     address_and_routes(node, &pod.netlink, &veth, &lease).await?;
     let attachment = attach(req, datapath, &veth, progress)?;
     set_limits(req, datapath)?;
@@ -238,10 +259,12 @@ async fn create_veth_pair(
     progress: &mut Progress,
 ) -> CniResult<VethPair> {
     let mtu = req.conf.mtu.or(req.ipam.pod_mtu()).unwrap_or(DEFAULT_MTU);
+    let big_tcp = req.big_tcp;
     let host = VethEnd {
         name: names::host_ifname(req.container_id, req.ifname),
         mac: names::random_mac(),
         mtu,
+        big_tcp,
     };
     let pod_end = VethEnd {
         name: req.ifname.to_string(),
@@ -251,6 +274,7 @@ async fn create_veth_pair(
         )?
         .unwrap_or_else(names::random_mac),
         mtu,
+        big_tcp,
     };
     if pod.link(req.ifname).await?.is_some() {
         return Err(CniError::new(
@@ -278,6 +302,40 @@ async fn create_veth_pair(
         pod: pod_end,
         pod_index,
     })
+}
+
+/// GRO on the pod end of the veth: it gives the device NAPI, without which
+/// the kernel drops the frames XDP on the uplink redirects into the host
+/// veth (`veth_xdp_xmit` needs the peer's NAPI). The legacy `ETHTOOL_SGRO`
+/// request, on a socket in the pod's namespace.
+fn enable_gro(socket: &std::os::fd::OwnedFd, ifname: &str) -> CniResult<()> {
+    use std::os::fd::AsRawFd;
+    /// `ETHTOOL_SGRO` from `linux/ethtool.h`.
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_SGRO,
+        data: 1,
+    };
+    // SAFETY: a zeroed ifreq is valid; the name fits (checked by ADD).
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: `request` points at `value`, both live across the call.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL as _, &raw mut request) };
+    if rc != 0 {
+        return Err(CniError::io(
+            format!("turning GRO on for {ifname} (uplinkXdp)"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 /// The pod's addresses and routes, and a host route to each address.
@@ -369,7 +427,12 @@ fn add_endpoint(
 ) -> CniResult<()> {
     let endpoint = Endpoint {
         ifindex: veth.host_index,
-        flags: endpoint_flags(!port_mappings.is_empty(), req.bandwidth.is_limited()),
+        flags: endpoint_flags(!port_mappings.is_empty(), req.bandwidth.is_limited())
+            | if req.uplink.xdp {
+                cni_ebpf_common::ENDPOINT_F_XDP_TARGET
+            } else {
+                0
+            },
         pod_mac: veth.pod.mac,
         host_mac: veth.host.mac,
         owner: req.owner,

@@ -12,6 +12,8 @@ use crate::{
     ipam::Ipam,
     ipv6, names,
     netlink::Netlink,
+    netns::NetNs,
+    reap,
     state::StateDir,
 };
 
@@ -29,15 +31,13 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     let owner = names::attachment_id(container_id, ifname);
     let layout = BpffsLayout::new(&conf.bpffs_root);
 
-    // Traffic stops first: the host veth takes the pod end and the filter
-    // with it. Its ifindex keys its counters: without a record (an ADD
-    // killed before writing it) only the live link still tells it.
-    let live_ifindex = runtime()?.block_on(async {
-        let node = Netlink::connect()?;
-        let index = node.link(&host_ifname).await?.map(|link| link.index);
-        node.delete_link(&host_ifname).await?;
-        CniResult::Ok(index)
-    })?;
+    // Traffic stops first: the host veth goes down (the pod end loses its
+    // carrier, the host route goes) and both ends give up their names, so a
+    // new ADD of the same pod finds them free; deleting the pair (which
+    // takes the filter with it) is left to a child (see `reap`). Its ifindex
+    // keys its counters: without a record (an ADD killed before writing it)
+    // only the live link still tells it.
+    let retired = runtime()?.block_on(retire_veth(env, &host_ifname, ifname))?;
 
     let held = ipam.held_by(container_id, ifname)?.unwrap_or_default();
     let mut ips: Vec<IpAddr> = record
@@ -56,7 +56,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         &teardown::Endpoint {
             owner,
             host_ifname: Some(host_ifname),
-            host_ifindex: record.as_ref().map(|r| r.host_ifindex).or(live_ifindex),
+            host_ifindex: record.as_ref().map(|r| r.host_ifindex).or(retired),
             ips,
             port_mappings: record
                 .as_ref()
@@ -68,5 +68,45 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
 
     // The address is free for reuse only once nothing refers to it.
     ipam.del(conf, container_id, ifname)?;
-    state.remove(container_id, ifname)
+    state.remove(container_id, ifname)?;
+    if let Some(ifindex) = retired
+        && let Err(e) = reap::delete_links_in_background(&[ifindex])
+    {
+        log::warn!("deleting the retired veth {ifindex} in the background: {e}; deleting it now");
+        runtime()?.block_on(async {
+            Netlink::connect()?
+                .delete_link(&names::tombstone(ifindex))
+                .await
+        })?;
+    }
+    Ok(())
+}
+
+/// Retires the host veth and, when the pod's namespace is still there, its
+/// pod end (the same pair: the pod end's peer is the host veth). Returns
+/// the host veth's ifindex; `None` when it is gone already.
+async fn retire_veth(env: &CniEnv, host_ifname: &str, ifname: &str) -> CniResult<Option<u32>> {
+    let node = Netlink::connect()?;
+    let Some(host) = node.link(host_ifname).await? else {
+        return Ok(None);
+    };
+    if let Some(pod) = env.netns.as_deref().and_then(|path| NetNs::open(path).ok())
+        && let Err(e) = retire_pod_end(&pod, ifname, host.index).await
+    {
+        // The pair goes with the host end anyway; only a new ADD into the
+        // same namespace within those milliseconds would find the name taken.
+        log::warn!("retiring {ifname} in the pod: {e}");
+    }
+    Ok(node.retire_link(&host).await?.then_some(host.index))
+}
+
+/// Retires `ifname` in `pod` if it is the peer of the host veth `host_index`.
+async fn retire_pod_end(pod: &NetNs, ifname: &str, host_index: u32) -> CniResult<()> {
+    let pod = Netlink::connect_in(pod)?;
+    if let Some(end) = pod.link(ifname).await?
+        && end.peer == Some(host_index)
+    {
+        pod.retire_link(&end).await?;
+    }
+    Ok(())
 }

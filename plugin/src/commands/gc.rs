@@ -13,6 +13,7 @@ use crate::{
     cni::NetConf,
     error::{CniError, CniResult},
     ipam::Ipam,
+    names,
     netlink::Netlink,
     state::{AttachmentRecord, StateDir},
 };
@@ -45,9 +46,11 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         for name in &stale_links {
             node.delete_link(name).await?;
         }
-        // Host veths of attachments that never got a record (an ADD that died).
+        // Host veths of attachments that never got a record (an ADD that
+        // died), and veths a DEL retired whose deletion did not happen.
         for name in node.link_names().await? {
-            if is_host_veth_name(&name) && !live_links.contains(name.as_str()) {
+            let orphan = is_host_veth_name(&name) && !live_links.contains(name.as_str());
+            if orphan || names::is_tombstone(&name) {
                 node.delete_link(&name).await?;
             }
         }

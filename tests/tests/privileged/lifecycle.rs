@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
 
 use cni_ebpf_tests::{
-    Bpffs, CniRequest, Family, Node, Pod,
+    Bpffs, CniRequest, Family, Node, Pod, links,
     node::DEFAULT_NETWORK,
     traffic::{self, ping},
 };
@@ -108,6 +108,50 @@ fn del_removes_veth_endpoint_and_reservation_in(family: Family) {
     );
     // Nothing else either (an IPv6 pod's link-local key included).
     assert!(node.endpoint_ips().is_empty(), "{:?}", node.endpoints());
+}
+
+#[test]
+fn del_frees_both_names_at_once_so_the_same_pod_can_be_added_again() {
+    let node = Node::new();
+    let peer = node.add_pod();
+    let mut pod = node.add_pod();
+    let host_ifname = pod.host_ifname();
+    pod.del().expect_success("DEL");
+    // Both names are free when DEL returns, whatever is still being deleted.
+    let pod_now = links::names_now(pod.netns());
+    assert!(!pod_now.iter().any(|l| l == "eth0"), "{pod_now:?}");
+    let node_now = links::names_now(node.netns());
+    assert!(!node_now.contains(&host_ifname), "{node_now:?}");
+    // Straight away, as a runtime retrying a sandbox would: the same
+    // container ID, interface and namespace get the same names again.
+    let stdin = pod.conf().to_string();
+    let request = CniRequest {
+        command: "ADD",
+        container_id: pod.container_id(),
+        netns: Some(pod.netns().path()),
+        ifname: "eth0",
+        args: None,
+        stdin: stdin.as_bytes(),
+    };
+    let output = node.cni(&request);
+    let result = output.expect_result("ADD of the same pod right after DEL");
+    let address = result["ips"][0]["address"].as_str().expect("an address");
+    let ip: IpAddr = address.split('/').next().unwrap().parse().unwrap();
+    assert!(node.links().contains(&host_ifname), "{:?}", node.links());
+    assert_eq!(pod_links(pod.netns()), ["eth0"], "the old pod end is left");
+    assert!(
+        ping(peer.netns(), ip, 2),
+        "the new attachment carries no traffic"
+    );
+    // The runtime's own DEL of the second attachment (the pod's drop sees
+    // its first DEL done and sends one without a result).
+    let del = CniRequest {
+        command: "DEL",
+        ..request
+    };
+    node.cni(&del)
+        .expect_success("DEL of the second attachment");
+    assert_eq!(pod_links(pod.netns()), Vec::<String>::new());
 }
 
 #[test]

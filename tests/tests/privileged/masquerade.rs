@@ -571,3 +571,39 @@ fn udp_without_checksum_passes_and_is_answered() {
     );
     assert_node_untouched(&node);
 }
+
+#[test]
+fn xdp_on_the_uplink_translates_replies_back_and_leaves_icmp_to_tc() {
+    let (node, ext) = node_with_ext();
+    // A NIC's whole checksums (see `ext::full_checksums`).
+    ext::full_checksums(&ext.netns, "eth0");
+    let mut conf = ext::masquerade_conf(&node);
+    conf["uplinkXdp"] = serde_json::json!(true);
+    let pod = node.add_pod_with(conf);
+    let xdp_before = node.verdict_packets("xdp-delivered");
+    let replies_before = node.verdict_packets("nat-reply");
+
+    // The server streams to the pod: the data comes back through XDP.
+    let server = ext_server(&ext);
+    let client = connect(&pod, server.addr());
+    assert_eq!(client.seen_as.ip(), IpAddr::V4(ext.node_ip));
+    let exchange = client.exchange(1 << 20, 7).expect("TCP exchange");
+    assert!(exchange.intact(), "stream corrupted: {exchange:?}");
+    let echo = UdpEcho::start(&ext.netns, SocketAddrV4::new(ext.ext_ip, 0), false)
+        .expect("starting the UDP echo");
+    let socket = pod_udp(&pod, echo.addr());
+    let (_, echoed) = udp_request(&socket, b"xdp", ANSWER_TIMEOUT).expect("UDP request answered");
+    assert_eq!(echoed, b"xdp");
+    let tcp_udp = node.verdict_packets("xdp-delivered") - xdp_before;
+    assert!(tcp_udp >= 3, "XDP delivered {tcp_udp} packets");
+    assert!(node.verdict_packets("nat-reply") >= replies_before + tcp_udp);
+
+    // Echo replies are ICMP: the tc program translates them.
+    assert!(traffic::ping(pod.netns(), IpAddr::V4(ext.ext_ip), 2));
+    assert_eq!(
+        node.verdict_packets("xdp-delivered") - xdp_before,
+        tcp_udp,
+        "XDP took ICMP"
+    );
+    assert_node_untouched(&node);
+}

@@ -188,3 +188,66 @@ fn ipv6_gateway_resolves_to_the_host_veths_mac() {
     assert!(entry.contains("router"), "{entry}");
     assert!(node.verdict_packets("nd-reply") >= 1);
 }
+
+/// Average bytes per packet the pod at `ip` sent, from its endpoint counters
+/// (a GSO packet counts once, with all its bytes).
+fn average_sent_packet(node: &Node, ip: std::net::Ipv4Addr) -> u64 {
+    let endpoint = node
+        .endpoints()
+        .into_iter()
+        .find(|e| e["ip"] == ip.to_string())
+        .unwrap_or_else(|| panic!("no endpoint {ip}"));
+    let sent = &endpoint["fromPod"];
+    sent["bytes"].as_u64().unwrap_or(0) / sent["packets"].as_u64().unwrap_or(0).max(1)
+}
+
+#[test]
+fn big_tcp_raises_gso_and_gro_sizes_of_both_ends_and_traffic_flows() {
+    const BIG: u32 = cni_ebpf_tests::node::BIG_TCP_DEFAULT;
+    const LEGACY: u32 = 65_536;
+    let node = Node::new();
+    let mut conf = node.conf().build();
+    conf["bigTcp"] = serde_json::json!(true);
+    let a = node.add_pod_with(conf.clone());
+    let b = node.add_pod_with(conf);
+    let plain = node.add_pod();
+
+    let big = links::GsoSizes {
+        gso: BIG,
+        gro: BIG,
+        gso_ipv4: BIG,
+        gro_ipv4: BIG,
+    };
+    for pod in [&a, &b] {
+        assert_eq!(links::gso_sizes(pod.netns(), "eth0"), big, "pod end");
+        assert_eq!(
+            links::gso_sizes(node.netns(), &pod.host_ifname()),
+            big,
+            "host end"
+        );
+    }
+    let legacy = links::gso_sizes(plain.netns(), "eth0");
+    assert_eq!(
+        (legacy.gso, legacy.gso_ipv4),
+        (LEGACY, LEGACY),
+        "default left alone"
+    );
+
+    let transfer = traffic::tcp_transfer(
+        b.netns(),
+        a.netns(),
+        std::net::IpAddr::V4(b.ip()),
+        0,
+        8 * TEN_MB,
+    )
+    .expect("TCP transfer a -> b");
+    assert_eq!(transfer.received_bytes, 8 * TEN_MB, "{transfer:?}");
+    assert!(transfer.intact(), "stream corrupted: {transfer:?}");
+    // The sender's GSO packets outgrew the legacy 64 KiB limit on the way
+    // through the datapath (the plain pod cannot send one that large).
+    let average = average_sent_packet(&node, a.ip());
+    assert!(
+        average > u64::from(LEGACY),
+        "a sent {average} bytes per packet on average: no BIG TCP packet"
+    );
+}

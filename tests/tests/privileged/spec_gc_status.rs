@@ -148,6 +148,17 @@ fn gc_with_the_older_key_also_collects_orphans() {
         "name",
         "orphanpeer",
     ]);
+    // A veth a DEL retired whose background deletion never happened.
+    node.netns().ip(&[
+        "link",
+        "add",
+        "cez0000abcd",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "retiredpeer",
+    ]);
     // A name outside the plugin's pattern is not its to remove.
     node.netns().ip(&[
         "link",
@@ -193,6 +204,13 @@ fn gc_with_the_older_key_also_collects_orphans() {
         "GC removed a link that is not the plugin's"
     );
     assert!(!node.links().contains(&"orphanpeer".to_string()));
+    let links = cni_ebpf_tests::links::names(node.netns());
+    assert!(
+        !links
+            .iter()
+            .any(|l| l == "cez0000abcd" || l == "retiredpeer"),
+        "GC left a retired veth: {links:?}"
+    );
     assert_eq!(
         node.ipam_reservations(DEFAULT_NETWORK),
         BTreeSet::from([IpAddr::V4(pods[0].ip())]),

@@ -108,6 +108,11 @@ impl PluginNode {
         self.conf["attachMode"] = json!(mode);
     }
 
+    /// Sets our plugin's `bigTcp`.
+    pub fn set_big_tcp(&mut self, on: bool) {
+        self.conf["bigTcp"] = json!(on);
+    }
+
     pub fn netns(&self) -> &Netns {
         match &self.host {
             Host::Ebpf(node) => node.netns(),

@@ -26,6 +26,8 @@ use nix::{
 use crate::{
     Plan,
     metric::{Better, Metric},
+    profile_pair,
+    program_cost::Profile,
     progress, stop,
     topology::{Contender, PodPair},
 };
@@ -57,7 +59,7 @@ impl Crr {
     }
 }
 
-pub fn run(pairs: &[PodPair<'_>], plan: &Plan) -> Result<Vec<Metric>> {
+pub fn run(pairs: &[PodPair<'_>], plan: &Plan) -> Result<(Vec<Metric>, Vec<Profile>)> {
     for pair in pairs {
         // Tens of thousands of connections a run: every ephemeral port, and
         // TIME_WAIT ports reused once their timestamps allow.
@@ -102,7 +104,15 @@ pub fn run(pairs: &[PodPair<'_>], plan: &Plan) -> Result<Vec<Metric>> {
             }
         }
     }
-    Ok(vec![metric])
+    let profiles = profile_pair(
+        SCENARIO,
+        pairs,
+        "TCP connect/request/response/close",
+        "connection",
+        |pair| measure(pair, plan.run_time, plan.cpus.rr),
+        |crr| Some(crr.transactions as f64),
+    );
+    Ok((vec![metric], profiles.into_iter().collect()))
 }
 
 /// One run of `duration` between the pair's client and server pods.

@@ -10,6 +10,8 @@ use crate::{
     Plan,
     exec::{self, OnStop, Proto, Server},
     metric::{Better, Metric},
+    profile_pair,
+    program_cost::Profile,
     progress, stop,
     topology::{Contender, PodPair},
 };
@@ -23,10 +25,13 @@ pub struct PingPong {
     pub p50_us: f64,
     pub p99_us: f64,
     pub transactions_per_s: f64,
+    /// Replies received over the whole run, warm-up included.
+    pub total_received: f64,
 }
 
-pub fn run(pairs: &[PodPair<'_>], plan: &Plan) -> Result<Vec<Metric>> {
+pub fn run(pairs: &[PodPair<'_>], plan: &Plan) -> Result<(Vec<Metric>, Vec<Profile>)> {
     let mut metrics = Vec::new();
+    let mut profiles = Vec::new();
     for proto in [Proto::Tcp, Proto::Udp] {
         let name = proto_name(proto);
         let metric = |id: &str, title: &str, unit, decimals, better| {
@@ -87,8 +92,16 @@ pub fn run(pairs: &[PodPair<'_>], plan: &Plan) -> Result<Vec<Metric>> {
             }
         }
         metrics.extend([p50, p99, rate]);
+        profiles.extend(profile_pair(
+            SCENARIO,
+            pairs,
+            &format!("{name} request/response"),
+            "round trip",
+            |pair| ping_pong(pair, plan, proto),
+            |r| Some(r.total_received),
+        ));
     }
-    Ok(metrics)
+    Ok((metrics, profiles))
 }
 
 fn proto_name(proto: Proto) -> &'static str {
@@ -148,6 +161,17 @@ pub fn parse(text: &str) -> Result<PingPong> {
             .and_then(|number| number.parse().ok())
             .ok_or_else(|| anyhow!("bad {name} in {valid:?}"))
     };
+    let total_received = text
+        .lines()
+        .find(|line| line.contains("[Total Run]"))
+        .and_then(|line| line.split_once("ReceivedMessages="))
+        .and_then(|(_, rest)| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0);
     let seconds = field("RunTime")?;
     let received = field("ReceivedMessages")?;
     Ok(PingPong {
@@ -158,6 +182,7 @@ pub fn parse(text: &str) -> Result<PingPong> {
         } else {
             0.0
         },
+        total_received,
     })
 }
 
@@ -202,6 +227,7 @@ sockperf: ---> <MIN> observation =   12.228
         assert_eq!(result.p50_us, 13.118);
         assert_eq!(result.p99_us, 14.45);
         assert!((result.transactions_per_s - 117483.0 / 1.55).abs() < 1e-6);
+        assert_eq!(result.total_received, 151297.0);
         assert!(parse("sockperf: nothing here").is_err());
     }
 

@@ -10,6 +10,7 @@
 //! also on failure or Ctrl-C; nothing touches the machine's own namespace.
 
 mod bandwidth;
+mod big_tcp;
 mod chain;
 mod churn;
 mod cni;
@@ -23,12 +24,15 @@ mod latency;
 mod masquerade;
 mod metric;
 mod plugin_timing;
+mod program_cost;
 mod report;
+mod scale;
 mod services;
 mod stats;
 mod stop;
 mod tcp;
 mod topology;
+mod xdp;
 
 use std::{
     path::{Path, PathBuf},
@@ -43,6 +47,7 @@ use nix::{sched::sched_getaffinity, unistd::Pid};
 use crate::{
     cni::{CNI_PATH, PluginNode},
     environment::Environment,
+    program_cost::Profile,
     report::{Report, Section},
     topology::{Contender, PodPair},
 };
@@ -53,7 +58,7 @@ const USAGE: &str = "usage: cni-ebpf-bench [--quick] [--scenario NAME]...
                    a smoke test, not a measurement
   --scenario NAME  run only NAME (repeatable, or comma-separated):
                    tcp, rr, crr, plugin, churn, masq, services, hostport,
-                   bandwidth, cross-node
+                   bandwidth, cross-node, bigtcp, scale, xdp
   --ipv6           pods addressed over IPv6 only (each contender a /64):
                    tcp, crr and plugin (sockperf 3.7 has no IPv6, so no rr)
 
@@ -72,10 +77,13 @@ enum Scenario {
     Hostport,
     Bandwidth,
     CrossNode,
+    BigTcp,
+    Scale,
+    Xdp,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 10] = [
+    const ALL: [Scenario; 13] = [
         Scenario::Tcp,
         Scenario::Rr,
         Scenario::Crr,
@@ -86,6 +94,9 @@ impl Scenario {
         Scenario::Hostport,
         Scenario::Bandwidth,
         Scenario::CrossNode,
+        Scenario::BigTcp,
+        Scenario::Scale,
+        Scenario::Xdp,
     ];
 
     fn name(self) -> &'static str {
@@ -100,6 +111,9 @@ impl Scenario {
             Scenario::Hostport => host_ports::SCENARIO,
             Scenario::Bandwidth => bandwidth::SCENARIO,
             Scenario::CrossNode => cross_node::SCENARIO,
+            Scenario::BigTcp => big_tcp::SCENARIO,
+            Scenario::Scale => scale::SCENARIO,
+            Scenario::Xdp => xdp::SCENARIO,
         }
     }
 
@@ -119,6 +133,9 @@ impl Scenario {
             Scenario::Hostport => host_ports::HEADING,
             Scenario::Bandwidth => bandwidth::HEADING,
             Scenario::CrossNode => cross_node::HEADING,
+            Scenario::BigTcp => big_tcp::HEADING,
+            Scenario::Scale => scale::HEADING,
+            Scenario::Xdp => xdp::HEADING,
         }
     }
 
@@ -233,6 +250,38 @@ pub fn progress(
             "[{scenario}] {round:<8} {:<9} {label:<18} FAILED: {e:#}",
             contender.name()
         ),
+    }
+}
+
+/// One extra run of `traffic` on our pod pair with the programs' run-time
+/// statistics on (see [`program_cost`]); `None`, said on stderr, when there
+/// is no such pair or the run fails: the scenario's rounds stand anyway.
+pub fn profile_pair<T>(
+    scenario: &str,
+    pairs: &[PodPair<'_>],
+    label: &str,
+    per: &'static str,
+    traffic: impl FnOnce(&PodPair<'_>) -> Result<T>,
+    transactions: impl FnOnce(&T) -> Option<f64>,
+) -> Option<Profile> {
+    let (pair, root) = pairs
+        .iter()
+        .find_map(|pair| Some((pair, pair.bpffs_root()?)))?;
+    match program_cost::profile(root, label, per, || traffic(pair), transactions) {
+        Ok((_, profile)) => {
+            for (name, counts) in &profile.programs {
+                eprintln!(
+                    "[{scenario}] profile  {label}: {name} {} runs, {:.1} ns per run",
+                    counts.runs,
+                    counts.run_time_ns as f64 / counts.runs.max(1) as f64
+                );
+            }
+            Some(profile)
+        }
+        Err(e) => {
+            eprintln!("[{scenario}] profile  {label}: FAILED: {e:#}");
+            None
+        }
     }
 }
 
@@ -370,23 +419,27 @@ fn run(options: &Options) -> Result<bool> {
         }
         eprintln!("\n== {} — {}", scenario.name(), scenario.heading());
         let load_before = environment::load_average();
+        let metrics_only = |m| (m, Vec::new(), Vec::new());
         let outcome = match scenario {
-            Scenario::Tcp => tcp::run(&pairs, &plan).map(|m| (m, Vec::new())),
-            Scenario::Rr => latency::run(&pairs, &plan).map(|m| (m, Vec::new())),
-            Scenario::Crr => crr::run(&pairs, &plan).map(|m| (m, Vec::new())),
-            Scenario::Plugin => plugin_timing::run(&plugin_nodes, &plan).map(|m| (m, Vec::new())),
-            Scenario::Churn => churn::run(&plan).map(|c| (Vec::new(), c)),
-            Scenario::Masq => masquerade::run(&plan).map(|m| (m, Vec::new())),
-            Scenario::Services => services::run(&plan).map(|m| (m, Vec::new())),
-            Scenario::Hostport => host_ports::run(&plan).map(|m| (m, Vec::new())),
-            Scenario::Bandwidth => bandwidth::run(&plan).map(|m| (m, Vec::new())),
-            Scenario::CrossNode => cross_node::run(&plan).map(|m| (m, Vec::new())),
+            Scenario::Tcp => tcp::run(&pairs, &plan).map(|(m, p)| (m, Vec::new(), p)),
+            Scenario::Rr => latency::run(&pairs, &plan).map(|(m, p)| (m, Vec::new(), p)),
+            Scenario::Crr => crr::run(&pairs, &plan).map(|(m, p)| (m, Vec::new(), p)),
+            Scenario::Plugin => plugin_timing::run(&plugin_nodes, &plan).map(metrics_only),
+            Scenario::Churn => churn::run(&plan).map(|c| (Vec::new(), c, Vec::new())),
+            Scenario::Masq => masquerade::run(&plan).map(metrics_only),
+            Scenario::Services => services::run(&plan).map(metrics_only),
+            Scenario::Hostport => host_ports::run(&plan).map(metrics_only),
+            Scenario::Bandwidth => bandwidth::run(&plan).map(metrics_only),
+            Scenario::CrossNode => cross_node::run(&plan).map(metrics_only),
+            Scenario::BigTcp => big_tcp::run(&plan).map(metrics_only),
+            Scenario::Scale => scale::run(&plan).map(metrics_only),
+            Scenario::Xdp => xdp::run(&plan).map(metrics_only),
         };
-        let (metrics, churn, error) = match outcome {
-            Ok((metrics, churn)) => (metrics, churn, None),
+        let (metrics, churn, profiles, error) = match outcome {
+            Ok((metrics, churn, profiles)) => (metrics, churn, profiles, None),
             Err(e) => {
                 eprintln!("[{}] stopped: {e:#}", scenario.name());
-                (Vec::new(), Vec::new(), Some(format!("{e:#}")))
+                (Vec::new(), Vec::new(), Vec::new(), Some(format!("{e:#}")))
             }
         };
         sections.push(Section {
@@ -397,6 +450,7 @@ fn run(options: &Options) -> Result<bool> {
             load_after: environment::load_average(),
             metrics,
             churn,
+            profiles,
             error,
         });
     }
@@ -434,6 +488,8 @@ fn check_tools(scenarios: &[Scenario]) -> Result<()> {
                 | Scenario::Hostport
                 | Scenario::Bandwidth
                 | Scenario::CrossNode
+                | Scenario::BigTcp
+                | Scenario::Xdp
         )
     });
     if scenarios.contains(&Scenario::CrossNode) {

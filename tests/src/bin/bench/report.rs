@@ -12,6 +12,7 @@ use crate::{
     crr,
     environment::Environment,
     metric::Metric,
+    program_cost::Profile,
     stats, tcp,
     topology::Contender,
 };
@@ -26,6 +27,8 @@ pub struct Section {
     pub load_after: String,
     pub metrics: Vec<Metric>,
     pub churn: Vec<Churn>,
+    /// What each BPF program cost in an extra run of this scenario.
+    pub profiles: Vec<Profile>,
     pub error: Option<String>,
 }
 
@@ -75,6 +78,10 @@ impl Report {
                 md.push('\n');
                 md.push_str(&churn_table(&section.churn));
             }
+            for profile in &section.profiles {
+                md.push('\n');
+                md.push_str(&profile.markdown());
+            }
         }
         md
     }
@@ -99,6 +106,7 @@ impl Report {
                     "error": section.error,
                     "metrics": section.metrics.iter().map(Metric::to_json).collect::<Vec<_>>(),
                     "churn": section.churn.iter().map(churn_json).collect::<Vec<_>>(),
+                    "program_cost": section.profiles.iter().map(Profile::to_json).collect::<Vec<_>>(),
                 })
             })
             .collect();

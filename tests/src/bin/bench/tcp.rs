@@ -10,6 +10,8 @@ use crate::{
     Plan,
     exec::{self, OnStop, Proto, Server},
     metric::{Better, Metric},
+    profile_pair,
+    program_cost::Profile,
     progress, stop,
     topology::{Contender, PodPair},
 };
@@ -56,7 +58,7 @@ const VARIANTS: [Variant; 4] = [
 /// Id of the single-stream forward metric (drawn in the chart).
 pub const SINGLE_STREAM_ID: &str = "tcp.1-stream";
 
-pub fn run(pairs: &[PodPair<'_>], plan: &Plan) -> Result<Vec<Metric>> {
+pub fn run(pairs: &[PodPair<'_>], plan: &Plan) -> Result<(Vec<Metric>, Vec<Profile>)> {
     let mut metrics: Vec<Metric> = VARIANTS
         .iter()
         .map(|v| {
@@ -106,7 +108,15 @@ pub fn run(pairs: &[PodPair<'_>], plan: &Plan) -> Result<Vec<Metric>> {
             }
         }
     }
-    Ok(metrics)
+    let profile = profile_pair(
+        SCENARIO,
+        pairs,
+        "TCP 1 stream, client → server",
+        "GB",
+        |pair| iperf3(pair, plan, &VARIANTS[0]),
+        |gbits| Some(gbits * plan.run_time.as_secs_f64() / 8.0),
+    );
+    Ok((metrics, profile.into_iter().collect()))
 }
 
 /// One iperf3 run; the receiver's goodput in Gbit/s.

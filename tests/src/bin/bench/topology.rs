@@ -98,6 +98,8 @@ impl Pod<'_> {
 /// The two pods a traffic scenario runs between.
 pub struct PodPair<'n> {
     pub contender: Contender,
+    /// The node whose plugin attached the pods (`None` for `limit`).
+    pub node: Option<&'n PluginNode>,
     pub client: Pod<'n>,
     pub server: Pod<'n>,
 }
@@ -110,6 +112,7 @@ impl<'n> PodPair<'n> {
             None => Self::direct(contender, family)?,
             Some(node) => Self {
                 contender,
+                node: Some(node),
                 client: attached_pod(contender, node)?,
                 server: attached_pod(contender, node)?,
             },
@@ -123,6 +126,11 @@ impl<'n> PodPair<'n> {
             );
         }
         Ok(pair)
+    }
+
+    /// The bpffs root of our node, whose programs a profiled run reads.
+    pub fn bpffs_root(&self) -> Option<&std::path::Path> {
+        Some(self.node?.ebpf_node()?.bpffs_root())
     }
 
     /// `limit`: a direct veth pair, MTU 1500, one subnet (the first two
@@ -147,6 +155,7 @@ impl<'n> PodPair<'n> {
         );
         Ok(Self {
             contender,
+            node: None,
             client: Pod {
                 _attachment: None,
                 netns: client,

@@ -1,0 +1,133 @@
+//! Startup at scale: on a fresh node, the first ADD (which loads the
+//! datapath and pins it) and then ADD after ADD up to [`PODS`] pods, each
+//! in its own namespace, timed as a runtime sees it; then DEL of every pod.
+//! ADD should cost the same for the 250th pod as for the 2nd: anything that
+//! grows with the pods on the node (a dump, a scan, a map walk) shows as a
+//! slope across the buckets. Each round starts from a new node.
+
+use anyhow::{Context, Result};
+use cni_ebpf_tests::Netns;
+
+use crate::{
+    Plan,
+    cni::{Attachment, PluginNode},
+    flows,
+    metric::{Better, Metric},
+    stats, stop,
+    topology::Contender,
+};
+
+pub const SCENARIO: &str = "scale";
+pub const HEADING: &str = "ADD from the 1st to the 250th pod on one node (fresh node each round)";
+
+/// Pods per node: kubelet's default `maxPods` is 110, 250 is the usual
+/// ceiling on large nodes.
+pub const PODS: usize = 250;
+/// Pods 2..=PODS in buckets of this many.
+const BUCKET: usize = 50;
+
+const OURS: Contender = Contender::CniEbpf;
+
+pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
+    let rows = [OURS];
+    let new = |id: &str, title: &str| {
+        flows::metric(
+            SCENARIO,
+            id,
+            title,
+            "ms",
+            2,
+            Better::Lower,
+            OURS,
+            &rows,
+            plan.rounds,
+        )
+    };
+    let mut first = new(
+        "first-add",
+        "first ADD on a fresh node (loads and pins the datapath)",
+    );
+    let buckets: Vec<(usize, usize)> = (2..=PODS)
+        .step_by(BUCKET)
+        .map(|start| (start, (start + BUCKET - 1).min(PODS)))
+        .collect();
+    let mut by_bucket: Vec<Metric> = buckets
+        .iter()
+        .map(|(lo, hi)| {
+            new(
+                &format!("add.{lo}-{hi}"),
+                &format!("ADD p50 of pods {lo}–{hi}"),
+            )
+        })
+        .collect();
+    let mut growth = flows::metric(
+        SCENARIO,
+        "growth",
+        &format!(
+            "ADD p50 of the last {BUCKET} pods ÷ ADD p50 of pods 2–{}",
+            BUCKET + 1
+        ),
+        "×",
+        2,
+        Better::Lower,
+        OURS,
+        &rows,
+        plan.rounds,
+    );
+    let mut del = new("del", &format!("DEL p50 of all {PODS} pods"));
+    for round in plan.round_indices() {
+        stop::check()?;
+        let Some(round) = round else {
+            // The warm-up round would take as long as a measured one.
+            continue;
+        };
+        let (adds, dels) = one_node(round)?;
+        first.record(OURS, round, adds.first().copied());
+        for ((lo, hi), metric) in buckets.iter().zip(&mut by_bucket) {
+            metric.record(OURS, round, stats::median(&adds[lo - 1..*hi]));
+        }
+        let medians: Vec<Option<f64>> = by_bucket.iter().map(|m| m.rounds[&OURS][round]).collect();
+        if let (Some(Some(a)), Some(Some(b))) = (medians.first(), medians.last()) {
+            growth.record(OURS, round, Some(b / a));
+        }
+        del.record(OURS, round, stats::median(&dels));
+        eprintln!(
+            "[{SCENARIO}] round {} first ADD {:.2} ms, p50 by bucket {}, DEL p50 {:.2} ms",
+            round + 1,
+            adds[0],
+            medians
+                .iter()
+                .map(|m| m.map_or("n/a".into(), |v| format!("{v:.2}")))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            stats::median(&dels).unwrap_or(0.0)
+        );
+    }
+    let mut metrics = vec![first];
+    metrics.extend(by_bucket);
+    metrics.extend([growth, del]);
+    Ok(metrics)
+}
+
+/// [`PODS`] ADDs on a new node, then a DEL of each: their times in ms, in
+/// the order made.
+fn one_node(round: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let node = PluginNode::cni_ebpf("10.216.0.0/23");
+    let pods: Vec<Netns> = (0..PODS)
+        .map(|_| Netns::with_loopback("bench-scale"))
+        .collect();
+    let mut attached = Vec::with_capacity(PODS);
+    let mut adds = Vec::with_capacity(PODS);
+    for (i, pod) in pods.iter().enumerate() {
+        stop::check()?;
+        let attachment = Attachment::add(&node, pod)
+            .with_context(|| format!("round {}: ADD of pod {}", round + 1, i + 1))?;
+        adds.push(attachment.add_time().as_secs_f64() * 1e3);
+        attached.push(attachment);
+    }
+    let mut dels = Vec::with_capacity(PODS);
+    for attachment in attached {
+        dels.push(attachment.del()?.as_secs_f64() * 1e3);
+    }
+    Ok((adds, dels))
+}
