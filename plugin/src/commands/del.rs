@@ -37,7 +37,8 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     // takes the filter with it) is left to a child (see `reap`). Its ifindex
     // keys its counters: without a record (an ADD killed before writing it)
     // only the live link still tells it.
-    let retired = runtime()?.block_on(retire_veth(env, &host_ifname, ifname))?;
+    let recorded_ifindex = record.as_ref().map(|r| r.host_ifindex);
+    let retired = runtime()?.block_on(retire_veth(env, &host_ifname, ifname, recorded_ifindex))?;
 
     let held = ipam.held_by(container_id, ifname)?.unwrap_or_default();
     let mut ips: Vec<IpAddr> = record
@@ -85,10 +86,15 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
 /// Retires the host veth and, when the pod's namespace is still there, its
 /// pod end (the same pair: the pod end's peer is the host veth). Returns
 /// the host veth's ifindex; `None` when it is gone already.
-async fn retire_veth(env: &CniEnv, host_ifname: &str, ifname: &str) -> CniResult<Option<u32>> {
+async fn retire_veth(
+    env: &CniEnv,
+    host_ifname: &str,
+    ifname: &str,
+    recorded_ifindex: Option<u32>,
+) -> CniResult<Option<u32>> {
     let node = Netlink::connect()?;
     let Some(host) = node.link(host_ifname).await? else {
-        return Ok(None);
+        return retired_before(&node, env, recorded_ifindex).await;
     };
     if let Some(pod) = env.netns.as_deref().and_then(|path| NetNs::open(path).ok())
         && let Err(e) = retire_pod_end(&pod, ifname, host.index).await
@@ -98,6 +104,36 @@ async fn retire_veth(env: &CniEnv, host_ifname: &str, ifname: &str) -> CniResult
         log::warn!("retiring {ifname} in the pod: {e}");
     }
     Ok(node.retire_link(&host).await?.then_some(host.index))
+}
+
+/// The pair an earlier DEL retired but did not live to delete (killed
+/// between the two): its host end's ifindex, so this DEL deletes it. The
+/// host end is named after its ifindex, which the record holds while there
+/// is one; after the record went, the pod end in the pod's namespace (also
+/// under a tombstone name) still names its peer.
+async fn retired_before(
+    node: &Netlink,
+    env: &CniEnv,
+    recorded_ifindex: Option<u32>,
+) -> CniResult<Option<u32>> {
+    if let Some(index) = recorded_ifindex
+        && node.link(&names::tombstone(index)).await?.is_some()
+    {
+        return Ok(Some(index));
+    }
+    let Some(pod) = env.netns.as_deref().and_then(|path| NetNs::open(path).ok()) else {
+        // Without its namespace the pair died with it.
+        return Ok(None);
+    };
+    let pod = Netlink::connect_in(&pod)?;
+    for name in pod.link_names().await? {
+        if names::is_tombstone(&name)
+            && let Some(peer) = pod.link(&name).await?.and_then(|end| end.peer)
+        {
+            return Ok(Some(peer));
+        }
+    }
+    Ok(None)
 }
 
 /// Retires `ifname` in `pod` if it is the peer of the host veth `host_index`.
