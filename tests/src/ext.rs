@@ -2,6 +2,7 @@
 //! namespace behind the node's uplink with servers that report the peer
 //! address they saw, packet watchers, two nodes joined by an underlay, and
 //! readers of the masquerade table (`cni-ebpfd nat` / `gc`).
+#![allow(unused_imports)]
 
 use std::{
     io::{self, Read, Write},
@@ -29,12 +30,8 @@ use crate::{
     node::Ext,
 };
 
-/// How long a server or client step may block.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often server threads look at their stop flag.
-const POLL: Duration = Duration::from_millis(50);
-/// The longest a server keeps an idle connection open.
-const HOLD_LIMIT: Duration = Duration::from_secs(180);
+#[allow(unused_imports)]
+use crate::background::*;
 
 fn timeval(duration: Duration) -> TimeVal {
     TimeVal::milliseconds(duration.as_millis() as i64)

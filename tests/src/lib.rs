@@ -8,6 +8,7 @@
 //! bpffs mount is unmounted last.
 
 pub mod agent;
+pub mod background;
 pub mod binaries;
 pub mod bpffs;
 pub mod cluster;
