@@ -30,26 +30,12 @@ use crate::{
     node::Ext,
 };
 
+pub use crate::wait::wait_until;
 #[allow(unused_imports)]
 use crate::background::*;
 
 fn timeval(duration: Duration) -> TimeVal {
     TimeVal::milliseconds(duration.as_millis() as i64)
-}
-
-/// Polls `done` every 10 ms until it holds or `timeout` passes; returns
-/// whether it held.
-pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Panics unless `node` forwards nothing itself (`ip_forward=0`) and has

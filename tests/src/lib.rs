@@ -30,6 +30,7 @@ pub mod pod;
 pub mod process;
 pub mod spec;
 pub mod traffic;
+pub mod wait;
 
 pub use bpffs::Bpffs;
 pub use netns::{Netns, NsCommand};
