@@ -31,12 +31,11 @@ use crate::{
 };
 
 pub use crate::wait::wait_until;
+pub use crate::sockets::{set_udp_no_check, tcp_connect_from, tcp_listen};
 #[allow(unused_imports)]
 use crate::background::*;
-
-fn timeval(duration: Duration) -> TimeVal {
-    TimeVal::milliseconds(duration.as_millis() as i64)
-}
+#[allow(unused_imports)]
+use crate::sockets::timeval;
 
 /// Panics unless `node` forwards nothing itself (`ip_forward=0`) and has
 /// empty iptables and nftables rulesets: the datapath alone moves traffic.
@@ -85,52 +84,6 @@ pub fn uplink_with_default_route(node: &Node) -> Ext {
         "uplink",
     ]);
     ext
-}
-
-/// A listening TCP socket with a deep accept queue; with `reuse_port` it
-/// may share its port with a connecting socket (`SO_REUSEPORT` on both).
-/// Create it in the namespace it should listen in.
-pub fn tcp_listen(addr: SocketAddrV4, reuse_port: bool) -> io::Result<TcpListener> {
-    let fd = socket::socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    if reuse_port {
-        socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
-    }
-    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(addr))?;
-    socket::listen(&fd, Backlog::new(1024)?)?;
-    Ok(TcpListener::from(fd))
-}
-
-/// A TCP socket bound to `local` with `SO_REUSEPORT`, connected to
-/// `remote`: a client that shares its port with a [`tcp_listen`]er.
-pub fn tcp_connect_from(
-    local: SocketAddrV4,
-    remote: SocketAddrV4,
-    timeout: Duration,
-) -> io::Result<TcpStream> {
-    let fd = socket::socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
-    socket::setsockopt(&fd, sockopt::SendTimeout, &timeval(timeout))?;
-    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(local))?;
-    // A blocking connect gives up after SO_SNDTIMEO.
-    socket::connect(fd.as_raw_fd(), &SockaddrIn::from(remote)).map_err(|e| {
-        if e == nix::errno::Errno::EINPROGRESS {
-            io::Error::new(io::ErrorKind::TimedOut, "connect timed out")
-        } else {
-            io::Error::from(e)
-        }
-    })?;
-    Ok(TcpStream::from(fd))
 }
 
 /// One connection a [`PeerServer`] accepted.
@@ -383,26 +336,6 @@ fn read_line(mut stream: &TcpStream) -> io::Result<String> {
         line.push(byte[0]);
     }
     Err(io::Error::other("line too long"))
-}
-
-/// Sets `SO_NO_CHECK`: IPv4 UDP datagrams leave without a checksum.
-pub fn set_udp_no_check(socket: &UdpSocket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket and an int option of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NO_CHECK,
-            (&on as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// A UDP server that answers each datagram with `"<source ip:port>\n"`

@@ -28,6 +28,7 @@ pub mod node;
 pub mod plugin;
 pub mod pod;
 pub mod process;
+pub mod sockets;
 pub mod spec;
 pub mod traffic;
 pub mod wait;
