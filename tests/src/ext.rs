@@ -32,6 +32,7 @@ use crate::{
 
 pub use crate::wait::wait_until;
 pub use crate::sockets::{set_udp_no_check, tcp_connect_from, tcp_listen};
+pub use crate::conf::{masquerade_conf, with_keys};
 #[allow(unused_imports)]
 use crate::background::*;
 #[allow(unused_imports)]
@@ -52,22 +53,6 @@ pub fn assert_node_untouched(node: &Node) {
         "firewall state in node {}",
         node.name()
     );
-}
-
-/// `conf` with every key of `extra` (an object) set on it.
-pub fn with_keys(mut conf: Value, extra: Value) -> Value {
-    let Value::Object(extra) = extra else {
-        panic!("with_keys takes an object, got {extra}");
-    };
-    for (key, value) in extra {
-        conf[key] = value;
-    }
-    conf
-}
-
-/// The node's default config with `ipMasq` on.
-pub fn masquerade_conf(node: &Node) -> Value {
-    with_keys(node.conf().build(), json!({ "ipMasq": true }))
 }
 
 /// [`Node::add_uplink`] plus a default route via the `ext` side, so the

@@ -12,6 +12,7 @@ pub mod background;
 pub mod binaries;
 pub mod bpffs;
 pub mod cluster;
+pub mod conf;
 pub mod containerd;
 pub mod cri;
 pub mod echo;
