@@ -33,6 +33,7 @@ use crate::{
 pub use crate::wait::wait_until;
 pub use crate::sockets::{set_udp_no_check, tcp_connect_from, tcp_listen};
 pub use crate::conf::{masquerade_conf, with_keys};
+pub use crate::uplink::uplink_with_default_route;
 #[allow(unused_imports)]
 use crate::background::*;
 #[allow(unused_imports)]
@@ -53,22 +54,6 @@ pub fn assert_node_untouched(node: &Node) {
         "firewall state in node {}",
         node.name()
     );
-}
-
-/// [`Node::add_uplink`] plus a default route via the `ext` side, so the
-/// plugin finds the uplink (and the masquerade address) as on a real node.
-pub fn uplink_with_default_route(node: &Node) -> Ext {
-    let ext = node.add_uplink();
-    node.netns().ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        &ext.ext_ip.to_string(),
-        "dev",
-        "uplink",
-    ]);
-    ext
 }
 
 /// One connection a [`PeerServer`] accepted.

@@ -32,6 +32,7 @@ pub mod process;
 pub mod sockets;
 pub mod spec;
 pub mod traffic;
+pub mod uplink;
 pub mod wait;
 
 pub use bpffs::Bpffs;
