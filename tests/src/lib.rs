@@ -33,6 +33,7 @@ pub mod process;
 pub mod sockets;
 pub mod spec;
 pub mod traffic;
+pub mod udp_echo;
 pub mod uplink;
 pub mod wait;
 
