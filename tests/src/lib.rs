@@ -26,6 +26,7 @@ pub mod links;
 pub mod names;
 pub mod netns;
 pub mod node;
+pub mod packet_watch;
 pub mod peer_server;
 pub mod plugin;
 pub mod pod;
