@@ -24,6 +24,7 @@ pub mod hostports;
 pub mod kube_proxy;
 pub mod links;
 pub mod names;
+pub mod nat_table;
 pub mod netns;
 pub mod node;
 pub mod packet_watch;
