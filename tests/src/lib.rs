@@ -35,6 +35,7 @@ pub mod process;
 pub mod sockets;
 pub mod spec;
 pub mod traffic;
+pub mod two_nodes;
 pub mod udp_echo;
 pub mod uplink;
 pub mod wait;
