@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{ext::tcp_listen, hash::ByteStream, netns::Netns};
+use crate::{hash::ByteStream, netns::Netns, sockets::tcp_listen};
 
 const POLL: Duration = Duration::from_millis(50);
 /// The longest a server runs.

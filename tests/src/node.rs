@@ -14,7 +14,7 @@ use tempfile::TempDir;
 use crate::{
     binaries,
     bpffs::Bpffs,
-    links,
+    firewall, links,
     netns::Netns,
     plugin::{CniOutput, CniRequest, Plugin},
     pod::Pod,
@@ -245,6 +245,23 @@ impl Default for Node {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Panics unless `node` forwards nothing itself (`ip_forward=0`) and has
+/// empty iptables and nftables rulesets: the datapath alone moves traffic.
+pub fn assert_node_untouched(node: &Node) {
+    assert_eq!(
+        node.netns().sysctl("net.ipv4.ip_forward"),
+        "0",
+        "ip_forward is on in node {}",
+        node.name()
+    );
+    assert_eq!(
+        firewall::rules(node.netns()),
+        Vec::<String>::new(),
+        "firewall state in node {}",
+        node.name()
+    );
 }
 
 fn sum_field(rows: &[Value], field: &str, filter: impl Fn(&Value) -> bool) -> u64 {
