@@ -5,7 +5,11 @@ use std::{net::Ipv4Addr, sync::Arc};
 
 use serde_json::{Value, json};
 
-use crate::{Bpffs, Node, conf::with_keys};
+use crate::{
+    Bpffs, Node,
+    conf::with_keys,
+    links::{self, VethEnd},
+};
 
 /// The cluster CIDR both nodes of [`TwoNodes`] carve their pod CIDRs from.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -43,20 +47,11 @@ impl TwoNodes {
         let bpffs = Arc::new(Bpffs::new());
         let a = Node::with_bpffs(bpffs.clone());
         let b = Node::with_bpffs(bpffs);
-        let b_path = b.netns().path().to_string_lossy().into_owned();
-        a.netns().ip(&[
-            "link", "add", UNDERLAY, "type", "veth", "peer", "name", UNDERLAY, "netns", &b_path,
-        ]);
-        for (node, side) in [(&a, SIDE_A), (&b, SIDE_B)] {
-            node.netns().ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", side.underlay_ip),
-                "dev",
-                UNDERLAY,
-            ]);
-            node.netns().ip(&["link", "set", UNDERLAY, "up"]);
-        }
+        links::add_veth(
+            VethEnd::new(a.netns(), UNDERLAY, &format!("{}/24", SIDE_A.underlay_ip)),
+            VethEnd::new(b.netns(), UNDERLAY, &format!("{}/24", SIDE_B.underlay_ip)),
+            None,
+        );
         Self { a, b }
     }
 

@@ -26,7 +26,11 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, bail};
-use cni_ebpf_tests::{Netns, binaries, traffic};
+use cni_ebpf_tests::{
+    Netns, binaries,
+    links::{self, VethEnd},
+    traffic,
+};
 use serde_json::{Value, json};
 
 use crate::{
@@ -126,22 +130,11 @@ const FLANNEL_ADDRESSES: Addresses = Addresses {
 /// Joins `a` and `b` by a veth pair named [`UNDERLAY`] on both sides with
 /// `plan`'s underlay addresses, both up.
 fn underlay(a: &Netns, b: &Netns, plan: Addresses) {
-    let b_path = b.path().to_string_lossy().into_owned();
-    let mtu = UNDERLAY_MTU.to_string();
-    a.ip(&[
-        "link", "add", UNDERLAY, "mtu", &mtu, "type", "veth", "peer", "name", UNDERLAY, "mtu",
-        &mtu, "netns", &b_path,
-    ]);
-    for (ns, node) in [(a, 1), (b, 2)] {
-        ns.ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", plan.underlay_ip(node)),
-            "dev",
-            UNDERLAY,
-        ]);
-        ns.ip(&["link", "set", UNDERLAY, "up"]);
-    }
+    links::add_veth(
+        VethEnd::new(a, UNDERLAY, &format!("{}/24", plan.underlay_ip(1))),
+        VethEnd::new(b, UNDERLAY, &format!("{}/24", plan.underlay_ip(2))),
+        Some(UNDERLAY_MTU),
+    );
 }
 
 /// `cni-ebpfd --bpffs-root <node's root> <args>` in `node`'s namespace.
