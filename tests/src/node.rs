@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -19,7 +19,10 @@ use crate::{
     plugin::{CniOutput, CniRequest, Plugin},
     pod::Pod,
     process::{self, DEFAULT_TIMEOUT},
+    uplink,
 };
+
+pub use crate::uplink::Ext;
 
 /// The network name [`Node::conf`] uses unless told otherwise.
 pub const DEFAULT_NETWORK: &str = "testnet";
@@ -221,23 +224,7 @@ impl Node {
     /// `10.250.0.1/24` (node) and `10.250.0.2/24` (ext): gives the node an
     /// address of its own, as a real node's uplink does.
     pub fn add_uplink(&self) -> Ext {
-        let ext = Netns::with_loopback("ext");
-        let node_ip = Ipv4Addr::new(10, 250, 0, 1);
-        let ext_ip = Ipv4Addr::new(10, 250, 0, 2);
-        let ext_path = ext.path().to_string_lossy().into_owned();
-        self.netns.ip(&[
-            "link", "add", "uplink", "type", "veth", "peer", "name", "eth0", "netns", &ext_path,
-        ]);
-        self.netns
-            .ip(&["addr", "add", &format!("{node_ip}/24"), "dev", "uplink"]);
-        self.netns.ip(&["link", "set", "uplink", "up"]);
-        ext.ip(&["addr", "add", &format!("{ext_ip}/24"), "dev", "eth0"]);
-        ext.ip(&["link", "set", "eth0", "up"]);
-        Ext {
-            netns: ext,
-            node_ip,
-            ext_ip,
-        }
+        uplink::add_uplink(&self.netns)
     }
 }
 
@@ -269,15 +256,6 @@ fn sum_field(rows: &[Value], field: &str, filter: impl Fn(&Value) -> bool) -> u6
         .filter(|row| filter(row))
         .map(|row| row[field].as_u64().unwrap_or(0))
         .sum()
-}
-
-/// The outside world behind a node's uplink.
-pub struct Ext {
-    pub netns: Netns,
-    /// The node's address on the uplink.
-    pub node_ip: Ipv4Addr,
-    /// This namespace's address.
-    pub ext_ip: Ipv4Addr,
 }
 
 /// The plugin's network config, with this node's directories.
