@@ -10,13 +10,10 @@
 //! also on failure or Ctrl-C; nothing touches the machine's own namespace.
 
 mod bandwidth;
-mod chain;
 mod churn;
-mod cni;
 mod cross_node;
 mod crr;
 mod environment;
-mod exec;
 mod flows;
 mod host_ports;
 mod latency;
@@ -26,7 +23,6 @@ mod plugin_timing;
 mod report;
 mod services;
 mod stats;
-mod stop;
 mod tcp;
 mod topology;
 
@@ -38,6 +34,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use cni_ebpf_tests::{binaries, require_root};
+// What moved into the harness library, under the bench's old names.
+use cni_ebpf_tests::{chain, exec, plugin_node as cni, stop};
 use nix::{sched::sched_getaffinity, unistd::Pid};
 
 use crate::{

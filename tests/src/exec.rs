@@ -1,6 +1,6 @@
-//! Child processes of the benchmark: a client or plugin call run to exit
-//! under a deadline and timed from spawn to exit, and long-lived servers
-//! killed when their guard drops.
+//! Timed child processes, as the benchmark runs them: a client or plugin
+//! call run to exit under a deadline and timed from spawn to exit, and
+//! long-lived servers killed when their guard drops.
 //!
 //! Timed calls wait with `poll(2)` on the child's pipes and reap it right
 //! after they close, so the measured time carries no polling slack.

@@ -11,11 +11,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use cni_ebpf_tests::{Netns, Node, names};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::exec::{self, Finished, OnStop};
+use crate::{
+    Netns, Node,
+    exec::{self, Finished, OnStop},
+    names,
+};
 
 /// Where the reference plugins live, and what runtimes pass as `CNI_PATH`.
 pub const CNI_PATH: &str = "/usr/lib/cni";

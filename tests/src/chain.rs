@@ -12,10 +12,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use cni_ebpf_tests::{Netns, ext::with_keys, names};
 use serde_json::{Value, json};
 
-use crate::cni::{CNI_PATH, NETWORK, PluginNode};
+use crate::{
+    Netns,
+    conf::with_keys,
+    names,
+    plugin_node::{CNI_PATH, NETWORK, PluginNode},
+};
 
 /// The version of every chain: Debian's reference plugins stop at 1.0.0.
 pub const CHAIN_VERSION: &str = "1.0.0";
