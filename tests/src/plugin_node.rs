@@ -4,7 +4,6 @@
 //! timed from spawn to exit.
 
 use std::{
-    ffi::OsString,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     time::Duration,
@@ -18,12 +17,11 @@ use crate::{
     Netns, Node,
     exec::{self, Finished, OnStop},
     names,
+    plugin::CniRequest,
 };
 
-/// Where the reference plugins live, and what runtimes pass as `CNI_PATH`.
-pub const CNI_PATH: &str = "/usr/lib/cni";
-/// The interface name inside pods.
-pub const POD_IFNAME: &str = "eth0";
+pub use crate::{plugin::CNI_PATH, pod::POD_IFNAME};
+
 /// A first ADD loads BPF programs; anything past this is a hang.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -162,37 +160,23 @@ impl PluginNode {
         stdin: &Value,
     ) -> Result<Finished> {
         let stdin = stdin.to_string();
-        let mut plugin = self.netns().command(binary);
-        plugin
-            .env_clear()
-            .env("PATH", search_path())
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", container_id)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", POD_IFNAME)
-            .env("CNI_PATH", CNI_PATH);
+        let request = CniRequest {
+            command,
+            container_id,
+            netns: Some(netns),
+            ifname: POD_IFNAME,
+            args: None,
+            stdin: stdin.as_bytes(),
+        };
+        let mut plugin = request.command(self.netns(), binary);
         exec::run(
             &mut plugin,
-            Some(stdin.as_bytes()),
+            Some(request.stdin),
             CALL_TIMEOUT,
             OnStop::Finish,
         )
         .with_context(|| format!("{command} with {}", binary.display()))
     }
-}
-
-/// The caller's `PATH` with the sbin directories a non-login root may lack:
-/// the reference plugins run `iptables` for `ipMasq`.
-fn search_path() -> OsString {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect())
-        .unwrap_or_default();
-    for extra in ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        if !dirs.iter().any(|d| d == Path::new(extra)) {
-            dirs.push(PathBuf::from(extra));
-        }
-    }
-    std::env::join_paths(dirs).unwrap_or_default()
 }
 
 /// A pod namespace attached by ADD; DEL (with the ADD result as
