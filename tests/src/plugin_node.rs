@@ -9,14 +9,14 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::{
     Netns, Node,
+    chain::{Chain, ChainPod},
     exec::{self, Finished, OnStop},
-    names,
     plugin::CniRequest,
 };
 
@@ -179,87 +179,28 @@ impl PluginNode {
     }
 }
 
-/// A pod namespace attached by ADD; DEL (with the ADD result as
-/// `prevResult`) runs on [`Attachment::del`] or when dropped.
-pub struct Attachment<'n> {
-    network: &'n PluginNode,
-    container_id: String,
-    netns: PathBuf,
-    result: Value,
-    ip: Ipv4Addr,
-    add_time: Duration,
-    deleted: bool,
-}
+/// A pod namespace attached by the node's own plugin alone (a chain of
+/// one, with the node's config); DEL (with the ADD result as `prevResult`)
+/// runs on [`Attachment::del`] or when dropped.
+pub struct Attachment<'n>(ChainPod<'n>);
 
 impl<'n> Attachment<'n> {
     pub fn add(network: &'n PluginNode, pod: &Netns) -> Result<Self> {
-        let container_id = names::unique("bench");
-        let output = network.call("ADD", &container_id, pod.path(), &network.conf)?;
-        if !output.success() {
-            bail!("ADD into {} failed: {}", pod.name(), output.describe());
-        }
-        let result: Value = serde_json::from_str(&output.stdout)
-            .with_context(|| format!("ADD result is not JSON: {}", output.stdout))?;
-        // From here on the drop deletes what ADD made, whatever fails next.
-        let mut attachment = Self {
-            network,
-            container_id,
-            netns: pod.path().to_path_buf(),
-            result,
-            ip: Ipv4Addr::UNSPECIFIED,
-            add_time: output.elapsed,
-            deleted: false,
-        };
-        attachment.ip = first_ipv4(&attachment.result)?;
-        Ok(attachment)
+        ChainPod::add(network, &Chain::new(network, json!({})), pod).map(Self)
     }
 
     /// The pod's address from the ADD result.
     pub fn ip(&self) -> Ipv4Addr {
-        self.ip
+        self.0.ip()
     }
 
     /// How long ADD took, spawn to exit.
     pub fn add_time(&self) -> Duration {
-        self.add_time
+        self.0.add_time()
     }
 
     /// DEL; returns how long it took.
-    pub fn del(mut self) -> Result<Duration> {
-        self.delete()
+    pub fn del(self) -> Result<Duration> {
+        self.0.del()
     }
-
-    fn delete(&mut self) -> Result<Duration> {
-        let mut conf = self.network.conf.clone();
-        conf["prevResult"] = self.result.clone();
-        let output = self
-            .network
-            .call("DEL", &self.container_id, &self.netns, &conf)?;
-        // Whatever DEL said, a second one from the drop would not help.
-        self.deleted = true;
-        if !output.success() {
-            bail!("DEL of {} failed: {}", self.container_id, output.describe());
-        }
-        Ok(output.elapsed)
-    }
-}
-
-impl Drop for Attachment<'_> {
-    fn drop(&mut self) {
-        if !self.deleted
-            && let Err(e) = self.delete()
-        {
-            eprintln!("[bench] {e:#}");
-        }
-    }
-}
-
-/// `ips[0].address` of a result, without the prefix length.
-fn first_ipv4(result: &Value) -> Result<Ipv4Addr> {
-    let address = result["ips"][0]["address"]
-        .as_str()
-        .ok_or_else(|| anyhow!("ADD result without ips[0].address: {result}"))?;
-    let ip = address.split_once('/').map_or(address, |(ip, _)| ip);
-    ip.parse()
-        .with_context(|| format!("ips[0].address {address:?}"))
 }
