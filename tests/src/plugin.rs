@@ -133,13 +133,7 @@ impl CniOutput {
 
     /// Status and streams, for failure messages.
     pub fn describe(&self) -> String {
-        format!(
-            "{} after {:?}\nstdout: {}\nstderr: {}",
-            self.status,
-            self.elapsed,
-            self.stdout.trim(),
-            self.stderr.trim()
-        )
+        process::describe(self.status, self.elapsed, &self.stdout, &self.stderr)
     }
 }
 
