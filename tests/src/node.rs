@@ -5,6 +5,7 @@ use std::{
     collections::BTreeSet,
     net::IpAddr,
     path::{Path, PathBuf},
+    process::Output,
     sync::Arc,
 };
 
@@ -155,20 +156,22 @@ impl Node {
         links::names(&self.netns)
     }
 
+    /// Runs `cni-ebpfd --bpffs-root <root> <args>` in the node namespace,
+    /// bounded in time; its output whatever its exit status.
+    pub fn agent_output(&self, args: &[&str]) -> Output {
+        let mut command = self.netns.command(binaries::path(binaries::AGENT));
+        command.arg("--bpffs-root").arg(&self.bpffs_root).args(args);
+        process::output_with_timeout(&mut command, None, DEFAULT_TIMEOUT)
+            .expect("spawning cni-ebpfd")
+    }
+
     /// Runs `cni-ebpfd --bpffs-root <root> <subcommand> [args]` in the node
     /// namespace; panics unless it succeeds, returns stdout.
     pub fn agent(&self, subcommand: &str, args: &[&str]) -> String {
-        let mut command = self.netns.command(binaries::path(binaries::AGENT));
-        command
-            .arg("--bpffs-root")
-            .arg(&self.bpffs_root)
-            .arg(subcommand)
-            .args(args);
-        let output = process::output_with_timeout(&mut command, None, DEFAULT_TIMEOUT)
-            .expect("spawning cni-ebpfd");
+        let line = [&[subcommand][..], args].concat();
         process::expect_success(
             &format!("cni-ebpfd {subcommand} {}", args.join(" ")),
-            &output,
+            &self.agent_output(&line),
         )
     }
 
