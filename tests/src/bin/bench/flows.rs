@@ -101,29 +101,31 @@ fn servers(
 }
 
 pub fn start_iperf3(ns: &Netns, listen: SocketAddrV4, cpu: usize) -> Result<Server> {
-    let mut command = ns.command("taskset");
-    command.args(["-c", &cpu.to_string(), "iperf3", "-s"]);
-    command.args([
-        "-B",
-        &listen.ip().to_string(),
-        "-p",
-        &listen.port().to_string(),
-    ]);
-    let mut server = Server::start(&mut command, "iperf3")?;
-    server.wait_ready(Proto::Tcp, listen.port())?;
-    Ok(server)
+    start_pinned(ns, cpu, &["iperf3", "-s"], "-B", listen)
 }
 
 pub fn start_sockperf(ns: &Netns, listen: SocketAddrV4, cpu: usize) -> Result<Server> {
+    start_pinned(ns, cpu, &["sockperf", "sr", "--tcp"], "-i", listen)
+}
+
+/// `taskset -c <cpu> <program> <bind_flag> <ip> -p <port>` in `ns`, once
+/// its TCP socket listens.
+fn start_pinned(
+    ns: &Netns,
+    cpu: usize,
+    program: &[&str],
+    bind_flag: &str,
+    listen: SocketAddrV4,
+) -> Result<Server> {
     let mut command = ns.command("taskset");
-    command.args(["-c", &cpu.to_string(), "sockperf", "sr", "--tcp"]);
+    command.args(["-c", &cpu.to_string()]).args(program);
     command.args([
-        "-i",
+        bind_flag,
         &listen.ip().to_string(),
         "-p",
         &listen.port().to_string(),
     ]);
-    let mut server = Server::start(&mut command, "sockperf")?;
+    let mut server = Server::start(&mut command, program[0])?;
     server.wait_ready(Proto::Tcp, listen.port())?;
     Ok(server)
 }
