@@ -5,19 +5,14 @@ use std::{
     io,
     net::Ipv4Addr,
     os::fd::{AsFd, AsRawFd},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
-    thread,
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, sockopt};
 
 use crate::{
-    background::{HOLD_LIMIT, IO_TIMEOUT, POLL},
+    background::{Background, HOLD_LIMIT, POLL},
     netns::Netns,
     sockets::timeval,
     wait::wait_until,
@@ -43,15 +38,7 @@ impl SeenPacket {
     /// Whether the Internet checksum over the transport bytes (as ICMP
     /// computes it) is right.
     pub fn icmp_checksum_ok(&self) -> bool {
-        let mut sum = 0u32;
-        for pair in self.l4.chunks(2) {
-            let word = u16::from_be_bytes([pair[0], pair.get(1).copied().unwrap_or(0)]);
-            sum += u32::from(word);
-        }
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        sum == 0xffff
+        sums_to_ones(0, self.l4.chunks(2))
     }
 }
 
@@ -70,9 +57,19 @@ pub fn udp_checksum_ok(src: Ipv4Addr, dst: Ipv4Addr, udp: &[u8]) -> bool {
     if udp[6..8] == [0, 0] {
         return true;
     }
-    let mut sum = 17u32 + len as u32;
     let pseudo = [src.octets(), dst.octets()].concat();
-    for pair in pseudo.chunks(2).chain(udp[..len].chunks(2)) {
+    sums_to_ones(
+        17 + len as u32,
+        pseudo.chunks(2).chain(udp[..len].chunks(2)),
+    )
+}
+
+/// Whether `start` plus the big-endian 16-bit words of `data` (a last odd
+/// byte padded with zero) folds to all ones in one's complement, as it does
+/// over data that holds its right Internet checksum.
+fn sums_to_ones<'a>(start: u32, data: impl Iterator<Item = &'a [u8]>) -> bool {
+    let mut sum = start;
+    for pair in data {
         sum += u32::from(u16::from_be_bytes([
             pair[0],
             pair.get(1).copied().unwrap_or(0),
@@ -88,56 +85,47 @@ pub fn udp_checksum_ok(src: Ipv4Addr, dst: Ipv4Addr, udp: &[u8]) -> bool {
 /// every packet of that protocol the namespace receives.
 pub struct PacketWatch {
     seen: Arc<Mutex<Vec<SeenPacket>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    _thread: Background,
 }
 
 impl PacketWatch {
     /// Watches `protocol` (ICMP or UDP) arriving in `ns`.
     pub fn start(ns: &Netns, protocol: SockProtocol) -> io::Result<Self> {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let thread = {
-            let (seen, stop) = (seen.clone(), stop.clone());
-            ns.spawn(move || {
-                let fd = match socket::socket(
-                    AddressFamily::Inet,
-                    SockType::Raw,
-                    SockFlag::SOCK_CLOEXEC,
-                    protocol,
-                )
-                .and_then(|fd| {
+        let (thread, ()) = {
+            let seen = seen.clone();
+            Background::start(
+                ns,
+                "watch",
+                Some(HOLD_LIMIT),
+                move || {
+                    let fd = socket::socket(
+                        AddressFamily::Inet,
+                        SockType::Raw,
+                        SockFlag::SOCK_CLOEXEC,
+                        protocol,
+                    )?;
                     socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeval(POLL))?;
-                    Ok(fd)
-                }) {
-                    Ok(fd) => fd,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(io::Error::from(e)));
-                        return;
+                    Ok((fd, ()))
+                },
+                move |fd, running| {
+                    let mut buf = [0u8; 2048];
+                    while running.go_on() {
+                        let Ok(n) =
+                            socket::recv(fd.as_fd().as_raw_fd(), &mut buf, MsgFlags::empty())
+                        else {
+                            continue;
+                        };
+                        if let Some(packet) = parse_ipv4(&buf[..n]) {
+                            seen.lock().unwrap().push(packet);
+                        }
                     }
-                };
-                let _ = ready_tx.send(Ok(()));
-                let deadline = Instant::now() + HOLD_LIMIT;
-                let mut buf = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let Ok(n) = socket::recv(fd.as_fd().as_raw_fd(), &mut buf, MsgFlags::empty())
-                    else {
-                        continue;
-                    };
-                    if let Some(packet) = parse_ipv4(&buf[..n]) {
-                        seen.lock().unwrap().push(packet);
-                    }
-                }
-            })
+                },
+            )?
         };
-        ready_rx
-            .recv_timeout(IO_TIMEOUT)
-            .map_err(|_| io::Error::other("watch thread did not start"))??;
         Ok(Self {
             seen,
-            stop,
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -166,15 +154,6 @@ impl PacketWatch {
         };
         wait_until(timeout, || matching().len() >= n);
         matching()
-    }
-}
-
-impl Drop for PacketWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

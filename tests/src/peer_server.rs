@@ -6,17 +6,13 @@
 use std::{
     io::{self, Read, Write},
     net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
+    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
 use crate::{
-    background::{HOLD_LIMIT, IO_TIMEOUT, POLL},
+    background::{Background, HOLD_LIMIT, IO_TIMEOUT, POLL, Running},
     hash::{ByteStream, Fnv64},
     netns::Netns,
     sockets::tcp_listen,
@@ -39,44 +35,32 @@ pub struct ServerConn {
 pub struct PeerServer {
     addr: SocketAddr,
     conns: Arc<Mutex<Vec<ServerConn>>>,
-    stop: Arc<AtomicBool>,
-    accept: Option<thread::JoinHandle<()>>,
-    handlers: Arc<Mutex<Vec<thread::JoinHandle<()>>>>,
+    _accept: Background,
 }
 
 impl PeerServer {
     /// Listens on `addr` inside `ns` (port 0 picks one).
     pub fn start(ns: &Netns, addr: SocketAddrV4) -> io::Result<Self> {
         let conns = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let handlers = Arc::new(Mutex::new(Vec::new()));
-        let (bound_tx, bound_rx) = mpsc::channel();
-        let accept = {
-            let (conns, stop, handlers) = (conns.clone(), stop.clone(), handlers.clone());
-            ns.spawn(move || {
-                let listener = match tcp_listen(addr, false).and_then(|l| {
-                    l.set_nonblocking(true)?;
-                    Ok(l)
-                }) {
-                    Ok(listener) => listener,
-                    Err(e) => {
-                        let _ = bound_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = bound_tx.send(listener.local_addr());
-                accept_loop(&listener, &conns, &stop, &handlers);
-            })
+        let (accept, addr) = {
+            let conns = conns.clone();
+            Background::start(
+                ns,
+                "server",
+                Some(HOLD_LIMIT),
+                move || {
+                    let listener = tcp_listen(addr, false)?;
+                    listener.set_nonblocking(true)?;
+                    let addr = listener.local_addr()?;
+                    Ok((listener, addr))
+                },
+                move |listener, running| accept_loop(&listener, &conns, &running),
+            )?
         };
-        let addr = bound_rx
-            .recv_timeout(IO_TIMEOUT)
-            .map_err(|_| io::Error::other("server thread did not start"))??;
         Ok(Self {
             addr,
             conns,
-            stop,
-            accept: Some(accept),
-            handlers,
+            _accept: accept,
         })
     }
 
@@ -95,26 +79,11 @@ impl PeerServer {
     }
 }
 
-impl Drop for PeerServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
-        for handler in self.handlers.lock().unwrap().drain(..) {
-            let _ = handler.join();
-        }
-    }
-}
-
-fn accept_loop(
-    listener: &TcpListener,
-    conns: &Arc<Mutex<Vec<ServerConn>>>,
-    stop: &Arc<AtomicBool>,
-    handlers: &Arc<Mutex<Vec<thread::JoinHandle<()>>>>,
-) {
-    let deadline = Instant::now() + HOLD_LIMIT;
-    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+/// Accepts until stopped, a thread per connection; joins them before it
+/// returns.
+fn accept_loop(listener: &TcpListener, conns: &Arc<Mutex<Vec<ServerConn>>>, running: &Running) {
+    let mut handlers = Vec::new();
+    while running.go_on() {
         match listener.accept() {
             Ok((stream, peer)) => {
                 let index = {
@@ -125,17 +94,17 @@ fn accept_loop(
                     });
                     conns.len() - 1
                 };
-                let (conns, stop) = (conns.clone(), stop.clone());
+                let (conns, running) = (conns.clone(), running.clone());
                 let handler = thread::Builder::new()
                     .name("peer-server-conn".into())
                     .stack_size(256 * 1024)
                     .spawn(move || {
-                        if let Ok(received) = serve(stream, peer, &stop) {
+                        if let Ok(received) = serve(stream, peer, &running) {
                             conns.lock().unwrap()[index].received = Some(received);
                         }
                     })
                     .expect("spawning a connection thread");
-                handlers.lock().unwrap().push(handler);
+                handlers.push(handler);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 thread::sleep(Duration::from_millis(1))
@@ -143,9 +112,12 @@ fn accept_loop(
             Err(_) => thread::sleep(POLL),
         }
     }
+    for handler in handlers {
+        let _ = handler.join();
+    }
 }
 
-fn serve(mut stream: TcpStream, peer: SocketAddr, stop: &AtomicBool) -> io::Result<(u64, u64)> {
+fn serve(mut stream: TcpStream, peer: SocketAddr, running: &Running) -> io::Result<(u64, u64)> {
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     stream.write_all(format!("{peer}\n").as_bytes())?;
@@ -167,7 +139,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, stop: &AtomicBool) -> io::Resu
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                if running.stopped() || Instant::now() > deadline {
                     return Err(e);
                 }
             }

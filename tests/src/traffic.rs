@@ -14,9 +14,11 @@ use std::{
 };
 
 use crate::{
+    background::Background,
     hash::{ByteStream, Fnv64},
     netns::Netns,
     process::KillOnDrop,
+    wait::wait_until,
 };
 
 /// `ping -c count` from `from` to `ip`: transmitted and received counts.
@@ -179,47 +181,39 @@ pub type Datagram = (SocketAddr, Vec<u8>);
 pub struct UdpReceiver {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<Datagram>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    _thread: Background,
 }
 
 impl UdpReceiver {
     /// Binds `addr` inside `ns` (port 0 picks one) and starts recording.
     pub fn start(ns: &Netns, addr: SocketAddr) -> std::io::Result<Self> {
         let received = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (bound_tx, bound_rx) = mpsc::channel();
-        let thread = {
+        let (thread, addr) = {
             let received = Arc::clone(&received);
-            let stop = Arc::clone(&stop);
-            ns.spawn(move || {
-                let socket = match UdpSocket::bind(addr).and_then(|s| {
-                    s.set_read_timeout(Some(Duration::from_millis(50)))
-                        .map(|()| s)
-                }) {
-                    Ok(socket) => socket,
-                    Err(e) => {
-                        let _ = bound_tx.send(Err(e));
-                        return;
+            Background::start(
+                ns,
+                "receiver",
+                None,
+                move || {
+                    let socket = UdpSocket::bind(addr)?;
+                    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+                    let addr = socket.local_addr()?;
+                    Ok((socket, addr))
+                },
+                move |socket, running| {
+                    let mut buf = [0u8; 2048];
+                    while running.go_on() {
+                        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                            received.lock().unwrap().push((from, buf[..n].to_vec()));
+                        }
                     }
-                };
-                let _ = bound_tx.send(socket.local_addr());
-                let mut buf = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((n, from)) = socket.recv_from(&mut buf) {
-                        received.lock().unwrap().push((from, buf[..n].to_vec()));
-                    }
-                }
-            })
+                },
+            )?
         };
-        let addr = bound_rx
-            .recv_timeout(IO_TIMEOUT)
-            .map_err(|_| std::io::Error::other("receiver thread did not start"))??;
         Ok(Self {
             addr,
             received,
-            stop,
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -235,25 +229,7 @@ impl UdpReceiver {
     /// Waits until `done` holds for what arrived, or `timeout`; returns
     /// whether it held.
     pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[Datagram]) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if done(&self.received.lock().unwrap()) {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for UdpReceiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        wait_until(timeout, || done(&self.received.lock().unwrap()))
     }
 }
 

@@ -4,17 +4,12 @@
 use std::{
     io,
     net::{SocketAddr, SocketAddrV4, UdpSocket},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
-    thread,
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use crate::{
-    background::{HOLD_LIMIT, IO_TIMEOUT, POLL},
+    background::{Background, HOLD_LIMIT, POLL},
     netns::Netns,
     sockets::set_udp_no_check,
 };
@@ -24,8 +19,7 @@ use crate::{
 pub struct UdpEcho {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<SocketAddr>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    _thread: Background,
 }
 
 impl UdpEcho {
@@ -33,45 +27,38 @@ impl UdpEcho {
     /// checksum.
     pub fn start(ns: &Netns, addr: SocketAddrV4, no_check: bool) -> io::Result<Self> {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (bound_tx, bound_rx) = mpsc::channel();
-        let thread = {
-            let (seen, stop) = (seen.clone(), stop.clone());
-            ns.spawn(move || {
-                let socket = match UdpSocket::bind(addr).and_then(|s| {
-                    s.set_read_timeout(Some(POLL))?;
+        let (thread, addr) = {
+            let seen = seen.clone();
+            Background::start(
+                ns,
+                "echo",
+                Some(HOLD_LIMIT),
+                move || {
+                    let socket = UdpSocket::bind(addr)?;
+                    socket.set_read_timeout(Some(POLL))?;
                     if no_check {
-                        set_udp_no_check(&s)?;
+                        set_udp_no_check(&socket)?;
                     }
-                    Ok(s)
-                }) {
-                    Ok(socket) => socket,
-                    Err(e) => {
-                        let _ = bound_tx.send(Err(e));
-                        return;
+                    let addr = socket.local_addr()?;
+                    Ok((socket, addr))
+                },
+                move |socket, running| {
+                    let mut buf = [0u8; 2048];
+                    while running.go_on() {
+                        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                            seen.lock().unwrap().push(from);
+                            let mut answer = format!("{from}\n").into_bytes();
+                            answer.extend_from_slice(&buf[..n]);
+                            let _ = socket.send_to(&answer, from);
+                        }
                     }
-                };
-                let _ = bound_tx.send(socket.local_addr());
-                let deadline = Instant::now() + HOLD_LIMIT;
-                let mut buf = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    if let Ok((n, from)) = socket.recv_from(&mut buf) {
-                        seen.lock().unwrap().push(from);
-                        let mut answer = format!("{from}\n").into_bytes();
-                        answer.extend_from_slice(&buf[..n]);
-                        let _ = socket.send_to(&answer, from);
-                    }
-                }
-            })
+                },
+            )?
         };
-        let addr = bound_rx
-            .recv_timeout(IO_TIMEOUT)
-            .map_err(|_| io::Error::other("echo thread did not start"))??;
         Ok(Self {
             addr,
             seen,
-            stop,
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -82,15 +69,6 @@ impl UdpEcho {
     /// Sources of the datagrams received so far.
     pub fn seen(&self) -> Vec<SocketAddr> {
         self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
