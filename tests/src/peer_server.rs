@@ -13,7 +13,7 @@ use std::{
 
 use crate::{
     background::{Background, HOLD_LIMIT, IO_TIMEOUT, POLL, Running},
-    hash::{ByteStream, Fnv64},
+    hash::{Fnv64, send_seeded},
     netns::Netns,
     sockets::tcp_listen,
     wait::wait_until,
@@ -198,17 +198,7 @@ impl PeerClient {
     /// Sends `bytes` seeded pseudo-random bytes, shuts down the sending
     /// side and reads what the server received.
     pub fn exchange(mut self, bytes: u64, seed: u64) -> io::Result<Exchange> {
-        let mut data = ByteStream::new(seed);
-        let mut hash = Fnv64::default();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(buf.len() as u64) as usize;
-            data.fill(&mut buf[..n]);
-            self.stream.write_all(&buf[..n])?;
-            hash.update(&buf[..n]);
-            left -= n as u64;
-        }
+        let sent_hash = send_seeded(&mut self.stream, bytes, seed)?;
         self.stream.shutdown(Shutdown::Write)?;
         let line = read_line(&self.stream)?;
         let parsed = line
@@ -218,7 +208,7 @@ impl PeerClient {
             parsed.ok_or_else(|| io::Error::other(format!("server summary {line:?}")))?;
         Ok(Exchange {
             sent_bytes: bytes,
-            sent_hash: hash.finish(),
+            sent_hash,
             server_bytes,
             server_hash,
         })

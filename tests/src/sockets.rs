@@ -4,8 +4,8 @@
 
 use std::{
     io,
-    net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd,
+    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, ToSocketAddrs, UdpSocket},
+    os::fd::{AsRawFd, OwnedFd},
     time::Duration,
 };
 
@@ -16,16 +16,21 @@ pub(crate) fn timeval(duration: Duration) -> TimeVal {
     TimeVal::milliseconds(duration.as_millis() as i64)
 }
 
-/// A listening TCP socket with a deep accept queue; with `reuse_port` it
-/// may share its port with a connecting socket (`SO_REUSEPORT` on both).
-/// Create it in the namespace it should listen in.
-pub fn tcp_listen(addr: SocketAddrV4, reuse_port: bool) -> io::Result<TcpListener> {
-    let fd = socket::socket(
+/// A new IPv4 TCP socket, close-on-exec.
+fn tcp_socket() -> nix::Result<OwnedFd> {
+    socket::socket(
         AddressFamily::Inet,
         SockType::Stream,
         SockFlag::SOCK_CLOEXEC,
         None,
-    )?;
+    )
+}
+
+/// A listening TCP socket with a deep accept queue; with `reuse_port` it
+/// may share its port with a connecting socket (`SO_REUSEPORT` on both).
+/// Create it in the namespace it should listen in.
+pub fn tcp_listen(addr: SocketAddrV4, reuse_port: bool) -> io::Result<TcpListener> {
+    let fd = tcp_socket()?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     if reuse_port {
         socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
@@ -42,12 +47,7 @@ pub fn tcp_connect_from(
     remote: SocketAddrV4,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
-    let fd = socket::socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let fd = tcp_socket()?;
     socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
     socket::setsockopt(&fd, sockopt::SendTimeout, &timeval(timeout))?;
     socket::bind(fd.as_raw_fd(), &SockaddrIn::from(local))?;
@@ -60,6 +60,18 @@ pub fn tcp_connect_from(
         }
     })?;
     Ok(TcpStream::from(fd))
+}
+
+/// A UDP socket bound to `addr` (port 0 picks one) whose receives give up
+/// after `read_timeout`, and the address it got.
+pub fn udp_bind(
+    addr: impl ToSocketAddrs,
+    read_timeout: Duration,
+) -> io::Result<(UdpSocket, SocketAddr)> {
+    let socket = UdpSocket::bind(addr)?;
+    socket.set_read_timeout(Some(read_timeout))?;
+    let addr = socket.local_addr()?;
+    Ok((socket, addr))
 }
 
 /// Sets `SO_NO_CHECK`: IPv4 UDP datagrams leave without a checksum.

@@ -2,7 +2,7 @@
 //! all with bounded counts and deadlines.
 
 use std::{
-    io::{self, Read, Write},
+    io::{self, Read},
     net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc, Mutex,
@@ -15,9 +15,10 @@ use std::{
 
 use crate::{
     background::Background,
-    hash::{ByteStream, Fnv64},
+    hash::{Fnv64, send_seeded},
     netns::Netns,
     process::KillOnDrop,
+    sockets::udp_bind,
     wait::wait_until,
 };
 
@@ -142,19 +143,9 @@ pub fn tcp_transfer(
         let client = client_ns.run(move || -> std::io::Result<(u64, u64)> {
             let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
             stream.set_write_timeout(Some(IO_TIMEOUT))?;
-            let mut data = ByteStream::new(bytes ^ u64::from(addr.port()));
-            let mut hash = Fnv64::default();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut left = bytes;
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                data.fill(&mut buf[..n]);
-                stream.write_all(&buf[..n])?;
-                hash.update(&buf[..n]);
-                left -= n as u64;
-            }
+            let hash = send_seeded(&mut stream, bytes, bytes ^ u64::from(addr.port()))?;
             stream.shutdown(Shutdown::Write)?;
-            Ok((bytes, hash.finish()))
+            Ok((bytes, hash))
         });
         if client.is_err() {
             client_failed.store(true, Ordering::Relaxed);
@@ -194,12 +185,7 @@ impl UdpReceiver {
                 ns,
                 "receiver",
                 None,
-                move || {
-                    let socket = UdpSocket::bind(addr)?;
-                    socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-                    let addr = socket.local_addr()?;
-                    Ok((socket, addr))
-                },
+                move || udp_bind(addr, Duration::from_millis(50)),
                 move |socket, running| {
                     let mut buf = [0u8; 2048];
                     while running.go_on() {

@@ -11,7 +11,7 @@ use std::{
 use crate::{
     background::{Background, HOLD_LIMIT, POLL},
     netns::Netns,
-    sockets::set_udp_no_check,
+    sockets::{set_udp_no_check, udp_bind},
 };
 
 /// A UDP server that answers each datagram with `"<source ip:port>\n"`
@@ -34,12 +34,10 @@ impl UdpEcho {
                 "echo",
                 Some(HOLD_LIMIT),
                 move || {
-                    let socket = UdpSocket::bind(addr)?;
-                    socket.set_read_timeout(Some(POLL))?;
+                    let (socket, addr) = udp_bind(addr, POLL)?;
                     if no_check {
                         set_udp_no_check(&socket)?;
                     }
-                    let addr = socket.local_addr()?;
                     Ok((socket, addr))
                 },
                 move |socket, running| {
