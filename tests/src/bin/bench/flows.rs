@@ -54,27 +54,6 @@ impl Path<'_> {
     }
 }
 
-/// A metric whose rows are `rows` (not [`Contender::ALL`]).
-#[allow(clippy::too_many_arguments)]
-pub fn metric(
-    scenario: &'static str,
-    id: &str,
-    title: &str,
-    unit: &'static str,
-    decimals: usize,
-    better: Better,
-    baseline: Contender,
-    rows: &[Contender],
-    rounds: usize,
-) -> Metric {
-    let mut metric = Metric::new(
-        scenario, id, title, unit, decimals, better, baseline, rounds,
-    );
-    metric.contenders = rows.to_vec();
-    metric.rounds = rows.iter().map(|c| (*c, vec![None; rounds])).collect();
-    metric
-}
-
 /// One server per distinct (namespace, address) among `paths`; index of
 /// each path's server.
 fn servers(
@@ -254,7 +233,7 @@ pub fn measure(
         }
     };
     let new = |what: &str, name: &str, unit, decimals, better| {
-        metric(
+        Metric::new(
             scenario,
             &id(what),
             &title(name),
@@ -262,9 +241,9 @@ pub fn measure(
             decimals,
             better,
             baseline,
-            &rows,
             plan.rounds,
         )
+        .with_rows(&rows)
     };
     let mut gbits = new(
         "tcp",

@@ -220,7 +220,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
 fn timing(ours: &HpNode, portmap: &HpNode, plan: &Plan) -> Result<Vec<Metric>> {
     let rows = [TIMING_OURS, TIMING_PORTMAP];
     let metric = |id: &str, title: &str| {
-        flows::metric(
+        Metric::new(
             SCENARIO,
             id,
             title,
@@ -228,9 +228,9 @@ fn timing(ours: &HpNode, portmap: &HpNode, plan: &Plan) -> Result<Vec<Metric>> {
             2,
             Better::Lower,
             TIMING_PORTMAP,
-            &rows,
             plan.rounds,
         )
+        .with_rows(&rows)
     };
     let mut add = metric(
         "add",
