@@ -215,8 +215,9 @@ impl PeerClient {
     }
 }
 
-/// One `\n`-terminated line, byte by byte so nothing after it is consumed.
-fn read_line(mut stream: &TcpStream) -> io::Result<String> {
+/// One `\n`-terminated line, byte by byte so nothing after it is consumed
+/// (a [`PeerServer`]'s greeting or summary).
+pub fn read_line(mut stream: &TcpStream) -> io::Result<String> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     while line.len() < 256 {
