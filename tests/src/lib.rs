@@ -8,7 +8,7 @@
 //! bpffs mount is unmounted last.
 
 pub mod agent;
-pub mod background;
+mod background;
 pub mod binaries;
 pub mod bpffs;
 pub mod chain;
@@ -42,6 +42,7 @@ pub mod traffic;
 pub mod two_nodes;
 pub mod udp_echo;
 pub mod uplink;
+pub mod veth;
 pub mod wait;
 
 pub use bpffs::Bpffs;

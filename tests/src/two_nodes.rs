@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::{
     Bpffs, Node,
     conf::with_keys,
-    links::{self, VethEnd},
+    veth::{self, VethEnd},
 };
 
 /// The cluster CIDR both nodes of [`TwoNodes`] carve their pod CIDRs from.
@@ -47,7 +47,7 @@ impl TwoNodes {
         let bpffs = Arc::new(Bpffs::new());
         let a = Node::with_bpffs(bpffs.clone());
         let b = Node::with_bpffs(bpffs);
-        links::add_veth(
+        veth::add_veth(
             VethEnd::new(a.netns(), UNDERLAY, &format!("{}/24", SIDE_A.underlay_ip)),
             VethEnd::new(b.netns(), UNDERLAY, &format!("{}/24", SIDE_B.underlay_ip)),
             None,

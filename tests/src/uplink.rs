@@ -5,8 +5,8 @@ use std::net::Ipv4Addr;
 
 use crate::{
     Node,
-    links::{self, VethEnd},
     netns::Netns,
+    veth::{self, VethEnd},
 };
 
 /// The outside world behind a node's uplink.
@@ -28,7 +28,7 @@ pub fn add_uplink(node: &Netns) -> Ext {
     let ext = Netns::with_loopback("ext");
     let node_ip = Ipv4Addr::new(10, 250, 0, 1);
     let ext_ip = Ipv4Addr::new(10, 250, 0, 2);
-    links::add_veth(
+    veth::add_veth(
         VethEnd::new(node, UPLINK, &format!("{node_ip}/24")),
         VethEnd::new(&ext, "eth0", &format!("{ext_ip}/24")),
         None,

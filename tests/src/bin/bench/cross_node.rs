@@ -27,9 +27,8 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, bail};
 use cni_ebpf_tests::{
-    Netns,
-    links::{self, VethEnd},
-    traffic,
+    Netns, traffic,
+    veth::{self, VethEnd},
 };
 use serde_json::{Value, json};
 
@@ -129,7 +128,7 @@ const FLANNEL_ADDRESSES: Addresses = Addresses {
 /// Joins `a` and `b` by a veth pair named [`UNDERLAY`] on both sides with
 /// `plan`'s underlay addresses, both up.
 fn underlay(a: &Netns, b: &Netns, plan: Addresses) {
-    links::add_veth(
+    veth::add_veth(
         VethEnd::new(a, UNDERLAY, &format!("{}/24", plan.underlay_ip(1))),
         VethEnd::new(b, UNDERLAY, &format!("{}/24", plan.underlay_ip(2))),
         Some(UNDERLAY_MTU),

@@ -5,9 +5,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Result, bail};
 use cni_ebpf_tests::{
-    Netns,
-    links::{self, VethEnd},
-    traffic,
+    Netns, traffic,
+    veth::{self, VethEnd},
 };
 
 use crate::cni::{Attachment, PluginNode};
@@ -163,7 +162,7 @@ fn attached_pod<'n>(contender: Contender, node: &'n PluginNode) -> Result<Pod<'n
 /// Joins `client` and `server` by a veth pair named `eth0` on both sides,
 /// MTU 1500, with `client_cidr` and `server_cidr` on its ends, both up.
 pub fn join_by_veth(client: &Netns, server: &Netns, client_cidr: &str, server_cidr: &str) {
-    links::add_veth(
+    veth::add_veth(
         VethEnd::new(client, "eth0", client_cidr),
         VethEnd::new(server, "eth0", server_cidr),
         Some(1500),
