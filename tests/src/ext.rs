@@ -19,7 +19,9 @@ pub use crate::node::assert_node_untouched;
 pub use crate::packet_watch::{PacketWatch, SeenPacket, udp_checksum_ok};
 pub use crate::peer_server::{Exchange, PeerClient, PeerServer, ServerConn};
 pub use crate::sockets::{set_udp_no_check, tcp_connect_from, tcp_listen};
-pub use crate::two_nodes::{CLUSTER_CIDR, NodeSide, SIDE_A, SIDE_B, TwoNodes, UNDERLAY};
+pub use crate::two_nodes::{
+    CLUSTER_CIDR, CLUSTER_CIDR_V6, NodeSide, SIDE_A, SIDE_B, TwoNodes, UNDERLAY,
+};
 pub use crate::udp_echo::{UdpEcho, parse_echo_answer, udp_request};
 pub use crate::uplink::uplink_with_default_route;
 pub use crate::wait::wait_until;

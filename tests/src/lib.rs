@@ -20,6 +20,7 @@ pub mod echo;
 pub mod etcd;
 pub mod exec;
 pub mod ext;
+pub mod family;
 pub mod firewall;
 pub mod hash;
 pub mod hostports;
@@ -46,6 +47,7 @@ pub mod veth;
 pub mod wait;
 
 pub use bpffs::Bpffs;
+pub use family::Family;
 pub use netns::{Netns, NsCommand};
 pub use node::{ConfBuilder, Ext, Node};
 pub use plugin::{CniOutput, CniRequest, Plugin};

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::{
-    binaries,
+    Family, binaries,
     bpffs::Bpffs,
     firewall, links,
     netns::Netns,
@@ -29,6 +29,9 @@ pub use crate::uplink::Ext;
 pub const DEFAULT_NETWORK: &str = "testnet";
 /// The pod subnet [`Node::conf`] uses unless told otherwise.
 pub const DEFAULT_SUBNET: &str = "10.244.1.0/24";
+/// The IPv6 pod subnet of [`ConfBuilder::family`] and
+/// [`ConfBuilder::dual_stack`].
+pub const DEFAULT_SUBNET_V6: &str = "fd00:10:244:1::/64";
 /// The spec version [`Node::conf`] uses unless told otherwise.
 pub const DEFAULT_CNI_VERSION: &str = "1.0.0";
 
@@ -121,6 +124,7 @@ impl Node {
             cni_version: DEFAULT_CNI_VERSION.to_string(),
             name: DEFAULT_NETWORK.to_string(),
             subnet: DEFAULT_SUBNET.to_string(),
+            second_subnet: None,
             range: None,
             mtu: 1500,
             bpffs_root: self.bpffs_root.clone(),
@@ -141,6 +145,11 @@ impl Node {
     /// A pod on the default network; panics if ADD fails.
     pub fn add_pod(&self) -> Pod<'_> {
         self.add_pod_with(self.conf().build())
+    }
+
+    /// A pod on the default network of `family` alone; panics if ADD fails.
+    pub fn add_pod_of(&self, family: Family) -> Pod<'_> {
+        self.add_pod_with(self.conf().family(family).build())
     }
 
     /// A pod attached with `conf`; panics if ADD fails.
@@ -224,8 +233,9 @@ impl Node {
     }
 
     /// A veth from this node to a new `ext` namespace, addressed
-    /// `10.250.0.1/24` (node) and `10.250.0.2/24` (ext): gives the node an
-    /// address of its own, as a real node's uplink does.
+    /// `10.250.0.1/24` and `fd00:250::1/64` (node), `10.250.0.2/24` and
+    /// `fd00:250::2/64` (ext): gives the node addresses of its own, as a
+    /// real node's uplink does.
     pub fn add_uplink(&self) -> Ext {
         uplink::add_uplink(&self.netns)
     }
@@ -237,15 +247,18 @@ impl Default for Node {
     }
 }
 
-/// Panics unless `node` forwards nothing itself (`ip_forward=0`) and has
-/// empty iptables and nftables rulesets: the datapath alone moves traffic.
+/// Panics unless `node` forwards nothing itself (`ip_forward=0`, IPv6
+/// forwarding off) and has empty iptables and nftables rulesets: the
+/// datapath alone moves traffic.
 pub fn assert_node_untouched(node: &Node) {
-    assert_eq!(
-        node.netns().sysctl("net.ipv4.ip_forward"),
-        "0",
-        "ip_forward is on in node {}",
-        node.name()
-    );
+    for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+        assert_eq!(
+            node.netns().sysctl(key),
+            "0",
+            "{key} is on in node {}",
+            node.name()
+        );
+    }
     assert_eq!(
         firewall::rules(node.netns()),
         Vec::<String>::new(),
@@ -267,6 +280,8 @@ pub struct ConfBuilder {
     cni_version: String,
     name: String,
     subnet: String,
+    /// A second range set (of the other family, for dual stack).
+    second_subnet: Option<String>,
     range: Option<(String, String)>,
     mtu: u32,
     bpffs_root: PathBuf,
@@ -290,6 +305,25 @@ impl ConfBuilder {
         self
     }
 
+    /// The one range set from `family`'s subnet.
+    pub fn family(self, family: Family) -> Self {
+        self.subnet(family.subnet())
+    }
+
+    /// Two range sets, the IPv4 and the IPv6 subnet: every pod gets an
+    /// address of each family, and a default route of each.
+    pub fn dual_stack(mut self) -> Self {
+        self.subnet = DEFAULT_SUBNET.to_string();
+        self.second_subnet = Some(DEFAULT_SUBNET_V6.to_string());
+        self
+    }
+
+    /// A second range set from `subnet` (of the other family: dual stack).
+    pub fn second_subnet(mut self, subnet: &str) -> Self {
+        self.second_subnet = Some(subnet.to_string());
+        self
+    }
+
     /// `rangeStart` and `rangeEnd` of the one range.
     pub fn range(mut self, start: &str, end: &str) -> Self {
         self.range = Some((start.to_string(), end.to_string()));
@@ -307,6 +341,24 @@ impl ConfBuilder {
             range["rangeStart"] = json!(start);
             range["rangeEnd"] = json!(end);
         }
+        let mut ranges = vec![json!([range])];
+        let mut subnets = vec![self.subnet.clone()];
+        if let Some(second) = &self.second_subnet {
+            ranges.push(json!([{ "subnet": second }]));
+            subnets.push(second.clone());
+        }
+        let routes: Vec<Value> = subnets
+            .iter()
+            .map(|subnet| {
+                // `usePodCidr` and other non-CIDRs: the IPv4 default route.
+                let family = subnet
+                    .split('/')
+                    .next()
+                    .and_then(|ip| ip.parse().ok())
+                    .map_or(Family::V4, Family::of);
+                json!({ "dst": family.default_route() })
+            })
+            .collect();
         json!({
             "cniVersion": self.cni_version,
             "name": self.name,
@@ -316,8 +368,8 @@ impl ConfBuilder {
             "stateDir": self.state_dir,
             "ipam": {
                 "type": "host-local",
-                "ranges": [[range]],
-                "routes": [{ "dst": "0.0.0.0/0" }],
+                "ranges": ranges,
+                "routes": routes,
                 "dataDir": self.ipam_dir,
             },
         })

@@ -5,7 +5,7 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
@@ -40,7 +40,8 @@ pub struct PeerServer {
 
 impl PeerServer {
     /// Listens on `addr` inside `ns` (port 0 picks one).
-    pub fn start(ns: &Netns, addr: SocketAddrV4) -> io::Result<Self> {
+    pub fn start(ns: &Netns, addr: impl Into<SocketAddr>) -> io::Result<Self> {
+        let addr = addr.into();
         let conns = Arc::new(Mutex::new(Vec::new()));
         let (accept, addr) = {
             let conns = conns.clone();

@@ -4,7 +4,7 @@
 //! timed from spawn to exit.
 
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -71,6 +71,11 @@ impl PluginNode {
         }
         let netns = Netns::with_loopback("node");
         netns.set_sysctl("net.ipv4.ip_forward", "1");
+        let ipv6 = subnet.contains(':');
+        if ipv6 {
+            // The bridge and ptp nodes route pods' IPv6 through the stack.
+            netns.set_sysctl("net.ipv6.conf.all.forwarding", "1");
+        }
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-", netns.name()))
             .tempdir()
@@ -84,7 +89,7 @@ impl PluginNode {
             "ipam": {
                 "type": "host-local",
                 "ranges": [[{ "subnet": subnet }]],
-                "routes": [{ "dst": "0.0.0.0/0" }],
+                "routes": [{ "dst": if ipv6 { "::/0" } else { "0.0.0.0/0" } }],
                 "dataDir": dir.path().join("ipam"),
             },
         });
@@ -189,9 +194,9 @@ impl<'n> Attachment<'n> {
         ChainPod::add(network, &Chain::new(network, json!({})), pod).map(Self)
     }
 
-    /// The pod's address from the ADD result.
-    pub fn ip(&self) -> Ipv4Addr {
-        self.0.ip()
+    /// The pod's first address from the ADD result, of either family.
+    pub fn addr(&self) -> IpAddr {
+        self.0.addr()
     }
 
     /// How long ADD took, spawn to exit.

@@ -16,26 +16,26 @@ pub(crate) fn timeval(duration: Duration) -> TimeVal {
     TimeVal::milliseconds(duration.as_millis() as i64)
 }
 
-/// A new IPv4 TCP socket, close-on-exec.
-fn tcp_socket() -> nix::Result<OwnedFd> {
-    socket::socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
+/// A new TCP socket of `family`, close-on-exec.
+fn tcp_socket(family: AddressFamily) -> nix::Result<OwnedFd> {
+    socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
 }
 
 /// A listening TCP socket with a deep accept queue; with `reuse_port` it
 /// may share its port with a connecting socket (`SO_REUSEPORT` on both).
 /// Create it in the namespace it should listen in.
-pub fn tcp_listen(addr: SocketAddrV4, reuse_port: bool) -> io::Result<TcpListener> {
-    let fd = tcp_socket()?;
+pub fn tcp_listen(addr: impl Into<SocketAddr>, reuse_port: bool) -> io::Result<TcpListener> {
+    let addr = addr.into();
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = tcp_socket(family)?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     if reuse_port {
         socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
     }
-    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(addr))?;
+    socket::bind(fd.as_raw_fd(), &socket::SockaddrStorage::from(addr))?;
     socket::listen(&fd, Backlog::new(1024)?)?;
     Ok(TcpListener::from(fd))
 }
@@ -47,7 +47,7 @@ pub fn tcp_connect_from(
     remote: SocketAddrV4,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
-    let fd = tcp_socket()?;
+    let fd = tcp_socket(AddressFamily::Inet)?;
     socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
     socket::setsockopt(&fd, sockopt::SendTimeout, &timeval(timeout))?;
     socket::bind(fd.as_raw_fd(), &SockaddrIn::from(local))?;

@@ -1,35 +1,62 @@
 //! Two nodes joined by an underlay veth, each with its pod CIDR and a
 //! route to the other's pods.
 
-use std::{net::Ipv4Addr, sync::Arc};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use serde_json::{Value, json};
 
 use crate::{
-    Bpffs, Node,
+    Bpffs, Family, Node,
     conf::with_keys,
     veth::{self, VethEnd},
 };
 
 /// The cluster CIDR both nodes of [`TwoNodes`] carve their pod CIDRs from.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The IPv6 cluster CIDR of two-node tests.
+pub const CLUSTER_CIDR_V6: &str = "fd00:10:244::/48";
 
 /// One node of a [`TwoNodes`] topology: its underlay address and pod CIDR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeSide {
     pub underlay_ip: Ipv4Addr,
     pub pod_cidr: &'static str,
+    pub underlay_ip6: Ipv6Addr,
+    pub pod_cidr6: &'static str,
+}
+
+impl NodeSide {
+    pub fn pod_cidr_of(self, family: Family) -> &'static str {
+        match family {
+            Family::V4 => self.pod_cidr,
+            Family::V6 => self.pod_cidr6,
+        }
+    }
+
+    pub fn underlay_of(self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.underlay_ip.into(),
+            Family::V6 => self.underlay_ip6.into(),
+        }
+    }
 }
 
 /// Node A's side.
 pub const SIDE_A: NodeSide = NodeSide {
     underlay_ip: Ipv4Addr::new(10, 99, 0, 1),
     pod_cidr: "10.244.1.0/24",
+    underlay_ip6: Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1),
+    pod_cidr6: "fd00:10:244:1::/64",
 };
 /// Node B's side.
 pub const SIDE_B: NodeSide = NodeSide {
     underlay_ip: Ipv4Addr::new(10, 99, 0, 2),
     pod_cidr: "10.244.2.0/24",
+    underlay_ip6: Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2),
+    pod_cidr6: "fd00:10:244:2::/64",
 };
 
 /// The name of the underlay veth in both nodes.
@@ -52,7 +79,28 @@ impl TwoNodes {
             VethEnd::new(b.netns(), UNDERLAY, &format!("{}/24", SIDE_B.underlay_ip)),
             None,
         );
+        for (node, side) in [(&a, SIDE_A), (&b, SIDE_B)] {
+            node.netns().ip(&[
+                "addr",
+                "add",
+                &format!("{}/64", side.underlay_ip6),
+                "dev",
+                UNDERLAY,
+                "nodad",
+            ]);
+        }
         Self { a, b }
+    }
+
+    /// Node A's config for pods of `families` (one, or both for dual
+    /// stack), as [`TwoNodes::conf_a`] for each.
+    pub fn conf_a_of(&self, families: &[Family]) -> Value {
+        node_conf_of(&self.a, SIDE_A, SIDE_B, families)
+    }
+
+    /// Node B's config for pods of `families`.
+    pub fn conf_b_of(&self, families: &[Family]) -> Value {
+        node_conf_of(&self.b, SIDE_B, SIDE_A, families)
     }
 
     /// Node A's config: its pod CIDR, masquerade on except inside the
@@ -71,6 +119,26 @@ impl Default for TwoNodes {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn node_conf_of(node: &Node, own: NodeSide, other: NodeSide, families: &[Family]) -> Value {
+    let mut builder = node.conf().subnet(own.pod_cidr_of(families[0]));
+    if let Some(second) = families.get(1) {
+        builder = builder.second_subnet(own.pod_cidr_of(*second));
+    }
+    let routes: Vec<Value> = families
+        .iter()
+        .map(|f| json!({ "dst": other.pod_cidr_of(*f), "gw": other.underlay_of(*f).to_string() }))
+        .collect();
+    with_keys(
+        builder.build(),
+        json!({
+            "ipMasq": true,
+            "nonMasqueradeCIDRs": [CLUSTER_CIDR, CLUSTER_CIDR_V6],
+            "uplink": UNDERLAY,
+            "nodeRoutes": routes,
+        }),
+    )
 }
 
 fn node_conf(node: &Node, own: NodeSide, other: NodeSide) -> Value {

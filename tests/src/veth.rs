@@ -39,8 +39,16 @@ pub fn add_veth(a: VethEnd<'_>, b: VethEnd<'_>, mtu: Option<u32>) {
     args.extend(["netns", &b_path]);
     a.netns.ip(&args);
     for end in [a, b] {
-        if let Some(cidr) = end.cidr {
-            end.netns.ip(&["addr", "add", cidr, "dev", end.name]);
+        match end.cidr {
+            // IPv6 without duplicate address detection, like the plugins' pods.
+            Some(cidr) if cidr.contains(':') => {
+                end.netns
+                    .ip(&["addr", "add", cidr, "dev", end.name, "nodad"]);
+            }
+            Some(cidr) => {
+                end.netns.ip(&["addr", "add", cidr, "dev", end.name]);
+            }
+            None => {}
         }
         end.netns.ip(&["link", "set", end.name, "up"]);
     }
