@@ -17,7 +17,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::{Node, binaries, ext::wait_until};
+use crate::{Node, binaries, wait::wait_until};
 
 /// Where [`Agent::start`] serves metrics inside the node namespace.
 pub const METRICS_ADDRESS: &str = "127.0.0.1:9962";

@@ -13,12 +13,7 @@ use std::{cell::Cell, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 use serde_json::{Value, json};
 
 use crate::{
-    Bpffs, Node,
-    agent::Agent,
-    etcd::Etcd,
-    ext::{wait_until, with_keys},
-    names,
-    netns::Netns,
+    Bpffs, Node, agent::Agent, conf::with_keys, etcd::Etcd, names, netns::Netns, wait::wait_until,
 };
 
 /// The pod CIDR of the whole cluster, split into /24s.

@@ -6,15 +6,16 @@
 use std::{
     io::{self, Read, Write},
     net::{SocketAddr, SocketAddrV4, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use crate::{ext::tcp_listen, hash::ByteStream, netns::Netns};
+use crate::{
+    background::{Background, Running},
+    hash::ByteStream,
+    netns::Netns,
+    sockets::tcp_listen,
+};
 
 const POLL: Duration = Duration::from_millis(50);
 /// The longest a server runs.
@@ -23,46 +24,46 @@ const LIFETIME: Duration = Duration::from_secs(300);
 /// Echoes every byte back on every connection until dropped.
 pub struct EchoServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    accept: Option<thread::JoinHandle<()>>,
+    _accept: Background,
 }
 
 impl EchoServer {
     /// Listens on `addr` inside `ns` (port 0 picks one).
     pub fn start(ns: &Netns, addr: SocketAddrV4) -> io::Result<Self> {
-        let listener = ns.run(|| tcp_listen(addr, false))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let accept = {
-            let stop = stop.clone();
-            thread::spawn(move || {
-                let deadline = Instant::now() + LIFETIME;
+        let (accept, addr) = Background::start(
+            ns,
+            "echo server",
+            Some(LIFETIME),
+            move || {
+                let listener = tcp_listen(addr, false)?;
+                listener.set_nonblocking(true)?;
+                let addr = listener.local_addr()?;
+                Ok((listener, addr))
+            },
+            move |listener, running| {
                 let mut handlers = Vec::new();
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                while running.go_on() {
                     match listener.accept() {
                         Ok((stream, _)) => {
-                            let stop = stop.clone();
+                            let running = running.clone();
                             handlers.push(
                                 thread::Builder::new()
                                     .stack_size(128 * 1024)
-                                    .spawn(move || echo(stream, &stop))
+                                    .spawn(move || echo(stream, &running))
                                     .expect("spawning an echo thread"),
                             );
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(POLL),
                         Err(_) => thread::sleep(POLL),
                     }
                 }
                 for handler in handlers {
                     let _ = handler.join();
                 }
-            })
-        };
+            },
+        )?;
         Ok(Self {
             addr,
-            stop,
-            accept: Some(accept),
+            _accept: accept,
         })
     }
 
@@ -71,20 +72,11 @@ impl EchoServer {
     }
 }
 
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
-    }
-}
-
-fn echo(mut stream: TcpStream, stop: &AtomicBool) {
+fn echo(mut stream: TcpStream, running: &Running) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(POLL));
     let mut buf = vec![0u8; 16 * 1024];
-    while !stop.load(Ordering::Relaxed) {
+    while !running.stopped() {
         match stream.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {

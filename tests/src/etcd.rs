@@ -16,9 +16,9 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::{
-    ext::wait_until,
     netns::Netns,
     process::{self, KillOnDrop},
+    wait::wait_until,
 };
 
 /// The client port etcd listens on, on its underlay address.

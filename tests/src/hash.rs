@@ -1,5 +1,7 @@
 //! A stream hash and a seeded byte generator for transfer checks.
 
+use std::io::{self, Write};
+
 /// FNV-1a, 64 bit, fed incrementally.
 #[derive(Debug, Clone, Copy)]
 pub struct Fnv64(u64);
@@ -42,6 +44,23 @@ impl ByteStream {
             chunk.copy_from_slice(&word[..chunk.len()]);
         }
     }
+}
+
+/// Writes `bytes` bytes of the stream seeded with `seed` to `out`, 64 KiB
+/// at a time; returns the hash of what it wrote.
+pub fn send_seeded(out: &mut impl Write, bytes: u64, seed: u64) -> io::Result<u64> {
+    let mut data = ByteStream::new(seed);
+    let mut hash = Fnv64::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        data.fill(&mut buf[..n]);
+        out.write_all(&buf[..n])?;
+        hash.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(hash.finish())
 }
 
 #[cfg(test)]

@@ -21,11 +21,12 @@ use serde_json::{Value, json};
 
 use crate::{
     Netns, Node, NsCommand, Pod,
-    ext::{self, with_keys},
+    conf::with_keys,
     hash::{ByteStream, Fnv64},
     names,
     node::Ext,
     process::{self, DEFAULT_TIMEOUT},
+    uplink,
 };
 
 /// The cgroup v2 mount point, from `/proc/self/mountinfo`.
@@ -243,7 +244,7 @@ pub struct HostPortNode {
 impl HostPortNode {
     pub fn new() -> Self {
         let node = Node::new();
-        let ext = ext::uplink_with_default_route(&node);
+        let ext = uplink::uplink_with_default_route(&node);
         Self {
             node,
             ext,
@@ -300,7 +301,7 @@ impl Default for HostPortNode {
 }
 
 /// The node-side TCP client (Perl is essential on Debian, so always there):
-/// connects, reads an [`ext::PeerServer`] greeting, sends stdin, shuts down
+/// connects, reads an [`PeerServer`](crate::peer_server::PeerServer) greeting, sends stdin, shuts down
 /// its side and reads the server's summary.
 const TCP_CLIENT: &str = r#"
 use strict; use warnings; use IO::Socket::INET;
@@ -401,7 +402,7 @@ fn field<T: std::str::FromStr>(lines: &[(String, String)], key: &str) -> Result<
         .map_err(|_| format!("client's {key:?} {value:?} does not parse"))
 }
 
-/// What a node-side TCP exchange with an [`ext::PeerServer`] saw.
+/// What a node-side TCP exchange with an [`PeerServer`](crate::peer_server::PeerServer) saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeTcpOutcome {
     /// The client socket's own address.
@@ -426,7 +427,7 @@ impl NodeTcpOutcome {
 pub type NodeTcp = Result<NodeTcpOutcome, String>;
 
 /// Connects from a process in `netns` (and `cgroup`) to `dest`, where an
-/// [`ext::PeerServer`] is expected, and sends `bytes` seeded bytes.
+/// [`PeerServer`](crate::peer_server::PeerServer) is expected, and sends `bytes` seeded bytes.
 pub fn node_tcp_exchange(
     netns: &Netns,
     cgroup: Option<&TestCgroup>,
@@ -461,7 +462,7 @@ pub fn node_tcp_exchange(
     })
 }
 
-/// What a node-side UDP request to an [`ext::UdpEcho`] got back.
+/// What a node-side UDP request to an [`UdpEcho`](crate::udp_echo::UdpEcho) got back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeUdpAnswer {
     pub local: SocketAddr,
@@ -476,7 +477,7 @@ pub struct NodeUdpAnswer {
 pub type NodeUdp = Result<NodeUdpAnswer, String>;
 
 /// Sends `payload` from a process in `netns` and `cgroup` to `dest`, where
-/// an [`ext::UdpEcho`] is expected, and waits up to 5 s for the answer.
+/// an [`UdpEcho`](crate::udp_echo::UdpEcho) is expected, and waits up to 5 s for the answer.
 pub fn node_udp_request(
     netns: &Netns,
     cgroup: &TestCgroup,
@@ -499,7 +500,8 @@ pub fn node_udp_request(
     )?;
     let answer: String = field(&lines, "answer")?;
     let answer = hex_bytes(&answer).ok_or_else(|| format!("answer {answer:?} is not hex"))?;
-    let (seen_as, echoed) = crate::ext::parse_echo_answer(&answer).map_err(|e| e.to_string())?;
+    let (seen_as, echoed) =
+        crate::udp_echo::parse_echo_answer(&answer).map_err(|e| e.to_string())?;
     Ok(NodeUdpAnswer {
         local: field(&lines, "local")?,
         from: field(&lines, "from")?,

@@ -193,8 +193,25 @@ impl Service {
         self.external_traffic_policy == TrafficPolicy::Local
     }
 
-    fn local_endpoints(&self) -> Vec<Endpoint> {
-        self.endpoints.iter().copied().filter(|e| e.local).collect()
+    /// What both proxiers work out about the service before writing its
+    /// rules.
+    fn facts(&self) -> Facts {
+        let local_endpoints: Vec<Endpoint> =
+            self.endpoints.iter().copied().filter(|e| e.local).collect();
+        let has_endpoints = !self.endpoints.is_empty();
+        Facts {
+            name: self.port_name_string(),
+            proto: self.protocol.as_str(),
+            port: self.port,
+            // Local policy: traffic from outside goes to local endpoints only.
+            has_external_endpoints: if self.external_policy_local() {
+                !local_endpoints.is_empty()
+            } else {
+                has_endpoints
+            },
+            local_endpoints,
+            has_endpoints,
+        }
     }
 
     /// `ns/name:port` for nftables chain names: `ns/name/tcp/port`.
@@ -531,25 +548,28 @@ pub fn iptables_flush_input(saved: &str) -> String {
     out
 }
 
+/// A service's name in comments, protocol and port, its endpoints on this
+/// node, and whether it has endpoints for cluster and for outside traffic.
+struct Facts {
+    name: String,
+    proto: &'static str,
+    port: u16,
+    local_endpoints: Vec<Endpoint>,
+    has_endpoints: bool,
+    has_external_endpoints: bool,
+}
+
 fn iptables_service(
     settings: &ClusterSettings,
     service: &Service,
     filter: &mut Section,
     nat: &mut Section,
 ) {
-    let name = service.port_name_string();
-    let proto = service.protocol.as_str();
-    let port = service.port;
+    let facts = service.facts();
+    let (name, proto, port) = (&facts.name, facts.proto, facts.port);
     let svc_chain = service.iptables_chain("KUBE-SVC-");
     let svl_chain = service.iptables_chain("KUBE-SVL-");
     let ext_chain = service.iptables_chain("KUBE-EXT-");
-    let local_endpoints = service.local_endpoints();
-    let has_endpoints = !service.endpoints.is_empty();
-    let has_external_endpoints = if service.external_policy_local() {
-        !local_endpoints.is_empty()
-    } else {
-        has_endpoints
-    };
     let external_destinations = service
         .external_ips
         .iter()
@@ -561,7 +581,7 @@ fn iptables_service(
                 .map(|ip| (*ip, "loadbalancer IP")),
         );
 
-    if !has_endpoints {
+    if !facts.has_endpoints {
         // Nothing in nat; the filter table rejects the service's addresses.
         filter.rule(&format!(
             "-A KUBE-SERVICES -m comment --comment \"{name} has no endpoints\" -m {proto} -p {proto} -d {}/32 --dport {port} -j REJECT",
@@ -616,10 +636,10 @@ fn iptables_service(
             nat.rule(&format!(
                 "-A {ext_chain} -m comment --comment \"route LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {svc_chain}"
             ));
-            if has_external_endpoints {
+            if facts.has_external_endpoints {
                 nat.chain(&svl_chain);
                 nat.rule(&format!("-A {ext_chain} -j {svl_chain}"));
-                balance(nat, service, &svl_chain, &local_endpoints);
+                balance(nat, service, &svl_chain, &facts.local_endpoints);
             }
         } else {
             nat.rule(&format!(
@@ -628,7 +648,7 @@ fn iptables_service(
             nat.rule(&format!("-A {ext_chain} -j {svc_chain}"));
         }
     }
-    if !has_external_endpoints {
+    if !facts.has_external_endpoints {
         // Local policy without local endpoints: what the EXT chain did not
         // short-circuit is dropped.
         for (ip, _) in external_destinations {
@@ -912,19 +932,11 @@ fn nft_service(
     no_endpoint_services: &mut Vec<String>,
     no_endpoint_nodeports: &mut Vec<String>,
 ) {
-    let name = service.port_name_string();
-    let proto = service.protocol.as_str();
-    let port = service.port;
+    let facts = service.facts();
+    let (name, proto, port) = (&facts.name, facts.proto, facts.port);
     let cluster_chain = service.nft_chain("service-");
     let local_chain = service.nft_chain("local-");
     let external_chain = service.nft_chain("external-");
-    let local_endpoints = service.local_endpoints();
-    let has_endpoints = !service.endpoints.is_empty();
-    let has_external_endpoints = if service.external_policy_local() {
-        !local_endpoints.is_empty()
-    } else {
-        has_endpoints
-    };
     let external_ips: Vec<Ipv4Addr> = service
         .external_ips
         .iter()
@@ -932,7 +944,7 @@ fn nft_service(
         .copied()
         .collect();
 
-    if !has_endpoints {
+    if !facts.has_endpoints {
         let verdict = "goto reject-chain";
         for ip in std::iter::once(service.cluster_ip).chain(external_ips.iter().copied()) {
             no_endpoint_services.push(format!(
@@ -983,16 +995,16 @@ fn nft_service(
                 &external_chain,
                 &format!("fib saddr type local goto {cluster_chain} comment \"short-circuit local traffic\""),
             );
-            if has_external_endpoints {
+            if facts.has_external_endpoints {
                 table.rule(&external_chain, &format!("goto {local_chain}"));
-                nft_balance(table, service, &local_chain, &local_endpoints);
+                nft_balance(table, service, &local_chain, &facts.local_endpoints);
             }
         } else {
             table.rule(&external_chain, "jump mark-for-masquerade");
             table.rule(&external_chain, &format!("goto {cluster_chain}"));
         }
     }
-    if !has_external_endpoints {
+    if !facts.has_external_endpoints {
         for ip in &external_ips {
             no_endpoint_services.push(format!("{ip} . {proto} . {port} comment \"{name}\" : drop"));
         }

@@ -8,13 +8,17 @@
 //! bpffs mount is unmounted last.
 
 pub mod agent;
+mod background;
 pub mod binaries;
 pub mod bpffs;
+pub mod chain;
 pub mod cluster;
+pub mod conf;
 pub mod containerd;
 pub mod cri;
 pub mod echo;
 pub mod etcd;
+pub mod exec;
 pub mod ext;
 pub mod family;
 pub mod firewall;
@@ -23,13 +27,24 @@ pub mod hostports;
 pub mod kube_proxy;
 pub mod links;
 pub mod names;
+pub mod nat_table;
 pub mod netns;
 pub mod node;
+pub mod packet_watch;
+pub mod peer_server;
 pub mod plugin;
+pub mod plugin_node;
 pub mod pod;
 pub mod process;
+pub mod sockets;
 pub mod spec;
+pub mod stop;
 pub mod traffic;
+pub mod two_nodes;
+pub mod udp_echo;
+pub mod uplink;
+pub mod veth;
+pub mod wait;
 
 pub use bpffs::Bpffs;
 pub use family::Family;

@@ -3,8 +3,9 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::IpAddr,
     path::{Path, PathBuf},
+    process::Output,
     sync::Arc,
 };
 
@@ -14,12 +15,15 @@ use tempfile::TempDir;
 use crate::{
     Family, binaries,
     bpffs::Bpffs,
-    links,
+    firewall, links,
     netns::Netns,
     plugin::{CniOutput, CniRequest, Plugin},
     pod::Pod,
     process::{self, DEFAULT_TIMEOUT},
+    uplink,
 };
+
+pub use crate::uplink::Ext;
 
 /// The network name [`Node::conf`] uses unless told otherwise.
 pub const DEFAULT_NETWORK: &str = "testnet";
@@ -164,20 +168,22 @@ impl Node {
         links::names_settled(&self.netns)
     }
 
+    /// Runs `cni-ebpfd --bpffs-root <root> <args>` in the node namespace,
+    /// bounded in time; its output whatever its exit status.
+    pub fn agent_output(&self, args: &[&str]) -> Output {
+        let mut command = self.netns.command(binaries::path(binaries::AGENT));
+        command.arg("--bpffs-root").arg(&self.bpffs_root).args(args);
+        process::output_with_timeout(&mut command, None, DEFAULT_TIMEOUT)
+            .expect("spawning cni-ebpfd")
+    }
+
     /// Runs `cni-ebpfd --bpffs-root <root> <subcommand> [args]` in the node
     /// namespace; panics unless it succeeds, returns stdout.
     pub fn agent(&self, subcommand: &str, args: &[&str]) -> String {
-        let mut command = self.netns.command(binaries::path(binaries::AGENT));
-        command
-            .arg("--bpffs-root")
-            .arg(&self.bpffs_root)
-            .arg(subcommand)
-            .args(args);
-        let output = process::output_with_timeout(&mut command, None, DEFAULT_TIMEOUT)
-            .expect("spawning cni-ebpfd");
+        let line = [&[subcommand][..], args].concat();
         process::expect_success(
             &format!("cni-ebpfd {subcommand} {}", args.join(" ")),
-            &output,
+            &self.agent_output(&line),
         )
     }
 
@@ -234,46 +240,7 @@ impl Node {
     /// `fd00:250::2/64` (ext): gives the node addresses of its own, as a
     /// real node's uplink does.
     pub fn add_uplink(&self) -> Ext {
-        let ext = Netns::with_loopback("ext");
-        let node_ip = Ipv4Addr::new(10, 250, 0, 1);
-        let ext_ip = Ipv4Addr::new(10, 250, 0, 2);
-        let node_ip6 = Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 1);
-        let ext_ip6 = Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 2);
-        let ext_path = ext.path().to_string_lossy().into_owned();
-        self.netns.ip(&[
-            "link", "add", "uplink", "type", "veth", "peer", "name", "eth0", "netns", &ext_path,
-        ]);
-        self.netns
-            .ip(&["addr", "add", &format!("{node_ip}/24"), "dev", "uplink"]);
-        self.netns.ip(&[
-            "addr",
-            "add",
-            &format!("{node_ip6}/64"),
-            "dev",
-            "uplink",
-            "nodad",
-        ]);
-        self.netns.ip(&["link", "set", "uplink", "up"]);
-        ext.ip(&["addr", "add", &format!("{ext_ip}/24"), "dev", "eth0"]);
-        ext.ip(&[
-            "addr",
-            "add",
-            &format!("{ext_ip6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        ext.ip(&["link", "set", "eth0", "up"]);
-        if uplink_xdp_requested() {
-            crate::ext::full_checksums(&ext, "eth0");
-        }
-        Ext {
-            netns: ext,
-            node_ip,
-            ext_ip,
-            node_ip6,
-            ext_ip6,
-        }
+        uplink::add_uplink(&self.netns)
     }
 }
 
@@ -283,40 +250,31 @@ impl Default for Node {
     }
 }
 
+/// Panics unless `node` forwards nothing itself (`ip_forward=0`, IPv6
+/// forwarding off) and has empty iptables and nftables rulesets: the
+/// datapath alone moves traffic.
+pub fn assert_node_untouched(node: &Node) {
+    for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+        assert_eq!(
+            node.netns().sysctl(key),
+            "0",
+            "{key} is on in node {}",
+            node.name()
+        );
+    }
+    assert_eq!(
+        firewall::rules(node.netns()),
+        Vec::<String>::new(),
+        "firewall state in node {}",
+        node.name()
+    );
+}
+
 fn sum_field(rows: &[Value], field: &str, filter: impl Fn(&Value) -> bool) -> u64 {
     rows.iter()
         .filter(|row| filter(row))
         .map(|row| row[field].as_u64().unwrap_or(0))
         .sum()
-}
-
-/// The outside world behind a node's uplink.
-pub struct Ext {
-    pub netns: Netns,
-    /// The node's address on the uplink.
-    pub node_ip: Ipv4Addr,
-    /// This namespace's address.
-    pub ext_ip: Ipv4Addr,
-    pub node_ip6: Ipv6Addr,
-    pub ext_ip6: Ipv6Addr,
-}
-
-impl Ext {
-    /// The node's uplink address of `family`.
-    pub fn node_addr(&self, family: Family) -> IpAddr {
-        match family {
-            Family::V4 => self.node_ip.into(),
-            Family::V6 => self.node_ip6.into(),
-        }
-    }
-
-    /// This namespace's address of `family`.
-    pub fn ext_addr(&self, family: Family) -> IpAddr {
-        match family {
-            Family::V4 => self.ext_ip.into(),
-            Family::V6 => self.ext_ip6.into(),
-        }
-    }
 }
 
 /// The plugin's network config, with this node's directories.

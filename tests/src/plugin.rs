@@ -1,6 +1,7 @@
 //! Calling the plugin binary the way a container runtime does.
 
 use std::{
+    ffi::OsString,
     path::{Path, PathBuf},
     process::ExitStatus,
     time::{Duration, Instant},
@@ -8,7 +9,11 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{binaries, netns::Netns, process};
+use crate::{
+    binaries,
+    netns::{Netns, NsCommand},
+    process,
+};
 
 /// Where runtimes look for CNI plugins; the plugin may delegate to the
 /// reference IPAM plugins installed there.
@@ -29,6 +34,43 @@ pub struct CniRequest<'a> {
     /// `CNI_ARGS`, when set.
     pub args: Option<&'a str>,
     pub stdin: &'a [u8],
+}
+
+impl CniRequest<'_> {
+    /// A command that runs `binary` inside `netns` with this request's
+    /// `CNI_*` environment (and nothing else but [`search_path`]); the
+    /// config still has to be written to its stdin.
+    pub fn command(&self, netns: &Netns, binary: &Path) -> NsCommand {
+        let mut command = netns.command(binary);
+        command
+            .env_clear()
+            .env("PATH", search_path())
+            .env("CNI_COMMAND", self.command)
+            .env("CNI_CONTAINERID", self.container_id)
+            .env("CNI_IFNAME", self.ifname)
+            .env("CNI_PATH", CNI_PATH);
+        if let Some(netns) = self.netns {
+            command.env("CNI_NETNS", netns);
+        }
+        if let Some(args) = self.args {
+            command.env("CNI_ARGS", args);
+        }
+        command
+    }
+}
+
+/// The caller's `PATH` with the sbin directories a non-login root may lack:
+/// the reference plugins run `iptables` (`ipMasq`, `firewall`, `portmap`).
+pub fn search_path() -> OsString {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect())
+        .unwrap_or_default();
+    for extra in ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        if !dirs.iter().any(|d| d == Path::new(extra)) {
+            dirs.push(PathBuf::from(extra));
+        }
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
 }
 
 /// What a call returned: exit status, raw streams, stdout as JSON if it is.
@@ -91,13 +133,7 @@ impl CniOutput {
 
     /// Status and streams, for failure messages.
     pub fn describe(&self) -> String {
-        format!(
-            "{} after {:?}\nstdout: {}\nstderr: {}",
-            self.status,
-            self.elapsed,
-            self.stdout.trim(),
-            self.stderr.trim()
-        )
+        process::describe(self.status, self.elapsed, &self.stdout, &self.stderr)
     }
 }
 
@@ -129,20 +165,7 @@ impl Plugin {
     /// Runs the plugin inside `node` (the runtime's namespace), as a runtime
     /// does: environment, config on stdin, result on stdout.
     pub fn call(&self, node: &Netns, request: &CniRequest<'_>) -> CniOutput {
-        let mut command = node.command(&self.binary);
-        command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("CNI_COMMAND", request.command)
-            .env("CNI_CONTAINERID", request.container_id)
-            .env("CNI_IFNAME", request.ifname)
-            .env("CNI_PATH", CNI_PATH);
-        if let Some(netns) = request.netns {
-            command.env("CNI_NETNS", netns);
-        }
-        if let Some(args) = request.args {
-            command.env("CNI_ARGS", args);
-        }
+        let mut command = request.command(node, &self.binary);
         let started = Instant::now();
         let output = process::output_with_timeout(&mut command, Some(request.stdin), CALL_TIMEOUT)
             .unwrap_or_else(|e| panic!("spawning {}: {e}", self.binary.display()));

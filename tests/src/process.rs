@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read, Write},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -31,15 +31,7 @@ pub fn output_with_timeout(
     stdin: Option<&[u8]>,
     timeout: Duration,
 ) -> std::io::Result<Output> {
-    command
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn()?;
+    let mut child = capture(command, stdin.is_some()).spawn()?;
     let stdout = child.stdout.take().map(read_all);
     let stderr = child.stderr.take().map(read_all);
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
@@ -74,6 +66,24 @@ pub fn output_with_timeout(
         stdout,
         stderr,
     })
+}
+
+/// Pipes the command's stdout and stderr to the caller, and its stdin when
+/// `stdin` says it gets input (else `/dev/null`).
+pub fn capture(command: &mut Command, stdin: bool) -> &mut Command {
+    command
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+}
+
+/// A finished child's status, run time and streams, for failure messages.
+pub fn describe(status: ExitStatus, elapsed: Duration, stdout: &str, stderr: &str) -> String {
+    format!(
+        "{status} after {elapsed:?}\nstdout: {}\nstderr: {}",
+        stdout.trim(),
+        stderr.trim()
+    )
 }
 
 /// How long to wait for a pipe's end once the child has exited.

@@ -13,11 +13,7 @@ use std::{
 use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
 
-use crate::{
-    CniOutput, CniRequest, Netns, Node, links, names,
-    plugin::CNI_PATH,
-    process::{self, DEFAULT_TIMEOUT},
-};
+use crate::{CniOutput, CniRequest, Netns, Node, Plugin, links, names, plugin::CNI_PATH};
 
 /// Every spec version the plugin speaks, oldest first.
 pub const ALL_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -33,34 +29,7 @@ pub fn has_check(version: &str) -> bool {
 /// Runs the reference plugin `name` from [`CNI_PATH`] inside `ns`, as a
 /// runtime does: `CNI_*` environment, config on stdin, result on stdout.
 pub fn run_reference(ns: &Netns, name: &str, request: &CniRequest<'_>) -> CniOutput {
-    let binary = Path::new(CNI_PATH).join(name);
-    let mut command = ns.command(&binary);
-    // The reference firewall plugin runs `iptables`, which lives in sbin.
-    let path = std::env::var("PATH").unwrap_or_default();
-    command
-        .env_clear()
-        .env("PATH", format!("{path}:/usr/sbin:/sbin:/usr/bin:/bin"))
-        .env("CNI_COMMAND", request.command)
-        .env("CNI_CONTAINERID", request.container_id)
-        .env("CNI_IFNAME", request.ifname)
-        .env("CNI_PATH", CNI_PATH);
-    if let Some(netns) = request.netns {
-        command.env("CNI_NETNS", netns);
-    }
-    if let Some(args) = request.args {
-        command.env("CNI_ARGS", args);
-    }
-    let started = Instant::now();
-    let output = process::output_with_timeout(&mut command, Some(request.stdin), DEFAULT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display()));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    CniOutput {
-        status: output.status,
-        json: serde_json::from_str(&stdout).ok(),
-        stdout,
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        elapsed: started.elapsed(),
-    }
+    Plugin::at(Path::new(CNI_PATH).join(name)).call(ns, request)
 }
 
 /// `conf` with `prevResult` set to `result`, both in `conf`'s version.

@@ -2,7 +2,7 @@
 //! all with bounded counts and deadlines.
 
 use std::{
-    io::{self, Read, Write},
+    io::{self, Read},
     net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc, Mutex,
@@ -14,9 +14,12 @@ use std::{
 };
 
 use crate::{
-    hash::{ByteStream, Fnv64},
+    background::Background,
+    hash::{Fnv64, send_seeded},
     netns::Netns,
     process::KillOnDrop,
+    sockets::udp_bind,
+    wait::wait_until,
 };
 
 /// `ping -c count` from `from` to `ip`: transmitted and received counts.
@@ -140,19 +143,9 @@ pub fn tcp_transfer(
         let client = client_ns.run(move || -> std::io::Result<(u64, u64)> {
             let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
             stream.set_write_timeout(Some(IO_TIMEOUT))?;
-            let mut data = ByteStream::new(bytes ^ u64::from(addr.port()));
-            let mut hash = Fnv64::default();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut left = bytes;
-            while left > 0 {
-                let n = left.min(buf.len() as u64) as usize;
-                data.fill(&mut buf[..n]);
-                stream.write_all(&buf[..n])?;
-                hash.update(&buf[..n]);
-                left -= n as u64;
-            }
+            let hash = send_seeded(&mut stream, bytes, bytes ^ u64::from(addr.port()))?;
             stream.shutdown(Shutdown::Write)?;
-            Ok((bytes, hash.finish()))
+            Ok((bytes, hash))
         });
         if client.is_err() {
             client_failed.store(true, Ordering::Relaxed);
@@ -179,47 +172,34 @@ pub type Datagram = (SocketAddr, Vec<u8>);
 pub struct UdpReceiver {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<Datagram>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    _thread: Background,
 }
 
 impl UdpReceiver {
     /// Binds `addr` inside `ns` (port 0 picks one) and starts recording.
     pub fn start(ns: &Netns, addr: SocketAddr) -> std::io::Result<Self> {
         let received = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (bound_tx, bound_rx) = mpsc::channel();
-        let thread = {
+        let (thread, addr) = {
             let received = Arc::clone(&received);
-            let stop = Arc::clone(&stop);
-            ns.spawn(move || {
-                let socket = match UdpSocket::bind(addr).and_then(|s| {
-                    s.set_read_timeout(Some(Duration::from_millis(50)))
-                        .map(|()| s)
-                }) {
-                    Ok(socket) => socket,
-                    Err(e) => {
-                        let _ = bound_tx.send(Err(e));
-                        return;
+            Background::start(
+                ns,
+                "receiver",
+                None,
+                move || udp_bind(addr, Duration::from_millis(50)),
+                move |socket, running| {
+                    let mut buf = [0u8; 2048];
+                    while running.go_on() {
+                        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                            received.lock().unwrap().push((from, buf[..n].to_vec()));
+                        }
                     }
-                };
-                let _ = bound_tx.send(socket.local_addr());
-                let mut buf = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((n, from)) = socket.recv_from(&mut buf) {
-                        received.lock().unwrap().push((from, buf[..n].to_vec()));
-                    }
-                }
-            })
+                },
+            )?
         };
-        let addr = bound_rx
-            .recv_timeout(IO_TIMEOUT)
-            .map_err(|_| std::io::Error::other("receiver thread did not start"))??;
         Ok(Self {
             addr,
             received,
-            stop,
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -235,25 +215,7 @@ impl UdpReceiver {
     /// Waits until `done` holds for what arrived, or `timeout`; returns
     /// whether it held.
     pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[Datagram]) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if done(&self.received.lock().unwrap()) {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for UdpReceiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        wait_until(timeout, || done(&self.received.lock().unwrap()))
     }
 }
 

@@ -1,18 +1,34 @@
 use std::{io, path::PathBuf};
 
+/// An operation on a path that failed: what was done, where, and what the
+/// kernel said. Every error type of the library carries it as its `Io`.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct PathIoError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl PathIoError {
+    pub fn new(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error(
         "no bpffs at {path}: mount one (`mount -t bpf bpf /sys/fs/bpf`) or point bpffsRoot at one"
     )]
     NoBpffs { path: PathBuf },
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("this binary carries no eBPF object (built with AYA_BUILD_SKIP=1)")]
     NoObject,
     #[error("loading the eBPF object: {0}")]
@@ -67,11 +83,7 @@ pub enum DatapathError {
 
 impl DatapathError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Self::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        Self::Io(PathIoError::new(op, path, source))
     }
 }
 

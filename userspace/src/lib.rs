@@ -30,5 +30,5 @@ pub mod upgrade;
 pub use attach::{AttachMode, Attachment};
 pub use datapath::Datapath;
 pub use endpoints::EndpointMap;
-pub use error::DatapathError;
+pub use error::{DatapathError, PathIoError};
 pub use paths::BpffsLayout;

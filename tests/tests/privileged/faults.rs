@@ -17,7 +17,6 @@ use std::{
 use cni_ebpf_tests::{
     CniRequest, Node,
     node::DEFAULT_NETWORK,
-    plugin::CNI_PATH,
     spec::{Footprint, Sandbox},
 };
 use serde_json::{Value, json};
@@ -91,22 +90,24 @@ fn spawn_raw(
     netns: &std::path::Path,
     conf: &Value,
 ) -> Child {
-    let mut process = node.netns().command(node.plugin().binary());
+    let conf = conf.to_string();
+    let request = CniRequest {
+        command,
+        container_id,
+        netns: Some(netns),
+        ifname,
+        args: None,
+        stdin: conf.as_bytes(),
+    };
+    let mut process = request.command(node.netns(), node.plugin().binary());
     process
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container_id)
-        .env("CNI_IFNAME", ifname)
-        .env("CNI_NETNS", netns)
-        .env("CNI_PATH", CNI_PATH)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut child = process.spawn().expect("spawning the plugin");
     let mut stdin = child.stdin.take().expect("stdin");
     // Fits in the pipe; a plugin killed before reading gives EPIPE.
-    let _ = stdin.write_all(conf.to_string().as_bytes());
+    let _ = stdin.write_all(request.stdin);
     child
 }
 

@@ -27,7 +27,7 @@
 //! ```
 
 use std::{
-    io::{self, Read, Write},
+    io::{self, Write},
     net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     thread,
@@ -42,6 +42,7 @@ use cni_ebpf_tests::{
     kube_proxy::{self, ClusterSettings, Endpoint, Mode, Protocol, Service, TrafficPolicy},
     names,
     node::Ext,
+    peer_server::read_line,
     spec::run_reference,
 };
 use nix::sys::{
@@ -704,24 +705,6 @@ fn connect(local: Option<SocketAddrV4>, target: SocketAddrV4) -> io::Result<TcpS
         }
     })?;
     Ok(TcpStream::from(fd))
-}
-
-fn read_line(mut stream: &TcpStream) -> io::Result<String> {
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.len() < 256 {
-        if stream.read(&mut byte)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("closed after {:?}", String::from_utf8_lossy(&line)),
-            ));
-        }
-        if byte[0] == b'\n' {
-            return Ok(String::from_utf8_lossy(&line).into_owned());
-        }
-        line.push(byte[0]);
-    }
-    Err(io::Error::other("line too long"))
 }
 
 /// A datagram to `target` from an unconnected socket: the answer must come

@@ -2,6 +2,8 @@ use std::{io, net::Ipv4Addr, path::PathBuf};
 
 use ipnet::Ipv4Net;
 
+use crate::error::PathIoError;
+
 /// What can go wrong in cluster mode. `Etcd` errors are transient (the
 /// agent reconnects); the others are the node's configuration and end it.
 #[derive(Debug, thiserror::Error)]
@@ -11,13 +13,8 @@ pub enum ClusterError {
     Etcd(#[from] etcd_client::Error),
     #[error("etcd: {0}")]
     Protocol(String),
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("{0}")]
     Config(String),
     #[error("pod CIDR {cidr} is held by node {holder}; this node ({node}) cannot take it")]
@@ -39,11 +36,7 @@ pub enum ClusterError {
 
 impl ClusterError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Self::Io {
-            op,
-            path: path.into(),
-            source,
-        }
+        Self::Io(PathIoError::new(op, path, source))
     }
 
     /// Whether reconnecting can cure it (etcd down or answering oddly), as

@@ -19,6 +19,8 @@ use std::{
 
 use serde::Serialize;
 
+use crate::error::PathIoError;
+
 pub use conflist::{ConflistSettings, PodCidr};
 pub use uplink::Backend;
 
@@ -34,13 +36,8 @@ pub const BACKUP_SUFFIX: &str = ".cni-ebpf-bak";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("the node's pod CIDR: {0}")]
     PodCidr(String),
     #[error("the uplink's MTU: {0}")]
@@ -53,11 +50,7 @@ pub enum InstallError {
 
 impl InstallError {
     pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
+        Self::Io(PathIoError::new(op, path, source))
     }
 }
 

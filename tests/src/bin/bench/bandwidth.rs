@@ -121,7 +121,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
         )?);
     }
     let metric = |id: String, title: String, unit, decimals, better| {
-        flows::metric(
+        Metric::new(
             SCENARIO,
             &id,
             &title,
@@ -129,9 +129,9 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
             decimals,
             better,
             REFERENCE,
-            &ROWS,
             plan.rounds,
         )
+        .with_rows(&ROWS)
     };
     // Per rate: [egress goodput, egress retransmits, ingress goodput,
     // ingress retransmits, 4-stream egress goodput, 4-stream egress

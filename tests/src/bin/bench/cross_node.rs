@@ -26,14 +26,16 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, bail};
-use cni_ebpf_tests::{Netns, binaries, traffic};
+use cni_ebpf_tests::{
+    Netns, traffic,
+    veth::{self, VethEnd},
+};
 use serde_json::{Value, json};
 
 use crate::{
     Plan,
     chain::{Chain, ChainedPod},
     cni::PluginNode,
-    exec::{self, OnStop},
     flows::{self, Path},
     masquerade::AgentGc,
     metric::Metric,
@@ -126,42 +128,26 @@ const FLANNEL_ADDRESSES: Addresses = Addresses {
 /// Joins `a` and `b` by a veth pair named [`UNDERLAY`] on both sides with
 /// `plan`'s underlay addresses, both up.
 fn underlay(a: &Netns, b: &Netns, plan: Addresses) {
-    let b_path = b.path().to_string_lossy().into_owned();
-    let mtu = UNDERLAY_MTU.to_string();
-    a.ip(&[
-        "link", "add", UNDERLAY, "mtu", &mtu, "type", "veth", "peer", "name", UNDERLAY, "mtu",
-        &mtu, "netns", &b_path,
-    ]);
-    for (ns, node) in [(a, 1), (b, 2)] {
-        ns.ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", plan.underlay_ip(node)),
-            "dev",
-            UNDERLAY,
-        ]);
-        ns.ip(&["link", "set", UNDERLAY, "up"]);
-    }
+    veth::add_veth(
+        VethEnd::new(a, UNDERLAY, &format!("{}/24", plan.underlay_ip(1))),
+        VethEnd::new(b, UNDERLAY, &format!("{}/24", plan.underlay_ip(2))),
+        Some(UNDERLAY_MTU),
+    );
 }
 
 /// `cni-ebpfd --bpffs-root <node's root> <args>` in `node`'s namespace.
 fn agent(node: &PluginNode, args: &[&str]) -> Result<String> {
     let ebpf = node.ebpf_node().context("not a cni-ebpf node")?;
-    let mut command = node.netns().command(binaries::path(binaries::AGENT));
-    command
-        .arg("--bpffs-root")
-        .arg(ebpf.bpffs_root())
-        .args(args);
-    let output = exec::run(
-        &mut command,
-        None,
-        std::time::Duration::from_secs(30),
-        OnStop::Finish,
-    )?;
-    if !output.success() {
-        bail!("cni-ebpfd {}: {}", args.join(" "), output.describe());
+    let output = ebpf.agent_output(args);
+    if !output.status.success() {
+        bail!(
+            "cni-ebpfd {}: {}: {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
-    Ok(output.stdout)
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Our node's config keys: the underlay as uplink, pod ↔ pod unmasqueraded.
@@ -205,23 +191,29 @@ fn bridge_nodes(plan: Addresses) -> Result<[PluginNode; 2]> {
     Ok([a, b])
 }
 
+/// `node` learns the other node (1 or 2) as a peer of `mode`.
+fn add_peer(node: &PluginNode, plan: Addresses, other: u8, mode: &str) -> Result<()> {
+    agent(
+        node,
+        &[
+            "peers",
+            "add",
+            "--pod-cidr",
+            &plan.pod_cidr(other),
+            "--underlay",
+            &plan.underlay_ip(other).to_string(),
+            "--mode",
+            mode,
+        ],
+    )
+    .map(drop)
+}
+
 /// Native peers: each node routes the other's pod CIDR via its underlay
 /// address (what `nodeRoutes` or cluster mode's native backend program).
 fn native_peers(nodes: &[PluginNode; 2], plan: Addresses) -> Result<()> {
     for (node, other) in nodes.iter().zip([2, 1]) {
-        agent(
-            node,
-            &[
-                "peers",
-                "add",
-                "--pod-cidr",
-                &plan.pod_cidr(other),
-                "--underlay",
-                &plan.underlay_ip(other).to_string(),
-                "--mode",
-                "native",
-            ],
-        )?;
+        add_peer(node, plan, other, "native")?;
     }
     Ok(())
 }
@@ -245,19 +237,7 @@ fn vxlan_peers(nodes: &[PluginNode; 2], plan: Addresses) -> Result<()> {
                 &plan.gateway(own).to_string(),
             ],
         )?;
-        agent(
-            node,
-            &[
-                "peers",
-                "add",
-                "--pod-cidr",
-                &plan.pod_cidr(other),
-                "--underlay",
-                &plan.underlay_ip(other).to_string(),
-                "--mode",
-                "vxlan",
-            ],
-        )?;
+        add_peer(node, plan, other, "vxlan")?;
     }
     Ok(())
 }

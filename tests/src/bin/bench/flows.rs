@@ -54,27 +54,6 @@ impl Path<'_> {
     }
 }
 
-/// A metric whose rows are `rows` (not [`Contender::ALL`]).
-#[allow(clippy::too_many_arguments)]
-pub fn metric(
-    scenario: &'static str,
-    id: &str,
-    title: &str,
-    unit: &'static str,
-    decimals: usize,
-    better: Better,
-    baseline: Contender,
-    rows: &[Contender],
-    rounds: usize,
-) -> Metric {
-    let mut metric = Metric::new(
-        scenario, id, title, unit, decimals, better, baseline, rounds,
-    );
-    metric.contenders = rows.to_vec();
-    metric.rounds = rows.iter().map(|c| (*c, vec![None; rounds])).collect();
-    metric
-}
-
 /// One server per distinct (namespace, address) among `paths`; index of
 /// each path's server.
 fn servers(
@@ -101,29 +80,31 @@ fn servers(
 }
 
 pub fn start_iperf3(ns: &Netns, listen: SocketAddrV4, cpu: usize) -> Result<Server> {
-    let mut command = ns.command("taskset");
-    command.args(["-c", &cpu.to_string(), "iperf3", "-s"]);
-    command.args([
-        "-B",
-        &listen.ip().to_string(),
-        "-p",
-        &listen.port().to_string(),
-    ]);
-    let mut server = Server::start(&mut command, "iperf3")?;
-    server.wait_ready(Proto::Tcp, listen.port())?;
-    Ok(server)
+    start_pinned(ns, cpu, &["iperf3", "-s"], "-B", listen)
 }
 
 pub fn start_sockperf(ns: &Netns, listen: SocketAddrV4, cpu: usize) -> Result<Server> {
+    start_pinned(ns, cpu, &["sockperf", "sr", "--tcp"], "-i", listen)
+}
+
+/// `taskset -c <cpu> <program> <bind_flag> <ip> -p <port>` in `ns`, once
+/// its TCP socket listens.
+fn start_pinned(
+    ns: &Netns,
+    cpu: usize,
+    program: &[&str],
+    bind_flag: &str,
+    listen: SocketAddrV4,
+) -> Result<Server> {
     let mut command = ns.command("taskset");
-    command.args(["-c", &cpu.to_string(), "sockperf", "sr", "--tcp"]);
+    command.args(["-c", &cpu.to_string()]).args(program);
     command.args([
-        "-i",
+        bind_flag,
         &listen.ip().to_string(),
         "-p",
         &listen.port().to_string(),
     ]);
-    let mut server = Server::start(&mut command, "sockperf")?;
+    let mut server = Server::start(&mut command, program[0])?;
     server.wait_ready(Proto::Tcp, listen.port())?;
     Ok(server)
 }
@@ -252,7 +233,7 @@ pub fn measure(
         }
     };
     let new = |what: &str, name: &str, unit, decimals, better| {
-        metric(
+        Metric::new(
             scenario,
             &id(what),
             &title(name),
@@ -260,9 +241,9 @@ pub fn measure(
             decimals,
             better,
             baseline,
-            &rows,
             plan.rounds,
         )
+        .with_rows(&rows)
     };
     let mut gbits = new(
         "tcp",

@@ -16,7 +16,7 @@
 //! reverse).
 
 use anyhow::{Result, anyhow, bail};
-use cni_ebpf_tests::{Ext, Netns, ext, hostports::TestCgroup};
+use cni_ebpf_tests::{Ext, Netns, hostports::TestCgroup, uplink};
 use serde_json::{Value, json};
 
 use crate::{
@@ -24,7 +24,7 @@ use crate::{
     chain::{Chain, ChainPod, ChainedPod},
     cni::PluginNode,
     flows::{self, Path},
-    masquerade::{AgentGc, add_uplink},
+    masquerade::AgentGc,
     metric::{Better, Metric},
     progress, stats, stop,
     topology::Contender,
@@ -92,7 +92,7 @@ struct HpNode {
 impl HpNode {
     fn ours(subnet: &str) -> Self {
         let plugin = PluginNode::cni_ebpf(subnet);
-        let ext = ext::uplink_with_default_route(plugin.ebpf_node().expect("our node"));
+        let ext = uplink::add_uplink_with_default_route(plugin.netns());
         Self {
             plugin,
             ext,
@@ -102,7 +102,7 @@ impl HpNode {
 
     fn reference(subnet: &str) -> Result<Self> {
         let plugin = PluginNode::reference("bridge", subnet)?;
-        let ext = add_uplink(plugin.netns());
+        let ext = uplink::add_uplink_with_default_route(plugin.netns());
         Ok(Self {
             plugin,
             ext,
@@ -220,7 +220,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
 fn timing(ours: &HpNode, portmap: &HpNode, plan: &Plan) -> Result<Vec<Metric>> {
     let rows = [TIMING_OURS, TIMING_PORTMAP];
     let metric = |id: &str, title: &str| {
-        flows::metric(
+        Metric::new(
             SCENARIO,
             id,
             title,
@@ -228,9 +228,9 @@ fn timing(ours: &HpNode, portmap: &HpNode, plan: &Plan) -> Result<Vec<Metric>> {
             2,
             Better::Lower,
             TIMING_PORTMAP,
-            &rows,
             plan.rounds,
         )
+        .with_rows(&rows)
     };
     let mut add = metric(
         "add",

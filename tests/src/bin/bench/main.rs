@@ -11,13 +11,10 @@
 
 mod bandwidth;
 mod big_tcp;
-mod chain;
 mod churn;
-mod cni;
 mod cross_node;
 mod crr;
 mod environment;
-mod exec;
 mod flows;
 mod host_ports;
 mod latency;
@@ -29,7 +26,6 @@ mod report;
 mod scale;
 mod services;
 mod stats;
-mod stop;
 mod tcp;
 mod topology;
 mod xdp;
@@ -42,6 +38,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use cni_ebpf_tests::{Family, binaries, require_root};
+// What moved into the harness library, under the bench's old names.
+use cni_ebpf_tests::{chain, exec, plugin_node as cni, stop};
 use nix::{sched::sched_getaffinity, unistd::Pid};
 
 use crate::{

@@ -10,7 +10,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use cni_ebpf_tests::{Ext, Netns, ext};
+use cni_ebpf_tests::{Netns, ext, uplink};
 use serde_json::json;
 
 use crate::{
@@ -28,39 +28,6 @@ pub const HEADING: &str = "pod → outside through the node's uplink with masque
 const LIMIT: Contender = Contender::Limit;
 const OURS: Contender = Contender::CniEbpf;
 const BRIDGE: Contender = Contender::Bridge;
-
-/// An `ext` namespace behind `node`'s new `uplink` veth (`10.250.0.1` on
-/// the node, `10.250.0.2` in ext), the node's default route via ext.
-pub fn add_uplink(node: &Netns) -> Ext {
-    let ext = Netns::with_loopback("ext");
-    let node_ip = Ipv4Addr::new(10, 250, 0, 1);
-    let ext_ip = Ipv4Addr::new(10, 250, 0, 2);
-    let ext_path = ext.path().to_string_lossy().into_owned();
-    node.ip(&[
-        "link", "add", "uplink", "type", "veth", "peer", "name", "eth0", "netns", &ext_path,
-    ]);
-    node.ip(&["addr", "add", &format!("{node_ip}/24"), "dev", "uplink"]);
-    node.ip(&["link", "set", "uplink", "up"]);
-    ext.ip(&["addr", "add", &format!("{ext_ip}/24"), "dev", "eth0"]);
-    ext.ip(&["link", "set", "eth0", "up"]);
-    node.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        &ext_ip.to_string(),
-        "dev",
-        "uplink",
-    ]);
-    Ext {
-        netns: ext,
-        node_ip,
-        ext_ip,
-        // Not configured here: the masquerade bench is IPv4 only.
-        node_ip6: std::net::Ipv6Addr::UNSPECIFIED,
-        ext_ip6: std::net::Ipv6Addr::UNSPECIFIED,
-    }
-}
 
 /// `limit`: client and ext joined by a veth, `10.210.0.1` ↔ `10.210.0.2`.
 fn direct() -> (Netns, Netns) {
@@ -95,7 +62,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
     let (limit_client, limit_server) = direct();
 
     let ours = PluginNode::cni_ebpf("10.211.0.0/24");
-    let ours_ext = ext::uplink_with_default_route(ours.ebpf_node().expect("our node"));
+    let ours_ext = uplink::add_uplink_with_default_route(ours.netns());
     let ours_pod = ChainedPod::new(
         &ours,
         &Chain::new(&ours, json!({ "ipMasq": true })),
@@ -103,7 +70,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
     )?;
 
     let bridge = PluginNode::reference("bridge", "10.212.0.0/24")?;
-    let bridge_ext = add_uplink(bridge.netns());
+    let bridge_ext = uplink::add_uplink_with_default_route(bridge.netns());
     let bridge_pod = ChainedPod::new(&bridge, &Chain::new(&bridge, json!({})), "bench-bridge")?;
 
     let paths = [

@@ -98,6 +98,15 @@ impl Metric {
         }
     }
 
+    /// The metric with `rows` as its table rows instead of
+    /// [`Contender::ALL`].
+    pub fn with_rows(mut self, rows: &[Contender]) -> Self {
+        let rounds = self.rounds.values().next().map_or(0, Vec::len);
+        self.contenders = rows.to_vec();
+        self.rounds = rows.iter().map(|c| (*c, vec![None; rounds])).collect();
+        self
+    }
+
     /// `contender`'s median per-round ratio to its counterpart, if it has
     /// one and they ran in a common round.
     pub fn versus(&self, contender: Contender) -> Option<Versus> {

@@ -11,7 +11,6 @@ use cni_ebpf_tests::Netns;
 use crate::{
     Plan,
     cni::{Attachment, PluginNode},
-    flows,
     metric::{Better, Metric},
     stats, stop,
     topology::Contender,
@@ -31,7 +30,7 @@ const OURS: Contender = Contender::CniEbpf;
 pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
     let rows = [OURS];
     let new = |id: &str, title: &str| {
-        flows::metric(
+        Metric::new(
             SCENARIO,
             id,
             title,
@@ -39,9 +38,9 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
             2,
             Better::Lower,
             OURS,
-            &rows,
             plan.rounds,
         )
+        .with_rows(&rows)
     };
     let mut first = new(
         "first-add",
@@ -60,7 +59,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
             )
         })
         .collect();
-    let mut growth = flows::metric(
+    let mut growth = Metric::new(
         SCENARIO,
         "growth",
         &format!(
@@ -71,9 +70,9 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
         2,
         Better::Lower,
         OURS,
-        &rows,
         plan.rounds,
-    );
+    )
+    .with_rows(&rows);
     let mut del = new("del", &format!("DEL p50 of all {PODS} pods"));
     for round in plan.round_indices() {
         stop::check()?;

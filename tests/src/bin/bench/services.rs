@@ -25,8 +25,9 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Result, anyhow};
 use cni_ebpf_tests::{
-    Ext, Netns, ext,
+    Ext, Netns,
     kube_proxy::{self, ClusterSettings, Mode, Protocol, Service},
+    uplink,
 };
 use serde_json::json;
 
@@ -35,7 +36,6 @@ use crate::{
     chain::{Chain, ChainedPod},
     cni::PluginNode,
     flows::{self, CRR_PORT, IPERF3_PORT, Path, SOCKPERF_PORT},
-    masquerade::add_uplink,
     metric::Metric,
     stop,
     topology::{self, Contender},
@@ -111,7 +111,7 @@ struct SvcNode {
 impl SvcNode {
     fn ours() -> Self {
         let plugin = PluginNode::cni_ebpf(OURS.node_pods);
-        let peer = ext::uplink_with_default_route(plugin.ebpf_node().expect("our node"));
+        let peer = uplink::add_uplink_with_default_route(plugin.netns());
         let chain = Chain::new(
             &plugin,
             json!({
@@ -133,7 +133,7 @@ impl SvcNode {
 
     fn bridge() -> Result<Self> {
         let plugin = PluginNode::reference("bridge", BRIDGE.node_pods)?;
-        let peer = add_uplink(plugin.netns());
+        let peer = uplink::add_uplink_with_default_route(plugin.netns());
         // Ours installs this route from `nodeRoutes`.
         plugin.netns().ip(&[
             "route",

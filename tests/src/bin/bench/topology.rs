@@ -4,7 +4,10 @@
 use std::net::IpAddr;
 
 use anyhow::{Result, bail};
-use cni_ebpf_tests::{Family, Netns, traffic};
+use cni_ebpf_tests::{
+    Family, Netns, traffic,
+    veth::{self, VethEnd},
+};
 
 use crate::cni::{Attachment, PluginNode};
 
@@ -183,30 +186,9 @@ fn attached_pod<'n>(contender: Contender, node: &'n PluginNode) -> Result<Pod<'n
 /// Joins `client` and `server` by a veth pair named `eth0` on both sides,
 /// MTU 1500, with `client_cidr` and `server_cidr` on its ends, both up.
 pub fn join_by_veth(client: &Netns, server: &Netns, client_cidr: &str, server_cidr: &str) {
-    let server_path = server.path().to_string_lossy().into_owned();
-    client.ip(&[
-        "link",
-        "add",
-        "eth0",
-        "mtu",
-        "1500",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "mtu",
-        "1500",
-        "netns",
-        &server_path,
-    ]);
-    for (ns, cidr) in [(client, client_cidr), (server, server_cidr)] {
-        // IPv6 without duplicate address detection, like the plugins' pods.
-        if cidr.contains(':') {
-            ns.ip(&["addr", "add", cidr, "dev", "eth0", "nodad"]);
-            continue;
-        }
-        ns.ip(&["addr", "add", cidr, "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-    }
+    veth::add_veth(
+        VethEnd::new(client, "eth0", client_cidr),
+        VethEnd::new(server, "eth0", server_cidr),
+        Some(1500),
+    );
 }

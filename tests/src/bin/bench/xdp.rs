@@ -165,7 +165,7 @@ fn delivered_by_xdp(node: &XdpNode) -> u64 {
 fn flood(plan: &Plan, rows: [(&XdpNode, &ChainedPod<'_>); 2]) -> Result<Vec<Metric>> {
     let names = [FLOOD_TC, FLOOD_XDP];
     let metric = |id: &str, title: &str| {
-        flows::metric(
+        Metric::new(
             SCENARIO,
             id,
             title,
@@ -173,9 +173,9 @@ fn flood(plan: &Plan, rows: [(&XdpNode, &ChainedPod<'_>); 2]) -> Result<Vec<Metr
             0,
             Better::Higher,
             FLOOD_TC,
-            &names,
             plan.rounds,
         )
+        .with_rows(&names)
     };
     let mut sent = metric(
         "flood.sent",

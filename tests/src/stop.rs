@@ -1,6 +1,7 @@
-//! Ctrl-C (and SIGTERM/SIGHUP) only raise a flag: every loop of the
-//! benchmark checks it and returns, so the guards still unwind and remove
-//! the namespaces, mounts and files they made.
+//! Ctrl-C (and SIGTERM/SIGHUP) only raise a flag once the benchmark has
+//! installed the handler: every loop of a timed run checks it and returns,
+//! so the guards still unwind and remove the namespaces, mounts and files
+//! they made. Nothing raises it in the tests.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -1,6 +1,6 @@
-//! Child processes of the benchmark: a client or plugin call run to exit
-//! under a deadline and timed from spawn to exit, and long-lived servers
-//! killed when their guard drops.
+//! Timed child processes, as the benchmark runs them: a client or plugin
+//! call run to exit under a deadline and timed from spawn to exit, and
+//! long-lived servers killed when their guard drops.
 //!
 //! Timed calls wait with `poll(2)` on the child's pipes and reap it right
 //! after they close, so the measured time carries no polling slack.
@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::stop;
+use crate::{process, stop};
 
 /// A child that ran to exit.
 #[derive(Debug)]
@@ -35,13 +35,7 @@ impl Finished {
 
     /// Status and both streams, for error messages.
     pub fn describe(&self) -> String {
-        format!(
-            "{} after {:?}\nstdout: {}\nstderr: {}",
-            self.status,
-            self.elapsed,
-            self.stdout.trim(),
-            self.stderr.trim()
-        )
+        process::describe(self.status, self.elapsed, &self.stdout, &self.stderr)
     }
 }
 
@@ -67,15 +61,7 @@ pub fn run(
     timeout: Duration,
     on_stop: OnStop,
 ) -> Result<Finished> {
-    command
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    process::capture(command, stdin.is_some()).process_group(0);
     let program = command.get_program().to_string_lossy().into_owned();
     let started = Instant::now();
     let mut child = command

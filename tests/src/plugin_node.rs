@@ -4,23 +4,24 @@
 //! timed from spawn to exit.
 
 use std::{
-    ffi::OsString,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use anyhow::{Context, Result, anyhow, bail};
-use cni_ebpf_tests::{Netns, Node, names};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::exec::{self, Finished, OnStop};
+use crate::{
+    Netns, Node,
+    chain::{Chain, ChainPod},
+    exec::{self, Finished, OnStop},
+    plugin::CniRequest,
+};
 
-/// Where the reference plugins live, and what runtimes pass as `CNI_PATH`.
-pub const CNI_PATH: &str = "/usr/lib/cni";
-/// The interface name inside pods.
-pub const POD_IFNAME: &str = "eth0";
+pub use crate::{plugin::CNI_PATH, pod::POD_IFNAME};
+
 /// A first ADD loads BPF programs; anything past this is a hang.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -169,18 +170,18 @@ impl PluginNode {
         stdin: &Value,
     ) -> Result<Finished> {
         let stdin = stdin.to_string();
-        let mut plugin = self.netns().command(binary);
-        plugin
-            .env_clear()
-            .env("PATH", search_path())
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", container_id)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", POD_IFNAME)
-            .env("CNI_PATH", CNI_PATH);
+        let request = CniRequest {
+            command,
+            container_id,
+            netns: Some(netns),
+            ifname: POD_IFNAME,
+            args: None,
+            stdin: stdin.as_bytes(),
+        };
+        let mut plugin = request.command(self.netns(), binary);
         exec::run(
             &mut plugin,
-            Some(stdin.as_bytes()),
+            Some(request.stdin),
             CALL_TIMEOUT,
             OnStop::Finish,
         )
@@ -188,101 +189,28 @@ impl PluginNode {
     }
 }
 
-/// The caller's `PATH` with the sbin directories a non-login root may lack:
-/// the reference plugins run `iptables` for `ipMasq`.
-fn search_path() -> OsString {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect())
-        .unwrap_or_default();
-    for extra in ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        if !dirs.iter().any(|d| d == Path::new(extra)) {
-            dirs.push(PathBuf::from(extra));
-        }
-    }
-    std::env::join_paths(dirs).unwrap_or_default()
-}
-
-/// A pod namespace attached by ADD; DEL (with the ADD result as
-/// `prevResult`) runs on [`Attachment::del`] or when dropped.
-pub struct Attachment<'n> {
-    network: &'n PluginNode,
-    container_id: String,
-    netns: PathBuf,
-    result: Value,
-    addr: IpAddr,
-    add_time: Duration,
-    deleted: bool,
-}
+/// A pod namespace attached by the node's own plugin alone (a chain of
+/// one, with the node's config); DEL (with the ADD result as `prevResult`)
+/// runs on [`Attachment::del`] or when dropped.
+pub struct Attachment<'n>(ChainPod<'n>);
 
 impl<'n> Attachment<'n> {
     pub fn add(network: &'n PluginNode, pod: &Netns) -> Result<Self> {
-        let container_id = names::unique("bench");
-        let output = network.call("ADD", &container_id, pod.path(), &network.conf)?;
-        if !output.success() {
-            bail!("ADD into {} failed: {}", pod.name(), output.describe());
-        }
-        let result: Value = serde_json::from_str(&output.stdout)
-            .with_context(|| format!("ADD result is not JSON: {}", output.stdout))?;
-        // From here on the drop deletes what ADD made, whatever fails next.
-        let mut attachment = Self {
-            network,
-            container_id,
-            netns: pod.path().to_path_buf(),
-            result,
-            addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            add_time: output.elapsed,
-            deleted: false,
-        };
-        attachment.addr = first_address(&attachment.result)?;
-        Ok(attachment)
+        ChainPod::add(network, &Chain::new(network, json!({})), pod).map(Self)
     }
 
     /// The pod's first address from the ADD result, of either family.
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.0.addr()
     }
 
     /// How long ADD took, spawn to exit.
     pub fn add_time(&self) -> Duration {
-        self.add_time
+        self.0.add_time()
     }
 
     /// DEL; returns how long it took.
-    pub fn del(mut self) -> Result<Duration> {
-        self.delete()
+    pub fn del(self) -> Result<Duration> {
+        self.0.del()
     }
-
-    fn delete(&mut self) -> Result<Duration> {
-        let mut conf = self.network.conf.clone();
-        conf["prevResult"] = self.result.clone();
-        let output = self
-            .network
-            .call("DEL", &self.container_id, &self.netns, &conf)?;
-        // Whatever DEL said, a second one from the drop would not help.
-        self.deleted = true;
-        if !output.success() {
-            bail!("DEL of {} failed: {}", self.container_id, output.describe());
-        }
-        Ok(output.elapsed)
-    }
-}
-
-impl Drop for Attachment<'_> {
-    fn drop(&mut self) {
-        if !self.deleted
-            && let Err(e) = self.delete()
-        {
-            eprintln!("[bench] {e:#}");
-        }
-    }
-}
-
-/// `ips[0].address` of a result, without the prefix length.
-fn first_address(result: &Value) -> Result<IpAddr> {
-    let address = result["ips"][0]["address"]
-        .as_str()
-        .ok_or_else(|| anyhow!("ADD result without ips[0].address: {result}"))?;
-    let ip = address.split_once('/').map_or(address, |(ip, _)| ip);
-    ip.parse()
-        .with_context(|| format!("ips[0].address {address:?}"))
 }

@@ -6,16 +6,20 @@
 //! the sum of the calls, spawn to exit.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use cni_ebpf_tests::{Netns, ext::with_keys, names};
 use serde_json::{Value, json};
 
-use crate::cni::{CNI_PATH, NETWORK, PluginNode};
+use crate::{
+    Netns,
+    conf::with_keys,
+    names,
+    plugin_node::{CNI_PATH, NETWORK, PluginNode},
+};
 
 /// The version of every chain: Debian's reference plugins stop at 1.0.0.
 pub const CHAIN_VERSION: &str = "1.0.0";
@@ -56,7 +60,7 @@ pub struct ChainPod<'n> {
     container_id: String,
     netns: PathBuf,
     result: Value,
-    ip: Ipv4Addr,
+    addr: IpAddr,
     add_time: Duration,
     deleted: bool,
 }
@@ -69,7 +73,7 @@ impl<'n> ChainPod<'n> {
             container_id: names::unique("bench"),
             netns: pod.path().to_path_buf(),
             result: Value::Null,
-            ip: Ipv4Addr::UNSPECIFIED,
+            addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             add_time: Duration::ZERO,
             // Nothing to delete until the first ADD succeeded.
             deleted: true,
@@ -100,12 +104,21 @@ impl<'n> ChainPod<'n> {
             attached.result = serde_json::from_str(&output.stdout)
                 .with_context(|| format!("ADD result is not JSON: {}", output.stdout))?;
         }
-        attached.ip = first_ipv4(&attached.result)?;
+        attached.addr = first_address(&attached.result)?;
         Ok(attached)
     }
 
+    /// The pod's first address from the ADD result, of either family.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The pod's IPv4 address: what the chained scenarios, IPv4 only, use.
     pub fn ip(&self) -> Ipv4Addr {
-        self.ip
+        match self.addr {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(ip) => panic!("{ip}: the chained scenarios run over IPv4 only"),
+        }
     }
 
     /// The chain's ADD time, summed over its plugins.
@@ -180,7 +193,8 @@ impl<'n> ChainedPod<'n> {
     }
 }
 
-fn first_ipv4(result: &Value) -> Result<Ipv4Addr> {
+/// `ips[0].address` of a result, without the prefix length.
+fn first_address(result: &Value) -> Result<IpAddr> {
     let address = result["ips"][0]["address"]
         .as_str()
         .ok_or_else(|| anyhow!("ADD result without ips[0].address: {result}"))?;
