@@ -114,7 +114,10 @@ impl<'n> PodPair<'n> {
                 server: attached_pod(contender, node)?,
             },
         };
-        if !traffic::ping(pair.client.netns(), pair.server.ip(), 2) {
+        // A fresh IPv6 veth can take a second to resolve its first
+        // neighbour (the first solicitation goes unanswered): a few tries.
+        let reached = (0..3).any(|_| traffic::ping(pair.client.netns(), pair.server.ip(), 2));
+        if !reached {
             bail!(
                 "{}: client pod {} does not reach server pod {}",
                 contender.name(),
@@ -195,9 +198,9 @@ pub fn join_by_veth(client: &Netns, server: &Netns, client_cidr: &str, server_ci
         // IPv6 without duplicate address detection, like the plugins' pods.
         if cidr.contains(':') {
             ns.ip(&["addr", "add", cidr, "dev", "eth0", "nodad"]);
-            continue;
+        } else {
+            ns.ip(&["addr", "add", cidr, "dev", "eth0"]);
         }
-        ns.ip(&["addr", "add", cidr, "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
     }
 }
