@@ -58,7 +58,8 @@ const USAGE: &str = "usage: cni-ebpf-bench [--quick] [--scenario NAME]...
                    tcp, rr, crr, plugin, churn, masq, services, hostport,
                    bandwidth, cross-node, bigtcp, scale, xdp
   --ipv6           pods addressed over IPv6 only (each contender a /64):
-                   tcp, crr and plugin (sockperf 3.7 has no IPv6, so no rr)
+                   tcp, crr and plugin (sockperf 3.7 has no IPv6, so no rr),
+                   limit, cni-ebpf and bridge (no ptp)
 
 Needs root. Reads the binaries from $CNI_EBPF_BIN_DIR (set by `cargo xtask
 bench`) and writes target/bench/results.{md,json} and throughput.svg.";
@@ -396,6 +397,9 @@ fn run(options: &Options) -> Result<bool> {
     let nodes: Vec<(Contender, Option<PluginNode>)> = if needs_pairs {
         Contender::ALL
             .into_iter()
+            // ptp's IPv6 pods did not reach each other right after ADD here
+            // (not investigated): over IPv6 the reference is bridge.
+            .filter(|c| options.family == Family::V4 || *c != Contender::Ptp)
             .map(|c| Ok((c, topology::plugin_node(c, options.family)?)))
             .collect::<Result<_>>()?
     } else {

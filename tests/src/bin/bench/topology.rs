@@ -120,7 +120,10 @@ impl<'n> PodPair<'n> {
                 server: attached_pod(contender, node)?,
             },
         };
-        if !traffic::ping(pair.client.netns(), pair.server.ip(), 2) {
+        // A fresh IPv6 veth can take a second to resolve its first
+        // neighbour (the first solicitation goes unanswered): a few tries.
+        let reached = (0..3).any(|_| traffic::ping(pair.client.netns(), pair.server.ip(), 2));
+        if !reached {
             bail!(
                 "{}: client pod {} does not reach server pod {}",
                 contender.name(),
