@@ -11,12 +11,13 @@
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::TcContext};
 use cni_ebpf_common::{
-    CtState, DropReason, FlowKey, HostPortFlow, HostPortKey, IPPROTO_TCP, IPPROTO_UDP, IpKey,
+    CtState, DropReason, FlowKey, HostPortFlow, HostPortKey, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
-    headers::{IPV4_DST_OFF, IPV4_SRC_OFF, TCP_FIN, TCP_RST, TCP_SYN, v4},
-    l4::{Transport, rewrite_addr, rewrite_port},
+    family::Addr,
+    headers::{TCP_FIN, TCP_RST, TCP_SYN},
+    l4::{Transport, rewrite_port},
     maps::{HOST_PORT_CT, HOST_PORTS},
 };
 
@@ -32,38 +33,38 @@ fn state_of(t: &Transport) -> u8 {
 /// Rewrites a packet for `dst:t.dst_port` to the pod publishing it; the
 /// pod's address when it did.
 #[inline(never)]
-pub fn to_pod(
+pub fn to_pod<A: Addr>(
     ctx: &TcContext,
-    src: [u8; 4],
-    dst: [u8; 4],
+    src: A,
+    dst: A,
     t: &Transport,
-) -> Result<Option<[u8; 4]>, DropReason> {
+) -> Result<Option<A>, DropReason> {
     if t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP {
         return Ok(None);
     }
-    let mut key = HostPortKey {
-        host_addr: IpKey::v4(dst).addr,
+    let key = HostPortKey {
+        host_addr: dst.key(),
         port: t.dst_port,
         proto: t.proto,
-        _pad: 0,
+        wildcard: 0,
     };
     // SAFETY: copied out at once.
     let target = match unsafe { HOST_PORTS.get(&key) }.copied() {
         Some(target) => target,
         None => {
-            key.host_addr = [0; 16];
+            let any = HostPortKey::any(A::V6, t.dst_port, t.proto);
             // SAFETY: copied out at once.
-            match unsafe { HOST_PORTS.get(&key) }.copied() {
+            match unsafe { HOST_PORTS.get(&any) }.copied() {
                 Some(target) => target,
                 None => return Ok(None),
             }
         }
     };
-    let pod = v4(&target.pod_addr);
+    let pod = A::from_key(&target.pod_addr);
     let hairpin = src == pod;
     let reply = FlowKey {
         src: target.pod_addr,
-        dst: IpKey::v4(if hairpin { dst } else { src }).addr,
+        dst: if hairpin { dst } else { src }.key(),
         src_port: target.pod_port,
         dst_port: t.src_port,
         proto: t.proto,
@@ -72,8 +73,8 @@ pub fn to_pod(
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let flow = HostPortFlow {
-        host_addr: IpKey::v4(dst).addr,
-        client_addr: IpKey::v4(src).addr,
+        host_addr: dst.key(),
+        client_addr: src.key(),
         host_port: t.dst_port,
         client_port: t.src_port,
         state: state_of(t),
@@ -99,10 +100,10 @@ pub fn to_pod(
             let _ = HOST_PORT_CT.insert(&reply, &flow, 0);
         }
     }
-    rewrite_addr(ctx, t, IPV4_DST_OFF, dst, pod)?;
+    A::rewrite(ctx, t, A::DST_OFF, dst, pod)?;
     rewrite_port(ctx, t, t.dst_port_offset(), t.dst_port, target.pod_port)?;
     if hairpin {
-        rewrite_addr(ctx, t, IPV4_SRC_OFF, src, dst)?;
+        A::rewrite(ctx, t, A::SRC_OFF, src, dst)?;
     }
     Ok(Some(pod))
 }
@@ -111,18 +112,18 @@ pub fn to_pod(
 /// back to the published address and port; the client's address when it
 /// did (differs from `dst` only for hairpin).
 #[inline(never)]
-pub fn from_pod(
+pub fn from_pod<A: Addr>(
     ctx: &TcContext,
-    src: [u8; 4],
-    dst: [u8; 4],
+    src: A,
+    dst: A,
     t: &Transport,
-) -> Result<Option<[u8; 4]>, DropReason> {
+) -> Result<Option<A>, DropReason> {
     if t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP {
         return Ok(None);
     }
     let key = FlowKey {
-        src: IpKey::v4(src).addr,
-        dst: IpKey::v4(dst).addr,
+        src: src.key(),
+        dst: dst.key(),
         src_port: t.src_port,
         dst_port: t.dst_port,
         proto: t.proto,
@@ -143,12 +144,12 @@ pub fn from_pod(
         }
         *flow
     };
-    let host = v4(&flow.host_addr);
-    let client = v4(&flow.client_addr);
-    rewrite_addr(ctx, t, IPV4_SRC_OFF, src, host)?;
+    let host = A::from_key(&flow.host_addr);
+    let client = A::from_key(&flow.client_addr);
+    A::rewrite(ctx, t, A::SRC_OFF, src, host)?;
     rewrite_port(ctx, t, t.src_port_offset(), t.src_port, flow.host_port)?;
     if client != dst {
-        rewrite_addr(ctx, t, IPV4_DST_OFF, dst, client)?;
+        A::rewrite(ctx, t, A::DST_OFF, dst, client)?;
     }
     Ok(Some(client))
 }

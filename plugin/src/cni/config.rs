@@ -9,7 +9,7 @@
 //! No other module reads a key from the JSON; `raw` is kept only to be
 //! forwarded whole (a delegated IPAM plugin reads the config on its stdin).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use cni_ebpf_userspace::AttachMode;
@@ -153,10 +153,14 @@ struct AttachmentKeys {
 struct AddKeys {
     attach_mode: Option<String>,
     ip_masq: Option<bool>,
+    #[serde(rename = "ipMasqV6")]
+    ip_masq_v6: Option<bool>,
     #[serde(rename = "nonMasqueradeCIDRs")]
     non_masquerade_cidrs: Option<Vec<IpNet>>,
     uplink: Option<String>,
     masquerade_address: Option<Ipv4Addr>,
+    #[serde(rename = "masqueradeAddressV6")]
+    masquerade_address_v6: Option<Ipv6Addr>,
     node_routes: Option<Vec<NodeRoute>>,
     nat_port_range: Option<String>,
     #[serde(rename = "serviceCIDRs")]
@@ -427,9 +431,11 @@ impl AddKeys {
             attach_mode,
             uplink: UplinkConf {
                 masquerade: self.ip_masq.unwrap_or(false),
+                masquerade_v6: self.ip_masq_v6.or(self.ip_masq).unwrap_or(false),
                 no_masquerade: self.non_masquerade_cidrs.unwrap_or_default(),
                 uplink: self.uplink,
                 masquerade_address: self.masquerade_address,
+                masquerade_address_v6: self.masquerade_address_v6,
                 node_routes: self.node_routes.unwrap_or_default(),
                 nat_ports,
                 service_cidrs: self.service_cidrs.unwrap_or_default(),
@@ -466,21 +472,15 @@ fn port_requests(entries: Vec<PortMappingKeys>) -> CniResult<Vec<HostPortRequest
                 ));
             }
         };
-        // Empty (containerd's and CRI-O's "unset"): every node address.
+        // Empty (containerd's and CRI-O's "unset"): every node address of
+        // every family the pod has; `0.0.0.0` / `::`: every one of that
+        // family (kept as such, see `HostPortRequest::host_ip`).
         let host_ip = match entry.host_ip.as_deref() {
-            None | Some("" | "0.0.0.0") => None,
-            Some(text) => {
-                let ip: IpAddr = text
-                    .parse()
-                    .map_err(|e| invalid_field(&field("hostIP"), e))?;
-                if ip.is_ipv6() {
-                    return Err(invalid_field(
-                        &field("hostIP"),
-                        "IPv6 host ports are not supported yet",
-                    ));
-                }
-                Some(ip)
-            }
+            None | Some("") => None,
+            Some(text) => Some(
+                text.parse::<IpAddr>()
+                    .map_err(|e| invalid_field(&field("hostIP"), e))?,
+            ),
         };
         for (name, port) in [
             ("hostPort", entry.host_port),
