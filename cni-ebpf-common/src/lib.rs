@@ -92,6 +92,31 @@ pub mod wire {
     pub const ICMP_ECHO_REQUEST: u8 = 8;
     pub const ICMP_TIME_EXCEEDED: u8 = 11;
     pub const ICMP_PARAMETER_PROBLEM: u8 = 12;
+
+    /// The IPv6 header (no extension headers follow it in what the
+    /// datapath builds or answers).
+    pub const IPV6_LEN: usize = 40;
+    pub const IPV6_SRC_OFF: usize = ETH_LEN + 8;
+    pub const IPV6_DST_OFF: usize = ETH_LEN + 24;
+    pub const IPPROTO_ICMPV6: u8 = 58;
+
+    /// Neighbor discovery (RFC 4861) message types.
+    pub const ND_ROUTER_SOLICIT: u8 = 133;
+    pub const ND_ROUTER_ADVERT: u8 = 134;
+    pub const ND_NEIGHBOR_SOLICIT: u8 = 135;
+    pub const ND_NEIGHBOR_ADVERT: u8 = 136;
+    pub const ND_REDIRECT: u8 = 137;
+    /// Options: source and target link-layer address.
+    pub const ND_OPT_SOURCE_LL: u8 = 1;
+    pub const ND_OPT_TARGET_LL: u8 = 2;
+    /// Neighbor advertisement flags (first byte after the checksum):
+    /// router, solicited, override.
+    pub const ND_NA_ROUTER: u8 = 0x80;
+    pub const ND_NA_SOLICITED: u8 = 0x40;
+    pub const ND_NA_OVERRIDE: u8 = 0x20;
+    /// A neighbor solicitation or advertisement with one link-layer address
+    /// option: type, code, checksum, flags, target, option.
+    pub const ND_NA_LEN: usize = 32;
 }
 
 /// Endpoints the node can hold: one entry per pod address.
@@ -145,6 +170,33 @@ impl IpKey {
         match ip {
             core::net::IpAddr::V4(v4) => Self::v4(v4.octets()),
             core::net::IpAddr::V6(v6) => Self::v6(v6.octets()),
+        }
+    }
+
+    /// The IPv6 link-local address the kernel gives an interface with `mac`
+    /// (modified EUI-64, `addr_gen_mode` 0): the key under which a pod's
+    /// link-local traffic finds its endpoint.
+    pub const fn link_local(mac: [u8; 6]) -> Self {
+        let [a, b, c, d, e, f] = mac;
+        Self {
+            addr: [
+                0xfe,
+                0x80,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                a ^ 0x02,
+                b,
+                c,
+                0xff,
+                0xfe,
+                d,
+                e,
+                f,
+            ],
         }
     }
 
@@ -513,10 +565,14 @@ pub enum DropReason {
     /// Arrived on the uplink to be routed on, on a node that forwards only
     /// for its pods and services.
     Transit = 11,
+    /// Neighbor discovery a pod may not send: an advertisement for an
+    /// address that is not its own, a link-layer address option that is
+    /// not its MAC, a router advertisement or a redirect.
+    SpoofedNd = 12,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Malformed,
         DropReason::UnknownSource,
         DropReason::SpoofedSource,
@@ -529,6 +585,7 @@ impl DropReason {
         DropReason::RewriteFailed,
         DropReason::RateLimited,
         DropReason::Transit,
+        DropReason::SpoofedNd,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -545,6 +602,7 @@ impl DropReason {
             DropReason::RewriteFailed => "rewrite-failed",
             DropReason::RateLimited => "rate-limited",
             DropReason::Transit => "transit",
+            DropReason::SpoofedNd => "spoofed-nd",
         }
     }
 
@@ -580,10 +638,12 @@ pub enum Verdict {
     ToNetfilter = 7,
     /// Sent into the VXLAN tunnel towards another node.
     Tunneled = 8,
+    /// Neighbor solicitation answered on behalf of the gateway (IPv6's ARP).
+    NdReply = 9,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 9] = [
+    pub const ALL: [Verdict; 10] = [
         Verdict::LocalDelivery,
         Verdict::ToStack,
         Verdict::ArpReply,
@@ -593,6 +653,7 @@ impl Verdict {
         Verdict::NatReply,
         Verdict::ToNetfilter,
         Verdict::Tunneled,
+        Verdict::NdReply,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -606,6 +667,7 @@ impl Verdict {
             Verdict::NatReply => "nat-reply",
             Verdict::ToNetfilter => "to-netfilter",
             Verdict::Tunneled => "tunneled",
+            Verdict::NdReply => "nd-reply",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `from_pod`: tc ingress of every host-side veth, i.e. everything a pod
 //! sends. Anti-spoofing first, then local delivery straight into the
 //! destination pod with `bpf_redirect_peer`, ARP for the gateway answered
-//! here; traffic for other nodes and the outside leaves through the uplink
+//! here (and neighbor solicitations for it, in `ndp`); traffic for other nodes and the outside leaves through the uplink
 //! (masqueraded unless its destination is a cluster CIDR), and everything
 //! else is handed to the node's stack.
 
@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use cni_ebpf_common::{
     Direction, DropReason, ENDPOINT_F_HOST_PORTS, ENDPOINT_F_NETFILTER_FLOWS, Endpoint, IpKey,
-    NODE_F_MASQUERADE, Verdict,
+    NODE_F_MASQUERADE, PEER_F_TUNNEL, Verdict,
 };
 
 use crate::{
@@ -22,12 +22,14 @@ use crate::{
     forward::out_of_uplink,
     headers::{
         ARP_HTYPE_ETHERNET, ARP_REPLY, ARP_REQUEST, ArpEthIpv4, ETH_LEN, ETH_P_ARP, ETH_P_IP,
-        ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, pull_headers,
+        ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, ipv6_decrease_hop_limit,
+        ipv6_link_scoped, pull_headers,
     },
     host_ports, l4,
     log::log_drop,
-    maps::{ENDPOINTS, NO_MASQ, NODE_ADDRS, NODE_CONFIG},
+    maps::{ENDPOINTS, NO_MASQ, NODE_ADDRS, NODE_CONFIG, PEERS, SERVICES},
     nat::snat,
+    ndp,
     netfilter::{self, to_netfilter},
     rate::{Way, charge},
     tunnel,
@@ -56,7 +58,10 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     match ether_type {
         ETH_P_IP => ipv4(ctx, eth),
         ETH_P_ARP => arp(ctx, eth),
-        ETH_P_IPV6 => ipv6(ctx),
+        ETH_P_IPV6 => match ndp::message_type(ctx) {
+            Some(kind) => ndp::from_pod(ctx, kind),
+            None => ipv6(ctx, eth),
+        },
         _ => Err(DropReason::UnsupportedL3),
     }
 }
@@ -280,18 +285,74 @@ fn arp(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     Ok(unsafe { bpf_redirect(endpoint.ifindex, 0) } as i32)
 }
 
-/// IPv6 forwarding is not built yet: link-local control traffic (neighbour
-/// and router discovery, and DAD/MLD sent from `::`) may reach the node,
-/// anything else is dropped and counted.
-fn ipv6(ctx: &TcContext) -> Result<i32, DropReason> {
+/// IPv6 from a pod: anti-spoofing (neighbor discovery included), local
+/// delivery with `bpf_redirect_peer`, and out of the uplink natively; what
+/// the IPv4 path translates in BPF and IPv6 does not yet (masquerade, host
+/// ports, services, the overlay) is handed to the node's stack. Not inlined:
+/// the IPv4 path keeps its own stack frame.
+#[inline(never)]
+fn ipv6(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     let ip: *mut Ipv6Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
     // SAFETY: bounds-checked.
-    let src = unsafe { (*ip).saddr };
+    let (src, dst, hop_limit, eth_src) =
+        unsafe { ((*ip).saddr, (*ip).daddr, (*ip).hop_limit, (*eth).src) };
     let link_local = src[0] == 0xfe && (src[1] & 0xc0) == 0x80;
-    let unspecified = src == [0u8; 16];
-    if !link_local && !unspecified {
-        return Err(DropReason::UnsupportedL3);
+    if src == [0u8; 16] || (link_local && ENDPOINTS.get_ptr(&IpKey::v6(src)).is_none()) {
+        // `::` (early MLD) and the link-local addresses of pods without
+        // IPv6 belong to no endpoint: the node's own business.
+        return to_stack(ctx);
     }
-    count_verdict(Verdict::ToStack, ctx.len());
-    Ok(TC_ACT_OK)
+    let me = sender(ctx, IpKey::v6(src), &eth_src, DropReason::SpoofedSource)?;
+    charge(ctx, &me, Way::Egress)?;
+    count_endpoint(me.ifindex, Direction::FromPod, ctx.len());
+    if ipv6_link_scoped(&dst) {
+        return to_stack(ctx);
+    }
+    // SAFETY: copied out at once.
+    let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v6(dst)) }).copied() else {
+        return leave_node_v6(ctx, ip, dst, hop_limit);
+    };
+    if hop_limit <= 1 {
+        // The stack answers with ICMPv6 time exceeded.
+        return to_stack(ctx);
+    }
+    ipv6_decrease_hop_limit(ip);
+    // SAFETY: bounds-checked; nothing above changed the packet's length.
+    unsafe {
+        (*eth).dst = target.pod_mac;
+        (*eth).src = target.host_mac;
+    }
+    deliver_to_pod(ctx, &target)
+}
+
+/// IPv6 to another node's pods and the outside: out of the uplink as the
+/// node routes it. The node's own addresses go to the stack, and so does
+/// what would need a translation or the tunnel, which IPv6 lacks here.
+fn leave_node_v6(
+    ctx: &TcContext,
+    ip: *mut Ipv6Hdr,
+    dst: [u8; 16],
+    hop_limit: u8,
+) -> Result<i32, DropReason> {
+    let Some(cfg) = NODE_CONFIG.get(0).copied() else {
+        return to_stack(ctx);
+    };
+    if cfg.uplink_ifindex == 0 || hop_limit <= 1 || NODE_ADDRS.get_ptr(&IpKey::v6(dst)).is_some() {
+        return to_stack(ctx);
+    }
+    let key = Key::new(128, dst);
+    if netfilter::enabled(&cfg) && SERVICES.get(&key).is_some() {
+        return Ok(to_netfilter(ctx));
+    }
+    let tunneled = PEERS
+        .get(&key)
+        .is_some_and(|peer| peer.flags & PEER_F_TUNNEL != 0);
+    let masquerade = cfg.flags & NODE_F_MASQUERADE != 0 && NO_MASQ.get(&key).is_none();
+    if tunneled || masquerade {
+        return to_stack(ctx);
+    }
+    ipv6_decrease_hop_limit(ip);
+    let action = out_of_uplink(ctx, &cfg)?;
+    count_verdict(Verdict::Forwarded, ctx.len());
+    Ok(action)
 }

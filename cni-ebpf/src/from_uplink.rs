@@ -18,7 +18,8 @@ use crate::{
     counters::{count_drop, count_verdict},
     from_pod::deliver_to_pod,
     headers::{
-        ETH_LEN, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, ipv4_headers, pull_headers,
+        ETH_LEN, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, ipv4_headers,
+        ipv6_decrease_hop_limit, ipv6_headers, ipv6_link_scoped, pull_headers,
     },
     host_ports, l4,
     log::log_drop,
@@ -44,7 +45,7 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     pull_headers(ctx, HEADERS_LEN);
     let Some((_, ip)) = ipv4_headers(ctx) else {
-        return Ok(TC_ACT_OK);
+        return ipv6(ctx);
     };
     // SAFETY: bounds-checked.
     let (src, dst, ttl) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).ttl) };
@@ -97,6 +98,32 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     let eth: *mut EthHdr = header(ctx, 0).ok_or(DropReason::Malformed)?;
     ipv4_decrease_ttl(ip);
+    // SAFETY: bounds-checked.
+    unsafe {
+        (*eth).dst = target.pod_mac;
+        (*eth).src = target.host_mac;
+    }
+    deliver_to_pod(ctx, &target)
+}
+
+/// IPv6 for a pod of this node (from another node's pod, or the outside
+/// when the pod's address is routed to the node): straight into the pod.
+/// IPv6 has no masquerade or host ports here, so everything else is the
+/// node's own.
+fn ipv6(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Some((eth, ip)) = ipv6_headers(ctx) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: bounds-checked.
+    let (dst, hop_limit) = unsafe { ((*ip).daddr, (*ip).hop_limit) };
+    if ipv6_link_scoped(&dst) || hop_limit <= 1 {
+        return Ok(TC_ACT_OK);
+    }
+    // SAFETY: copied out at once.
+    let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v6(dst)) }).copied() else {
+        return Ok(TC_ACT_OK);
+    };
+    ipv6_decrease_hop_limit(ip);
     // SAFETY: bounds-checked.
     unsafe {
         (*eth).dst = target.pod_mac;

@@ -7,8 +7,10 @@ use aya_ebpf::programs::TcContext;
 pub use cni_ebpf_common::wire::{
     ARP_HTYPE_ETHERNET, ARP_REPLY, ARP_REQUEST, ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
     ICMP_CSUM_OFF, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROBLEM,
-    ICMP_TIME_EXCEEDED, IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, TCP_ACK, TCP_CSUM_OFF, TCP_FIN,
-    TCP_RST, TCP_SYN, UDP_CSUM_OFF,
+    ICMP_TIME_EXCEEDED, IPPROTO_ICMPV6, IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV6_LEN,
+    ND_NA_LEN, ND_NA_OVERRIDE, ND_NA_ROUTER, ND_NA_SOLICITED, ND_NEIGHBOR_ADVERT,
+    ND_NEIGHBOR_SOLICIT, ND_OPT_SOURCE_LL, ND_OPT_TARGET_LL, ND_REDIRECT, ND_ROUTER_ADVERT,
+    TCP_ACK, TCP_CSUM_OFF, TCP_FIN, TCP_RST, TCP_SYN, UDP_CSUM_OFF,
 };
 
 #[repr(C)]
@@ -57,7 +59,29 @@ pub struct ArpEthIpv4 {
     pub tpa: [u8; 4],
 }
 
+/// A neighbor solicitation or advertisement up to its target address.
+#[repr(C)]
+pub struct NdMsg {
+    pub kind: u8,
+    pub code: u8,
+    pub check: u16,
+    /// Advertisement flags in the first byte; reserved in a solicitation.
+    pub flags: [u8; 4],
+    pub target: [u8; 16],
+}
+
+/// A link-layer address option of neighbor discovery on Ethernet.
+#[repr(C)]
+pub struct NdLinkOpt {
+    pub kind: u8,
+    /// In units of 8 bytes: 1.
+    pub len: u8,
+    pub mac: [u8; 6],
+}
+
 const _: () = assert!(core::mem::size_of::<EthHdr>() == ETH_LEN);
+const _: () =
+    assert!(core::mem::size_of::<NdMsg>() + core::mem::size_of::<NdLinkOpt>() == ND_NA_LEN);
 const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == 20);
 const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == 40);
 const _: () = assert!(core::mem::size_of::<ArpEthIpv4>() == 28);
@@ -83,6 +107,32 @@ pub fn ipv4_headers(ctx: &TcContext) -> Option<(*mut EthHdr, *mut Ipv4Hdr)> {
         return None;
     }
     Some((eth, header(ctx, ETH_LEN)?))
+}
+
+/// The Ethernet and IPv6 headers of an IPv6 frame, bounds-checked.
+#[inline(always)]
+pub fn ipv6_headers(ctx: &TcContext) -> Option<(*mut EthHdr, *mut Ipv6Hdr)> {
+    let eth: *mut EthHdr = header(ctx, 0)?;
+    // SAFETY: bounds-checked.
+    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IPV6 {
+        return None;
+    }
+    Some((eth, header(ctx, ETH_LEN)?))
+}
+
+/// Link-local unicast (`fe80::/10`) or multicast (`ff00::/8`): addresses
+/// that never leave the link, so the datapath never forwards to them.
+#[inline(always)]
+pub fn ipv6_link_scoped(addr: &[u8; 16]) -> bool {
+    addr[0] == 0xff || (addr[0] == 0xfe && (addr[1] & 0xc0) == 0x80)
+}
+
+/// Decrement the hop limit: IPv6 has no header checksum, and the transport
+/// checksums do not cover it.
+#[inline(always)]
+pub fn ipv6_decrease_hop_limit(ip: *mut Ipv6Hdr) {
+    // SAFETY: `ip` was bounds-checked by `header`.
+    unsafe { (*ip).hop_limit -= 1 }
 }
 
 /// Make sure the first `len` bytes are in the linear area (or the packet is

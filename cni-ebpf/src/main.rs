@@ -28,6 +28,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod nat;
 #[cfg(target_arch = "bpf")]
+mod ndp;
+#[cfg(target_arch = "bpf")]
 mod netfilter;
 #[cfg(target_arch = "bpf")]
 mod pacing;

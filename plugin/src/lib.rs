@@ -7,6 +7,7 @@ pub mod commands;
 pub mod error;
 pub mod host_ports;
 pub mod ipam;
+pub mod ipv6;
 pub mod logging;
 pub mod names;
 pub mod netlink;

@@ -172,16 +172,22 @@ impl Netlink {
     }
 
     /// Adds `address` without the prefix route: the pod reaches everything,
-    /// its own subnet included, through the gateway.
+    /// its own subnet included, through the gateway. IPv6 addresses skip
+    /// duplicate address detection (IPAM made the address unique), so they
+    /// are usable at once instead of after DAD's second.
     pub async fn add_address(&self, index: u32, address: IpNet) -> CniResult<()> {
         let mut request = self
             .handle
             .address()
             .add(index, address.addr(), address.prefix_len());
+        let mut flags = AddressFlags::Noprefixroute;
+        if address.addr().is_ipv6() {
+            flags |= AddressFlags::Nodad;
+        }
         request
             .message_mut()
             .attributes
-            .push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+            .push(AddressAttribute::Flags(flags));
         request
             .execute()
             .await

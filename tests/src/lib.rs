@@ -16,6 +16,7 @@ pub mod cri;
 pub mod echo;
 pub mod etcd;
 pub mod ext;
+pub mod family;
 pub mod firewall;
 pub mod hash;
 pub mod hostports;
@@ -31,6 +32,7 @@ pub mod spec;
 pub mod traffic;
 
 pub use bpffs::Bpffs;
+pub use family::Family;
 pub use netns::{Netns, NsCommand};
 pub use node::{ConfBuilder, Ext, Node};
 pub use plugin::{CniOutput, CniRequest, Plugin};

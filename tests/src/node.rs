@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::{
-    binaries,
+    Family, binaries,
     bpffs::Bpffs,
     links,
     netns::Netns,
@@ -25,6 +25,9 @@ use crate::{
 pub const DEFAULT_NETWORK: &str = "testnet";
 /// The pod subnet [`Node::conf`] uses unless told otherwise.
 pub const DEFAULT_SUBNET: &str = "10.244.1.0/24";
+/// The IPv6 pod subnet of [`ConfBuilder::family`] and
+/// [`ConfBuilder::dual_stack`].
+pub const DEFAULT_SUBNET_V6: &str = "fd00:10:244:1::/64";
 /// The spec version [`Node::conf`] uses unless told otherwise.
 pub const DEFAULT_CNI_VERSION: &str = "1.0.0";
 
@@ -117,6 +120,7 @@ impl Node {
             cni_version: DEFAULT_CNI_VERSION.to_string(),
             name: DEFAULT_NETWORK.to_string(),
             subnet: DEFAULT_SUBNET.to_string(),
+            second_subnet: None,
             range: None,
             mtu: 1500,
             bpffs_root: self.bpffs_root.clone(),
@@ -137,6 +141,11 @@ impl Node {
     /// A pod on the default network; panics if ADD fails.
     pub fn add_pod(&self) -> Pod<'_> {
         self.add_pod_with(self.conf().build())
+    }
+
+    /// A pod on the default network of `family` alone; panics if ADD fails.
+    pub fn add_pod_of(&self, family: Family) -> Pod<'_> {
+        self.add_pod_with(self.conf().family(family).build())
     }
 
     /// A pod attached with `conf`; panics if ADD fails.
@@ -218,25 +227,46 @@ impl Node {
     }
 
     /// A veth from this node to a new `ext` namespace, addressed
-    /// `10.250.0.1/24` (node) and `10.250.0.2/24` (ext): gives the node an
-    /// address of its own, as a real node's uplink does.
+    /// `10.250.0.1/24` and `fd00:250::1/64` (node), `10.250.0.2/24` and
+    /// `fd00:250::2/64` (ext): gives the node addresses of its own, as a
+    /// real node's uplink does.
     pub fn add_uplink(&self) -> Ext {
         let ext = Netns::with_loopback("ext");
         let node_ip = Ipv4Addr::new(10, 250, 0, 1);
         let ext_ip = Ipv4Addr::new(10, 250, 0, 2);
+        let node_ip6 = Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 1);
+        let ext_ip6 = Ipv6Addr::new(0xfd00, 0x250, 0, 0, 0, 0, 0, 2);
         let ext_path = ext.path().to_string_lossy().into_owned();
         self.netns.ip(&[
             "link", "add", "uplink", "type", "veth", "peer", "name", "eth0", "netns", &ext_path,
         ]);
         self.netns
             .ip(&["addr", "add", &format!("{node_ip}/24"), "dev", "uplink"]);
+        self.netns.ip(&[
+            "addr",
+            "add",
+            &format!("{node_ip6}/64"),
+            "dev",
+            "uplink",
+            "nodad",
+        ]);
         self.netns.ip(&["link", "set", "uplink", "up"]);
         ext.ip(&["addr", "add", &format!("{ext_ip}/24"), "dev", "eth0"]);
+        ext.ip(&[
+            "addr",
+            "add",
+            &format!("{ext_ip6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
         ext.ip(&["link", "set", "eth0", "up"]);
         Ext {
             netns: ext,
             node_ip,
             ext_ip,
+            node_ip6,
+            ext_ip6,
         }
     }
 }
@@ -261,6 +291,26 @@ pub struct Ext {
     pub node_ip: Ipv4Addr,
     /// This namespace's address.
     pub ext_ip: Ipv4Addr,
+    pub node_ip6: Ipv6Addr,
+    pub ext_ip6: Ipv6Addr,
+}
+
+impl Ext {
+    /// The node's uplink address of `family`.
+    pub fn node_addr(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.node_ip.into(),
+            Family::V6 => self.node_ip6.into(),
+        }
+    }
+
+    /// This namespace's address of `family`.
+    pub fn ext_addr(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.ext_ip.into(),
+            Family::V6 => self.ext_ip6.into(),
+        }
+    }
 }
 
 /// The plugin's network config, with this node's directories.
@@ -269,6 +319,8 @@ pub struct ConfBuilder {
     cni_version: String,
     name: String,
     subnet: String,
+    /// A second range set (of the other family, for dual stack).
+    second_subnet: Option<String>,
     range: Option<(String, String)>,
     mtu: u32,
     bpffs_root: PathBuf,
@@ -292,6 +344,19 @@ impl ConfBuilder {
         self
     }
 
+    /// The one range set from `family`'s subnet.
+    pub fn family(self, family: Family) -> Self {
+        self.subnet(family.subnet())
+    }
+
+    /// Two range sets, the IPv4 and the IPv6 subnet: every pod gets an
+    /// address of each family, and a default route of each.
+    pub fn dual_stack(mut self) -> Self {
+        self.subnet = DEFAULT_SUBNET.to_string();
+        self.second_subnet = Some(DEFAULT_SUBNET_V6.to_string());
+        self
+    }
+
     /// `rangeStart` and `rangeEnd` of the one range.
     pub fn range(mut self, start: &str, end: &str) -> Self {
         self.range = Some((start.to_string(), end.to_string()));
@@ -309,6 +374,19 @@ impl ConfBuilder {
             range["rangeStart"] = json!(start);
             range["rangeEnd"] = json!(end);
         }
+        let mut ranges = vec![json!([range])];
+        let mut subnets = vec![self.subnet.clone()];
+        if let Some(second) = &self.second_subnet {
+            ranges.push(json!([{ "subnet": second }]));
+            subnets.push(second.clone());
+        }
+        let routes: Vec<Value> = subnets
+            .iter()
+            .map(|subnet| {
+                let family = Family::of(subnet.split('/').next().unwrap().parse().unwrap());
+                json!({ "dst": family.default_route() })
+            })
+            .collect();
         json!({
             "cniVersion": self.cni_version,
             "name": self.name,
@@ -318,8 +396,8 @@ impl ConfBuilder {
             "stateDir": self.state_dir,
             "ipam": {
                 "type": "host-local",
-                "ranges": [[range]],
-                "routes": [{ "dst": "0.0.0.0/0" }],
+                "ranges": ranges,
+                "routes": routes,
                 "dataDir": self.ipam_dir,
             },
         })

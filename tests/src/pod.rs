@@ -1,12 +1,15 @@
 //! A pod: a namespace attached to a node through the plugin's ADD, and
 //! detached with DEL when dropped.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
 
 use serde_json::Value;
 
 use crate::{
-    names,
+    Family, names,
     netns::Netns,
     node::Node,
     plugin::{CniOutput, CniRequest},
@@ -24,8 +27,8 @@ pub struct Pod<'n> {
     container_id: String,
     conf: Value,
     result: Value,
-    ip: Ipv4Addr,
-    prefix_len: u8,
+    /// `ips[]` of the result: address and prefix length.
+    addresses: Vec<(IpAddr, u8)>,
     /// Whether a DEL already succeeded: a runtime then forgets the cached
     /// result, and so does the drop.
     deleted: bool,
@@ -50,12 +53,26 @@ impl<'n> Pod<'n> {
             return Err(output);
         }
         let result = output.expect_result("ADD").clone();
-        let address = result["ips"][0]["address"]
-            .as_str()
-            .unwrap_or_else(|| panic!("ADD result without ips[0].address: {result}"));
-        let (ip, prefix) = address
-            .split_once('/')
-            .unwrap_or_else(|| panic!("ips[0].address is not CIDR: {address}"));
+        let addresses = result["ips"]
+            .as_array()
+            .unwrap_or_else(|| panic!("ADD result without ips: {result}"))
+            .iter()
+            .map(|ip| {
+                let address = ip["address"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("ADD result ips[] without address: {result}"));
+                let (ip, prefix) = address
+                    .split_once('/')
+                    .unwrap_or_else(|| panic!("ips[].address is not CIDR: {address}"));
+                (
+                    ip.parse()
+                        .unwrap_or_else(|e| panic!("ips[].address {address}: {e}")),
+                    prefix
+                        .parse()
+                        .unwrap_or_else(|e| panic!("ips[].address {address}: {e}")),
+                )
+            })
+            .collect();
         Ok(Self {
             node,
             netns_path: netns.path().to_path_buf(),
@@ -63,12 +80,7 @@ impl<'n> Pod<'n> {
             netns: Some(netns),
             container_id,
             conf,
-            ip: ip
-                .parse()
-                .unwrap_or_else(|e| panic!("ips[0].address {address}: {e}")),
-            prefix_len: prefix
-                .parse()
-                .unwrap_or_else(|e| panic!("ips[0].address {address}: {e}")),
+            addresses,
             result,
             deleted: false,
         })
@@ -103,18 +115,59 @@ impl<'n> Pod<'n> {
         &self.result
     }
 
-    /// `ips[0]` of the result, without prefix.
+    /// The IPv4 address of the result, without prefix; panics if the pod
+    /// has none.
     pub fn ip(&self) -> Ipv4Addr {
-        self.ip
+        match self.addr(Family::V4) {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(_) => unreachable!(),
+        }
     }
 
+    /// The result's address of `family`, without prefix; panics if the
+    /// pod has none.
+    pub fn addr(&self, family: Family) -> IpAddr {
+        self.address(family).0
+    }
+
+    /// The prefix length of the IPv4 address.
     pub fn prefix_len(&self) -> u8 {
-        self.prefix_len
+        self.address(Family::V4).1
     }
 
-    /// `ips[0].gateway` of the result.
+    /// The prefix length of the address of `family`.
+    pub fn prefix_len_of(&self, family: Family) -> u8 {
+        self.address(family).1
+    }
+
+    fn address(&self, family: Family) -> (IpAddr, u8) {
+        self.addresses
+            .iter()
+            .copied()
+            .find(|(ip, _)| Family::of(*ip) == family)
+            .unwrap_or_else(|| panic!("no {family:?} address in the ADD result {}", self.result))
+    }
+
+    /// Every address of the result, without prefix.
+    pub fn addrs(&self) -> Vec<IpAddr> {
+        self.addresses.iter().map(|(ip, _)| *ip).collect()
+    }
+
+    /// The IPv4 `ips[].gateway` of the result.
     pub fn gateway(&self) -> Option<Ipv4Addr> {
-        self.result["ips"][0]["gateway"].as_str()?.parse().ok()
+        match self.gateway_of(Family::V4)? {
+            IpAddr::V4(gw) => Some(gw),
+            IpAddr::V6(_) => None,
+        }
+    }
+
+    /// The `ips[].gateway` of `family` in the result.
+    pub fn gateway_of(&self, family: Family) -> Option<IpAddr> {
+        self.result["ips"]
+            .as_array()?
+            .iter()
+            .filter_map(|ip| ip["gateway"].as_str()?.parse::<IpAddr>().ok())
+            .find(|gw| Family::of(*gw) == family)
     }
 
     /// The network name of the config.

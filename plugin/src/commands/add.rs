@@ -20,7 +20,7 @@ use crate::{
     error::{CniError, CniResult},
     host_ports::{self, HostPortRequest, NodeHooks},
     ipam::{Allocation, Ipam, IpamResult},
-    names,
+    ipv6, names,
     netlink::{Netlink, VethEnd},
     netns::NetNs,
     state::{AttachmentRecord, StateDir},
@@ -174,7 +174,8 @@ async fn add(
     let lease = allocate(req, progress)?;
     let port_mappings = published_ports(req.port_requests, &lease.allocations)?;
     prepare_node(req, node, datapath, &lease.allocations).await?;
-    let veth = create_veth_pair(req, node, &pod.netlink, progress).await?;
+    let ipv6 = ipv6::wanted(lease.allocations.iter().map(|a| a.address.addr()));
+    let veth = create_veth_pair(req, node, &pod.netlink, ipv6, progress).await?;
     address_and_routes(node, &pod.netlink, &veth, &lease).await?;
     let attachment = attach(req, datapath, &veth, progress)?;
     set_limits(req, datapath)?;
@@ -227,11 +228,13 @@ async fn prepare_node(
     .await
 }
 
-/// The veth pair, its pod end created inside the pod and up.
+/// The veth pair, its pod end created inside the pod and up; with `ipv6`,
+/// both ends set up for it before the pod end comes up.
 async fn create_veth_pair(
     req: &Request<'_>,
     node: &Netlink,
     pod: &Netlink,
+    ipv6: bool,
     progress: &mut Progress,
 ) -> CniResult<VethPair> {
     let mtu = req.conf.mtu.or(req.ipam.pod_mtu()).unwrap_or(DEFAULT_MTU);
@@ -263,6 +266,11 @@ async fn create_veth_pair(
     progress.host_ifname = Some(host.name.clone());
     let host_index = existing_link(node, &host.name).await?;
     let pod_index = existing_link(pod, req.ifname).await?;
+    if ipv6 {
+        ipv6::prepare_host(&host.name)?;
+        let _inside = req.pod_ns.enter()?;
+        ipv6::prepare_pod(req.ifname)?;
+    }
     pod.set_up(pod_index).await?;
     Ok(VethPair {
         host,
@@ -370,8 +378,8 @@ fn add_endpoint(
     };
     let mut endpoints = EndpointMap::open(datapath.layout())
         .map_err(|e| datapath_error("opening the endpoints map", e))?;
-    for allocation in &lease.allocations {
-        let ip = allocation.address.addr();
+    let addresses: Vec<IpAddr> = lease.allocations.iter().map(|a| a.address.addr()).collect();
+    for ip in ipv6::endpoint_keys(&addresses, veth.pod.mac) {
         endpoints
             .insert(ip, &endpoint)
             .map_err(|e| datapath_error(&format!("adding endpoint {ip}"), e))?;

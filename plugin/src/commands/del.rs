@@ -7,10 +7,10 @@ use cni_ebpf_userspace::{BpffsLayout, teardown};
 
 use super::{datapath_error, runtime};
 use crate::{
-    cni::{CniEnv, NetConf},
+    cni::{CniEnv, NetConf, parse_mac},
     error::CniResult,
     ipam::Ipam,
-    names,
+    ipv6, names,
     netlink::Netlink,
     state::StateDir,
 };
@@ -45,6 +45,10 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
         .flat_map(|r| r.ips.iter().map(|net| net.addr()))
         .chain(held)
         .collect();
+    // Without a record the pod's MAC is unknown: GC removes what is left.
+    if let Some(pod_mac) = record.as_ref().and_then(|r| parse_mac(&r.pod_mac)) {
+        ips = ipv6::endpoint_keys(&ips, pod_mac);
+    }
     ips.sort();
     ips.dedup();
     teardown::remove(

@@ -2,7 +2,7 @@
 //! executed from `CNI_PATH` (any other `ipam.type`, or host-local itself when
 //! the config sets `"delegateHostLocal": true`).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
@@ -16,6 +16,9 @@ use crate::{
 /// datapath answers the pod's ARP for every address with the host veth's
 /// MAC, so a link-local one never collides with a pod or node address.
 pub const VIRTUAL_GATEWAY_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 1, 1));
+/// The same for IPv6: a link-local address, answered by the datapath's
+/// neighbor advertisements.
+pub const VIRTUAL_GATEWAY_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1));
 
 pub enum Ipam {
     BuiltIn(HostLocalConfig),
@@ -81,7 +84,7 @@ impl Ipam {
                         address: ip.address,
                         gateway: ip.gateway.or(match ip.address {
                             IpNet::V4(_) => Some(VIRTUAL_GATEWAY_V4),
-                            IpNet::V6(_) => None,
+                            IpNet::V6(_) => Some(VIRTUAL_GATEWAY_V6),
                         }),
                     })
                     .collect();

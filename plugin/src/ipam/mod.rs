@@ -17,7 +17,7 @@ pub mod store;
 #[cfg(test)]
 mod interop_tests;
 
-pub use backend::{Ipam, IpamResult, VIRTUAL_GATEWAY_V4};
+pub use backend::{Ipam, IpamResult, VIRTUAL_GATEWAY_V4, VIRTUAL_GATEWAY_V6};
 pub use config::{DEFAULT_DATA_DIR, HostLocalConfig, RouteConf};
 pub use host_local::{Allocation, allocate, held_by, release, reservations};
 pub use range::{AddressRange, RangeSet};

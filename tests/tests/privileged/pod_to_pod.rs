@@ -1,96 +1,190 @@
-//! Pods on one node reach each other through the datapath alone.
+//! Pods on one node reach each other through the datapath alone, over
+//! either family, and over both at once.
 
-use std::net::IpAddr;
+use std::thread;
 
-use cni_ebpf_tests::{Node, firewall, links, node::DEFAULT_SUBNET, traffic};
+use cni_ebpf_tests::{Family, Node, firewall, links, traffic};
 
 const TEN_MB: u64 = 10 * 1024 * 1024;
 
 #[test]
 fn two_pods_ping_each_other_and_move_10mb_over_tcp() {
+    for family in Family::ALL {
+        let node = Node::new();
+        let a = node.add_pod_of(family);
+        let b = node.add_pod_of(family);
+        let (a_ip, b_ip) = (a.addr(family), b.addr(family));
+        assert_ne!(a_ip, b_ip, "two pods got the same address");
+        let delivered_before = node.verdict_bytes("local-delivery");
+
+        assert!(
+            traffic::ping(a.netns(), b_ip, 3),
+            "{family:?}: a -> b ping failed"
+        );
+        assert!(
+            traffic::ping(b.netns(), a_ip, 3),
+            "{family:?}: b -> a ping failed"
+        );
+        let transfer = traffic::tcp_transfer(b.netns(), a.netns(), b_ip, 0, TEN_MB)
+            .unwrap_or_else(|e| panic!("{family:?}: TCP transfer a -> b: {e}"));
+        assert_eq!(transfer.received_bytes, TEN_MB, "{family:?}: {transfer:?}");
+        assert!(
+            transfer.intact(),
+            "{family:?}: stream corrupted: {transfer:?}"
+        );
+
+        // The whole stream must have been redirected by the datapath (the
+        // node does not forward).
+        let delivered = node.verdict_bytes("local-delivery") - delivered_before;
+        assert!(
+            delivered >= TEN_MB,
+            "{family:?}: only {delivered} bytes counted as local-delivery"
+        );
+    }
+}
+
+#[test]
+fn dual_stack_pods_talk_over_both_families_at_once() {
     let node = Node::new();
-    let a = node.add_pod();
-    let b = node.add_pod();
-    assert_ne!(a.ip(), b.ip(), "two pods got the same address");
+    let conf = node.conf().dual_stack().build();
+    let a = node.add_pod_with(conf.clone());
+    let b = node.add_pod_with(conf);
+    for family in Family::ALL {
+        assert!(
+            traffic::ping(a.netns(), b.addr(family), 2),
+            "{family:?}: a -> b ping failed"
+        );
+    }
     let delivered_before = node.verdict_bytes("local-delivery");
-
-    assert!(
-        traffic::ping(a.netns(), IpAddr::V4(b.ip()), 3),
-        "a -> b ping failed"
-    );
-    assert!(
-        traffic::ping(b.netns(), IpAddr::V4(a.ip()), 3),
-        "b -> a ping failed"
-    );
-    let transfer = traffic::tcp_transfer(b.netns(), a.netns(), IpAddr::V4(b.ip()), 0, TEN_MB)
-        .expect("TCP transfer a -> b");
-    assert_eq!(transfer.received_bytes, TEN_MB, "{transfer:?}");
-    assert!(transfer.intact(), "stream corrupted: {transfer:?}");
-
-    // The whole stream must have been redirected by the datapath (the node
-    // does not forward).
+    let transfers = thread::scope(|scope| {
+        let streams: Vec<_> = Family::ALL
+            .map(|family| {
+                let (a, b) = (&a, &b);
+                scope.spawn(move || {
+                    traffic::tcp_transfer(b.netns(), a.netns(), b.addr(family), 0, TEN_MB)
+                })
+            })
+            .into_iter()
+            .collect();
+        streams
+            .into_iter()
+            .map(|s| s.join().expect("transfer thread"))
+            .collect::<Vec<_>>()
+    });
+    for (family, transfer) in Family::ALL.iter().zip(transfers) {
+        let transfer = transfer.unwrap_or_else(|e| panic!("{family:?}: TCP transfer: {e}"));
+        assert!(transfer.intact(), "{family:?}: {transfer:?}");
+        assert_eq!(transfer.received_bytes, TEN_MB, "{family:?}");
+    }
     let delivered = node.verdict_bytes("local-delivery") - delivered_before;
     assert!(
-        delivered >= TEN_MB,
+        delivered >= 2 * TEN_MB,
         "only {delivered} bytes counted as local-delivery"
     );
 }
 
 #[test]
 fn node_has_no_forwarding_bridge_or_firewall_yet_traffic_flows() {
-    let node = Node::new();
-    let a = node.add_pod();
-    let b = node.add_pod();
+    for family in Family::ALL {
+        let node = Node::new();
+        let a = node.add_pod_of(family);
+        let b = node.add_pod_of(family);
 
-    assert_eq!(node.netns().sysctl("net.ipv4.ip_forward"), "0");
-    let bridges: Vec<_> = links::list(node.netns())
-        .into_iter()
-        .filter(|l| l.kind.as_deref() == Some("bridge"))
-        .collect();
-    assert!(
-        bridges.is_empty(),
-        "bridge devices in the node: {bridges:?}"
-    );
-    assert_eq!(firewall::rules(node.netns()), Vec::<String>::new());
+        let forwarding = ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"];
+        for key in forwarding {
+            assert_eq!(node.netns().sysctl(key), "0", "{key}");
+        }
+        let bridges: Vec<_> = links::list(node.netns())
+            .into_iter()
+            .filter(|l| l.kind.as_deref() == Some("bridge"))
+            .collect();
+        assert!(
+            bridges.is_empty(),
+            "bridge devices in the node: {bridges:?}"
+        );
+        assert_eq!(firewall::rules(node.netns()), Vec::<String>::new());
 
-    assert!(traffic::ping(a.netns(), IpAddr::V4(b.ip()), 2));
-    let transfer = traffic::tcp_transfer(a.netns(), b.netns(), IpAddr::V4(a.ip()), 0, 1 << 20)
-        .expect("TCP transfer b -> a");
-    assert!(transfer.intact(), "{transfer:?}");
+        assert!(traffic::ping(a.netns(), b.addr(family), 2), "{family:?}");
+        let transfer = traffic::tcp_transfer(a.netns(), b.netns(), a.addr(family), 0, 1 << 20)
+            .unwrap_or_else(|e| panic!("{family:?}: TCP transfer b -> a: {e}"));
+        assert!(transfer.intact(), "{family:?}: {transfer:?}");
 
-    // Traffic must not have changed any of it either.
-    assert_eq!(node.netns().sysctl("net.ipv4.ip_forward"), "0");
-    assert_eq!(firewall::rules(node.netns()), Vec::<String>::new());
+        // Traffic must not have changed any of it either.
+        for key in forwarding {
+            assert_eq!(node.netns().sysctl(key), "0", "{key}");
+        }
+        assert_eq!(firewall::rules(node.netns()), Vec::<String>::new());
+    }
 }
 
 #[test]
 fn pod_is_addressed_as_the_datapath_expects() {
+    for family in Family::ALL {
+        let node = Node::new();
+        let pod = node.add_pod_of(family);
+        let gateway = pod
+            .gateway_of(family)
+            .unwrap_or_else(|| panic!("{family:?}: ADD result without a gateway"));
+        let flag = family.flag();
+
+        let addrs = pod.netns().ip(&["-o", flag, "addr", "show", "dev", "eth0"]);
+        let address = format!("{}/{}", pod.addr(family), pod.prefix_len_of(family));
+        assert!(addrs.contains(&address), "eth0 lacks {address}: {addrs}");
+        // Usable at once: no duplicate address detection to wait for.
+        assert!(!addrs.contains("tentative"), "{family:?}: {addrs}");
+
+        let routes = pod.netns().ip(&[flag, "route", "show"]);
+        assert!(
+            routes
+                .lines()
+                .any(|r| r.starts_with(&format!("default via {gateway} dev eth0"))),
+            "no default route via {gateway}: {routes}"
+        );
+        assert!(
+            routes
+                .lines()
+                .any(|r| r.starts_with(&format!("{gateway} dev eth0"))),
+            "no link route to {gateway}: {routes}"
+        );
+        // The datapath, not a subnet route, decides what is local.
+        let subnet = family.subnet();
+        assert!(
+            !routes.lines().any(|r| r.starts_with(&format!("{subnet} "))),
+            "a prefix route for the pod subnet: {routes}"
+        );
+        if family == Family::V6 {
+            assert_eq!(pod.netns().sysctl("net.ipv6.conf.eth0.accept_dad"), "0");
+            // The host reaches the pod through a /128 on its veth.
+            let host_routes = node.netns().ip(&["-6", "route", "show"]);
+            let host_route = format!("{} dev {}", pod.addr(family), pod.host_ifname());
+            assert!(
+                host_routes.lines().any(|r| r.starts_with(&host_route)),
+                "no {host_route}: {host_routes}"
+            );
+        }
+    }
+}
+
+/// What a pod's neighbor table holds for its IPv6 gateway after traffic:
+/// the host veth's MAC, learnt from the datapath's advertisement (the
+/// router flag set).
+#[test]
+fn ipv6_gateway_resolves_to_the_host_veths_mac() {
     let node = Node::new();
-    let pod = node.add_pod();
-    let gateway = pod.gateway().expect("ADD result without a gateway");
-
-    let addrs = pod.netns().ip(&["-o", "-4", "addr", "show", "dev", "eth0"]);
-    let address = format!("{}/{}", pod.ip(), pod.prefix_len());
-    assert!(addrs.contains(&address), "eth0 lacks {address}: {addrs}");
-
-    let routes = pod.netns().ip(&["-4", "route", "show"]);
-    assert!(
-        routes
-            .lines()
-            .any(|r| r.starts_with(&format!("default via {gateway} dev eth0"))),
-        "no default route via {gateway}: {routes}"
-    );
-    assert!(
-        routes
-            .lines()
-            .any(|r| r.starts_with(&format!("{gateway} dev eth0"))),
-        "no link route to {gateway}: {routes}"
-    );
-    // The datapath, not a subnet route, decides what is local.
-    assert!(
-        !routes
-            .lines()
-            .any(|r| r.starts_with(&format!("{DEFAULT_SUBNET} "))),
-        "a prefix route for the pod subnet: {routes}"
-    );
+    let a = node.add_pod_of(Family::V6);
+    let b = node.add_pod_of(Family::V6);
+    assert!(traffic::ping(a.netns(), b.addr(Family::V6), 1));
+    let gateway = a.gateway_of(Family::V6).unwrap();
+    let host_mac = a.result()["interfaces"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let neighbours = a.netns().ip(&["-6", "neigh", "show", "dev", "eth0"]);
+    let entry = neighbours
+        .lines()
+        .find(|l| l.starts_with(&gateway.to_string()))
+        .unwrap_or_else(|| panic!("no neighbour entry for {gateway}: {neighbours}"));
+    assert!(entry.contains(&host_mac), "{entry} (host veth {host_mac})");
+    assert!(entry.contains("router"), "{entry}");
+    assert!(node.verdict_packets("nd-reply") >= 1);
 }

@@ -445,6 +445,11 @@ impl Datapath {
 
     /// An IPv4 CIDR excluded from masquerade (`prefix_len` of the IPv4
     /// address; keys are IPv4-mapped IPv6).
+    /// An IPv6 CIDR: `prefix_len` counts the whole 128 bits.
+    pub fn add_no_masq_v6(&mut self, addr: IpKey, prefix_len: u32) {
+        self.add_cidr(map_names::NO_MASQ, addr, prefix_len);
+    }
+
     pub fn add_no_masq(&mut self, addr: IpKey, prefix_len: u32) {
         self.add_cidr(map_names::NO_MASQ, addr, 96 + prefix_len);
     }

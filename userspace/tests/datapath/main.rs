@@ -18,6 +18,7 @@
 //! | local-delivery | `local::pod_to_pod_is_rewritten_and_redirected` |
 //! | to-stack | `local::ttl_1_goes_to_the_stack`, `local::ipv6_link_local_goes_to_the_stack`, ... |
 //! | arp-reply | `local::arp_request_is_answered_in_place` |
+//! | nd-reply | `ipv6::neighbor_solicitation_is_answered_with_the_host_veths_mac` |
 //! | forwarded | `masquerade::tcp_syn_is_masqueraded_with_its_own_port` |
 //! | nat-new-flow | `masquerade::tcp_syn_is_masqueraded_with_its_own_port` |
 //! | nat-port-retry | `masquerade::taken_port_is_retried_in_the_range` |
@@ -34,6 +35,7 @@
 //! | rewrite-failed | `masquerade::truncated_tcp_header_fails_the_rewrite` |
 //! | rate-limited | `local::egress_over_the_limit_is_dropped`, `local::ingress_over_the_limit_is_dropped_for_the_receiver` |
 //! | transit | `uplink::guard_drops_transit_and_passes_the_rest` |
+//! | spoofed-nd | `ipv6::neighbor_discovery_lies_are_dropped` |
 //!
 //! Not testable here: `malformed` for a truncated IPv4 header (from_pod's
 //! first check): the kernel refuses to run a tc program on an IPv4 frame
@@ -50,6 +52,7 @@
 mod fuzz;
 mod harness;
 mod host_ports;
+mod ipv6;
 mod local;
 mod masquerade;
 mod netfilter;

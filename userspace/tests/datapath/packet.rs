@@ -3,13 +3,15 @@
 //! builds what it sends and, independently, what it expects back, and
 //! compares bytes.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use cni_ebpf_common::{
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
     wire::{
-        ARP_HTYPE_ETHERNET, ETH_LEN, ETH_P_ARP, ETH_P_IP, ICMP_CSUM_OFF, ICMP_ECHO_REPLY,
-        ICMP_ECHO_REQUEST, IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
+        ARP_HTYPE_ETHERNET, ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMP_CSUM_OFF,
+        ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, IPPROTO_ICMPV6, IPV4_CSUM_OFF, IPV4_DST_OFF,
+        IPV4_SRC_OFF, ND_NA_OVERRIDE, ND_NA_ROUTER, ND_NA_SOLICITED, ND_NEIGHBOR_ADVERT,
+        ND_NEIGHBOR_SOLICIT, ND_OPT_SOURCE_LL, ND_OPT_TARGET_LL, TCP_CSUM_OFF, UDP_CSUM_OFF,
     },
 };
 
@@ -317,4 +319,192 @@ pub fn assert_checksums_valid(frame: &[u8]) {
         }
         _ => {}
     }
+}
+
+/// An Ethernet frame carrying IPv6 (no extension headers) and `payload`,
+/// a transport segment or ICMPv6 message whose checksum the builder
+/// computes with the IPv6 pseudo header.
+#[derive(Clone, Debug)]
+pub struct Frame6 {
+    pub eth_dst: [u8; 6],
+    pub eth_src: [u8; 6],
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub hop_limit: u8,
+    pub l4: L4v6,
+}
+
+/// The transport part of an IPv6 frame.
+#[derive(Clone, Debug)]
+pub enum L4v6 {
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Echo {
+        id: u16,
+        seq: u16,
+    },
+    /// An ICMPv6 message of `kind` whose body (after the 4-byte header) is
+    /// `body`.
+    Icmp {
+        kind: u8,
+        body: Vec<u8>,
+    },
+}
+
+impl Frame6 {
+    pub fn new(eth_src: [u8; 6], eth_dst: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, l4: L4v6) -> Self {
+        Self {
+            eth_dst,
+            eth_src,
+            src,
+            dst,
+            hop_limit: 64,
+            l4,
+        }
+    }
+
+    /// The same frame after a router: hop limit one less, MACs of the next
+    /// hop (nothing else changes: IPv6 has no header checksum).
+    pub fn forwarded(&self, eth_src: [u8; 6], eth_dst: [u8; 6]) -> Self {
+        Self {
+            eth_src,
+            eth_dst,
+            hop_limit: self.hop_limit - 1,
+            ..self.clone()
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let (next, mut l4, csum_off) = match &self.l4 {
+            L4v6::Udp { sport, dport } => {
+                let mut d = vec![0u8; UDP_LEN];
+                d[0..2].copy_from_slice(&sport.to_be_bytes());
+                d[2..4].copy_from_slice(&dport.to_be_bytes());
+                d[4..6].copy_from_slice(&((UDP_LEN + PAYLOAD.len()) as u16).to_be_bytes());
+                d.extend_from_slice(PAYLOAD);
+                (IPPROTO_UDP, d, UDP_CSUM_OFF)
+            }
+            L4v6::Echo { id, seq } => {
+                let mut m = vec![ICMPV6_ECHO_REQUEST, 0, 0, 0];
+                m.extend_from_slice(&id.to_be_bytes());
+                m.extend_from_slice(&seq.to_be_bytes());
+                m.extend_from_slice(PAYLOAD);
+                (IPPROTO_ICMPV6, m, ICMP_CSUM_OFF)
+            }
+            L4v6::Icmp { kind, body } => {
+                let mut m = vec![*kind, 0, 0, 0];
+                m.extend_from_slice(body);
+                (IPPROTO_ICMPV6, m, ICMP_CSUM_OFF)
+            }
+        };
+        let sum = ipv6_checksum(self.src, self.dst, next, &l4);
+        l4[csum_off..csum_off + 2].copy_from_slice(&sum.to_be_bytes());
+        let mut ip = vec![0x60, 0, 0, 0];
+        ip.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        ip.extend_from_slice(&[next, self.hop_limit]);
+        ip.extend_from_slice(&self.src.octets());
+        ip.extend_from_slice(&self.dst.octets());
+        ip.extend_from_slice(&l4);
+        ethernet(self.eth_dst, self.eth_src, ETH_P_IPV6, &ip)
+    }
+}
+
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+
+/// The checksum of a transport segment or ICMPv6 message with the IPv6
+/// pseudo header (RFC 8200 §8.1).
+pub fn ipv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, next: u8, segment: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(40 + segment.len());
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(segment.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, next]);
+    pseudo.extend_from_slice(segment);
+    checksum(&pseudo)
+}
+
+/// A neighbor solicitation or advertisement body (after the ICMPv6
+/// header): flags, target, and a link-layer option when `option` is given.
+pub fn nd_body(flags: u8, target: Ipv6Addr, option: Option<(u8, [u8; 6])>) -> Vec<u8> {
+    let mut body = vec![flags, 0, 0, 0];
+    body.extend_from_slice(&target.octets());
+    if let Some((kind, mac)) = option {
+        body.extend_from_slice(&[kind, 1]);
+        body.extend_from_slice(&mac);
+    }
+    body
+}
+
+/// A pod's multicast solicitation for `target`, as Linux sends it: to the
+/// solicited-node group, hop limit 255, its MAC in a source link-layer
+/// option.
+pub fn neighbor_solicit(mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> Frame6 {
+    let t = target.octets();
+    let group = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(t[13]),
+        u16::from_be_bytes([t[14], t[15]]),
+    );
+    Frame6 {
+        hop_limit: 255,
+        ..Frame6::new(
+            mac,
+            [0x33, 0x33, 0xff, t[13], t[14], t[15]],
+            src,
+            group,
+            L4v6::Icmp {
+                kind: ND_NEIGHBOR_SOLICIT,
+                body: nd_body(0, target, Some((ND_OPT_SOURCE_LL, mac))),
+            },
+        )
+    }
+}
+
+/// The advertisement the datapath must answer `neighbor_solicit` with,
+/// built from scratch: from the target to the asker, router + solicited +
+/// override, the host veth's MAC in a target link-layer option.
+pub fn neighbor_advert_reply(
+    host_mac: [u8; 6],
+    pod_mac: [u8; 6],
+    asker: Ipv6Addr,
+    target: Ipv6Addr,
+) -> Frame6 {
+    Frame6 {
+        hop_limit: 255,
+        ..Frame6::new(
+            host_mac,
+            pod_mac,
+            target,
+            asker,
+            L4v6::Icmp {
+                kind: ND_NEIGHBOR_ADVERT,
+                body: nd_body(
+                    ND_NA_ROUTER | ND_NA_SOLICITED | ND_NA_OVERRIDE,
+                    target,
+                    Some((ND_OPT_TARGET_LL, host_mac)),
+                ),
+            },
+        )
+    }
+}
+
+/// Checks the ICMPv6 or transport checksum of an IPv6 frame: a valid sum
+/// over pseudo header and message is zero once complemented.
+pub fn assert_ipv6_checksum_valid(frame: &[u8]) {
+    let ip = &frame[ETH_LEN..];
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
+    assert_eq!(
+        ipv6_checksum(src, dst, ip[6], &ip[40..]),
+        0,
+        "checksum of {:02x?}",
+        &ip[40..]
+    );
 }

@@ -56,6 +56,9 @@ pub fn add_uplink(node: &Netns) -> Ext {
         netns: ext,
         node_ip,
         ext_ip,
+        // Not configured here: the masquerade bench is IPv4 only.
+        node_ip6: std::net::Ipv6Addr::UNSPECIFIED,
+        ext_ip6: std::net::Ipv6Addr::UNSPECIFIED,
     }
 }
 
