@@ -83,9 +83,6 @@ pub mod wire {
     pub const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
     pub const ICMPV6_ECHO_REQUEST: u8 = 128;
     pub const ICMPV6_ECHO_REPLY: u8 = 129;
-    /// Where the IPv6 addresses sit (the header is 40 bytes, no checksum).
-    pub const IPV6_HDR_SRC_OFF: usize = ETH_LEN + 8;
-    pub const IPV6_HDR_DST_OFF: usize = ETH_LEN + 24;
 
     pub const ICMP_ECHO_REPLY: u8 = 0;
     pub const ICMP_DEST_UNREACH: u8 = 3;
@@ -523,7 +520,6 @@ impl CtState {
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Which way a packet was going when it was counted.
 #[repr(u32)]

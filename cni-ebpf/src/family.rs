@@ -9,7 +9,7 @@ use cni_ebpf_common::{
     DropReason, IpKey, NODE_F_MASQUERADE, NodeConfig,
     wire::{
         ICMPV6_DEST_UNREACH, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMPV6_PACKET_TOO_BIG,
-        ICMPV6_PARAMETER_PROBLEM, ICMPV6_TIME_EXCEEDED, IPV6_HDR_DST_OFF, IPV6_HDR_SRC_OFF,
+        ICMPV6_PARAMETER_PROBLEM, ICMPV6_TIME_EXCEEDED, IPV6_DST_OFF, IPV6_SRC_OFF,
     },
 };
 
@@ -92,8 +92,8 @@ impl Addr for [u8; 4] {
 
 impl Addr for [u8; 16] {
     const V6: bool = true;
-    const SRC_OFF: usize = IPV6_HDR_SRC_OFF;
-    const DST_OFF: usize = IPV6_HDR_DST_OFF;
+    const SRC_OFF: usize = IPV6_SRC_OFF;
+    const DST_OFF: usize = IPV6_DST_OFF;
     const ECHO_REQUEST: u8 = ICMPV6_ECHO_REQUEST;
     const ECHO_REPLY: u8 = ICMPV6_ECHO_REPLY;
 

@@ -11,7 +11,8 @@
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::TcContext};
 use cni_ebpf_common::{
-    CtState, DropReason, FlowKey, HostPortFlow, HostPortKey, IPPROTO_TCP, IPPROTO_UDP,
+    CtState, DropReason, FlowKey, HostPortFlow, HostPortKey, HostPortTarget, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 
 use crate::{
@@ -39,22 +40,38 @@ pub fn to_pod<A: Addr>(
     dst: A,
     t: &Transport,
 ) -> Result<Option<A>, DropReason> {
+    to_pod_inline(ctx, src, dst, t)
+}
+
+/// [`to_pod`] in the caller's frame (IPv6 callers: an IPv6 address cannot
+/// be returned from a BPF function, and a frame of their own on top of
+/// `to_pod`'s would pass the verifier's limit).
+#[inline(always)]
+pub fn to_pod_inline<A: Addr>(
+    ctx: &TcContext,
+    src: A,
+    dst: A,
+    t: &Transport,
+) -> Result<Option<A>, DropReason> {
     if t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP {
         return Ok(None);
     }
-    let key = HostPortKey {
+    let mut key = HostPortKey {
         host_addr: dst.key(),
         port: t.dst_port,
         proto: t.proto,
         wildcard: 0,
     };
-    // SAFETY: copied out at once.
-    let target = match unsafe { HOST_PORTS.get(&key) }.copied() {
+    // Referenced, not copied (the frame counts against the verifier's limit
+    // for the whole call chain): entries are only replaced whole, and an
+    // element stays readable for the program's run.
+    // SAFETY: see above.
+    let target: &HostPortTarget = match unsafe { HOST_PORTS.get(&key) } {
         Some(target) => target,
         None => {
-            let any = HostPortKey::any(A::V6, t.dst_port, t.proto);
-            // SAFETY: copied out at once.
-            match unsafe { HOST_PORTS.get(&any) }.copied() {
+            key = HostPortKey::any(A::V6, t.dst_port, t.proto);
+            // SAFETY: as above.
+            match unsafe { HOST_PORTS.get(&key) } {
                 Some(target) => target,
                 None => return Ok(None),
             }
@@ -72,22 +89,11 @@ pub fn to_pod<A: Addr>(
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let flow = HostPortFlow {
-        host_addr: dst.key(),
-        client_addr: src.key(),
-        host_port: t.dst_port,
-        client_port: t.src_port,
-        state: state_of(t),
-        _pad: [0; 3],
-        last_seen_ns: now,
-    };
     match HOST_PORT_CT.get_ptr_mut(&reply) {
         // The same connection: refresh it.
         // SAFETY: a live map value; plain stores.
         Some(known)
-            if unsafe {
-                (*known).host_addr == flow.host_addr && (*known).host_port == flow.host_port
-            } =>
+            if unsafe { (*known).host_addr == dst.key() && (*known).host_port == t.dst_port } =>
         unsafe {
             (*known).last_seen_ns = now;
             if t.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -97,6 +103,15 @@ pub fn to_pod<A: Addr>(
         // New, or the same client tuple now through another published port
         // of the same pod port: this mapping is the one replies must show.
         _ => {
+            let flow = HostPortFlow {
+                host_addr: dst.key(),
+                client_addr: src.key(),
+                host_port: t.dst_port,
+                client_port: t.src_port,
+                state: state_of(t),
+                _pad: [0; 3],
+                last_seen_ns: now,
+            };
             let _ = HOST_PORT_CT.insert(&reply, &flow, 0);
         }
     }
@@ -108,11 +123,40 @@ pub fn to_pod<A: Addr>(
     Ok(Some(pod))
 }
 
+/// Whether `src` -> `dst` is a pod's reply on a connection through a host
+/// port (what [`from_pod`] would rewrite).
+#[inline(always)]
+pub fn is_reply<A: Addr>(src: A, dst: A, t: &Transport) -> bool {
+    (t.proto == IPPROTO_TCP || t.proto == IPPROTO_UDP)
+        && HOST_PORT_CT
+            .get_ptr(&FlowKey {
+                src: src.key(),
+                dst: dst.key(),
+                src_port: t.src_port,
+                dst_port: t.dst_port,
+                proto: t.proto,
+                _pad: [0; 3],
+            })
+            .is_some()
+}
+
 /// Rewrites a pod's reply on a connection that came in through a host port
 /// back to the published address and port; the client's address when it
 /// did (differs from `dst` only for hairpin).
 #[inline(never)]
 pub fn from_pod<A: Addr>(
+    ctx: &TcContext,
+    src: A,
+    dst: A,
+    t: &Transport,
+) -> Result<Option<A>, DropReason> {
+    from_pod_inline(ctx, src, dst, t)
+}
+
+/// [`from_pod`] in the caller's frame (IPv6 callers: an IPv6 address
+/// cannot be returned from a BPF function).
+#[inline(always)]
+pub fn from_pod_inline<A: Addr>(
     ctx: &TcContext,
     src: A,
     dst: A,

@@ -163,11 +163,8 @@ fn to_pod<const V6: bool>(ctx: &SockAddrContext) {
             // Answers must show where the socket sent to, which no table
             // of the pod port alone can tell (a node address or loopback).
             // Should the insert fail, answers show the mapping's address.
-            let _ = HOST_PORT_SOCK.insert(
-                &socket_key(ctx, &target.pod_addr, target.pod_port),
-                &key,
-                0,
-            );
+            let _ =
+                HOST_PORT_SOCK.insert(&socket_key(ctx, &target.pod_addr, target.pod_port), &key, 0);
         }
         set_user_addr::<V6>(ctx, &target.pod_addr, target.pod_port);
     }

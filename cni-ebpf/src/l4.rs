@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::generated::bpf_csum_diff,
     programs::TcContext,
 };
-use cni_ebpf_common::{DropReason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
+use cni_ebpf_common::{DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, wire::IPPROTO_ICMPV6};
 
 use crate::headers::{
     ETH_LEN, ICMP_CSUM_OFF, IPV4_CSUM_OFF, Ipv4Hdr, Ipv6Hdr, L4Head, TCP_CSUM_OFF, TcpFlagsWord,
@@ -173,7 +173,7 @@ pub fn rewrite_addr_v6(
         ctx.l4_csum_replace(
             t.csum_offset,
             0,
-            csum_diff16(old, new),
+            csum_diff16(&old, &new),
             u64::from(BPF_F_PSEUDO_HDR) | BPF_F_IPV6 | udp_flag(t),
         )
         .map_err(|_| DropReason::RewriteFailed)?;
@@ -185,14 +185,14 @@ pub fn rewrite_addr_v6(
 /// The checksum difference of replacing 16 bytes (`bpf_csum_diff`), for
 /// the `l4_csum_replace` variant that takes a difference (size 0).
 #[inline(always)]
-pub fn csum_diff16(mut old: [u8; 16], mut new: [u8; 16]) -> u64 {
-    // SAFETY: both buffers live on the stack for the call; 16 is a multiple
-    // of 4 as the helper requires.
+pub fn csum_diff16(old: &[u8; 16], new: &[u8; 16]) -> u64 {
+    // SAFETY: the helper only reads both buffers (its pointers are not
+    // const in the binding); 16 is a multiple of 4 as it requires.
     let diff = unsafe {
         bpf_csum_diff(
-            old.as_mut_ptr().cast(),
+            old.as_ptr().cast_mut().cast(),
             16,
-            new.as_mut_ptr().cast(),
+            new.as_ptr().cast_mut().cast(),
             16,
             0,
         )

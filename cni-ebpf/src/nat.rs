@@ -11,14 +11,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use cni_ebpf_common::{
-    CtState, DropReason, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IpKey,
-    NAT_PORT_TRIES, NatEntry, NodeConfig, Verdict,
+    CtState, DropReason, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IpKey, NAT_PORT_TRIES,
+    NatEntry, NodeConfig, Verdict, wire::IPPROTO_ICMPV6,
 };
 
 use crate::{
     counters::count_verdict,
     family::Addr,
-    headers::{IPV4_DST_OFF, Ipv4Hdr, Ipv6Hdr, L4Head, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, header, v4},
+    headers::{
+        IPV4_DST_OFF, Ipv4Hdr, Ipv6Hdr, L4Head, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, header, v4,
+    },
     l4::{Transport, csum_diff16, rewrite_port},
     maps::{NAT_FLOWS, NAT_IN, NAT_OUT},
 };
@@ -30,6 +32,19 @@ use crate::{
 /// the caller hands it to the stack.
 #[inline(never)]
 pub fn snat<A: Addr>(
+    ctx: &TcContext,
+    src: A,
+    dst: A,
+    t: &Transport,
+    cfg: &NodeConfig,
+) -> Result<bool, DropReason> {
+    snat_inline(ctx, src, dst, t, cfg)
+}
+
+/// [`snat`] in the caller's frame, for a caller whose own frame on top of
+/// `snat`'s would pass the verifier's limit for a call chain.
+#[inline(always)]
+pub fn snat_inline<A: Addr>(
     ctx: &TcContext,
     src: A,
     dst: A,
@@ -84,7 +99,9 @@ fn initial_state(t: &Transport) -> CtState {
 /// Claims a translated port for a new flow: the pod's own when that is free
 /// towards this destination, else random ones from the configured range.
 /// `NAT_IN` is written first with `BPF_NOEXIST`, so two flows can never get
-/// the same translation.
+/// the same translation. Inlined: a call of its own would add its frame to
+/// the chains that reach `snat` (the verifier's 512 bytes in all).
+#[inline(always)]
 fn new_flow(
     key: &FlowKey,
     t: &Transport,
@@ -146,18 +163,31 @@ fn new_flow(
 /// it belongs to; `None` when it belongs to no masqueraded flow (the node's
 /// own traffic, or a connection attempt from outside, which is not let in).
 #[inline(never)]
-pub fn dnat<A: Addr>(
+pub fn dnat(
+    ctx: &TcContext,
+    src: [u8; 4],
+    dst: [u8; 4],
+    t: &Transport,
+) -> Result<Option<[u8; 4]>, DropReason> {
+    if t.is_icmp() && <[u8; 4]>::is_icmp_error(t.icmp_type) {
+        return dnat_icmp_error(ctx, dst, t);
+    }
+    dnat_inline(ctx, src, dst, t)
+}
+
+/// [`dnat`] but for ICMP errors, in the caller's frame: an IPv6 address
+/// cannot be returned from a BPF function (it would travel through the
+/// caller's stack, which the verifier refuses), so IPv6 callers inline it
+/// and take errors to [`dnat_icmp6_error`] themselves.
+#[inline(always)]
+pub fn dnat_inline<A: Addr>(
     ctx: &TcContext,
     src: A,
     dst: A,
     t: &Transport,
 ) -> Result<Option<A>, DropReason> {
     if t.is_icmp() && A::is_icmp_error(t.icmp_type) {
-        return if A::V6 {
-            Ok(dnat_icmp6_error(ctx, dst.key(), t)?.map(|pod| A::from_key(&pod)))
-        } else {
-            Ok(dnat_icmp_error(ctx, v4(&dst.key()), t)?.map(|pod| A::from_key(&IpKey::v4(pod).addr)))
-        };
+        return Ok(None);
     }
     // Only echo replies answer a masqueraded ping (`snat` translates echo
     // requests only): an echo request from outside is for the node itself,
@@ -325,18 +355,19 @@ fn fix_inner_l4_csum(
 /// and the outer ICMPv6 checksum are both kept right. A quoted packet with
 /// extension headers is not followed.
 #[inline(never)]
-fn dnat_icmp6_error(
+pub fn dnat_icmp6_error(
     ctx: &TcContext,
-    dst: [u8; 16],
+    dst: &[u8; 16],
     t: &Transport,
-) -> Result<Option<[u8; 16]>, DropReason> {
+) -> Result<bool, DropReason> {
+    let dst = *dst;
     let inner_off = t.offset + 8;
     let inner: *const Ipv6Hdr = header(ctx, inner_off).ok_or(DropReason::Malformed)?;
     // SAFETY: bounds-checked.
     let (proto, inner_src, inner_dst) =
         unsafe { ((*inner).next_header, (*inner).saddr, (*inner).daddr) };
     if inner_src != dst {
-        return Ok(None);
+        return Ok(false);
     }
     let inner_l4 = inner_off + size_of::<Ipv6Hdr>();
     let head: *const L4Head = header(ctx, inner_l4).ok_or(DropReason::Malformed)?;
@@ -346,7 +377,7 @@ fn dnat_icmp6_error(
         IPPROTO_UDP => (w1, w0, inner_l4, w0, inner_l4 + 6),
         IPPROTO_TCP => (w1, w0, inner_l4, w0, inner_l4 + 16),
         IPPROTO_ICMPV6 => (0, w2, inner_l4 + 4, w2, inner_l4 + 2),
-        _ => return Ok(None),
+        _ => return Ok(false),
     };
     let key = FlowKey {
         src: inner_dst,
@@ -358,12 +389,12 @@ fn dnat_icmp6_error(
     };
     // SAFETY: copied out at once.
     let Some(entry) = (unsafe { NAT_IN.get(&key) }).copied() else {
-        return Ok(None);
+        return Ok(false);
     };
     let pod = entry.addr;
     <[u8; 16]>::rewrite(ctx, t, <[u8; 16]>::DST_OFF, dst, pod)?;
 
-    let addr_diff = csum_diff16(inner_src, pod);
+    let addr_diff = csum_diff16(&inner_src, &pod);
     ctx.store(inner_off + 8, &pod, 0)
         .map_err(|_| DropReason::RewriteFailed)?;
     ctx.store(port_off, &entry.port, 0)
@@ -393,7 +424,7 @@ fn dnat_icmp6_error(
         ctx.l4_csum_replace(icmp_csum, u64::from(old), u64::from(new), 2)
             .map_err(|_| DropReason::RewriteFailed)?;
     }
-    Ok(Some(pod))
+    Ok(true)
 }
 
 /// RFC 1624 for a checksum the kernel does not track (one inside a quoted

@@ -7,7 +7,9 @@
 //! decides.
 
 use aya_ebpf::{bindings::TC_ACT_OK, maps::lpm_trie::Key, programs::TcContext};
-use cni_ebpf_common::{DropReason, ENDPOINT_F_HOST_PORTS, Endpoint, IpKey, NodeConfig, Verdict};
+use cni_ebpf_common::{
+    DropReason, ENDPOINT_F_HOST_PORTS, Endpoint, IpKey, NODE_F_MASQUERADE, Verdict,
+};
 
 use crate::{
     counters::count_verdict,
@@ -16,8 +18,9 @@ use crate::{
     from_pod::deliver_to_pod,
     headers::{ETH_LEN, EthHdr, Ipv6Hdr, header},
     host_ports, l4,
-    maps::{ENDPOINTS, NO_MASQ, NODE_ADDRS, NODE_CONFIG},
-    nat::{dnat, snat},
+    l4::Transport,
+    maps::{ENDPOINTS, NO_MASQ, NODE_ADDRS, NODE_CONFIG, NODE_CONFIG_V6},
+    nat::{dnat_icmp6_error, dnat_inline, snat_inline},
 };
 
 #[inline(always)]
@@ -31,97 +34,162 @@ fn decrease_hop_limit(ip: *mut Ipv6Hdr) {
     unsafe { (*ip).hop_limit -= 1 }
 }
 
-/// A pod's packet that is a reply on a connection through one of its host
-/// ports: rewritten to the published address and delivered. `None` for
-/// anything else (and for pods that publish nothing, at no cost).
-#[inline(never)]
-pub fn host_port_reply(ctx: &TcContext, me: &Endpoint) -> Result<Option<i32>, DropReason> {
-    if me.flags & ENDPOINT_F_HOST_PORTS == 0 {
-        return Ok(None);
-    }
-    let ip = ipv6_header(ctx)?;
-    // SAFETY: bounds-checked.
-    let (src, dst, hop_limit) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).hop_limit) };
-    if hop_limit <= 1 {
-        return Ok(None);
-    }
-    let Some(t) = l4::parse_v6(ctx, ip) else {
-        return Ok(None);
+/// What `from_pod`'s IPv6 path asks to translate, returned in place of a
+/// verdict (outside the range of TC verdicts) and run by [`finish`] at the
+/// program's top level: nested under the IPv6 path, the translations'
+/// stack frames would pass the verifier's 512 bytes for a call chain.
+pub const HOST_PORT_REPLY: i32 = 0x100;
+pub const TO_HOST_PORT: i32 = 0x101;
+pub const MASQUERADE: i32 = 0x102;
+
+/// Runs the translation `action` asks for, or passes a verdict through.
+/// A translated packet is delivered from here too, so that no translation
+/// frame lies under the delivery's.
+#[inline(always)]
+pub fn finish(ctx: &TcContext, action: i32) -> Result<i32, DropReason> {
+    let translated = match action {
+        HOST_PORT_REPLY => host_port_reply(ctx)?,
+        TO_HOST_PORT => to_host_port(ctx)?,
+        MASQUERADE => return masquerade(ctx),
+        verdict => return Ok(verdict),
     };
-    match host_ports::from_pod(ctx, src, dst, &t)? {
-        Some(client) => deliver_rewritten(ctx, client).map(Some),
-        None => Ok(None),
+    if translated {
+        deliver_rewritten(ctx)
+    } else {
+        to_stack(ctx)
     }
 }
 
-/// A pod's packet leaving for a node address or past the node: a host port
-/// of a node address is translated to its pod; a destination outside the
-/// no-masquerade CIDRs is masqueraded and sent out of the uplink. `None`
-/// when neither applies (the caller goes on as without translation).
-#[inline(never)]
-pub fn leave_node(ctx: &TcContext, cfg: &NodeConfig) -> Result<Option<i32>, DropReason> {
-    let ip = ipv6_header(ctx)?;
+/// Whether the pod's packet is a reply on a connection through one of its
+/// host ports (pods that publish nothing pay nothing for the question).
+#[inline(always)]
+pub fn is_host_port_reply(ctx: &TcContext, me: &Endpoint) -> bool {
+    if me.flags & ENDPOINT_F_HOST_PORTS == 0 {
+        return false;
+    }
+    let Ok(ip) = ipv6_header(ctx) else {
+        return false;
+    };
+    let Some(t) = l4::parse_v6(ctx, ip) else {
+        return false;
+    };
     // SAFETY: bounds-checked.
     let (src, dst, hop_limit) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).hop_limit) };
-    if hop_limit <= 1 {
-        return Ok(None);
-    }
-    if NODE_ADDRS.get_ptr(&IpKey::v6(dst)).is_some() {
-        let Some(t) = l4::parse_v6(ctx, ip) else {
-            return Ok(None);
-        };
-        return match host_ports::to_pod(ctx, src, dst, &t)? {
-            Some(pod) => deliver_rewritten(ctx, pod).map(Some),
-            None => Ok(None),
-        };
-    }
-    if cfg.uplink_ifindex == 0 || !masquerades(dst, cfg) {
-        return Ok(None);
-    }
-    // Extension headers and fragments cannot be translated: the stack's.
+    hop_limit > 1 && host_ports::is_reply(src, dst, &t)
+}
+
+/// Rewrites a reply on a connection through a host port
+/// ([`is_host_port_reply`]) to the published address and port.
+#[inline(never)]
+fn host_port_reply(ctx: &TcContext) -> Result<bool, DropReason> {
+    let ip = ipv6_header(ctx)?;
     let Some(t) = l4::parse_v6(ctx, ip) else {
-        return to_stack(ctx).map(Some);
+        return Ok(false);
     };
-    if !snat(ctx, src, dst, &t, cfg)? {
-        return to_stack(ctx).map(Some);
+    // SAFETY: bounds-checked.
+    let (src, dst) = unsafe { ((*ip).saddr, (*ip).daddr) };
+    Ok(host_ports::from_pod_inline(ctx, src, dst, &t)?.is_some())
+}
+
+/// Rewrites a pod's packet to a host port at a node address (hop limit
+/// checked) to the pod publishing it.
+#[inline(never)]
+fn to_host_port(ctx: &TcContext) -> Result<bool, DropReason> {
+    let ip = ipv6_header(ctx)?;
+    let Some(t) = l4::parse_v6(ctx, ip) else {
+        return Ok(false);
+    };
+    // SAFETY: bounds-checked.
+    let (src, dst) = unsafe { ((*ip).saddr, (*ip).daddr) };
+    Ok(host_ports::to_pod_inline(ctx, src, dst, &t)?.is_some())
+}
+
+/// Masquerades a pod's packet ([`masquerades`] said so) and sends it out of
+/// the uplink; what cannot be translated (extension headers, fragments,
+/// ICMPv6 other than echo requests) goes to the stack.
+#[inline(never)]
+fn masquerade(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Some(cfg) = NODE_CONFIG.get(0) else {
+        return to_stack(ctx);
+    };
+    let ip = ipv6_header(ctx)?;
+    let Some(t) = l4::parse_v6(ctx, ip) else {
+        return to_stack(ctx);
+    };
+    // SAFETY: bounds-checked.
+    if !unsafe { snat_inline(ctx, (*ip).saddr, (*ip).daddr, &t, cfg)? } {
+        return to_stack(ctx);
     }
+    // The rewrites went through helpers: the packet pointers must be fresh.
     decrease_hop_limit(ipv6_header(ctx)?);
     let action = out_of_uplink(ctx, cfg)?;
     count_verdict(Verdict::Forwarded, ctx.len());
-    Ok(Some(action))
+    Ok(action)
 }
 
 /// Whether a pod's IPv6 packet to `dst` is masqueraded: IPv6 masquerade is
 /// on and `dst` is outside the no-masquerade CIDRs.
 #[inline(always)]
-pub fn masquerades(dst: [u8; 16], cfg: &NodeConfig) -> bool {
-    <[u8; 16]>::masquerade_addr(cfg).is_some()
+pub fn masquerades(dst: [u8; 16]) -> bool {
+    NODE_CONFIG_V6
+        .get(0)
+        .is_some_and(|v6| v6.flags & NODE_F_MASQUERADE != 0)
         && NO_MASQ.get(Key::new(128, dst)).is_none()
 }
 
-/// A packet arriving on the uplink for a node address: the reply of a
-/// masqueraded flow (or an ICMPv6 error about one) translated back, or a
-/// connection to a host port translated to its pod. The pod's address, or
-/// `None` when the packet is the node's own.
+/// Translates, in place, a packet arriving on the uplink for a node
+/// address: the reply of a masqueraded flow (or an ICMPv6 error about one)
+/// back to its pod, or a connection to a host port to the pod publishing
+/// it. Afterwards the packet's destination is the pod's address; `false`
+/// when the packet is the node's own (left as it is).
 #[inline(never)]
-pub fn from_uplink(ctx: &TcContext) -> Result<Option<[u8; 16]>, DropReason> {
+pub fn from_uplink(ctx: &TcContext) -> Result<bool, DropReason> {
+    let ip = ipv6_header(ctx)?;
+    // SAFETY: bounds-checked.
+    if NODE_ADDRS
+        .get_ptr(&IpKey::v6(unsafe { (*ip).daddr }))
+        .is_none()
+    {
+        return Ok(false);
+    }
+    let Some(t) = l4::parse_v6(ctx, ip) else {
+        return Ok(false);
+    };
+    // SAFETY: bounds-checked.
+    let dst = unsafe { (*ip).daddr };
+    let masquerading = NODE_CONFIG_V6
+        .get(0)
+        .is_some_and(|v6| v6.flags & NODE_F_MASQUERADE != 0 && v6.masq_addr == dst);
+    if masquerading {
+        // Each translation its own leaf: stacked, their frames would pass
+        // the verifier's limit.
+        let reply = if t.is_icmp() && <[u8; 16]>::is_icmp_error(t.icmp_type) {
+            dnat_icmp6_error(ctx, &dst, &t)?
+        } else {
+            reply_to_pod(ctx, &t)?
+        };
+        if reply {
+            count_verdict(Verdict::NatReply, ctx.len());
+            return Ok(true);
+        }
+    }
+    connection_to_pod(ctx, &t)
+}
+
+#[inline(never)]
+fn reply_to_pod(ctx: &TcContext, t: &Transport) -> Result<bool, DropReason> {
     let ip = ipv6_header(ctx)?;
     // SAFETY: bounds-checked.
     let (src, dst) = unsafe { ((*ip).saddr, (*ip).daddr) };
-    if NODE_ADDRS.get_ptr(&IpKey::v6(dst)).is_none() {
-        return Ok(None);
-    }
-    let Some(t) = l4::parse_v6(ctx, ip) else {
-        return Ok(None);
-    };
-    let masquerading = NODE_CONFIG.get(0).is_some_and(|cfg| {
-        <[u8; 16]>::masquerade_addr(cfg) == Some(dst)
-    });
-    if masquerading && let Some(pod) = dnat(ctx, src, dst, &t)? {
-        count_verdict(Verdict::NatReply, ctx.len());
-        return Ok(Some(pod));
-    }
-    host_ports::to_pod(ctx, src, dst, &t)
+    Ok(dnat_inline(ctx, src, dst, t)?.is_some())
+}
+
+#[inline(never)]
+fn connection_to_pod(ctx: &TcContext, t: &Transport) -> Result<bool, DropReason> {
+    let ip = ipv6_header(ctx)?;
+    // SAFETY: bounds-checked.
+    let (src, dst) = unsafe { ((*ip).saddr, (*ip).daddr) };
+    Ok(host_ports::to_pod_inline(ctx, src, dst, t)?.is_some())
 }
 
 fn to_stack(ctx: &TcContext) -> Result<i32, DropReason> {
@@ -129,14 +197,17 @@ fn to_stack(ctx: &TcContext) -> Result<i32, DropReason> {
     Ok(TC_ACT_OK)
 }
 
-/// Delivers a packet whose addresses were just rewritten for a host port:
-/// into a pod of this node, to the node's stack, or out of the uplink
-/// (never masqueraded again).
-fn deliver_rewritten(ctx: &TcContext, dst: [u8; 16]) -> Result<i32, DropReason> {
+/// Delivers a packet whose addresses were just rewritten for a host port
+/// to its new destination: into a pod of this node, to the node's stack,
+/// or out of the uplink (never masqueraded again).
+#[inline(never)]
+fn deliver_rewritten(ctx: &TcContext) -> Result<i32, DropReason> {
     let ip = ipv6_header(ctx)?;
     let eth: *mut EthHdr = header(ctx, 0).ok_or(DropReason::Malformed)?;
+    // SAFETY: bounds-checked.
+    let dst = IpKey::v6(unsafe { (*ip).daddr });
     // SAFETY: copied out at once.
-    if let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v6(dst)) }).copied() {
+    if let Some(target) = (unsafe { ENDPOINTS.get(&dst) }).copied() {
         decrease_hop_limit(ip);
         // SAFETY: bounds-checked.
         unsafe {
@@ -145,14 +216,14 @@ fn deliver_rewritten(ctx: &TcContext, dst: [u8; 16]) -> Result<i32, DropReason> 
         }
         return deliver_to_pod(ctx, &target);
     }
-    let Some(cfg) = NODE_CONFIG.get(0).copied() else {
+    let Some(cfg) = NODE_CONFIG.get(0) else {
         return to_stack(ctx);
     };
-    if cfg.uplink_ifindex == 0 || NODE_ADDRS.get_ptr(&IpKey::v6(dst)).is_some() {
+    if cfg.uplink_ifindex == 0 || NODE_ADDRS.get_ptr(&dst).is_some() {
         return to_stack(ctx);
     }
     decrease_hop_limit(ip);
-    let action = out_of_uplink(ctx, &cfg)?;
+    let action = out_of_uplink(ctx, cfg)?;
     count_verdict(Verdict::Forwarded, ctx.len());
     Ok(action)
 }

@@ -163,7 +163,8 @@ pub async fn ensure(
     }
     // IPv6 first: the IPv4 config's write is what a new uplink waits for.
     let wanted_v6 = settings.to_config_v6();
-    if node::read_config_v6(&layout).map_err(|e| datapath_error("reading the IPv6 node config", e))?
+    if node::read_config_v6(&layout)
+        .map_err(|e| datapath_error("reading the IPv6 node config", e))?
         != wanted_v6
     {
         node::write_config_v6(&layout, &wanted_v6)

@@ -1,7 +1,9 @@
 use anyhow::Context as _;
 use std::net::{IpAddr, SocketAddr};
 
-use cni_ebpf_common::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_NAT_FLOWS};
+use cni_ebpf_common::{
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_NAT_FLOWS, wire::IPPROTO_ICMPV6,
+};
 use cni_ebpf_userspace::{BpffsLayout, nat, node};
 use serde_json::json;
 
