@@ -906,6 +906,8 @@ mod tests {
             "nonMasqueradeCIDRs": ["10.244.0.0/16"],
             "uplink": "eth0",
             "masqueradeAddress": "192.0.2.1",
+            "ipMasqV6": false,
+            "masqueradeAddressV6": "2001:db8::1",
             "nodeRoutes": [{"dst": "10.244.2.0/24", "gw": "10.99.0.2"}],
             "natPortRange": "40000-40100",
             "serviceCIDRs": ["10.96.0.0/12", "192.0.2.10/32"]
@@ -914,6 +916,13 @@ mod tests {
         assert!(conf.services());
         assert_eq!(conf.service_cidrs.len(), 2);
         assert!(conf.masquerade);
+        assert!(!conf.masquerade_v6);
+        assert_eq!(
+            conf.masquerade_address_v6,
+            Some("2001:db8::1".parse().unwrap())
+        );
+        // IPv6 follows `ipMasq` unless told otherwise.
+        assert!(uplink_of(&json!({"ipMasq": true})).unwrap().masquerade_v6);
         assert_eq!(
             conf.no_masquerade,
             vec!["10.244.0.0/16".parse::<IpNet>().unwrap()]
@@ -942,6 +951,11 @@ mod tests {
             (json!({"serviceCIDRs": "10.96.0.0/12"}), "serviceCIDRs"),
             (json!({"serviceCIDRs": ["10.96.0.0/33"]}), "serviceCIDRs[0]"),
             (json!({"masqueradeAddress": "::1"}), "masqueradeAddress"),
+            (
+                json!({"masqueradeAddressV6": "192.0.2.1"}),
+                "masqueradeAddressV6",
+            ),
+            (json!({"ipMasqV6": "no"}), "ipMasqV6"),
         ] {
             let err = uplink_of(&raw).unwrap_err();
             assert_eq!(err.code, crate::error::code::INVALID_CONFIG);
@@ -954,10 +968,14 @@ mod tests {
         let got = port_requests_of(&json!({"portMappings": [
             {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
             {"hostPort": 5353, "containerPort": 53, "protocol": "UDP", "hostIP": "10.0.0.1"},
-            {"hostPort": 9090, "containerPort": 90, "hostIP": ""}
+            {"hostPort": 9090, "containerPort": 90, "hostIP": ""},
+            {"hostPort": 9091, "containerPort": 91, "hostIP": "fd00::1"},
+            {"hostPort": 9092, "containerPort": 92, "hostIP": "::"}
         ]}))
         .unwrap();
-        assert_eq!(got.len(), 3);
+        assert_eq!(got.len(), 5);
+        assert_eq!(got[3].host_ip, Some("fd00::1".parse().unwrap()));
+        assert_eq!(got[4].host_ip, Some("::".parse().unwrap()));
         assert_eq!(got[0].proto, IPPROTO_TCP);
         assert_eq!(got[1].proto, IPPROTO_UDP);
         assert_eq!(got[1].host_ip, Some("10.0.0.1".parse().unwrap()));

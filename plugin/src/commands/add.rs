@@ -739,8 +739,10 @@ mod tests {
         let dual = [allocation("fd00::5/64"), allocation("10.1.0.5/24")];
         let v4_only = [allocation("10.1.0.5/24")];
         let v6_only = [allocation("fd00::5/64")];
-        // (hostIP, the pod's addresses, the mappings, or the error's words)
-        let cases: [(Option<&str>, &[Allocation], Result<Vec<PortMapping>, &str>); 8] = [
+        /// The mappings, or words of the error.
+        type Want = Result<Vec<PortMapping>, &'static str>;
+        // (hostIP, the pod's addresses, what ADD publishes)
+        let cases: [(Option<&str>, &[Allocation], Want); 8] = [
             (
                 None,
                 &dual,
