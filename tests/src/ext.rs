@@ -5,7 +5,9 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
+    },
     os::fd::{AsFd, AsRawFd},
     sync::{
         Arc, Mutex,
@@ -17,13 +19,14 @@ use std::{
 };
 
 use nix::sys::socket::{
-    self, AddressFamily, Backlog, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, sockopt,
+    self, AddressFamily, Backlog, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn,
+    SockaddrIn6, sockopt,
 };
 use nix::sys::time::{TimeVal, TimeValLike};
 use serde_json::{Value, json};
 
 use crate::{
-    Bpffs, Node, firewall,
+    Bpffs, Family, Node, firewall,
     hash::{ByteStream, Fnv64},
     netns::Netns,
     node::Ext,
@@ -92,33 +95,44 @@ pub fn masquerade_conf(node: &Node) -> Value {
 /// plugin finds the uplink (and the masquerade address) as on a real node.
 pub fn uplink_with_default_route(node: &Node) -> Ext {
     let ext = node.add_uplink();
-    node.netns().ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        &ext.ext_ip.to_string(),
-        "dev",
-        "uplink",
-    ]);
+    for via in [IpAddr::V4(ext.ext_ip), IpAddr::V6(ext.ext_ip6)] {
+        node.netns().ip(&[
+            Family::of(via).flag(),
+            "route",
+            "add",
+            "default",
+            "via",
+            &via.to_string(),
+            "dev",
+            "uplink",
+        ]);
+    }
     ext
+}
+
+/// `conf` with `ipMasq` on.
+pub fn masquerading(conf: Value) -> Value {
+    with_keys(conf, json!({ "ipMasq": true }))
 }
 
 /// A listening TCP socket with a deep accept queue; with `reuse_port` it
 /// may share its port with a connecting socket (`SO_REUSEPORT` on both).
 /// Create it in the namespace it should listen in.
-pub fn tcp_listen(addr: SocketAddrV4, reuse_port: bool) -> io::Result<TcpListener> {
-    let fd = socket::socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+pub fn tcp_listen(addr: impl Into<SocketAddr>, reuse_port: bool) -> io::Result<TcpListener> {
+    let addr = addr.into();
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     if reuse_port {
         socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
     }
-    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(addr))?;
+    match addr {
+        SocketAddr::V4(v4) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(v4))?,
+        SocketAddr::V6(v6) => socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(v6))?,
+    }
     socket::listen(&fd, Backlog::new(1024)?)?;
     Ok(TcpListener::from(fd))
 }
@@ -173,7 +187,8 @@ pub struct PeerServer {
 
 impl PeerServer {
     /// Listens on `addr` inside `ns` (port 0 picks one).
-    pub fn start(ns: &Netns, addr: SocketAddrV4) -> io::Result<Self> {
+    pub fn start(ns: &Netns, addr: impl Into<SocketAddr>) -> io::Result<Self> {
+        let addr = addr.into();
         let conns = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let handlers = Arc::new(Mutex::new(Vec::new()));
@@ -434,7 +449,8 @@ pub struct UdpEcho {
 impl UdpEcho {
     /// Binds `addr` inside `ns`; with `no_check` its answers carry no
     /// checksum.
-    pub fn start(ns: &Netns, addr: SocketAddrV4, no_check: bool) -> io::Result<Self> {
+    pub fn start(ns: &Netns, addr: impl Into<SocketAddr>, no_check: bool) -> io::Result<Self> {
+        let addr = addr.into();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (bound_tx, bound_rx) = mpsc::channel();
