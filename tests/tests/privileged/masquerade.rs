@@ -46,7 +46,7 @@ fn ext_server(ext: &Ext) -> PeerServer {
 fn connect(pod: &Pod<'_>, server: SocketAddr) -> PeerClient {
     pod.netns()
         .run(|| PeerClient::connect(server, CONNECT_TIMEOUT))
-        .unwrap_or_else(|e| panic!("pod {} -> {server}: {e}", pod.ip()))
+        .unwrap_or_else(|e| panic!("pod {:?} -> {server}: {e}", pod.addrs()))
 }
 
 /// A UDP socket of the pod connected to `remote`.
