@@ -328,47 +328,64 @@ fn pod_reaches_its_own_published_port_seen_from_the_node_address() {
 
 #[test]
 fn node_reaches_published_port_at_its_address_and_at_loopback() {
+    // A dual-stack pod: connect4/sendmsg4/recvmsg4 for IPv4, the `6` hooks
+    // for IPv6 (at the node's IPv6 address and at ::1).
     let hp = HostPortNode::new();
-    let pod = hp.add_pod(&[
-        HostPort::tcp(HOST_PORT, POD_PORT),
-        HostPort::udp(HOST_PORT, POD_PORT),
-    ]);
+    let pod = hp.node.add_pod_with(with_port_mappings(
+        hp.node.conf().dual_stack().build(),
+        &hp.cgroup,
+        &[
+            HostPort::tcp(HOST_PORT, POD_PORT),
+            HostPort::udp(HOST_PORT, POD_PORT),
+        ],
+    ));
     let servers = start_servers(&pod, POD_PORT);
-    let node_ip = hp.node_ip();
-    let loopback = Ipv4Addr::LOCALHOST;
+    for family in Family::ALL {
+        let node_ip = hp.ext.node_addr(family);
+        let loopback: IpAddr = match family {
+            Family::V4 => Ipv4Addr::LOCALHOST.into(),
+            Family::V6 => Ipv6Addr::LOCALHOST.into(),
+        };
+        for (i, ip) in [node_ip, loopback].into_iter().enumerate() {
+            let dest = SocketAddr::new(ip, HOST_PORT);
+            let before = servers.tcp.conns().len();
+            let outcome = expect_node_tcp(
+                hp.tcp_from_node(dest, 1 << 20, i as u64),
+                &format!("TCP node -> {dest}"),
+            );
+            assert!(outcome.intact(), "{outcome:?}");
+            // The socket was sent to the pod before any packet existed: the
+            // pod sees the node's own address, no loopback address leaves lo.
+            assert_eq!(canonical(outcome.seen_as), outcome.local, "{outcome:?}");
+            assert_eq!(outcome.local.ip(), node_ip);
+            assert_eq!(servers.tcp.conns().len(), before + 1);
 
-    for (i, ip) in [node_ip, loopback].into_iter().enumerate() {
-        let before = servers.tcp.conns().len();
-        let outcome = expect_node_tcp(
-            hp.tcp_from_node(at(ip, HOST_PORT), 1 << 20, i as u64),
-            &format!("TCP node -> {ip}:{HOST_PORT}"),
-        );
-        assert!(outcome.intact(), "{outcome:?}");
-        // The socket was sent to the pod before any packet existed: the pod
-        // sees the node's own address, no loopback address leaves lo.
-        assert_eq!(outcome.seen_as, outcome.local, "{outcome:?}");
-        assert_eq!(outcome.local.ip(), std::net::IpAddr::V4(node_ip));
-        assert_eq!(servers.tcp.conns().len(), before + 1);
-
-        for connected in [true, false] {
-            let payload = format!("node to {ip} connected={connected}");
-            let answer = hp
-                .udp_from_node(at(ip, HOST_PORT), &payload, connected)
-                .unwrap_or_else(|e| panic!("UDP node -> {ip}:{HOST_PORT}: {e}"));
-            assert_eq!(answer.echoed, payload.as_bytes());
-            assert_eq!(answer.seen_as.ip(), std::net::IpAddr::V4(node_ip));
-            assert_eq!(answer.seen_as.port(), answer.local.port());
-            // Where the answer seems to come from: see the next test.
-            assert_eq!(answer.from.port(), HOST_PORT, "{answer:?}");
+            for connected in [true, false] {
+                let payload = format!("node to {dest} connected={connected}");
+                let answer = hp
+                    .udp_from_node(dest, &payload, connected)
+                    .unwrap_or_else(|e| panic!("UDP node -> {dest}: {e}"));
+                assert_eq!(answer.echoed, payload.as_bytes());
+                assert_eq!(answer.seen_as.ip().to_canonical(), node_ip);
+                assert_eq!(answer.seen_as.port(), answer.local.port());
+                // The answer seems to come from where the node sent to.
+                assert_eq!(answer.from, dest, "{answer:?}");
+            }
         }
-    }
 
-    // Only the test's cgroup is hooked: a node process outside it reaches
-    // the node's own (empty) port.
-    expect_node_refused(
-        node_tcp_exchange(hp.node.netns(), None, at(node_ip, HOST_PORT), 16, 0),
-        "TCP node -> node:8080 from outside the cgroup",
-    );
+        // Only the test's cgroup is hooked: a node process outside it
+        // reaches the node's own (empty) port.
+        expect_node_refused(
+            node_tcp_exchange(
+                hp.node.netns(),
+                None,
+                SocketAddr::new(node_ip, HOST_PORT),
+                16,
+                0,
+            ),
+            &format!("TCP node -> {node_ip}:{HOST_PORT} from outside the cgroup"),
+        );
+    }
     assert_eq!(
         hp.node.netns().sysctl("net.ipv4.conf.all.route_localnet"),
         "0"
@@ -865,8 +882,11 @@ fn agent_reattaches_cgroup_hooks_whose_links_are_gone() {
         pins,
         [
             "host_connect4",
+            "host_connect6",
             "host_recvmsg4",
+            "host_recvmsg6",
             "host_sendmsg4",
+            "host_sendmsg6",
             "pace_tcp"
         ]
     );
