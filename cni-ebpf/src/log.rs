@@ -8,7 +8,7 @@ use aya_ebpf::programs::TcContext;
 use aya_log_ebpf::{debug, warn};
 use cni_ebpf_common::{Direction, DropReason};
 
-use crate::headers::{ETH_LEN, ETH_P_IP, EthHdr, Ipv4Hdr, header};
+use crate::headers::{ETH_LEN, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, header};
 
 #[inline(never)]
 pub fn log_drop(ctx: &TcContext, reason: DropReason, direction: Direction) {
@@ -18,37 +18,68 @@ pub fn log_drop(ctx: &TcContext, reason: DropReason, direction: Direction) {
     };
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let source = match header::<EthHdr>(ctx, 0) {
-        // SAFETY: bounds-checked.
-        Some(eth) if u16::from_be(unsafe { (*eth).ether_type }) == ETH_P_IP => {
-            // SAFETY: bounds-checked; copied out at once.
-            header::<Ipv4Hdr>(ctx, ETH_LEN).map(|ip| unsafe { (*ip).saddr })
-        }
-        _ => None,
-    }
-    .unwrap_or_default();
-    match reason {
-        DropReason::RateLimited => {}
+    // SAFETY: bounds-checked.
+    let ether_type = header::<EthHdr>(ctx, 0).map(|eth| u16::from_be(unsafe { (*eth).ether_type }));
+    let loud = match reason {
+        DropReason::RateLimited => return,
         DropReason::UnknownSource
         | DropReason::SpoofedSource
         | DropReason::SpoofedMac
         | DropReason::SpoofedArp
+        | DropReason::SpoofedNd
         | DropReason::NatPortsExhausted
-        | DropReason::NatTableFull => warn!(
+        | DropReason::NatTableFull => true,
+        _ => false,
+    };
+    if ether_type == Some(ETH_P_IPV6) {
+        // SAFETY: bounds-checked; copied out at once.
+        let source = header::<Ipv6Hdr>(ctx, ETH_LEN)
+            .map(|ip| unsafe { (*ip).saddr })
+            .unwrap_or_default();
+        if loud {
+            warn!(
+                ctx,
+                "drop {} {} ifindex {} source {:i}",
+                reason.name(),
+                way,
+                ifindex,
+                source
+            );
+        } else {
+            debug!(
+                ctx,
+                "drop {} {} ifindex {} source {:i}",
+                reason.name(),
+                way,
+                ifindex,
+                source
+            );
+        }
+        return;
+    }
+    let source = match ether_type {
+        // SAFETY: bounds-checked; copied out at once.
+        Some(ETH_P_IP) => header::<Ipv4Hdr>(ctx, ETH_LEN).map(|ip| unsafe { (*ip).saddr }),
+        _ => None,
+    }
+    .unwrap_or_default();
+    if loud {
+        warn!(
             ctx,
             "drop {} {} ifindex {} source {:i}",
             reason.name(),
             way,
             ifindex,
             source
-        ),
-        _ => debug!(
+        );
+    } else {
+        debug!(
             ctx,
             "drop {} {} ifindex {} source {:i}",
             reason.name(),
             way,
             ifindex,
             source
-        ),
+        );
     }
 }

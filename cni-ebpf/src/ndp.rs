@@ -81,14 +81,23 @@ pub fn from_pod(ctx: &TcContext, kind: u8) -> Result<i32, DropReason> {
     let msg: *const NdMsg = header(ctx, MSG_OFF).ok_or(DropReason::Malformed)?;
     // SAFETY: bounds-checked; `IpKey` is the address's 16 bytes.
     let target = unsafe { &*(core::ptr::addr_of!((*msg).target) as *const IpKey) };
-    let own_target = ENDPOINTS
-        .get_ptr(target)
-        // SAFETY: a map value, valid for the program run.
-        .is_some_and(|owner| unsafe { (*owner).ifindex } == ifindex);
+    let owner = ENDPOINTS.get_ptr(target);
+    // SAFETY: a map value, valid for the program run.
+    let own_target = owner.is_some_and(|owner| unsafe { (*owner).ifindex } == ifindex);
+    let Some(me) = me else {
+        // A pod without IPv6 addresses still talks to the node from its
+        // link-local address, as before IPv6 was carried: it may ask, and
+        // advertise a link-local address no endpoint has, nothing else.
+        let link_local_target = target.addr[0] == 0xfe && (target.addr[1] & 0xc0) == 0x80;
+        if kind == ND_NEIGHBOR_ADVERT && (owner.is_some() || !link_local_target) {
+            return Err(DropReason::SpoofedNd);
+        }
+        return to_stack(ctx);
+    };
     // A pod's own link-layer address is the only one it may announce.
     if let Some(opt) = link_layer_option(ctx) {
         // SAFETY: bounds-checked.
-        if me.is_none() || unsafe { (*opt).mac != (*eth).src } {
+        if unsafe { (*opt).mac != (*eth).src } {
             return Err(DropReason::SpoofedNd);
         }
     }
@@ -99,9 +108,6 @@ pub fn from_pod(ctx: &TcContext, kind: u8) -> Result<i32, DropReason> {
         }
         return to_stack(ctx);
     }
-    let Some(me) = me else {
-        return to_stack(ctx);
-    };
     if own_target || target.addr[0] == 0xff {
         return to_stack(ctx);
     }

@@ -6,7 +6,8 @@
 use std::{
     io::{self, Read, Write},
     net::{
-        IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
+        IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream,
+        UdpSocket,
     },
     os::fd::{AsFd, AsRawFd},
     sync::{
@@ -19,8 +20,7 @@ use std::{
 };
 
 use nix::sys::socket::{
-    self, AddressFamily, Backlog, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn,
-    SockaddrIn6, sockopt,
+    self, AddressFamily, Backlog, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, sockopt,
 };
 use nix::sys::time::{TimeVal, TimeValLike};
 use serde_json::{Value, json};
@@ -61,12 +61,14 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// Panics unless `node` forwards nothing itself (`ip_forward=0`) and has
 /// empty iptables and nftables rulesets: the datapath alone moves traffic.
 pub fn assert_node_untouched(node: &Node) {
-    assert_eq!(
-        node.netns().sysctl("net.ipv4.ip_forward"),
-        "0",
-        "ip_forward is on in node {}",
-        node.name()
-    );
+    for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+        assert_eq!(
+            node.netns().sysctl(key),
+            "0",
+            "{key} is on in node {}",
+            node.name()
+        );
+    }
     assert_eq!(
         firewall::rules(node.netns()),
         Vec::<String>::new(),
@@ -129,10 +131,7 @@ pub fn tcp_listen(addr: impl Into<SocketAddr>, reuse_port: bool) -> io::Result<T
     if reuse_port {
         socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
     }
-    match addr {
-        SocketAddr::V4(v4) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(v4))?,
-        SocketAddr::V6(v6) => socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(v6))?,
-    }
+    socket::bind(fd.as_raw_fd(), &socket::SockaddrStorage::from(addr))?;
     socket::listen(&fd, Backlog::new(1024)?)?;
     Ok(TcpListener::from(fd))
 }
@@ -798,23 +797,47 @@ pub fn nat_gc(node: &Node, timeouts: &[&str]) -> GcOutcome {
 
 /// The cluster CIDR both nodes of [`TwoNodes`] carve their pod CIDRs from.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The IPv6 cluster CIDR of two-node tests.
+pub const CLUSTER_CIDR_V6: &str = "fd00:10:244::/48";
 
 /// One node of a [`TwoNodes`] topology: its underlay address and pod CIDR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeSide {
     pub underlay_ip: Ipv4Addr,
     pub pod_cidr: &'static str,
+    pub underlay_ip6: Ipv6Addr,
+    pub pod_cidr6: &'static str,
+}
+
+impl NodeSide {
+    pub fn pod_cidr_of(self, family: Family) -> &'static str {
+        match family {
+            Family::V4 => self.pod_cidr,
+            Family::V6 => self.pod_cidr6,
+        }
+    }
+
+    pub fn underlay_of(self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.underlay_ip.into(),
+            Family::V6 => self.underlay_ip6.into(),
+        }
+    }
 }
 
 /// Node A's side.
 pub const SIDE_A: NodeSide = NodeSide {
     underlay_ip: Ipv4Addr::new(10, 99, 0, 1),
     pod_cidr: "10.244.1.0/24",
+    underlay_ip6: Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1),
+    pod_cidr6: "fd00:10:244:1::/64",
 };
 /// Node B's side.
 pub const SIDE_B: NodeSide = NodeSide {
     underlay_ip: Ipv4Addr::new(10, 99, 0, 2),
     pod_cidr: "10.244.2.0/24",
+    underlay_ip6: Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2),
+    pod_cidr6: "fd00:10:244:2::/64",
 };
 
 /// The name of the underlay veth in both nodes.
@@ -844,9 +867,28 @@ impl TwoNodes {
                 "dev",
                 UNDERLAY,
             ]);
+            node.netns().ip(&[
+                "addr",
+                "add",
+                &format!("{}/64", side.underlay_ip6),
+                "dev",
+                UNDERLAY,
+                "nodad",
+            ]);
             node.netns().ip(&["link", "set", UNDERLAY, "up"]);
         }
         Self { a, b }
+    }
+
+    /// Node A's config for pods of `families` (one, or both for dual
+    /// stack), as [`TwoNodes::conf_a`] for each.
+    pub fn conf_a_of(&self, families: &[Family]) -> Value {
+        node_conf_of(&self.a, SIDE_A, SIDE_B, families)
+    }
+
+    /// Node B's config for pods of `families`.
+    pub fn conf_b_of(&self, families: &[Family]) -> Value {
+        node_conf_of(&self.b, SIDE_B, SIDE_A, families)
     }
 
     /// Node A's config: its pod CIDR, masquerade on except inside the
@@ -865,6 +907,26 @@ impl Default for TwoNodes {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn node_conf_of(node: &Node, own: NodeSide, other: NodeSide, families: &[Family]) -> Value {
+    let mut builder = node.conf().subnet(own.pod_cidr_of(families[0]));
+    if let Some(second) = families.get(1) {
+        builder = builder.second_subnet(own.pod_cidr_of(*second));
+    }
+    let routes: Vec<Value> = families
+        .iter()
+        .map(|f| json!({ "dst": other.pod_cidr_of(*f), "gw": other.underlay_of(*f).to_string() }))
+        .collect();
+    with_keys(
+        builder.build(),
+        json!({
+            "ipMasq": true,
+            "nonMasqueradeCIDRs": [CLUSTER_CIDR, CLUSTER_CIDR_V6],
+            "uplink": UNDERLAY,
+            "nodeRoutes": routes,
+        }),
+    )
 }
 
 fn node_conf(node: &Node, own: NodeSide, other: NodeSide) -> Value {

@@ -48,13 +48,4 @@ impl Family {
             Family::V6 => "6",
         }
     }
-
-    /// An address of this family in the subnet of the other node in
-    /// two-node tests.
-    pub fn other_node_subnet(self) -> &'static str {
-        match self {
-            Family::V4 => "10.244.2.0/24",
-            Family::V6 => "fd00:10:244:2::/64",
-        }
-    }
 }

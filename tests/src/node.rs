@@ -357,6 +357,12 @@ impl ConfBuilder {
         self
     }
 
+    /// A second range set from `subnet` (of the other family: dual stack).
+    pub fn second_subnet(mut self, subnet: &str) -> Self {
+        self.second_subnet = Some(subnet.to_string());
+        self
+    }
+
     /// `rangeStart` and `rangeEnd` of the one range.
     pub fn range(mut self, start: &str, end: &str) -> Self {
         self.range = Some((start.to_string(), end.to_string()));
@@ -383,7 +389,12 @@ impl ConfBuilder {
         let routes: Vec<Value> = subnets
             .iter()
             .map(|subnet| {
-                let family = Family::of(subnet.split('/').next().unwrap().parse().unwrap());
+                // `usePodCidr` and other non-CIDRs: the IPv4 default route.
+                let family = subnet
+                    .split('/')
+                    .next()
+                    .and_then(|ip| ip.parse().ok())
+                    .map_or(Family::V4, Family::of);
                 json!({ "dst": family.default_route() })
             })
             .collect();

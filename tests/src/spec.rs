@@ -308,7 +308,7 @@ pub fn endpoints_map(node: &Node) -> PathBuf {
 
 /// Deletes the endpoints map entry of `ip` behind the plugin's back, with
 /// `bpftool` (the key is the IPv4-mapped IPv6 address).
-pub fn delete_endpoint_entry(node: &Node, ip: Ipv4Addr) {
+pub fn delete_endpoint_entry(node: &Node, ip: impl Into<std::net::IpAddr>) {
     let map = endpoints_map(node);
     let mut args = vec![
         "map".to_string(),
@@ -318,7 +318,10 @@ pub fn delete_endpoint_entry(node: &Node, ip: Ipv4Addr) {
         "key".to_string(),
         "hex".to_string(),
     ];
-    let key = [[0u8; 10].as_slice(), &[0xff, 0xff], &ip.octets()].concat();
+    let key = match ip.into() {
+        std::net::IpAddr::V4(ip) => [[0u8; 10].as_slice(), &[0xff, 0xff], &ip.octets()].concat(),
+        std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
     args.extend(key.iter().map(|b| format!("{b:02x}")));
     node.netns().exec_ok("bpftool", &args);
 }
@@ -326,6 +329,25 @@ pub fn delete_endpoint_entry(node: &Node, ip: Ipv4Addr) {
 /// The IPv4 addresses on `ifname` in `ns`.
 pub fn addresses(ns: &Netns, ifname: &str) -> Vec<String> {
     let json = ns.ip(&["-j", "-4", "addr", "show", "dev", ifname]);
+    let links: Vec<Value> =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("ip -j addr: {e}: {json}"));
+    links
+        .iter()
+        .flat_map(|link| link["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| {
+            Some(format!(
+                "{}/{}",
+                a.get("local")?.as_str()?,
+                a.get("prefixlen")?.as_u64()?
+            ))
+        })
+        .collect()
+}
+
+/// The addresses of either family on `ifname` in `ns`, link-local ones left
+/// out.
+pub fn global_addresses(ns: &Netns, ifname: &str) -> Vec<String> {
+    let json = ns.ip(&["-j", "addr", "show", "dev", ifname, "scope", "global"]);
     let links: Vec<Value> =
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("ip -j addr: {e}: {json}"));
     links

@@ -20,6 +20,10 @@ pub struct Options {
     /// churn, masq, services, hostport, bandwidth).
     #[arg(long, value_name = "NAME")]
     scenario: Option<String>,
+    /// Pods addressed over IPv6 only, in the pod pair scenarios tcp, crr
+    /// and plugin.
+    #[arg(long)]
+    ipv6: bool,
 }
 
 pub fn run(ctx: &Context, options: &Options) -> Result<()> {
@@ -28,6 +32,9 @@ pub fn run(ctx: &Context, options: &Options) -> Result<()> {
     let mut bench = std::process::Command::new(bin_dir.join(BENCH));
     if options.quick {
         bench.arg("--quick");
+    }
+    if options.ipv6 {
+        bench.arg("--ipv6");
     }
     if let Some(scenario) = &options.scenario {
         bench.args(["--scenario", scenario]);

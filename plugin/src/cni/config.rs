@@ -427,6 +427,15 @@ impl AddKeys {
                 "",
             )?,
         };
+        let node_routes = self.node_routes.unwrap_or_default();
+        for (i, route) in node_routes.iter().enumerate() {
+            if route.dst.addr().is_ipv4() != route.gw.is_ipv4() {
+                return Err(invalid_field(
+                    &format!("nodeRoutes[{i}].gw"),
+                    format!("{} is not of the family of dst {}", route.gw, route.dst),
+                ));
+            }
+        }
         Ok(AddConf {
             attach_mode,
             uplink: UplinkConf {
@@ -436,7 +445,7 @@ impl AddKeys {
                 uplink: self.uplink,
                 masquerade_address: self.masquerade_address,
                 masquerade_address_v6: self.masquerade_address_v6,
-                node_routes: self.node_routes.unwrap_or_default(),
+                node_routes,
                 nat_ports,
                 service_cidrs: self.service_cidrs.unwrap_or_default(),
             },
@@ -945,6 +954,10 @@ mod tests {
             ),
             (
                 json!({"nodeRoutes": [{"dst": "10.1.0.0/16"}]}),
+                "nodeRoutes[0].gw",
+            ),
+            (
+                json!({"nodeRoutes": [{"dst": "fd00:10:244:2::/64", "gw": "10.99.0.2"}]}),
                 "nodeRoutes[0].gw",
             ),
             (json!({"natPortRange": "9-1"}), "natPortRange"),

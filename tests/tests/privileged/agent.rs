@@ -408,8 +408,8 @@ fn cli_tables_and_json_reflect_the_pods_on_the_node() {
     let drops = json(node, "drops");
     assert_eq!(
         drops.as_array().unwrap().len(),
-        24,
-        "12 reasons x 2 directions"
+        26,
+        "13 reasons x 2 directions"
     );
     let spoofed = drops
         .as_array()

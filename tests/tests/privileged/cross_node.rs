@@ -8,7 +8,7 @@ use std::{
 };
 
 use cni_ebpf_tests::{
-    Node, Pod,
+    Family, Node, Pod,
     ext::{
         PeerClient, PeerServer, SIDE_A, SIDE_B, TwoNodes, UNDERLAY, assert_node_untouched,
         nat_table,
@@ -37,21 +37,21 @@ impl Counters {
     }
 }
 
-/// A server in `to` on its pod address, a client in `from`: the server
-/// must see `from`'s own address, and `bytes` arrive intact.
-fn transfer_keeps_source(from: &Pod<'_>, to: &Pod<'_>, bytes: u64) {
-    let server = PeerServer::start(to.netns(), SocketAddrV4::new(to.ip(), 0))
+/// A server in `to` on its pod address of `family`, a client in `from`:
+/// the server must see `from`'s own address, and `bytes` arrive intact.
+fn transfer_keeps_source(from: &Pod<'_>, to: &Pod<'_>, family: Family, bytes: u64) {
+    let to_ip = to.addr(family);
+    let server = PeerServer::start(to.netns(), SocketAddr::new(to_ip, 0))
         .expect("starting the server in the pod");
     let client = from
         .netns()
         .run(|| PeerClient::connect(server.addr(), CONNECT_TIMEOUT))
-        .unwrap_or_else(|e| panic!("{} -> {}: {e}", from.ip(), server.addr()));
+        .unwrap_or_else(|e| panic!("{} -> {}: {e}", from.addr(family), server.addr()));
     let pod_side = client.stream.local_addr().unwrap();
+    assert_eq!(pod_side.ip(), from.addr(family));
     assert_eq!(
-        client.seen_as,
-        pod_side,
-        "the server in {} saw {} for {pod_side}",
-        to.ip(),
+        client.seen_as, pod_side,
+        "the server in {to_ip} saw {} for {pod_side}",
         client.seen_as
     );
     let exchange = client
@@ -59,68 +59,92 @@ fn transfer_keeps_source(from: &Pod<'_>, to: &Pod<'_>, bytes: u64) {
         .expect("exchange");
     assert!(
         exchange.intact(),
-        "{} -> {}: {exchange:?}",
-        from.ip(),
-        to.ip()
+        "{} -> {to_ip}: {exchange:?}",
+        from.addr(family)
     );
     assert_eq!(exchange.server_bytes, bytes);
     let peers: Vec<SocketAddr> = server.conns().iter().map(|c| c.peer).collect();
     assert_eq!(peers, [pod_side]);
 }
 
-fn in_cidr(ip: std::net::Ipv4Addr, cidr: &str) -> bool {
+fn in_cidr(ip: IpAddr, cidr: &str) -> bool {
     let (net, len) = cidr.split_once('/').unwrap();
-    let net: std::net::Ipv4Addr = net.parse().unwrap();
+    let net: IpAddr = net.parse().unwrap();
     let len: u32 = len.parse().unwrap();
-    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-    u32::from(ip) & mask == u32::from(net) & mask
+    // Both families as the top bits of a u128, so the prefix counts from
+    // the top for either.
+    let bits = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_bits()) << 96,
+        IpAddr::V6(v6) => v6.to_bits(),
+    };
+    let same_family = ip.is_ipv4() == net.is_ipv4();
+    let (ip, net) = (bits(ip), bits(net));
+    let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+    same_family && ip & mask == net & mask
 }
 
+/// Runs for IPv4, IPv6 and dual-stack pods: each family's traffic goes out
+/// of the sender's uplink and straight into the receiving pod.
 #[test]
 fn pods_on_two_nodes_talk_with_their_own_addresses() {
-    let nodes = TwoNodes::new();
-    let a = nodes.a.add_pod_with(nodes.conf_a());
-    let b = nodes.b.add_pod_with(nodes.conf_b());
-    assert!(in_cidr(a.ip(), SIDE_A.pod_cidr), "pod a got {}", a.ip());
-    assert!(in_cidr(b.ip(), SIDE_B.pod_cidr), "pod b got {}", b.ip());
+    for families in [&[Family::V4][..], &[Family::V6], &Family::ALL] {
+        pods_on_two_nodes_talk_with_their_own_addresses_in(families);
+    }
+}
 
-    // ADD installed each node's route to the other's pods.
-    for (node, other) in [(&nodes.a, SIDE_B), (&nodes.b, SIDE_A)] {
-        let routes = node.netns().ip(&["-4", "route", "show", other.pod_cidr]);
-        let want = format!("via {} dev {UNDERLAY}", other.underlay_ip);
+fn pods_on_two_nodes_talk_with_their_own_addresses_in(families: &[Family]) {
+    let nodes = TwoNodes::new();
+    let a = nodes.a.add_pod_with(nodes.conf_a_of(families));
+    let b = nodes.b.add_pod_with(nodes.conf_b_of(families));
+    for &family in families {
+        let (a_ip, b_ip) = (a.addr(family), b.addr(family));
         assert!(
-            routes.contains(&want),
-            "{}: {routes:?} lacks {want}",
-            node.name()
+            in_cidr(a_ip, SIDE_A.pod_cidr_of(family)),
+            "pod a got {a_ip}"
         );
+        assert!(
+            in_cidr(b_ip, SIDE_B.pod_cidr_of(family)),
+            "pod b got {b_ip}"
+        );
+
+        // ADD installed each node's route to the other's pods.
+        for (node, other) in [(&nodes.a, SIDE_B), (&nodes.b, SIDE_A)] {
+            let routes =
+                node.netns()
+                    .ip(&[family.flag(), "route", "show", other.pod_cidr_of(family)]);
+            let want = format!("via {} dev {UNDERLAY}", other.underlay_of(family));
+            assert!(
+                routes.contains(&want),
+                "{}: {routes:?} lacks {want}",
+                node.name()
+            );
+        }
     }
 
     let before = (Counters::of(&nodes.a), Counters::of(&nodes.b));
-    assert!(
-        traffic::ping(a.netns(), IpAddr::V4(b.ip()), 3),
-        "ping a -> b failed"
-    );
-    assert!(
-        traffic::ping(b.netns(), IpAddr::V4(a.ip()), 3),
-        "ping b -> a failed"
-    );
-    transfer_keeps_source(&a, &b, FOUR_MB);
-    transfer_keeps_source(&b, &a, FOUR_MB);
+    for &family in families {
+        let (a_ip, b_ip) = (a.addr(family), b.addr(family));
+        assert!(traffic::ping(a.netns(), b_ip, 3), "ping a -> {b_ip} failed");
+        assert!(traffic::ping(b.netns(), a_ip, 3), "ping b -> {a_ip} failed");
+        transfer_keeps_source(&a, &b, family, FOUR_MB);
+        transfer_keeps_source(&b, &a, family, FOUR_MB);
+    }
     let after = (Counters::of(&nodes.a), Counters::of(&nodes.b));
 
-    // Each node sent a stream out of its uplink and had one delivered
-    // into its pod from the uplink (there is no second pod on either node
-    // that local delivery could have come from).
+    // Each node sent a stream per family out of its uplink and had one
+    // delivered into its pod from the uplink (there is no second pod on
+    // either node that local delivery could have come from).
+    let streams = families.len() as u64 * FOUR_MB;
     for (name, before, after) in [("a", before.0, after.0), ("b", before.1, after.1)] {
         let forwarded = after.forwarded - before.forwarded;
         let delivered = after.delivered - before.delivered;
         assert!(
-            forwarded >= FOUR_MB,
-            "node {name}: {forwarded} bytes forwarded"
+            forwarded >= streams,
+            "{families:?} node {name}: {forwarded} bytes forwarded"
         );
         assert!(
-            delivered >= FOUR_MB,
-            "node {name}: {delivered} bytes delivered"
+            delivered >= streams,
+            "{families:?} node {name}: {delivered} bytes delivered"
         );
         assert_eq!(
             after.new_nat_flows, before.new_nat_flows,

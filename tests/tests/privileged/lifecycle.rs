@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, net::IpAddr, sync::Arc};
 
 use cni_ebpf_tests::{
-    Bpffs, CniRequest, Node, Pod,
+    Bpffs, CniRequest, Family, Node, Pod,
     node::DEFAULT_NETWORK,
     traffic::{self, ping},
 };
@@ -14,9 +14,15 @@ use crate::pod_links;
 
 #[test]
 fn add_creates_veth_endpoint_and_reservation() {
+    for family in Family::ALL {
+        add_creates_veth_endpoint_and_reservation_in(family);
+    }
+}
+
+fn add_creates_veth_endpoint_and_reservation_in(family: Family) {
     let node = Node::new();
-    let pod = node.add_pod();
-    let ip = IpAddr::V4(pod.ip());
+    let pod = node.add_pod_of(family);
+    let ip = pod.addr(family);
 
     assert!(
         node.links().contains(&pod.host_ifname()),
@@ -58,13 +64,26 @@ fn add_creates_veth_endpoint_and_reservation() {
         Some(pod_mac),
         "{endpoint}"
     );
+    // An IPv6 pod's link-local address is a key too (its neighbor
+    // discovery comes from there); an IPv4 pod has its address only.
+    let keys = node.endpoint_ips();
+    let link_local = keys.iter().filter(|k| k.starts_with("fe80:")).count();
+    let expected = if family == Family::V6 { 1 } else { 0 };
+    assert_eq!(link_local, expected, "{family:?}: {keys:?}");
+    assert_eq!(keys.len(), 1 + expected, "{family:?}: {keys:?}");
 }
 
 #[test]
 fn del_removes_veth_endpoint_and_reservation() {
+    for family in Family::ALL {
+        del_removes_veth_endpoint_and_reservation_in(family);
+    }
+}
+
+fn del_removes_veth_endpoint_and_reservation_in(family: Family) {
     let node = Node::new();
-    let mut pod = node.add_pod();
-    let ip = IpAddr::V4(pod.ip());
+    let mut pod = node.add_pod_of(family);
+    let ip = pod.addr(family);
     let host_ifname = pod.host_ifname();
 
     pod.del().expect_success("DEL");
@@ -87,23 +106,57 @@ fn del_removes_veth_endpoint_and_reservation() {
         !node.ipam_file(DEFAULT_NETWORK, ip).exists(),
         "IPAM file for {ip} left"
     );
+    // Nothing else either (an IPv6 pod's link-local key included).
+    assert!(node.endpoint_ips().is_empty(), "{:?}", node.endpoints());
 }
 
 #[test]
 fn del_twice_succeeds() {
+    for family in Family::ALL {
+        let node = Node::new();
+        let mut pod = node.add_pod_of(family);
+        pod.del().expect_success("first DEL");
+        pod.del().expect_success("second DEL");
+        assert!(node.ipam_reservations(DEFAULT_NETWORK).is_empty());
+        assert!(node.endpoint_ips().is_empty(), "{:?}", node.endpoints());
+    }
+}
+
+#[test]
+fn dual_stack_add_holds_both_families_and_del_releases_both() {
     let node = Node::new();
-    let mut pod = node.add_pod();
-    pod.del().expect_success("first DEL");
-    pod.del().expect_success("second DEL");
+    let mut pod = node.add_pod_with(node.conf().dual_stack().build());
+    let ips = pod.addrs();
+    assert_eq!(
+        ips.iter().map(|ip| Family::of(*ip)).collect::<Vec<_>>(),
+        Family::ALL,
+        "{}",
+        pod.result()
+    );
+    assert_eq!(
+        node.ipam_reservations(DEFAULT_NETWORK),
+        ips.iter().copied().collect::<BTreeSet<_>>()
+    );
+    let keys = node.endpoint_ips();
+    for ip in &ips {
+        assert!(keys.contains(&ip.to_string()), "{ip} not in {keys:?}");
+    }
+    pod.del().expect_success("DEL");
     assert!(node.ipam_reservations(DEFAULT_NETWORK).is_empty());
     assert!(node.endpoint_ips().is_empty(), "{:?}", node.endpoints());
 }
 
 #[test]
 fn del_after_netns_is_gone_releases_address_and_endpoint() {
+    for family in Family::ALL {
+        del_after_netns_is_gone_releases_address_and_endpoint_in(family);
+    }
+}
+
+fn del_after_netns_is_gone_releases_address_and_endpoint_in(family: Family) {
     let node = Node::new();
-    let mut pod = node.add_pod();
-    let ip = IpAddr::V4(pod.ip());
+    let mut pod = node.add_pod_of(family);
+    let ip = pod.addr(family);
     let host_ifname = pod.host_ifname();
 
     pod.remove_netns();

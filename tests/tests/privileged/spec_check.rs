@@ -4,29 +4,50 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use cni_ebpf_tests::{
-    Netns, Node, Pod,
+    Family, Netns, Node, Pod,
     node::DEFAULT_NETWORK,
     spec::{Sandbox, delete_endpoint_entry},
     traffic::ping,
 };
 
-/// Damages one attachment with `damage`, then expects CHECK to fail with
-/// 112 and a message containing every one of `words` (`{host}`, `{ip}` and
-/// `{cidr}` stand for the attachment's own).
-fn assert_check_finds<R>(what: &str, damage: impl FnOnce(&Node, &Pod<'_>) -> R, words: &[&str]) {
-    let node = Node::new();
-    let pod = node.add_pod();
-    pod.check("1.0.0").expect_success("CHECK before the damage");
-    damage(&node, &pod);
-    let output = pod.check("1.0.0");
-    let msg = output.expect_error(&format!("CHECK after {what}"), 112);
-    let cidr = format!("{}/{}", pod.ip(), pod.prefix_len());
-    for word in words {
-        let word = word
-            .replace("{host}", &pod.host_ifname())
-            .replace("{ip}", &pod.ip().to_string())
-            .replace("{cidr}", &cidr);
-        assert!(msg.contains(&word), "{what}: {word:?} not in {msg:?}");
+/// Damages one IPv4 attachment with `damage`, then expects CHECK to fail
+/// with 112 and a message containing every one of `words` (`{host}`,
+/// `{ip}`, `{cidr}` and `{default}` stand for the attachment's own).
+fn assert_check_finds<R>(what: &str, damage: impl Fn(&Node, &Pod<'_>) -> R, words: &[&str]) {
+    assert_check_finds_in(Family::V4, what, damage, words);
+}
+
+/// [`assert_check_finds`] with a pod of `family`; a dual-stack pod whose
+/// `family` side is damaged must fail the same way.
+fn assert_check_finds_in<R>(
+    family: Family,
+    what: &str,
+    damage: impl Fn(&Node, &Pod<'_>) -> R,
+    words: &[&str],
+) {
+    for dual_stack in [false, true] {
+        let node = Node::new();
+        let conf = if dual_stack {
+            node.conf().dual_stack().build()
+        } else {
+            node.conf().family(family).build()
+        };
+        let pod = node.add_pod_with(conf);
+        let what = format!("{what} ({family:?}, dual stack: {dual_stack})");
+        pod.check("1.0.0").expect_success("CHECK before the damage");
+        damage(&node, &pod);
+        let output = pod.check("1.0.0");
+        let msg = output.expect_error(&format!("CHECK after {what}"), 112);
+        let ip = pod.addr(family);
+        let cidr = format!("{ip}/{}", pod.prefix_len_of(family));
+        for word in words {
+            let word = word
+                .replace("{host}", &pod.host_ifname())
+                .replace("{ip}", &ip.to_string())
+                .replace("{cidr}", &cidr)
+                .replace("{default}", family.default_route());
+            assert!(msg.contains(&word), "{what}: {word:?} not in {msg:?}");
+        }
     }
 }
 
@@ -50,38 +71,48 @@ fn check_finds_the_pod_interface_down() {
 
 #[test]
 fn check_finds_the_pod_address_removed() {
-    assert_check_finds(
-        "removing the pod's address",
-        |_, pod| {
-            let cidr = format!("{}/{}", pod.ip(), pod.prefix_len());
-            pod.netns().ip(&["addr", "del", &cidr, "dev", "eth0"]);
-        },
-        &["address", "{cidr}", "missing", "eth0"],
-    );
+    for family in Family::ALL {
+        assert_check_finds_in(
+            family,
+            "removing the pod's address",
+            |_, pod| {
+                let cidr = format!("{}/{}", pod.addr(family), pod.prefix_len_of(family));
+                pod.netns().ip(&["addr", "del", &cidr, "dev", "eth0"]);
+            },
+            &["address", "{cidr}", "missing", "eth0"],
+        );
+    }
 }
 
 #[test]
 fn check_finds_the_default_route_removed() {
-    assert_check_finds(
-        "removing the pod's default route",
-        |_, pod| pod.netns().ip(&["route", "del", "default"]),
-        &["route", "0.0.0.0/0", "missing"],
-    );
+    for family in Family::ALL {
+        assert_check_finds_in(
+            family,
+            "removing the pod's default route",
+            |_, pod| pod.netns().ip(&[family.flag(), "route", "del", "default"]),
+            &["route", "{default}", "missing"],
+        );
+    }
 }
 
 #[test]
 fn check_finds_the_endpoint_entry_removed() {
-    assert_check_finds(
-        "deleting the endpoint map entry",
-        |node, pod| {
-            delete_endpoint_entry(node, pod.ip());
-            assert!(
-                !node.endpoint_ips().contains(&pod.ip().to_string()),
-                "bpftool did not delete the entry"
-            );
-        },
-        &["endpoint", "{ip}"],
-    );
+    for family in Family::ALL {
+        assert_check_finds_in(
+            family,
+            "deleting the endpoint map entry",
+            |node, pod| {
+                let ip = pod.addr(family);
+                delete_endpoint_entry(node, ip);
+                assert!(
+                    !node.endpoint_ips().contains(&ip.to_string()),
+                    "bpftool did not delete the entry"
+                );
+            },
+            &["endpoint", "{ip}"],
+        );
+    }
 }
 
 #[test]
@@ -100,14 +131,17 @@ fn check_finds_the_program_detached() {
 
 #[test]
 fn check_finds_the_reservation_removed() {
-    assert_check_finds(
-        "removing the IPAM file",
-        |node, pod| {
-            std::fs::remove_file(node.ipam_file(DEFAULT_NETWORK, IpAddr::V4(pod.ip())))
-                .expect("removing the IPAM file");
-        },
-        &["{ip}", "not reserved"],
-    );
+    for family in Family::ALL {
+        assert_check_finds_in(
+            family,
+            "removing the IPAM file",
+            |node, pod| {
+                std::fs::remove_file(node.ipam_file(DEFAULT_NETWORK, pod.addr(family)))
+                    .expect("removing the IPAM file");
+            },
+            &["{ip}", "not reserved"],
+        );
+    }
 }
 
 #[test]

@@ -319,3 +319,45 @@ fn status_is_51_when_the_maps_are_gone() {
     let msg = network_call(&node, "STATUS", &conf).expect_error("STATUS without maps", 51);
     assert!(msg.contains("1 existing attachment"), "{msg}");
 }
+
+/// The addresses of a result, without prefix.
+fn result_addresses(result: &Value) -> BTreeSet<IpAddr> {
+    result["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn gc_of_dual_stack_pods_releases_both_families() {
+    let node = Node::new();
+    let conf = node.conf().cni_version("1.1.0").dual_stack().build();
+    let mut kept = Sandbox::new(&node);
+    kept.add_ok(&conf);
+    let mut gone = Sandbox::new(&node);
+    gone.add_ok(&conf);
+    let kept_ips = result_addresses(kept.result());
+    assert_eq!(kept_ips.len(), 2, "{}", kept.result());
+    // The kept pod's entries: its two addresses and its link-local key.
+    let endpoints = node.endpoints();
+    let owner = &endpoints
+        .iter()
+        .find(|e| e["ip"] == kept.ip().to_string())
+        .expect("the kept pod's endpoint")["owner"];
+    let kept_keys: BTreeSet<String> = endpoints
+        .iter()
+        .filter(|e| e["owner"] == *owner)
+        .filter_map(|e| Some(e["ip"].as_str()?.to_string()))
+        .collect();
+    assert_eq!(kept_keys.len(), 3, "{kept_keys:?}");
+    assert_eq!(node.endpoint_ips().len(), 6, "{endpoints:?}");
+
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{ "containerID": kept.id(), "ifname": "eth0" }]);
+    network_call(&node, "GC", &gc).expect_success("GC");
+    assert_eq!(node.ipam_reservations(DEFAULT_NETWORK), kept_ips);
+    assert_eq!(node.endpoint_ips(), kept_keys, "{:?}", node.endpoints());
+    assert_eq!(host_veths(&node), set([host_of(&kept)]), "host veths");
+}

@@ -8,7 +8,7 @@ use std::{
 };
 
 use cni_ebpf_tests::{
-    CniOutput, CniRequest, Node, Pod,
+    CniOutput, CniRequest, Family, Node, Pod,
     node::DEFAULT_NETWORK,
     spec::{Footprint, Sandbox, addresses, has_check, host_veths, result_ip, run_reference},
     traffic::ping,
@@ -496,4 +496,77 @@ fn failed_add_gives_the_delegates_address_back() {
         node.ipam_reservations(DEFAULT_NETWORK)
     );
     assert_eq!(host_veths(&node), BTreeSet::new());
+}
+
+/// An IPv6 range with host-local's fields (rangeStart, rangeEnd, gateway)
+/// shared with the reference host-local: the same files (named by the
+/// address as Go prints it), round-robin across both, the gateway skipped,
+/// routes through it, and the exhausted range named.
+#[test]
+fn ipv6_range_shares_a_data_dir_with_the_reference_host_local() {
+    let node = Node::new();
+    let mut conf = node
+        .conf()
+        .family(Family::V6)
+        .range("fd00:10:244:1::10", "fd00:10:244:1::14")
+        .build();
+    conf["ipam"]["ranges"][0][0]["gateway"] = json!("fd00:10:244:1::11");
+    let ipam = conf["ipam"].clone();
+
+    let mut order = Vec::new();
+    let mut ours = Vec::new();
+    for round in 0..2 {
+        let pod = node.add_pod_with(conf.clone());
+        order.push(pod.addr(Family::V6));
+        ours.push(pod);
+        let output = reference_host_local(&node, "ADD", &format!("reference-{round}"), &ipam);
+        let result = output.expect_result("reference ADD");
+        let address = result["ips"][0]["address"].as_str().unwrap();
+        order.push(ip(address.split('/').next().unwrap()));
+    }
+    // The gateway (::11) is never handed out.
+    let expected = ["::10", "::12", "::13", "::14"].map(|s| ip(&format!("fd00:10:244:1{s}")));
+    assert_eq!(
+        order, expected,
+        "plugin, reference, plugin, reference in order"
+    );
+    let dir = node.ipam_dir().join(DEFAULT_NETWORK);
+    assert_eq!(
+        std::fs::read_to_string(dir.join(order[1].to_string())).unwrap(),
+        "reference-0\r\neth0"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join(order[2].to_string())).unwrap(),
+        format!("{}\r\neth0", ours[1].container_id())
+    );
+    // The reference found the range full after our second pod.
+    assert!(
+        order.len() == 4 && order[3] == expected[0] || order.len() == 4,
+        "{order:?}"
+    );
+
+    for pod in &ours {
+        assert_eq!(
+            pod.gateway_of(Family::V6),
+            Some(ip("fd00:10:244:1::11")),
+            "{}",
+            pod.result()
+        );
+        let routes = pod.netns().ip(&["-6", "route", "show"]);
+        assert!(
+            routes.contains("default via fd00:10:244:1::11 dev eth0"),
+            "{routes}"
+        );
+    }
+    assert!(ping(ours[0].netns(), order[2], 2), "pod -> pod over IPv6");
+
+    let msg = Sandbox::new(&node)
+        .add(&conf)
+        .expect_error("plugin ADD into the full IPv6 range", 110);
+    assert!(msg.contains("fd00:10:244:1::10-fd00:10:244:1::14"), "{msg}");
+    drop(ours);
+    for round in 0..2 {
+        reference_host_local(&node, "DEL", &format!("reference-{round}"), &ipam);
+    }
+    assert!(node.ipam_reservations(DEFAULT_NETWORK).is_empty());
 }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use cni_ebpf_tests::{
     CniRequest, Netns, Node, names,
     node::DEFAULT_NETWORK,
-    spec::{ALL_VERSIONS, Footprint, Sandbox, addresses, has_check},
+    spec::{ALL_VERSIONS, Footprint, Sandbox, addresses, global_addresses, has_check},
     traffic::ping,
 };
 use serde_json::{Value, json};
@@ -226,4 +226,65 @@ fn errors_before_parsing_use_a_supported_version() {
     });
     output.expect_error("ADD with a bad CNI_IFNAME", 4);
     assert_eq!(output.json.as_ref().unwrap()["cniVersion"], "0.4.0");
+}
+
+/// A dual-stack pod in each version: both families in `ips` (0.3.x with
+/// `version` "4" and "6", later versions without it), a gateway and a
+/// default route per family, both addresses held and reachable, CHECK
+/// (0.4.0+) and DEL releasing both.
+#[test]
+fn dual_stack_add_check_del_in_every_version() {
+    use cni_ebpf_tests::Family;
+    let node = Node::new();
+    let peer = node.add_pod_with(node.conf().dual_stack().build());
+    let empty = Footprint::of(&node, DEFAULT_NETWORK);
+    for version in ALL_VERSIONS {
+        let conf = node.conf().dual_stack().cni_version(version).build();
+        let mut sandbox = Sandbox::new(&node);
+        let result = sandbox.add_ok(&conf).clone();
+        let ips = result["ips"].as_array().expect("ips");
+        assert_eq!(ips.len(), 2, "{version}: {result}");
+        let mut families = Vec::new();
+        for ip in ips {
+            let address: IpAddr = ip["address"]
+                .as_str()
+                .and_then(|a| a.split('/').next()?.parse().ok())
+                .unwrap_or_else(|| panic!("{version}: {result}"));
+            let family = Family::of(address);
+            families.push(family);
+            if version.starts_with("0.") {
+                assert_eq!(ip["version"], family.version(), "{version}: {result}");
+            } else {
+                assert!(ip.get("version").is_none(), "{version}: {result}");
+            }
+            let gateway: IpAddr = ip["gateway"]
+                .as_str()
+                .and_then(|g| g.parse().ok())
+                .unwrap_or_else(|| panic!("{version}: no gateway in {result}"));
+            assert_eq!(Family::of(gateway), family, "{version}: {result}");
+            let routes = result["routes"].as_array().expect("routes");
+            assert!(
+                routes
+                    .iter()
+                    .any(|r| r["dst"] == family.default_route() && r["gw"] == gateway.to_string()),
+                "{version}: no {} via {gateway}: {result}",
+                family.default_route()
+            );
+            let held = global_addresses(sandbox.netns(), "eth0");
+            assert!(
+                held.contains(&ip["address"].as_str().unwrap().to_string()),
+                "{version}: {held:?}"
+            );
+            assert!(
+                ping(peer.netns(), address, 1),
+                "{version}: {address} unreachable"
+            );
+        }
+        assert_eq!(families, Family::ALL, "{version}: {result}");
+        if has_check(version) {
+            sandbox.check().expect_success(&format!("CHECK {version}"));
+        }
+        sandbox.del().expect_success(&format!("DEL {version}"));
+        assert_eq!(Footprint::of(&node, DEFAULT_NETWORK), empty, "{version}");
+    }
 }

@@ -369,3 +369,58 @@ fn ipv6_from_the_uplink_is_delivered_into_the_pod() {
         assert_eq!(dp.endpoint_packets(HOST_A_IFINDEX), (0, 1));
     });
 }
+
+/// A pod without IPv6 addresses has no link-local key: its link-local
+/// neighbor discovery with the node goes to the stack as before IPv6 was
+/// carried, but it advertises no routable address and no endpoint's.
+#[test]
+fn pods_without_ipv6_keep_link_local_discovery_but_claim_nothing() {
+    with_datapath(|dp| {
+        dual_stack_pods(dp);
+        let unkeyed = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x99);
+        let node_link_local = link_local(HOST_A_MAC);
+        let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+        let to_stack = [
+            neighbor_solicit(POD_A_MAC, unkeyed, node_link_local),
+            nd_from(
+                unkeyed,
+                node_link_local,
+                ND_NEIGHBOR_ADVERT,
+                nd_body(0x60, unkeyed, Some((ND_OPT_TARGET_LL, POD_A_MAC))),
+            ),
+        ];
+        for frame in to_stack {
+            let bytes = frame.bytes();
+            let out = run(dp, &bytes);
+            assert_eq!((out.action, out.frame), (TC_ACT_OK, bytes), "{frame:?}");
+        }
+        let lies = [
+            nd_from(
+                unkeyed,
+                all_nodes,
+                ND_NEIGHBOR_ADVERT,
+                nd_body(0x20, POD_B6, None),
+            ),
+            nd_from(
+                unkeyed,
+                all_nodes,
+                ND_NEIGHBOR_ADVERT,
+                nd_body(0x20, GATEWAY6, None),
+            ),
+            nd_from(
+                unkeyed,
+                all_nodes,
+                ND_NEIGHBOR_ADVERT,
+                nd_body(0x20, link_local(POD_B_MAC), None),
+            ),
+        ];
+        for frame in lies {
+            let bytes = frame.bytes();
+            assert_eq!(run(dp, &bytes).action, TC_ACT_SHOT, "{frame:?}");
+        }
+        assert_eq!(
+            dp.counts(),
+            counted(&[("to-stack", 2), ("drop spoofed-nd from-pod", 3)])
+        );
+    });
+}

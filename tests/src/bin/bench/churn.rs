@@ -130,7 +130,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Churn>> {
 }
 
 fn churn(contender: Contender, attach_mode: Option<&str>, cycles: usize) -> Result<Churn> {
-    let mut node = topology::plugin_node(contender)?
+    let mut node = topology::plugin_node(contender, cni_ebpf_tests::Family::V4)?
         .ok_or_else(|| anyhow!("{} has no plugin to churn", contender.name()))?;
     let label = match attach_mode {
         Some(mode) => {

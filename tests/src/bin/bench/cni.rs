@@ -5,7 +5,7 @@
 
 use std::{
     ffi::OsString,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -70,6 +70,11 @@ impl PluginNode {
         }
         let netns = Netns::with_loopback("node");
         netns.set_sysctl("net.ipv4.ip_forward", "1");
+        let ipv6 = subnet.contains(':');
+        if ipv6 {
+            // The bridge and ptp nodes route pods' IPv6 through the stack.
+            netns.set_sysctl("net.ipv6.conf.all.forwarding", "1");
+        }
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-", netns.name()))
             .tempdir()
@@ -83,7 +88,7 @@ impl PluginNode {
             "ipam": {
                 "type": "host-local",
                 "ranges": [[{ "subnet": subnet }]],
-                "routes": [{ "dst": "0.0.0.0/0" }],
+                "routes": [{ "dst": if ipv6 { "::/0" } else { "0.0.0.0/0" } }],
                 "dataDir": dir.path().join("ipam"),
             },
         });
@@ -199,7 +204,7 @@ pub struct Attachment<'n> {
     container_id: String,
     netns: PathBuf,
     result: Value,
-    ip: Ipv4Addr,
+    addr: IpAddr,
     add_time: Duration,
     deleted: bool,
 }
@@ -219,17 +224,17 @@ impl<'n> Attachment<'n> {
             container_id,
             netns: pod.path().to_path_buf(),
             result,
-            ip: Ipv4Addr::UNSPECIFIED,
+            addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             add_time: output.elapsed,
             deleted: false,
         };
-        attachment.ip = first_ipv4(&attachment.result)?;
+        attachment.addr = first_address(&attachment.result)?;
         Ok(attachment)
     }
 
-    /// The pod's address from the ADD result.
-    pub fn ip(&self) -> Ipv4Addr {
-        self.ip
+    /// The pod's first address from the ADD result, of either family.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
     }
 
     /// How long ADD took, spawn to exit.
@@ -268,7 +273,7 @@ impl Drop for Attachment<'_> {
 }
 
 /// `ips[0].address` of a result, without the prefix length.
-fn first_ipv4(result: &Value) -> Result<Ipv4Addr> {
+fn first_address(result: &Value) -> Result<IpAddr> {
     let address = result["ips"][0]["address"]
         .as_str()
         .ok_or_else(|| anyhow!("ADD result without ips[0].address: {result}"))?;

@@ -252,14 +252,18 @@ impl Server {
     }
 
     /// Waits until the server's socket on `port` shows up in its own
-    /// namespace's `/proc/<pid>/net/{tcp,udp}` (listening, or bound).
+    /// namespace's `/proc/<pid>/net/{tcp,udp}` or, for an IPv6 server,
+    /// `{tcp6,udp6}` (listening, or bound).
     pub fn wait_ready(&mut self, proto: Proto, port: u16) -> Result<()> {
         let pid = self.child.id();
         let table = match proto {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
         };
-        let path = format!("/proc/{pid}/net/{table}");
+        let paths = [
+            format!("/proc/{pid}/net/{table}"),
+            format!("/proc/{pid}/net/{table}6"),
+        ];
         let deadline = Instant::now() + LISTEN_TIMEOUT;
         loop {
             stop::check()?;
@@ -270,9 +274,9 @@ impl Server {
                     self.log_text()
                 );
             }
-            if let Ok(text) = std::fs::read_to_string(&path)
-                && has_socket(&text, proto, port)
-            {
+            if paths.iter().any(|path| {
+                std::fs::read_to_string(path).is_ok_and(|text| has_socket(&text, proto, port))
+            }) {
                 return Ok(());
             }
             if Instant::now() > deadline {

@@ -37,7 +37,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use cni_ebpf_tests::{binaries, require_root};
+use cni_ebpf_tests::{Family, binaries, require_root};
 use nix::{sched::sched_getaffinity, unistd::Pid};
 
 use crate::{
@@ -54,6 +54,9 @@ const USAGE: &str = "usage: cni-ebpf-bench [--quick] [--scenario NAME]...
   --scenario NAME  run only NAME (repeatable, or comma-separated):
                    tcp, rr, crr, plugin, churn, masq, services, hostport,
                    bandwidth, cross-node
+  --ipv6           pods addressed over IPv6 only (each contender a /64):
+                   tcp, crr and plugin (sockperf 3.7 has no IPv6, so no rr),
+                   limit, cni-ebpf and bridge (no ptp)
 
 Needs root. Reads the binaries from $CNI_EBPF_BIN_DIR (set by `cargo xtask
 bench`) and writes target/bench/results.{md,json} and throughput.svg.";
@@ -128,6 +131,13 @@ impl Scenario {
         }
     }
 
+    /// Whether it runs with `--ipv6`: the pod pair scenarios but `rr`
+    /// (Debian's sockperf 3.7 takes no IPv6 address: "'-i' Invalid
+    /// address").
+    fn runs_over_ipv6(self) -> bool {
+        self.needs_pairs() && self != Scenario::Rr
+    }
+
     /// Whether it runs between the contenders' pod pairs.
     fn needs_pairs(self) -> bool {
         matches!(
@@ -140,6 +150,8 @@ impl Scenario {
 struct Options {
     quick: bool,
     scenarios: Vec<Scenario>,
+    /// The pods' family in the pod pair scenarios.
+    family: Family,
 }
 
 /// CPUs the pinned ends run on.
@@ -254,12 +266,17 @@ fn main() -> ExitCode {
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>> {
     let mut quick = false;
+    let mut family = Family::V4;
     let mut scenarios = Vec::new();
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
         let names = match arg.as_str() {
             "--quick" => {
                 quick = true;
+                continue;
+            }
+            "--ipv6" => {
+                family = Family::V6;
                 continue;
             }
             "-h" | "--help" => return Ok(None),
@@ -280,10 +297,25 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>> {
     }
     if scenarios.is_empty() {
         scenarios = Scenario::ALL.to_vec();
+        if family == Family::V6 {
+            scenarios.retain(|s| s.runs_over_ipv6());
+        }
+    }
+    if family == Family::V6
+        && let Some(other) = scenarios.iter().find(|s| !s.runs_over_ipv6())
+    {
+        bail!(
+            "--ipv6 runs tcp, crr and plugin only, not {:?}",
+            other.name()
+        );
     }
     // Always in the canonical order, whatever the command line's.
     scenarios.sort_by_key(|s| Scenario::ALL.iter().position(|a| a == s));
-    Ok(Some(Options { quick, scenarios }))
+    Ok(Some(Options {
+        quick,
+        scenarios,
+        family,
+    }))
 }
 
 /// Returns whether every scenario ran to its end.
@@ -302,6 +334,14 @@ fn run(options: &Options) -> Result<bool> {
         ),
     );
     environment.push("binaries", binaries.describe.clone());
+    environment.push(
+        "pods' family",
+        match options.family {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6 (--ipv6)",
+        }
+        .to_string(),
+    );
     for (key, value) in &environment.items {
         eprintln!("{key}: {value}");
     }
@@ -310,14 +350,17 @@ fn run(options: &Options) -> Result<bool> {
     let nodes: Vec<(Contender, Option<PluginNode>)> = if needs_pairs {
         Contender::ALL
             .into_iter()
-            .map(|c| Ok((c, topology::plugin_node(c)?)))
+            // ptp's IPv6 pods did not reach each other right after ADD here
+            // (not investigated): over IPv6 the reference is bridge.
+            .filter(|c| options.family == Family::V4 || *c != Contender::Ptp)
+            .map(|c| Ok((c, topology::plugin_node(c, options.family)?)))
             .collect::<Result<_>>()?
     } else {
         Vec::new()
     };
     let pairs: Vec<PodPair<'_>> = nodes
         .iter()
-        .map(|(contender, node)| PodPair::new(*contender, node.as_ref()))
+        .map(|(contender, node)| PodPair::new(*contender, node.as_ref(), options.family))
         .collect::<Result<_>>()?;
     let plugin_nodes: Vec<(Contender, &PluginNode)> = nodes
         .iter()
@@ -563,5 +606,12 @@ mod tests {
         assert!(parse(&["--scenario", "nope"]).is_err());
         assert!(parse(&["--scenario"]).is_err());
         assert!(parse(&["--help"]).unwrap().is_none());
+        let v6 = parse(&["--ipv6"]).unwrap().unwrap();
+        assert_eq!(v6.family, Family::V6);
+        assert_eq!(
+            v6.scenarios,
+            vec![Scenario::Tcp, Scenario::Crr, Scenario::Plugin]
+        );
+        assert!(parse(&["--ipv6", "--scenario", "masq"]).is_err());
     }
 }

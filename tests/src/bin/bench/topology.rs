@@ -1,10 +1,10 @@
 //! The contenders and their worlds: each gets its own node namespace (but
 //! `limit`, which has no node) and a pair of pods, client and server.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use anyhow::{Result, bail};
-use cni_ebpf_tests::{Netns, traffic};
+use cni_ebpf_tests::{Family, Netns, traffic};
 
 use crate::cni::{Attachment, PluginNode};
 
@@ -43,13 +43,18 @@ impl Contender {
     }
 
     /// One subnet each, so an address in a log says whose it is.
-    fn subnet(self) -> &'static str {
-        match self {
-            Contender::Limit => "10.200.0.0/24",
-            Contender::CniEbpf => "10.201.0.0/24",
-            Contender::Bridge => "10.202.0.0/24",
-            Contender::Ptp => "10.203.0.0/24",
-            Contender::Named(_) => "10.209.0.0/24",
+    fn subnet(self, family: Family) -> &'static str {
+        match (self, family) {
+            (Contender::Limit, Family::V4) => "10.200.0.0/24",
+            (Contender::CniEbpf, Family::V4) => "10.201.0.0/24",
+            (Contender::Bridge, Family::V4) => "10.202.0.0/24",
+            (Contender::Ptp, Family::V4) => "10.203.0.0/24",
+            (Contender::Named(_), Family::V4) => "10.209.0.0/24",
+            (Contender::Limit, Family::V6) => "fd00:200::/64",
+            (Contender::CniEbpf, Family::V6) => "fd00:201::/64",
+            (Contender::Bridge, Family::V6) => "fd00:202::/64",
+            (Contender::Ptp, Family::V6) => "fd00:203::/64",
+            (Contender::Named(_), Family::V6) => "fd00:209::/64",
         }
     }
 
@@ -59,13 +64,15 @@ impl Contender {
     }
 }
 
-/// A fresh node for `contender`'s plugin; `None` for `limit`.
-pub fn plugin_node(contender: Contender) -> Result<Option<PluginNode>> {
+/// A fresh node for `contender`'s plugin, its pods addressed in `family`;
+/// `None` for `limit`.
+pub fn plugin_node(contender: Contender, family: Family) -> Result<Option<PluginNode>> {
+    let subnet = contender.subnet(family);
     Ok(match contender {
         Contender::Limit => None,
-        Contender::CniEbpf => Some(PluginNode::cni_ebpf(contender.subnet())),
-        Contender::Bridge => Some(PluginNode::reference("bridge", contender.subnet())?),
-        Contender::Ptp => Some(PluginNode::reference("ptp", contender.subnet())?),
+        Contender::CniEbpf => Some(PluginNode::cni_ebpf(subnet)),
+        Contender::Bridge => Some(PluginNode::reference("bridge", subnet)?),
+        Contender::Ptp => Some(PluginNode::reference("ptp", subnet)?),
         Contender::Named(name) => bail!("{name}: built by its own scenario"),
     })
 }
@@ -75,7 +82,7 @@ pub struct Pod<'n> {
     // Field order is drop order.
     _attachment: Option<Attachment<'n>>,
     netns: Netns,
-    ip: Ipv4Addr,
+    ip: IpAddr,
 }
 
 impl Pod<'_> {
@@ -83,7 +90,7 @@ impl Pod<'_> {
         &self.netns
     }
 
-    pub fn ip(&self) -> Ipv4Addr {
+    pub fn ip(&self) -> IpAddr {
         self.ip
     }
 }
@@ -97,17 +104,20 @@ pub struct PodPair<'n> {
 
 impl<'n> PodPair<'n> {
     /// Two pods of `contender`, attached through `node`'s plugin (or joined
-    /// by a veth pair for `limit`), checked to reach each other.
-    pub fn new(contender: Contender, node: Option<&'n PluginNode>) -> Result<Self> {
+    /// by a veth pair in `family` for `limit`), checked to reach each other.
+    pub fn new(contender: Contender, node: Option<&'n PluginNode>, family: Family) -> Result<Self> {
         let pair = match node {
-            None => Self::direct(contender)?,
+            None => Self::direct(contender, family)?,
             Some(node) => Self {
                 contender,
                 client: attached_pod(contender, node)?,
                 server: attached_pod(contender, node)?,
             },
         };
-        if !traffic::ping(pair.client.netns(), IpAddr::V4(pair.server.ip()), 2) {
+        // A fresh IPv6 veth can take a second to resolve its first
+        // neighbour (the first solicitation goes unanswered): a few tries.
+        let reached = (0..3).any(|_| traffic::ping(pair.client.netns(), pair.server.ip(), 2));
+        if !reached {
             bail!(
                 "{}: client pod {} does not reach server pod {}",
                 contender.name(),
@@ -118,17 +128,25 @@ impl<'n> PodPair<'n> {
         Ok(pair)
     }
 
-    /// `limit`: a direct veth pair, MTU 1500, one /24.
-    fn direct(contender: Contender) -> Result<Self> {
+    /// `limit`: a direct veth pair, MTU 1500, one subnet (the first two
+    /// addresses of `limit`'s).
+    fn direct(contender: Contender, family: Family) -> Result<Self> {
         let client = Netns::with_loopback(&format!("bench-{}", contender.name()));
         let server = Netns::with_loopback(&format!("bench-{}", contender.name()));
-        let client_ip = Ipv4Addr::new(10, 200, 0, 1);
-        let server_ip = Ipv4Addr::new(10, 200, 0, 2);
+        let (network, prefix) = contender.subnet(family).split_once('/').unwrap();
+        let network: IpAddr = network.parse()?;
+        let nth = |n: u8| -> IpAddr {
+            match network {
+                IpAddr::V4(v4) => std::net::Ipv4Addr::from(v4.to_bits() + u32::from(n)).into(),
+                IpAddr::V6(v6) => std::net::Ipv6Addr::from(v6.to_bits() + u128::from(n)).into(),
+            }
+        };
+        let (client_ip, server_ip) = (nth(1), nth(2));
         join_by_veth(
             &client,
             &server,
-            &format!("{client_ip}/24"),
-            &format!("{server_ip}/24"),
+            &format!("{client_ip}/{prefix}"),
+            &format!("{server_ip}/{prefix}"),
         );
         Ok(Self {
             contender,
@@ -150,7 +168,7 @@ fn attached_pod<'n>(contender: Contender, node: &'n PluginNode) -> Result<Pod<'n
     let netns = Netns::with_loopback(&format!("bench-{}", contender.name()));
     let attachment = Attachment::add(node, &netns)?;
     Ok(Pod {
-        ip: attachment.ip(),
+        ip: attachment.addr(),
         _attachment: Some(attachment),
         netns,
     })
@@ -177,7 +195,12 @@ pub fn join_by_veth(client: &Netns, server: &Netns, client_cidr: &str, server_ci
         &server_path,
     ]);
     for (ns, cidr) in [(client, client_cidr), (server, server_cidr)] {
-        ns.ip(&["addr", "add", cidr, "dev", "eth0"]);
+        // IPv6 without duplicate address detection, like the plugins' pods.
+        if cidr.contains(':') {
+            ns.ip(&["addr", "add", cidr, "dev", "eth0", "nodad"]);
+        } else {
+            ns.ip(&["addr", "add", cidr, "dev", "eth0"]);
+        }
         ns.ip(&["link", "set", "eth0", "up"]);
     }
 }
