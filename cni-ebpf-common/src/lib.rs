@@ -25,6 +25,7 @@ pub mod map_names {
     pub const NETFILTER_FLOWS: &str = "NETFILTER_FLOWS";
     pub const PEERS: &str = "PEERS";
     pub const TUNNEL: &str = "TUNNEL";
+    pub const NODE_CONFIG_V6: &str = "NODE_CONFIG_V6";
 }
 
 /// Names of the programs in the ELF.
@@ -34,6 +35,9 @@ pub mod program_names {
     pub const CONNECT4: &str = "host_connect4";
     pub const SENDMSG4: &str = "host_sendmsg4";
     pub const RECVMSG4: &str = "host_recvmsg4";
+    pub const CONNECT6: &str = "host_connect6";
+    pub const SENDMSG6: &str = "host_sendmsg6";
+    pub const RECVMSG6: &str = "host_recvmsg6";
     pub const TO_POD: &str = "to_pod";
     pub const PACE_TCP: &str = "pace_tcp";
     pub const TO_UPLINK: &str = "to_uplink";
@@ -71,6 +75,15 @@ pub mod wire {
     pub const TCP_SYN: u8 = 0x02;
     pub const TCP_RST: u8 = 0x04;
     pub const TCP_ACK: u8 = 0x10;
+
+    /// ICMPv6 (RFC 4443) types NAT translates: echo, and the errors that
+    /// quote the packet they are about.
+    pub const ICMPV6_DEST_UNREACH: u8 = 1;
+    pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+    pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
+    pub const ICMPV6_PARAMETER_PROBLEM: u8 = 4;
+    pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+    pub const ICMPV6_ECHO_REPLY: u8 = 129;
 
     pub const ICMP_ECHO_REPLY: u8 = 0;
     pub const ICMP_DEST_UNREACH: u8 = 3;
@@ -262,6 +275,23 @@ pub const MARK_DATAPATH_FORWARDED: u32 = 0x0040_0000;
 
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 40);
 
+/// The node's IPv6 settings: the single entry of `NODE_CONFIG_V6`. A map of
+/// its own rather than more fields in `NodeConfig`, so that a node upgrading
+/// keeps its pinned `NODE_CONFIG` (a map's value size cannot change under
+/// running programs). Ports and the flow limit are `NodeConfig`'s, shared
+/// by both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NodeConfigV6 {
+    /// Address IPv6 pod flows are masqueraded to.
+    pub masq_addr: [u8; 16],
+    /// `NODE_F_MASQUERADE`: masquerade IPv6 (independent of IPv4's bit).
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<NodeConfigV6>() == 24);
+
 /// Another node, as the value of `PEERS` (keyed by its pod CIDR).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -292,7 +322,9 @@ pub struct TunnelConfig {
 const _: () = assert!(core::mem::size_of::<TunnelConfig>() == 8);
 
 /// A published port: key of `HOST_PORTS`. An all-zero `host_addr` publishes
-/// the port on every node address (and 127.0.0.1 for the node itself).
+/// the port on every node address of one family (and the loopback address
+/// for the node itself): IPv4 with `wildcard` 0 (as builds before IPv6 wrote
+/// it), IPv6 with `HOST_PORT_ANY_V6`. A specific address has `wildcard` 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct HostPortKey {
@@ -300,7 +332,23 @@ pub struct HostPortKey {
     /// Network order.
     pub port: u16,
     pub proto: u8,
-    pub _pad: u8,
+    pub wildcard: u8,
+}
+
+/// `HostPortKey::wildcard` of a port published on every IPv6 address (`::`
+/// and `0.0.0.0` are both all-zero keys; this tells them apart).
+pub const HOST_PORT_ANY_V6: u8 = 6;
+
+impl HostPortKey {
+    /// The key publishing `port` on every address of the family.
+    pub const fn any(v6: bool, port: u16, proto: u8) -> Self {
+        Self {
+            host_addr: [0; 16],
+            port,
+            proto,
+            wildcard: if v6 { HOST_PORT_ANY_V6 } else { 0 },
+        }
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<HostPortKey>() == 20);
@@ -356,8 +404,10 @@ const _: () = assert!(core::mem::size_of::<HostPortFlow>() == 48);
 
 /// Key of `HOST_PORT_USE` (userspace bookkeeping for conflict checks): a
 /// protocol and port; the value counts mappings of it on specific addresses.
-pub const fn host_port_use_key(proto: u8, port: u16) -> u32 {
-    ((proto as u32) << 16) | port as u32
+/// IPv6 mappings count apart from IPv4 ones (bit 24), so that a port on
+/// one IPv6 address does not exclude the same port on every IPv4 one.
+pub const fn host_port_use_key(proto: u8, port: u16, v6: bool) -> u32 {
+    ((v6 as u32) << 24) | ((proto as u32) << 16) | port as u32
 }
 
 /// One direction's rate limit: a virtual clock that every admitted packet
@@ -661,6 +711,7 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::PacketCount {}
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::NodeConfigV6 {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::NatEntry {}
     unsafe impl aya::Pod for super::HostPortKey {}

@@ -32,7 +32,7 @@ use crate::{
     ndp,
     netfilter::{self, to_netfilter},
     rate::{Way, charge},
-    tunnel,
+    translate6, tunnel,
 };
 
 /// Ethernet + the longest L3 header we read.
@@ -60,7 +60,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         ETH_P_ARP => arp(ctx, eth),
         ETH_P_IPV6 => match ndp::message_type(ctx) {
             Some(kind) => ndp::from_pod(ctx, kind),
-            None => ipv6(ctx, eth),
+            None => translate6::finish(ctx, ipv6(ctx, eth)?),
         },
         _ => Err(DropReason::UnsupportedL3),
     }
@@ -308,6 +308,9 @@ fn ipv6(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     if ipv6_link_scoped(&dst) {
         return to_stack(ctx);
     }
+    if translate6::is_host_port_reply(ctx, &me) {
+        return Ok(translate6::HOST_PORT_REPLY);
+    }
     // SAFETY: copied out at once.
     let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v6(dst)) }).copied() else {
         return leave_node_v6(ctx, ip, dst, hop_limit);
@@ -337,6 +340,9 @@ fn leave_node_v6(
     let Some(cfg) = NODE_CONFIG.get(0).copied() else {
         return to_stack(ctx);
     };
+    if hop_limit > 1 && NODE_ADDRS.get_ptr(&IpKey::v6(dst)).is_some() {
+        return Ok(translate6::TO_HOST_PORT);
+    }
     if cfg.uplink_ifindex == 0 || hop_limit <= 1 || NODE_ADDRS.get_ptr(&IpKey::v6(dst)).is_some() {
         return to_stack(ctx);
     }
@@ -347,9 +353,11 @@ fn leave_node_v6(
     let tunneled = PEERS
         .get(&key)
         .is_some_and(|peer| peer.flags & PEER_F_TUNNEL != 0);
-    let masquerade = cfg.flags & NODE_F_MASQUERADE != 0 && NO_MASQ.get(&key).is_none();
-    if tunneled || masquerade {
+    if tunneled {
         return to_stack(ctx);
+    }
+    if translate6::masquerades(dst) {
+        return Ok(translate6::MASQUERADE);
     }
     ipv6_decrease_hop_limit(ip);
     let action = out_of_uplink(ctx, &cfg)?;

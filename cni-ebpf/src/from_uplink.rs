@@ -26,6 +26,7 @@ use crate::{
     maps::{ENDPOINTS, NODE_ADDRS, NODE_CONFIG},
     nat::dnat,
     netfilter::{self, to_netfilter},
+    translate6,
 };
 
 const HEADERS_LEN: u32 = (ETH_LEN + core::mem::size_of::<Ipv6Hdr>()) as u32;
@@ -111,7 +112,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
 /// IPv6 has no masquerade or host ports here, so everything else is the
 /// node's own.
 fn ipv6(ctx: &TcContext) -> Result<i32, DropReason> {
-    let Some((eth, ip)) = ipv6_headers(ctx) else {
+    let Some((_, ip)) = ipv6_headers(ctx) else {
         return Ok(TC_ACT_OK);
     };
     // SAFETY: bounds-checked.
@@ -119,8 +120,12 @@ fn ipv6(ctx: &TcContext) -> Result<i32, DropReason> {
     if ipv6_link_scoped(&dst) || hop_limit <= 1 {
         return Ok(TC_ACT_OK);
     }
-    // SAFETY: copied out at once.
-    let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v6(dst)) }).copied() else {
+    // Replies of masqueraded flows and host ports at a node address are
+    // translated in place: the destination is then the pod's.
+    translate6::from_uplink(ctx)?;
+    let (eth, ip) = ipv6_headers(ctx).ok_or(DropReason::Malformed)?;
+    // SAFETY: bounds-checked; copied out at once.
+    let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v6((*ip).daddr)) }).copied() else {
         return Ok(TC_ACT_OK);
     };
     ipv6_decrease_hop_limit(ip);

@@ -12,12 +12,13 @@
 use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::TcContext};
 use cni_ebpf_common::{
     CtState, DropReason, FlowKey, HostPortFlow, HostPortKey, HostPortTarget, IPPROTO_TCP,
-    IPPROTO_UDP, IpKey,
+    IPPROTO_UDP,
 };
 
 use crate::{
-    headers::{IPV4_DST_OFF, IPV4_SRC_OFF, TCP_FIN, TCP_RST, TCP_SYN, v4},
-    l4::{Transport, rewrite_addr, rewrite_port},
+    family::Addr,
+    headers::{TCP_FIN, TCP_RST, TCP_SYN},
+    l4::{Transport, rewrite_port},
     maps::{HOST_PORT_CT, HOST_PORTS},
 };
 
@@ -33,21 +34,34 @@ fn state_of(t: &Transport) -> u8 {
 /// Rewrites a packet for `dst:t.dst_port` to the pod publishing it; the
 /// pod's address when it did.
 #[inline(never)]
-pub fn to_pod(
+pub fn to_pod<A: Addr>(
     ctx: &TcContext,
-    src: [u8; 4],
-    dst: [u8; 4],
+    src: A,
+    dst: A,
     t: &Transport,
-) -> Result<Option<[u8; 4]>, DropReason> {
+) -> Result<Option<A>, DropReason> {
+    to_pod_inline(ctx, src, dst, t)
+}
+
+/// [`to_pod`] in the caller's frame (IPv6 callers: an IPv6 address cannot
+/// be returned from a BPF function, and a frame of their own on top of
+/// `to_pod`'s would pass the verifier's limit).
+#[inline(always)]
+pub fn to_pod_inline<A: Addr>(
+    ctx: &TcContext,
+    src: A,
+    dst: A,
+    t: &Transport,
+) -> Result<Option<A>, DropReason> {
     let Some(target) = published(src, dst, t) else {
         return Ok(None);
     };
-    let pod = v4(&target.pod_addr);
+    let pod = A::from_key(&target.pod_addr);
     let hairpin = src == pod;
-    rewrite_addr(ctx, t, IPV4_DST_OFF, dst, pod)?;
+    A::rewrite(ctx, t, A::DST_OFF, dst, pod)?;
     rewrite_port(ctx, t, t.dst_port_offset(), t.dst_port, target.pod_port)?;
     if hairpin {
-        rewrite_addr(ctx, t, IPV4_SRC_OFF, src, dst)?;
+        A::rewrite(ctx, t, A::SRC_OFF, src, dst)?;
     }
     Ok(Some(pod))
 }
@@ -57,30 +71,33 @@ pub fn to_pod(
 /// there. Shared by `to_pod` and the XDP program, which rewrite the packet
 /// each in their own way (a hairpin's source too: `src` is then the pod's).
 #[inline(always)]
-pub fn published(src: [u8; 4], dst: [u8; 4], t: &Transport) -> Option<HostPortTarget> {
+pub fn published<A: Addr>(src: A, dst: A, t: &Transport) -> Option<&'static HostPortTarget> {
     if t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP {
         return None;
     }
     let mut key = HostPortKey {
-        host_addr: IpKey::v4(dst).addr,
+        host_addr: dst.key(),
         port: t.dst_port,
         proto: t.proto,
-        _pad: 0,
+        wildcard: 0,
     };
-    // SAFETY: copied out at once.
-    let target = match unsafe { HOST_PORTS.get(&key) }.copied() {
+    // Referenced, not copied (the frame counts against the verifier's limit
+    // for the whole call chain): entries are only replaced whole, and an
+    // element stays readable for the program's run.
+    // SAFETY: see above.
+    let target: &HostPortTarget = match unsafe { HOST_PORTS.get(&key) } {
         Some(target) => target,
         None => {
-            key.host_addr = [0; 16];
-            // SAFETY: copied out at once.
-            unsafe { HOST_PORTS.get(&key) }.copied()?
+            key = HostPortKey::any(A::V6, t.dst_port, t.proto);
+            // SAFETY: as above.
+            unsafe { HOST_PORTS.get(&key) }?
         }
     };
-    let pod = v4(&target.pod_addr);
+    let pod = A::from_key(&target.pod_addr);
     let hairpin = src == pod;
     let reply = FlowKey {
         src: target.pod_addr,
-        dst: IpKey::v4(if hairpin { dst } else { src }).addr,
+        dst: if hairpin { dst } else { src }.key(),
         src_port: target.pod_port,
         dst_port: t.src_port,
         proto: t.proto,
@@ -88,22 +105,11 @@ pub fn published(src: [u8; 4], dst: [u8; 4], t: &Transport) -> Option<HostPortTa
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let flow = HostPortFlow {
-        host_addr: IpKey::v4(dst).addr,
-        client_addr: IpKey::v4(src).addr,
-        host_port: t.dst_port,
-        client_port: t.src_port,
-        state: state_of(t),
-        _pad: [0; 3],
-        last_seen_ns: now,
-    };
     match HOST_PORT_CT.get_ptr_mut(&reply) {
         // The same connection: refresh it.
         // SAFETY: a live map value; plain stores.
         Some(known)
-            if unsafe {
-                (*known).host_addr == flow.host_addr && (*known).host_port == flow.host_port
-            } =>
+            if unsafe { (*known).host_addr == dst.key() && (*known).host_port == t.dst_port } =>
         unsafe {
             (*known).last_seen_ns = now;
             if t.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
@@ -113,28 +119,66 @@ pub fn published(src: [u8; 4], dst: [u8; 4], t: &Transport) -> Option<HostPortTa
         // New, or the same client tuple now through another published port
         // of the same pod port: this mapping is the one replies must show.
         _ => {
+            let flow = HostPortFlow {
+                host_addr: dst.key(),
+                client_addr: src.key(),
+                host_port: t.dst_port,
+                client_port: t.src_port,
+                state: state_of(t),
+                _pad: [0; 3],
+                last_seen_ns: now,
+            };
             let _ = HOST_PORT_CT.insert(&reply, &flow, 0);
         }
     }
     Some(target)
 }
 
+/// Whether `src` -> `dst` is a pod's reply on a connection through a host
+/// port (what [`from_pod`] would rewrite).
+#[inline(always)]
+pub fn is_reply<A: Addr>(src: A, dst: A, t: &Transport) -> bool {
+    (t.proto == IPPROTO_TCP || t.proto == IPPROTO_UDP)
+        && HOST_PORT_CT
+            .get_ptr(&FlowKey {
+                src: src.key(),
+                dst: dst.key(),
+                src_port: t.src_port,
+                dst_port: t.dst_port,
+                proto: t.proto,
+                _pad: [0; 3],
+            })
+            .is_some()
+}
+
 /// Rewrites a pod's reply on a connection that came in through a host port
 /// back to the published address and port; the client's address when it
 /// did (differs from `dst` only for hairpin).
 #[inline(never)]
-pub fn from_pod(
+pub fn from_pod<A: Addr>(
     ctx: &TcContext,
-    src: [u8; 4],
-    dst: [u8; 4],
+    src: A,
+    dst: A,
     t: &Transport,
-) -> Result<Option<[u8; 4]>, DropReason> {
+) -> Result<Option<A>, DropReason> {
+    from_pod_inline(ctx, src, dst, t)
+}
+
+/// [`from_pod`] in the caller's frame (IPv6 callers: an IPv6 address
+/// cannot be returned from a BPF function).
+#[inline(always)]
+pub fn from_pod_inline<A: Addr>(
+    ctx: &TcContext,
+    src: A,
+    dst: A,
+    t: &Transport,
+) -> Result<Option<A>, DropReason> {
     if t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP {
         return Ok(None);
     }
     let key = FlowKey {
-        src: IpKey::v4(src).addr,
-        dst: IpKey::v4(dst).addr,
+        src: src.key(),
+        dst: dst.key(),
         src_port: t.src_port,
         dst_port: t.dst_port,
         proto: t.proto,
@@ -155,12 +199,12 @@ pub fn from_pod(
         }
         *flow
     };
-    let host = v4(&flow.host_addr);
-    let client = v4(&flow.client_addr);
-    rewrite_addr(ctx, t, IPV4_SRC_OFF, src, host)?;
+    let host = A::from_key(&flow.host_addr);
+    let client = A::from_key(&flow.client_addr);
+    A::rewrite(ctx, t, A::SRC_OFF, src, host)?;
     rewrite_port(ctx, t, t.src_port_offset(), t.src_port, flow.host_port)?;
     if client != dst {
-        rewrite_addr(ctx, t, IPV4_DST_OFF, dst, client)?;
+        A::rewrite(ctx, t, A::DST_OFF, dst, client)?;
     }
     Ok(Some(client))
 }

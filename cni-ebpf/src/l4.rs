@@ -1,16 +1,22 @@
-//! The transport header of an IPv4 packet as NAT sees it, and the
+//! The transport header of an IPv4 or IPv6 packet as NAT sees it, and the
 //! checksum-correct rewrites of addresses and ports.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::generated::bpf_csum_diff,
     programs::TcContext,
 };
-use cni_ebpf_common::{DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use cni_ebpf_common::{DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, wire::IPPROTO_ICMPV6};
 
 use crate::headers::{
-    ETH_LEN, ICMP_CSUM_OFF, IPV4_CSUM_OFF, Ipv4Hdr, L4Head, TCP_CSUM_OFF, TcpFlagsWord,
+    ETH_LEN, ICMP_CSUM_OFF, IPV4_CSUM_OFF, Ipv4Hdr, Ipv6Hdr, L4Head, TCP_CSUM_OFF, TcpFlagsWord,
     UDP_CSUM_OFF, header, ipv4_l4_offset,
 };
+
+/// `bpf_l4_csum_replace` flag (Linux 6.16+): the packet is IPv6, whose
+/// header has no checksum to cancel a pseudo-header change out, so a
+/// `CHECKSUM_COMPLETE` sum must not be adjusted for it.
+const BPF_F_IPV6: u64 = 1 << 7;
 
 /// Offsets are from the start of the packet; ports in network order.
 #[derive(Clone, Copy)]
@@ -27,9 +33,15 @@ pub struct Transport {
 }
 
 impl Transport {
+    /// ICMP or ICMPv6: echo identifiers stand in for ports.
+    #[inline(always)]
+    pub fn is_icmp(&self) -> bool {
+        self.proto == IPPROTO_ICMP || self.proto == IPPROTO_ICMPV6
+    }
+
     /// Offset of the port NAT rewrites on the source side (or the echo id).
     pub fn src_port_offset(&self) -> usize {
-        if self.proto == IPPROTO_ICMP {
+        if self.is_icmp() {
             self.offset + 4
         } else {
             self.offset
@@ -37,7 +49,7 @@ impl Transport {
     }
 
     pub fn dst_port_offset(&self) -> usize {
-        if self.proto == IPPROTO_ICMP {
+        if self.is_icmp() {
             self.offset + 4
         } else {
             self.offset + 2
@@ -59,6 +71,23 @@ pub fn parse(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<Transport> {
     if offset < ETH_LEN + size_of::<Ipv4Hdr>() {
         return None;
     }
+    transport(ctx, proto, offset, IPPROTO_ICMP)
+}
+
+/// Parses TCP, UDP or ICMPv6 right behind the IPv6 header; `None` for other
+/// next headers, extension headers (fragments among them) included: those
+/// go to the node's stack.
+#[inline(always)]
+pub fn parse_v6(ctx: &TcContext, ip: *const Ipv6Hdr) -> Option<Transport> {
+    // SAFETY: the caller bounds-checked `ip`.
+    let proto = unsafe { (*ip).next_header };
+    transport(ctx, proto, ETH_LEN + size_of::<Ipv6Hdr>(), IPPROTO_ICMPV6)
+}
+
+/// The transport header at `offset`; `icmp` is the family's ICMP (the
+/// other family's is just another protocol).
+#[inline(always)]
+fn transport(ctx: &TcContext, proto: u8, offset: usize, icmp: u8) -> Option<Transport> {
     let head: *const L4Head = header(ctx, offset)?;
     // SAFETY: bounds-checked.
     let (w0, w1, w2) = unsafe { ((*head).word0, (*head).word1, (*head).word2) };
@@ -84,7 +113,7 @@ pub fn parse(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<Transport> {
             // SAFETY: bounds-checked (8 bytes).
             t.no_csum = unsafe { (*head).word3 } == 0;
         }
-        IPPROTO_ICMP => {
+        _ if proto == icmp => {
             t.csum_offset = offset + ICMP_CSUM_OFF;
             t.icmp_type = w0.to_ne_bytes()[0];
             // Echo: the identifier stands in for both ports.
@@ -107,7 +136,7 @@ fn udp_flag(t: &Transport) -> u64 {
 /// Replaces the IPv4 address at `offset` (source or destination), fixing the
 /// IP checksum and the transport checksum's pseudo header.
 #[inline(always)]
-pub fn rewrite_addr(
+pub fn rewrite_addr_v4(
     ctx: &TcContext,
     t: &Transport,
     offset: usize,
@@ -128,6 +157,47 @@ pub fn rewrite_addr(
         .map_err(|_| DropReason::RewriteFailed)?;
     ctx.store(offset, &new, 0)
         .map_err(|_| DropReason::RewriteFailed)
+}
+
+/// Replaces the IPv6 address at `offset` (source or destination), fixing
+/// the pseudo header of the transport checksum, ICMPv6's included.
+#[inline(always)]
+pub fn rewrite_addr_v6(
+    ctx: &TcContext,
+    t: &Transport,
+    offset: usize,
+    old: [u8; 16],
+    new: [u8; 16],
+) -> Result<(), DropReason> {
+    if !t.no_csum {
+        ctx.l4_csum_replace(
+            t.csum_offset,
+            0,
+            csum_diff16(&old, &new),
+            u64::from(BPF_F_PSEUDO_HDR) | BPF_F_IPV6 | udp_flag(t),
+        )
+        .map_err(|_| DropReason::RewriteFailed)?;
+    }
+    ctx.store(offset, &new, 0)
+        .map_err(|_| DropReason::RewriteFailed)
+}
+
+/// The checksum difference of replacing 16 bytes (`bpf_csum_diff`), for
+/// the `l4_csum_replace` variant that takes a difference (size 0).
+#[inline(always)]
+pub fn csum_diff16(old: &[u8; 16], new: &[u8; 16]) -> u64 {
+    // SAFETY: the helper only reads both buffers (its pointers are not
+    // const in the binding); 16 is a multiple of 4 as it requires.
+    let diff = unsafe {
+        bpf_csum_diff(
+            old.as_ptr().cast_mut().cast(),
+            16,
+            new.as_ptr().cast_mut().cast(),
+            16,
+            0,
+        )
+    };
+    u64::from(diff as u32)
 }
 
 /// Replaces a port (or the echo identifier) at `offset`, fixing the

@@ -6,6 +6,8 @@
 #[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]
+mod family;
+#[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
 mod from_pod;
@@ -37,6 +39,8 @@ mod rate;
 mod to_pod;
 #[cfg(target_arch = "bpf")]
 mod to_uplink;
+#[cfg(target_arch = "bpf")]
+mod translate6;
 #[cfg(target_arch = "bpf")]
 mod tunnel;
 #[cfg(target_arch = "bpf")]

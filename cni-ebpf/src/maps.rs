@@ -8,8 +8,8 @@ use cni_ebpf_common::{
     COUNTER_SLOTS, DROP_SLOTS, Endpoint, EndpointStats, FlowKey, HostPortFlow, HostPortKey,
     HostPortSockKey, HostPortTarget, IpKey, MAX_ENDPOINTS, MAX_HOST_PORT_FLOWS,
     MAX_HOST_PORT_SOCKS, MAX_HOST_PORTS, MAX_NAT_FLOWS, MAX_NETFILTER_FLOWS, MAX_NO_MASQ,
-    MAX_NODE_ADDRS, MAX_PEERS, MAX_SERVICE_CIDRS, NatEntry, NodeConfig, PacketCount, Peer,
-    RateLimit, TunnelConfig,
+    MAX_NODE_ADDRS, MAX_PEERS, MAX_SERVICE_CIDRS, NatEntry, NodeConfig, NodeConfigV6, PacketCount,
+    Peer, RateLimit, TunnelConfig,
 };
 
 /// Pod addresses on this node -> their interface.
@@ -27,6 +27,10 @@ pub static COUNTERS: PerCpuArray<PacketCount> = PerCpuArray::pinned(COUNTER_SLOT
 /// The node's settings (one entry), written by the plugin.
 #[map]
 pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+
+/// The node's IPv6 settings (one entry), written by the plugin.
+#[map]
+pub static NODE_CONFIG_V6: Array<NodeConfigV6> = Array::pinned(1, 0);
 
 /// The node's own addresses: pod traffic to them goes to the node's stack.
 #[map]

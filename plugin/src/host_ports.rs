@@ -23,18 +23,47 @@ pub struct HostPortRequest {
     pub proto: u8,
     pub host_port: u16,
     pub container_port: u16,
+    /// `None`: every node address of every family the pod has; an
+    /// unspecified address (`0.0.0.0`, `::`): every one of its family.
     pub host_ip: Option<IpAddr>,
 }
 
 impl HostPortRequest {
-    pub fn for_pod(&self, pod_addr: IpAddr) -> PortMapping {
-        PortMapping {
+    /// The mappings onto a pod with `pod_addrs` (at most one per family):
+    /// one per family the request covers. A request for a family the pod
+    /// lacks is an error naming `hostIP`; without `hostIP`, at least one
+    /// family must be there.
+    pub fn for_pod(&self, pod_addrs: &[IpAddr]) -> CniResult<Vec<PortMapping>> {
+        let mapping = |pod_addr: IpAddr| PortMapping {
             proto: self.proto,
             host_port: self.host_port,
-            host_ip: self.host_ip,
+            host_ip: self.host_ip.filter(|ip| !ip.is_unspecified()),
             pod_addr,
             pod_port: self.container_port,
+        };
+        let mappings: Vec<PortMapping> = match self.host_ip {
+            None => pod_addrs.iter().copied().map(mapping).collect(),
+            Some(ip) => pod_addrs
+                .iter()
+                .copied()
+                .filter(|pod| pod.is_ipv6() == ip.is_ipv6())
+                .take(1)
+                .map(mapping)
+                .collect(),
+        };
+        if mappings.is_empty() {
+            let family = match self.host_ip {
+                Some(IpAddr::V6(_)) => "IPv6",
+                Some(IpAddr::V4(_)) => "IPv4",
+                None => "IP",
+            };
+            let host_ip = self.host_ip.map(|ip| format!(" {ip}")).unwrap_or_default();
+            return Err(CniError::invalid_config(format!(
+                "runtimeConfig.portMappings hostIP{host_ip} (hostPort {}): the pod has no {family} address",
+                self.host_port
+            )));
         }
+        Ok(mappings)
     }
 }
 

@@ -3,12 +3,17 @@
 //! pod's own source address, and routes to other nodes' pod CIDRs.
 //!
 //! Config keys (all optional; read in `cni::config`):
-//! - `ipMasq`: masquerade pod traffic leaving the node (as the bridge plugin);
+//! - `ipMasq`: masquerade pod traffic leaving the node (as the bridge plugin,
+//!   both families);
+//! - `ipMasqV6`: masquerade IPv6 or not, whatever `ipMasq` says (default:
+//!   as `ipMasq`; pods with global IPv6 addresses often need none);
 //! - `nonMasqueradeCIDRs`: destinations that keep the pod's address
 //!   (default: the network's own ranges; add the cluster's pod CIDR);
 //! - `uplink`: the uplink device (default: the device of the default route);
 //! - `masqueradeAddress`: the address to masquerade to (default: the
 //!   uplink's first IPv4 address);
+//! - `masqueradeAddressV6`: the same for IPv6 (default: the uplink's first
+//!   IPv6 address that is not link-local);
 //! - `nodeRoutes`: `[{"dst": "<other node's pod CIDR>", "gw": "<its node IP>"}]`,
 //!   installed in the node namespace;
 //! - `natPortRange`: `"61000-65535"`, ports tried when a flow's own is taken;
@@ -17,7 +22,7 @@
 //!   it hands their traffic, and the flows netfilter translated, to the
 //!   node's stack (see the datapath's `netfilter` module).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use cni_ebpf_common::{NODE_F_SERVICES, NodeConfig};
 use cni_ebpf_userspace::{
@@ -45,9 +50,11 @@ pub struct NodeRoute {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UplinkConf {
     pub masquerade: bool,
+    pub masquerade_v6: bool,
     pub no_masquerade: Vec<IpNet>,
     pub uplink: Option<String>,
     pub masquerade_address: Option<Ipv4Addr>,
+    pub masquerade_address_v6: Option<Ipv6Addr>,
     pub node_routes: Vec<NodeRoute>,
     pub nat_ports: Option<(u16, u16)>,
     pub service_cidrs: Vec<IpNet>,
@@ -128,17 +135,25 @@ pub async fn ensure(
         }),
         _ => None,
     };
-    let wanted = NodeSettings {
+    let masquerade_v6 = match (conf.masquerade_v6, uplink_index) {
+        (true, Some(index)) => match conf.masquerade_address_v6 {
+            Some(a) => Some(a),
+            None => masquerade_v6_address(node, index, own_subnets).await?,
+        },
+        _ => None,
+    };
+    let settings = NodeSettings {
         uplink_ifindex: uplink_index.unwrap_or(0),
         masquerade,
+        masquerade_v6,
         nat_ports: conf.nat_ports.unwrap_or(DEFAULT_NAT_PORTS),
         nat_max_flows: DEFAULT_NAT_MAX_FLOWS,
         netns_cookie: node::current_netns_cookie()
             .map_err(|e| CniError::io("reading the node's netns cookie", e))?,
         services: conf.services() && uplink_index.is_some(),
         uplink_guard: conf.services() && !forwards_everywhere(),
-    }
-    .to_config();
+    };
+    let wanted = settings.to_config();
 
     let layout = datapath.layout().clone();
     let current =
@@ -147,6 +162,15 @@ pub async fn ensure(
     if conf.services() {
         node::add_services(&layout, &conf.service_cidrs)
             .map_err(|e| datapath_error("writing the service CIDRs", e))?;
+    }
+    // IPv6 first: the IPv4 config's write is what a new uplink waits for.
+    let wanted_v6 = settings.to_config_v6();
+    if node::read_config_v6(&layout)
+        .map_err(|e| datapath_error("reading the IPv6 node config", e))?
+        != wanted_v6
+    {
+        node::write_config_v6(&layout, &wanted_v6)
+            .map_err(|e| datapath_error("writing the IPv6 node config", e))?;
     }
     let attach_needed = |current: &NodeConfig| {
         current.uplink_ifindex != wanted.uplink_ifindex
@@ -210,6 +234,31 @@ pub async fn ensure(
     no_masq.extend(conf.no_masquerade.iter().map(IpNet::trunc));
     node::add_no_masquerade(&layout, &no_masq)
         .map_err(|e| datapath_error("writing the no-masquerade CIDRs", e))
+}
+
+/// The uplink's first IPv6 address that is not link-local, to masquerade
+/// IPv6 to. A network with IPv6 ranges needs one; without, IPv6 is simply
+/// not masqueraded.
+async fn masquerade_v6_address(
+    node: &Netlink,
+    index: u32,
+    own_subnets: &[IpNet],
+) -> CniResult<Option<Ipv6Addr>> {
+    let found = node
+        .addresses(index)
+        .await?
+        .into_iter()
+        .find_map(|net| match net.addr() {
+            IpAddr::V6(v6) if !v6.is_unicast_link_local() && !v6.is_loopback() => Some(v6),
+            _ => None,
+        });
+    if found.is_none() && own_subnets.iter().any(|net| matches!(net, IpNet::V6(_))) {
+        return Err(invalid(
+            "masqueradeAddressV6",
+            "the uplink has no IPv6 address to masquerade to (set it, or \"ipMasqV6\": false)",
+        ));
+    }
+    Ok(found)
 }
 
 async fn first_ipv4(node: &Netlink, index: u32) -> CniResult<Option<Ipv4Addr>> {

@@ -19,3 +19,8 @@ pub fn with_keys(mut conf: Value, extra: Value) -> Value {
 pub fn masquerade_conf(node: &Node) -> Value {
     with_keys(node.conf().build(), json!({ "ipMasq": true }))
 }
+
+/// `conf` with `ipMasq` on.
+pub fn masquerading(conf: Value) -> Value {
+    with_keys(conf, json!({ "ipMasq": true }))
+}

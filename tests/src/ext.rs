@@ -13,7 +13,7 @@
 //! - [`crate::two_nodes`]: two nodes joined by an underlay;
 //! - [`crate::wait`] and [`crate::node::assert_node_untouched`].
 
-pub use crate::conf::{masquerade_conf, with_keys};
+pub use crate::conf::{masquerade_conf, masquerading, with_keys};
 pub use crate::nat_table::{GcOutcome, NatFlow, NatTable, nat_gc, nat_table};
 pub use crate::node::assert_node_untouched;
 pub use crate::packet_watch::{PacketWatch, SeenPacket, udp_checksum_ok};

@@ -284,12 +284,17 @@ impl HostPortNode {
     }
 
     /// [`node_tcp_exchange`] from this node.
-    pub fn tcp_from_node(&self, dest: SocketAddrV4, bytes: usize, seed: u64) -> NodeTcp {
+    pub fn tcp_from_node(&self, dest: impl Into<SocketAddr>, bytes: usize, seed: u64) -> NodeTcp {
         node_tcp_exchange(self.node.netns(), Some(&self.cgroup), dest, bytes, seed)
     }
 
     /// [`node_udp_request`] from this node.
-    pub fn udp_from_node(&self, dest: SocketAddrV4, payload: &str, connected: bool) -> NodeUdp {
+    pub fn udp_from_node(
+        &self,
+        dest: impl Into<SocketAddr>,
+        payload: &str,
+        connected: bool,
+    ) -> NodeUdp {
         node_udp_request(self.node.netns(), &self.cgroup, dest, payload, connected)
     }
 }
@@ -304,16 +309,17 @@ impl Default for HostPortNode {
 /// connects, reads an [`PeerServer`](crate::peer_server::PeerServer) greeting, sends stdin, shuts down
 /// its side and reads the server's summary.
 const TCP_CLIENT: &str = r#"
-use strict; use warnings; use IO::Socket::INET;
+use strict; use warnings; use IO::Socket::IP;
 $SIG{ALRM} = sub { die "timed out\n" }; alarm 30;
 my ($host, $port) = @ARGV;
 binmode STDIN;
 my $data = do { local $/; <STDIN> };
 $data = '' unless defined $data;
-my $s = IO::Socket::INET->new(PeerAddr => $host, PeerPort => $port, Proto => 'tcp', Timeout => 10)
+my $s = IO::Socket::IP->new(PeerHost => $host, PeerPort => $port, Proto => 'tcp', Timeout => 10)
     or die "connect: $@\n";
 binmode $s;
-printf "local %s:%d\npeer %s:%d\n", $s->sockhost, $s->sockport, $s->peerhost, $s->peerport;
+sub hp { my ($h, $p) = @_; return $h =~ /:/ ? "[$h]:$p" : "$h:$p" }
+printf "local %s\npeer %s\n", hp($s->sockhost, $s->sockport), hp($s->peerhost, $s->peerport);
 my $greeting = <$s>;
 defined $greeting or die "no greeting\n";
 print "seen $greeting";
@@ -332,25 +338,30 @@ print "summary $summary";
 /// The node-side UDP client: sends one datagram (from a connected socket,
 /// or with `sendto`) and prints the source and bytes of the answer.
 const UDP_CLIENT: &str = r#"
-use strict; use warnings; use Socket;
+use strict; use warnings; use Socket qw(:addrinfo SOCK_DGRAM);
 $SIG{ALRM} = sub { die "timed out\n" }; alarm 30;
 my ($host, $port, $payload, $mode) = @ARGV;
-socket(my $s, PF_INET, SOCK_DGRAM, 0) or die "socket: $!\n";
-my $to = sockaddr_in($port, inet_aton($host));
+my ($err, $ai) = getaddrinfo($host, $port, { socktype => SOCK_DGRAM, flags => AI_NUMERICHOST });
+die "getaddrinfo: $err\n" if $err;
+socket(my $s, $ai->{family}, SOCK_DGRAM, 0) or die "socket: $!\n";
+my $to = $ai->{addr};
 if ($mode eq 'connected') {
     connect($s, $to) or die "connect: $!\n";
     defined send($s, $payload, 0) or die "send: $!\n";
 } else {
     defined send($s, $payload, 0, $to) or die "send: $!\n";
 }
-my ($lport, $laddr) = sockaddr_in(getsockname($s));
-printf "local %s:%d\n", inet_ntoa($laddr), $lport;
+sub hp {
+    my ($e, $h, $p) = getnameinfo($_[0], NI_NUMERICHOST | NI_NUMERICSERV);
+    die "getnameinfo: $e\n" if $e;
+    return $h =~ /:/ ? "[$h]:$p" : "$h:$p";
+}
+printf "local %s\n", hp(getsockname($s));
 my $rin = ''; vec($rin, fileno($s), 1) = 1;
 select(my $rout = $rin, undef, undef, 5) or die "no answer\n";
 my $from = recv($s, my $buf, 4096, 0);
 defined $from or die "recv: $!\n";
-my ($fport, $faddr) = sockaddr_in($from);
-printf "from %s:%d\nanswer %s\n", inet_ntoa($faddr), $fport, unpack('H*', $buf);
+printf "from %s\nanswer %s\n", hp($from), unpack('H*', $buf);
 "#;
 
 /// Runs a Perl `script` with `args` in `netns` (and `cgroup`); the `key
@@ -431,10 +442,11 @@ pub type NodeTcp = Result<NodeTcpOutcome, String>;
 pub fn node_tcp_exchange(
     netns: &Netns,
     cgroup: Option<&TestCgroup>,
-    dest: SocketAddrV4,
+    dest: impl Into<SocketAddr>,
     bytes: usize,
     seed: u64,
 ) -> NodeTcp {
+    let dest = dest.into();
     let mut data = vec![0u8; bytes];
     ByteStream::new(seed).fill(&mut data);
     let mut hash = Fnv64::default();
@@ -481,10 +493,11 @@ pub type NodeUdp = Result<NodeUdpAnswer, String>;
 pub fn node_udp_request(
     netns: &Netns,
     cgroup: &TestCgroup,
-    dest: SocketAddrV4,
+    dest: impl Into<SocketAddr>,
     payload: &str,
     connected: bool,
 ) -> NodeUdp {
+    let dest = dest.into();
     let mode = if connected { "connected" } else { "sendto" };
     let lines = run_client(
         netns,

@@ -252,7 +252,8 @@ pub fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Socke
 /// A one-shot iperf3 server (`-s -1`) in `ns` bound to `ip` on `port`,
 /// killed on drop if it is still running. It listens a moment after this
 /// returns; clients retry or wait for its socket.
-pub fn iperf3_server(ns: &Netns, ip: std::net::Ipv4Addr, port: &str) -> KillOnDrop {
+pub fn iperf3_server(ns: &Netns, ip: impl Into<IpAddr>, port: &str) -> KillOnDrop {
+    let ip: IpAddr = ip.into();
     let mut command = ns.command("iperf3");
     command
         .args(["-s", "-1", "-B", &ip.to_string(), "-p", port])

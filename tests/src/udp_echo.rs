@@ -25,7 +25,8 @@ pub struct UdpEcho {
 impl UdpEcho {
     /// Binds `addr` inside `ns`; with `no_check` its answers carry no
     /// checksum.
-    pub fn start(ns: &Netns, addr: SocketAddrV4, no_check: bool) -> io::Result<Self> {
+    pub fn start(ns: &Netns, addr: impl Into<SocketAddr>, no_check: bool) -> io::Result<Self> {
+        let addr: SocketAddr = addr.into();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (thread, addr) = {
             let seen = seen.clone();

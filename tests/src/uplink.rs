@@ -84,15 +84,18 @@ pub fn add_uplink(node: &Netns) -> Ext {
 /// plugin finds the uplink (and the masquerade address) as on a real node.
 pub fn add_uplink_with_default_route(node: &Netns) -> Ext {
     let ext = add_uplink(node);
-    node.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        &ext.ext_ip.to_string(),
-        "dev",
-        UPLINK,
-    ]);
+    for via in [IpAddr::V4(ext.ext_ip), IpAddr::V6(ext.ext_ip6)] {
+        node.ip(&[
+            Family::of(via).flag(),
+            "route",
+            "add",
+            "default",
+            "via",
+            &via.to_string(),
+            "dev",
+            UPLINK,
+        ]);
+    }
     ext
 }
 

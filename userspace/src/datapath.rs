@@ -13,8 +13,8 @@ use aya::{
     sys::SyscallError,
 };
 use cni_ebpf_common::program_names::{
-    CONNECT4, FROM_POD, FROM_TUNNEL, FROM_UPLINK, PACE_TCP, RECVMSG4, SENDMSG4, TO_POD, TO_TUNNEL,
-    TO_UPLINK, XDP_UPLINK,
+    CONNECT4, CONNECT6, FROM_POD, FROM_TUNNEL, FROM_UPLINK, PACE_TCP, RECVMSG4, RECVMSG6, SENDMSG4,
+    SENDMSG6, TO_POD, TO_TUNNEL, TO_UPLINK, XDP_UPLINK,
 };
 
 use crate::{
@@ -40,10 +40,13 @@ pub const BUILD_ID: &str = env!("CNI_EBPF_BUILD_ID");
 
 /// Every program of the object; `from_pod` last, so that its pin marks a
 /// complete load.
-const PROGRAMS: [&str; 11] = [
+const PROGRAMS: [&str; 14] = [
     CONNECT4,
     SENDMSG4,
     RECVMSG4,
+    CONNECT6,
+    SENDMSG6,
+    RECVMSG6,
     PACE_TCP,
     TO_POD,
     TO_UPLINK,
@@ -55,10 +58,13 @@ const PROGRAMS: [&str; 11] = [
 ];
 
 /// The cgroup socket-address hooks and where each attaches.
-pub const SOCKET_HOOKS: [(&str, CgroupSockAddrAttachType); 3] = [
+pub const SOCKET_HOOKS: [(&str, CgroupSockAddrAttachType); 6] = [
     (CONNECT4, CgroupSockAddrAttachType::Connect4),
     (SENDMSG4, CgroupSockAddrAttachType::UDPSendMsg4),
     (RECVMSG4, CgroupSockAddrAttachType::UDPRecvMsg4),
+    (CONNECT6, CgroupSockAddrAttachType::Connect6),
+    (SENDMSG6, CgroupSockAddrAttachType::UDPSendMsg6),
+    (RECVMSG6, CgroupSockAddrAttachType::UDPRecvMsg6),
 ];
 
 /// The programs of this build, opened from their pins; the ones most calls

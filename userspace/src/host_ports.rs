@@ -23,30 +23,36 @@ use crate::{
 pub struct PortMapping {
     pub proto: u8,
     pub host_port: u16,
-    /// `None`: every node address (and 127.0.0.1 from the node itself).
+    /// `None`: every node address of `pod_addr`'s family (and the loopback
+    /// address from the node itself).
     pub host_ip: Option<IpAddr>,
     pub pod_addr: IpAddr,
     pub pod_port: u16,
 }
 
 impl PortMapping {
+    fn v6(&self) -> bool {
+        self.pod_addr.is_ipv6()
+    }
+
     fn key(&self) -> HostPortKey {
-        HostPortKey {
-            host_addr: self
-                .host_ip
-                .map(|ip| IpKey::from_ip(ip).addr)
-                .unwrap_or_default(),
-            port: self.host_port.to_be(),
-            proto: self.proto,
-            _pad: 0,
+        match self.host_ip {
+            Some(ip) => HostPortKey {
+                host_addr: IpKey::from_ip(ip).addr,
+                port: self.host_port.to_be(),
+                proto: self.proto,
+                wildcard: 0,
+            },
+            None => self.wildcard_key(),
         }
     }
 
     fn wildcard_key(&self) -> HostPortKey {
-        HostPortKey {
-            host_addr: [0; 16],
-            ..self.key()
-        }
+        HostPortKey::any(self.v6(), self.host_port.to_be(), self.proto)
+    }
+
+    fn use_key(&self) -> u32 {
+        host_port_use_key(self.proto, self.host_port, self.v6())
     }
 }
 
@@ -78,7 +84,7 @@ impl Maps {
     }
 
     fn specific_count(&self, m: &PortMapping) -> Result<u32> {
-        match self.usage.get(&host_port_use_key(m.proto, m.host_port), 0) {
+        match self.usage.get(&m.use_key(), 0) {
             Ok(n) => Ok(n),
             Err(MapError::KeyNotFound) => Ok(0),
             Err(e) => Err(map_error(HOST_PORT_USE)(e)),
@@ -90,7 +96,7 @@ impl Maps {
         if other(self.holder(&m.key())?) || other(self.holder(&m.wildcard_key())?) {
             return Ok(true);
         }
-        // Every address excludes any specific one (held by anyone else).
+        // Every address of a family excludes any specific one of it.
         Ok(m.host_ip.is_none() && self.specific_count(m)? > 0)
     }
 }
@@ -122,7 +128,7 @@ pub fn publish(
         if fresh && m.host_ip.is_some() {
             let n = maps.specific_count(m)?;
             maps.usage
-                .insert(host_port_use_key(m.proto, m.host_port), n + 1, 0)
+                .insert(m.use_key(), n + 1, 0)
                 .map_err(map_error(HOST_PORT_USE))?;
         }
     }
@@ -143,7 +149,7 @@ pub fn unpublish(layout: &BpffsLayout, mappings: &[PortMapping], owner: u64) -> 
             Err(e) => return Err(map_error(HOST_PORTS)(e)),
         }
         if m.host_ip.is_some() {
-            let key = host_port_use_key(m.proto, m.host_port);
+            let key = m.use_key();
             match maps.specific_count(m)? {
                 0 | 1 => {
                     let _ = maps.usage.remove(&key);

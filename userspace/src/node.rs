@@ -2,15 +2,15 @@
 //! destinations that keep a pod's own source address.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use cni_ebpf_common::{
     FlowKey, IpKey, MAX_NAT_FLOWS, NODE_F_MASQUERADE, NODE_F_SERVICES, NODE_F_UPLINK_GUARD,
-    NodeConfig,
-    map_names::{NETFILTER_FLOWS, NO_MASQ, NODE_ADDRS, NODE_CONFIG, SERVICES},
+    NodeConfig, NodeConfigV6,
+    map_names::{NETFILTER_FLOWS, NO_MASQ, NODE_ADDRS, NODE_CONFIG, NODE_CONFIG_V6, SERVICES},
 };
 use ipnet::IpNet;
 
@@ -32,6 +32,8 @@ pub struct NodeSettings {
     pub uplink_ifindex: u32,
     /// `Some` turns masquerade on.
     pub masquerade: Option<Ipv4Addr>,
+    /// `Some` turns masquerade of IPv6 on.
+    pub masquerade_v6: Option<Ipv6Addr>,
     pub nat_ports: (u16, u16),
     pub nat_max_flows: u32,
     /// Cookie of the node's network namespace ([`current_netns_cookie`]).
@@ -93,6 +95,28 @@ impl NodeSettings {
             netns_cookie: self.netns_cookie,
         }
     }
+
+    pub fn to_config_v6(&self) -> NodeConfigV6 {
+        NodeConfigV6 {
+            masq_addr: self.masquerade_v6.map(|a| a.octets()).unwrap_or_default(),
+            flags: if self.masquerade_v6.is_some() {
+                NODE_F_MASQUERADE
+            } else {
+                0
+            },
+            _pad: 0,
+        }
+    }
+}
+
+pub fn read_config_v6(layout: &BpffsLayout) -> Result<NodeConfigV6> {
+    let map: Array<MapData, NodeConfigV6> = open_map(layout, NODE_CONFIG_V6)?;
+    map.get(&0, 0).map_err(map_error(NODE_CONFIG_V6))
+}
+
+pub fn write_config_v6(layout: &BpffsLayout, config: &NodeConfigV6) -> Result<()> {
+    let mut map: Array<MapData, NodeConfigV6> = open_map(layout, NODE_CONFIG_V6)?;
+    map.set(0, config, 0).map_err(map_error(NODE_CONFIG_V6))
 }
 
 pub fn read_config(layout: &BpffsLayout) -> Result<NodeConfig> {

@@ -9,7 +9,7 @@
 //! No other module reads a key from the JSON; `raw` is kept only to be
 //! forwarded whole (a delegated IPAM plugin reads the config on its stdin).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use cni_ebpf_userspace::AttachMode;
@@ -162,10 +162,14 @@ struct AttachmentKeys {
 struct AddKeys {
     attach_mode: Option<String>,
     ip_masq: Option<bool>,
+    #[serde(rename = "ipMasqV6")]
+    ip_masq_v6: Option<bool>,
     #[serde(rename = "nonMasqueradeCIDRs")]
     non_masquerade_cidrs: Option<Vec<IpNet>>,
     uplink: Option<String>,
     masquerade_address: Option<Ipv4Addr>,
+    #[serde(rename = "masqueradeAddressV6")]
+    masquerade_address_v6: Option<Ipv6Addr>,
     node_routes: Option<Vec<NodeRoute>>,
     nat_port_range: Option<String>,
     #[serde(rename = "serviceCIDRs")]
@@ -449,9 +453,11 @@ impl AddKeys {
             attach_mode,
             uplink: UplinkConf {
                 masquerade: self.ip_masq.unwrap_or(false),
+                masquerade_v6: self.ip_masq_v6.or(self.ip_masq).unwrap_or(false),
                 no_masquerade: self.non_masquerade_cidrs.unwrap_or_default(),
                 uplink: self.uplink,
                 masquerade_address: self.masquerade_address,
+                masquerade_address_v6: self.masquerade_address_v6,
                 node_routes,
                 nat_ports,
                 service_cidrs: self.service_cidrs.unwrap_or_default(),
@@ -518,21 +524,15 @@ fn port_requests(entries: Vec<PortMappingKeys>) -> CniResult<Vec<HostPortRequest
                 ));
             }
         };
-        // Empty (containerd's and CRI-O's "unset"): every node address.
+        // Empty (containerd's and CRI-O's "unset"): every node address of
+        // every family the pod has; `0.0.0.0` / `::`: every one of that
+        // family (kept as such, see `HostPortRequest::host_ip`).
         let host_ip = match entry.host_ip.as_deref() {
-            None | Some("" | "0.0.0.0") => None,
-            Some(text) => {
-                let ip: IpAddr = text
-                    .parse()
-                    .map_err(|e| invalid_field(&field("hostIP"), e))?;
-                if ip.is_ipv6() {
-                    return Err(invalid_field(
-                        &field("hostIP"),
-                        "IPv6 host ports are not supported yet",
-                    ));
-                }
-                Some(ip)
-            }
+            None | Some("") => None,
+            Some(text) => Some(
+                text.parse::<IpAddr>()
+                    .map_err(|e| invalid_field(&field("hostIP"), e))?,
+            ),
         };
         for (name, port) in [
             ("hostPort", entry.host_port),
@@ -958,6 +958,8 @@ mod tests {
             "nonMasqueradeCIDRs": ["10.244.0.0/16"],
             "uplink": "eth0",
             "masqueradeAddress": "192.0.2.1",
+            "ipMasqV6": false,
+            "masqueradeAddressV6": "2001:db8::1",
             "nodeRoutes": [{"dst": "10.244.2.0/24", "gw": "10.99.0.2"}],
             "natPortRange": "40000-40100",
             "serviceCIDRs": ["10.96.0.0/12", "192.0.2.10/32"]
@@ -966,6 +968,13 @@ mod tests {
         assert!(conf.services());
         assert_eq!(conf.service_cidrs.len(), 2);
         assert!(conf.masquerade);
+        assert!(!conf.masquerade_v6);
+        assert_eq!(
+            conf.masquerade_address_v6,
+            Some("2001:db8::1".parse().unwrap())
+        );
+        // IPv6 follows `ipMasq` unless told otherwise.
+        assert!(uplink_of(&json!({"ipMasq": true})).unwrap().masquerade_v6);
         assert_eq!(
             conf.no_masquerade,
             vec!["10.244.0.0/16".parse::<IpNet>().unwrap()]
@@ -998,6 +1007,11 @@ mod tests {
             (json!({"serviceCIDRs": "10.96.0.0/12"}), "serviceCIDRs"),
             (json!({"serviceCIDRs": ["10.96.0.0/33"]}), "serviceCIDRs[0]"),
             (json!({"masqueradeAddress": "::1"}), "masqueradeAddress"),
+            (
+                json!({"masqueradeAddressV6": "192.0.2.1"}),
+                "masqueradeAddressV6",
+            ),
+            (json!({"ipMasqV6": "no"}), "ipMasqV6"),
         ] {
             let err = uplink_of(&raw).unwrap_err();
             assert_eq!(err.code, crate::error::code::INVALID_CONFIG);
@@ -1010,10 +1024,14 @@ mod tests {
         let got = port_requests_of(&json!({"portMappings": [
             {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
             {"hostPort": 5353, "containerPort": 53, "protocol": "UDP", "hostIP": "10.0.0.1"},
-            {"hostPort": 9090, "containerPort": 90, "hostIP": ""}
+            {"hostPort": 9090, "containerPort": 90, "hostIP": ""},
+            {"hostPort": 9091, "containerPort": 91, "hostIP": "fd00::1"},
+            {"hostPort": 9092, "containerPort": 92, "hostIP": "::"}
         ]}))
         .unwrap();
-        assert_eq!(got.len(), 3);
+        assert_eq!(got.len(), 5);
+        assert_eq!(got[3].host_ip, Some("fd00::1".parse().unwrap()));
+        assert_eq!(got[4].host_ip, Some("::".parse().unwrap()));
         assert_eq!(got[0].proto, IPPROTO_TCP);
         assert_eq!(got[1].proto, IPPROTO_UDP);
         assert_eq!(got[1].host_ip, Some("10.0.0.1".parse().unwrap()));

@@ -532,22 +532,23 @@ fn result(req: &Request<'_>, veth: VethPair, lease: IpamResult) -> CniOutput {
     }
 }
 
-/// The pod's host ports, on its IPv4 address.
+/// The pod's host ports: each on the pod's address of its `hostIP`'s
+/// family, or of both families without one.
 fn published_ports(
     requests: &[HostPortRequest],
     allocations: &[Allocation],
 ) -> CniResult<Vec<PortMapping>> {
-    if requests.is_empty() {
-        return Ok(Vec::new());
+    let mut pod_addrs: Vec<IpAddr> = Vec::new();
+    for addr in allocations.iter().map(|a| a.address.addr()) {
+        if !pod_addrs.iter().any(|a| a.is_ipv6() == addr.is_ipv6()) {
+            pod_addrs.push(addr);
+        }
     }
-    let pod_addr = allocations
-        .iter()
-        .map(|a| a.address.addr())
-        .find(IpAddr::is_ipv4)
-        .ok_or_else(|| {
-            CniError::invalid_config("runtimeConfig.portMappings: the pod has no IPv4 address")
-        })?;
-    Ok(requests.iter().map(|r| r.for_pod(pod_addr)).collect())
+    let mut mappings = Vec::new();
+    for request in requests {
+        mappings.extend(request.for_pod(&pod_addrs)?);
+    }
+    Ok(mappings)
 }
 
 /// Addresses asked for by `CNI_ARGS` `IP=`, `runtimeConfig.ips` and
@@ -780,29 +781,59 @@ mod tests {
     }
 
     #[test]
-    fn host_ports_go_to_the_pods_ipv4_address() {
-        let port = HostPortRequest {
+    fn host_ports_go_to_the_pods_address_of_their_family() {
+        let port = |host_ip: Option<&str>| HostPortRequest {
             proto: IPPROTO_TCP,
             host_port: 8080,
             container_port: 80,
-            host_ip: None,
+            host_ip: host_ip.map(ip),
         };
-        let v6 = Allocation {
-            address: "fd00::5/64".parse().unwrap(),
+        let mapping = |host_ip: Option<&str>, pod: &str| PortMapping {
+            proto: IPPROTO_TCP,
+            host_port: 8080,
+            host_ip: host_ip.map(ip),
+            pod_addr: ip(pod),
+            pod_port: 80,
+        };
+        let allocation = |cidr: &str| Allocation {
+            address: cidr.parse().unwrap(),
             gateway: None,
         };
-        let v4 = Allocation {
-            address: "10.1.0.5/24".parse().unwrap(),
-            gateway: None,
-        };
-        let got = published_ports(&[port], &[v6.clone(), v4]).unwrap();
-        assert_eq!(got, vec![port.for_pod(ip("10.1.0.5"))]);
-        assert!(
-            published_ports(&[], std::slice::from_ref(&v6))
-                .unwrap()
-                .is_empty()
-        );
-        let err = published_ports(&[port], &[v6]).unwrap_err();
-        assert!(err.msg.contains("runtimeConfig.portMappings"), "{err}");
+        let dual = [allocation("fd00::5/64"), allocation("10.1.0.5/24")];
+        let v4_only = [allocation("10.1.0.5/24")];
+        let v6_only = [allocation("fd00::5/64")];
+        /// The mappings, or words of the error.
+        type Want = Result<Vec<PortMapping>, &'static str>;
+        // (hostIP, the pod's addresses, what ADD publishes)
+        let cases: [(Option<&str>, &[Allocation], Want); 8] = [
+            (
+                None,
+                &dual,
+                Ok(vec![mapping(None, "fd00::5"), mapping(None, "10.1.0.5")]),
+            ),
+            (None, &v4_only, Ok(vec![mapping(None, "10.1.0.5")])),
+            (None, &v6_only, Ok(vec![mapping(None, "fd00::5")])),
+            (Some("0.0.0.0"), &dual, Ok(vec![mapping(None, "10.1.0.5")])),
+            (Some("::"), &dual, Ok(vec![mapping(None, "fd00::5")])),
+            (
+                Some("fd00:99::1"),
+                &dual,
+                Ok(vec![mapping(Some("fd00:99::1"), "fd00::5")]),
+            ),
+            (Some("fd00:99::1"), &v4_only, Err("no IPv6 address")),
+            (Some("10.99.0.1"), &v6_only, Err("no IPv4 address")),
+        ];
+        for (host_ip, allocations, want) in cases {
+            let got = published_ports(&[port(host_ip)], allocations);
+            match want {
+                Ok(want) => assert_eq!(got.unwrap(), want, "hostIP {host_ip:?}"),
+                Err(words) => {
+                    let err = got.unwrap_err();
+                    assert!(err.msg.contains("runtimeConfig.portMappings"), "{err}");
+                    assert!(err.msg.contains(words), "{err}");
+                }
+            }
+        }
+        assert!(published_ports(&[], &v6_only).unwrap().is_empty());
     }
 }

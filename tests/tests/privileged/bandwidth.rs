@@ -5,10 +5,10 @@
 //! only the limited direction is limited, and DEL, CHECK, GC and validation
 //! handle the limits.
 
-use std::{net::Ipv4Addr, thread, time::Duration};
+use std::{net::IpAddr, thread, time::Duration};
 
 use cni_ebpf_tests::{
-    CniRequest, Netns, Node, Pod,
+    CniRequest, Family, Netns, Node, Pod,
     agent::Agent,
     ext::{self, assert_node_untouched, with_keys},
     hostports::{delete_map_entry, dump_map},
@@ -63,7 +63,13 @@ pub(crate) struct Goodput {
 
 /// One iperf3 run from `client` to a server in `server` on `server_ip`: TCP,
 /// or what `extra` asks for.
-fn iperf3_with(server: &Netns, server_ip: Ipv4Addr, client: &Netns, extra: &[&str]) -> Goodput {
+fn iperf3_with(
+    server: &Netns,
+    server_ip: impl Into<IpAddr>,
+    client: &Netns,
+    extra: &[&str],
+) -> Goodput {
+    let server_ip: IpAddr = server_ip.into();
     let ip = server_ip.to_string();
     let _server = traffic::iperf3_server(server, server_ip, IPERF_PORT);
     // The server listens a moment after it starts.
@@ -107,12 +113,12 @@ fn iperf3_with(server: &Netns, server_ip: Ipv4Addr, client: &Netns, extra: &[&st
 }
 
 /// One iperf3 TCP run from `client` to a server in `server` on `server_ip`.
-fn iperf3(server: &Netns, server_ip: Ipv4Addr, client: &Netns) -> Goodput {
+fn iperf3(server: &Netns, server_ip: impl Into<IpAddr>, client: &Netns) -> Goodput {
     iperf3_with(server, server_ip, client, &[])
 }
 
 /// A UDP flood from `client` to a server in `server` on `server_ip`.
-pub(crate) fn udp_flood(server: &Netns, server_ip: Ipv4Addr, client: &Netns) -> Goodput {
+pub(crate) fn udp_flood(server: &Netns, server_ip: impl Into<IpAddr>, client: &Netns) -> Goodput {
     iperf3_with(server, server_ip, client, &UDP_FLOOD)
 }
 
@@ -211,51 +217,57 @@ fn egress_limit_holds_to_pods_and_to_the_node() {
 
 #[test]
 fn egress_limit_holds_to_the_outside_through_masquerade() {
-    let node = Node::new();
-    let ext = ext::uplink_with_default_route(&node);
-    let limited = node.add_pod_with(with_keys(
-        ext::masquerade_conf(&node),
-        json!({ "egressRate": LIMIT_BITS, "egressBurst": BURST_BITS }),
-    ));
-    assert_paced(
-        iperf3(&ext.netns, ext.ext_ip, limited.netns()),
-        "egress pod -> outside, TCP",
-    );
-    let before = rate_limited(&node, "from-pod");
-    assert_limited(
-        udp_flood(&ext.netns, ext.ext_ip, limited.netns()),
-        "egress pod -> outside, UDP flood",
-    );
-    assert!(
-        rate_limited(&node, "from-pod") > before,
-        "no rate-limited drop counted from the pod to the outside"
-    );
+    for family in Family::ALL {
+        let node = Node::new();
+        let ext = ext::uplink_with_default_route(&node);
+        let limited = node.add_pod_with(with_keys(
+            ext::masquerading(node.conf().family(family).build()),
+            json!({ "egressRate": LIMIT_BITS, "egressBurst": BURST_BITS }),
+        ));
+        let ext_ip = ext.ext_addr(family);
+        assert_paced(
+            iperf3(&ext.netns, ext_ip, limited.netns()),
+            &format!("egress pod -> outside, TCP, {family:?}"),
+        );
+        let before = rate_limited(&node, "from-pod");
+        assert_limited(
+            udp_flood(&ext.netns, ext_ip, limited.netns()),
+            &format!("egress pod -> outside, UDP flood, {family:?}"),
+        );
+        assert!(
+            rate_limited(&node, "from-pod") > before,
+            "{family:?}: no rate-limited drop counted from the pod to the outside"
+        );
+    }
 }
 
 #[test]
 fn ingress_limit_holds_from_the_outside() {
-    let node = Node::new();
-    let ext = ext::uplink_with_default_route(&node);
-    let limited = node.add_pod_with(with_keys(
-        ext::masquerade_conf(&node),
-        json!({ "ingressRate": LIMIT_BITS, "ingressBurst": BURST_BITS }),
-    ));
-    // The sender is off the node: not paced, only policed.
-    assert_limited(
-        iperf3_with(&ext.netns, ext.ext_ip, limited.netns(), &["-R"]),
-        "ingress outside -> pod (replies through masquerade), TCP",
-    );
-    let before = rate_limited(&node, "to-pod");
-    let mut flood = UDP_FLOOD.to_vec();
-    flood.push("-R");
-    assert_limited(
-        iperf3_with(&ext.netns, ext.ext_ip, limited.netns(), &flood),
-        "ingress outside -> pod, UDP flood",
-    );
-    assert!(
-        rate_limited(&node, "to-pod") > before,
-        "no rate-limited drop counted to the pod from the outside"
-    );
+    for family in Family::ALL {
+        let node = Node::new();
+        let ext = ext::uplink_with_default_route(&node);
+        let limited = node.add_pod_with(with_keys(
+            ext::masquerading(node.conf().family(family).build()),
+            json!({ "ingressRate": LIMIT_BITS, "ingressBurst": BURST_BITS }),
+        ));
+        let ext_ip = ext.ext_addr(family);
+        // The sender is off the node: not paced, only policed.
+        assert_limited(
+            iperf3_with(&ext.netns, ext_ip, limited.netns(), &["-R"]),
+            &format!("ingress outside -> pod (replies through masquerade), TCP, {family:?}"),
+        );
+        let before = rate_limited(&node, "to-pod");
+        let mut flood = UDP_FLOOD.to_vec();
+        flood.push("-R");
+        assert_limited(
+            iperf3_with(&ext.netns, ext_ip, limited.netns(), &flood),
+            &format!("ingress outside -> pod, UDP flood, {family:?}"),
+        );
+        assert!(
+            rate_limited(&node, "to-pod") > before,
+            "{family:?}: no rate-limited drop counted to the pod from the outside"
+        );
+    }
 }
 
 #[test]

@@ -7,7 +7,7 @@
 
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -17,7 +17,7 @@ use std::{
 };
 
 use cni_ebpf_tests::{
-    CniOutput, CniRequest, Netns, Pod,
+    CniOutput, CniRequest, Family, Netns, Pod,
     agent::Agent,
     ext::{
         Exchange, PeerClient, PeerServer, UdpEcho, assert_node_untouched, parse_echo_answer,
@@ -25,7 +25,7 @@ use cni_ebpf_tests::{
     },
     hostports::{
         HostPort, HostPortNode, NodeTcp, NodeTcpOutcome, at, delete_map_entry, dump_map,
-        host_port_key, node_tcp_exchange, published, sock,
+        host_port_key, node_tcp_exchange, published, sock, with_port_mappings,
     },
     links,
     node::DEFAULT_NETWORK,
@@ -49,9 +49,30 @@ struct Servers {
 }
 
 fn start_servers(pod: &Pod<'_>, port: u16) -> Servers {
+    // `[::]` takes both families (`bindv6only` is 0); IPv4 clients show as
+    // IPv4-mapped addresses, which [`canonical`] undoes.
+    let any = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
+    let any = if pod.addrs().iter().any(IpAddr::is_ipv6) {
+        any
+    } else {
+        at(ANY, port).into()
+    };
     Servers {
-        tcp: PeerServer::start(pod.netns(), at(ANY, port)).expect("starting the TCP server"),
-        udp: UdpEcho::start(pod.netns(), at(ANY, port), false).expect("starting the UDP echo"),
+        tcp: PeerServer::start(pod.netns(), any).expect("starting the TCP server"),
+        udp: UdpEcho::start(pod.netns(), any, false).expect("starting the UDP echo"),
+    }
+}
+
+/// `addr` with an IPv4-mapped address as the IPv4 one.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// The unspecified address of `dest`'s family, to bind a client to.
+fn any_of(dest: SocketAddr) -> IpAddr {
+    match dest {
+        SocketAddr::V4(_) => ANY.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
     }
 }
 
@@ -83,14 +104,20 @@ fn tcp_exchange(ns: &Netns, dest: SocketAddr, seed: u64) -> io::Result<TcpOutcom
 /// Panics unless a TCP exchange from `from` to `dest` reaches `servers`
 /// intact, seen from `seen_ip` with the client's own port, and the client
 /// talks to `dest` all along.
-fn assert_tcp_reaches(servers: &Servers, from: &Netns, dest: SocketAddr, seen_ip: Ipv4Addr) {
+fn assert_tcp_reaches(
+    servers: &Servers,
+    from: &Netns,
+    dest: SocketAddr,
+    seen_ip: impl Into<IpAddr>,
+) {
+    let seen_ip = seen_ip.into();
     let before = servers.tcp.conns().len();
     let outcome = tcp_exchange(from, dest, u64::from(dest.port()))
         .unwrap_or_else(|e| panic!("TCP {} -> {dest}: {e}", from.name()));
     assert_eq!(outcome.peer, dest, "the client's peer");
     assert_eq!(
-        outcome.seen_as,
-        sock(seen_ip, outcome.local.port()),
+        canonical(outcome.seen_as),
+        SocketAddr::new(seen_ip, outcome.local.port()),
         "the pod saw the client (at {}) as {}",
         outcome.local,
         outcome.seen_as
@@ -103,6 +130,7 @@ fn assert_tcp_reaches(servers: &Servers, from: &Netns, dest: SocketAddr, seen_ip
     let conns = servers.tcp.conns();
     assert_eq!(conns.len(), before + 1, "{conns:?}");
     assert_eq!(conns[before].peer, outcome.seen_as);
+    assert_eq!(Family::of(outcome.local.ip()), Family::of(dest.ip()));
 }
 
 /// One datagram from `ns` to `dest` and its echo: the client's port,
@@ -113,7 +141,7 @@ fn udp_exchange(
     payload: &[u8],
 ) -> io::Result<(u16, SocketAddr, SocketAddr, Vec<u8>)> {
     ns.run(|| {
-        let socket = UdpSocket::bind((ANY, 0))?;
+        let socket = UdpSocket::bind((any_of(dest), 0))?;
         socket.set_read_timeout(Some(ANSWER_TIMEOUT))?;
         socket.send_to(payload, dest)?;
         let mut buf = [0u8; 2048];
@@ -125,14 +153,20 @@ fn udp_exchange(
 
 /// Panics unless a datagram from `from` to `dest` reaches `servers`, seen
 /// from `seen_ip` with the client's port, and the answer comes from `dest`.
-fn assert_udp_reaches(servers: &Servers, from: &Netns, dest: SocketAddr, seen_ip: Ipv4Addr) {
+fn assert_udp_reaches(
+    servers: &Servers,
+    from: &Netns,
+    dest: SocketAddr,
+    seen_ip: impl Into<IpAddr>,
+) {
+    let seen_ip = seen_ip.into();
     let payload = format!("to {dest} from {}", from.name());
     let (port, answered_from, seen, echoed) = udp_exchange(from, dest, payload.as_bytes())
         .unwrap_or_else(|e| panic!("UDP {} -> {dest}: {e}", from.name()));
     assert_eq!(answered_from, dest, "the answer's source");
     assert_eq!(
-        seen,
-        sock(seen_ip, port),
+        canonical(seen),
+        SocketAddr::new(seen_ip, port),
         "the pod saw the client as {seen}"
     );
     assert_eq!(echoed, payload.as_bytes());
@@ -160,7 +194,7 @@ fn assert_tcp_refused(from: &Netns, dest: SocketAddr) {
 fn assert_udp_not_forwarded(servers: &Servers, from: &Netns, dest: SocketAddr) {
     let before = servers.udp.seen().len();
     from.run(|| -> io::Result<()> {
-        let socket = UdpSocket::bind((ANY, 0))?;
+        let socket = UdpSocket::bind((any_of(dest), 0))?;
         for _ in 0..3 {
             socket.send_to(b"not for you", dest)?;
         }
@@ -212,6 +246,52 @@ fn published_port_is_reached_from_outside_with_the_clients_address() {
     }
 }
 
+/// A dual-stack pod's port mappings without `hostIP` are published on
+/// both families: reached from outside at the node's IPv4 and IPv6
+/// addresses, from a dual-stack pod over each family, and from the pod
+/// itself (hairpin), each with the right client address.
+#[test]
+fn dual_stack_pod_is_published_on_both_families() {
+    let hp = HostPortNode::new();
+    let conf = |mappings: &[HostPort]| {
+        with_port_mappings(hp.node.conf().dual_stack().build(), &hp.cgroup, mappings)
+    };
+    let mut server_conf = conf(&[
+        HostPort::tcp(HOST_PORT, POD_PORT),
+        HostPort::udp(HOST_PORT, POD_PORT),
+    ]);
+    server_conf["ipMasq"] = json!(true);
+    let pod = hp.node.add_pod_with(server_conf);
+    let client_pod = hp.node.add_pod_with(conf(&[]));
+    let servers = start_servers(&pod, POD_PORT);
+    for family in Family::ALL {
+        let node_ip = hp.ext.node_addr(family);
+        let dest = SocketAddr::new(node_ip, HOST_PORT);
+        let ext_ip = hp.ext.ext_addr(family);
+        assert_tcp_reaches(&servers, &hp.ext.netns, dest, ext_ip);
+        assert_udp_reaches(&servers, &hp.ext.netns, dest, ext_ip);
+        assert_tcp_reaches(&servers, client_pod.netns(), dest, client_pod.addr(family));
+        assert_udp_reaches(&servers, client_pod.netns(), dest, client_pod.addr(family));
+        assert_tcp_reaches(&servers, pod.netns(), dest, node_ip);
+        assert_udp_reaches(&servers, pod.netns(), dest, node_ip);
+        // The pod's port itself is not published on the node.
+        assert_tcp_refused(&hp.ext.netns, SocketAddr::new(node_ip, POD_PORT));
+    }
+    // TCP and UDP on every address of each family: four keys, the IPv6
+    // ones marked as such (`HostPortKey::wildcard`).
+    let keys: Vec<Vec<u8>> = dump_map(&hp.node, "HOST_PORTS")
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(keys.len(), 4, "{keys:02x?}");
+    assert_eq!(
+        keys.iter().filter(|key| key[19] == 6).count(),
+        2,
+        "{keys:02x?}"
+    );
+    assert_node_untouched(&hp.node);
+}
+
 #[test]
 fn published_port_is_reached_from_another_pod() {
     let hp = HostPortNode::new();
@@ -248,47 +328,64 @@ fn pod_reaches_its_own_published_port_seen_from_the_node_address() {
 
 #[test]
 fn node_reaches_published_port_at_its_address_and_at_loopback() {
+    // A dual-stack pod: connect4/sendmsg4/recvmsg4 for IPv4, the `6` hooks
+    // for IPv6 (at the node's IPv6 address and at ::1).
     let hp = HostPortNode::new();
-    let pod = hp.add_pod(&[
-        HostPort::tcp(HOST_PORT, POD_PORT),
-        HostPort::udp(HOST_PORT, POD_PORT),
-    ]);
+    let pod = hp.node.add_pod_with(with_port_mappings(
+        hp.node.conf().dual_stack().build(),
+        &hp.cgroup,
+        &[
+            HostPort::tcp(HOST_PORT, POD_PORT),
+            HostPort::udp(HOST_PORT, POD_PORT),
+        ],
+    ));
     let servers = start_servers(&pod, POD_PORT);
-    let node_ip = hp.node_ip();
-    let loopback = Ipv4Addr::LOCALHOST;
+    for family in Family::ALL {
+        let node_ip = hp.ext.node_addr(family);
+        let loopback: IpAddr = match family {
+            Family::V4 => Ipv4Addr::LOCALHOST.into(),
+            Family::V6 => Ipv6Addr::LOCALHOST.into(),
+        };
+        for (i, ip) in [node_ip, loopback].into_iter().enumerate() {
+            let dest = SocketAddr::new(ip, HOST_PORT);
+            let before = servers.tcp.conns().len();
+            let outcome = expect_node_tcp(
+                hp.tcp_from_node(dest, 1 << 20, i as u64),
+                &format!("TCP node -> {dest}"),
+            );
+            assert!(outcome.intact(), "{outcome:?}");
+            // The socket was sent to the pod before any packet existed: the
+            // pod sees the node's own address, no loopback address leaves lo.
+            assert_eq!(canonical(outcome.seen_as), outcome.local, "{outcome:?}");
+            assert_eq!(outcome.local.ip(), node_ip);
+            assert_eq!(servers.tcp.conns().len(), before + 1);
 
-    for (i, ip) in [node_ip, loopback].into_iter().enumerate() {
-        let before = servers.tcp.conns().len();
-        let outcome = expect_node_tcp(
-            hp.tcp_from_node(at(ip, HOST_PORT), 1 << 20, i as u64),
-            &format!("TCP node -> {ip}:{HOST_PORT}"),
-        );
-        assert!(outcome.intact(), "{outcome:?}");
-        // The socket was sent to the pod before any packet existed: the pod
-        // sees the node's own address, no loopback address leaves lo.
-        assert_eq!(outcome.seen_as, outcome.local, "{outcome:?}");
-        assert_eq!(outcome.local.ip(), std::net::IpAddr::V4(node_ip));
-        assert_eq!(servers.tcp.conns().len(), before + 1);
-
-        for connected in [true, false] {
-            let payload = format!("node to {ip} connected={connected}");
-            let answer = hp
-                .udp_from_node(at(ip, HOST_PORT), &payload, connected)
-                .unwrap_or_else(|e| panic!("UDP node -> {ip}:{HOST_PORT}: {e}"));
-            assert_eq!(answer.echoed, payload.as_bytes());
-            assert_eq!(answer.seen_as.ip(), std::net::IpAddr::V4(node_ip));
-            assert_eq!(answer.seen_as.port(), answer.local.port());
-            // Where the answer seems to come from: see the next test.
-            assert_eq!(answer.from.port(), HOST_PORT, "{answer:?}");
+            for connected in [true, false] {
+                let payload = format!("node to {dest} connected={connected}");
+                let answer = hp
+                    .udp_from_node(dest, &payload, connected)
+                    .unwrap_or_else(|e| panic!("UDP node -> {dest}: {e}"));
+                assert_eq!(answer.echoed, payload.as_bytes());
+                assert_eq!(answer.seen_as.ip().to_canonical(), node_ip);
+                assert_eq!(answer.seen_as.port(), answer.local.port());
+                // The answer seems to come from where the node sent to.
+                assert_eq!(answer.from, dest, "{answer:?}");
+            }
         }
-    }
 
-    // Only the test's cgroup is hooked: a node process outside it reaches
-    // the node's own (empty) port.
-    expect_node_refused(
-        node_tcp_exchange(hp.node.netns(), None, at(node_ip, HOST_PORT), 16, 0),
-        "TCP node -> node:8080 from outside the cgroup",
-    );
+        // Only the test's cgroup is hooked: a node process outside it
+        // reaches the node's own (empty) port.
+        expect_node_refused(
+            node_tcp_exchange(
+                hp.node.netns(),
+                None,
+                SocketAddr::new(node_ip, HOST_PORT),
+                16,
+                0,
+            ),
+            &format!("TCP node -> {node_ip}:{HOST_PORT} from outside the cgroup"),
+        );
+    }
     assert_eq!(
         hp.node.netns().sysctl("net.ipv4.conf.all.route_localnet"),
         "0"
@@ -785,8 +882,11 @@ fn agent_reattaches_cgroup_hooks_whose_links_are_gone() {
         pins,
         [
             "host_connect4",
+            "host_connect6",
             "host_recvmsg4",
+            "host_recvmsg6",
             "host_sendmsg4",
+            "host_sendmsg6",
             "pace_tcp"
         ]
     );

@@ -5,13 +5,13 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     thread,
     time::{Duration, Instant},
 };
 
 use cni_ebpf_tests::{
-    Node, Pod,
+    Family, Node, Pod,
     ext::{
         self, PacketWatch, PeerClient, PeerServer, UdpEcho, assert_node_untouched, nat_gc,
         nat_table, udp_request,
@@ -46,103 +46,124 @@ fn ext_server(ext: &Ext) -> PeerServer {
 fn connect(pod: &Pod<'_>, server: SocketAddr) -> PeerClient {
     pod.netns()
         .run(|| PeerClient::connect(server, CONNECT_TIMEOUT))
-        .unwrap_or_else(|e| panic!("pod {} -> {server}: {e}", pod.ip()))
+        .unwrap_or_else(|e| panic!("pod {:?} -> {server}: {e}", pod.addrs()))
 }
 
 /// A UDP socket of the pod connected to `remote`.
 fn pod_udp(pod: &Pod<'_>, remote: SocketAddr) -> UdpSocket {
+    let any: IpAddr = match remote {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
     pod.netns()
         .run(|| {
-            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            let socket = UdpSocket::bind((any, 0))?;
             socket.connect(remote)?;
             io::Result::Ok(socket)
         })
         .expect("a UDP socket in the pod")
 }
 
+/// The ICMP flows' protocol as `cni-ebpfd nat` names it.
+fn icmp_name(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "icmp",
+        Family::V6 => "icmp6",
+    }
+}
+
 #[test]
 fn pod_reaches_ext_over_tcp_udp_and_ping_seen_as_the_node() {
-    let (node, ext) = node_with_ext();
-    let pod = masquerading_pod(&node);
-    let node_ip = IpAddr::V4(ext.node_ip);
-    let new_flows_before = node.verdict_packets("nat-new-flow");
-    let replies_before = node.verdict_packets("nat-reply");
+    for family in Family::ALL {
+        let (node, ext) = node_with_ext();
+        let pod = node.add_pod_with(ext::masquerading(node.conf().family(family).build()));
+        let pod_ip = pod.addr(family);
+        let node_ip = ext.node_addr(family);
+        let ext_ip = ext.ext_addr(family);
+        let new_flows_before = node.verdict_packets("nat-new-flow");
+        let replies_before = node.verdict_packets("nat-reply");
 
-    // TCP: the server sees the node, and the stream arrives intact.
-    let server = ext_server(&ext);
-    let client = connect(&pod, server.addr());
-    let pod_side = client.stream.local_addr().unwrap();
-    let seen_as = client.seen_as;
-    assert_eq!(pod_side.ip(), IpAddr::V4(pod.ip()));
-    assert_eq!(
-        seen_as.ip(),
-        node_ip,
-        "the server saw the TCP client as {seen_as}"
-    );
-    let exchange = client.exchange(4 << 20, 1).expect("TCP exchange");
-    assert!(exchange.intact(), "stream corrupted: {exchange:?}");
-    assert_eq!(exchange.server_bytes, 4 << 20);
-    assert!(ext::wait_until(ANSWER_TIMEOUT, || server
-        .conns()
-        .iter()
-        .all(|c| c.received.is_some())));
-    let conns = server.conns();
-    assert_eq!(conns.len(), 1, "{conns:?}");
-    assert_eq!(
-        conns[0].received,
-        Some((exchange.sent_bytes, exchange.sent_hash))
-    );
-
-    // UDP: the same, and the answer comes back.
-    let echo = UdpEcho::start(&ext.netns, SocketAddrV4::new(ext.ext_ip, 0), false)
-        .expect("starting the UDP echo");
-    let socket = pod_udp(&pod, echo.addr());
-    let (seen, echoed) =
-        udp_request(&socket, b"masquerade me", ANSWER_TIMEOUT).expect("UDP request answered");
-    assert_eq!(seen.ip(), node_ip, "the UDP server saw {seen}");
-    assert_eq!(echoed, b"masquerade me");
-    assert!(
-        echo.seen().iter().all(|from| from.ip() == node_ip),
-        "{:?}",
-        echo.seen()
-    );
-
-    // Ping: every echo request arrives from the node's address.
-    let watch = PacketWatch::start(&ext.netns, SockProtocol::Icmp).expect("ICMP watch");
-    assert!(
-        traffic::ping(pod.netns(), IpAddr::V4(ext.ext_ip), 3),
-        "pod -> ext ping failed"
-    );
-    let requests = watch.wait_for(3, ANSWER_TIMEOUT, |p| p.l4.first() == Some(&8));
-    assert!(requests.len() >= 3, "ext saw {requests:?}");
-    assert!(
-        requests.iter().all(|p| p.src == ext.node_ip),
-        "echo requests not from the node: {requests:?}"
-    );
-
-    // One translated flow per protocol, all to the node's address.
-    let table = nat_table(&node);
-    for proto in ["tcp", "udp", "icmp"] {
-        let flows: Vec<_> = table.flows.iter().filter(|f| f.proto == proto).collect();
-        assert!(!flows.is_empty(), "no {proto} flow in {table:?}");
-        assert!(
-            flows
-                .iter()
-                .all(|f| f.pod.ip() == IpAddr::V4(pod.ip()) && f.translated.ip() == node_ip),
-            "{flows:?}"
+        // TCP: the server sees the node, and the stream arrives intact.
+        let server =
+            PeerServer::start(&ext.netns, SocketAddr::new(ext_ip, 0)).expect("starting the server");
+        let client = connect(&pod, server.addr());
+        let pod_side = client.stream.local_addr().unwrap();
+        let seen_as = client.seen_as;
+        assert_eq!(pod_side.ip(), pod_ip);
+        assert_eq!(
+            seen_as.ip(),
+            node_ip,
+            "{family:?}: the server saw the TCP client as {seen_as}"
         );
-    }
-    assert_eq!(conns[0].peer, seen_as);
-    assert!(
-        table
-            .flows
+        let exchange = client.exchange(4 << 20, 1).expect("TCP exchange");
+        assert!(exchange.intact(), "stream corrupted: {exchange:?}");
+        assert_eq!(exchange.server_bytes, 4 << 20);
+        assert!(ext::wait_until(ANSWER_TIMEOUT, || server
+            .conns()
             .iter()
-            .any(|f| f.pod == pod_side && f.remote == server.addr() && f.translated == seen_as),
-        "no flow {pod_side} -> {seen_as} in {table:?}"
-    );
-    assert!(node.verdict_packets("nat-new-flow") >= new_flows_before + 3);
-    assert!(node.verdict_packets("nat-reply") > replies_before);
-    assert_node_untouched(&node);
+            .all(|c| c.received.is_some())));
+        let conns = server.conns();
+        assert_eq!(conns.len(), 1, "{conns:?}");
+        assert_eq!(
+            conns[0].received,
+            Some((exchange.sent_bytes, exchange.sent_hash))
+        );
+
+        // UDP: the same, and the answer comes back.
+        let echo = UdpEcho::start(&ext.netns, SocketAddr::new(ext_ip, 0), false)
+            .expect("starting the UDP echo");
+        let socket = pod_udp(&pod, echo.addr());
+        let (seen, echoed) =
+            udp_request(&socket, b"masquerade me", ANSWER_TIMEOUT).expect("UDP request answered");
+        assert_eq!(seen.ip(), node_ip, "{family:?}: the UDP server saw {seen}");
+        assert_eq!(echoed, b"masquerade me");
+        assert!(
+            echo.seen().iter().all(|from| from.ip() == node_ip),
+            "{:?}",
+            echo.seen()
+        );
+
+        // Ping: every echo request arrives from the node's address (seen
+        // on the wire for IPv4; for IPv6, the translated flow below).
+        let watch = (family == Family::V4)
+            .then(|| PacketWatch::start(&ext.netns, SockProtocol::Icmp).expect("ICMP watch"));
+        assert!(
+            traffic::ping(pod.netns(), ext_ip, 3),
+            "{family:?}: pod -> ext ping failed"
+        );
+        if let Some(watch) = watch {
+            let requests = watch.wait_for(3, ANSWER_TIMEOUT, |p| p.l4.first() == Some(&8));
+            assert!(requests.len() >= 3, "ext saw {requests:?}");
+            assert!(
+                requests.iter().all(|p| p.src == ext.node_ip),
+                "echo requests not from the node: {requests:?}"
+            );
+        }
+
+        // One translated flow per protocol, all to the node's address.
+        let table = nat_table(&node);
+        for proto in ["tcp", "udp", icmp_name(family)] {
+            let flows: Vec<_> = table.flows.iter().filter(|f| f.proto == proto).collect();
+            assert!(!flows.is_empty(), "no {proto} flow in {table:?}");
+            assert!(
+                flows
+                    .iter()
+                    .all(|f| f.pod.ip() == pod_ip && f.translated.ip() == node_ip),
+                "{flows:?}"
+            );
+        }
+        assert_eq!(conns[0].peer, seen_as);
+        assert!(
+            table
+                .flows
+                .iter()
+                .any(|f| f.pod == pod_side && f.remote == server.addr() && f.translated == seen_as),
+            "no flow {pod_side} -> {seen_as} in {table:?}"
+        );
+        assert!(node.verdict_packets("nat-new-flow") >= new_flows_before + 3);
+        assert!(node.verdict_packets("nat-reply") > replies_before);
+        assert_node_untouched(&node);
+    }
 }
 
 /// Connects `n` clients from `pod` and keeps them open.

@@ -1,5 +1,9 @@
 use anyhow::Context as _;
-use cni_ebpf_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_NAT_FLOWS};
+use std::net::{IpAddr, SocketAddr};
+
+use cni_ebpf_common::{
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_NAT_FLOWS, wire::IPPROTO_ICMPV6,
+};
 use cni_ebpf_userspace::{BpffsLayout, nat, node};
 use serde_json::json;
 
@@ -8,8 +12,14 @@ fn proto_name(proto: u8) -> String {
         IPPROTO_TCP => "tcp".into(),
         IPPROTO_UDP => "udp".into(),
         IPPROTO_ICMP => "icmp".into(),
+        IPPROTO_ICMPV6 => "icmp6".into(),
         other => other.to_string(),
     }
+}
+
+/// `a.b.c.d:port` or `[v6]:port`.
+fn endpoint((addr, port): (IpAddr, u16)) -> String {
+    SocketAddr::new(addr, port).to_string()
 }
 
 pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
@@ -21,9 +31,9 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
             .map(|f| {
                 json!({
                     "proto": proto_name(f.proto),
-                    "pod": format!("{}:{}", f.pod.0, f.pod.1),
-                    "remote": format!("{}:{}", f.remote.0, f.remote.1),
-                    "translated": format!("{}:{}", f.translated.0, f.translated.1),
+                    "pod": endpoint(f.pod),
+                    "remote": endpoint(f.remote),
+                    "translated": endpoint(f.translated),
                     "state": f.state.map(|s| s.name()),
                     "idleMs": f.idle_ns / 1_000_000,
                 })
@@ -42,9 +52,9 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
         println!(
             "{:<5} {:<22} {:<22} {:<22} {:<12} {:>9.1}",
             proto_name(f.proto),
-            format!("{}:{}", f.pod.0, f.pod.1),
-            format!("{}:{}", f.remote.0, f.remote.1),
-            format!("{}:{}", f.translated.0, f.translated.1),
+            endpoint(f.pod),
+            endpoint(f.remote),
+            endpoint(f.translated),
             f.state.map_or("?", |s| s.name()),
             f.idle_ns as f64 / 1e9
         );

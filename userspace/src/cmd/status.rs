@@ -37,6 +37,11 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
     };
     let masquerade = (config.flags & NODE_F_MASQUERADE != 0)
         .then(|| IpKey::v6(config.masq_addr).to_ip().to_string());
+    // Absent on a node whose datapath predates IPv6 masquerade.
+    let masquerade_v6 = node::read_config_v6(layout)
+        .ok()
+        .filter(|v6| v6.flags & NODE_F_MASQUERADE != 0)
+        .map(|v6| std::net::Ipv6Addr::from(v6.masq_addr).to_string());
     let links = names(&layout.links_dir()).len();
     let attached = attachments::list(layout).context("listing the attachments")?;
     let this_build: Vec<u32> = std::fs::read_dir(layout.programs_dir(BUILD_ID))
@@ -61,6 +66,7 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
             "endpointCapacity": MAX_ENDPOINTS,
             "uplink": uplink,
             "masquerade": masquerade,
+            "masqueradeV6": masquerade_v6,
             "natFlows": nat_flows,
             "natFlowLimit": config.nat_max_flows,
             "hostPorts": ports,
@@ -80,6 +86,10 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
     );
     println!("uplink          {}", uplink.as_deref().unwrap_or("none"));
     println!("masquerade      {}", masquerade.as_deref().unwrap_or("off"));
+    println!(
+        "masquerade v6   {}",
+        masquerade_v6.as_deref().unwrap_or("off")
+    );
     println!(
         "NAT flows       {nat_flows} (new ones refused past {})",
         config.nat_max_flows

@@ -285,7 +285,7 @@ fn node(dp: &mut Datapath) {
             host_addr: IpKey::default().addr,
             port: HOST_PORT.to_be(),
             proto: IPPROTO_TCP,
-            _pad: 0,
+            wildcard: 0,
         },
         HostPortTarget {
             pod_addr: key(POD_A).addr,

@@ -35,7 +35,7 @@ use aya::{
 use cni_ebpf_common::{
     COUNTER_SLOTS, DIRECTIONS, DROP_SLOTS, Direction, DropReason, Endpoint, EndpointStats, FlowKey,
     HostPortFlow, HostPortKey, HostPortSockKey, HostPortTarget, IpKey, NatEntry, NodeConfig,
-    PacketCount, Peer, RateLimit, TunnelConfig, Verdict, map_names, program_names,
+    NodeConfigV6, PacketCount, Peer, RateLimit, TunnelConfig, Verdict, map_names, program_names,
 };
 use cni_ebpf_userspace::datapath;
 use nix::{
@@ -268,6 +268,7 @@ impl Datapath {
                     map.set(0, TunnelConfig::default(), 0).expect(&name);
                 }
                 map_names::NODE_CONFIG => self.set_node_config(NodeConfig::default()),
+                map_names::NODE_CONFIG_V6 => self.set_node_config_v6(NodeConfigV6::default()),
                 map_names::NAT_FLOWS => self.set_nat_flows(0),
                 map_names::DROPS => self.zero_counters(&name, DROP_SLOTS),
                 map_names::COUNTERS => self.zero_counters(&name, COUNTER_SLOTS),
@@ -418,6 +419,16 @@ impl Datapath {
         values.iter().fold((0, 0), |(from, to), stats| {
             (from + stats.from_pod.packets, to + stats.to_pod.packets)
         })
+    }
+
+    pub fn set_node_config_v6(&mut self, config: NodeConfigV6) {
+        let mut map: Array<_, NodeConfigV6> = Array::try_from(
+            self.ebpf
+                .map_mut(map_names::NODE_CONFIG_V6)
+                .expect("NODE_CONFIG_V6"),
+        )
+        .expect("NODE_CONFIG_V6");
+        map.set(0, config, 0).expect("NODE_CONFIG_V6 set");
     }
 
     pub fn set_node_config(&mut self, config: NodeConfig) {

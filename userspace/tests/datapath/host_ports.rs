@@ -33,7 +33,7 @@ fn publish_proto(dp: &mut Datapath, host: IpKey, pod: Ipv4Addr, proto: u8) {
             host_addr: host.addr,
             port: HOST_PORT.to_be(),
             proto,
-            _pad: 0,
+            wildcard: 0,
         },
         HostPortTarget {
             pod_addr: key(pod).addr,

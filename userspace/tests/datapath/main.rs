@@ -53,6 +53,7 @@ mod fuzz;
 mod harness;
 mod host_ports;
 mod ipv6;
+mod ipv6_nat;
 mod local;
 mod masquerade;
 mod netfilter;

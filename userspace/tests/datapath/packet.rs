@@ -178,7 +178,8 @@ fn transport_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -
     checksum(&pseudo)
 }
 
-fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+/// A TCP segment with `PAYLOAD`, its checksum left zero.
+fn tcp_segment(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut segment = vec![0u8; TCP_LEN];
     segment[0..2].copy_from_slice(&sport.to_be_bytes());
     segment[2..4].copy_from_slice(&dport.to_be_bytes());
@@ -187,6 +188,11 @@ fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u
     segment[13] = flags;
     segment[14..16].copy_from_slice(&64240u16.to_be_bytes());
     segment.extend_from_slice(PAYLOAD);
+    segment
+}
+
+fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut segment = tcp_segment(sport, dport, flags);
     let sum = transport_checksum(src, dst, IPPROTO_TCP, &segment);
     segment[TCP_CSUM_OFF..TCP_CSUM_OFF + 2].copy_from_slice(&sum.to_be_bytes());
     segment
@@ -345,6 +351,21 @@ pub enum L4v6 {
         id: u16,
         seq: u16,
     },
+    EchoReply {
+        id: u16,
+        seq: u16,
+    },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    /// An ICMPv6 error of `kind` quoting `quote` (an IPv6 packet, e.g.
+    /// from [`Frame6::ip_packet`]).
+    IcmpError {
+        kind: u8,
+        quote: Vec<u8>,
+    },
     /// An ICMPv6 message of `kind` whose body (after the 4-byte header) is
     /// `body`.
     Icmp {
@@ -386,11 +407,31 @@ impl Frame6 {
                 d.extend_from_slice(PAYLOAD);
                 (IPPROTO_UDP, d, UDP_CSUM_OFF)
             }
-            L4v6::Echo { id, seq } => {
-                let mut m = vec![ICMPV6_ECHO_REQUEST, 0, 0, 0];
+            L4v6::Echo { id, seq } | L4v6::EchoReply { id, seq } => {
+                let kind = match self.l4 {
+                    L4v6::Echo { .. } => ICMPV6_ECHO_REQUEST,
+                    _ => ICMPV6_ECHO_REPLY,
+                };
+                let mut m = vec![kind, 0, 0, 0];
                 m.extend_from_slice(&id.to_be_bytes());
                 m.extend_from_slice(&seq.to_be_bytes());
                 m.extend_from_slice(PAYLOAD);
+                (IPPROTO_ICMPV6, m, ICMP_CSUM_OFF)
+            }
+            L4v6::Tcp {
+                sport,
+                dport,
+                flags,
+            } => (
+                IPPROTO_TCP,
+                tcp_segment(*sport, *dport, *flags),
+                TCP_CSUM_OFF,
+            ),
+            L4v6::IcmpError { kind, quote } => {
+                // Type, code, checksum, 4 unused bytes (the MTU for "packet
+                // too big"), then the quote.
+                let mut m = vec![*kind, 0, 0, 0, 0, 0, 0x05, 0x00];
+                m.extend_from_slice(quote);
                 (IPPROTO_ICMPV6, m, ICMP_CSUM_OFF)
             }
             L4v6::Icmp { kind, body } => {
@@ -411,7 +452,15 @@ impl Frame6 {
     }
 }
 
+impl Frame6 {
+    /// The IPv6 packet without the Ethernet header.
+    pub fn ip_packet(&self) -> Vec<u8> {
+        self.bytes()[ETH_LEN..].to_vec()
+    }
+}
+
 pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
 
 /// The checksum of a transport segment or ICMPv6 message with the IPv6
 /// pseudo header (RFC 8200 §8.1).
@@ -493,6 +542,21 @@ pub fn neighbor_advert_reply(
             },
         )
     }
+}
+
+/// Checks the ICMPv6 error's checksum and the quoted packet's transport
+/// checksum (with the quote's own pseudo header), both from scratch.
+pub fn assert_ipv6_error_checksums_valid(frame: &[u8]) {
+    assert_ipv6_checksum_valid(frame);
+    let quote = &frame[ETH_LEN + 40 + 8..];
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&quote[8..24]).unwrap());
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&quote[24..40]).unwrap());
+    assert_eq!(
+        ipv6_checksum(src, dst, quote[6], &quote[40..]),
+        0,
+        "quoted checksum of {:02x?}",
+        &quote[40..]
+    );
 }
 
 /// Checks the ICMPv6 or transport checksum of an IPv6 frame: a valid sum
