@@ -19,6 +19,7 @@ pub mod ext;
 pub mod firewall;
 pub mod hash;
 pub mod hostports;
+pub mod kube_api;
 pub mod kube_proxy;
 pub mod links;
 pub mod names;

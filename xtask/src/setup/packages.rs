@@ -27,8 +27,14 @@ const PACKAGES: &[&str] = &[
     "etcd-client",
     // protoc: the etcd client crate compiles etcd's gRPC protos when it builds.
     "protobuf-compiler",
-    // `cargo xtask image` builds the node image from scratch with it.
+    // `cargo xtask image` builds the node image from scratch with it, from
+    // binaries linked statically against glibc's libc.a.
     "buildah",
+    "libc6-dev",
+    // The image tests run the image with it.
+    "podman",
+    // The Kubernetes API tests make a CA and a server certificate with it.
+    "openssl",
     // A venv for PyPI's kubernetes-validate (deploy/ manifests' schemas).
     "python3-venv",
 ];
