@@ -124,6 +124,9 @@ mod tests {
                       etcd-client install ok installed\n\
                       protobuf-compiler install ok installed\n\
                       buildah install ok installed\n\
+                      libc6-dev:amd64 install ok installed\n\
+                      podman install ok installed\n\
+                      openssl install ok installed\n\
                       python3-venv install ok installed\n";
         assert_eq!(not_installed(output), ["sockperf", "iputils-ping"]);
     }
