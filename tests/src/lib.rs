@@ -24,6 +24,7 @@ pub mod family;
 pub mod firewall;
 pub mod hash;
 pub mod hostports;
+pub mod kube_api;
 pub mod kube_proxy;
 pub mod links;
 pub mod names;

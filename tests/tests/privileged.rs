@@ -25,6 +25,8 @@ mod harness;
 mod host_ports;
 #[path = "privileged/host_to_pod.rs"]
 mod host_to_pod;
+#[path = "privileged/image.rs"]
+mod image;
 #[path = "privileged/install.rs"]
 mod install;
 #[path = "privileged/lifecycle.rs"]

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the project's test command. Formatting, lints, the
-//! build, then every test including the privileged integration suite, then
+//! build and the node image, then every test including the privileged
+//! integration suite (whose image tests run that image with Podman), then
 //! each fuzz target for a bounded time.
 
 use std::{fs, path::Path};
@@ -10,7 +11,7 @@ use clap::Args;
 use crate::{
     build::{self, Profile},
     exec::Context,
-    host, setup,
+    host, image, setup,
 };
 
 #[derive(Args)]
@@ -54,6 +55,9 @@ pub fn run(ctx: &Context, options: &Options) -> Result<()> {
         ]),
     )?;
     let bin_dir = build::workspace(ctx, Profile::Debug)?;
+    // The image tests run the real image: static release binaries. Cargo
+    // rebuilds only what changed; buildah's part takes seconds.
+    let image_archive = image::build(ctx, image::DEFAULT_TAG, Profile::Release)?;
 
     let mut cargo_test = ctx.cargo();
     cargo_test.arg("test");
@@ -64,6 +68,7 @@ pub fn run(ctx: &Context, options: &Options) -> Result<()> {
         .arg("--no-fail-fast")
         .args(&options.cargo_test_args)
         .env("CNI_EBPF_BIN_DIR", &bin_dir)
+        .env("CNI_EBPF_IMAGE_ARCHIVE", &image_archive)
         .env(
             "CNI_EBPF_KUBERNETES_VALIDATE",
             setup::python::kubernetes_validate(ctx),

@@ -22,22 +22,23 @@ use cni_ebpf_tests::{
     agent::Agent,
     binaries,
     ext::{self, wait_until},
+    kube_api::{self, FakeApiServer},
     names,
     process::{self, KillOnDrop},
 };
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use serde_json::{Value, json};
 
-const POD_CIDR: &str = "10.244.5.0/24";
+pub(crate) const POD_CIDR: &str = "10.244.5.0/24";
 
 /// The fake node root's CNI dirs, inside the node's temp dir.
-struct CniDirs {
-    bin: PathBuf,
-    conf: PathBuf,
+pub(crate) struct CniDirs {
+    pub(crate) bin: PathBuf,
+    pub(crate) conf: PathBuf,
 }
 
 impl CniDirs {
-    fn of(node: &Node) -> Self {
+    pub(crate) fn of(node: &Node) -> Self {
         let dirs = Self {
             bin: node.dir().join("opt-cni-bin"),
             conf: node.dir().join("etc-cni-net.d"),
@@ -47,16 +48,16 @@ impl CniDirs {
         dirs
     }
 
-    fn conflist_path(&self) -> PathBuf {
+    pub(crate) fn conflist_path(&self) -> PathBuf {
         self.conf.join("05-cni-ebpf.conflist")
     }
 
-    fn conflist(&self) -> Value {
+    pub(crate) fn conflist(&self) -> Value {
         let text = fs::read_to_string(self.conflist_path()).expect("reading the conflist");
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("conflist: {e}: {text}"))
     }
 
-    fn names(dir: &Path) -> BTreeSet<String> {
+    pub(crate) fn names(dir: &Path) -> BTreeSet<String> {
         fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -64,7 +65,7 @@ impl CniDirs {
     }
 }
 
-fn dir_args(dirs: &CniDirs) -> Vec<String> {
+pub(crate) fn dir_args(dirs: &CniDirs) -> Vec<String> {
     vec![
         "--cni-bin-dir".into(),
         dirs.bin.display().to_string(),
@@ -74,7 +75,7 @@ fn dir_args(dirs: &CniDirs) -> Vec<String> {
 }
 
 /// `install` with the node's directories, a pod CIDR and `extra` flags.
-fn install_args(node: &Node, dirs: &CniDirs, extra: &[&str]) -> Vec<String> {
+pub(crate) fn install_args(node: &Node, dirs: &CniDirs, extra: &[&str]) -> Vec<String> {
     let mut args = vec!["install".to_string()];
     args.extend(dir_args(dirs));
     args.extend(
@@ -115,17 +116,17 @@ fn uninstall(node: &Node, dirs: &CniDirs) -> String {
 /// A pod added as a runtime would with an installed conflist: the
 /// conflist's plugin with its `name` and `cniVersion`, the installed
 /// binary; DEL on drop.
-struct RuntimePod<'n> {
+pub(crate) struct RuntimePod<'n> {
     node: &'n Node,
     plugin: Plugin,
     conf: String,
-    netns: Netns,
+    pub(crate) netns: Netns,
     container_id: String,
     result: Value,
 }
 
 impl<'n> RuntimePod<'n> {
-    fn add(node: &'n Node, dirs: &CniDirs) -> Self {
+    pub(crate) fn add(node: &'n Node, dirs: &CniDirs) -> Self {
         let conflist = dirs.conflist();
         let mut conf = conflist["plugins"][0].clone();
         conf["name"] = conflist["name"].clone();
@@ -143,7 +144,18 @@ impl<'n> RuntimePod<'n> {
         pod
     }
 
-    fn call(&self, command: &str) -> cni_ebpf_tests::CniOutput {
+    pub(crate) fn call(&self, command: &str) -> cni_ebpf_tests::CniOutput {
+        self.call_with(command, self.conf.as_bytes())
+    }
+
+    /// CHECK, with the ADD result as `prevResult`, as runtimes send it.
+    pub(crate) fn check(&self) -> cni_ebpf_tests::CniOutput {
+        let mut conf: Value = serde_json::from_str(&self.conf).unwrap();
+        conf["prevResult"] = self.result.clone();
+        self.call_with("CHECK", conf.to_string().as_bytes())
+    }
+
+    fn call_with(&self, command: &str, stdin: &[u8]) -> cni_ebpf_tests::CniOutput {
         self.plugin.call(
             self.node.netns(),
             &CniRequest {
@@ -152,12 +164,27 @@ impl<'n> RuntimePod<'n> {
                 netns: Some(self.netns.path()),
                 ifname: "eth0",
                 args: None,
-                stdin: self.conf.as_bytes(),
+                stdin,
             },
         )
     }
 
-    fn ip(&self) -> String {
+    /// The host end of the pod's veth, as the ADD result names it.
+    pub(crate) fn host_ifname(&self) -> String {
+        self.result["interfaces"]
+            .as_array()
+            .and_then(|interfaces| {
+                interfaces
+                    .iter()
+                    .find(|i| i.get("sandbox").is_none())?
+                    .get("name")?
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| panic!("no host interface in {}", self.result))
+    }
+
+    pub(crate) fn ip(&self) -> String {
         let address = self.result["ips"][0]["address"].as_str().unwrap();
         address.split_once('/').unwrap().0.to_string()
     }
@@ -580,66 +607,252 @@ impl Drop for Remount {
     }
 }
 
-/// `--pod-cidr-from-api` runs `kubectl get node <name> -o json` and takes
-/// the IPv4 entry of `spec.podCIDRs`. A script stands in for kubectl: no
-/// API server exists here (what it would print is a trimmed real Node).
-#[test]
-fn install_takes_the_pod_cidr_from_the_node_object_kubectl_prints() {
-    let node = Node::new();
-    let dirs = CniDirs::of(&node);
-    let kubectl = node.dir().join("kubectl");
-    fs::write(
-        &kubectl,
-        r#"#!/bin/sh
-if [ "$*" = "get node worker-7 --output json" ]; then
-cat <<'NODE'
-{"apiVersion":"v1","kind":"Node","metadata":{"name":"worker-7"},
- "spec":{"podCIDR":"fd00:10:244:7::/64","podCIDRs":["fd00:10:244:7::/64","10.244.7.0/24"]}}
-NODE
-else
-echo 'Error from server (Forbidden): nodes "'"$3"'" is forbidden' >&2
-exit 1
-fi
-"#,
-    )
-    .unwrap();
-    fs::set_permissions(
-        &kubectl,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let kubectl_arg = kubectl.display().to_string();
-    let api = |name: &str| {
-        let mut args = install_args(&node, &dirs, &["--mtu", "1500"]);
-        // install_args gives --pod-cidr; the API is the source here.
-        let at = args.iter().position(|a| a == "--pod-cidr").unwrap();
-        args.drain(at..at + 2);
-        args.extend(
-            [
-                "--pod-cidr-from-api",
-                "--node-name",
-                name,
-                "--kubectl",
-                &kubectl_arg,
-            ]
-            .map(String::from),
-        );
-        cni_ebpfd(&node, node.bpffs_root(), &args)
-    };
+/// Two Nodes as the API server returns them (trimmed): a dual-stack one
+/// (IPv6 listed first, as it may be) and an IPv4 one.
+fn api_nodes() -> Value {
+    json!({
+        "worker-7": {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": { "name": "worker-7", "uid": "2f8e4c1a-0000-4000-8000-000000000007",
+                          "labels": { "kubernetes.io/os": "linux" } },
+            "spec": { "podCIDR": "fd00:10:244:7::/64",
+                      "podCIDRs": ["fd00:10:244:7::/64", "10.244.7.0/24"] },
+            "status": { "addresses": [{ "type": "InternalIP", "address": "10.250.0.1" }] }
+        },
+        "worker-8": {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": { "name": "worker-8" },
+            "spec": { "podCIDR": "10.244.8.0/24", "podCIDRs": ["10.244.8.0/24"] }
+        }
+    })
+}
 
-    let refused = api("worker-8");
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("Forbidden"), "{stderr}");
+/// `install` with `--pod-cidr-from-api` (and `extra`) in place of `--pod-cidr`.
+fn api_install_args(node: &Node, dirs: &CniDirs, name: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = install_args(node, dirs, &["--mtu", "1500"]);
+    let at = args.iter().position(|a| a == "--pod-cidr").unwrap();
+    args.drain(at..at + 2);
+    args.extend(["--pod-cidr-from-api", "--node-name", name].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// `--pod-cidr-from-api` reads `GET /api/v1/nodes/<name>` with kube's
+/// client, over TLS verified against the service account's CA, with its
+/// bearer token: here against a small HTTPS server in the ext namespace
+/// (no API server exists on these machines), found through the pod
+/// environment's KUBERNETES_SERVICE_HOST/PORT or --api-server.
+#[test]
+fn install_takes_the_pod_cidrs_from_the_kubernetes_api() {
+    let node = Node::new();
+    let ext = ext::uplink_with_default_route(&node);
+    let dirs = CniDirs::of(&node);
+    let api = FakeApiServer::start(&ext.netns, ext.ext_ip, &api_nodes());
+    let account = api.service_account_dir();
+    let account_arg = account.display().to_string();
+    let run = |args: Vec<String>, env: &[(&str, String)]| {
+        let mut command = node.netns().command(binaries::path(binaries::AGENT));
+        command
+            .arg("--bpffs-root")
+            .arg(node.bpffs_root())
+            .args(args);
+        command.env_remove("KUBERNETES_SERVICE_HOST");
+        command.env_remove("KUBERNETES_SERVICE_PORT");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        process::output_with_timeout(&mut command, None, Duration::from_secs(120)).unwrap()
+    };
+    let in_pod_env = [
+        ("KUBERNETES_SERVICE_HOST", ext.ext_ip.to_string()),
+        ("KUBERNETES_SERVICE_PORT", kube_api::PORT.to_string()),
+    ];
+
+    // As in a pod: the server from the environment, the mounted account.
+    let out = run(
+        api_install_args(
+            &node,
+            &dirs,
+            "worker-7",
+            &["--service-account-dir", &account_arg],
+        ),
+        &in_pod_env,
+    );
+    process::expect_success("install --pod-cidr-from-api", &out);
+    let ipam = &dirs.conflist()["plugins"][0]["ipam"];
+    assert_eq!(ipam["ranges"], json!([[{ "subnet": "10.244.7.0/24" }]]));
+    assert_eq!(
+        api.requests(200),
+        ["GET /api/v1/nodes/worker-7 HTTP/1.1 200"],
+        "{}",
+        api.log()
+    );
+    {
+        let pod = RuntimePod::add(&node, &dirs);
+        assert!(
+            pod.ip().starts_with("10.244.7."),
+            "pod address {}",
+            pod.ip()
+        );
+    }
+
+    // Dual-stack: one range set per family, IPv4 first, whatever order
+    // the Node lists them in.
+    let out = run(
+        api_install_args(
+            &node,
+            &dirs,
+            "worker-7",
+            &[
+                "--service-account-dir",
+                &account_arg,
+                "--api-server",
+                &api.url(),
+                "--ip-families",
+                "dual-stack",
+            ],
+        ),
+        &[],
+    );
+    process::expect_success("install --ip-families dual-stack", &out);
+    let ipam = &dirs.conflist()["plugins"][0]["ipam"];
+    assert_eq!(
+        ipam["ranges"],
+        json!([[{ "subnet": "10.244.7.0/24" }], [{ "subnet": "fd00:10:244:7::/64" }]])
+    );
+    assert_eq!(
+        ipam["routes"],
+        json!([{ "dst": "0.0.0.0/0" }, { "dst": "::/0" }])
+    );
+    // An IPv4-only node cannot give what dual-stack asks: nothing changes.
+    let before = fs::read(dirs.conflist_path()).unwrap();
+    let out = run(
+        api_install_args(
+            &node,
+            &dirs,
+            "worker-8",
+            &[
+                "--service-account-dir",
+                &account_arg,
+                "--api-server",
+                &api.url(),
+                "--ip-families",
+                "dual-stack",
+            ],
+        ),
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        CniDirs::names(&dirs.conf).is_empty(),
-        "a conflist without a pod CIDR"
+        stderr.contains("worker-8") && stderr.contains("no IPv6"),
+        "{stderr}"
+    );
+    assert_eq!(fs::read(dirs.conflist_path()).unwrap(), before);
+
+    // 404: a node the API server does not know.
+    let out = run(
+        api_install_args(
+            &node,
+            &dirs,
+            "worker-9",
+            &["--service-account-dir", &account_arg],
+        ),
+        &in_pod_env,
+    );
+    assert!(!out.status.success(), "install with an unknown node passed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("404") && stderr.contains("not found") && stderr.contains("--node-name"),
+        "{stderr}"
     );
 
-    process::expect_success("install --pod-cidr-from-api", &api("worker-7"));
+    // 403: a token the server does not accept.
+    let other = node.dir().join("other-account");
+    fs::create_dir_all(&other).unwrap();
+    fs::copy(account.join("ca.crt"), other.join("ca.crt")).unwrap();
+    fs::write(other.join("token"), "not-the-token").unwrap();
+    let out = run(
+        api_install_args(
+            &node,
+            &dirs,
+            "worker-7",
+            &["--service-account-dir", &other.display().to_string()],
+        ),
+        &in_pod_env,
+    );
+    assert!(!out.status.success(), "install with a refused token passed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("403") && stderr.contains("forbidden") && stderr.contains("get on nodes"),
+        "{stderr}"
+    );
+
+    // A CA that did not sign the server's certificate: no request reaches it.
+    let stranger = node.dir().join("stranger-account");
+    fs::create_dir_all(&stranger).unwrap();
+    fs::write(stranger.join("token"), kube_api::TOKEN).unwrap();
+    let mut openssl = std::process::Command::new("openssl");
+    openssl
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=stranger",
+        ])
+        .arg("-keyout")
+        .arg(stranger.join("ca.key"))
+        .arg("-out")
+        .arg(stranger.join("ca.crt"));
+    process::expect_success(
+        "openssl",
+        &process::output_with_timeout(&mut openssl, None, Duration::from_secs(30)).unwrap(),
+    );
+    let requests_before = api.log().matches("request ").count();
+    let out = run(
+        api_install_args(
+            &node,
+            &dirs,
+            "worker-7",
+            &["--service-account-dir", &stranger.display().to_string()],
+        ),
+        &in_pod_env,
+    );
+    assert!(
+        !out.status.success(),
+        "install trusted a server its CA did not sign"
+    );
+    assert_eq!(
+        api.log().matches("request ").count(),
+        requests_before,
+        "{}",
+        api.log()
+    );
+
+    // Outside a pod, without --api-server: the missing variables are named.
+    let out = run(
+        api_install_args(
+            &node,
+            &dirs,
+            "worker-7",
+            &["--service-account-dir", &account_arg],
+        ),
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KUBERNETES_SERVICE_HOST"));
+
     assert_eq!(
         dirs.conflist()["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
-        "10.244.7.0/24"
+        "10.244.7.0/24",
+        "a failed install changed the conflist"
     );
     uninstall(&node, &dirs);
 }
@@ -769,161 +982,10 @@ fn the_daemonsets_flags_are_cni_ebpfds() {
     assert_eq!(spec["spec"]["updateStrategy"]["type"], "RollingUpdate");
 }
 
-fn tempfile_dir() -> PathBuf {
+pub(crate) fn tempfile_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(names::unique("cni-ebpf-deploy"));
     fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// The image `cargo xtask image` built (an OCI archive).
-fn image_archive() -> PathBuf {
-    std::env::var_os("CNI_EBPF_IMAGE_ARCHIVE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/image/cni-ebpf.tar")
-        })
-}
-
-/// Podman with its storage, run and temp dirs in a temp dir: nothing in
-/// the machine's /var/lib/containers or /run/containers.
-struct Podman {
-    dir: PathBuf,
-}
-
-impl Podman {
-    fn new() -> Self {
-        let dir = tempfile_dir();
-        Self { dir }
-    }
-
-    fn command(&self) -> std::process::Command {
-        let mut command = std::process::Command::new("podman");
-        command
-            .arg("--root")
-            .arg(self.dir.join("storage"))
-            .arg("--runroot")
-            .arg(self.dir.join("run"))
-            .arg("--tmpdir")
-            .arg(self.dir.join("tmp"))
-            // crun refuses this machine's hybrid cgroup layout; runc runs.
-            .args([
-                "--runtime",
-                "runc",
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "none",
-            ]);
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let mut command = self.command();
-        command.args(args);
-        process::output_with_timeout(&mut command, None, Duration::from_secs(180))
-            .expect("spawning podman")
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.run(&["rm", "--all", "--force"]);
-        let _ = self.run(&["rmi", "--all", "--force"]);
-        let mut command = self.command();
-        command.arg("system").arg("reset").arg("--force");
-        let _ = process::output_with_timeout(&mut command, None, Duration::from_secs(60));
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The built image run with Podman in the node's network namespace,
-/// privileged, against a fake node root (temp CNI dirs, the node's bpffs
-/// and state dir mounted at their own paths, as the DaemonSet mounts the
-/// host's): its install leaves a plugin and a conflist a pod can be added
-/// with, its uninstall removes them.
-#[test]
-#[ignore = "needs the image: run `cargo xtask image` first, then with --ignored"]
-fn the_image_installs_into_a_fake_node_root() {
-    let archive = image_archive();
-    assert!(
-        archive.is_file(),
-        "{} missing: run `cargo xtask image`",
-        archive.display()
-    );
-    let node = Node::new();
-    let _ext = ext::uplink_with_default_route(&node);
-    let dirs = CniDirs::of(&node);
-    fs::create_dir_all(node.state_dir()).unwrap();
-    let podman = Podman::new();
-    let loaded = podman.run(&["load", "--input", &archive.display().to_string()]);
-    let loaded = process::expect_success("podman load", &loaded);
-    let image = loaded
-        .lines()
-        .find_map(|l| l.strip_prefix("Loaded image: "))
-        .unwrap_or_else(|| panic!("podman load: {loaded}"))
-        .trim()
-        .to_string();
-
-    let same = |p: &Path| format!("{0}:{0}", p.display());
-    let netns = format!("ns:{}", node.netns().path().display());
-    let bpffs = node.bpffs().mountpoint().to_path_buf();
-    // The node's temp dir holds the CNI dirs, the state and IPAM dirs.
-    let volumes = [same(&bpffs), same(node.dir())];
-    let in_image = |args: &[String]| {
-        // Lower limits than the tests' own: podman raises RLIMIT_NOFILE and
-        // RLIMIT_NPROC by default, which needs CAP_SYS_RESOURCE, missing
-        // here (DESIGN §7).
-        let mut all: Vec<String> = [
-            "run",
-            "--rm",
-            "--privileged",
-            "--ulimit",
-            "nofile=4096:4096",
-            "--ulimit",
-            "nproc=4096:4096",
-            "--network",
-            &netns,
-        ]
-        .map(String::from)
-        .to_vec();
-        for volume in &volumes {
-            all.extend(["--volume".to_string(), volume.clone()]);
-        }
-        all.push(image.clone());
-        all.push("--bpffs-root".into());
-        all.push(node.bpffs_root().display().to_string());
-        all.extend(args.iter().cloned());
-        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        podman.run(&refs)
-    };
-
-    let mut args = install_args(
-        &node,
-        &dirs,
-        &["--masquerade", "--cluster-cidr", "10.244.0.0/16"],
-    );
-    // The default plugin source: the cni-ebpf next to cni-ebpfd in the image.
-    args.extend(["--ready-timeout".to_string(), "60".to_string()]);
-    process::expect_success("install in the image", &in_image(&args));
-    assert_eq!(
-        dirs.conflist()["plugins"][0]["mtu"],
-        1500,
-        "the uplink's MTU, read in the image"
-    );
-    assert_eq!(dirs.conflist()["plugins"][0]["ipMasq"], true);
-    {
-        let pod = RuntimePod::add(&node, &dirs);
-        node.netns()
-            .exec_ok("ping", &["-c", "1", "-W", "2", &pod.ip()]);
-    }
-
-    let mut args = vec!["uninstall".to_string()];
-    args.extend(dir_args(&dirs));
-    process::expect_success("uninstall in the image", &in_image(&args));
-    assert!(CniDirs::names(&dirs.bin).is_empty());
-    assert!(CniDirs::names(&dirs.conf).is_empty());
 }
 
 /// Cluster mode's pod CIDR: `--use-pod-cidr` writes `usePodCidr`, which

@@ -33,7 +33,7 @@ const IPERF_SECONDS: &str = "9";
 
 /// One attachment as `cni-ebpfd status --json` lists it: where (stable
 /// across replacements: a filter's priority and handle change) -> program id.
-fn attachments(node: &Node) -> BTreeMap<String, u32> {
+pub(crate) fn attachments(node: &Node) -> BTreeMap<String, u32> {
     let status: Value = serde_json::from_str(&node.agent("status", &["--json"])).unwrap();
     status["attachments"]
         .as_array()
@@ -57,7 +57,7 @@ fn attachments(node: &Node) -> BTreeMap<String, u32> {
 
 /// Program ids of the BPF filters on ingress of `dev`, as `tc` reports
 /// them: a check that does not go through cni-ebpfd.
-fn tc_filter_ids(node: &Node, dev: &str) -> Vec<u64> {
+pub(crate) fn tc_filter_ids(node: &Node, dev: &str) -> Vec<u64> {
     let out = node
         .netns()
         .exec_ok("tc", &["-j", "filter", "show", "dev", dev, "ingress"]);
@@ -81,7 +81,12 @@ fn pinned_link_program(node: &Node, pin: &str) -> u64 {
 
 /// An iperf3 client run in `client` against a one-shot server in `server`,
 /// reporting every 100 ms.
-fn iperf3_stream(server_ns: &Netns, server_ip: Ipv4Addr, client: &Netns) -> (KillOnDrop, Child) {
+pub(crate) fn iperf3_stream(
+    server_ns: &Netns,
+    server_ip: Ipv4Addr,
+    client: &Netns,
+    seconds: &str,
+) -> (KillOnDrop, Child) {
     let ip = server_ip.to_string();
     let server = traffic::iperf3_server(server_ns, server_ip, IPERF_PORT);
     // The server listens a moment after it starts; a probe connection would
@@ -102,7 +107,7 @@ fn iperf3_stream(server_ns: &Netns, server_ip: Ipv4Addr, client: &Netns) -> (Kil
             "-p",
             IPERF_PORT,
             "-t",
-            IPERF_SECONDS,
+            seconds,
             "-i",
             "0.1",
             "-b",
@@ -126,7 +131,7 @@ fn server_ns_listens(ns: &Netns, port: &str) -> bool {
 
 /// The longest run of consecutive zero-byte intervals, in seconds, and the
 /// number of intervals.
-fn longest_stall(report: &Value) -> (f64, usize) {
+pub(crate) fn longest_stall(report: &Value) -> (f64, usize) {
     let intervals = report["intervals"]
         .as_array()
         .unwrap_or_else(|| panic!("iperf3 report without intervals: {report}"));
@@ -195,7 +200,7 @@ fn replacing_the_programs_three_times_keeps_traffic_and_connections() {
     let cgroup_links = before.keys().filter(|k| k.contains("/cgroup/")).count();
     assert_eq!(cgroup_links, 3, "socket hook links: {before:?}");
 
-    let (_server, iperf) = iperf3_stream(b.netns(), b.ip(), a.netns());
+    let (_server, iperf) = iperf3_stream(b.netns(), b.ip(), a.netns(), IPERF_SECONDS);
     thread::sleep(Duration::from_millis(1500));
     for round in 1..=REPLACEMENTS {
         let started = Instant::now();

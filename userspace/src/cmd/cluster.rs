@@ -8,7 +8,7 @@ use cni_ebpf_userspace::{
     BpffsLayout,
     cluster::{self, Backend, ClusterSettings, Vtep},
 };
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClusterArgs {
@@ -23,8 +23,10 @@ pub struct ClusterArgs {
     pub etcd_prefix: Option<String>,
     /// Pod CIDR of the whole cluster, split into node CIDRs (used by the
     /// node that creates the cluster; later nodes take the stored one).
-    #[arg(long)]
-    pub cluster_cidr: Option<Ipv4Net>,
+    /// Of a comma-separated list (a dual-stack cluster's, as install takes
+    /// it) the IPv4 entry: cluster mode leases IPv4 CIDRs.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_cidr: Vec<IpNet>,
     /// Prefix length of each node's pod CIDR.
     #[arg(long, default_value_t = 24)]
     pub node_cidr_prefix: u8,
@@ -58,10 +60,27 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
+    /// The endpoints given; an empty value (`--etcd-endpoints=`, as a
+    /// manifest passes an unset ConfigMap key) means none.
+    fn endpoints(&self) -> Vec<String> {
+        self.etcd_endpoints
+            .iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect()
+    }
+
+    /// In cluster mode, the node state file the agent writes after each
+    /// claim (`<state-dir>/cluster/node.json`).
+    pub fn node_state_file(&self) -> Option<PathBuf> {
+        (!self.endpoints().is_empty()).then(|| cluster::node_state::path(&self.state_dir))
+    }
+
     /// Joins the cluster on a thread of its own, or does nothing without
     /// `--etcd-endpoints`.
     pub fn start(&self, layout: &BpffsLayout) -> anyhow::Result<Option<cluster::Handle>> {
-        if self.etcd_endpoints.is_empty() {
+        let endpoints = self.endpoints();
+        if endpoints.is_empty() {
             return Ok(None);
         }
         let node_name = match &self.node_name {
@@ -72,12 +91,15 @@ impl ClusterArgs {
                 .to_string(),
         };
         let settings = ClusterSettings {
-            endpoints: self.etcd_endpoints.clone(),
+            endpoints,
             prefix: self
                 .etcd_prefix
                 .clone()
                 .unwrap_or_else(|| format!("/cni-ebpf/{}", self.cluster_name)),
-            cluster_cidr: self.cluster_cidr,
+            cluster_cidr: self.cluster_cidr.iter().find_map(|net| match net {
+                IpNet::V4(v4) => Some(*v4),
+                IpNet::V6(_) => None,
+            }),
             node_cidr_prefix: self.node_cidr_prefix,
             pod_cidr: self.pod_cidr,
             node_name,

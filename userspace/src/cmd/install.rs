@@ -10,12 +10,17 @@ use std::{
 use anyhow::Context as _;
 use cni_ebpf_userspace::{
     BpffsLayout,
-    install::{self, Backend, ConflistSettings, InstallPlan, NodeDirs, PodCidr, pod_cidr, uplink},
+    install::{
+        self, Backend, ConflistSettings, InstallPlan, NodeDirs, PodCidr,
+        pod_cidr::{self, IpFamilies, NodePodCidrs},
+        uplink,
+    },
 };
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
-/// How long one `kubectl get node` may take.
-const KUBECTL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting to the API server, and its answer, may each take.
+#[cfg(feature = "kube-api")]
+const API_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where the CNI files go; shared with `uninstall`.
 #[derive(clap::Args, Debug, Clone)]
@@ -44,6 +49,7 @@ impl NodeDirArgs {
 #[derive(clap::Args, Debug, Clone)]
 #[command(group(clap::ArgGroup::new("pod-cidr-source").required(true).args([
     "pod_cidr", "pod_cidr_from_node_state", "use_pod_cidr", "node_object", "pod_cidr_from_api",
+    "pod_cidr_source",
 ])))]
 pub struct InstallArgs {
     #[command(flatten)]
@@ -51,9 +57,10 @@ pub struct InstallArgs {
     /// The plugin binary to install (default: `cni-ebpf` next to this binary).
     #[arg(long)]
     pub plugin_binary: Option<PathBuf>,
-    /// The node's pod CIDR, written into the conflist.
-    #[arg(long)]
-    pub pod_cidr: Option<Ipv4Net>,
+    /// The node's pod CIDR(s), written into the conflist: one per family
+    /// (repeat or separate with commas).
+    #[arg(long, value_delimiter = ',')]
+    pub pod_cidr: Vec<IpNet>,
     /// Read the pod CIDR the cluster-mode agent leased
     /// (`<state-dir>/cluster/node.json`) and write it into the conflist.
     #[arg(long)]
@@ -65,17 +72,35 @@ pub struct InstallArgs {
     /// A Kubernetes Node object (JSON) whose `spec.podCIDRs` holds the pod CIDR.
     #[arg(long)]
     pub node_object: Option<PathBuf>,
-    /// Read this node's `spec.podCIDRs` from the Kubernetes API (through
-    /// `kubectl get node <--node-name> -o json`; in a pod, kubectl uses its
-    /// service account).
+    /// Read this node's `spec.podCIDRs` from the Kubernetes API (GET
+    /// /api/v1/nodes/<--node-name> with the pod's service account).
     #[arg(long, requires = "node_name")]
     pub pod_cidr_from_api: bool,
+    /// The source as one value, for manifests: `api` is
+    /// --pod-cidr-from-api, `cluster` is --use-pod-cidr --leave-to-agent.
+    #[arg(long, value_enum)]
+    pub pod_cidr_source: Option<PodCidrSource>,
     /// This node's name in Kubernetes (the DaemonSet passes spec.nodeName).
     #[arg(long)]
     pub node_name: Option<String>,
-    /// The kubectl --pod-cidr-from-api runs.
-    #[arg(long, default_value = "kubectl")]
-    pub kubectl: PathBuf,
+    /// The API server (default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT,
+    /// as in every pod).
+    #[arg(long)]
+    pub api_server: Option<String>,
+    /// The service account's mounted credentials (`token`, `ca.crt`).
+    #[arg(long, default_value = "/var/run/secrets/kubernetes.io/serviceaccount")]
+    pub service_account_dir: PathBuf,
+    /// Which families of the node's pod CIDRs go into the conflist:
+    /// `dual-stack` writes one range set per family (the plugin's STATUS
+    /// must accept it).
+    #[arg(long, value_enum, default_value = "ipv4")]
+    pub ip_families: IpFamilies,
+    /// If STATUS does not answer 0 at once, write the conflist withdrawn
+    /// (`<name>.cni-ebpf-withdrawn`) instead of waiting: the agent (`run
+    /// --cni-conflist`) publishes it once the datapath is usable and, in
+    /// cluster mode, the node holds a pod CIDR.
+    #[arg(long)]
+    pub leave_to_agent: bool,
     /// The plugin's `stateDir`.
     #[arg(long, default_value = "/run/cni-ebpf")]
     pub state_dir: PathBuf,
@@ -89,7 +114,9 @@ pub struct InstallArgs {
     /// STATUS before pod creation; 1.0.0 suits older runtimes).
     #[arg(long, default_value = "1.0.0")]
     pub cni_version: String,
-    /// Pods' MTU (default: the uplink's, less 50 with --backend vxlan).
+    /// Pods' MTU (default: the uplink's, less 50 with --backend vxlan or
+    /// auto; with --use-pod-cidr none is written and the plugin takes the
+    /// cluster agent's).
     #[arg(long)]
     pub mtu: Option<u32>,
     /// The uplink whose MTU pods get (default: the IPv4 default route's device).
@@ -122,15 +149,25 @@ pub struct InstallArgs {
     pub ready_timeout: u64,
 }
 
+/// `--pod-cidr-source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PodCidrSource {
+    /// The Node's spec.podCIDRs from the Kubernetes API.
+    Api,
+    /// The cluster-mode agent's lease (usePodCidr), published by the agent.
+    Cluster,
+}
+
 pub fn run(layout: &BpffsLayout, args: &InstallArgs, as_json: bool) -> anyhow::Result<()> {
+    let pod_cidr = pod_cidr(args)?;
     let plan = InstallPlan {
         dirs: args.dirs.to_dirs(),
         plugin_source: plugin_source(args.plugin_binary.as_deref())?,
         conflist: ConflistSettings {
             cni_version: args.cni_version.clone(),
             network_name: args.network_name.clone(),
-            pod_cidr: pod_cidr(args)?,
-            mtu: mtu(args)?,
+            mtu: mtu(args, &pod_cidr)?,
+            pod_cidr,
             bpffs_root: layout.root().to_path_buf(),
             state_dir: args.state_dir.clone(),
             ipam_data_dir: args.ipam_data_dir.clone(),
@@ -141,6 +178,7 @@ pub fn run(layout: &BpffsLayout, args: &InstallArgs, as_json: bool) -> anyhow::R
         },
         exclusive: args.exclusive,
         ready_timeout: Duration::from_secs(args.ready_timeout),
+        leave_to_agent: args.leave_to_agent || args.pod_cidr_source == Some(PodCidrSource::Cluster),
     };
     let installed = install::install(&plan)?;
     if as_json {
@@ -153,10 +191,14 @@ pub fn run(layout: &BpffsLayout, args: &InstallArgs, as_json: bool) -> anyhow::R
         verb(installed.plugin_replaced),
         installed.plugin.display()
     );
-    println!(
-        "datapath ready after {} ms (STATUS answered 0)",
-        installed.waited_ms
-    );
+    if installed.left_to_agent {
+        println!("datapath not ready yet: the agent publishes the conflist");
+    } else {
+        println!(
+            "datapath ready after {} ms (STATUS answered 0)",
+            installed.waited_ms
+        );
+    }
     println!(
         "{} {}",
         verb(installed.conflist_replaced),
@@ -177,36 +219,66 @@ fn plugin_source(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 fn pod_cidr(args: &InstallArgs) -> anyhow::Result<PodCidr> {
-    if let Some(cidr) = args.pod_cidr {
-        return Ok(PodCidr::Cidr(cidr));
-    }
-    if args.use_pod_cidr {
+    let (node, cidrs) = if !args.pod_cidr.is_empty() {
+        let mut cidrs = NodePodCidrs::default();
+        for cidr in &args.pod_cidr {
+            let twice = match cidr {
+                IpNet::V4(v4) => cidrs.ipv4.replace(*v4).is_some(),
+                IpNet::V6(v6) => cidrs.ipv6.replace(*v6).is_some(),
+            };
+            anyhow::ensure!(!twice, "--pod-cidr: at most one CIDR per family");
+        }
+        ("this node".to_string(), cidrs)
+    } else if args.use_pod_cidr || args.pod_cidr_source == Some(PodCidrSource::Cluster) {
         return Ok(PodCidr::FromNodeState);
-    }
-    if args.pod_cidr_from_node_state {
-        return Ok(PodCidr::Cidr(pod_cidr::from_node_state(&args.state_dir)?));
-    }
-    if args.pod_cidr_from_api {
+    } else if args.pod_cidr_from_node_state {
+        let v4 = pod_cidr::from_node_state(&args.state_dir)?;
+        return Ok(PodCidr::Cidrs(vec![IpNet::V4(v4)]));
+    } else if args.pod_cidr_from_api || args.pod_cidr_source == Some(PodCidrSource::Api) {
         let name = args
             .node_name
             .as_deref()
-            .expect("clap requires --node-name");
-        let json = pod_cidr::fetch_node_object(&args.kubectl, name, KUBECTL_TIMEOUT)?;
-        return Ok(PodCidr::Cidr(pod_cidr::from_node_object(&json)?));
-    }
-    let file = args.node_object.as_ref().expect("clap requires one source");
-    let json =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    Ok(PodCidr::Cidr(pod_cidr::from_node_object(&json)?))
+            .context("--pod-cidr-source api needs --node-name")?;
+        (name.to_string(), from_api(args, name)?)
+    } else {
+        let file = args.node_object.as_ref().expect("clap requires one source");
+        let json =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        pod_cidr::from_node_object(&json)?
+    };
+    Ok(PodCidr::Cidrs(cidrs.select(&node, args.ip_families)?))
 }
 
-fn mtu(args: &InstallArgs) -> anyhow::Result<u32> {
+#[cfg(feature = "kube-api")]
+fn from_api(args: &InstallArgs, name: &str) -> anyhow::Result<NodePodCidrs> {
+    use cni_ebpf_userspace::install::kube_api;
+    let access =
+        kube_api::ApiAccess::in_cluster(args.api_server.as_deref(), &args.service_account_dir)?;
+    let node = kube_api::get_node(&access, name, API_TIMEOUT)?;
+    Ok(pod_cidr::from_api_node(&node)?)
+}
+
+#[cfg(not(feature = "kube-api"))]
+fn from_api(_: &InstallArgs, _: &str) -> anyhow::Result<NodePodCidrs> {
+    anyhow::bail!(
+        "this cni-ebpfd was built without the kube-api feature: give --pod-cidr or --node-object"
+    )
+}
+
+fn mtu(args: &InstallArgs, pod_cidr: &PodCidr) -> anyhow::Result<Option<u32>> {
     if let Some(mtu) = args.mtu {
-        return Ok(mtu);
+        return Ok(Some(mtu));
+    }
+    if *pod_cidr == PodCidr::FromNodeState {
+        // The cluster agent's node.json holds the MTU for its backend.
+        return Ok(None);
     }
     let device = match &args.uplink {
         Some(device) => device.clone(),
         None => uplink::default_route_device()?,
     };
-    Ok(uplink::pod_mtu(uplink::mtu_of(&device)?, args.backend))
+    Ok(Some(uplink::pod_mtu(
+        uplink::mtu_of(&device)?,
+        args.backend,
+    )))
 }

@@ -7,7 +7,10 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -36,6 +39,8 @@ use crate::cmd::gc::Timeouts;
 /// How long a periodic pass or a scrape still running at shutdown may take
 /// to end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Between two looks at the node's pod CIDR in cluster mode.
+const CONFLIST_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
@@ -57,7 +62,8 @@ pub struct RunArgs {
     pub log_level: LevelFilter,
     /// The conflist `cni-ebpfd install` wrote: renamed out of the
     /// runtimes' sight (`<path>.cni-ebpf-withdrawn`) while the datapath
-    /// cannot be opened or loaded, and back when it can.
+    /// cannot be opened or loaded (or, in cluster mode, while the node
+    /// holds no pod CIDR yet), and back when it can.
     #[arg(long)]
     pub cni_conflist: Option<PathBuf>,
     #[command(flatten)]
@@ -115,10 +121,16 @@ async fn agent(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
         cgroup,
         counters,
         conflist,
+        pod_cidr_file: args.cluster.node_state_file(),
+        datapath_ok: AtomicBool::new(true),
     });
     let cluster = args.cluster.start(&periodic.layout)?;
     let mut ticks = tokio::time::interval(Duration::from_secs(args.gc_interval.max(1)));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The conflist follows the node's pod CIDR within a second of the
+    // cluster agent's claim, not a whole --gc-interval later.
+    let mut conflist_ticks = tokio::time::interval(CONFLIST_CHECK);
+    conflist_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let stopped_by = loop {
         tokio::select! {
             _ = ticks.tick() => {
@@ -126,6 +138,9 @@ async fn agent(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
                 tokio::task::spawn_blocking(move || periodic.run())
                     .await
                     .context("the periodic pass panicked")?;
+            }
+            _ = conflist_ticks.tick(), if periodic.pod_cidr_file.is_some() => {
+                periodic.follow_conflist(periodic.datapath_ok.load(Ordering::Relaxed));
             }
             _ = interrupt.recv() => break "SIGINT",
             _ = terminate.recv() => break "SIGTERM",
@@ -186,6 +201,10 @@ struct Periodic {
     cgroup: Option<PathBuf>,
     counters: AgentMetrics,
     conflist: Option<Conflist>,
+    /// Cluster mode's `node.json`: no pods before the node has a pod CIDR.
+    pod_cidr_file: Option<PathBuf>,
+    /// What the last reconciliation found.
+    datapath_ok: AtomicBool,
 }
 
 impl Periodic {
@@ -194,6 +213,8 @@ impl Periodic {
         // Repairs between ticks too: a program detached behind the
         // plugin's back, an attachment made with an older generation.
         let reconciled = reconcile_now(&self.layout, self.cgroup.as_deref());
+        self.datapath_ok
+            .store(reconciled.is_ok(), Ordering::Relaxed);
         self.follow_conflist(reconciled.is_ok());
         match reconciled {
             Ok(repaired) => report_reconciled(&repaired, &self.counters, false),
@@ -208,18 +229,23 @@ impl Periodic {
 
 impl Periodic {
     /// Withdraws the conflist while the datapath cannot be opened or
-    /// loaded (reconciling opens it, loading it if it is gone), restores it
-    /// when it can.
+    /// loaded (reconciling opens it, loading it if it is gone) or, in
+    /// cluster mode, the node has no pod CIDR; restores it when both are
+    /// there.
     fn follow_conflist(&self, datapath_ok: bool) {
         let Some(conflist) = &self.conflist else {
             return;
         };
         let path = conflist.path().display();
-        match conflist.follow(datapath_ok) {
-            Ok(withdrawal::Change::Withdrawn) => {
+        let has_pod_cidr = self.pod_cidr_file.as_ref().is_none_or(|f| f.is_file());
+        match conflist.follow(datapath_ok && has_pod_cidr) {
+            Ok(withdrawal::Change::Withdrawn) if !datapath_ok => {
                 log::error!("datapath unusable: withdrew {path} until it is back")
             }
-            Ok(withdrawal::Change::Restored) => log::info!("datapath back: restored {path}"),
+            Ok(withdrawal::Change::Withdrawn) => {
+                log::warn!("the node has no pod CIDR: withdrew {path} until it has one")
+            }
+            Ok(withdrawal::Change::Restored) => log::info!("datapath ready: published {path}"),
             Ok(withdrawal::Change::None) => {}
             Err(e) => log::error!("{e}"),
         }

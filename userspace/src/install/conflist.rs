@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use serde_json::{Value, json};
 
 use super::PLUGIN_NAME;
@@ -12,11 +12,12 @@ use super::PLUGIN_NAME;
 /// The version STATUS exists in; install asks it whatever the conflist says.
 pub const STATUS_CNI_VERSION: &str = "1.1.0";
 
-/// The subnet host-local allocates from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The subnets host-local allocates from.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodCidr {
-    /// Written into the conflist.
-    Cidr(Ipv4Net),
+    /// Written into the conflist: one range set per CIDR (host-local's
+    /// layout: one inner array per family), IPv4 first.
+    Cidrs(Vec<IpNet>),
     /// `"subnet": "usePodCidr"`: the plugin reads the CIDR the cluster-mode
     /// agent leased (`<stateDir>/cluster/node.json`) at every ADD.
     FromNodeState,
@@ -28,7 +29,9 @@ pub struct ConflistSettings {
     /// The network's `name` (runtimes key cached results by it).
     pub network_name: String,
     pub pod_cidr: PodCidr,
-    pub mtu: u32,
+    /// The pods' MTU; without one the plugin takes the cluster agent's
+    /// (with `usePodCidr`) or the default route device's.
+    pub mtu: Option<u32>,
     pub bpffs_root: PathBuf,
     pub state_dir: PathBuf,
     /// host-local's `dataDir` (its default, `/var/lib/cni/networks`, when unset).
@@ -45,27 +48,44 @@ pub struct ConflistSettings {
 
 /// The conflist as JSON.
 pub fn render(settings: &ConflistSettings) -> Value {
-    let subnet = match settings.pod_cidr {
-        PodCidr::Cidr(cidr) => cidr.to_string(),
-        PodCidr::FromNodeState => "usePodCidr".to_string(),
+    let (ranges, routes): (Vec<Value>, Vec<Value>) = match &settings.pod_cidr {
+        PodCidr::Cidrs(cidrs) => cidrs
+            .iter()
+            .map(|cidr| {
+                let default = match cidr {
+                    IpNet::V4(_) => "0.0.0.0/0",
+                    IpNet::V6(_) => "::/0",
+                };
+                (
+                    json!([{ "subnet": cidr.to_string() }]),
+                    json!({ "dst": default }),
+                )
+            })
+            .unzip(),
+        PodCidr::FromNodeState => (
+            vec![json!([{ "subnet": "usePodCidr" }])],
+            vec![json!({ "dst": "0.0.0.0/0" })],
+        ),
     };
     let mut ipam = json!({
         "type": "host-local",
-        "ranges": [[{ "subnet": subnet }]],
-        "routes": [{ "dst": "0.0.0.0/0" }],
+        "ranges": ranges,
+        "routes": routes,
     });
     if let Some(dir) = &settings.ipam_data_dir {
         ipam["dataDir"] = json!(dir);
     }
     let mut plugin = json!({
         "type": PLUGIN_NAME,
-        "mtu": settings.mtu,
         "bpffsRoot": settings.bpffs_root,
         "stateDir": settings.state_dir,
         "ipMasq": settings.masquerade,
         "capabilities": { "portMappings": true, "bandwidth": true },
         "ipam": ipam,
     });
+    if let Some(mtu) = settings.mtu {
+        plugin["mtu"] = json!(mtu);
+    }
     if !settings.cluster_cidrs.is_empty() {
         plugin["nonMasqueradeCIDRs"] = cidrs(&settings.cluster_cidrs);
     }
@@ -103,8 +123,8 @@ mod tests {
         ConflistSettings {
             cni_version: "1.0.0".into(),
             network_name: "cni-ebpf".into(),
-            pod_cidr: PodCidr::Cidr("10.244.3.0/24".parse().unwrap()),
-            mtu: 1450,
+            pod_cidr: PodCidr::Cidrs(vec!["10.244.3.0/24".parse().unwrap()]),
+            mtu: Some(1450),
             bpffs_root: "/sys/fs/bpf/cni-ebpf".into(),
             state_dir: "/run/cni-ebpf".into(),
             ipam_data_dir: None,
@@ -149,11 +169,31 @@ mod tests {
         s.cluster_cidrs.clear();
         s.service_cidrs.clear();
         s.ipam_data_dir = Some("/var/lib/cni-ebpf/ipam".into());
+        s.mtu = None;
         let plugin = &render(&s)["plugins"][0];
+        assert!(plugin.get("mtu").is_none());
         assert_eq!(plugin["ipam"]["ranges"][0][0]["subnet"], "usePodCidr");
         assert_eq!(plugin["ipam"]["dataDir"], "/var/lib/cni-ebpf/ipam");
         assert!(plugin.get("serviceCIDRs").is_none());
         assert!(plugin.get("nonMasqueradeCIDRs").is_none());
+    }
+
+    #[test]
+    fn dual_stack_writes_one_range_set_and_one_default_route_per_family() {
+        let mut s = settings();
+        s.pod_cidr = PodCidr::Cidrs(vec![
+            "10.244.3.0/24".parse().unwrap(),
+            "fd00:10:244:3::/64".parse().unwrap(),
+        ]);
+        let ipam = &render(&s)["plugins"][0]["ipam"];
+        assert_eq!(
+            ipam["ranges"],
+            json!([[{ "subnet": "10.244.3.0/24" }], [{ "subnet": "fd00:10:244:3::/64" }]])
+        );
+        assert_eq!(
+            ipam["routes"],
+            json!([{ "dst": "0.0.0.0/0" }, { "dst": "::/0" }])
+        );
     }
 
     #[test]

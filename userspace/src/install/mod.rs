@@ -7,6 +7,8 @@
 
 pub mod conflist;
 pub mod files;
+#[cfg(feature = "kube-api")]
+pub mod kube_api;
 pub mod pod_cidr;
 pub mod readiness;
 pub mod uplink;
@@ -88,6 +90,11 @@ pub struct InstallPlan {
     pub exclusive: bool,
     /// How long to wait for the plugin's STATUS to answer 0.
     pub ready_timeout: Duration,
+    /// Instead of waiting: when STATUS does not answer 0 at once, write
+    /// the conflist withdrawn and let the agent publish it (cluster mode
+    /// under the DaemonSet, where the pod CIDR comes from the agent that
+    /// starts after install).
+    pub leave_to_agent: bool,
 }
 
 /// What an install did.
@@ -103,6 +110,8 @@ pub struct Installed {
     pub moved_aside: Vec<PathBuf>,
     /// How long STATUS took to answer 0.
     pub waited_ms: u128,
+    /// Written withdrawn, for the agent to publish (`leave_to_agent`).
+    pub left_to_agent: bool,
 }
 
 /// Copies the plugin, waits for the datapath, then (and only then) writes
@@ -112,16 +121,34 @@ pub fn install(plan: &InstallPlan) -> Result<Installed> {
     let plugin = plan.dirs.plugin_path();
     let plugin_replaced = files::install_executable(&plan.plugin_source, &plugin)?;
     let conflist = conflist::render(&plan.conflist);
-    let waited = readiness::wait_for_status(
-        &plugin,
-        &plan.dirs.cni_bin_dir,
-        &conflist::status_conf(&conflist),
-        plan.ready_timeout,
-    )?;
-    let conflist_path = plan.dirs.conflist_path();
+    let status_conf = conflist::status_conf(&conflist);
+    let started = std::time::Instant::now();
+    let ready = if plan.leave_to_agent {
+        readiness::status(&plugin, &plan.dirs.cni_bin_dir, &status_conf)
+            .map_err(|why| log::info!("not ready yet ({why}): the agent publishes the conflist"))
+            .is_ok()
+    } else {
+        readiness::wait_for_status(
+            &plugin,
+            &plan.dirs.cni_bin_dir,
+            &status_conf,
+            plan.ready_timeout,
+        )?;
+        true
+    };
+    let waited = started.elapsed();
+    let published = plan.dirs.conflist_path();
+    let withdrawn = withdrawal::Conflist::new(&published).withdrawn_path();
+    // One of the two names at a time: the other is stale.
+    let (conflist_path, stale) = if ready {
+        (published, withdrawn)
+    } else {
+        (withdrawn, published)
+    };
     let text =
         serde_json::to_string_pretty(&conflist).expect("a conflist always serializes") + "\n";
     let conflist_replaced = files::write_atomically(&conflist_path, text.as_bytes(), 0o644)?;
+    files::remove_if_present(&stale)?;
     let moved_aside = if plan.exclusive {
         files::move_aside_others(&plan.dirs.cni_conf_dir, &plan.dirs.conflist_name)?
     } else {
@@ -134,6 +161,7 @@ pub fn install(plan: &InstallPlan) -> Result<Installed> {
         conflist_replaced,
         moved_aside,
         waited_ms: waited.as_millis(),
+        left_to_agent: !ready,
     })
 }
 

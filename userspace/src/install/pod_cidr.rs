@@ -2,15 +2,11 @@
 //! state file of the cluster-mode agent (`<state-dir>/cluster/node.json`,
 //! the lease it holds in etcd), or a Kubernetes Node object
 //! (`spec.podCIDRs`, as the controller manager's `--allocate-node-cidrs`
-//! fills it).
+//! fills it: one CIDR per family on a dual-stack cluster).
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::path::{Path, PathBuf};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use super::{InstallError, Result};
@@ -52,78 +48,119 @@ struct NodeSpec {
     pod_cidrs: Vec<String>,
 }
 
-/// The IPv4 pod CIDR of a Node object (JSON, as `kubectl get node -o json`
-/// prints it): the first IPv4 entry of `spec.podCIDRs` (dual-stack nodes
-/// list one per family; the datapath forwards IPv4), else `spec.podCIDR`.
-pub fn from_node_object(json: &str) -> Result<Ipv4Net> {
-    let node: Node = serde_json::from_str(json)
-        .map_err(|e| InstallError::PodCidr(format!("not a Node object: {e}")))?;
-    let listed = node.spec.pod_cidrs.iter().chain(node.spec.pod_cidr.iter());
-    let mut parsed = Vec::new();
-    for cidr in listed {
-        let net: IpNet = cidr.parse().map_err(|e| {
-            InstallError::PodCidr(format!(
-                "node {}: podCIDR {cidr:?}: {e}",
-                node.metadata.name
-            ))
-        })?;
-        parsed.push(net);
-    }
-    parsed
-        .into_iter()
-        .find_map(|net| match net {
-            IpNet::V4(v4) => Some(v4),
-            IpNet::V6(_) => None,
-        })
-        .ok_or_else(|| {
-            InstallError::PodCidr(format!(
-                "node {} has no IPv4 pod CIDR in spec.podCIDRs: the controller manager allocates them with --allocate-node-cidrs and --cluster-cidr",
-                node.metadata.name
-            ))
-        })
+/// A node's pod CIDRs: at most one per family, as the controller manager
+/// allocates them (`spec.podCIDRs` of a dual-stack node lists both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodePodCidrs {
+    pub ipv4: Option<Ipv4Net>,
+    pub ipv6: Option<Ipv6Net>,
 }
 
-/// The Node object of `node_name` from the Kubernetes API, through
-/// `kubectl get node <name> -o json` (inside a pod kubectl uses the pod's
-/// service account and the in-cluster API address; the ServiceAccount needs
-/// `get` on nodes). A kubectl that does not answer within `timeout` is killed.
-pub fn fetch_node_object(kubectl: &Path, node_name: &str, timeout: Duration) -> Result<String> {
-    let mut child = Command::new(kubectl)
-        .args(["get", "node", node_name, "--output", "json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| InstallError::io("running", kubectl, e))?;
-    let deadline = Instant::now() + timeout;
-    while child
-        .try_wait()
-        .map_err(|e| InstallError::io("waiting for", kubectl, e))?
-        .is_none()
-    {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(InstallError::PodCidr(format!(
-                "{} get node {node_name}: no answer within {timeout:?}",
-                kubectl.display()
-            )));
+impl NodePodCidrs {
+    /// The CIDRs for the conflist, IPv4 first: IPv4 alone for
+    /// [`IpFamilies::Ipv4`], both for [`IpFamilies::DualStack`]; an error
+    /// naming the node when a family asked for is missing.
+    pub fn select(&self, node: &str, families: IpFamilies) -> Result<Vec<IpNet>> {
+        let ipv4 = self.ipv4.ok_or_else(|| {
+            InstallError::PodCidr(format!(
+                "node {node} has no IPv4 pod CIDR in spec.podCIDRs ({}): the controller manager allocates them with --allocate-node-cidrs and --cluster-cidr",
+                self.listed()
+            ))
+        })?;
+        match families {
+            IpFamilies::Ipv4 => {
+                if let Some(v6) = self.ipv6 {
+                    log::info!("node {node}: IPv6 pod CIDR {v6} left out (--ip-families ipv4)");
+                }
+                Ok(vec![IpNet::V4(ipv4)])
+            }
+            IpFamilies::DualStack => {
+                let ipv6 = self.ipv6.ok_or_else(|| {
+                    InstallError::PodCidr(format!(
+                        "node {node} has no IPv6 pod CIDR in spec.podCIDRs ({}), and --ip-families dual-stack asks for one: the controller manager's --cluster-cidr lists one CIDR per family on a dual-stack cluster",
+                        self.listed()
+                    ))
+                })?;
+                Ok(vec![IpNet::V4(ipv4), IpNet::V6(ipv6)])
+            }
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    let output = child
-        .wait_with_output()
-        .map_err(|e| InstallError::io("reading", kubectl, e))?;
-    if !output.status.success() {
-        return Err(InstallError::PodCidr(format!(
-            "{} get node {node_name}: {}: {}",
-            kubectl.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
+
+    fn listed(&self) -> String {
+        let listed: Vec<String> = self
+            .ipv4
+            .map(|n| n.to_string())
+            .into_iter()
+            .chain(self.ipv6.map(|n| n.to_string()))
+            .collect();
+        if listed.is_empty() {
+            "none".into()
+        } else {
+            listed.join(", ")
+        }
     }
-    String::from_utf8(output.stdout)
-        .map_err(|e| InstallError::PodCidr(format!("kubectl's output: {e}")))
+}
+
+/// Which families of the node's pod CIDRs the conflist gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum IpFamilies {
+    /// The IPv4 pod CIDR alone (an IPv6 one is left out).
+    #[default]
+    Ipv4,
+    /// One range set per family, IPv4 then IPv6 (host-local's layout); the
+    /// plugin's STATUS must accept it before the conflist is written.
+    DualStack,
+}
+
+/// The pod CIDRs of a node's `spec.podCIDRs` (else `spec.podCIDR`): the
+/// first of each family.
+pub fn from_spec(node: &str, pod_cidrs: &[String], pod_cidr: Option<&str>) -> Result<NodePodCidrs> {
+    let listed: Vec<&str> = if pod_cidrs.is_empty() {
+        pod_cidr.into_iter().collect()
+    } else {
+        pod_cidrs.iter().map(String::as_str).collect()
+    };
+    let mut cidrs = NodePodCidrs::default();
+    for cidr in listed {
+        let net: IpNet = cidr
+            .parse()
+            .map_err(|e| InstallError::PodCidr(format!("node {node}: podCIDR {cidr:?}: {e}")))?;
+        match net {
+            IpNet::V4(v4) => {
+                cidrs.ipv4.get_or_insert(v4);
+            }
+            IpNet::V6(v6) => {
+                cidrs.ipv6.get_or_insert(v6);
+            }
+        }
+    }
+    Ok(cidrs)
+}
+
+/// The pod CIDRs of a Node object (JSON, as `kubectl get node -o json`
+/// prints it); the node's name for messages.
+pub fn from_node_object(json: &str) -> Result<(String, NodePodCidrs)> {
+    let node: Node = serde_json::from_str(json)
+        .map_err(|e| InstallError::PodCidr(format!("not a Node object: {e}")))?;
+    let cidrs = from_spec(
+        &node.metadata.name,
+        &node.spec.pod_cidrs,
+        node.spec.pod_cidr.as_deref(),
+    )?;
+    Ok((node.metadata.name, cidrs))
+}
+
+/// The pod CIDRs of a Node read from the API ([`super::kube_api`]).
+#[cfg(feature = "kube-api")]
+pub fn from_api_node(node: &k8s_openapi::api::core::v1::Node) -> Result<NodePodCidrs> {
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    let spec = node.spec.as_ref();
+    from_spec(
+        name,
+        spec.and_then(|s| s.pod_cidrs.as_deref())
+            .unwrap_or_default(),
+        spec.and_then(|s| s.pod_cidr.as_deref()),
+    )
 }
 
 #[cfg(test)]
@@ -143,33 +180,60 @@ mod tests {
         "status": { "addresses": [{ "type": "InternalIP", "address": "172.18.0.3" }] }
     }"#;
 
+    fn cidrs(json: &str, families: IpFamilies) -> Result<Vec<String>> {
+        let (name, cidrs) = from_node_object(json)?;
+        Ok(cidrs
+            .select(&name, families)?
+            .iter()
+            .map(ToString::to_string)
+            .collect())
+    }
+
     #[test]
     fn the_ipv4_entry_of_pod_cidrs_is_the_nodes() {
         assert_eq!(
-            from_node_object(DUAL_STACK_NODE).unwrap(),
-            "10.244.1.0/24".parse::<Ipv4Net>().unwrap()
+            cidrs(DUAL_STACK_NODE, IpFamilies::Ipv4).unwrap(),
+            ["10.244.1.0/24"]
         );
+    }
+
+    #[test]
+    fn dual_stack_gives_one_cidr_per_family_ipv4_first() {
+        assert_eq!(
+            cidrs(DUAL_STACK_NODE, IpFamilies::DualStack).unwrap(),
+            ["10.244.1.0/24", "fd00:10:244:1::/64"]
+        );
+        let v4_only = r#"{"metadata":{"name":"n5"},"spec":{"podCIDRs":["10.244.5.0/24"]}}"#;
+        let err = cidrs(v4_only, IpFamilies::DualStack)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("n5") && err.contains("no IPv6"), "{err}");
+        // A second CIDR of a family (not something Kubernetes allocates)
+        // does not replace the first.
+        let two =
+            r#"{"metadata":{"name":"n6"},"spec":{"podCIDRs":["10.244.6.0/24","10.245.6.0/24"]}}"#;
+        assert_eq!(cidrs(two, IpFamilies::Ipv4).unwrap(), ["10.244.6.0/24"]);
     }
 
     #[test]
     fn an_old_node_with_pod_cidr_only_still_has_one() {
         let node = r#"{"kind":"Node","metadata":{"name":"n"},"spec":{"podCIDR":"10.244.9.0/24"}}"#;
-        assert_eq!(from_node_object(node).unwrap().to_string(), "10.244.9.0/24");
+        assert_eq!(cidrs(node, IpFamilies::Ipv4).unwrap(), ["10.244.9.0/24"]);
     }
 
     #[test]
     fn a_node_without_one_says_who_allocates_them() {
         let node = r#"{"kind":"Node","metadata":{"name":"n2"},"spec":{}}"#;
-        let err = from_node_object(node).unwrap_err().to_string();
+        let err = cidrs(node, IpFamilies::Ipv4).unwrap_err().to_string();
         assert!(
             err.contains("n2") && err.contains("--allocate-node-cidrs"),
             "{err}"
         );
         let v6 = r#"{"metadata":{"name":"n3"},"spec":{"podCIDRs":["fd00::/64"]}}"#;
-        assert!(from_node_object(v6).is_err());
+        assert!(cidrs(v6, IpFamilies::Ipv4).is_err());
         let bad = r#"{"metadata":{"name":"n4"},"spec":{"podCIDRs":["10.244.1.0/33"]}}"#;
         assert!(
-            from_node_object(bad)
+            cidrs(bad, IpFamilies::Ipv4)
                 .unwrap_err()
                 .to_string()
                 .contains("n4")

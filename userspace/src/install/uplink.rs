@@ -13,13 +13,15 @@ use crate::peers::TUNNEL_OVERHEAD;
 pub enum Backend {
     Native,
     Vxlan,
+    /// Native or VXLAN per peer (cluster mode): sized for the tunnel.
+    Auto,
 }
 
 /// The MTU pods get behind an uplink of `uplink_mtu`.
 pub fn pod_mtu(uplink_mtu: u32, backend: Backend) -> u32 {
     match backend {
         Backend::Native => uplink_mtu,
-        Backend::Vxlan => uplink_mtu.saturating_sub(TUNNEL_OVERHEAD),
+        Backend::Vxlan | Backend::Auto => uplink_mtu.saturating_sub(TUNNEL_OVERHEAD),
     }
 }
 

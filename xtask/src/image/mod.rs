@@ -1,15 +1,24 @@
-//! `cargo xtask image`: the node image (agent, plugin, kubectl) as an OCI
-//! image layout, built from scratch with buildah (no base image can be
-//! pulled): release binaries plus the shared objects they load, so the
-//! image is self-contained; its entrypoint is `cni-ebpfd` (the DaemonSet
-//! runs `install` in its init container and `run` in the agent container).
-//! buildah's storage lives under `target/image/`, never in the machine's
-//! `/var/lib/containers`.
+//! `cargo xtask image`: the node image (agent and plugin) as an OCI image
+//! layout, built from scratch with buildah (no base image can be pulled):
+//! the two binaries, linked statically against glibc (`crt-static`), and
+//! an empty /tmp; nothing else. Its entrypoint is `cni-ebpfd` (the
+//! DaemonSet runs `install` in its init container and `run` in the agent
+//! container). buildah's storage lives under `target/image/`, never in the
+//! machine's `/var/lib/containers`.
+//!
+//! Static with glibc rather than musl: the musl target's standard library
+//! is a rustup download, which these machines cannot fetch; glibc's libc.a
+//! is a Debian package. Its one catch, name lookups through NSS, does not
+//! arise: the binaries resolve no host names (addresses are given as IPs:
+//! the API server's from the kubelet's environment, etcd's in the ConfigMap).
 
 mod layout;
 mod rootfs;
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
@@ -24,16 +33,17 @@ use crate::{
 /// what `cni-ebpfd install` copies by default).
 pub const BIN_DIR: &str = "usr/local/bin";
 /// Files the image must hold, checked in the layer after the build.
-pub const EXPECTED_FILES: &[&str] = &[
-    "usr/local/bin/cni-ebpfd",
-    "usr/local/bin/cni-ebpf",
-    "usr/local/bin/kubectl",
-];
+pub const EXPECTED_FILES: &[&str] = &["usr/local/bin/cni-ebpfd", "usr/local/bin/cni-ebpf"];
+/// The target the static binaries are built for (given explicitly, so
+/// `crt-static` applies to them and not to build scripts).
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The default image name.
+pub const DEFAULT_TAG: &str = "localhost/cni-ebpf:dev";
 
 #[derive(Args)]
 pub struct Options {
     /// Image name and tag (the OCI layout's ref name is the tag).
-    #[arg(long, default_value = "localhost/cni-ebpf:dev")]
+    #[arg(long, default_value = DEFAULT_TAG)]
     tag: String,
     /// Put the debug binaries in (quicker to build, much larger).
     #[arg(long)]
@@ -47,31 +57,7 @@ pub fn run(ctx: &Context, options: &Options) -> Result<()> {
     } else {
         Profile::Release
     };
-    let bin_dir = build_binaries(ctx, profile)?;
-    let work = ctx.target_dir().join("image");
-    let root = work.join("rootfs");
-    if !ctx.dry_run {
-        rootfs::stage(ctx, &bin_dir, &work, &root)?;
-    }
-    let tag = options
-        .tag
-        .rsplit_once(':')
-        .map_or("latest", |(_, tag)| tag);
-    let layout_dir = work.join("oci");
-    let archive = work.join("cni-ebpf.tar");
-    buildah_build(ctx, &work, &root, &options.tag, tag, &layout_dir, &archive)?;
-    if ctx.dry_run {
-        return Ok(());
-    }
-    let image = layout::validate(&layout_dir, tag, EXPECTED_FILES)?;
-    eprintln!(
-        "[image] {} ({} layer(s), {} MB): OCI layout {}, archive {}",
-        options.tag,
-        image.layers,
-        image.bytes / 1_000_000,
-        layout_dir.display(),
-        archive.display()
-    );
+    let archive = build(ctx, &options.tag, profile)?;
     eprintln!(
         "[image] load it with `podman load -i {0}` or `ctr -n k8s.io images import {0}`",
         archive.display()
@@ -79,15 +65,51 @@ pub fn run(ctx: &Context, options: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Builds the two binaries the image holds (not the test harness).
-fn build_binaries(ctx: &Context, profile: Profile) -> Result<std::path::PathBuf> {
+/// Builds the static binaries and the image; returns the OCI archive.
+pub fn build(ctx: &Context, full_tag: &str, profile: Profile) -> Result<PathBuf> {
+    let bin_dir = build_binaries(ctx, profile)?;
+    let work = ctx.target_dir().join("image");
+    let root = work.join("rootfs");
+    if !ctx.dry_run {
+        rootfs::stage(&bin_dir, &root)?;
+    }
+    let tag = full_tag.rsplit_once(':').map_or("latest", |(_, tag)| tag);
+    let layout_dir = work.join("oci");
+    let archive = work.join("cni-ebpf.tar");
+    buildah_build(ctx, &work, &root, full_tag, tag, &layout_dir, &archive)?;
+    if ctx.dry_run {
+        return Ok(archive);
+    }
+    let image = layout::validate(&layout_dir, tag, EXPECTED_FILES)?;
+    let binaries: u64 = rootfs::BINARIES
+        .iter()
+        .map(|b| std::fs::metadata(bin_dir.join(b)).map_or(0, |m| m.len()))
+        .sum();
+    eprintln!(
+        "[image] {full_tag} ({} layer(s), {:.1} MB; binaries {:.1} MB): OCI layout {}, archive {}",
+        image.layers,
+        image.bytes as f64 / 1e6,
+        binaries as f64 / 1e6,
+        layout_dir.display(),
+        archive.display()
+    );
+    Ok(archive)
+}
+
+/// Builds the two binaries the image holds (not the test harness),
+/// statically linked: `crt-static` on an explicit `--target`, so build
+/// scripts and proc macros stay dynamic (they run here) and the output
+/// goes to `target/<triple>/<profile>/`, apart from the usual builds.
+fn build_binaries(ctx: &Context, profile: Profile) -> Result<PathBuf> {
     let mut cmd = ctx.cargo();
-    cmd.args(["build", "-p", "cni-ebpf-userspace", "-p", "cni-ebpf-plugin"]);
+    cmd.args(["build", "-p", "cni-ebpf-userspace", "-p", "cni-ebpf-plugin"])
+        .args(["--target", TARGET])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static");
     if let Profile::Release = profile {
         cmd.arg("--release");
     }
     ctx.run("build", &mut cmd)?;
-    Ok(ctx.target_dir().join(profile.dir_name()))
+    Ok(ctx.target_dir().join(TARGET).join(profile.dir_name()))
 }
 
 /// `buildah from scratch`, copy the staged root, set the entrypoint, commit

@@ -1,114 +1,68 @@
-//! The image's root filesystem, staged under `target/image/rootfs`: the
-//! binaries, the shared objects and ELF interpreter they load (so no base
-//! image is needed), Debian's statically linked kubectl (for `install
-//! --pod-cidr-from-api`), and a world-writable /tmp.
+//! The image's root filesystem, staged under `target/image/rootfs`: the two
+//! statically linked binaries and a world-writable /tmp, nothing else (no
+//! shared objects, no loader, no shell: the image is "from scratch").
 
-use std::{
-    collections::BTreeSet,
-    fs,
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{fs, os::unix::fs::PermissionsExt as _, path::Path};
 
 use anyhow::{Context as _, Result, bail};
 
 use super::BIN_DIR;
-use crate::exec::{self, Context};
 
-const BINARIES: &[&str] = &["cni-ebpfd", "cni-ebpf"];
-/// The Debian package whose kubectl goes in (1.20, statically linked).
-const KUBECTL_PACKAGE: &str = "kubernetes-client";
+pub const BINARIES: &[&str] = &["cni-ebpfd", "cni-ebpf"];
 
-pub fn stage(ctx: &Context, bin_dir: &Path, work: &Path, root: &Path) -> Result<()> {
+pub fn stage(bin_dir: &Path, root: &Path) -> Result<()> {
     if root.exists() {
         fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
     }
     let bin = root.join(BIN_DIR);
     fs::create_dir_all(&bin)?;
-    let mut libraries = BTreeSet::new();
     for name in BINARIES {
         let source = bin_dir.join(name);
-        copy(&source, &bin.join(name))?;
-        libraries.extend(shared_objects(&source)?);
+        let bytes = fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
+        if !is_static(&bytes)? {
+            bail!(
+                "{} asks for an ELF interpreter: it is not statically linked",
+                source.display()
+            );
+        }
+        fs::copy(&source, bin.join(name))
+            .with_context(|| format!("copying {}", source.display()))?;
     }
-    for library in &libraries {
-        let inside = root.join(library.strip_prefix("/").unwrap_or(library));
-        fs::create_dir_all(inside.parent().expect("a library path has a parent"))?;
-        // The file the path resolves to, under the path the loader asks for.
-        copy(&fs::canonicalize(library)?, &inside)?;
-    }
-    copy(&kubectl(ctx, work)?, &bin.join("kubectl"))?;
     let tmp = root.join("tmp");
     fs::create_dir_all(&tmp)?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777))?;
-    eprintln!(
-        "[image] staged {} with {} shared object(s)",
-        root.display(),
-        libraries.len()
-    );
+    eprintln!("[image] staged {}", root.display());
     Ok(())
 }
 
-fn copy(from: &Path, to: &Path) -> Result<()> {
-    fs::copy(from, to)
-        .map(drop)
-        .with_context(|| format!("copying {} to {}", from.display(), to.display()))
-}
+/// Program header type of the ELF interpreter (the dynamic loader).
+const PT_INTERP: u32 = 3;
 
-/// Absolute paths of what `ldd` says `binary` loads, interpreter included.
-fn shared_objects(binary: &Path) -> Result<Vec<PathBuf>> {
-    let listing = exec::read(Command::new("ldd").arg(binary))?;
-    Ok(parse_ldd(&listing))
-}
-
-fn parse_ldd(listing: &str) -> Vec<PathBuf> {
-    listing
-        .lines()
-        .filter_map(|line| {
-            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
-            // "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO has no file.
-            let path = match line.split_once("=>") {
-                Some((_, right)) => right.split_whitespace().next()?,
-                None => line.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect()
-}
-
-/// Debian's kubectl, fetched with `apt-get download` and unpacked under
-/// `work` (not installed: the machine's own kubectl stays as it is).
-fn kubectl(ctx: &Context, work: &Path) -> Result<PathBuf> {
-    let debs = work.join("debs");
-    let unpacked = debs.join(KUBECTL_PACKAGE);
-    let binary = unpacked.join("usr/bin/kubectl");
-    if binary.is_file() {
-        return Ok(binary);
+/// Whether an x86-64 ELF executable runs without a dynamic loader: no
+/// `PT_INTERP` program header (a static-pie keeps `PT_DYNAMIC` for its own
+/// relocations, and needs no loader).
+fn is_static(elf: &[u8]) -> Result<bool> {
+    let field = |at: usize, len: usize| -> Result<u64> {
+        let bytes = elf
+            .get(at..at + len)
+            .context("truncated ELF header or program header table")?;
+        Ok(bytes
+            .iter()
+            .rev()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    };
+    if elf.get(..5) != Some(b"\x7fELF\x02") || elf.get(5) != Some(&1) {
+        bail!("not a little-endian 64-bit ELF file");
     }
-    fs::create_dir_all(&debs)?;
-    ctx.run(
-        "image",
-        Command::new("apt-get")
-            .args(["download", KUBECTL_PACKAGE])
-            .current_dir(&debs),
-    )?;
-    let deb = fs::read_dir(&debs)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(KUBECTL_PACKAGE) && n.ends_with(".deb"))
-        })
-        .with_context(|| format!("apt-get download left no {KUBECTL_PACKAGE} .deb"))?;
-    ctx.run(
-        "image",
-        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked),
-    )?;
-    if !binary.is_file() {
-        bail!("{} holds no usr/bin/kubectl", deb.display());
+    let phoff = field(0x20, 8)? as usize;
+    let phentsize = field(0x36, 2)? as usize;
+    let phnum = field(0x38, 2)? as usize;
+    for i in 0..phnum {
+        if field(phoff + i * phentsize, 4)? == u64::from(PT_INTERP) {
+            return Ok(false);
+        }
     }
-    Ok(binary)
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -116,19 +70,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ldd_lines_name_the_files_to_copy() {
-        let listing = "\tlinux-vdso.so.1 (0x00007f081868a000)
-\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f0818659000)
-\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f081761e000)
-\t/lib64/ld-linux-x86-64.so.2 (0x00007f081868c000)
-";
-        assert_eq!(
-            parse_ldd(listing),
-            [
-                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
-                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
-                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
-            ]
-        );
+    fn a_dynamic_executable_is_told_from_a_static_one() {
+        // The xtask binary itself: dynamically linked against glibc.
+        let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(!is_static(&me).unwrap());
+        // The same file with its PT_INTERP entry's type changed to PT_NULL.
+        let mut patched = me.clone();
+        let phoff = u64::from_le_bytes(me[0x20..0x28].try_into().unwrap()) as usize;
+        let phentsize = usize::from(u16::from_le_bytes(me[0x36..0x38].try_into().unwrap()));
+        let phnum = usize::from(u16::from_le_bytes(me[0x38..0x3a].try_into().unwrap()));
+        let interp = (0..phnum)
+            .map(|i| phoff + i * phentsize)
+            .find(|at| me[*at..*at + 4] == PT_INTERP.to_le_bytes())
+            .expect("a dynamic executable has PT_INTERP");
+        patched[interp..interp + 4].copy_from_slice(&0u32.to_le_bytes());
+        assert!(is_static(&patched).unwrap());
+        assert!(is_static(b"#!/bin/sh\n").is_err());
     }
 }

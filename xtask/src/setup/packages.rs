@@ -27,8 +27,14 @@ const PACKAGES: &[&str] = &[
     "etcd-client",
     // protoc: the etcd client crate compiles etcd's gRPC protos when it builds.
     "protobuf-compiler",
-    // `cargo xtask image` builds the node image from scratch with it.
+    // `cargo xtask image` builds the node image from scratch with it, from
+    // binaries linked statically against glibc's libc.a.
     "buildah",
+    "libc6-dev",
+    // The image tests run the image with it.
+    "podman",
+    // The Kubernetes API tests make a CA and a server certificate with it.
+    "openssl",
     // A venv for PyPI's kubernetes-validate (deploy/ manifests' schemas).
     "python3-venv",
 ];
@@ -118,6 +124,9 @@ mod tests {
                       etcd-client install ok installed\n\
                       protobuf-compiler install ok installed\n\
                       buildah install ok installed\n\
+                      libc6-dev:amd64 install ok installed\n\
+                      podman install ok installed\n\
+                      openssl install ok installed\n\
                       python3-venv install ok installed\n";
         assert_eq!(not_installed(output), ["sockperf", "iputils-ping"]);
     }
