@@ -391,13 +391,20 @@ fn cli_tables_and_json_reflect_the_pods_on_the_node() {
         json!([status["thisBuild"]]),
         "{status}"
     );
-    // a's and b's filters, the uplink's, three socket hooks: all current.
+    // `ipMasq` covers IPv6 too, to the uplink's IPv6 address.
     assert_eq!(
-        status["attachments"].as_array().unwrap().len(),
-        6,
+        status["masqueradeV6"],
+        hp.ext.node_ip6.to_string(),
         "{status}"
     );
-    assert_eq!(status["attachmentsOnThisBuild"], 6, "{status}");
+    // a's and b's filters, the uplink's, six socket hooks (three per
+    // family): all current.
+    assert_eq!(
+        status["attachments"].as_array().unwrap().len(),
+        9,
+        "{status}"
+    );
+    assert_eq!(status["attachmentsOnThisBuild"], 9, "{status}");
     let table = node.agent("status", &[]);
     assert!(table.contains("endpoints       2 address(es)"), "{table}");
     assert!(table.contains("uplink          uplink"), "{table}");

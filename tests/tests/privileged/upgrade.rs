@@ -197,8 +197,9 @@ fn replacing_the_programs_three_times_keeps_traffic_and_connections() {
             "{expected} missing from {before:?}"
         );
     }
+    // connect, sendmsg and recvmsg for each family.
     let cgroup_links = before.keys().filter(|k| k.contains("/cgroup/")).count();
-    assert_eq!(cgroup_links, 3, "socket hook links: {before:?}");
+    assert_eq!(cgroup_links, 6, "socket hook links: {before:?}");
 
     let (_server, iperf) = iperf3_stream(b.netns(), b.ip(), a.netns(), IPERF_SECONDS);
     thread::sleep(Duration::from_millis(1500));
