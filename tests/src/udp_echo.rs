@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    net::{SocketAddr, SocketAddrV4, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     sync::{Arc, Mutex},
     time::Duration,
 };
