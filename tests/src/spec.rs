@@ -297,26 +297,21 @@ pub fn delete_endpoint_entry(node: &Node, ip: impl Into<std::net::IpAddr>) {
 
 /// The IPv4 addresses on `ifname` in `ns`.
 pub fn addresses(ns: &Netns, ifname: &str) -> Vec<String> {
-    let json = ns.ip(&["-j", "-4", "addr", "show", "dev", ifname]);
-    let links: Vec<Value> =
-        serde_json::from_str(&json).unwrap_or_else(|e| panic!("ip -j addr: {e}: {json}"));
-    links
-        .iter()
-        .flat_map(|link| link["addr_info"].as_array().cloned().unwrap_or_default())
-        .filter_map(|a| {
-            Some(format!(
-                "{}/{}",
-                a.get("local")?.as_str()?,
-                a.get("prefixlen")?.as_u64()?
-            ))
-        })
-        .collect()
+    address_list(ns, &["-j", "-4", "addr", "show", "dev", ifname])
 }
 
 /// The addresses of either family on `ifname` in `ns`, link-local ones left
 /// out.
 pub fn global_addresses(ns: &Netns, ifname: &str) -> Vec<String> {
-    let json = ns.ip(&["-j", "addr", "show", "dev", ifname, "scope", "global"]);
+    address_list(
+        ns,
+        &["-j", "addr", "show", "dev", ifname, "scope", "global"],
+    )
+}
+
+/// `address/prefix` of every address `ip <args>` (a JSON `addr show`) lists.
+fn address_list(ns: &Netns, args: &[&str]) -> Vec<String> {
+    let json = ns.ip(args);
     let links: Vec<Value> =
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("ip -j addr: {e}: {json}"));
     links
