@@ -31,55 +31,46 @@ pub fn log_drop(ctx: &TcContext, reason: DropReason, direction: Direction) {
         | DropReason::NatTableFull => true,
         _ => false,
     };
+    // One record, at the level `loud` picks, whatever the source's type.
+    macro_rules! record {
+        ($source:expr) => {{
+            let source = $source;
+            if loud {
+                warn!(
+                    ctx,
+                    "drop {} {} ifindex {} source {:i}",
+                    reason.name(),
+                    way,
+                    ifindex,
+                    source
+                );
+            } else {
+                debug!(
+                    ctx,
+                    "drop {} {} ifindex {} source {:i}",
+                    reason.name(),
+                    way,
+                    ifindex,
+                    source
+                );
+            }
+        }};
+    }
     if ether_type == Some(ETH_P_IPV6) {
         // SAFETY: bounds-checked; copied out at once.
-        let source = header::<Ipv6Hdr>(ctx, ETH_LEN)
-            .map(|ip| unsafe { (*ip).saddr })
-            .unwrap_or_default();
-        if loud {
-            warn!(
-                ctx,
-                "drop {} {} ifindex {} source {:i}",
-                reason.name(),
-                way,
-                ifindex,
-                source
-            );
-        } else {
-            debug!(
-                ctx,
-                "drop {} {} ifindex {} source {:i}",
-                reason.name(),
-                way,
-                ifindex,
-                source
-            );
-        }
+        record!(
+            header::<Ipv6Hdr>(ctx, ETH_LEN)
+                .map(|ip| unsafe { (*ip).saddr })
+                .unwrap_or_default()
+        );
         return;
     }
-    let source = match ether_type {
-        // SAFETY: bounds-checked; copied out at once.
-        Some(ETH_P_IP) => header::<Ipv4Hdr>(ctx, ETH_LEN).map(|ip| unsafe { (*ip).saddr }),
-        _ => None,
-    }
-    .unwrap_or_default();
-    if loud {
-        warn!(
-            ctx,
-            "drop {} {} ifindex {} source {:i}",
-            reason.name(),
-            way,
-            ifindex,
-            source
-        );
-    } else {
-        debug!(
-            ctx,
-            "drop {} {} ifindex {} source {:i}",
-            reason.name(),
-            way,
-            ifindex,
-            source
-        );
-    }
+    record!(
+        match ether_type {
+            // SAFETY: bounds-checked; copied out at once.
+            Some(ETH_P_IP) => header::<Ipv4Hdr>(ctx, ETH_LEN).map(|ip| unsafe { (*ip).saddr }),
+            _ => None,
+        }
+        .unwrap_or_default()
+    );
 }
