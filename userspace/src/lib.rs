@@ -11,6 +11,7 @@ pub mod attachments;
 pub mod cluster;
 pub mod counters;
 pub mod datapath;
+pub mod device_xdp;
 pub mod endpoints;
 pub mod error;
 pub mod host_ports;
