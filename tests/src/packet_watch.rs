@@ -220,7 +220,7 @@ impl FrameSizes {
                         )
                     };
                     if rc != 0 {
-                        return Err(io::Error::last_os_error().into());
+                        return Err(io::Error::last_os_error());
                     }
                     socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeval(POLL))?;
                     Ok((fd, ()))
