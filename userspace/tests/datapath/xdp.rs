@@ -32,7 +32,7 @@ fn xdp_node(dp: &mut Datapath) {
     dp.set_node_config_v6(NodeConfigV6 {
         masq_addr: NODE6.octets(),
         flags: NODE_F_MASQUERADE,
-        _pad: 0,
+        ..NodeConfigV6::default()
     });
     for key in [key(POD_A), key6(POD_A6), key(POD_B)] {
         set_flags(dp, key, ENDPOINT_F_XDP_TARGET);

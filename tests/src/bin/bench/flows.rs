@@ -189,7 +189,7 @@ pub fn check_reaches(path: &Path<'_>, port: u16) -> Result<()> {
     let listener = path.server.run(|| std::net::TcpListener::bind(listen))?;
     let connected = path
         .client
-        .run(|| std::net::TcpStream::connect_timeout(&connect.into(), Duration::from_secs(3)));
+        .run(|| std::net::TcpStream::connect_timeout(&connect, Duration::from_secs(3)));
     drop(listener);
     connected.map(drop).map_err(|e| {
         anyhow!(
