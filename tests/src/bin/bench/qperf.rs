@@ -86,14 +86,13 @@ pub fn parse_latency(text: &str) -> Result<f64> {
         .replace(',', "")
         .parse()
         .context("latency value")?;
-    let per_us = match words.next() {
-        Some("ns") => 1e-3,
-        Some("us") => 1.0,
-        Some("ms") => 1e3,
-        Some("sec") => 1e6,
+    Ok(match words.next() {
+        Some("ns") => number / 1e3,
+        Some("us") => number,
+        Some("ms") => number * 1e3,
+        Some("sec") => number * 1e6,
         other => bail!("unknown latency unit {other:?}"),
-    };
-    Ok(number * per_us)
+    })
 }
 
 /// The `rr` scenario over IPv6: TCP and UDP mean round trips between every
