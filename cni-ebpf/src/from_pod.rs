@@ -60,7 +60,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         ETH_P_ARP => arp(ctx, eth),
         ETH_P_IPV6 => match ndp::message_type(ctx) {
             Some(kind) => ndp::from_pod(ctx, kind),
-            None => translate6::finish(ctx, ipv6(ctx, eth)?),
+            None => translate6::finish(ctx, tunnel::finish_v6(ctx, ipv6(ctx, eth)?)?),
         },
         _ => Err(DropReason::UnsupportedL3),
     }
@@ -350,8 +350,8 @@ fn leave_node_v6(
     if netfilter::enabled(&cfg) && SERVICES.get(&key).is_some() {
         return Ok(to_netfilter(ctx));
     }
-    if let Some(action) = tunnel::into_tunnel_v6(ctx, ip, dst)? {
-        return Ok(action);
+    if tunnel::tunnels_v6(dst) {
+        return Ok(tunnel::INTO_TUNNEL);
     }
     if translate6::masquerades(dst) {
         return Ok(translate6::MASQUERADE);

@@ -150,18 +150,43 @@ pub fn into_tunnel(
     redirect_into(ctx, &tunnel, &peer).map(Some)
 }
 
-/// [`into_tunnel`] for IPv6: the hop limit is decremented here.
+/// What `from_pod`'s IPv6 path returns, in place of a verdict (as
+/// `translate6`'s actions, outside the TC verdicts), for a packet to a pod
+/// behind the tunnel; [`finish_v6`] sends it at the program's top level:
+/// nested under the IPv6 path, the tunnel key's frame would pass the
+/// verifier's 512 bytes for a call chain.
+pub const INTO_TUNNEL: i32 = 0x110;
+
+/// Whether `dst` lives on a peer reached through the tunnel.
+#[inline(always)]
+pub fn tunnels_v6(dst: [u8; 16]) -> bool {
+    PEERS
+        .get(Key::new(128, dst))
+        .is_some_and(|peer| peer.flags & PEER_F_TUNNEL != 0)
+}
+
+/// Runs [`INTO_TUNNEL`], or passes any other verdict through.
+#[inline(always)]
+pub fn finish_v6(ctx: &TcContext, action: i32) -> Result<i32, DropReason> {
+    if action != INTO_TUNNEL {
+        return Ok(action);
+    }
+    into_tunnel_v6(ctx)
+}
+
+/// [`into_tunnel`] for IPv6 (the hop limit was checked): the hop limit is
+/// decremented here. A peer gone since the question goes to the stack.
 #[inline(never)]
-pub fn into_tunnel_v6(
-    ctx: &TcContext,
-    ip: *mut Ipv6Hdr,
-    dst: [u8; 16],
-) -> Result<Option<i32>, DropReason> {
+fn into_tunnel_v6(ctx: &TcContext) -> Result<i32, DropReason> {
+    let (_, ip) = ipv6_headers(ctx).ok_or(DropReason::Malformed)?;
+    // SAFETY: bounds-checked.
+    let dst = unsafe { (*ip).daddr };
     let Some((tunnel, peer)) = tunnel_peer(dst) else {
-        return Ok(None);
+        count_verdict(Verdict::ToStack, ctx.len());
+        return Ok(TC_ACT_OK);
     };
     ipv6_decrease_hop_limit(ip);
-    redirect_into(ctx, &tunnel, &peer).map(Some)
+    redirect_into(ctx, &tunnel, &peer)
 }
 
 /// The remote underlay address of a decapsulated packet (or the one a
@@ -188,14 +213,22 @@ fn tunnel_source(ctx: &TcContext) -> Option<[u8; 16]> {
     None
 }
 
-/// Whether `src` may come out of the tunnel from `remote`: a peer's own
-/// underlay address, or an address of the pod CIDR that peer holds.
-#[inline(always)]
-fn sent_by(src: [u8; 16], remote: &[u8; 16]) -> bool {
-    same(&src, remote)
+/// Only a peer may send from its pods' addresses (or its own): `src` (a map
+/// key) must be the remote underlay address of the decapsulated packet, or
+/// an address of the pod CIDR that peer holds. Not inlined: the tunnel key
+/// stays out of the callers' frames.
+#[inline(never)]
+fn check_sender(ctx: &TcContext, src: &[u8; 16]) -> Result<(), DropReason> {
+    let remote = tunnel_source(ctx).ok_or(DropReason::Malformed)?;
+    let owned = same(src, &remote)
         || PEERS
-            .get(Key::new(128, src))
-            .is_some_and(|p| same(&p.underlay, remote))
+            .get(Key::new(128, *src))
+            .is_some_and(|p| same(&p.underlay, &remote));
+    if owned {
+        Ok(())
+    } else {
+        Err(DropReason::UnknownSource)
+    }
 }
 
 /// Two addresses compared word by word (no `memcmp` call in BPF).
@@ -217,18 +250,24 @@ pub fn from_tunnel(ctx: TcContext) -> i32 {
     }
 }
 
+/// Each family in its own frame: together they would pass the verifier's
+/// 512 bytes for a call chain.
 fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
     pull_headers(ctx, HEADERS_LEN);
-    let Some((eth, ip)) = ipv4_headers(ctx) else {
-        return from_tunnel_v6(ctx);
-    };
+    if ipv4_headers(ctx).is_some() {
+        from_tunnel_v4(ctx)
+    } else {
+        from_tunnel_v6(ctx)
+    }
+}
+
+#[inline(never)]
+fn from_tunnel_v4(ctx: &TcContext) -> Result<i32, DropReason> {
+    let (eth, ip) = ipv4_headers(ctx).ok_or(DropReason::Malformed)?;
     // SAFETY: bounds-checked.
     let (src, dst, ttl) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).ttl) };
     // Only a peer may send from its pods' addresses (or its own).
-    let remote = tunnel_source(ctx).ok_or(DropReason::Malformed)?;
-    if !sent_by(IpKey::v4(src).addr, &remote) {
-        return Err(DropReason::UnknownSource);
-    }
+    check_sender(ctx, &IpKey::v4(src).addr)?;
     // SAFETY: copied out at once.
     let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(dst)) }).copied() else {
         // The device forwards (for the replies of service flows, below), but
@@ -274,10 +313,7 @@ fn from_tunnel_v6(ctx: &TcContext) -> Result<i32, DropReason> {
         // Never routed on: the node's own business.
         return Ok(TC_ACT_OK);
     }
-    let remote = tunnel_source(ctx).ok_or(DropReason::Malformed)?;
-    if !sent_by(src, &remote) {
-        return Err(DropReason::UnknownSource);
-    }
+    check_sender(ctx, &src)?;
     // SAFETY: copied out at once.
     let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v6(dst)) }).copied() else {
         // SAFETY: the context pointer is valid for the whole program run.
