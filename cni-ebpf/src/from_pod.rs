@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use cni_ebpf_common::{
     Direction, DropReason, ENDPOINT_F_HOST_PORTS, ENDPOINT_F_NETFILTER_FLOWS, Endpoint, IpKey,
-    NODE_F_MASQUERADE, PEER_F_TUNNEL, Verdict,
+    NODE_F_MASQUERADE, Verdict,
 };
 
 use crate::{
@@ -27,7 +27,7 @@ use crate::{
     },
     host_ports, l4,
     log::log_drop,
-    maps::{ENDPOINTS, NO_MASQ, NODE_ADDRS, NODE_CONFIG, PEERS, SERVICES},
+    maps::{ENDPOINTS, NO_MASQ, NODE_ADDRS, NODE_CONFIG, SERVICES},
     nat::snat,
     ndp,
     netfilter::{self, to_netfilter},
@@ -60,7 +60,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         ETH_P_ARP => arp(ctx, eth),
         ETH_P_IPV6 => match ndp::message_type(ctx) {
             Some(kind) => ndp::from_pod(ctx, kind),
-            None => translate6::finish(ctx, ipv6(ctx, eth)?),
+            None => translate6::finish(ctx, tunnel::finish_v6(ctx, ipv6(ctx, eth)?)?),
         },
         _ => Err(DropReason::UnsupportedL3),
     }
@@ -340,8 +340,8 @@ fn ipv6(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
 }
 
 /// IPv6 to another node's pods and the outside: out of the uplink as the
-/// node routes it. The node's own addresses go to the stack, and so does
-/// what would need a translation or the tunnel, which IPv6 lacks here.
+/// node routes it, or through the tunnel to peers behind it. The node's
+/// own addresses go to the stack.
 fn leave_node_v6(
     ctx: &TcContext,
     ip: *mut Ipv6Hdr,
@@ -361,11 +361,8 @@ fn leave_node_v6(
     if netfilter::enabled(&cfg) && SERVICES.get(&key).is_some() {
         return Ok(to_netfilter(ctx));
     }
-    let tunneled = PEERS
-        .get(&key)
-        .is_some_and(|peer| peer.flags & PEER_F_TUNNEL != 0);
-    if tunneled {
-        return to_stack(ctx);
+    if tunnel::tunnels_v6(dst) {
+        return Ok(tunnel::INTO_TUNNEL);
     }
     if translate6::masquerades(dst) {
         return Ok(translate6::MASQUERADE);
