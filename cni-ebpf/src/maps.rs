@@ -16,6 +16,21 @@ use cni_ebpf_common::{
 #[map]
 pub static ENDPOINTS: HashMap<IpKey, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
+/// The endpoint with IPv4 address `addr`, a pointer into the map (entries
+/// are only replaced whole). The key is built in 4-byte words on an aligned
+/// stack slot: as bytes, LLVM builds it with a call to a byte-wise `memset`.
+#[inline(always)]
+pub fn endpoint_v4(addr: [u8; 4]) -> Option<*const Endpoint> {
+    #[repr(C, align(8))]
+    struct Words([u32; 4]);
+    const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    let key = Words([0, 0, MAPPED, u32::from_ne_bytes(addr)]);
+    // SAFETY: `Words` is 16 bytes laid out as `IpKey::v4(addr)`, and more
+    // aligned than `IpKey`.
+    let key = unsafe { &*(&raw const key).cast::<IpKey>() };
+    ENDPOINTS.get_ptr(key)
+}
+
 /// Dropped packets by reason and direction.
 #[map]
 pub static DROPS: PerCpuArray<PacketCount> = PerCpuArray::pinned(DROP_SLOTS, 0);
