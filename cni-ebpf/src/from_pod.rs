@@ -27,7 +27,7 @@ use crate::{
     },
     host_ports, l4,
     log::log_drop,
-    maps::{ENDPOINTS, NO_MASQ, NODE_ADDRS, NODE_CONFIG, PEERS, SERVICES, endpoint_v4},
+    maps::{ENDPOINTS, KeyV4, NO_MASQ, NODE_ADDRS, NODE_CONFIG, PEERS, SERVICES, endpoint_v4},
     nat::snat,
     ndp,
     netfilter::{self, to_netfilter},
@@ -206,7 +206,7 @@ fn leave_node(
     let Some(cfg) = NODE_CONFIG.get(0).copied() else {
         return to_stack(ctx);
     };
-    let for_node = dst[0] >= 224 || NODE_ADDRS.get_ptr(&IpKey::v4(dst)).is_some();
+    let for_node = dst[0] >= 224 || NODE_ADDRS.get_ptr(KeyV4::new(dst).key()).is_some();
     if for_node
         && ttl > 1
         && let Some(transport) = l4::parse(ctx, ip)
@@ -257,7 +257,7 @@ fn deliver_rewritten(ctx: &TcContext, dst: [u8; 4]) -> Result<i32, DropReason> {
     let Some(cfg) = NODE_CONFIG.get(0).copied() else {
         return to_stack(ctx);
     };
-    if cfg.uplink_ifindex == 0 || NODE_ADDRS.get_ptr(&IpKey::v4(dst)).is_some() {
+    if cfg.uplink_ifindex == 0 || NODE_ADDRS.get_ptr(KeyV4::new(dst).key()).is_some() {
         return to_stack(ctx);
     }
     ipv4_decrease_ttl(ip);

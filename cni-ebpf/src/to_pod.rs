@@ -10,13 +10,13 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use cni_ebpf_common::{Direction, IpKey};
+use cni_ebpf_common::Direction;
 
 use crate::{
     counters::{count_drop, count_endpoint},
     headers::ipv4_headers,
     l4,
-    maps::{ENDPOINTS, NODE_CONFIG},
+    maps::{NODE_CONFIG, endpoint_v4},
     netfilter,
     rate::{Way, charge},
 };
@@ -28,17 +28,18 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     };
     // SAFETY: bounds-checked.
     let (src, dst) = unsafe { ((*ip).saddr, (*ip).daddr) };
-    // SAFETY: copied out at once.
-    let Some(endpoint) = (unsafe { ENDPOINTS.get(&IpKey::v4(dst)) }).copied() else {
+    let Some(endpoint) = endpoint_v4(dst) else {
         return TC_ACT_OK;
     };
+    // SAFETY: a live map value, read in place as `from_pod` reads it.
+    let endpoint = unsafe { &*endpoint };
     if NODE_CONFIG.get(0).is_some_and(netfilter::enabled)
         && !netfilter::stack_bound_anyway(src)
         && let Some(transport) = l4::parse(&ctx, ip)
     {
         netfilter::remember_replies(src, dst, &transport, dst);
     }
-    match charge(&ctx, &endpoint, Way::Ingress) {
+    match charge(&ctx, endpoint, Way::Ingress) {
         Ok(()) => {
             count_endpoint(endpoint.ifindex, Direction::ToPod, ctx.len());
             TC_ACT_OK
