@@ -35,7 +35,7 @@ fn masquerading_node6(dp: &mut Datapath) {
     dp.set_node_config_v6(NodeConfigV6 {
         masq_addr: NODE6.octets(),
         flags: NODE_F_MASQUERADE,
-        _pad: 0,
+        ..NodeConfigV6::default()
     });
 }
 
