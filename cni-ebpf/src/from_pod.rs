@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use cni_ebpf_common::{
     Direction, DropReason, ENDPOINT_F_HOST_PORTS, ENDPOINT_F_NETFILTER_FLOWS, Endpoint, IpKey,
-    NODE_F_MASQUERADE, PEER_F_TUNNEL, Verdict,
+    NODE_F_MASQUERADE, Verdict,
 };
 
 use crate::{
@@ -23,11 +23,11 @@ use crate::{
     headers::{
         ARP_HTYPE_ETHERNET, ARP_REPLY, ARP_REQUEST, ArpEthIpv4, ETH_LEN, ETH_P_ARP, ETH_P_IP,
         ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, ipv6_decrease_hop_limit,
-        ipv6_link_scoped, pull_headers,
+        ipv6_link_scoped, ipv6_v4_mapped, pull_headers,
     },
     host_ports, l4,
     log::log_drop,
-    maps::{ENDPOINTS, KeyV4, NO_MASQ, NODE_ADDRS, NODE_CONFIG, PEERS, SERVICES, endpoint_v4},
+    maps::{ENDPOINTS, KeyV4, NO_MASQ, NODE_ADDRS, NODE_CONFIG, SERVICES, endpoint_v4},
     nat::snat,
     ndp,
     netfilter::{self, to_netfilter},
@@ -60,7 +60,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         ETH_P_ARP => arp(ctx, eth),
         ETH_P_IPV6 => match ndp::message_type(ctx) {
             Some(kind) => ndp::from_pod(ctx, kind),
-            None => translate6::finish(ctx, ipv6(ctx, eth)?),
+            None => translate6::finish(ctx, tunnel::finish_v6(ctx, ipv6(ctx, eth)?)?),
         },
         _ => Err(DropReason::UnsupportedL3),
     }
@@ -354,10 +354,21 @@ fn ipv6(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
         // IPv6 belong to no endpoint: the node's own business.
         return to_stack(ctx);
     }
+    if ipv6_v4_mapped(&src) {
+        // The key of the pod's IPv4 address, not an IPv6 one it owns.
+        return Err(DropReason::SpoofedSource);
+    }
+    // A link-local source never leaves its link: the stack refuses to
+    // forward it (ICMPv6 "beyond scope of source address"); nor does it
+    // forward to an IPv4-mapped address (read from the packet: a copy
+    // would outgrow the verifier's stack limit).
+    // SAFETY: bounds-checked.
+    let stays_on_link =
+        link_local || ipv6_link_scoped(&dst) || ipv6_v4_mapped(unsafe { &(*ip).daddr });
     let me = sender(ctx, IpKey::v6(src), &eth_src, DropReason::SpoofedSource)?;
     charge(ctx, me, Way::Egress)?;
     count_endpoint(me.ifindex, Direction::FromPod, ctx.len());
-    if ipv6_link_scoped(&dst) {
+    if stays_on_link {
         return to_stack(ctx);
     }
     if translate6::is_host_port_reply(ctx, me) {
@@ -376,8 +387,8 @@ fn ipv6(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
 }
 
 /// IPv6 to another node's pods and the outside: out of the uplink as the
-/// node routes it. The node's own addresses go to the stack, and so does
-/// what would need a translation or the tunnel, which IPv6 lacks here.
+/// node routes it, or through the tunnel to peers behind it. The node's
+/// own addresses go to the stack.
 fn leave_node_v6(
     ctx: &TcContext,
     ip: *mut Ipv6Hdr,
@@ -397,11 +408,8 @@ fn leave_node_v6(
     if netfilter::enabled(&cfg) && SERVICES.get(&key).is_some() {
         return Ok(to_netfilter(ctx));
     }
-    let tunneled = PEERS
-        .get(&key)
-        .is_some_and(|peer| peer.flags & PEER_F_TUNNEL != 0);
-    if tunneled {
-        return to_stack(ctx);
+    if tunnel::tunnels_v6(dst) {
+        return Ok(tunnel::INTO_TUNNEL);
     }
     if translate6::masquerades(dst) {
         return Ok(translate6::MASQUERADE);

@@ -16,6 +16,7 @@ pub mod error;
 pub mod host_ports;
 pub mod install;
 pub mod link_update;
+pub mod lock;
 pub mod nat;
 pub mod node;
 pub mod paths;
