@@ -177,9 +177,12 @@ pub fn ipv6_decrease_hop_limit(ip: *mut Ipv6Hdr) {
 
 /// Make sure the first `len` bytes are in the linear area (or the packet is
 /// shorter than that), so that direct access sees the whole header chain.
+/// A packet that is all linear already (short ones: requests, answers,
+/// acknowledgements) costs no helper call.
 #[inline(always)]
 pub fn pull_headers(ctx: &TcContext, len: u32) {
-    if ctx.data() + len as usize > ctx.data_end() {
+    let linear = ctx.data_end() - ctx.data();
+    if linear < len as usize && (ctx.len() as usize) > linear {
         let want = if ctx.len() < len { ctx.len() } else { len };
         let _ = ctx.pull_data(want);
     }

@@ -16,7 +16,7 @@ use crate::{
     counters::{count_drop, count_endpoint},
     headers::{ipv4_headers, ipv6_headers},
     l4,
-    maps::{ENDPOINTS, NODE_CONFIG},
+    maps::{ENDPOINTS, NODE_CONFIG, endpoint_v4},
     netfilter,
     rate::{Way, charge},
 };
@@ -28,17 +28,18 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     };
     // SAFETY: bounds-checked.
     let (src, dst) = unsafe { ((*ip).saddr, (*ip).daddr) };
-    // SAFETY: copied out at once.
-    let Some(endpoint) = (unsafe { ENDPOINTS.get(&IpKey::v4(dst)) }).copied() else {
+    let Some(endpoint) = endpoint_v4(dst) else {
         return TC_ACT_OK;
     };
+    // SAFETY: a live map value, read in place as `from_pod` reads it.
+    let endpoint = unsafe { &*endpoint };
     if NODE_CONFIG.get(0).is_some_and(netfilter::enabled)
         && !netfilter::stack_bound_anyway(src)
         && let Some(transport) = l4::parse(&ctx, ip)
     {
         netfilter::remember_replies(src, dst, &transport, dst);
     }
-    deliver(&ctx, &endpoint)
+    deliver(&ctx, endpoint)
 }
 
 /// IPv6 the stack delivers to a pod: charged and counted as IPv4 is (no
