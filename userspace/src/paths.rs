@@ -173,9 +173,17 @@ impl BpffsLayout {
     }
 
     /// An exclusive lock on the root: serialises loading and pinning between
-    /// plugin processes that start at the same moment.
+    /// plugin processes that start at the same moment. A blocking `flock`,
+    /// unlike the plugin's state and IPAM locks ([`crate::lock`]): polling
+    /// for it, a plugin's first load and the agent's replacements of the
+    /// programs took turns in an order that broke
+    /// `upgrade::pods_added_during_replacements_end_on_the_new_programs`
+    /// (a load found the generation half-exchanged and failed to pin), not
+    /// yet understood.
     pub fn lock(&self) -> Result<Flock<File>> {
         let dir = File::open(&self.root).map_err(|e| DatapathError::io("open", &self.root, e))?;
-        Ok(crate::lock::lock(dir, &self.root, true)?)
+        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
+            DatapathError::io("flock", &self.root, std::io::Error::from(errno))
+        })
     }
 }

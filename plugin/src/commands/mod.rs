@@ -14,10 +14,7 @@ use crate::{
 };
 
 pub(crate) fn datapath_error(context: &str, e: DatapathError) -> CniError {
-    match e {
-        DatapathError::Locked(e) => CniError::lock(e),
-        e => CniError::datapath(context.to_string(), e),
-    }
+    CniError::datapath(context.to_string(), e)
 }
 
 pub(crate) fn open_datapath(conf: &NetConf) -> CniResult<Datapath> {
