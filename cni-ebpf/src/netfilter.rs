@@ -15,6 +15,11 @@
 //!   of flagged pods, and deliveries to them from the uplink, that match a
 //!   key go to the stack, whose conntrack translates them back.
 //!
+//! Both families alike: the functions are generic over the address
+//! ([`Addr`]), and the IPv6 hooks ([`claims_v6`], [`remember_delivery_v6`],
+//! [`leaving_v6`]) parse their own headers so that the programs' IPv6
+//! paths only call them.
+//!
 //! Why not look netfilter's conntrack up from here (`bpf_skb_ct_lookup`):
 //! aya has no kfunc calls yet, and reading `nf_conn` needs CO-RE; the
 //! egress hooks see every flow the stack carried, after its translation,
@@ -22,20 +27,24 @@
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
-    helpers::generated::bpf_fib_lookup,
+    helpers::generated::{bpf_fib_lookup, bpf_skb_load_bytes},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
 use cni_ebpf_common::{
-    ENDPOINT_F_NETFILTER_FLOWS, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IpKey,
+    DropReason, ENDPOINT_F_NETFILTER_FLOWS, Endpoint, FlowKey, IPPROTO_TCP, IPPROTO_UDP, IpKey,
     NODE_F_SERVICES, NodeConfig, Verdict,
+    wire::{ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_DST_OFF, IPV6_SRC_OFF},
 };
 
 use crate::{
     counters::count_verdict,
-    headers::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST},
-    l4::Transport,
-    maps::{ENDPOINTS, NETFILTER_FLOWS, NODE_ADDRS, SERVICES},
+    family::Addr,
+    headers::{ETH_LEN, ETH_P_IPV6, Ipv6Hdr, ipv6_headers},
+    l4::{self, Transport},
+    maps::{ENDPOINTS, NETFILTER_FLOWS, NODE_ADDRS, NODE_CONFIG, SERVICES},
+    nat::snat,
+    translate6,
 };
 
 /// Whether the node hands service traffic to netfilter.
@@ -46,16 +55,16 @@ pub fn enabled(cfg: &NodeConfig) -> bool {
 
 /// Whether `addr` is a service address netfilter translates.
 #[inline(always)]
-pub fn is_service(addr: [u8; 4]) -> bool {
-    SERVICES.get(Key::new(128, IpKey::v4(addr).addr)).is_some()
+pub fn is_service<A: Addr>(addr: A) -> bool {
+    SERVICES.get(Key::new(128, addr.key())).is_some()
 }
 
 /// The key of the packet `src` -> `dst` as it travels.
 #[inline(always)]
-fn flow_key(src: [u8; 4], dst: [u8; 4], t: &Transport) -> FlowKey {
+fn flow_key<A: Addr>(src: A, dst: A, t: &Transport) -> FlowKey {
     FlowKey {
-        src: IpKey::v4(src).addr,
-        dst: IpKey::v4(dst).addr,
+        src: src.key(),
+        dst: dst.key(),
         src_port: t.src_port,
         dst_port: t.dst_port,
         proto: t.proto,
@@ -65,10 +74,10 @@ fn flow_key(src: [u8; 4], dst: [u8; 4], t: &Transport) -> FlowKey {
 
 /// The key of the replies to the packet `src` -> `dst`.
 #[inline(always)]
-fn reply_key(src: [u8; 4], dst: [u8; 4], t: &Transport) -> FlowKey {
+fn reply_key<A: Addr>(src: A, dst: A, t: &Transport) -> FlowKey {
     FlowKey {
-        src: IpKey::v4(dst).addr,
-        dst: IpKey::v4(src).addr,
+        src: dst.key(),
+        dst: src.key(),
         src_port: t.dst_port,
         dst_port: t.src_port,
         proto: t.proto,
@@ -87,9 +96,9 @@ fn reply_key(src: [u8; 4], dst: [u8; 4], t: &Transport) -> FlowKey {
 /// node by giving the new flow another source port; or an ICMP error
 /// (conntrack translates those about its flows, and forwards the rest).
 #[inline(never)]
-pub fn belongs(src: [u8; 4], dst: [u8; 4], t: &Transport) -> bool {
-    if t.proto == IPPROTO_ICMP {
-        return t.icmp_type != ICMP_ECHO_REQUEST && t.icmp_type != ICMP_ECHO_REPLY;
+pub fn belongs<A: Addr>(src: A, dst: A, t: &Transport) -> bool {
+    if t.is_icmp() {
+        return t.icmp_type != A::ECHO_REQUEST && t.icmp_type != A::ECHO_REPLY;
     }
     NETFILTER_FLOWS.get_ptr(&flow_key(src, dst, t)).is_some()
         || NETFILTER_FLOWS.get_ptr(&reply_key(src, dst, t)).is_some()
@@ -101,7 +110,7 @@ pub fn belongs(src: [u8; 4], dst: [u8; 4], t: &Transport) -> bool {
 /// deliveries will be checked. TCP and UDP only (ICMP errors about them are
 /// not followed).
 #[inline(never)]
-pub fn remember_replies(src: [u8; 4], dst: [u8; 4], t: &Transport, pod: [u8; 4]) {
+pub fn remember_replies<A: Addr>(src: A, dst: A, t: &Transport, pod: A) {
     if t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP {
         return;
     }
@@ -109,7 +118,7 @@ pub fn remember_replies(src: [u8; 4], dst: [u8; 4], t: &Transport, pod: [u8; 4])
     if NETFILTER_FLOWS.get_ptr(&key).is_none() {
         let _ = NETFILTER_FLOWS.insert(&key, &0, 0);
     }
-    if let Some(endpoint) = ENDPOINTS.get_ptr_mut(&IpKey::v4(pod)) {
+    if let Some(endpoint) = ENDPOINTS.get_ptr_mut(&IpKey { addr: pod.key() }) {
         // SAFETY: a live map value; the plugin only replaces entries whole
         // at ADD, and the flag is only ever set.
         unsafe {
@@ -123,8 +132,8 @@ pub fn remember_replies(src: [u8; 4], dst: [u8; 4], t: &Transport, pod: [u8; 4])
 /// Whether replies to `peer` need no record: the node's own addresses and
 /// service addresses go to the stack whatever the flow.
 #[inline(always)]
-pub fn stack_bound_anyway(peer: [u8; 4]) -> bool {
-    NODE_ADDRS.get_ptr(&IpKey::v4(peer)).is_some() || is_service(peer)
+pub fn stack_bound_anyway<A: Addr>(peer: A) -> bool {
+    NODE_ADDRS.get_ptr(&IpKey { addr: peer.key() }).is_some() || is_service(peer)
 }
 
 /// Hands the packet to the stack for netfilter, counted.
@@ -134,23 +143,182 @@ pub fn to_netfilter(ctx: &TcContext) -> i32 {
     aya_ebpf::bindings::TC_ACT_OK
 }
 
+/// IPv6: whether the packet, sent by or delivered to `endpoint`, belongs
+/// to netfilter ([`belongs`]); only flagged endpoints pay for the question.
+#[inline(always)]
+pub fn claims_v6(ctx: &TcContext, endpoint: &Endpoint) -> bool {
+    endpoint.flags & ENDPOINT_F_NETFILTER_FLOWS != 0 && belongs_v6(ctx)
+}
+
+/// Where the EtherType and IPv6's next header sit in a frame.
+const ETH_TYPE_OFF: usize = 12;
+const IPV6_NEXT_HEADER_OFF: usize = ETH_LEN + 6;
+
+/// [`belongs`] for the IPv6 packet in `ctx`, with the smallest stack frame
+/// it takes: it runs under `from_pod`'s IPv6 path, whose frames leave it
+/// 64 of the verifier's 512 bytes. The packet's addresses and ports lie in
+/// the order of a `FlowKey`'s first fields and are loaded into one; the
+/// reply's key is the same one swapped.
+#[inline(never)]
+fn belongs_v6(ctx: &TcContext) -> bool {
+    let Ok(proto) = ctx.load::<u8>(IPV6_NEXT_HEADER_OFF) else {
+        return false;
+    };
+    if proto == IPPROTO_ICMPV6 {
+        let Ok(kind) = ctx.load::<u8>(ETH_LEN + size_of::<Ipv6Hdr>()) else {
+            return false;
+        };
+        return kind != ICMPV6_ECHO_REQUEST && kind != ICMPV6_ECHO_REPLY;
+    }
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return false;
+    }
+    let mut key = FlowKey {
+        src: [0; 16],
+        dst: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: `key` outlives the call; the helper writes 36 bytes into it
+    // (source, destination, the two ports), within its size.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            IPV6_SRC_OFF as u32,
+            (&raw mut key).cast(),
+            FLOW_KEY_FROM_PACKET,
+        )
+    };
+    if loaded != 0 {
+        return false;
+    }
+    if NETFILTER_FLOWS.get_ptr(&key).is_some() {
+        return true;
+    }
+    core::mem::swap(&mut key.src, &mut key.dst);
+    core::mem::swap(&mut key.src_port, &mut key.dst_port);
+    NETFILTER_FLOWS.get_ptr(&key).is_some()
+}
+
+/// `FlowKey`'s `src`, `dst`, `src_port` and `dst_port`, as an IPv6 packet
+/// carries them from its source address on.
+const FLOW_KEY_FROM_PACKET: u32 = 36;
+const _: () = assert!(core::mem::offset_of!(FlowKey, src_port) == 32);
+const _: () = assert!(core::mem::offset_of!(FlowKey, dst_port) == 34);
+
+/// The addresses and ports of an IPv6 packet with TCP, UDP or ICMPv6 right
+/// behind its header, read with `bpf_skb_load_bytes`: the leaves that call
+/// this use `ctx` for nothing else, and LLVM would then pass them the
+/// packet's bounds instead of `ctx`, as 32-bit values the verifier refuses
+/// to compare with.
+#[inline(always)]
+fn read_v6(ctx: &TcContext) -> Option<([u8; 16], [u8; 16], Transport)> {
+    let proto: u8 = ctx.load(IPV6_NEXT_HEADER_OFF).ok()?;
+    let src: [u8; 16] = ctx.load(IPV6_SRC_OFF).ok()?;
+    let dst: [u8; 16] = ctx.load(IPV6_DST_OFF).ok()?;
+    let offset = ETH_LEN + size_of::<Ipv6Hdr>();
+    let ports: [u16; 2] = ctx.load(offset).ok()?;
+    let mut t = Transport {
+        proto,
+        offset,
+        src_port: ports[0],
+        dst_port: ports[1],
+        csum_offset: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        no_csum: false,
+    };
+    match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {}
+        IPPROTO_ICMPV6 => t.icmp_type = ports[0].to_ne_bytes()[0],
+        _ => return None,
+    }
+    Some((src, dst, t))
+}
+
+/// IPv6 in `to_pod`: the stack delivers a packet to a pod; on a node with
+/// services, its replies are recorded (as IPv4's in `to_pod` itself).
+#[inline(never)]
+pub fn remember_delivery_v6(ctx: &TcContext) {
+    if !NODE_CONFIG.get(0).is_some_and(enabled) {
+        return;
+    }
+    let ether_type: u16 = ctx.load(ETH_TYPE_OFF).unwrap_or(0);
+    if u16::from_be(ether_type) != ETH_P_IPV6 {
+        return;
+    }
+    let Some((src, dst, t)) = read_v6(ctx) else {
+        return;
+    };
+    if ENDPOINTS.get_ptr(&IpKey::v6(dst)).is_none() || stack_bound_anyway(src) {
+        return;
+    }
+    remember_replies(src, dst, &t, dst);
+}
+
+/// IPv6 in `to_uplink` (services on): a pod's packet the stack forwarded
+/// out of the uplink (the datapath's own carry its mark and do not get
+/// here). Its replies are recorded, and it is masqueraded like the
+/// datapath's own IPv6 flows when IPv6 masquerade covers its destination.
+#[inline(never)]
+pub fn leaving_v6(ctx: &TcContext, cfg: &NodeConfig) -> Result<(), DropReason> {
+    let Some((_, ip)) = ipv6_headers(ctx) else {
+        return Ok(());
+    };
+    // SAFETY: bounds-checked.
+    let (src, dst) = unsafe { ((*ip).saddr, (*ip).daddr) };
+    if ENDPOINTS.get_ptr(&IpKey::v6(src)).is_none() {
+        return Ok(());
+    }
+    let Some(t) = l4::parse_v6(ctx, ip) else {
+        return Ok(());
+    };
+    remember_replies(src, dst, &t, src);
+    if translate6::masquerades(dst) {
+        snat(ctx, src, dst, &t, cfg)?;
+    }
+    Ok(())
+}
+
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// `bpf_fib_lookup`'s 32-bit words of an IPv6 address, in network order.
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
 
 /// Whether the stack would route `src` -> `dst`, arrived on `ifindex`, on
 /// to somewhere else (a unicast route that is not the node's own): what a
 /// guarded uplink refuses. Service addresses, multicast and broadcast are
 /// never transit.
 #[inline(never)]
-pub fn is_transit(ctx: &TcContext, src: [u8; 4], dst: [u8; 4], ifindex: u32) -> bool {
-    if dst[0] >= 224 || is_service(dst) {
+pub fn is_transit<A: Addr>(ctx: &TcContext, src: A, dst: A, ifindex: u32) -> bool {
+    let (src, dst_key) = (src.key(), dst.key());
+    let multicast = if A::V6 {
+        dst_key[0] == 0xff
+    } else {
+        dst_key[12] >= 224
+    };
+    if multicast || is_service(dst) {
         return false;
     }
     // SAFETY: plain data; all-zero is a valid lookup request.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
     params.ifindex = ifindex;
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    if A::V6 {
+        params.family = AF_INET6;
+        params.__bindgen_anon_3.ipv6_src = words(&src);
+        params.__bindgen_anon_4.ipv6_dst = words(&dst_key);
+    } else {
+        params.family = AF_INET;
+        params.__bindgen_anon_3.ipv4_src = words(&src)[3];
+        params.__bindgen_anon_4.ipv4_dst = words(&dst_key)[3];
+    }
     // SAFETY: `params` outlives the call and its size is passed.
     let ret = unsafe {
         bpf_fib_lookup(
