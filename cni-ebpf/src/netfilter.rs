@@ -284,6 +284,7 @@ pub fn leaving_v6(ctx: &TcContext, cfg: &NodeConfig) -> Result<(), DropReason> {
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
+const LOOPBACK_IFINDEX: u32 = 1;
 
 /// `bpf_fib_lookup`'s 32-bit words of an IPv6 address, in network order.
 #[inline(always)]
@@ -311,6 +312,11 @@ pub fn is_transit<A: Addr>(ctx: &TcContext, src: A, dst: A, ifindex: u32) -> boo
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.ifindex = ifindex;
     if A::V6 {
+        // The IPv6 lookup refuses (`FWD_DISABLED`) on a device whose
+        // `forwarding` is off, and the uplink forwards through
+        // `force_forwarding` alone; asked from the loopback, whose
+        // `forwarding` the plugin turns on, it tells local from routed.
+        params.ifindex = LOOPBACK_IFINDEX;
         params.family = AF_INET6;
         params.__bindgen_anon_3.ipv6_src = words(&src);
         params.__bindgen_anon_4.ipv6_dst = words(&dst_key);

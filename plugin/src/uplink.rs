@@ -90,6 +90,19 @@ pub fn enable_forwarding(ifname: &str) -> CniResult<()> {
     Ok(())
 }
 
+/// Lets the datapath's guard ask the FIB whether an IPv6 destination is
+/// the node's own: `bpf_fib_lookup` answers only for a device whose IPv6
+/// `forwarding` is on, and the guard asks from the loopback (turning it on
+/// there changes nothing else: no neighbour discovery, no router
+/// advertisements, no anycast for its `/128`).
+fn enable_fib_probe_v6() -> CniResult<()> {
+    let path = "/proc/sys/net/ipv6/conf/lo/forwarding";
+    if !std::path::Path::new(path).exists() {
+        return Ok(());
+    }
+    set_one(path)
+}
+
 fn set_one(path: &str) -> CniResult<()> {
     if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
         return Ok(());
@@ -204,6 +217,9 @@ pub async fn ensure(
                 // NodePorts and replies of services whose endpoints are off
                 // the node arrive here and are forwarded by the stack.
                 enable_forwarding(uplink)?;
+                if settings.uplink_guard {
+                    enable_fib_probe_v6()?;
+                }
                 attach_to_uplink(datapath, uplink, mode).map_err(|e| {
                     datapath_error(&format!("attaching to egress of the uplink {uplink}"), e)
                 })?;
