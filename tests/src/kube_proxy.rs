@@ -271,10 +271,12 @@ impl Service {
     }
 
     fn nft_endpoint_chain(&self, endpoint: &Endpoint) -> String {
+        // An IPv6 address's colons are not allowed in a chain name:
+        // kube-proxy writes them as dots.
         let base = format!(
             "{}__{}/{}",
             self.nft_name_base(),
-            endpoint.ip,
+            endpoint.ip.to_string().replace(':', "."),
             endpoint.port
         );
         format!("endpoint-{}-{base}", hash8(&base))
@@ -1751,6 +1753,10 @@ mod tests {
         ] {
             assert!(out.contains(&text), "missing {text:?} in\n{out}");
         }
+        assert!(
+            endpoint.ends_with("-default/web/tcp/http__fd00.10.244.1..2/8080"),
+            "{endpoint}"
+        );
         assert!(
             !out.contains("ip daddr") && !out.contains("ipv4_addr"),
             "{out}"
