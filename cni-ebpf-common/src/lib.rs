@@ -287,7 +287,15 @@ pub struct NodeConfigV6 {
     pub masq_addr: [u8; 16],
     /// `NODE_F_MASQUERADE`: masquerade IPv6 (independent of IPv4's bit).
     pub flags: u32,
-    pub _pad: u32,
+    /// The node's own ephemeral ports (`net.ipv4.ip_local_port_range`,
+    /// which IPv6 sockets use too), inclusive, host order; 0–0 when not
+    /// known. A masqueraded flow never keeps a source port in it: the
+    /// node's own connections take theirs from there, unseen by the NAT
+    /// table. Shared by both families; here because `NodeConfig`'s size is
+    /// fixed by its pinned map (this field was padding, so an older map
+    /// reads 0–0).
+    pub ephemeral_min: u16,
+    pub ephemeral_max: u16,
 }
 
 const _: () = assert!(core::mem::size_of::<NodeConfigV6>() == 24);

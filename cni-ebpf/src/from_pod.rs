@@ -23,7 +23,7 @@ use crate::{
     headers::{
         ARP_HTYPE_ETHERNET, ARP_REPLY, ARP_REQUEST, ArpEthIpv4, ETH_LEN, ETH_P_ARP, ETH_P_IP,
         ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, ipv6_decrease_hop_limit,
-        ipv6_link_scoped, pull_headers,
+        ipv6_link_scoped, ipv6_v4_mapped, pull_headers,
     },
     host_ports, l4,
     log::log_drop,
@@ -302,10 +302,21 @@ fn ipv6(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
         // IPv6 belong to no endpoint: the node's own business.
         return to_stack(ctx);
     }
+    if ipv6_v4_mapped(&src) {
+        // The key of the pod's IPv4 address, not an IPv6 one it owns.
+        return Err(DropReason::SpoofedSource);
+    }
+    // A link-local source never leaves its link: the stack refuses to
+    // forward it (ICMPv6 "beyond scope of source address"); nor does it
+    // forward to an IPv4-mapped address (read from the packet: a copy
+    // would outgrow the verifier's stack limit).
+    // SAFETY: bounds-checked.
+    let stays_on_link =
+        link_local || ipv6_link_scoped(&dst) || ipv6_v4_mapped(unsafe { &(*ip).daddr });
     let me = sender(ctx, IpKey::v6(src), &eth_src, DropReason::SpoofedSource)?;
     charge(ctx, &me, Way::Egress)?;
     count_endpoint(me.ifindex, Direction::FromPod, ctx.len());
-    if ipv6_link_scoped(&dst) {
+    if stays_on_link {
         return to_stack(ctx);
     }
     if netfilter::claims_v6(ctx, &me) {

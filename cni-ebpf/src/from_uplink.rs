@@ -19,7 +19,7 @@ use crate::{
     from_pod::deliver_to_pod,
     headers::{
         ETH_LEN, EthHdr, Ipv4Hdr, Ipv6Hdr, header, ipv4_decrease_ttl, ipv4_headers,
-        ipv6_decrease_hop_limit, ipv6_headers, ipv6_link_scoped, pull_headers,
+        ipv6_decrease_hop_limit, ipv6_headers, ipv6_link_scoped, ipv6_v4_mapped, pull_headers,
     },
     host_ports, l4,
     log::log_drop,
@@ -117,7 +117,7 @@ fn ipv6(ctx: &TcContext) -> Result<i32, DropReason> {
     };
     // SAFETY: bounds-checked.
     let (dst, hop_limit) = unsafe { ((*ip).daddr, (*ip).hop_limit) };
-    if ipv6_link_scoped(&dst) || hop_limit <= 1 {
+    if ipv6_link_scoped(&dst) || ipv6_v4_mapped(&dst) || hop_limit <= 1 {
         return Ok(TC_ACT_OK);
     }
     // Replies of masqueraded flows and host ports at a node address are

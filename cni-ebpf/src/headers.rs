@@ -120,6 +120,15 @@ pub fn ipv6_headers(ctx: &TcContext) -> Option<(*mut EthHdr, *mut Ipv6Hdr)> {
     Some((eth, header(ctx, ETH_LEN)?))
 }
 
+/// An IPv4-mapped address (`::ffff:0:0/96`): never on the wire (RFC 4291
+/// 2.5.5.2), and the maps' key of an IPv4 address, so an IPv6 packet
+/// carrying one must never be looked up by it.
+#[inline(always)]
+pub fn ipv6_v4_mapped(addr: &[u8; 16]) -> bool {
+    let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    word(0) == 0 && word(4) == 0 && word(8) == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+}
+
 /// Link-local unicast (`fe80::/10`) or multicast (`ff00::/8`): addresses
 /// that never leave the link, so the datapath never forwards to them.
 #[inline(always)]

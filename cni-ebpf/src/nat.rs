@@ -22,7 +22,7 @@ use crate::{
         IPV4_DST_OFF, Ipv4Hdr, Ipv6Hdr, L4Head, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, header, v4,
     },
     l4::{Transport, csum_diff16, rewrite_port},
-    maps::{NAT_FLOWS, NAT_IN, NAT_OUT},
+    maps::{NAT_FLOWS, NAT_IN, NAT_OUT, NODE_CONFIG_V6},
 };
 
 /// Translates a packet of a pod flow leaving the node: its source becomes
@@ -96,8 +96,22 @@ fn initial_state(t: &Transport) -> CtState {
     }
 }
 
+/// Whether a flow keeps its own source port: not when the port lies in the
+/// node's ephemeral range, where the node's own connections, which the NAT
+/// table does not see, take theirs (an ICMP echo identifier is treated
+/// the same way).
+#[inline(always)]
+fn keeps_own_port(key: &FlowKey) -> bool {
+    let Some(cfg) = NODE_CONFIG_V6.get(0) else {
+        return true;
+    };
+    let own = u16::from_be(key.src_port);
+    !(cfg.ephemeral_min..=cfg.ephemeral_max).contains(&own) || cfg.ephemeral_max == 0
+}
+
 /// Claims a translated port for a new flow: the pod's own when that is free
-/// towards this destination, else random ones from the configured range.
+/// towards this destination and outside the node's ephemeral range, else
+/// random ones from the configured range.
 /// `NAT_IN` is written first with `BPF_NOEXIST`, so two flows can never get
 /// the same translation. Inlined: a call of its own would add its frame to
 /// the chains that reach `snat` (the verifier's 512 bytes in all).
@@ -131,6 +145,14 @@ fn new_flow(
         _pad: [0; 3],
     };
     let span = u32::from(cfg.nat_port_max.saturating_sub(cfg.nat_port_min)) + 1;
+    let random_port = || {
+        // SAFETY: plain helper call.
+        let random = unsafe { bpf_get_prandom_u32() } % span;
+        (cfg.nat_port_min + random as u16).to_be()
+    };
+    if !keeps_own_port(key) {
+        reply.dst_port = random_port();
+    }
     for _ in 0..NAT_PORT_TRIES {
         if NAT_IN
             .insert(&reply, &pod_side, u64::from(BPF_NOEXIST))
@@ -152,9 +174,7 @@ fn new_flow(
             return Ok(reply.dst_port);
         }
         count_verdict(Verdict::NatPortRetry, 0);
-        // SAFETY: plain helper call.
-        let random = unsafe { bpf_get_prandom_u32() } % span;
-        reply.dst_port = (cfg.nat_port_min + random as u16).to_be();
+        reply.dst_port = random_port();
     }
     Err(DropReason::NatPortsExhausted)
 }

@@ -171,6 +171,7 @@ pub async fn ensure(
         masquerade,
         masquerade_v6,
         nat_ports: conf.nat_ports.unwrap_or(DEFAULT_NAT_PORTS),
+        ephemeral_ports: node::ephemeral_ports(),
         nat_max_flows: DEFAULT_NAT_MAX_FLOWS,
         netns_cookie: node::current_netns_cookie()
             .map_err(|e| CniError::io("reading the node's netns cookie", e))?,

@@ -223,6 +223,40 @@ impl Containerd {
         pids
     }
 
+    /// Zombies left to containerd or to a process under it: what a runtime
+    /// that is a child subreaper without a reaping loop would collect from
+    /// a plugin that leaves a child behind (DEL's deleting child).
+    pub fn zombies(&self) -> Vec<i32> {
+        let stats: Vec<(i32, i32, bool)> = fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter_map(|pid| {
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let mut fields = stat.rsplit(')').next()?.split_whitespace();
+                let zombie = fields.next()? == "Z";
+                Some((pid, fields.next()?.parse().ok()?, zombie))
+            })
+            .collect();
+        let mut tree = vec![self.child.id() as i32];
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(
+                stats
+                    .iter()
+                    .filter(|(_, ppid, _)| *ppid == parent)
+                    .map(|(pid, _, _)| *pid),
+            );
+            i += 1;
+        }
+        stats
+            .iter()
+            .filter(|(pid, _, zombie)| *zombie && tree.contains(pid))
+            .map(|(pid, _, _)| *pid)
+            .collect()
+    }
+
     /// The containerd shims serving this instance (by their `-address`).
     fn shims(&self) -> Vec<i32> {
         let socket = self.dir().join("containerd.sock");

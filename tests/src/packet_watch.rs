@@ -171,3 +171,82 @@ fn parse_ipv4(packet: &[u8]) -> Option<SeenPacket> {
         l4: l4.to_vec(),
     })
 }
+
+/// A packet socket on one interface of a namespace, keeping the length of
+/// the largest frame that crossed it either way. A GSO packet is seen
+/// whole, before segmentation, so this is how large the datapath's packets
+/// were.
+pub struct FrameSizes {
+    largest: Arc<std::sync::atomic::AtomicUsize>,
+    _thread: Background,
+}
+
+impl FrameSizes {
+    /// Watches every frame on `ifname` in `ns`.
+    pub fn start(ns: &Netns, ifname: &str) -> io::Result<Self> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let largest = Arc::new(AtomicUsize::new(0));
+        let ifname = ifname.to_owned();
+        let (thread, ()) = {
+            let largest = largest.clone();
+            Background::start(
+                ns,
+                "frames",
+                Some(HOLD_LIMIT),
+                move || {
+                    let fd = socket::socket(
+                        AddressFamily::Packet,
+                        SockType::Raw,
+                        SockFlag::SOCK_CLOEXEC,
+                        SockProtocol::EthAll,
+                    )?;
+                    let ifindex = nix::net::if_::if_nametoindex(ifname.as_str())?;
+                    // nix offers no constructor for a `sockaddr_ll` to bind.
+                    let addr = libc::sockaddr_ll {
+                        sll_family: libc::AF_PACKET as u16,
+                        sll_protocol: (libc::ETH_P_ALL as u16).to_be(),
+                        sll_ifindex: ifindex as i32,
+                        sll_hatype: 0,
+                        sll_pkttype: 0,
+                        sll_halen: 0,
+                        sll_addr: [0; 8],
+                    };
+                    // SAFETY: `addr` is a valid sockaddr_ll of the size passed.
+                    let rc = unsafe {
+                        libc::bind(
+                            fd.as_raw_fd(),
+                            (&raw const addr).cast(),
+                            size_of::<libc::sockaddr_ll>() as u32,
+                        )
+                    };
+                    if rc != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeval(POLL))?;
+                    Ok((fd, ()))
+                },
+                move |fd, running| {
+                    let mut buf = [0u8; 64];
+                    while running.go_on() {
+                        // With MSG_TRUNC a packet socket returns the frame's
+                        // whole length, however little of it is copied.
+                        if let Ok(n) =
+                            socket::recv(fd.as_fd().as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC)
+                        {
+                            largest.fetch_max(n, Ordering::Relaxed);
+                        }
+                    }
+                },
+            )?
+        };
+        Ok(Self {
+            largest,
+            _thread: thread,
+        })
+    }
+
+    /// The largest frame seen so far, in bytes.
+    pub fn largest(&self) -> usize {
+        self.largest.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -35,6 +35,9 @@ pub struct NodeSettings {
     /// `Some` turns masquerade of IPv6 on.
     pub masquerade_v6: Option<Ipv6Addr>,
     pub nat_ports: (u16, u16),
+    /// The node's own ephemeral ports ([`ephemeral_ports`]), which
+    /// masqueraded flows never keep.
+    pub ephemeral_ports: Option<(u16, u16)>,
     pub nat_max_flows: u32,
     /// Cookie of the node's network namespace ([`current_netns_cookie`]).
     pub netns_cookie: u64,
@@ -104,8 +107,25 @@ impl NodeSettings {
             } else {
                 0
             },
-            _pad: 0,
+            ephemeral_min: self.ephemeral_ports.map_or(0, |p| p.0),
+            ephemeral_max: self.ephemeral_ports.map_or(0, |p| p.1),
         }
+    }
+}
+
+/// The calling thread's namespace's ephemeral port range
+/// (`net.ipv4.ip_local_port_range`, used by IPv6 sockets too); `None` when
+/// unreadable.
+pub fn ephemeral_ports() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    parse_port_range(&text)
+}
+
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut ports = text.split_whitespace().map(str::parse::<u16>);
+    match (ports.next()?, ports.next()?) {
+        (Ok(min), Ok(max)) if min <= max => Some((min, max)),
+        _ => None,
     }
 }
 
@@ -267,6 +287,15 @@ pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_ephemeral_port_range() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("1024 65535"), Some((1024, 65535)));
+        assert_eq!(parse_port_range("60999 32768"), None);
+        assert_eq!(parse_port_range("32768"), None);
+        assert_eq!(parse_port_range("x y"), None);
+    }
 
     #[test]
     fn finds_the_cgroup2_mount() {

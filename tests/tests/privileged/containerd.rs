@@ -192,4 +192,9 @@ fn kubelets_calls_through_containerds_cri() {
         "{:?}",
         containerd.pod_processes()
     );
+    // DEL leaves the veth's deletion to a child it does not wait for; it
+    // must not become a zombie of containerd's (reaped by init, or by
+    // containerd's own wait).
+    let zombies = containerd.zombies();
+    assert!(zombies.is_empty(), "zombies under containerd: {zombies:?}");
 }

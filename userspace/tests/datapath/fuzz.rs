@@ -1,15 +1,18 @@
-//! Packet fuzzing: seeded random and mutated frames into `from_pod`,
-//! `from_uplink`, `to_pod` and `to_uplink` of a node with pods, a
-//! masquerading uplink, services and a host port, checking after every
-//! frame that the maps change only as a packet may change them:
+//! Packet fuzzing: seeded random and mutated frames (IPv4, IPv6 with
+//! neighbor discovery and ICMPv6 errors, ARP, other ethertypes) into
+//! `from_pod`, `from_uplink`, `to_pod` and `to_uplink` of a node with
+//! dual-stack pods, an uplink masquerading both families, services and a
+//! host port, checking after every frame that the maps change only as a
+//! packet may change them:
 //!
 //! - configuration maps (`HOST_PORTS`, `NODE_ADDRS`, `NODE_CONFIG`) never;
 //! - `ENDPOINTS` only by gaining the netfilter-flows flag;
 //! - a translated flow is admitted (`NAT_FLOWS` + 1) only by `from_pod` or
-//!   `to_uplink`, for a frame whose IPv4 source is a pod's, at most one per
-//!   frame; every `NAT_OUT` entry is a pod's flow to a destination outside
-//!   the cluster translated to the masquerade address, paired one to one
-//!   with the `NAT_IN` entry of its replies, and `NAT_FLOWS` counts them;
+//!   `to_uplink`, for a frame whose IPv4 or IPv6 source is a pod's, at most
+//!   one per frame; every `NAT_OUT` entry is a pod's flow to a destination
+//!   outside the cluster translated to the masquerade address of its
+//!   family, paired one to one with the `NAT_IN` entry of its replies, and
+//!   `NAT_FLOWS` counts them;
 //! - every frame the kernel runs through `from_pod`, and every frame any
 //!   program redirects or drops, is counted exactly once (one verdict or
 //!   one drop reason, besides the NAT events), a dropped one by a drop
@@ -22,23 +25,31 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
 use cni_ebpf_common::{
     CtState, ENDPOINT_F_NETFILTER_FLOWS, Endpoint, FlowKey, HostPortKey, HostPortTarget,
     IPPROTO_TCP, IPPROTO_UDP, IpKey, NODE_F_MASQUERADE, NODE_F_SERVICES, NatEntry, NodeConfig,
-    map_names,
+    NodeConfigV6, map_names,
     program_names::{FROM_POD, FROM_UPLINK, TO_POD, TO_UPLINK},
-    wire::{ETH_LEN, ETH_P_ARP, ETH_P_IP},
+    wire::{
+        ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ND_NEIGHBOR_ADVERT, ND_NEIGHBOR_SOLICIT,
+        ND_OPT_SOURCE_LL, ND_OPT_TARGET_LL, ND_REDIRECT, ND_ROUTER_ADVERT, ND_ROUTER_SOLICIT,
+    },
 };
 
 use crate::{
     harness::{Datapath, Skb, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, with_datapath},
-    packet::{Arp, Frame, L4, ethernet},
+    ipv6::{NODE6, OTHER_NODE_POD6, POD_A6, POD_B6, REMOTE6, dual_stack_pods, key6},
+    packet::{Arp, Frame, Frame6, L4, L4v6, ethernet, nd_body},
     world::*,
 };
+
+/// The cluster's IPv6 pod CIDR (`ipv6::uplink6`'s): flows into it keep
+/// their source.
+const CLUSTER6: (Ipv6Addr, u32) = (Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0), 32);
 
 const PROGRAMS: [&str; 4] = [FROM_POD, FROM_UPLINK, TO_POD, TO_UPLINK];
 /// Counters that mark an event inside a packet's handling, not its fate
@@ -216,30 +227,175 @@ fn aimed_ip_frame(rng: &mut Rng, program: &str) -> Frame {
     frame
 }
 
-/// One frame: well-formed, mutated, ARP, or another ethertype.
+fn address6(rng: &mut Rng) -> Ipv6Addr {
+    if rng.chance(8) {
+        return Ipv6Addr::from(u128::from(rng.next()) << 64 | u128::from(rng.next()));
+    }
+    rng.pick(&[
+        POD_A6,
+        POD_B6,
+        NODE6,
+        REMOTE6,
+        OTHER_NODE_POD6,
+        Ipv6Addr::from(IpKey::link_local(POD_A_MAC).addr),
+        Ipv6Addr::from(IpKey::link_local(POD_B_MAC).addr),
+        Ipv6Addr::new(0xfd00, 0x10, 0, 1, 0, 0, 0, 1),
+        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 2),
+        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2),
+        Ipv6Addr::LOCALHOST,
+        Ipv6Addr::UNSPECIFIED,
+        Ipv4Addr::new(10, 244, 1, 2).to_ipv6_mapped(),
+    ])
+}
+
+fn transport6(rng: &mut Rng, depth: u32) -> L4v6 {
+    match rng.below(if depth > 0 { 5 } else { 7 }) {
+        0 => L4v6::Tcp {
+            sport: port(rng),
+            dport: port(rng),
+            flags: rng.next() as u8,
+        },
+        1 => L4v6::Udp {
+            sport: port(rng),
+            dport: port(rng),
+        },
+        2 => L4v6::Echo {
+            id: port(rng),
+            seq: rng.next() as u16,
+        },
+        3 => L4v6::EchoReply {
+            id: port(rng),
+            seq: rng.next() as u16,
+        },
+        4 => {
+            let len = rng.below(40);
+            L4v6::Icmp {
+                kind: {
+                    let any = rng.next() as u8;
+                    rng.pick(&[1, 128, 130, 143, any])
+                },
+                body: rng.bytes(len),
+            }
+        }
+        5 => {
+            // Neighbor discovery: solicitations, advertisements (lies
+            // included), router messages and redirects.
+            let kind = rng.pick(&[
+                ND_NEIGHBOR_SOLICIT,
+                ND_NEIGHBOR_ADVERT,
+                ND_ROUTER_SOLICIT,
+                ND_ROUTER_ADVERT,
+                ND_REDIRECT,
+            ]);
+            let option = rng.chance(2).then(|| {
+                let any = rng.next() as u8;
+                (
+                    rng.pick(&[ND_OPT_SOURCE_LL, ND_OPT_TARGET_LL, any]),
+                    mac(rng),
+                )
+            });
+            let mut body = nd_body(rng.next() as u8, address6(rng), option);
+            if rng.chance(4) {
+                body.truncate(rng.below(body.len() + 1));
+            }
+            L4v6::Icmp { kind, body }
+        }
+        _ => {
+            // An ICMPv6 error quoting a (possibly truncated) packet.
+            let mut quote = ip_frame6(rng, depth + 1).ip_packet();
+            quote.truncate(rng.below(quote.len() + 1));
+            L4v6::IcmpError {
+                kind: {
+                    let any = rng.next() as u8;
+                    rng.pick(&[1, 2, 3, 4, any])
+                },
+                quote,
+            }
+        }
+    }
+}
+
+fn ip_frame6(rng: &mut Rng, depth: u32) -> Frame6 {
+    let mut frame = Frame6::new(
+        mac(rng),
+        mac(rng),
+        address6(rng),
+        address6(rng),
+        transport6(rng, depth),
+    );
+    frame.hop_limit = rng.pick(&[64, 64, 255, 1, 0, 2]);
+    frame
+}
+
+/// [`aimed_ip_frame`] for IPv6.
+fn aimed_ip_frame6(rng: &mut Rng, program: &str) -> Frame6 {
+    let mut frame = ip_frame6(rng, 0);
+    if rng.chance(3) {
+        return frame;
+    }
+    match program {
+        FROM_POD => {
+            (frame.eth_src, frame.eth_dst) = (POD_A_MAC, HOST_A_MAC);
+            frame.src = rng.pick(&[
+                POD_A6,
+                POD_A6,
+                Ipv6Addr::from(IpKey::link_local(POD_A_MAC).addr),
+                Ipv6Addr::UNSPECIFIED,
+            ]);
+        }
+        FROM_UPLINK => {
+            frame.eth_dst = UPLINK_MAC;
+            frame.src = rng.pick(&[REMOTE6, OTHER_NODE_POD6, frame.src]);
+            frame.dst = rng.pick(&[NODE6, NODE6, POD_A6, POD_B6]);
+        }
+        TO_UPLINK => {
+            frame.src = rng.pick(&[POD_A6, POD_B6, NODE6]);
+            frame.dst = rng.pick(&[REMOTE6, REMOTE6, OTHER_NODE_POD6, frame.dst]);
+        }
+        _ => {
+            frame.dst = rng.pick(&[POD_A6, POD_B6]);
+            frame.src = rng.pick(&[REMOTE6, NODE6, POD_B6, frame.src]);
+        }
+    }
+    frame
+}
+
+/// A few bits flipped, cut short, or a byte changed and junk appended.
+fn mutate(rng: &mut Rng, mut bytes: Vec<u8>) -> Vec<u8> {
+    match rng.below(3) {
+        0 => {
+            for _ in 0..=rng.below(4) {
+                let at = rng.below(bytes.len());
+                bytes[at] ^= 1 << rng.below(8);
+            }
+        }
+        1 => bytes.truncate(ETH_LEN + rng.below(bytes.len() - ETH_LEN + 1)),
+        _ => {
+            let at = rng.below(bytes.len());
+            bytes[at] = rng.next() as u8;
+            let extra = rng.below(32);
+            bytes.extend(rng.bytes(extra));
+        }
+    }
+    bytes
+}
+
+/// One frame: well-formed or mutated IPv4 or IPv6, ARP, or another
+/// ethertype.
 fn frame(rng: &mut Rng, program: &str) -> Vec<u8> {
-    match rng.below(10) {
+    match rng.below(16) {
         0..=4 => aimed_ip_frame(rng, program).bytes(),
         5..=7 => {
-            let mut bytes = aimed_ip_frame(rng, program).bytes();
-            match rng.below(3) {
-                0 => {
-                    for _ in 0..=rng.below(4) {
-                        let at = rng.below(bytes.len());
-                        bytes[at] ^= 1 << rng.below(8);
-                    }
-                }
-                1 => bytes.truncate(ETH_LEN + rng.below(bytes.len() - ETH_LEN + 1)),
-                _ => {
-                    let at = rng.below(bytes.len());
-                    bytes[at] = rng.next() as u8;
-                    let extra = rng.below(32);
-                    bytes.extend(rng.bytes(extra));
-                }
-            }
-            bytes
+            let bytes = aimed_ip_frame(rng, program).bytes();
+            mutate(rng, bytes)
         }
-        8 => {
+        8..=10 => aimed_ip_frame6(rng, program).bytes(),
+        11..=13 => {
+            let bytes = aimed_ip_frame6(rng, program).bytes();
+            mutate(rng, bytes)
+        }
+        14 => {
             let mut arp = Arp::request(mac(rng), address(rng), address(rng));
             if rng.chance(3) {
                 arp.op = rng.next() as u16;
@@ -256,7 +412,7 @@ fn frame(rng: &mut Rng, program: &str) -> Vec<u8> {
         _ => {
             let ether_type = {
                 let any = rng.next() as u16;
-                rng.pick(&[ETH_P_IP, ETH_P_ARP, 0x86dd, 0x8100, any])
+                rng.pick(&[ETH_P_IP, ETH_P_ARP, ETH_P_IPV6, 0x8100, any])
             };
             let len = rng.below(96);
             ethernet(mac(rng), mac(rng), ether_type, &rng.bytes(len))
@@ -264,10 +420,18 @@ fn frame(rng: &mut Rng, program: &str) -> Vec<u8> {
     }
 }
 
-/// Pods A (publishing a host port) and B, a masquerading uplink with a port
-/// range to retry in, a service range (kube-proxy).
+/// Dual-stack pods A (publishing a host port) and B, an uplink
+/// masquerading both families with a port range to retry in, a service
+/// range (kube-proxy).
 fn node(dp: &mut Datapath) {
-    pods(dp);
+    dual_stack_pods(dp);
+    dp.set_node_config_v6(NodeConfigV6 {
+        masq_addr: NODE6.octets(),
+        flags: NODE_F_MASQUERADE,
+        ephemeral_min: 32768,
+        ephemeral_max: 60999,
+    });
+    dp.add_no_masq_v6(key6(CLUSTER6.0), CLUSTER6.1);
     dp.set_node_config(NodeConfig {
         masq_addr: key(NODE).addr,
         uplink_ifindex: UPLINK_IFINDEX,
@@ -318,16 +482,33 @@ fn endpoints(dp: &Datapath) -> BTreeMap<[u8; 16], Endpoint> {
         .collect()
 }
 
-fn ipv4_source(frame: &[u8]) -> Option<Ipv4Addr> {
-    let is_ip = frame.get(12..14) == Some(&ETH_P_IP.to_be_bytes()[..]);
-    let src = frame.get(ETH_LEN + 12..ETH_LEN + 16)?;
-    is_ip.then(|| Ipv4Addr::new(src[0], src[1], src[2], src[3]))
+/// The IPv4 or IPv6 source address of a frame, as a map key.
+fn ip_source(frame: &[u8]) -> Option<IpKey> {
+    let ether_type = frame.get(12..14)?;
+    if ether_type == ETH_P_IP.to_be_bytes() {
+        let src = frame.get(ETH_LEN + 12..ETH_LEN + 16)?;
+        return Some(key(Ipv4Addr::new(src[0], src[1], src[2], src[3])));
+    }
+    if ether_type == ETH_P_IPV6.to_be_bytes() {
+        let src: [u8; 16] = frame.get(ETH_LEN + 8..ETH_LEN + 24)?.try_into().ok()?;
+        return Some(key6(Ipv6Addr::from(src)));
+    }
+    None
 }
 
-fn in_cidr(addr: [u8; 16], (net, prefix): (Ipv4Addr, u32)) -> bool {
-    let v4 = u32::from_be_bytes([addr[12], addr[13], addr[14], addr[15]]);
-    let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
-    v4 & mask == u32::from(net) & mask
+/// The pods' addresses of both families.
+fn pod_keys() -> [IpKey; 4] {
+    [key(POD_A), key(POD_B), key6(POD_A6), key6(POD_B6)]
+}
+
+/// Whether `addr` (a map key) lies in the cluster's CIDR of its family.
+fn in_cluster(addr: [u8; 16]) -> bool {
+    let (net, prefix) = match (IpKey { addr }).as_v4() {
+        Some(_) => (key(CLUSTER_CIDR.0).addr, 96 + CLUSTER_CIDR.1),
+        None => (CLUSTER6.0.octets(), CLUSTER6.1),
+    };
+    let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+    u128::from_be_bytes(addr) & mask == u128::from_be_bytes(net) & mask
 }
 
 /// Every `NAT_OUT` entry is a pod's flow out of the cluster, translated to
@@ -347,14 +528,20 @@ fn check_nat_tables(dp: &Datapath) {
     );
     for (flow, translated) in &out {
         assert!(
-            [key(POD_A).addr, key(POD_B).addr].contains(&flow.src),
+            pod_keys().iter().any(|pod| pod.addr == flow.src),
             "a NAT flow from a non-pod: {flow:?}"
         );
         assert!(
-            !in_cidr(flow.dst, CLUSTER_CIDR),
+            !in_cluster(flow.dst),
             "a NAT flow into the cluster: {flow:?}"
         );
-        assert_eq!(translated.addr, key(NODE).addr, "{flow:?}");
+        let masquerade = match (IpKey { addr: flow.src }).as_v4() {
+            Some(_) => key(NODE),
+            None => key6(NODE6),
+        };
+        assert_eq!(translated.addr, masquerade.addr, "{flow:?}");
+        let family_of = |addr: [u8; 16]| (IpKey { addr }).as_v4().is_some();
+        assert_eq!(family_of(flow.dst), family_of(flow.src), "{flow:?}");
         let reply = FlowKey {
             src: flow.dst,
             dst: translated.addr,
@@ -501,9 +688,9 @@ fn random_and_mutated_frames_change_maps_only_as_packets_may() {
                     "{program} admitted a NAT flow: {}",
                     context()
                 );
-                let source = ipv4_source(&bytes);
+                let source = ip_source(&bytes);
                 assert!(
-                    source == Some(POD_A) || source == Some(POD_B),
+                    source.is_some_and(|s| pod_keys().contains(&s)),
                     "a NAT flow for source {source:?}: {}",
                     context()
                 );

@@ -8,7 +8,7 @@ use std::net::Ipv6Addr;
 
 use cni_ebpf_common::{
     CtState, ENDPOINT_F_HOST_PORTS, FlowKey, HostPortKey, HostPortTarget, IPPROTO_TCP, IPPROTO_UDP,
-    NODE_F_MASQUERADE, NatEntry, NodeConfigV6,
+    IpKey, NODE_F_MASQUERADE, NatEntry, NodeConfigV6,
     program_names::{FROM_POD, FROM_UPLINK},
     wire::{
         ICMPV6_DEST_UNREACH, ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED, IPPROTO_ICMPV6, TCP_ACK,
@@ -17,8 +17,10 @@ use cni_ebpf_common::{
 };
 
 use crate::{
-    harness::{Datapath, Outcome, Skb, TC_ACT_OK, TC_ACT_REDIRECT, counted, with_datapath},
-    ipv6::{NODE6, OTHER_NODE_POD6, POD_A6, REMOTE6, dual_stack_pods, key6, uplink6},
+    harness::{
+        Datapath, Outcome, Skb, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, counted, with_datapath,
+    },
+    ipv6::{NODE6, OTHER_NODE_POD6, POD_A6, POD_B6, REMOTE6, dual_stack_pods, key6, uplink6},
     packet::{Frame6, L4v6, assert_ipv6_checksum_valid, assert_ipv6_error_checksums_valid},
     world::*,
 };
@@ -35,7 +37,7 @@ fn masquerading_node6(dp: &mut Datapath) {
     dp.set_node_config_v6(NodeConfigV6 {
         masq_addr: NODE6.octets(),
         flags: NODE_F_MASQUERADE,
-        _pad: 0,
+        ..NodeConfigV6::default()
     });
 }
 
@@ -413,5 +415,58 @@ fn a_port_on_every_ipv4_address_is_not_published_on_ipv6() {
         let out = receive(dp, &syn);
         assert_eq!((out.action, out.frame), (TC_ACT_OK, syn.bytes()));
         assert_eq!(dp.counts(), counted(&[]));
+    });
+}
+
+/// Found by the packet fuzzer once it sent IPv6: addresses a pod may hold
+/// but that must never leave its link, or never be on the wire at all.
+#[test]
+fn link_local_and_ipv4_mapped_addresses_are_never_masqueraded_or_forwarded() {
+    with_datapath(|dp| {
+        masquerading_node6(dp);
+        let link_local_a = Ipv6Addr::from(IpKey::link_local(POD_A_MAC).addr);
+        let pod_a_mapped = POD_A.to_ipv6_mapped();
+        // From A's link-local address to the outside or to B: the stack's
+        // (which refuses to forward it), not translated.
+        for dst in [REMOTE6, POD_B6] {
+            let sent = Frame6::new(POD_A_MAC, HOST_A_MAC, link_local_a, dst, udp(SPORT, 53));
+            let out = send(dp, &sent);
+            assert_eq!((out.action, out.frame), (TC_ACT_OK, sent.bytes()), "{dst}");
+        }
+        // To an IPv4-mapped address (B's IPv4 key, or outside): the
+        // stack's too, never B's or a NAT flow.
+        for dst in [POD_B.to_ipv6_mapped(), REMOTE.to_ipv6_mapped()] {
+            let sent = from_a(dst, udp(SPORT, 53));
+            let out = send(dp, &sent);
+            assert_eq!((out.action, out.frame), (TC_ACT_OK, sent.bytes()), "{dst}");
+        }
+        // From A's IPv4 address written as IPv4-mapped IPv6: not A's.
+        let sent = Frame6::new(POD_A_MAC, HOST_A_MAC, pod_a_mapped, REMOTE6, udp(SPORT, 53));
+        assert_eq!(send(dp, &sent).action, TC_ACT_SHOT);
+        // From the outside to the node's IPv4 key as IPv6: no reply of a
+        // flow, no pod's.
+        let mapped_node = Frame6::new(
+            ROUTER_MAC,
+            UPLINK_MAC,
+            REMOTE6,
+            NODE.to_ipv6_mapped(),
+            udp(53, SPORT),
+        );
+        let out = receive(dp, &mapped_node);
+        assert_eq!((out.action, out.frame), (TC_ACT_OK, mapped_node.bytes()));
+        let mapped_pod = Frame6::new(
+            ROUTER_MAC,
+            UPLINK_MAC,
+            REMOTE6,
+            pod_a_mapped,
+            udp(53, SPORT),
+        );
+        let out = receive(dp, &mapped_pod);
+        assert_eq!((out.action, out.frame), (TC_ACT_OK, mapped_pod.bytes()));
+        assert_eq!(dp.nat_flows(), 0);
+        assert_eq!(
+            dp.counts(),
+            counted(&[("to-stack", 4), ("drop spoofed-source from-pod", 1)])
+        );
     });
 }

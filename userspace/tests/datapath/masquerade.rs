@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use cni_ebpf_common::{
-    CtState, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_PORT_TRIES,
+    CtState, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_PORT_TRIES, NodeConfigV6,
     program_names::{FROM_POD, FROM_UPLINK},
     wire::{ETH_LEN, ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, TCP_ACK, TCP_FIN, TCP_SYN},
 };
@@ -234,6 +234,40 @@ fn echo_request_from_outside_is_never_taken_for_a_reply() {
         assert_eq!(
             dp.counts(),
             counted(&[("forwarded", 1), ("nat-new-flow", 1)])
+        );
+    });
+}
+
+#[test]
+fn a_port_of_the_nodes_ephemeral_range_is_never_kept() {
+    // The node's own connections take their ports from its ephemeral
+    // range without the NAT table knowing: a pod flow keeping such a port
+    // could take over the replies of one of them.
+    with_datapath(|dp| {
+        masquerading_node(dp);
+        dp.set_node_config_v6(NodeConfigV6 {
+            ephemeral_min: SPORT - 1,
+            ephemeral_max: SPORT + 1,
+            ..NodeConfigV6::default()
+        });
+        for (l4, proto, dport, state) in [
+            (tcp(TCP_SYN), IPPROTO_TCP, 80, CtState::TcpSynSent),
+            (udp(true), IPPROTO_UDP, 53, CtState::Udp),
+        ] {
+            let sent = from_a(l4);
+            let out = send(dp, &sent);
+            assert_eq!(out.action, TC_ACT_REDIRECT);
+            assert_eq!(out.frame, masqueraded(&sent, NAT_PORT_MIN).bytes());
+            assert_eq!(
+                untimed(dp.nat_in(&flow(REMOTE, dport, NODE, NAT_PORT_MIN, proto))),
+                Some(nat_entry(POD_A, SPORT, state))
+            );
+            assert_eq!(dp.nat_in(&flow(REMOTE, dport, NODE, SPORT, proto)), None);
+        }
+        // Not a retry: the own port was never tried.
+        assert_eq!(
+            dp.counts(),
+            counted(&[("forwarded", 2), ("nat-new-flow", 2)])
         );
     });
 }
