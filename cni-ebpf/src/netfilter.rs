@@ -32,7 +32,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use cni_ebpf_common::{
-    DropReason, ENDPOINT_F_NETFILTER_FLOWS, Endpoint, FlowKey, IPPROTO_TCP, IPPROTO_UDP, IpKey,
+    ENDPOINT_F_NETFILTER_FLOWS, Endpoint, FlowKey, IPPROTO_TCP, IPPROTO_UDP, IpKey,
     NODE_F_SERVICES, NodeConfig, Verdict,
     wire::{ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPV6_DST_OFF, IPV6_SRC_OFF},
 };
@@ -40,11 +40,9 @@ use cni_ebpf_common::{
 use crate::{
     counters::count_verdict,
     family::Addr,
-    headers::{ETH_LEN, ETH_P_IPV6, Ipv6Hdr, ipv6_headers},
-    l4::{self, Transport},
+    headers::{ETH_LEN, ETH_P_IPV6, Ipv6Hdr, ipv6_link_scoped, ipv6_v4_mapped},
+    l4::Transport,
     maps::{ENDPOINTS, NETFILTER_FLOWS, NODE_ADDRS, NODE_CONFIG, SERVICES},
-    nat::snat,
-    translate6,
 };
 
 /// Whether the node hands service traffic to netfilter.
@@ -114,11 +112,16 @@ pub fn remember_replies<A: Addr>(src: A, dst: A, t: &Transport, pod: A) {
     if t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP {
         return;
     }
-    let key = reply_key(src, dst, t);
-    if NETFILTER_FLOWS.get_ptr(&key).is_none() {
-        let _ = NETFILTER_FLOWS.insert(&key, &0, 0);
+    record(&reply_key(src, dst, t), &IpKey { addr: pod.key() });
+}
+
+/// Records the reply key `key` and flags `pod`.
+#[inline(never)]
+fn record(key: &FlowKey, pod: &IpKey) {
+    if NETFILTER_FLOWS.get_ptr(key).is_none() {
+        let _ = NETFILTER_FLOWS.insert(key, &0, 0);
     }
-    if let Some(endpoint) = ENDPOINTS.get_ptr_mut(&IpKey { addr: pod.key() }) {
+    if let Some(endpoint) = ENDPOINTS.get_ptr_mut(pod) {
         // SAFETY: a live map value; the plugin only replaces entries whole
         // at ADD, and the flag is only ever set.
         unsafe {
@@ -181,6 +184,59 @@ fn belongs_v6(ctx: &TcContext) -> bool {
         proto,
         _pad: [0; 3],
     };
+    if !load_into(
+        ctx,
+        IPV6_SRC_OFF,
+        (&raw mut key).cast(),
+        FLOW_KEY_FROM_PACKET,
+    ) {
+        return false;
+    }
+    if NETFILTER_FLOWS.get_ptr(&key).is_some() {
+        return true;
+    }
+    // The reply's key, loaded crosswise: a swap would take a temporary.
+    let (src_port, dst_port) = (key.src_port, key.dst_port);
+    if !load_into(ctx, IPV6_SRC_OFF, key.dst.as_mut_ptr(), 16)
+        || !load_into(ctx, IPV6_DST_OFF, key.src.as_mut_ptr(), 16)
+    {
+        return false;
+    }
+    key.src_port = dst_port;
+    key.dst_port = src_port;
+    NETFILTER_FLOWS.get_ptr(&key).is_some()
+}
+
+/// Loads `len` bytes of the packet at `offset` into `dst`.
+#[inline(always)]
+fn load_into(ctx: &TcContext, offset: usize, dst: *mut u8, len: u32) -> bool {
+    // SAFETY: every caller passes a buffer of at least `len` bytes that
+    // outlives the call.
+    unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), offset as u32, dst.cast(), len) == 0 }
+}
+
+/// `FlowKey`'s `src`, `dst`, `src_port` and `dst_port`, as an IPv6 packet
+/// carries them from its source address on.
+const FLOW_KEY_FROM_PACKET: u32 = 36;
+const _: () = assert!(core::mem::offset_of!(FlowKey, src_port) == 32);
+const _: () = assert!(core::mem::offset_of!(FlowKey, dst_port) == 34);
+
+/// The key of the IPv6 packet in `ctx` (TCP or UDP, `proto`), loaded with
+/// `bpf_skb_load_bytes` straight into it: the packet's addresses and ports
+/// lie in the order of a `FlowKey`'s first fields. The leaves that call it
+/// keep small stack frames, and use `ctx` for a helper, so LLVM passes them
+/// `ctx` itself (not the packet's bounds, as 32-bit values the verifier
+/// refuses to compare with).
+#[inline(always)]
+fn packet_key_v6(ctx: &TcContext, proto: u8) -> Option<FlowKey> {
+    let mut key = FlowKey {
+        src: [0; 16],
+        dst: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        proto,
+        _pad: [0; 3],
+    };
     // SAFETY: `key` outlives the call; the helper writes 36 bytes into it
     // (source, destination, the two ports), within its size.
     let loaded = unsafe {
@@ -191,51 +247,7 @@ fn belongs_v6(ctx: &TcContext) -> bool {
             FLOW_KEY_FROM_PACKET,
         )
     };
-    if loaded != 0 {
-        return false;
-    }
-    if NETFILTER_FLOWS.get_ptr(&key).is_some() {
-        return true;
-    }
-    core::mem::swap(&mut key.src, &mut key.dst);
-    core::mem::swap(&mut key.src_port, &mut key.dst_port);
-    NETFILTER_FLOWS.get_ptr(&key).is_some()
-}
-
-/// `FlowKey`'s `src`, `dst`, `src_port` and `dst_port`, as an IPv6 packet
-/// carries them from its source address on.
-const FLOW_KEY_FROM_PACKET: u32 = 36;
-const _: () = assert!(core::mem::offset_of!(FlowKey, src_port) == 32);
-const _: () = assert!(core::mem::offset_of!(FlowKey, dst_port) == 34);
-
-/// The addresses and ports of an IPv6 packet with TCP, UDP or ICMPv6 right
-/// behind its header, read with `bpf_skb_load_bytes`: the leaves that call
-/// this use `ctx` for nothing else, and LLVM would then pass them the
-/// packet's bounds instead of `ctx`, as 32-bit values the verifier refuses
-/// to compare with.
-#[inline(always)]
-fn read_v6(ctx: &TcContext) -> Option<([u8; 16], [u8; 16], Transport)> {
-    let proto: u8 = ctx.load(IPV6_NEXT_HEADER_OFF).ok()?;
-    let src: [u8; 16] = ctx.load(IPV6_SRC_OFF).ok()?;
-    let dst: [u8; 16] = ctx.load(IPV6_DST_OFF).ok()?;
-    let offset = ETH_LEN + size_of::<Ipv6Hdr>();
-    let ports: [u16; 2] = ctx.load(offset).ok()?;
-    let mut t = Transport {
-        proto,
-        offset,
-        src_port: ports[0],
-        dst_port: ports[1],
-        csum_offset: 0,
-        tcp_flags: 0,
-        icmp_type: 0,
-        no_csum: false,
-    };
-    match proto {
-        IPPROTO_TCP | IPPROTO_UDP => {}
-        IPPROTO_ICMPV6 => t.icmp_type = ports[0].to_ne_bytes()[0],
-        _ => return None,
-    }
-    Some((src, dst, t))
+    (loaded == 0).then_some(key)
 }
 
 /// IPv6 in `to_pod`: the stack delivers a packet to a pod; on a node with
@@ -249,37 +261,64 @@ pub fn remember_delivery_v6(ctx: &TcContext) {
     if u16::from_be(ether_type) != ETH_P_IPV6 {
         return;
     }
-    let Some((src, dst, t)) = read_v6(ctx) else {
+    let Ok(proto) = ctx.load::<u8>(IPV6_NEXT_HEADER_OFF) else {
         return;
     };
-    if ENDPOINTS.get_ptr(&IpKey::v6(dst)).is_none() || stack_bound_anyway(src) {
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return;
     }
-    remember_replies(src, dst, &t, dst);
+    let Some(mut key) = packet_key_v6(ctx, proto) else {
+        return;
+    };
+    if off_link(&key.src, &key.dst)
+        || ENDPOINTS.get_ptr(&IpKey { addr: key.dst }).is_none()
+        || stack_bound_anyway(key.src)
+    {
+        return;
+    }
+    // The reply's key: from the pod.
+    core::mem::swap(&mut key.src, &mut key.dst);
+    core::mem::swap(&mut key.src_port, &mut key.dst_port);
+    record(&key, &IpKey { addr: key.src });
 }
 
 /// IPv6 in `to_uplink` (services on): a pod's packet the stack forwarded
 /// out of the uplink (the datapath's own carry its mark and do not get
-/// here). Its replies are recorded, and it is masqueraded like the
-/// datapath's own IPv6 flows when IPv6 masquerade covers its destination.
+/// here). Its replies are recorded. Unlike IPv4's it is not masqueraded:
+/// `snat`'s frame under `to_uplink`'s and this one's would pass the
+/// verifier's 512 bytes, so an endpoint outside the cluster CIDRs must
+/// route the pod's address back to the node.
 #[inline(never)]
-pub fn leaving_v6(ctx: &TcContext, cfg: &NodeConfig) -> Result<(), DropReason> {
-    let Some((_, ip)) = ipv6_headers(ctx) else {
-        return Ok(());
-    };
-    // SAFETY: bounds-checked.
-    let (src, dst) = unsafe { ((*ip).saddr, (*ip).daddr) };
-    if ENDPOINTS.get_ptr(&IpKey::v6(src)).is_none() {
-        return Ok(());
+pub fn leaving_v6(ctx: &TcContext) {
+    let ether_type: u16 = ctx.load(ETH_TYPE_OFF).unwrap_or(0);
+    if u16::from_be(ether_type) != ETH_P_IPV6 {
+        return;
     }
-    let Some(t) = l4::parse_v6(ctx, ip) else {
-        return Ok(());
+    let Ok(proto) = ctx.load::<u8>(IPV6_NEXT_HEADER_OFF) else {
+        return;
     };
-    remember_replies(src, dst, &t, src);
-    if translate6::masquerades(dst) {
-        snat(ctx, src, dst, &t, cfg)?;
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return;
     }
-    Ok(())
+    let Some(mut key) = packet_key_v6(ctx, proto) else {
+        return;
+    };
+    // Link-scoped addresses (a pod's link-local one is an endpoint key too)
+    // are never forwarded: nothing here is a pod's flow.
+    if off_link(&key.src, &key.dst) || ENDPOINTS.get_ptr(&IpKey { addr: key.src }).is_none() {
+        return;
+    }
+    // The reply's key: to the pod.
+    core::mem::swap(&mut key.src, &mut key.dst);
+    core::mem::swap(&mut key.src_port, &mut key.dst_port);
+    record(&key, &IpKey { addr: key.dst });
+}
+
+/// An IPv6 packet the stack never forwards: either address link-scoped,
+/// or IPv4-mapped (never on the wire, and a key of an IPv4 address).
+#[inline(always)]
+fn off_link(src: &[u8; 16], dst: &[u8; 16]) -> bool {
+    ipv6_link_scoped(src) || ipv6_link_scoped(dst) || ipv6_v4_mapped(src) || ipv6_v4_mapped(dst)
 }
 
 const AF_INET: u8 = 2;
