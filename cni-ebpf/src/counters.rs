@@ -28,7 +28,7 @@ pub fn count_verdict(verdict: Verdict, bytes: u32) {
 }
 
 /// Counts a packet of the endpoint behind host veth `ifindex`.
-#[inline(never)]
+#[inline(always)]
 pub fn count_endpoint(ifindex: u32, direction: Direction, bytes: u32) {
     let Some(stats) = ENDPOINT_STATS.get_ptr_mut(&ifindex) else {
         return;

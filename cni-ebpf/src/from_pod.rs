@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use cni_ebpf_common::{
     Direction, DropReason, ENDPOINT_F_HOST_PORTS, ENDPOINT_F_NETFILTER_FLOWS, Endpoint, IpKey,
-    NODE_F_MASQUERADE, PEER_F_TUNNEL, Verdict,
+    NODE_F_MASQUERADE, Verdict,
 };
 
 use crate::{
@@ -27,7 +27,7 @@ use crate::{
     },
     host_ports, l4,
     log::log_drop,
-    maps::{ENDPOINTS, NO_MASQ, NODE_ADDRS, NODE_CONFIG, PEERS, SERVICES},
+    maps::{ENDPOINTS, KeyV4, NO_MASQ, NODE_ADDRS, NODE_CONFIG, SERVICES, endpoint_v4},
     nat::snat,
     ndp,
     netfilter::{self, to_netfilter},
@@ -60,7 +60,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         ETH_P_ARP => arp(ctx, eth),
         ETH_P_IPV6 => match ndp::message_type(ctx) {
             Some(kind) => ndp::from_pod(ctx, kind),
-            None => translate6::finish(ctx, ipv6(ctx, eth)?),
+            None => translate6::finish(ctx, tunnel::finish_v6(ctx, ipv6(ctx, eth)?)?),
         },
         _ => Err(DropReason::UnsupportedL3),
     }
@@ -74,18 +74,33 @@ fn sender(
     addr: IpKey,
     mac: &[u8; 6],
     spoofed: DropReason,
-) -> Result<Endpoint, DropReason> {
-    // SAFETY: the value is copied out at once; entries are only replaced whole.
-    let endpoint = *unsafe { ENDPOINTS.get(&addr) }.ok_or(match spoofed {
+) -> Result<&'static Endpoint, DropReason> {
+    verified(ctx, ENDPOINTS.get_ptr(&addr), mac, spoofed)
+}
+
+/// `found`, the endpoint of the packet's source address, if the packet
+/// really comes from it ([`sender`]). The value is read in place, field by
+/// field as the path needs it: a whole copy costs a byte-wise `memmove`
+/// call, and a copy is no more atomic than the reads (entries are only
+/// replaced whole, by the plugin, for a pod being added or deleted).
+#[inline(always)]
+fn verified(
+    ctx: &TcContext,
+    found: Option<*const Endpoint>,
+    mac: &[u8; 6],
+    spoofed: DropReason,
+) -> Result<&'static Endpoint, DropReason> {
+    // SAFETY: a live map value (`endpoint_in_place`).
+    let endpoint = endpoint_in_place(found.ok_or(match spoofed {
         DropReason::SpoofedArp => DropReason::SpoofedArp,
         _ => DropReason::UnknownSource,
-    })?;
+    })?);
     // SAFETY: the context pointer is valid for the whole program run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if endpoint.ifindex != ifindex {
         return Err(spoofed);
     }
-    if endpoint.pod_mac != *mac {
+    if !same_mac(&endpoint.pod_mac, mac) {
         return Err(match spoofed {
             DropReason::SpoofedArp => DropReason::SpoofedArp,
             _ => DropReason::SpoofedMac,
@@ -98,8 +113,8 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     let ip: *mut Ipv4Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
     // SAFETY: `eth` and `ip` are bounds-checked.
     let (src, dst, ttl, eth_src) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).ttl, (*eth).src) };
-    let me = sender(ctx, IpKey::v4(src), &eth_src, DropReason::SpoofedSource)?;
-    charge(ctx, &me, Way::Egress)?;
+    let me = verified(ctx, endpoint_v4(src), &eth_src, DropReason::SpoofedSource)?;
+    charge(ctx, me, Way::Egress)?;
     count_endpoint(me.ifindex, Direction::FromPod, ctx.len());
     if me.flags & ENDPOINT_F_NETFILTER_FLOWS != 0
         && let Some(transport) = l4::parse(ctx, ip)
@@ -115,8 +130,7 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
         return deliver_rewritten(ctx, client);
     }
 
-    // SAFETY: copied out at once.
-    let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(dst)) }).copied() else {
+    let Some(target) = endpoint_v4(dst).map(endpoint_in_place) else {
         return leave_node(ctx, ip, src, dst, ttl);
     };
     if ttl <= 1 {
@@ -131,12 +145,48 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
         return Ok(to_netfilter(ctx));
     }
     ipv4_decrease_ttl(ip);
-    // SAFETY: bounds-checked; nothing above changed the packet's length.
+    address_to_pod(eth, target);
+    deliver(ctx, target)
+}
+
+/// Addresses the frame at `eth` (bounds-checked, and nothing since changed
+/// the packet's length) from `target`'s host veth to the pod, in 2-byte
+/// words: a plain copy of the arrays between the map value and the packet
+/// becomes a call to a byte-wise `memmove`.
+#[inline(always)]
+fn address_to_pod(eth: *mut EthHdr, target: &Endpoint) {
+    let pod = (&raw const target.pod_mac).cast::<u16>();
+    let host = (&raw const target.host_mac).cast::<u16>();
+    let frame = eth.cast::<u16>();
+    // SAFETY: `eth` covers the 12 bytes of both addresses; the MACs are
+    // 2-byte aligned in `Endpoint` (asserted below), as `EthHdr` is.
     unsafe {
-        (*eth).dst = target.pod_mac;
-        (*eth).src = target.host_mac;
+        for i in 0..3 {
+            *frame.add(i) = *pod.add(i);
+            *frame.add(3 + i) = *host.add(i);
+        }
     }
-    deliver_to_pod(ctx, &target)
+}
+
+const _: () = assert!(core::mem::offset_of!(Endpoint, pod_mac) % 2 == 0);
+const _: () = assert!(core::mem::offset_of!(Endpoint, host_mac) % 2 == 0);
+const _: () = assert!(core::mem::align_of::<EthHdr>() == 2);
+
+/// Whether `mac` is `pod_mac` (an `Endpoint`'s), read in 2-byte words
+/// rather than six byte loads.
+#[inline(always)]
+fn same_mac(pod_mac: &[u8; 6], mac: &[u8; 6]) -> bool {
+    let words = pod_mac.as_ptr().cast::<u16>();
+    let word = |i: usize| u16::from_ne_bytes([mac[2 * i], mac[2 * i + 1]]);
+    // SAFETY: 6 bytes, 2-byte aligned in `Endpoint` (asserted above).
+    unsafe { *words == word(0) && *words.add(1) == word(1) && *words.add(2) == word(2) }
+}
+
+/// A value of `ENDPOINTS`, read in place (see [`verified`]).
+#[inline(always)]
+fn endpoint_in_place(found: *const Endpoint) -> &'static Endpoint {
+    // SAFETY: map values stay allocated for the program's run.
+    unsafe { &*found }
 }
 
 fn to_stack(ctx: &TcContext) -> Result<i32, DropReason> {
@@ -156,7 +206,7 @@ fn leave_node(
     let Some(cfg) = NODE_CONFIG.get(0).copied() else {
         return to_stack(ctx);
     };
-    let for_node = dst[0] >= 224 || NODE_ADDRS.get_ptr(&IpKey::v4(dst)).is_some();
+    let for_node = dst[0] >= 224 || NODE_ADDRS.get_ptr(KeyV4::new(dst).key()).is_some();
     if for_node
         && ttl > 1
         && let Some(transport) = l4::parse(ctx, ip)
@@ -199,20 +249,15 @@ fn leave_node(
 fn deliver_rewritten(ctx: &TcContext, dst: [u8; 4]) -> Result<i32, DropReason> {
     let ip: *mut Ipv4Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
     let eth: *mut EthHdr = header(ctx, 0).ok_or(DropReason::Malformed)?;
-    // SAFETY: copied out at once.
-    if let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(dst)) }).copied() {
+    if let Some(target) = endpoint_v4(dst).map(endpoint_in_place) {
         ipv4_decrease_ttl(ip);
-        // SAFETY: bounds-checked.
-        unsafe {
-            (*eth).dst = target.pod_mac;
-            (*eth).src = target.host_mac;
-        }
-        return deliver_to_pod(ctx, &target);
+        address_to_pod(eth, target);
+        return deliver_to_pod(ctx, target);
     }
     let Some(cfg) = NODE_CONFIG.get(0).copied() else {
         return to_stack(ctx);
     };
-    if cfg.uplink_ifindex == 0 || NODE_ADDRS.get_ptr(&IpKey::v4(dst)).is_some() {
+    if cfg.uplink_ifindex == 0 || NODE_ADDRS.get_ptr(KeyV4::new(dst).key()).is_some() {
         return to_stack(ctx);
     }
     ipv4_decrease_ttl(ip);
@@ -222,8 +267,15 @@ fn deliver_rewritten(ctx: &TcContext, dst: [u8; 4]) -> Result<i32, DropReason> {
 }
 
 /// Into the pod behind `target`'s host veth, skipping the host veth itself.
+/// Out of line, for the other programs and paths; `from_pod`'s own pod to
+/// pod path has [`deliver`] inlined.
 #[inline(never)]
 pub fn deliver_to_pod(ctx: &TcContext, target: &Endpoint) -> Result<i32, DropReason> {
+    deliver(ctx, target)
+}
+
+#[inline(always)]
+fn deliver(ctx: &TcContext, target: &Endpoint) -> Result<i32, DropReason> {
     if let Err(reason) = charge(ctx, target, Way::Ingress) {
         // Counted against the receiving pod, not the sender.
         count_drop(reason, Direction::ToPod, ctx.len());
@@ -314,40 +366,35 @@ fn ipv6(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     let stays_on_link =
         link_local || ipv6_link_scoped(&dst) || ipv6_v4_mapped(unsafe { &(*ip).daddr });
     let me = sender(ctx, IpKey::v6(src), &eth_src, DropReason::SpoofedSource)?;
-    charge(ctx, &me, Way::Egress)?;
+    charge(ctx, me, Way::Egress)?;
     count_endpoint(me.ifindex, Direction::FromPod, ctx.len());
     if stays_on_link {
         return to_stack(ctx);
     }
-    if netfilter::claims_v6(ctx, &me) {
+    if netfilter::claims_v6(ctx, me) {
         return Ok(to_netfilter(ctx));
     }
-    if translate6::is_host_port_reply(ctx, &me) {
+    if translate6::is_host_port_reply(ctx, me) {
         return Ok(translate6::HOST_PORT_REPLY);
     }
-    // SAFETY: copied out at once.
-    let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v6(dst)) }).copied() else {
+    let Some(target) = ENDPOINTS.get_ptr(&IpKey::v6(dst)).map(endpoint_in_place) else {
         return leave_node_v6(ctx, ip, dst, hop_limit);
     };
     if hop_limit <= 1 {
         // The stack answers with ICMPv6 time exceeded.
         return to_stack(ctx);
     }
-    if netfilter::claims_v6(ctx, &target) {
+    if netfilter::claims_v6(ctx, target) {
         return Ok(to_netfilter(ctx));
     }
     ipv6_decrease_hop_limit(ip);
-    // SAFETY: bounds-checked; nothing above changed the packet's length.
-    unsafe {
-        (*eth).dst = target.pod_mac;
-        (*eth).src = target.host_mac;
-    }
-    deliver_to_pod(ctx, &target)
+    address_to_pod(eth, target);
+    deliver_to_pod(ctx, target)
 }
 
 /// IPv6 to another node's pods and the outside: out of the uplink as the
-/// node routes it. The node's own addresses go to the stack, and so does
-/// what would need a translation or the tunnel, which IPv6 lacks here.
+/// node routes it, or through the tunnel to peers behind it. The node's
+/// own addresses go to the stack.
 fn leave_node_v6(
     ctx: &TcContext,
     ip: *mut Ipv6Hdr,
@@ -367,11 +414,8 @@ fn leave_node_v6(
     if netfilter::enabled(&cfg) && SERVICES.get(&key).is_some() {
         return Ok(to_netfilter(ctx));
     }
-    let tunneled = PEERS
-        .get(&key)
-        .is_some_and(|peer| peer.flags & PEER_F_TUNNEL != 0);
-    if tunneled {
-        return to_stack(ctx);
+    if tunnel::tunnels_v6(dst) {
+        return Ok(tunnel::INTO_TUNNEL);
     }
     if translate6::masquerades(dst) {
         return Ok(translate6::MASQUERADE);

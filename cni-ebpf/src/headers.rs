@@ -2,7 +2,7 @@
 //! access. Written here rather than taken from a crate so that the layout the
 //! verifier sees is exactly the wire layout, with no version churn.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 // The wire constants live in the common crate, where the unit tests read them.
 pub use cni_ebpf_common::wire::{
     ARP_HTYPE_ETHERNET, ARP_REPLY, ARP_REQUEST, ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
@@ -86,9 +86,40 @@ const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == 20);
 const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == 40);
 const _: () = assert!(core::mem::size_of::<ArpEthIpv4>() == 28);
 
+/// A packet the programs read in place: a socket buffer's linear data (tc)
+/// or an XDP frame, so that the header parsers serve both.
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
 /// A pointer to a `T` at `offset` in the linear packet data, if it fits.
 #[inline(always)]
-pub fn header<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+pub fn header<T>(ctx: &impl Packet, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -146,9 +177,12 @@ pub fn ipv6_decrease_hop_limit(ip: *mut Ipv6Hdr) {
 
 /// Make sure the first `len` bytes are in the linear area (or the packet is
 /// shorter than that), so that direct access sees the whole header chain.
+/// A packet that is all linear already (short ones: requests, answers,
+/// acknowledgements) costs no helper call.
 #[inline(always)]
 pub fn pull_headers(ctx: &TcContext, len: u32) {
-    if ctx.data() + len as usize > ctx.data_end() {
+    let linear = ctx.data_end() - ctx.data();
+    if linear < len as usize && (ctx.len() as usize) > linear {
         let want = if ctx.len() < len { ctx.len() } else { len };
         let _ = ctx.pull_data(want);
     }

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use cni_ebpf_common::{DropReason, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, wire::IPPROTO_ICMPV6};
 
 use crate::headers::{
-    ETH_LEN, ICMP_CSUM_OFF, IPV4_CSUM_OFF, Ipv4Hdr, Ipv6Hdr, L4Head, TCP_CSUM_OFF, TcpFlagsWord,
-    UDP_CSUM_OFF, header, ipv4_l4_offset,
+    ETH_LEN, ICMP_CSUM_OFF, IPV4_CSUM_OFF, Ipv4Hdr, Ipv6Hdr, L4Head, Packet, TCP_CSUM_OFF,
+    TcpFlagsWord, UDP_CSUM_OFF, header, ipv4_l4_offset,
 };
 
 /// `bpf_l4_csum_replace` flag (Linux 6.16+): the packet is IPv6, whose
@@ -57,11 +57,12 @@ impl Transport {
     }
 }
 
-/// Parses TCP, UDP or ICMP behind `ip`; `None` for other protocols, for
-/// fragments, which carry no complete transport header, and for a header
-/// length under the IPv4 minimum, which points into the IP header itself.
+/// Parses TCP, UDP or ICMP behind `ip` (in a socket buffer or an XDP
+/// frame); `None` for other protocols, for fragments, which carry no
+/// complete transport header, and for a header length under the IPv4
+/// minimum, which points into the IP header itself.
 #[inline(always)]
-pub fn parse(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<Transport> {
+pub fn parse<P: Packet>(ctx: &P, ip: *const Ipv4Hdr) -> Option<Transport> {
     // SAFETY: the caller bounds-checked `ip`.
     let (proto, frag) = unsafe { ((*ip).protocol, u16::from_be((*ip).frag_off)) };
     if frag & 0x3fff != 0 {
@@ -78,7 +79,7 @@ pub fn parse(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<Transport> {
 /// next headers, extension headers (fragments among them) included: those
 /// go to the node's stack.
 #[inline(always)]
-pub fn parse_v6(ctx: &TcContext, ip: *const Ipv6Hdr) -> Option<Transport> {
+pub fn parse_v6<P: Packet>(ctx: &P, ip: *const Ipv6Hdr) -> Option<Transport> {
     // SAFETY: the caller bounds-checked `ip`.
     let proto = unsafe { (*ip).next_header };
     transport(ctx, proto, ETH_LEN + size_of::<Ipv6Hdr>(), IPPROTO_ICMPV6)
@@ -87,7 +88,7 @@ pub fn parse_v6(ctx: &TcContext, ip: *const Ipv6Hdr) -> Option<Transport> {
 /// The transport header at `offset`; `icmp` is the family's ICMP (the
 /// other family's is just another protocol).
 #[inline(always)]
-fn transport(ctx: &TcContext, proto: u8, offset: usize, icmp: u8) -> Option<Transport> {
+fn transport<P: Packet>(ctx: &P, proto: u8, offset: usize, icmp: u8) -> Option<Transport> {
     let head: *const L4Head = header(ctx, offset)?;
     // SAFETY: bounds-checked.
     let (w0, w1, w2) = unsafe { ((*head).word0, (*head).word1, (*head).word2) };

@@ -16,6 +16,35 @@ use cni_ebpf_common::{
 #[map]
 pub static ENDPOINTS: HashMap<IpKey, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
+/// An IPv4 address as the maps' 16-byte key (`IpKey::v4`, IPv4-mapped),
+/// built in 4-byte words on an 8-byte aligned slot: built as bytes, LLVM
+/// makes it with a call to a byte-wise `memset`.
+#[repr(C, align(8))]
+pub struct KeyV4([u32; 4]);
+
+impl KeyV4 {
+    #[inline(always)]
+    pub fn new(addr: [u8; 4]) -> Self {
+        const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        Self([0, 0, MAPPED, u32::from_ne_bytes(addr)])
+    }
+
+    #[inline(always)]
+    pub fn key(&self) -> &IpKey {
+        // SAFETY: 16 bytes laid out as `IpKey::v4`, and more aligned.
+        unsafe { &*(&raw const *self).cast::<IpKey>() }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<KeyV4>() == core::mem::size_of::<IpKey>());
+
+/// The endpoint with IPv4 address `addr`: a pointer into the map, read in
+/// place (entries are only replaced whole).
+#[inline(always)]
+pub fn endpoint_v4(addr: [u8; 4]) -> Option<*const Endpoint> {
+    ENDPOINTS.get_ptr(KeyV4::new(addr).key())
+}
+
 /// Dropped packets by reason and direction.
 #[map]
 pub static DROPS: PerCpuArray<PacketCount> = PerCpuArray::pinned(DROP_SLOTS, 0);

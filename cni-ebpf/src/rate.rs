@@ -50,12 +50,19 @@ fn wire_len(ctx: &TcContext) -> u32 {
     len + segs.saturating_sub(1) * SEGMENT_OVERHEAD
 }
 
-/// Charges the packet ([`wire_len`]) to `endpoint`'s limit in `way`.
-#[inline(never)]
+/// Charges the packet ([`wire_len`]) to `endpoint`'s limit in `way`. The
+/// flag test is inlined into the caller: pods without a limit, the common
+/// case, pay no call for it.
+#[inline(always)]
 pub fn charge(ctx: &TcContext, endpoint: &Endpoint, way: Way) -> Result<(), DropReason> {
     if endpoint.flags & ENDPOINT_F_RATE_LIMITED == 0 {
         return Ok(());
     }
+    police(ctx, endpoint, way)
+}
+
+#[inline(never)]
+fn police(ctx: &TcContext, endpoint: &Endpoint, way: Way) -> Result<(), DropReason> {
     let len = wire_len(ctx);
     let Some(limit) = RATE_LIMITS.get_ptr_mut(&endpoint.owner) else {
         return Ok(());

@@ -68,6 +68,16 @@ impl CniError {
         Self::new(code::DATAPATH, msg).with_details(source)
     }
 
+    /// A lock not taken: code 11 (try again later) when its holder kept it
+    /// past the wait, an I/O failure otherwise.
+    pub fn lock(e: cni_ebpf_userspace::lock::LockError) -> Self {
+        use cni_ebpf_userspace::lock::LockError;
+        match e {
+            LockError::TimedOut { .. } => Self::new(code::TRY_AGAIN_LATER, e.to_string()),
+            LockError::Failed { .. } => Self::new(code::IO_FAILURE, e.to_string()),
+        }
+    }
+
     pub fn netlink(msg: impl Into<String>, source: impl fmt::Display) -> Self {
         Self::new(code::NETLINK, msg).with_details(source)
     }

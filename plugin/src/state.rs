@@ -75,8 +75,8 @@ impl StateDir {
             .write(true)
             .open(&path)
             .map_err(|e| CniError::io(format!("opening {}", path.display()), e))?;
-        let lock = Flock::lock(file, how)
-            .map_err(|(_, errno)| CniError::io(format!("locking {}", path.display()), errno))?;
+        let lock = cni_ebpf_userspace::lock::lock(file, &path, how == FlockArg::LockExclusive)
+            .map_err(CniError::lock)?;
         Ok(StateLock { _lock: lock })
     }
 

@@ -166,12 +166,27 @@ pub async fn ensure(
         },
         _ => None,
     };
+    let nat_ports = conf.nat_ports.unwrap_or(DEFAULT_NAT_PORTS);
+    let ephemeral_ports = node::ephemeral_ports();
+    if let Some((low, high)) = ephemeral_ports
+        && (masquerade.is_some() || masquerade_v6.is_some())
+        && nat_ports.0 <= high
+        && low <= nat_ports.1
+    {
+        log::warn!(
+            "natPortRange {}-{} overlaps the node's ephemeral ports {low}-{high} \
+             (net.ipv4.ip_local_port_range): a masqueraded flow may take the port of \
+             one of the node's own connections",
+            nat_ports.0,
+            nat_ports.1
+        );
+    }
     let settings = NodeSettings {
         uplink_ifindex: uplink_index.unwrap_or(0),
         masquerade,
         masquerade_v6,
-        nat_ports: conf.nat_ports.unwrap_or(DEFAULT_NAT_PORTS),
-        ephemeral_ports: node::ephemeral_ports(),
+        nat_ports,
+        ephemeral_ports,
         nat_max_flows: DEFAULT_NAT_MAX_FLOWS,
         netns_cookie: node::current_netns_cookie()
             .map_err(|e| CniError::io("reading the node's netns cookie", e))?,

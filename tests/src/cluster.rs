@@ -1,23 +1,37 @@
 //! Cluster topologies: nodes on two L2 segments (a bridge each, inside one
 //! "switch" namespace) joined by a router namespace, and etcd in its own
 //! namespace on the first segment. Every node runs the agent in cluster
-//! mode and takes its pod CIDR from it (`"subnet": "usePodCidr"`).
+//! mode and takes its pod CIDRs from it (`"subnet": "usePodCidr"`, and
+//! `"usePodCidrIPv6"` in a dual-stack cluster). The segments carry both
+//! families; the router forwards both.
 //!
 //! ```text
 //!  segment 0: 10.99.1.0/24 (br0)            segment 1: 10.99.2.0/24 (br1)
+//!             fd00:99:1::/64                           fd00:99:2::/64
 //!   etcd .2   node .11 .12 ...   router .1 | .1 router   node .11 .12 ...
 //! ```
 
-use std::{cell::Cell, net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    cell::Cell,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use serde_json::{Value, json};
 
 use crate::{
-    Bpffs, Node, agent::Agent, conf::with_keys, etcd::Etcd, names, netns::Netns, wait::wait_until,
+    Bpffs, Family, Node, agent::Agent, conf::with_keys, etcd::Etcd, names, netns::Netns,
+    wait::wait_until,
 };
 
 /// The pod CIDR of the whole cluster, split into /24s.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The IPv6 pod CIDR of a dual-stack cluster, split into /64s.
+pub const CLUSTER_CIDR_V6: &str = "fd00:10:244::/48";
+/// Both, as `--cluster-cidr` takes them for a dual-stack cluster.
+pub const DUAL_STACK_CIDRS: &str = "10.244.0.0/16,fd00:10:244::/48";
 /// The underlay interface of every node.
 pub const UNDERLAY: &str = "underlay";
 /// The lease TTL the tests' agents use, seconds.
@@ -28,6 +42,11 @@ pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 1, 2);
 /// The router's address on `segment`, the segment's default gateway.
 pub fn router_ip(segment: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 99, segment + 1, 1)
+}
+
+/// The router's IPv6 address on `segment`.
+pub fn router_ip6(segment: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x99, u16::from(segment) + 1, 0, 0, 0, 0, 1)
 }
 
 /// The underlay every node of a test is attached to, and its etcd.
@@ -51,6 +70,7 @@ impl Underlay {
         let switch = Netns::with_loopback("switch");
         let router = Netns::with_loopback("router");
         router.set_sysctl("net.ipv4.ip_forward", "1");
+        router.set_sysctl("net.ipv6.conf.all.forwarding", "1");
         for segment in 0..2u8 {
             let bridge = format!("br{segment}");
             switch.ip(&["link", "add", &bridge, "type", "bridge"]);
@@ -63,6 +83,14 @@ impl Underlay {
                 &format!("{}/24", router_ip(segment)),
                 "dev",
                 &ifname,
+            ]);
+            router.ip(&[
+                "addr",
+                "add",
+                &format!("{}/64", router_ip6(segment)),
+                "dev",
+                &ifname,
+                "nodad",
             ]);
             router.ip(&["link", "set", &ifname, "up"]);
         }
@@ -116,6 +144,16 @@ impl Underlay {
         let n = self.next_node.get();
         self.next_node.set(n + 1);
         let ip = Ipv4Addr::new(10, 99, segment + 1, host);
+        let ip6 = Ipv6Addr::new(
+            0xfd00,
+            0x99,
+            u16::from(segment) + 1,
+            0,
+            0,
+            0,
+            0,
+            u16::from(host),
+        );
         attach(
             &self.switch,
             &format!("br{segment}"),
@@ -125,6 +163,14 @@ impl Underlay {
         );
         node.netns()
             .ip(&["addr", "add", &format!("{ip}/24"), "dev", UNDERLAY]);
+        node.netns().ip(&[
+            "addr",
+            "add",
+            &format!("{ip6}/64"),
+            "dev",
+            UNDERLAY,
+            "nodad",
+        ]);
         node.netns().ip(&["link", "set", UNDERLAY, "up"]);
         node.netns().ip(&[
             "route",
@@ -133,10 +179,19 @@ impl Underlay {
             "via",
             &router_ip(segment).to_string(),
         ]);
+        node.netns().ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &router_ip6(segment).to_string(),
+        ]);
         ClusterNode {
             node,
             name: format!("node{n}"),
             ip,
+            ip6,
             segment,
             endpoint: self.etcd.endpoint(),
             cluster_name: self.cluster_name.clone(),
@@ -174,8 +229,9 @@ pub struct ClusterNode {
     pub node: Node,
     /// Its name in the cluster.
     pub name: String,
-    /// Its underlay address.
+    /// Its underlay addresses.
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     pub segment: u8,
     endpoint: String,
     cluster_name: String,
@@ -231,6 +287,35 @@ impl ClusterNode {
         conf
     }
 
+    /// The plugin config of a dual-stack cluster's node: both pod CIDRs
+    /// from the agent (one range set and one default route per family).
+    pub fn conf_dual_stack(&self) -> Value {
+        let mut conf = self.conf();
+        conf["ipam"]["ranges"] =
+            json!([[{ "subnet": "usePodCidr" }], [{ "subnet": "usePodCidrIPv6" }]]);
+        conf["ipam"]["routes"] = json!([{ "dst": "0.0.0.0/0" }, { "dst": "::/0" }]);
+        conf["nonMasqueradeCIDRs"] = json!([CLUSTER_CIDR, CLUSTER_CIDR_V6]);
+        conf
+    }
+
+    /// The config for pods of `families` ([`ClusterNode::conf`] for IPv4,
+    /// [`ClusterNode::conf_dual_stack`] for both).
+    pub fn conf_of(&self, families: &[Family]) -> Value {
+        if families.contains(&Family::V6) {
+            self.conf_dual_stack()
+        } else {
+            self.conf()
+        }
+    }
+
+    /// Its underlay address of `family`.
+    pub fn ip_of(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.ip.into(),
+            Family::V6 => self.ip6.into(),
+        }
+    }
+
     /// `<stateDir>/cluster/node.json`.
     pub fn state_file(&self) -> PathBuf {
         self.node.state_dir().join("cluster").join("node.json")
@@ -244,18 +329,28 @@ impl ClusterNode {
 
     /// The pod CIDR the agent wrote, waiting up to `timeout`.
     pub fn wait_pod_cidr(&self, timeout: Duration) -> String {
+        self.wait_pod_cidr_of(Family::V4, timeout)
+    }
+
+    /// The pod CIDR of `family` the agent wrote, waiting up to `timeout`.
+    pub fn wait_pod_cidr_of(&self, family: Family, timeout: Duration) -> String {
+        let key = match family {
+            Family::V4 => "podCIDR",
+            Family::V6 => "podCIDRv6",
+        };
         let mut cidr = None;
         wait_until(timeout, || {
             cidr = self
                 .node_state()
-                .and_then(|s| Some(s["podCIDR"].as_str()?.to_string()));
+                .and_then(|s| Some(s[key].as_str()?.to_string()));
             cidr.is_some()
         });
-        cidr.unwrap_or_else(|| panic!("{}: no pod CIDR within {timeout:?}", self.name))
+        cidr.unwrap_or_else(|| panic!("{}: no {key} within {timeout:?}", self.name))
     }
 
-    /// `ip -4 route show <cidr>` in the node.
+    /// `ip -4 route show <cidr>` (`-6` for an IPv6 one) in the node.
     pub fn route_to(&self, cidr: &str) -> String {
-        self.node.netns().ip(&["-4", "route", "show", cidr])
+        let family = if cidr.contains(':') { "-6" } else { "-4" };
+        self.node.netns().ip(&[family, "route", "show", cidr])
     }
 }

@@ -165,7 +165,21 @@ impl Plugin {
     /// Runs the plugin inside `node` (the runtime's namespace), as a runtime
     /// does: environment, config on stdin, result on stdout.
     pub fn call(&self, node: &Netns, request: &CniRequest<'_>) -> CniOutput {
+        self.call_with_env(node, request, &[])
+    }
+
+    /// [`Plugin::call`] with variables beside the `CNI_*` ones (the
+    /// plugin's own knobs, e.g. `CNI_EBPF_LOCK_TIMEOUT`).
+    pub fn call_with_env(
+        &self,
+        node: &Netns,
+        request: &CniRequest<'_>,
+        env: &[(&str, &str)],
+    ) -> CniOutput {
         let mut command = request.command(node, &self.binary);
+        for (name, value) in env {
+            command.env(name, value);
+        }
         let started = Instant::now();
         let output = process::output_with_timeout(&mut command, Some(request.stdin), CALL_TIMEOUT)
             .unwrap_or_else(|e| panic!("spawning {}: {e}", self.binary.display()));

@@ -133,6 +133,21 @@ pub fn attach_xdp_uplink(datapath: &Datapath, uplink: &str) -> Result<()> {
     if pin.exists() {
         return Ok(());
     }
+    pin_link(xdp_uplink_link(datapath, uplink, &pin)?, &pin)
+}
+
+/// `xdp_uplink` attached anew to `uplink` in place of a pinned link that no
+/// longer runs there (detached behind our back, or the device replaced
+/// under the same name). The old pin goes only once the new link is
+/// attached, so a failed attempt keeps the record that the uplink wants XDP.
+pub fn reattach_xdp_uplink(datapath: &Datapath, uplink: &str) -> Result<()> {
+    let pin = datapath.layout().uplink_xdp_link(uplink);
+    let link = xdp_uplink_link(datapath, uplink, &pin)?;
+    remove_pin(&pin)?;
+    pin_link(link, &pin)
+}
+
+fn xdp_uplink_link(datapath: &Datapath, uplink: &str, pin: &Path) -> Result<FdLink> {
     let error = |source| DatapathError::Program {
         name: XDP_UPLINK,
         source,
@@ -140,11 +155,10 @@ pub fn attach_xdp_uplink(datapath: &Datapath, uplink: &str) -> Result<()> {
     let mut program = crate::datapath::xdp_uplink(datapath.layout())?;
     let id = program.attach(uplink, XdpMode::Driver).map_err(error)?;
     let link = program.take_link(id).map_err(error)?;
-    let link = FdLink::try_from(link).map_err(|source| DatapathError::Link {
-        path: pin.clone(),
+    FdLink::try_from(link).map_err(|source| DatapathError::Link {
+        path: pin.to_path_buf(),
         source,
-    })?;
-    pin_link(link, &pin)
+    })
 }
 
 fn attach(

@@ -29,6 +29,8 @@ pub enum DatapathError {
     NoBpffs { path: PathBuf },
     #[error(transparent)]
     Io(#[from] PathIoError),
+    #[error(transparent)]
+    Locked(#[from] crate::lock::LockError),
     #[error("this binary carries no eBPF object (built with AYA_BUILD_SKIP=1)")]
     NoObject,
     #[error("loading the eBPF object: {0}")]

@@ -16,14 +16,10 @@
 
 use std::{
     fs::File,
-    io,
     path::{Path, PathBuf},
 };
 
-use nix::{
-    fcntl::{Flock, FlockArg},
-    sys::statfs::statfs,
-};
+use nix::{fcntl::Flock, sys::statfs::statfs};
 
 use crate::{
     error::{DatapathError, Result},
@@ -180,7 +176,6 @@ impl BpffsLayout {
     /// plugin processes that start at the same moment.
     pub fn lock(&self) -> Result<Flock<File>> {
         let dir = File::open(&self.root).map_err(|e| DatapathError::io("open", &self.root, e))?;
-        Flock::lock(dir, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| DatapathError::io("flock", &self.root, io::Error::from(errno)))
+        Ok(crate::lock::lock(dir, &self.root, true)?)
     }
 }

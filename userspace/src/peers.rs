@@ -4,7 +4,12 @@
 //! collect-metadata VXLAN device (a `PEERS` entry that `from_pod` and
 //! `to_tunnel` key packets with, plus a route over the device for the
 //! node's own traffic). The agent programs these from the cluster datastore;
-//! `cni-ebpfd peer` does it by hand.
+//! `cni-ebpfd peer` does it by hand. Both families: a peer's IPv6 pod CIDR
+//! is routed via its IPv6 underlay address natively, or tunneled to its
+//! IPv4 underlay address (the outer family is the underlay address's).
+//!
+//! [`Peers`] holds one rtnetlink connection for every change: the agent
+//! programs peers for as long as it runs.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -60,22 +65,15 @@ pub struct TunnelSettings {
     pub underlay_ifname: String,
     /// The device's MTU: the underlay's minus [`TUNNEL_OVERHEAD`].
     pub mtu: u32,
-    /// An address of the node's own pod CIDR put on the device: the source
-    /// of the node's own packets to other nodes' pods, so that their answers
-    /// come back through the tunnel too.
-    pub address: Option<Ipv4Addr>,
+    /// Addresses of the node's own pod CIDRs (one per family) put on the
+    /// device: the sources of the node's own packets to other nodes' pods,
+    /// so that their answers come back through the tunnel too.
+    pub addresses: Vec<IpAddr>,
 }
 
 fn netlink_error(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> DatapathError {
     let op = op.into();
     move |source| DatapathError::Netlink { op, source }
-}
-
-fn connect() -> Result<Handle> {
-    let (connection, handle, _) = rtnetlink::new_connection()
-        .map_err(|e| DatapathError::io("netlink socket", "rtnetlink", e))?;
-    tokio::spawn(connection);
-    Ok(handle)
 }
 
 fn lpm_key(net: &IpNet) -> Key<[u8; 16]> {
@@ -96,101 +94,185 @@ async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
     }
 }
 
-/// Creates the node's VXLAN device (collect-metadata, no ARP, no learning)
-/// if it is missing, attaches `from_tunnel`/`to_tunnel` to it and records
-/// it in `TUNNEL`. Idempotent; runs in the node's network namespace inside
-/// a tokio runtime.
-pub async fn ensure_tunnel(layout: &BpffsLayout, tunnel: &TunnelSettings) -> Result<()> {
-    let mut datapath = Datapath::open_or_load(layout.clone())?;
-    let handle = connect()?;
-    let underlay = link_index(&handle, &tunnel.underlay_ifname)
-        .await?
-        .ok_or_else(|| {
-            DatapathError::io(
-                "find the underlay device",
-                tunnel.underlay_ifname.as_str(),
-                std::io::ErrorKind::NotFound.into(),
-            )
-        })?;
-    let index = match link_index(&handle, TUNNEL_DEVICE).await? {
-        Some(index) => index,
-        None => {
-            // A collect-metadata device carries no VNI of its own: its
-            // socket looks every packet up under VNI 0 (the key holds it).
-            let message = LinkVxlan::new(TUNNEL_DEVICE, 0)
-                .collect_metadata(true)
-                .port(tunnel.port)
-                .dev(underlay)
-                .learning(false)
-                .mtu(tunnel.mtu)
-                .build();
-            handle
-                .link()
-                .add(message)
-                .execute()
-                .await
-                .map_err(netlink_error(format!("creating {TUNNEL_DEVICE}")))?;
-            let index = link_index(&handle, TUNNEL_DEVICE).await?.ok_or_else(|| {
+/// The node's peers in the datapath (`PEERS` and the routes) and its
+/// tunnel device, over one rtnetlink connection.
+pub struct Peers {
+    layout: BpffsLayout,
+    netlink: Handle,
+}
+
+impl Peers {
+    /// Opens the connection, whose task runs on the calling tokio runtime;
+    /// in the node's network namespace.
+    pub fn connect(layout: &BpffsLayout) -> Result<Self> {
+        let (connection, netlink, _) = rtnetlink::new_connection()
+            .map_err(|e| DatapathError::io("netlink socket", "rtnetlink", e))?;
+        tokio::spawn(connection);
+        Ok(Self {
+            layout: layout.clone(),
+            netlink,
+        })
+    }
+
+    /// Creates the node's VXLAN device (collect-metadata, no ARP, no
+    /// learning) if it is missing, attaches `from_tunnel`/`to_tunnel` to it,
+    /// puts the node's addresses on it and records it in `TUNNEL`.
+    /// Idempotent.
+    pub async fn ensure_tunnel(&self, tunnel: &TunnelSettings) -> Result<()> {
+        let mut datapath = Datapath::open_or_load(self.layout.clone())?;
+        let handle = &self.netlink;
+        let underlay = link_index(handle, &tunnel.underlay_ifname)
+            .await?
+            .ok_or_else(|| {
                 DatapathError::io(
-                    "find the tunnel device",
-                    TUNNEL_DEVICE,
+                    "find the underlay device",
+                    tunnel.underlay_ifname.as_str(),
                     std::io::ErrorKind::NotFound.into(),
                 )
             })?;
-            // No neighbour resolution over the device: the datapath keys
-            // every packet with the peer's address itself.
-            let mut message = LinkUnspec::new_with_index(index).up().build();
-            message.header.flags |= LinkFlags::Noarp;
-            message.header.change_mask |= LinkFlags::Noarp;
-            handle
-                .link()
-                .set(message)
-                .execute()
-                .await
-                .map_err(netlink_error(format!("bringing {TUNNEL_DEVICE} up")))?;
-            index
-        }
-    };
-    if let Some(address) = tunnel.address {
-        match handle
-            .address()
-            .add(index, IpAddr::V4(address), 32)
-            .execute()
-            .await
-        {
-            Ok(()) => {}
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
-            Err(e) => {
-                return Err(netlink_error(format!(
-                    "adding {address} to {TUNNEL_DEVICE}"
-                ))(e));
+        let index = match link_index(handle, TUNNEL_DEVICE).await? {
+            Some(index) => index,
+            None => {
+                // A collect-metadata device carries no VNI of its own: its
+                // socket looks every packet up under VNI 0 (the key holds it).
+                let message = LinkVxlan::new(TUNNEL_DEVICE, 0)
+                    .collect_metadata(true)
+                    .port(tunnel.port)
+                    .dev(underlay)
+                    .learning(false)
+                    .mtu(tunnel.mtu)
+                    .build();
+                handle
+                    .link()
+                    .add(message)
+                    .execute()
+                    .await
+                    .map_err(netlink_error(format!("creating {TUNNEL_DEVICE}")))?;
+                let index = link_index(handle, TUNNEL_DEVICE).await?.ok_or_else(|| {
+                    DatapathError::io(
+                        "find the tunnel device",
+                        TUNNEL_DEVICE,
+                        std::io::ErrorKind::NotFound.into(),
+                    )
+                })?;
+                // No neighbour resolution over the device: the datapath keys
+                // every packet with the peer's address itself.
+                let mut message = LinkUnspec::new_with_index(index).up().build();
+                message.header.flags |= LinkFlags::Noarp;
+                message.header.change_mask |= LinkFlags::Noarp;
+                handle
+                    .link()
+                    .set(message)
+                    .execute()
+                    .await
+                    .map_err(netlink_error(format!("bringing {TUNNEL_DEVICE} up")))?;
+                index
+            }
+        };
+        for &address in &tunnel.addresses {
+            let prefix = if address.is_ipv4() { 32 } else { 128 };
+            match handle.address().add(index, address, prefix).execute().await {
+                Ok(()) => {}
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+                Err(e) => {
+                    return Err(netlink_error(format!(
+                        "adding {address} to {TUNNEL_DEVICE}"
+                    ))(e));
+                }
             }
         }
+        // Replies of service flows whose endpoint is behind the tunnel arrive
+        // here and are forwarded by the stack after conntrack (the forwarding
+        // check is on the input device); `from_tunnel` lets nothing else
+        // through to be routed on.
+        let forwarding = format!("/proc/sys/net/ipv4/conf/{TUNNEL_DEVICE}/forwarding");
+        std::fs::write(&forwarding, "1").map_err(|e| DatapathError::io("write", forwarding, e))?;
+        for (hook, program) in [(Hook::Ingress, FROM_TUNNEL), (Hook::Egress, TO_TUNNEL)] {
+            let attached = filters_on(index, TUNNEL_DEVICE, hook)?
+                .iter()
+                .any(|f| f.program == program);
+            if !attached {
+                attach_tunnel(&mut datapath, TUNNEL_DEVICE, hook, AttachMode::Clsact)?;
+            }
+        }
+        let mut map: Array<MapData, TunnelConfig> = open_map(datapath.layout(), TUNNEL)?;
+        map.set(
+            0,
+            TunnelConfig {
+                ifindex: index,
+                vni: tunnel.vni,
+            },
+            0,
+        )
+        .map_err(map_error(TUNNEL))
     }
-    // Replies of service flows whose endpoint is behind the tunnel arrive
-    // here and are forwarded by the stack after conntrack (the forwarding
-    // check is on the input device); `from_tunnel` lets nothing else
-    // through to be routed on.
-    let forwarding = format!("/proc/sys/net/ipv4/conf/{TUNNEL_DEVICE}/forwarding");
-    std::fs::write(&forwarding, "1").map_err(|e| DatapathError::io("write", forwarding, e))?;
-    for (hook, program) in [(Hook::Ingress, FROM_TUNNEL), (Hook::Egress, TO_TUNNEL)] {
-        let attached = filters_on(index, TUNNEL_DEVICE, hook)?
-            .iter()
-            .any(|f| f.program == program);
-        if !attached {
-            attach_tunnel(&mut datapath, TUNNEL_DEVICE, hook, AttachMode::Clsact)?;
+
+    /// Programs how `peer`'s pods are reached; idempotent (a peer that
+    /// changes mode is reprogrammed).
+    pub async fn apply(&self, peer: &Peer) -> Result<()> {
+        let handle = &self.netlink;
+        let mut map: LpmTrie<MapData, [u8; 16], PeerEntry> = open_map(&self.layout, PEERS)?;
+        let entry = PeerEntry {
+            underlay: IpKey::from_ip(peer.underlay).addr,
+            flags: match peer.mode {
+                PeerMode::Native => 0,
+                PeerMode::Vxlan => PEER_F_TUNNEL,
+            },
+            _pad: 0,
+        };
+        map.insert(&lpm_key(&peer.pod_cidr), entry, 0)
+            .map_err(map_error(PEERS))?;
+        let dst = peer.pod_cidr.trunc();
+        let route_error = |e| DatapathError::io("route", dst.to_string(), std::io::Error::other(e));
+        let route = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .map_err(route_error)?;
+        let message = match peer.mode {
+            PeerMode::Native => route.gateway(peer.underlay).map_err(route_error)?.build(),
+            PeerMode::Vxlan => {
+                let index = link_index(handle, TUNNEL_DEVICE).await?.ok_or_else(|| {
+                    DatapathError::io(
+                        "route over the tunnel",
+                        TUNNEL_DEVICE,
+                        std::io::ErrorKind::NotFound.into(),
+                    )
+                })?;
+                let source = tunnel_address(handle, index, dst.addr().is_ipv6()).await?;
+                let mut builder = route.output_interface(index);
+                if let Some(source) = source {
+                    builder = builder.pref_source(source).map_err(route_error)?;
+                }
+                builder.build()
+            }
+        };
+        handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink_error(format!("route to {dst} ({:?})", peer.mode)))
+    }
+
+    /// Forgets a peer: its `PEERS` entry and its route. Idempotent.
+    pub async fn remove(&self, pod_cidr: IpNet) -> Result<()> {
+        let mut map: LpmTrie<MapData, [u8; 16], PeerEntry> = open_map(&self.layout, PEERS)?;
+        match map.remove(&lpm_key(&pod_cidr)) {
+            Ok(()) => {}
+            Err(e) if key_missing(&e) => {}
+            Err(e) => return Err(map_error(PEERS)(e)),
+        }
+        let dst = pod_cidr.trunc();
+        let message = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .map_err(|e| DatapathError::io("route", dst.to_string(), std::io::Error::other(e)))?
+            .build();
+        match self.netlink.route().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+            Err(e) => Err(netlink_error(format!("removing the route to {dst}"))(e)),
         }
     }
-    let mut map: Array<MapData, TunnelConfig> = open_map(datapath.layout(), TUNNEL)?;
-    map.set(
-        0,
-        TunnelConfig {
-            ifindex: index,
-            vni: tunnel.vni,
-        },
-        0,
-    )
-    .map_err(map_error(TUNNEL))
 }
 
 /// The VXLAN device's ifindex, 0 when the node has none.
@@ -199,58 +281,8 @@ pub fn tunnel_ifindex(layout: &BpffsLayout) -> Result<u32> {
     Ok(map.get(&0, 0).map_err(map_error(TUNNEL))?.ifindex)
 }
 
-/// Programs how `peer`'s pods are reached; idempotent (a peer that changes
-/// mode is reprogrammed).
-pub async fn apply(layout: &BpffsLayout, peer: &Peer) -> Result<()> {
-    let handle = connect()?;
-    let mut map: LpmTrie<MapData, [u8; 16], PeerEntry> = open_map(layout, PEERS)?;
-    let entry = PeerEntry {
-        underlay: IpKey::from_ip(peer.underlay).addr,
-        flags: match peer.mode {
-            PeerMode::Native => 0,
-            PeerMode::Vxlan => PEER_F_TUNNEL,
-        },
-        _pad: 0,
-    };
-    map.insert(&lpm_key(&peer.pod_cidr), entry, 0)
-        .map_err(map_error(PEERS))?;
-    let dst = peer.pod_cidr.trunc();
-    let route = RouteMessageBuilder::<IpAddr>::new()
-        .destination_prefix(dst.addr(), dst.prefix_len())
-        .map_err(|e| DatapathError::io("route", dst.to_string(), std::io::Error::other(e)))?;
-    let message = match peer.mode {
-        PeerMode::Native => route
-            .gateway(peer.underlay)
-            .map_err(|e| DatapathError::io("route", dst.to_string(), std::io::Error::other(e)))?
-            .build(),
-        PeerMode::Vxlan => {
-            let index = link_index(&handle, TUNNEL_DEVICE).await?.ok_or_else(|| {
-                DatapathError::io(
-                    "route over the tunnel",
-                    TUNNEL_DEVICE,
-                    std::io::ErrorKind::NotFound.into(),
-                )
-            })?;
-            let source = tunnel_address(&handle, index).await?;
-            let mut builder = route.output_interface(index);
-            if let Some(source) = source {
-                builder = builder.pref_source(IpAddr::V4(source)).map_err(|e| {
-                    DatapathError::io("route", dst.to_string(), std::io::Error::other(e))
-                })?;
-            }
-            builder.build()
-        }
-    };
-    handle
-        .route()
-        .add(message)
-        .replace()
-        .execute()
-        .await
-        .map_err(netlink_error(format!("route to {dst} ({:?})", peer.mode)))
-}
-
-async fn tunnel_address(handle: &Handle, index: u32) -> Result<Option<Ipv4Addr>> {
+/// The tunnel device's first address of the family (`v6` or IPv4).
+async fn tunnel_address(handle: &Handle, index: u32, v6: bool) -> Result<Option<IpAddr>> {
     let mut addresses = handle
         .address()
         .get()
@@ -262,34 +294,21 @@ async fn tunnel_address(handle: &Handle, index: u32) -> Result<Option<Ipv4Addr>>
         .map_err(netlink_error("listing the tunnel's addresses"))?
     {
         for attribute in message.attributes {
-            if let netlink_packet_route::address::AddressAttribute::Address(IpAddr::V4(v4)) =
-                attribute
+            if let netlink_packet_route::address::AddressAttribute::Address(ip) = attribute
+                && ip.is_ipv6() == v6
+                && !is_link_local(ip)
             {
-                return Ok(Some(v4));
+                return Ok(Some(ip));
             }
         }
     }
     Ok(None)
 }
 
-/// Forgets a peer: its `PEERS` entry and its route. Idempotent.
-pub async fn remove(layout: &BpffsLayout, pod_cidr: IpNet) -> Result<()> {
-    let mut map: LpmTrie<MapData, [u8; 16], PeerEntry> = open_map(layout, PEERS)?;
-    match map.remove(&lpm_key(&pod_cidr)) {
-        Ok(()) => {}
-        Err(e) if key_missing(&e) => {}
-        Err(e) => return Err(map_error(PEERS)(e)),
-    }
-    let handle = connect()?;
-    let dst = pod_cidr.trunc();
-    let message = RouteMessageBuilder::<IpAddr>::new()
-        .destination_prefix(dst.addr(), dst.prefix_len())
-        .map_err(|e| DatapathError::io("route", dst.to_string(), std::io::Error::other(e)))?
-        .build();
-    match handle.route().del(message).execute().await {
-        Ok(()) => Ok(()),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
-        Err(e) => Err(netlink_error(format!("removing the route to {dst}"))(e)),
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
     }
 }
 

@@ -2,8 +2,9 @@
 //! pinned links of pod interfaces that vanished behind the plugin's back (a
 //! deleted netns, a crashed runtime), and programs detached behind its back
 //! from interfaces that are still there (a `tc filter del`, a deleted
-//! clsact qdisc), the node-wide cgroup hooks if their links are gone, and
-//! the node's own addresses as they change. Runs in the node's network
+//! clsact qdisc), XDP on the uplink if its pinned link no longer runs there,
+//! the node-wide cgroup hooks if their links are gone, and the node's own
+//! addresses as they change. Runs in the node's network
 //! namespace.
 
 use std::{net::IpAddr, path::Path};
@@ -18,10 +19,12 @@ use crate::{
     AttachMode, BpffsLayout, Datapath, EndpointMap,
     attach::{
         attach_from_pod, attach_from_uplink, attach_pacing, attach_socket_hooks, attach_to_pod,
-        attach_to_uplink, attach_tunnel, pacing_attached, socket_hooks_attached,
+        attach_to_uplink, attach_tunnel, pacing_attached, reattach_xdp_uplink,
+        socket_hooks_attached,
     },
-    attachments::{filters_on, interfaces},
-    error::Result,
+    attachments::{filters_on, interfaces, link_program_id},
+    device_xdp,
+    error::{DatapathError, Result},
     node, peers, rate,
     tc_filters::Hook,
     teardown,
@@ -54,6 +57,7 @@ pub fn reconcile(datapath: &mut Datapath, cgroup: Option<&Path>) -> Result<Recon
         .map(|(_, e)| e)
         .collect();
     reattach(datapath, &interfaces, &endpoints, &mut done)?;
+    reattach_xdp(datapath, &interfaces, &mut done)?;
     if let Some(cgroup) = cgroup {
         reattach_cgroup_hooks(datapath, cgroup, &endpoints, &mut done)?;
     }
@@ -88,6 +92,42 @@ fn reattach_cgroup_hooks(
         match attach_pacing(datapath, cgroup) {
             Ok(()) => done.reattached.push(PACE_TCP.to_string()),
             Err(e) => done.failed.push(format!("{PACE_TCP}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Attaches `xdp_uplink` again to every uplink whose pinned XDP link (the
+/// record that `uplinkXdp` asked for it) is not the program the device runs:
+/// the link was detached (`bpftool link detach`), or the device was replaced
+/// under its name. An uplink that is not there now is left for later.
+fn reattach_xdp(
+    datapath: &Datapath,
+    interfaces: &[(u32, String)],
+    done: &mut Reconciled,
+) -> Result<()> {
+    let layout = datapath.layout();
+    let Ok(entries) = std::fs::read_dir(layout.uplink_xdp_links_dir()) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let Ok(ifname) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Some((ifindex, _)) = interfaces.iter().find(|(_, name)| *name == ifname) else {
+            continue;
+        };
+        let running = device_xdp::program_id(*ifindex)
+            .map_err(|e| DatapathError::io("read the XDP program of", &ifname, e))?;
+        // A pin that does not open is no working link either.
+        if running.is_some() && link_program_id(&entry.path()).ok() == running {
+            continue;
+        }
+        // An ADD attaching XDP at the same moment holds the same lock.
+        let _lock = layout.lock()?;
+        match reattach_xdp_uplink(datapath, &ifname) {
+            Ok(()) => done.reattached.push(format!("{ifname} xdp")),
+            Err(e) => done.failed.push(format!("{ifname} xdp: {e}")),
         }
     }
     Ok(())

@@ -14,7 +14,10 @@ use crate::{
 };
 
 pub(crate) fn datapath_error(context: &str, e: DatapathError) -> CniError {
-    CniError::datapath(context.to_string(), e)
+    match e {
+        DatapathError::Locked(e) => CniError::lock(e),
+        e => CniError::datapath(context.to_string(), e),
+    }
 }
 
 pub(crate) fn open_datapath(conf: &NetConf) -> CniResult<Datapath> {

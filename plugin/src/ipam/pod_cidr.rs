@@ -1,8 +1,9 @@
 //! `"subnet": "usePodCidr"` in host-local's ranges (as Calico's host-local
 //! reads it): the node's pod CIDR, which the cluster agent (`cni-ebpfd run
 //! --etcd-endpoints ...`) leases and writes to `<dir>/node.json`, where
-//! `<dir>` is `ipam.clusterStateDir` or `<stateDir>/cluster`. The plugin
-//! itself never talks to the datastore.
+//! `<dir>` is `ipam.clusterStateDir` or `<stateDir>/cluster`; and
+//! `"usePodCidrIPv6"` (Calico's name too), the IPv6 pod CIDR of a
+//! dual-stack cluster. The plugin itself never talks to the datastore.
 
 use std::{
     io,
@@ -18,6 +19,7 @@ use crate::{
 };
 
 pub const USE_POD_CIDR: &str = "usePodCidr";
+pub const USE_POD_CIDR_V6: &str = "usePodCidrIPv6";
 /// The `ipam` key naming the directory of `node.json`.
 pub const STATE_DIR_KEY: &str = "clusterStateDir";
 
@@ -25,6 +27,7 @@ pub const STATE_DIR_KEY: &str = "clusterStateDir";
 /// CHECK) when the node has none: they find reservations by container,
 /// whatever the range, and must work before the agent ever ran.
 const PLACEHOLDER: &str = "0.0.0.0/30";
+const PLACEHOLDER_V6: &str = "fd00::/126";
 
 /// The `ipam` object with every `usePodCidr` replaced by the node's pod
 /// CIDR, and the node state it came from (`None` when none is used).
@@ -39,15 +42,24 @@ pub fn resolve(
         return Ok((ipam, None));
     }
     let file = state_file(&ipam, state_dir)?;
-    let (cidr, node) = match node_state::read_file(&file) {
-        Ok(node) => (node.pod_cidr.to_string(), Some(node)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound && !allocates(verb) => {
-            (PLACEHOLDER.to_string(), None)
-        }
+    let node = match node_state::read_file(&file) {
+        Ok(node) => Some(node),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !allocates(verb) => None,
         Err(e) => return Err(unavailable(&file, &e)),
     };
+    let cidr = node
+        .as_ref()
+        .map_or(PLACEHOLDER.to_string(), |n| n.pod_cidr.to_string());
+    let wants_v6 = |field: &Value| field.as_str() == Some(USE_POD_CIDR_V6);
+    let asks_v6 = subnet_fields(&mut ipam).into_iter().any(|f| wants_v6(f));
+    let cidr_v6 = match node.as_ref().and_then(|n| n.pod_cidr_v6) {
+        Some(v6) => v6.to_string(),
+        None if !allocates(verb) || !asks_v6 => PLACEHOLDER_V6.to_string(),
+        None => return Err(no_ipv6(&file)),
+    };
     for field in subnet_fields(&mut ipam) {
-        *field = Value::String(cidr.clone());
+        let value = if wants_v6(field) { &cidr_v6 } else { &cidr };
+        *field = Value::String(value.clone());
     }
     Ok((ipam, node))
 }
@@ -74,7 +86,7 @@ fn subnet_fields(ipam: &mut Value) -> Vec<&mut Value> {
             _ => {}
         }
     }
-    fields.retain(|f| f.as_str() == Some(USE_POD_CIDR));
+    fields.retain(|f| matches!(f.as_str(), Some(USE_POD_CIDR | USE_POD_CIDR_V6)));
     fields
 }
 
@@ -89,6 +101,17 @@ fn state_file(ipam: &Value, state_dir: &Path) -> CniResult<PathBuf> {
         }
     };
     Ok(dir.join(node_state::FILE_NAME))
+}
+
+fn no_ipv6(file: &Path) -> CniError {
+    CniError::new(
+        code::TRY_AGAIN_LATER,
+        format!(
+            "ipam.ranges: subnet \"{USE_POD_CIDR_V6}\": the node has no IPv6 pod CIDR ({} names none): \
+             is the cluster dual-stack (cni-ebpfd run --cluster-cidr with an IPv6 CIDR)?",
+            file.display()
+        ),
+    )
 }
 
 fn unavailable(file: &Path, e: &io::Error) -> CniError {
@@ -123,9 +146,11 @@ mod tests {
         let node = NodeState {
             node_name: "n1".into(),
             pod_cidr: "10.244.5.0/24".parse().unwrap(),
+            pod_cidr_v6: None,
             mtu: 1450,
             backend: cni_ebpf_userspace::cluster::Backend::Vxlan,
             underlay: "10.99.1.11".parse().unwrap(),
+            underlay_v6: None,
         };
         node_state::write(dir.path(), &node).unwrap();
         let ipam = json!({
@@ -137,6 +162,42 @@ mod tests {
         assert_eq!(resolved["ranges"][0][0]["subnet"], "10.244.5.0/24");
         assert_eq!(resolved["ranges"][0][0]["rangeStart"], "10.244.5.10");
         assert_eq!(resolved["ranges"][1][0]["subnet"], "fd00::/64");
+    }
+
+    #[test]
+    fn use_pod_cidr_ipv6_becomes_the_nodes_ipv6_cidr() {
+        let dir = state_dir();
+        let mut node = NodeState {
+            node_name: "n1".into(),
+            pod_cidr: "10.244.5.0/24".parse().unwrap(),
+            pod_cidr_v6: None,
+            mtu: 1450,
+            backend: cni_ebpf_userspace::cluster::Backend::Auto,
+            underlay: "10.99.1.11".parse().unwrap(),
+            underlay_v6: None,
+        };
+        node_state::write(dir.path(), &node).unwrap();
+        let ipam = json!({
+            "type": "host-local",
+            "ranges": [[{ "subnet": "usePodCidr" }], [{ "subnet": "usePodCidrIPv6" }]],
+        });
+        // An IPv4 cluster's node: ADD is refused, naming the key; DEL works.
+        let err = resolve(&ipam, dir.path(), Command::Add).unwrap_err();
+        assert_eq!(err.code, code::TRY_AGAIN_LATER);
+        assert!(
+            err.msg.contains("usePodCidrIPv6") && err.msg.contains("no IPv6 pod CIDR"),
+            "{}",
+            err.msg
+        );
+        let (resolved, _) = resolve(&ipam, dir.path(), Command::Del).unwrap();
+        assert_eq!(resolved["ranges"][1][0]["subnet"], PLACEHOLDER_V6);
+
+        node.pod_cidr_v6 = Some("fd00:10:244:5::/64".parse().unwrap());
+        node_state::write(dir.path(), &node).unwrap();
+        let (resolved, found) = resolve(&ipam, dir.path(), Command::Add).unwrap();
+        assert_eq!(found, Some(node));
+        assert_eq!(resolved["ranges"][0][0]["subnet"], "10.244.5.0/24");
+        assert_eq!(resolved["ranges"][1][0]["subnet"], "fd00:10:244:5::/64");
     }
 
     #[test]

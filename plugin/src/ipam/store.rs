@@ -17,7 +17,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{AT_FDCWD, AtFlags, Flock, FlockArg, OFlag, open, openat};
+use nix::fcntl::{AT_FDCWD, AtFlags, Flock, OFlag, open, openat};
 use nix::sys::stat::Mode;
 
 use super::config::HostLocalConfig;
@@ -112,14 +112,8 @@ impl Store {
             Mode::from_bits_truncate(0o750),
         )
         .map_err(|e| io_error("opening", &lock_path, e))?;
-        let mut file = File::from(fd);
-        let lock = loop {
-            match Flock::lock(file, FlockArg::LockExclusive) {
-                Ok(lock) => break lock,
-                Err((back, Errno::EINTR)) => file = back,
-                Err((_, e)) => return Err(io_error("locking", &lock_path, e)),
-            }
-        };
+        let lock = cni_ebpf_userspace::lock::lock(File::from(fd), &lock_path, true)
+            .map_err(CniError::lock)?;
         Ok(Store {
             dir,
             dir_fd,

@@ -484,3 +484,76 @@ fn cli_tables_and_json_reflect_the_pods_on_the_node() {
     );
     drop(client);
 }
+
+/// The id of the XDP program `dev` runs in `ns`, if any (`ip -j link`).
+fn xdp_program_id(ns: &cni_ebpf_tests::Netns, dev: &str) -> Option<u64> {
+    link(ns, dev)["xdp"]["prog"]["id"].as_u64()
+}
+
+#[test]
+fn agent_reattaches_xdp_detached_from_the_uplink_behind_its_back() {
+    let hp = HostPortNode::new();
+    let node = &hp.node;
+    // A NIC's whole checksums, as XDP needs them (see `ext::full_checksums`).
+    ext::full_checksums(&hp.ext.netns, "eth0");
+    let conf = with_keys(masquerade(hp.conf(&[])), json!({ "uplinkXdp": true }));
+    let pod = node.add_pod_with(conf);
+    let echo = ext::UdpEcho::start(&hp.ext.netns, SocketAddrV4::new(hp.ext.ext_ip, 0), false)
+        .expect("starting the UDP echo");
+    let socket = pod
+        .netns()
+        .run(|| {
+            let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            socket.connect(echo.addr())?;
+            Ok::<_, std::io::Error>(socket)
+        })
+        .expect("pod UDP socket");
+    // Whether a UDP request is answered, and whether XDP delivered the answer.
+    let request = |payload: &[u8]| {
+        let before = node.verdict_packets("xdp-delivered");
+        let answered = ext::udp_request(&socket, payload, Duration::from_secs(2))
+            .is_ok_and(|(_, echoed)| echoed == payload);
+        (answered, node.verdict_packets("xdp-delivered") > before)
+    };
+    assert_eq!(
+        request(b"baseline"),
+        (true, true),
+        "XDP delivers the answer"
+    );
+
+    // The link is detached behind the plugin's back: its pin stays, the
+    // device runs no XDP, and tc alone carries the replies.
+    let pin = node.bpffs_root().join("uplink-xdp").join("uplink");
+    let pin_arg = pin.to_str().unwrap();
+    assert!(xdp_program_id(node.netns(), "uplink").is_some());
+    node.netns()
+        .exec_ok("bpftool", &["link", "detach", "pinned", pin_arg]);
+    assert_eq!(xdp_program_id(node.netns(), "uplink"), None);
+    assert_eq!(request(b"tc only"), (true, false), "without XDP");
+
+    let agent = Agent::start(node, &["--gc-interval", "1"]);
+    agent
+        .wait_for_line(NOTICE, |l| l.contains("(uplink xdp)"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the agent did not reattach XDP to the uplink:\n{}",
+                agent.stderr().join("\n")
+            )
+        });
+    assert!(xdp_program_id(node.netns(), "uplink").is_some());
+    assert_eq!(
+        request(b"xdp again"),
+        (true, true),
+        "after the agent's repair"
+    );
+    // Once repaired, the next passes leave it alone.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        agent
+            .scrape()
+            .value("cni_ebpf_reconcile_reattached_total", &[]),
+        1.0
+    );
+    drop(agent);
+    pod.check("1.0.0").expect_success("CHECK after the repair");
+}

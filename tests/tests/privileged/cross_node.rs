@@ -3,7 +3,7 @@
 //! the receiver's pod by `from_uplink`, neither node forwarding.
 
 use std::{
-    net::{IpAddr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
@@ -158,30 +158,45 @@ fn pods_on_two_nodes_talk_with_their_own_addresses_in(families: &[Family]) {
     }
 }
 
+/// Runs for IPv4 and IPv6: the other node's own address of the family is
+/// outside the cluster CIDRs.
 #[test]
 fn pod_to_the_other_node_itself_is_masqueraded() {
+    for family in Family::ALL {
+        pod_to_the_other_node_itself_is_masqueraded_in(family);
+    }
+}
+
+fn pod_to_the_other_node_itself_is_masqueraded_in(family: Family) {
     let nodes = TwoNodes::new();
-    let a = nodes.a.add_pod_with(nodes.conf_a());
+    let a = nodes.a.add_pod_with(nodes.conf_a_of(&[family]));
     // B's uplink program is attached by its first ADD.
-    let _b = nodes.b.add_pod_with(nodes.conf_b());
+    let _b = nodes.b.add_pod_with(nodes.conf_b_of(&[family]));
 
     // Outside the cluster CIDR: B's own address sees A's, not the pod's.
-    let server = PeerServer::start(nodes.b.netns(), SocketAddrV4::new(SIDE_B.underlay_ip, 0))
-        .expect("starting the server on node b");
+    let server = PeerServer::start(
+        nodes.b.netns(),
+        SocketAddr::new(SIDE_B.underlay_of(family), 0),
+    )
+    .expect("starting the server on node b");
     let client = a
         .netns()
         .run(|| PeerClient::connect(server.addr(), CONNECT_TIMEOUT))
         .expect("pod a -> node b");
-    assert_eq!(client.seen_as.ip(), IpAddr::V4(SIDE_A.underlay_ip));
+    assert_eq!(
+        client.seen_as.ip(),
+        SIDE_A.underlay_of(family),
+        "{family:?}"
+    );
     let exchange = client.exchange(FOUR_MB, 5).expect("exchange");
-    assert!(exchange.intact(), "{exchange:?}");
+    assert!(exchange.intact(), "{family:?}: {exchange:?}");
     let table = nat_table(&nodes.a);
     assert!(
         table
             .flows
             .iter()
-            .any(|f| f.remote == server.addr() && f.pod.ip() == IpAddr::V4(a.ip())),
-        "{table:?}"
+            .any(|f| f.remote == server.addr() && f.pod.ip() == a.addr(family)),
+        "{family:?}: {table:?}"
     );
     assert_node_untouched(&nodes.a);
     assert_node_untouched(&nodes.b);

@@ -230,3 +230,117 @@ fn a_map_pinned_with_another_layout_is_refused_by_name() {
     );
     assert_eq!(pod_links(&netns), Vec::<String>::new());
 }
+
+/// A process holding `lock` exclusively (util-linux `flock`, the lock on
+/// its own descriptor only), then stopped: alive and stuck. Killed with
+/// its child when dropped.
+struct StuckHolder(std::process::Child);
+
+impl StuckHolder {
+    fn hold(lock: &std::path::Path) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        let child = std::process::Command::new("flock")
+            .args(["--exclusive", "--close"])
+            .arg(lock)
+            .args(["sleep", "600"])
+            .process_group(0)
+            .spawn()
+            .expect("spawning flock (util-linux)");
+        let holder = Self(child);
+        let taken = cni_ebpf_tests::wait::wait_until(std::time::Duration::from_secs(10), || {
+            std::process::Command::new("flock")
+                .args(["--nonblock", "--shared"])
+                .arg(lock)
+                .arg("true")
+                .status()
+                .is_ok_and(|s| !s.success())
+        });
+        assert!(taken, "flock did not take {}", lock.display());
+        holder.signal(nix::sys::signal::Signal::SIGSTOP);
+        holder
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let group = nix::unistd::Pid::from_raw(-(self.0.id() as i32));
+        let _ = nix::sys::signal::kill(group, signal);
+    }
+}
+
+impl Drop for StuckHolder {
+    fn drop(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_lock_held_by_a_stuck_process_fails_the_call_with_try_again_naming_it() {
+    let node = Node::new();
+    let first = node.add_pod();
+    let before = NodeState::of(&node, DEFAULT_NETWORK);
+    let conf = node.conf().build().to_string();
+    let wait = [("CNI_EBPF_LOCK_TIMEOUT", "1")];
+    let call = |command: &'static str, container_id: &str, netns: &Netns| {
+        node.plugin().call_with_env(
+            node.netns(),
+            &CniRequest {
+                command,
+                container_id,
+                netns: Some(netns.path()),
+                ifname: "eth0",
+                args: None,
+                stdin: conf.as_bytes(),
+            },
+            &wait,
+        )
+    };
+    // The state lock (every verb) and the network's IPAM lock (ADD).
+    let locks = [
+        node.state_dir().join("lock"),
+        node.ipam_dir().join(DEFAULT_NETWORK).join("lock"),
+    ];
+    for lock in &locks {
+        let netns = Netns::with_loopback("pod");
+        let container_id = names::unique("cnitest");
+        let holder = StuckHolder::hold(lock);
+        let output = call("ADD", &container_id, &netns);
+        let msg = output.expect_error(&format!("ADD while {} is held", lock.display()), 11);
+        assert!(msg.contains(&lock.display().to_string()), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {} (flock)", holder.pid())),
+            "the holder is not named: {msg}"
+        );
+        assert!(
+            output.elapsed >= std::time::Duration::from_secs(1),
+            "gave up after {:?}, before the 1 s wait",
+            output.elapsed
+        );
+        assert_nothing_left(&node, &before, &netns);
+        drop(holder);
+        // The holder gone, the same call goes through.
+        call("ADD", &container_id, &netns).expect_result("ADD once the holder is gone");
+        call("DEL", &container_id, &netns).expect_success("DEL");
+        assert_nothing_left(&node, &before, &netns);
+    }
+    // DEL waits for the state lock as well, and leaves the pod as it was.
+    let holder = StuckHolder::hold(&locks[0]);
+    let output = node.plugin().call_with_env(
+        node.netns(),
+        &CniRequest {
+            command: "DEL",
+            container_id: first.container_id(),
+            netns: Some(first.netns().path()),
+            ifname: "eth0",
+            args: None,
+            stdin: conf.as_bytes(),
+        },
+        &wait,
+    );
+    output.expect_error("DEL while the state lock is held", 11);
+    drop(holder);
+    assert_eq!(NodeState::of(&node, DEFAULT_NETWORK), before);
+}

@@ -1017,30 +1017,41 @@ fn node_without_cgroup_v2_serves_host_ports_and_limits_and_says_what_it_lacks() 
 #[test]
 fn xdp_on_the_uplink_delivers_connections_to_host_ports() {
     let hp = HostPortNode::new();
-    let mut conf = hp.conf(&[
-        HostPort::tcp(HOST_PORT, POD_PORT),
-        HostPort::udp(HOST_PORT, POD_PORT),
-    ]);
+    // A dual-stack pod: published on the node's IPv4 and IPv6 addresses.
+    let mut conf = with_port_mappings(
+        hp.node.conf().dual_stack().build(),
+        &hp.cgroup,
+        &[
+            HostPort::tcp(HOST_PORT, POD_PORT),
+            HostPort::udp(HOST_PORT, POD_PORT),
+        ],
+    );
     conf["uplinkXdp"] = json!(true);
     let pod = hp.node.add_pod_with(conf);
     let servers = start_servers(&pod, POD_PORT);
-    let dest = sock(hp.node_ip(), HOST_PORT);
     // A NIC puts whole checksums on the wire; a veth leaves TCP's to the
     // receiver (CHECKSUM_PARTIAL), which an XDP frame does not carry.
     cni_ebpf_tests::ext::full_checksums(&hp.ext.netns, "eth0");
-    let before = hp.node.verdict_packets("xdp-delivered");
+    for family in Family::ALL {
+        let dest = SocketAddr::new(hp.ext.node_addr(family), HOST_PORT);
+        let ext_ip = hp.ext.ext_addr(family);
+        let before = hp.node.verdict_packets("xdp-delivered");
 
-    assert_tcp_reaches(&servers, &hp.ext.netns, dest, hp.ext.ext_ip);
-    assert_udp_reaches(&servers, &hp.ext.netns, dest, hp.ext.ext_ip);
-    assert_tcp_reaches(&servers, &hp.ext.netns, dest, hp.ext.ext_ip);
-    // XDP, not the tc program, translated and delivered them: every packet
-    // of the exchanges (handshakes, data, the datagram) at least.
-    let delivered = hp.node.verdict_packets("xdp-delivered") - before;
-    assert!(
-        delivered >= 8,
-        "only {delivered} packets delivered by XDP: {:?}",
-        hp.node.stats()
-    );
-    assert_tcp_refused(&hp.ext.netns, sock(hp.node_ip(), POD_PORT));
+        assert_tcp_reaches(&servers, &hp.ext.netns, dest, ext_ip);
+        assert_udp_reaches(&servers, &hp.ext.netns, dest, ext_ip);
+        assert_tcp_reaches(&servers, &hp.ext.netns, dest, ext_ip);
+        // XDP, not the tc program, translated and delivered them: every
+        // packet of the exchanges (handshakes, data, the datagram) at least.
+        let delivered = hp.node.verdict_packets("xdp-delivered") - before;
+        assert!(
+            delivered >= 8,
+            "{family:?}: only {delivered} packets delivered by XDP: {:?}",
+            hp.node.stats()
+        );
+        assert_tcp_refused(
+            &hp.ext.netns,
+            SocketAddr::new(hp.ext.node_addr(family), POD_PORT),
+        );
+    }
     assert_node_untouched(&hp.node);
 }

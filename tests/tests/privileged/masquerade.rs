@@ -634,44 +634,53 @@ fn udp_without_checksum_passes_and_is_answered() {
 
 #[test]
 fn xdp_on_the_uplink_translates_replies_back_and_leaves_icmp_to_tc() {
-    let (node, ext) = node_with_ext();
-    // A NIC's whole checksums (see `ext::full_checksums`).
-    ext::full_checksums(&ext.netns, "eth0");
-    let mut conf = ext::masquerade_conf(&node);
-    conf["uplinkXdp"] = serde_json::json!(true);
-    let pod = node.add_pod_with(conf);
-    let xdp_before = node.verdict_packets("xdp-delivered");
-    let replies_before = node.verdict_packets("nat-reply");
+    for family in Family::ALL {
+        let (node, ext) = node_with_ext();
+        // A NIC's whole checksums (see `ext::full_checksums`).
+        ext::full_checksums(&ext.netns, "eth0");
+        let mut conf = ext::masquerading(node.conf().family(family).build());
+        conf["uplinkXdp"] = serde_json::json!(true);
+        let pod = node.add_pod_with(conf);
+        let ext_ip = ext.ext_addr(family);
+        let xdp_before = node.verdict_packets("xdp-delivered");
+        let replies_before = node.verdict_packets("nat-reply");
 
-    // The server streams to the pod: the data comes back through XDP.
-    let server = ext_server(&ext);
-    let client = connect(&pod, server.addr());
-    assert_eq!(client.seen_as.ip(), IpAddr::V4(ext.node_ip));
-    let exchange = client.exchange(1 << 20, 7).expect("TCP exchange");
-    assert!(exchange.intact(), "stream corrupted: {exchange:?}");
-    let echo = UdpEcho::start(&ext.netns, SocketAddrV4::new(ext.ext_ip, 0), false)
-        .expect("starting the UDP echo");
-    let socket = pod_udp(&pod, echo.addr());
-    let (_, echoed) = udp_request(&socket, b"xdp", ANSWER_TIMEOUT).expect("UDP request answered");
-    assert_eq!(echoed, b"xdp");
-    let tcp_udp = node.verdict_packets("xdp-delivered") - xdp_before;
-    assert!(tcp_udp >= 3, "XDP delivered {tcp_udp} packets");
-    assert!(node.verdict_packets("nat-reply") >= replies_before + tcp_udp);
+        // The server streams to the pod: the data comes back through XDP.
+        let server =
+            PeerServer::start(&ext.netns, SocketAddr::new(ext_ip, 0)).expect("starting the server");
+        let client = connect(&pod, server.addr());
+        assert_eq!(client.seen_as.ip(), ext.node_addr(family), "{family:?}");
+        let exchange = client.exchange(1 << 20, 7).expect("TCP exchange");
+        assert!(
+            exchange.intact(),
+            "{family:?}: stream corrupted: {exchange:?}"
+        );
+        let echo = UdpEcho::start(&ext.netns, SocketAddr::new(ext_ip, 0), false)
+            .expect("starting the UDP echo");
+        let socket = pod_udp(&pod, echo.addr());
+        let (_, echoed) =
+            udp_request(&socket, b"xdp", ANSWER_TIMEOUT).expect("UDP request answered");
+        assert_eq!(echoed, b"xdp");
+        let tcp_udp = node.verdict_packets("xdp-delivered") - xdp_before;
+        assert!(tcp_udp >= 3, "{family:?}: XDP delivered {tcp_udp} packets");
+        assert!(node.verdict_packets("nat-reply") >= replies_before + tcp_udp);
 
-    // Echo replies are ICMP: the tc program translates them. The TCP
-    // connection's last packets (its close) are XDP's: let them pass first.
-    drop(server);
-    let mut settled = node.verdict_packets("xdp-delivered");
-    ext::wait_until(Duration::from_secs(3), || {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = node.verdict_packets("xdp-delivered");
-        std::mem::replace(&mut settled, now) == now
-    });
-    assert!(traffic::ping(pod.netns(), IpAddr::V4(ext.ext_ip), 2));
-    assert_eq!(
-        node.verdict_packets("xdp-delivered"),
-        settled,
-        "XDP took ICMP"
-    );
-    assert_node_untouched(&node);
+        // Echo replies are ICMP: the tc program translates them. The TCP
+        // connection's last packets (its close) are XDP's: let them pass
+        // first.
+        drop(server);
+        let mut settled = node.verdict_packets("xdp-delivered");
+        ext::wait_until(Duration::from_secs(3), || {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = node.verdict_packets("xdp-delivered");
+            std::mem::replace(&mut settled, now) == now
+        });
+        assert!(traffic::ping(pod.netns(), ext_ip, 2), "{family:?}: ping");
+        assert_eq!(
+            node.verdict_packets("xdp-delivered"),
+            settled,
+            "{family:?}: XDP took ICMP"
+        );
+        assert_node_untouched(&node);
+    }
 }

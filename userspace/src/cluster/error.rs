@@ -1,6 +1,6 @@
-use std::{io, net::Ipv4Addr, path::PathBuf};
+use std::{io, net::IpAddr, path::PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::error::PathIoError;
 
@@ -19,17 +19,14 @@ pub enum ClusterError {
     Config(String),
     #[error("pod CIDR {cidr} is held by node {holder}; this node ({node}) cannot take it")]
     Collision {
-        cidr: Ipv4Net,
+        cidr: IpNet,
         holder: String,
         node: String,
     },
     #[error("no free /{prefix_len} left in the cluster CIDR {cluster_cidr}")]
-    Exhausted {
-        cluster_cidr: Ipv4Net,
-        prefix_len: u8,
-    },
+    Exhausted { cluster_cidr: IpNet, prefix_len: u8 },
     #[error("no interface of this node holds {0}")]
-    NoSuchAddress(Ipv4Addr),
+    NoSuchAddress(IpAddr),
     #[error("datapath: {0}")]
     Datapath(String),
 }

@@ -3,12 +3,14 @@
 //! ```text
 //! <prefix>/config                  the cluster's network (JSON ClusterNetwork)
 //! <prefix>/subnets/<a.b.c.d>-<len> one node's pod CIDR (JSON SubnetRecord), under its lease
+//! <prefix>/subnets/<a:b::>-<len>   one node's IPv6 pod CIDR (dual stack), the same
 //! ```
 //!
 //! The CIDR's `/` becomes `-` (as in flannel), so a subnet is one key
-//! segment below `subnets/`.
+//! segment below `subnets/`. Agents that only knew IPv4 skip the IPv6 keys
+//! (not an IPv4 CIDR), so both can share one watch.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -36,15 +38,15 @@ impl Keys {
         format!("{}/subnets/", self.prefix)
     }
 
-    pub fn subnet(&self, cidr: Ipv4Net) -> String {
+    pub fn subnet(&self, cidr: IpNet) -> String {
         format!("{}{}-{}", self.subnets(), cidr.network(), cidr.prefix_len())
     }
 
     /// The CIDR a subnet key names; `None` for any other key.
-    pub fn cidr_of(&self, key: &[u8]) -> Option<Ipv4Net> {
+    pub fn cidr_of(&self, key: &[u8]) -> Option<IpNet> {
         let key = std::str::from_utf8(key).ok()?;
         let (addr, len) = key.strip_prefix(&self.subnets())?.split_once('-')?;
-        let cidr = Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
+        let cidr = IpNet::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
         (cidr.network() == cidr.addr()).then_some(cidr)
     }
 }
@@ -56,11 +58,18 @@ mod tests {
     #[test]
     fn subnet_keys_round_trip() {
         let keys = Keys::new("/cni-ebpf/prod/");
-        let cidr: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        let cidr: IpNet = "10.244.3.0/24".parse().unwrap();
         assert_eq!(keys.subnet(cidr), "/cni-ebpf/prod/subnets/10.244.3.0-24");
         assert_eq!(keys.cidr_of(keys.subnet(cidr).as_bytes()), Some(cidr));
         assert_eq!(keys.cidr_of(b"/cni-ebpf/prod/config"), None);
         assert_eq!(keys.cidr_of(b"/cni-ebpf/prod/subnets/10.244.3.1-24"), None);
         assert_eq!(keys.cidr_of(b"/cni-ebpf/other/subnets/10.244.3.0-24"), None);
+        let v6: IpNet = "fd00:10:244:3::/64".parse().unwrap();
+        assert_eq!(keys.subnet(v6), "/cni-ebpf/prod/subnets/fd00:10:244:3::-64");
+        assert_eq!(keys.cidr_of(keys.subnet(v6).as_bytes()), Some(v6));
+        assert_eq!(
+            keys.cidr_of(b"/cni-ebpf/prod/subnets/fd00:10:244:3::1-64"),
+            None
+        );
     }
 }

@@ -1,8 +1,9 @@
-//! The node's pod CIDR: the cluster's network under one key (created by the
-//! first node), and the node's subnet key, claimed in a transaction that
-//! succeeds only if the key is free (or still the one this node holds), and
-//! attached to an etcd lease the agent keeps alive. Two nodes never hold one
-//! CIDR: the compare of the transaction is the only way in.
+//! The node's pod CIDRs: the cluster's network under one key (created by the
+//! first node), and the node's subnet key of each family, claimed in a
+//! transaction that succeeds only if the key is free (or still the one this
+//! node holds), and attached to the etcd lease the agent keeps alive (one
+//! for both families, so they come and go together). Two nodes never hold
+//! one CIDR: the compare of the transaction is the only way in.
 
 use std::{
     collections::BTreeMap,
@@ -10,13 +11,13 @@ use std::{
 };
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::{
     error::{ClusterError, Result},
     keys::Keys,
     member::rpc,
-    records::{ClusterNetwork, SubnetRecord},
+    records::{ClusterNetwork, Pool, SubnetRecord},
     watch::{Listed, list_subnets},
 };
 
@@ -39,9 +40,13 @@ pub async fn ensure_network(
             .and_then([TxnOp::put(key.clone(), wanted.to_json(), None)]);
         if rpc(client.txn(create)).await?.succeeded() {
             log::info!(
-                "cluster: created {key}: cluster CIDR {}, /{} per node, backend {}",
-                wanted.cluster_cidr,
+                "cluster: created {key}: cluster CIDR {}, /{} per node{}, backend {}",
+                wanted.cluster_cidrs(),
                 wanted.node_cidr_prefix,
+                wanted
+                    .ipv6
+                    .map(|p| format!(" (IPv6 /{})", p.node_cidr_prefix))
+                    .unwrap_or_default(),
                 wanted.backend.name()
             );
             return Ok(wanted.clone());
@@ -58,10 +63,10 @@ pub async fn ensure_network(
     if let Some(wanted) = wanted.filter(|w| **w != stored) {
         log::warn!(
             "cluster: {key} holds {} (/{}, {}), not this node's {} (/{}, {}); using the stored one",
-            stored.cluster_cidr,
+            stored.cluster_cidrs(),
             stored.node_cidr_prefix,
             stored.backend.name(),
-            wanted.cluster_cidr,
+            wanted.cluster_cidrs(),
             wanted.node_cidr_prefix,
             wanted.backend.name()
         );
@@ -69,47 +74,41 @@ pub async fn ensure_network(
     Ok(stored)
 }
 
-/// What this node asks for.
+/// What this node asks for, of one family.
 pub struct Claim<'a> {
     pub keys: &'a Keys,
-    pub network: &'a ClusterNetwork,
+    pub pool: Pool,
     pub record: &'a SubnetRecord,
-    /// `--pod-cidr`: this one or none.
-    pub given: Option<Ipv4Net>,
-    /// The CIDR this node held before (its state file), preferred if free.
-    pub previous: Option<Ipv4Net>,
-}
-
-/// A pod CIDR held under a lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
-    pub cidr: Ipv4Net,
-    pub lease: i64,
+    /// `--pod-cidr` of the pool's family: this one or none.
+    pub given: Option<IpNet>,
+    /// The CIDR of the family this node held before (its state file),
+    /// preferred if free.
+    pub previous: Option<IpNet>,
 }
 
 /// How a claim writes the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Take {
     /// The key does not exist.
-    Create(Ipv4Net),
+    Create(IpNet),
     /// The key is this node's own (from a run whose lease is still alive),
     /// unchanged since `mod_revision`.
-    Replace(Ipv4Net, i64),
+    Replace(IpNet, i64),
 }
 
 impl Take {
-    fn cidr(self) -> Ipv4Net {
+    fn cidr(self) -> IpNet {
         match self {
             Take::Create(cidr) | Take::Replace(cidr, _) => cidr,
         }
     }
 }
 
-/// Claims a pod CIDR under `lease`: the given one, else the one a record
-/// already names this node for, else the previous one if free, else the
-/// first free one from a place that depends on the node's name (so nodes
-/// joining at once mostly try different CIDRs).
-pub async fn claim(client: &mut Client, claim: &Claim<'_>, lease: i64) -> Result<Held> {
+/// Claims a pod CIDR of the pool under `lease`: the given one, else the one
+/// a record already names this node for, else the previous one if free,
+/// else the first free one from a place that depends on the node's name
+/// (so nodes joining at once mostly try different CIDRs).
+pub async fn claim(client: &mut Client, claim: &Claim<'_>, lease: i64) -> Result<IpNet> {
     for _ in 0..CLAIM_ATTEMPTS {
         let (taken, _) = list_subnets(client, claim.keys).await?;
         let take = choose(claim, &taken)?;
@@ -126,10 +125,7 @@ pub async fn claim(client: &mut Client, claim: &Claim<'_>, lease: i64) -> Result
             Some(PutOptions::new().with_lease(lease)),
         )]);
         if rpc(client.txn(txn)).await?.succeeded() {
-            return Ok(Held {
-                cidr: take.cidr(),
-                lease,
-            });
+            return Ok(take.cidr());
         }
     }
     Err(ClusterError::Protocol(format!(
@@ -137,15 +133,16 @@ pub async fn claim(client: &mut Client, claim: &Claim<'_>, lease: i64) -> Result
     )))
 }
 
-fn choose(claim: &Claim<'_>, taken: &BTreeMap<Ipv4Net, Listed>) -> Result<Take> {
+fn choose(claim: &Claim<'_>, taken: &BTreeMap<IpNet, Listed>) -> Result<Take> {
     let node = &claim.record.node_name;
+    let family = |cidr: &IpNet| cidr.addr().is_ipv6() == claim.pool.cluster_cidr.addr().is_ipv6();
     let holder = |listed: &Listed| {
         listed.record.as_ref().map_or_else(
             || "<unreadable record>".to_string(),
             |r| r.node_name.clone(),
         )
     };
-    let take_if_ours = |cidr: Ipv4Net| match taken.get(&cidr) {
+    let take_if_ours = |cidr: IpNet| match taken.get(&cidr) {
         None => Ok(Take::Create(cidr)),
         Some(listed) if holder(listed) == *node => Ok(Take::Replace(cidr, listed.mod_revision)),
         Some(listed) => Err(ClusterError::Collision {
@@ -159,28 +156,24 @@ fn choose(claim: &Claim<'_>, taken: &BTreeMap<Ipv4Net, Listed>) -> Result<Take> 
     }
     if let Some((cidr, listed)) = taken
         .iter()
-        .find(|(_, l)| l.record.as_ref().is_some_and(|r| r.node_name == *node))
+        .find(|(cidr, l)| family(cidr) && l.record.as_ref().is_some_and(|r| r.node_name == *node))
     {
         return Ok(Take::Replace(*cidr, listed.mod_revision));
     }
-    let in_cluster = |cidr: &Ipv4Net| {
-        cidr.prefix_len() == claim.network.node_cidr_prefix
-            && claim.network.cluster_cidr.contains(cidr)
-    };
     if let Some(previous) = claim
         .previous
-        .filter(|p| in_cluster(p) && !taken.contains_key(p))
+        .filter(|p| claim.pool.holds(p) && !taken.contains_key(p))
     {
         return Ok(Take::Create(previous));
     }
-    let capacity = claim.network.capacity();
+    let capacity = claim.pool.capacity();
     let start = {
         let mut hasher = DefaultHasher::new();
         node.hash(&mut hasher);
         hasher.finish() % capacity.max(1)
     };
     // Bounded: a cluster CIDR split finer than this is refused at start.
-    let candidates: Vec<Ipv4Net> = claim.network.node_cidrs().collect();
+    let candidates: Vec<IpNet> = claim.pool.node_cidrs().collect();
     candidates
         .iter()
         .cycle()
@@ -189,8 +182,8 @@ fn choose(claim: &Claim<'_>, taken: &BTreeMap<Ipv4Net, Listed>) -> Result<Take> 
         .find(|cidr| !taken.contains_key(cidr))
         .map(|cidr| Take::Create(*cidr))
         .ok_or(ClusterError::Exhausted {
-            cluster_cidr: claim.network.cluster_cidr,
-            prefix_len: claim.network.node_cidr_prefix,
+            cluster_cidr: claim.pool.cluster_cidr,
+            prefix_len: claim.pool.node_cidr_prefix,
         })
 }
 
@@ -199,7 +192,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::cluster::records::{Backend, Vtep};
+    use crate::cluster::records::{Backend, Ipv6Pool, Vtep};
 
     fn network() -> ClusterNetwork {
         ClusterNetwork {
@@ -207,6 +200,10 @@ mod tests {
             node_cidr_prefix: 24,
             backend: Backend::Auto,
             vxlan: Vtep { vni: 1, port: 8472 },
+            ipv6: Some(Ipv6Pool {
+                cluster_cidr: "fd00:10:244::/62".parse().unwrap(),
+                node_cidr_prefix: 64,
+            }),
         }
     }
 
@@ -214,6 +211,7 @@ mod tests {
         SubnetRecord {
             node_name: node.into(),
             underlay: Ipv4Addr::new(10, 99, 1, 11),
+            underlay_v6: None,
             backend: Backend::Auto,
             vtep: None,
         }
@@ -226,7 +224,7 @@ mod tests {
         }
     }
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 
@@ -235,7 +233,7 @@ mod tests {
         let (keys, network, me) = (Keys::new("/c"), network(), record("me"));
         let mut claim = Claim {
             keys: &keys,
-            network: &network,
+            pool: network.v4(),
             record: &me,
             given: None,
             previous: Some(net("10.244.2.0/24")),
@@ -264,7 +262,7 @@ mod tests {
         let (keys, network, me) = (Keys::new("/c"), network(), record("me"));
         let claim = Claim {
             keys: &keys,
-            network: &network,
+            pool: network.v4(),
             record: &me,
             given: Some(net("10.244.3.0/24")),
             previous: None,
@@ -283,17 +281,48 @@ mod tests {
         let (keys, network, me) = (Keys::new("/c"), network(), record("me"));
         let claim = Claim {
             keys: &keys,
-            network: &network,
+            pool: network.v4(),
             record: &me,
             given: None,
             previous: None,
         };
         let taken = network
+            .v4()
             .node_cidrs()
             .map(|c| (c, listed("other", 1)))
             .collect();
         assert!(matches!(
             choose(&claim, &taken),
+            Err(ClusterError::Exhausted { .. })
+        ));
+    }
+
+    #[test]
+    fn each_family_is_claimed_from_its_own_pool_and_records() {
+        let (keys, network, me) = (Keys::new("/c"), network(), record("me"));
+        let v6 = network.pools()[1];
+        let claim = Claim {
+            keys: &keys,
+            pool: v6,
+            record: &me,
+            given: None,
+            previous: None,
+        };
+        // This node's IPv4 key is not an IPv6 one it holds.
+        let mut taken = BTreeMap::from([(net("10.244.1.0/24"), listed("me", 7))]);
+        let Take::Create(cidr) = choose(&claim, &taken).unwrap() else {
+            panic!("expected a new IPv6 CIDR");
+        };
+        assert!(v6.holds(&cidr), "{cidr}");
+        taken.insert(net("fd00:10:244:2::/64"), listed("me", 8));
+        assert_eq!(
+            choose(&claim, &taken).unwrap(),
+            Take::Replace(net("fd00:10:244:2::/64"), 8)
+        );
+        // Full: four /64s in the /62, all held by others.
+        let full = v6.node_cidrs().map(|c| (c, listed("other", 1))).collect();
+        assert!(matches!(
+            choose(&claim, &full),
             Err(ClusterError::Exhausted { .. })
         ));
     }

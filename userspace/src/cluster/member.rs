@@ -4,29 +4,29 @@
 use std::{
     collections::BTreeMap,
     future::Future,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
 
 use etcd_client::{Client, ConnectOptions};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::watch as signal;
 
 use super::{
     ClusterError, ClusterNetwork, Result, SubnetRecord, Vtep,
     keys::Keys,
-    lease::{self, Claim, Held},
+    lease::{self, Claim},
     node_state::{self, NodeState},
     program::PeerTable,
-    records::Backend,
+    records::{Backend, Ipv6Pool, Pool},
     underlay::Underlay,
     watch::{self, Change, Step, SubnetWatch},
 };
 use crate::{
     BpffsLayout,
-    peers::{self, TUNNEL_OVERHEAD},
+    peers::{self, Peers, TUNNEL_OVERHEAD},
 };
 
 /// How long one etcd request may take before the connection counts as lost.
@@ -40,6 +40,9 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 const REAPPLY_INTERVAL: Duration = Duration::from_secs(30);
 /// The widest split of a cluster CIDR into node CIDRs (2^16 nodes).
 const MAX_NODE_BITS: u8 = 16;
+/// The longest node CIDR prefix of each family (room for a gateway, the
+/// network and broadcast addresses, and pods).
+const MAX_NODE_PREFIX: (u8, u8) = (30, 126);
 
 /// Everything `cni-ebpfd run` was told about the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,10 +53,15 @@ pub struct ClusterSettings {
     /// The network to create if the cluster has none yet.
     pub cluster_cidr: Option<Ipv4Net>,
     pub node_cidr_prefix: u8,
-    /// A pod CIDR given to this node instead of a leased one.
+    /// The IPv6 pool of a dual-stack cluster to create.
+    pub cluster_cidr_v6: Option<Ipv6Net>,
+    pub node_cidr_prefix_v6: u8,
+    /// Pod CIDRs given to this node instead of leased ones.
     pub pod_cidr: Option<Ipv4Net>,
+    pub pod_cidr_v6: Option<Ipv6Net>,
     pub node_name: String,
     pub underlay_address: Option<Ipv4Addr>,
+    pub underlay_address_v6: Option<Ipv6Addr>,
     pub backend: Backend,
     pub vtep: Vtep,
     pub lease_ttl: Duration,
@@ -67,19 +75,65 @@ impl ClusterSettings {
         let Some(cluster_cidr) = self.cluster_cidr else {
             return Ok(None);
         };
-        let bits = self.node_cidr_prefix.checked_sub(cluster_cidr.prefix_len());
-        if !(1..=MAX_NODE_BITS).contains(&bits.unwrap_or(0)) || self.node_cidr_prefix > 30 {
-            return Err(ClusterError::Config(format!(
-                "--node-cidr-prefix {} must be longer than the cluster CIDR {cluster_cidr} by 1 to {MAX_NODE_BITS} bits, and at most 30",
-                self.node_cidr_prefix
-            )));
+        check_split(
+            "--node-cidr-prefix",
+            IpNet::V4(cluster_cidr),
+            self.node_cidr_prefix,
+            MAX_NODE_PREFIX.0,
+        )?;
+        if let Some(v6) = self.cluster_cidr_v6 {
+            check_split(
+                "--node-cidr-prefix-v6",
+                IpNet::V6(v6),
+                self.node_cidr_prefix_v6,
+                MAX_NODE_PREFIX.1,
+            )?;
         }
         Ok(Some(ClusterNetwork {
             cluster_cidr: cluster_cidr.trunc(),
             node_cidr_prefix: self.node_cidr_prefix,
             backend: self.backend,
             vxlan: self.vtep,
+            ipv6: self.cluster_cidr_v6.map(|v6| Ipv6Pool {
+                cluster_cidr: v6.trunc(),
+                node_cidr_prefix: self.node_cidr_prefix_v6,
+            }),
         }))
+    }
+
+    /// The CIDR given for the pool's family.
+    fn given(&self, pool: &Pool) -> Option<IpNet> {
+        match pool.cluster_cidr {
+            IpNet::V4(_) => self.pod_cidr.map(IpNet::V4),
+            IpNet::V6(_) => self.pod_cidr_v6.map(IpNet::V6),
+        }
+    }
+}
+
+/// A node CIDR prefix splits its cluster CIDR into 2 to 2^16 node CIDRs.
+fn check_split(flag: &str, cluster_cidr: IpNet, prefix: u8, max: u8) -> Result<()> {
+    let bits = prefix.checked_sub(cluster_cidr.prefix_len());
+    if !(1..=MAX_NODE_BITS).contains(&bits.unwrap_or(0)) || prefix > max {
+        return Err(ClusterError::Config(format!(
+            "{flag} {prefix} must be longer than the cluster CIDR {cluster_cidr} by 1 to {MAX_NODE_BITS} bits, and at most {max}"
+        )));
+    }
+    Ok(())
+}
+
+/// The node's pod CIDRs (IPv4 first), held under one lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    cidrs: Vec<IpNet>,
+    lease: i64,
+}
+
+impl Held {
+    fn of_family(&self, v6: bool) -> Option<IpNet> {
+        self.cidrs
+            .iter()
+            .find(|c| c.addr().is_ipv6() == v6)
+            .copied()
     }
 }
 
@@ -122,7 +176,7 @@ impl Handle {
 /// namespace (threads inherit it).
 pub fn spawn(settings: ClusterSettings, layout: BpffsLayout) -> Result<Handle> {
     let wanted = settings.wanted_network()?;
-    let underlay = Underlay::detect(settings.underlay_address)?;
+    let underlay = Underlay::detect(settings.underlay_address, settings.underlay_address_v6)?;
     let (stop, stopped) = signal::channel(false);
     let (done, ended) = signal::channel(false);
     let thread = thread::Builder::new()
@@ -154,18 +208,30 @@ async fn run(
     mut stopped: signal::Receiver<bool>,
 ) -> Result<()> {
     log::info!(
-        "cluster: node {} joins {} at {} (underlay {} on {}, MTU {})",
+        "cluster: node {} joins {} at {} (underlay {}{} on {}, MTU {})",
         settings.node_name,
         settings.prefix,
         settings.endpoints.join(","),
         underlay.address,
+        underlay
+            .address_v6
+            .map(|a| format!(" and {a}"))
+            .unwrap_or_default(),
         underlay.ifname,
         underlay.mtu
     );
+    let datapath = Peers::connect(&layout).map_err(|e| ClusterError::Datapath(e.to_string()))?;
+    let previous = node_state::read(&settings.state_dir)
+        .map(|s| {
+            std::iter::once(IpNet::V4(s.pod_cidr))
+                .chain(s.pod_cidr_v6.map(IpNet::V6))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut member = Member {
         keys: Keys::new(&settings.prefix),
-        table: PeerTable::new(layout.clone(), settings.backend, underlay.clone()),
-        previous: node_state::read(&settings.state_dir).map(|s| s.pod_cidr),
+        table: PeerTable::new(&layout, datapath, settings.backend, underlay.clone()),
+        previous,
         held: None,
         revision: None,
         written: None,
@@ -173,7 +239,6 @@ async fn run(
         settings,
         wanted,
         underlay,
-        layout,
     };
     let mut backoff = BACKOFF.0;
     loop {
@@ -208,10 +273,9 @@ struct Member {
     wanted: Option<ClusterNetwork>,
     keys: Keys,
     underlay: Underlay,
-    layout: BpffsLayout,
     table: PeerTable,
-    /// The CIDR of an earlier run or connection, preferred when claiming.
-    previous: Option<Ipv4Net>,
+    /// The CIDRs of an earlier run or connection, preferred when claiming.
+    previous: Vec<IpNet>,
     held: Option<Held>,
     /// The last revision whose changes are programmed.
     revision: Option<i64>,
@@ -294,29 +358,46 @@ impl Member {
             let ttl = self.settings.lease_ttl.as_secs().max(1) as i64;
             let lease = rpc(client.lease_grant(ttl, None)).await?.id();
             let record = self.record(network);
-            let claim = Claim {
-                keys: &self.keys,
-                network,
-                record: &record,
-                given: self.settings.pod_cidr,
-                previous: self.previous,
-            };
-            let held = match lease::claim(client, &claim, lease).await {
-                Ok(held) => held,
-                Err(e) => {
-                    let _ = rpc(client.lease_revoke(lease)).await;
-                    return Err(e);
+            let mut cidrs = Vec::new();
+            for pool in network.pools() {
+                let v6 = pool.cluster_cidr.addr().is_ipv6();
+                let claim = Claim {
+                    keys: &self.keys,
+                    pool,
+                    record: &record,
+                    given: self.settings.given(&pool),
+                    previous: self
+                        .previous
+                        .iter()
+                        .find(|c| c.addr().is_ipv6() == v6)
+                        .copied(),
+                };
+                match lease::claim(client, &claim, lease).await {
+                    Ok(cidr) => cidrs.push(cidr),
+                    Err(e) => {
+                        // Revoking takes the other family's key with it.
+                        let _ = rpc(client.lease_revoke(lease)).await;
+                        return Err(e);
+                    }
                 }
-            };
+            }
+            let listed: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
             log::info!(
                 "cluster: node {} holds {} (lease {lease:x}, TTL {ttl} s)",
                 self.settings.node_name,
-                held.cidr
+                listed.join(" and ")
             );
-            self.previous = Some(held.cidr);
-            self.held = Some(held);
+            self.previous = cidrs.clone();
+            self.held = Some(Held { cidrs, lease });
         }
-        let cidr = self.held.as_ref().expect("held").cidr;
+        let held = self.held.as_ref().expect("held");
+        let Some(IpNet::V4(cidr)) = held.of_family(false) else {
+            unreachable!("every node holds an IPv4 CIDR");
+        };
+        let cidr_v6 = match held.of_family(true) {
+            Some(IpNet::V6(v6)) => Some(v6),
+            _ => None,
+        };
         let mtu = if network.backend.tunnels() {
             self.underlay.mtu - TUNNEL_OVERHEAD
         } else {
@@ -325,15 +406,18 @@ impl Member {
         let state = NodeState {
             node_name: self.settings.node_name.clone(),
             pod_cidr: cidr,
+            pod_cidr_v6: cidr_v6,
             mtu,
             backend: network.backend,
             underlay: self.underlay.address,
+            underlay_v6: self.underlay.address_v6,
         };
         if self.written.as_ref() != Some(&state) {
             node_state::write(&self.settings.state_dir, &state)?;
             log::info!(
-                "cluster: wrote {} (pod CIDR {cidr}, MTU {mtu})",
-                node_state::path(&self.settings.state_dir).display()
+                "cluster: wrote {} (pod CIDR {cidr}{}, MTU {mtu})",
+                node_state::path(&self.settings.state_dir).display(),
+                cidr_v6.map(|c| format!(" and {c}")).unwrap_or_default()
             );
             self.written = Some(state);
         }
@@ -344,6 +428,7 @@ impl Member {
         SubnetRecord {
             node_name: self.settings.node_name.clone(),
             underlay: self.underlay.address,
+            underlay_v6: self.underlay.address_v6,
             backend: network.backend,
             vtep: network.backend.tunnels().then_some(network.vxlan),
         }
@@ -357,13 +442,17 @@ impl Member {
             underlay_ifname: self.underlay.ifname.clone(),
             mtu: self.underlay.mtu - TUNNEL_OVERHEAD,
             // The node's own packets to other nodes' pods leave from its
-            // pods' gateway address (host-local never hands it to a pod),
-            // so the answers come back through the tunnel.
-            address: self.held.as_ref().map(|h| gateway_of(h.cidr)),
+            // pods' gateway address of each family (host-local never hands
+            // it to a pod), so the answers come back through the tunnel.
+            addresses: self
+                .held
+                .iter()
+                .flat_map(|h| h.cidrs.iter().map(|c| gateway_of(*c)))
+                .collect(),
         };
         // Without it, VXLAN peers stay pending and are retried; native
         // peers work regardless.
-        match peers::ensure_tunnel(&self.layout, &tunnel).await {
+        match self.table.datapath().ensure_tunnel(&tunnel).await {
             Ok(()) => self.tunnel_ready = true,
             Err(e) => {
                 log::warn!("cluster: the VXLAN device is not ready (retrying): {e}")
@@ -379,10 +468,9 @@ impl Member {
             return SubnetWatch::start(client, &self.keys, revision + 1).await;
         }
         let (listed, revision) = watch::list_subnets(client, &self.keys).await?;
-        let own = self.held.as_ref().map(|h| h.cidr);
-        let others: BTreeMap<Ipv4Net, SubnetRecord> = watch::records(&listed)
+        let others: BTreeMap<IpNet, SubnetRecord> = watch::records(&listed)
             .into_iter()
-            .filter(|(cidr, _)| Some(*cidr) != own)
+            .filter(|(cidr, _)| !self.owns(cidr))
             .collect();
         self.table.sync(&others).await;
         log::info!("cluster: {} peer(s) at revision {revision}", others.len());
@@ -392,12 +480,11 @@ impl Member {
 
     /// Programs `changes`; returns whether this node's own key went away.
     async fn apply(&mut self, changes: Vec<Change>) -> bool {
-        let own = self.held.as_ref().map(|h| h.cidr);
         let mut lost = false;
         for change in changes {
             match change {
-                Change::Delete(cidr) if Some(cidr) == own => lost = true,
-                Change::Put(cidr, _) if Some(cidr) == own => {}
+                Change::Delete(cidr) if self.owns(&cidr) => lost = true,
+                Change::Put(cidr, _) if self.owns(&cidr) => {}
                 Change::Put(cidr, Some(record)) => self.table.upsert(cidr, &record).await,
                 // Unreadable: the CIDR is taken, but not by a peer we understand.
                 Change::Put(cidr, None) | Change::Delete(cidr) => self.table.remove(cidr).await,
@@ -405,11 +492,19 @@ impl Member {
         }
         lost
     }
+
+    /// Whether `cidr` is one of this node's own.
+    fn owns(&self, cidr: &IpNet) -> bool {
+        self.held.as_ref().is_some_and(|h| h.cidrs.contains(cidr))
+    }
 }
 
 /// host-local's default gateway of a pod CIDR: its first address.
-fn gateway_of(cidr: Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(cidr.network()) + 1)
+fn gateway_of(cidr: IpNet) -> IpAddr {
+    match cidr {
+        IpNet::V4(v4) => Ipv4Addr::from(u32::from(v4.network()) + 1).into(),
+        IpNet::V6(v6) => Ipv6Addr::from(u128::from(v6.network()) + 1).into(),
+    }
 }
 
 async fn connect(endpoints: &[String]) -> Result<Client> {

@@ -1,14 +1,15 @@
 //! The node's cluster state on local disk: `<state-dir>/cluster/node.json`,
-//! which the plugin's host-local IPAM reads for `"subnet": "usePodCidr"`,
-//! and which remembers the node's last pod CIDR across agent restarts.
+//! which the plugin's host-local IPAM reads for `"subnet": "usePodCidr"`
+//! (and `"usePodCidrIPv6"`), and which remembers the node's last pod CIDRs
+//! across agent restarts.
 
 use std::{
     io::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -25,11 +26,20 @@ pub struct NodeState {
     pub node_name: String,
     #[serde(rename = "podCIDR")]
     pub pod_cidr: Ipv4Net,
+    /// The IPv6 pod CIDR of a dual-stack cluster.
+    #[serde(rename = "podCIDRv6", default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<Ipv6Net>,
     /// The MTU pods should get: the underlay's, less the tunnel header when
     /// the node may tunnel.
     pub mtu: u32,
     pub backend: Backend,
     pub underlay: Ipv4Addr,
+    #[serde(
+        rename = "underlayV6",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub underlay_v6: Option<Ipv6Addr>,
 }
 
 /// `<state_dir>/cluster/node.json`.
@@ -76,15 +86,22 @@ mod tests {
         let state = NodeState {
             node_name: "n1".into(),
             pod_cidr: "10.244.7.0/24".parse().unwrap(),
+            pod_cidr_v6: Some("fd00:10:244:7::/64".parse().unwrap()),
             mtu: 1450,
             backend: Backend::Vxlan,
             underlay: Ipv4Addr::new(10, 99, 2, 13),
+            underlay_v6: None,
         };
         assert_eq!(read(&dir), None);
         write(&dir, &state).unwrap();
         assert_eq!(read(&dir), Some(state));
         let text = std::fs::read_to_string(path(&dir)).unwrap();
         assert!(text.contains(r#""podCIDR": "10.244.7.0/24""#), "{text}");
+        assert!(
+            text.contains(r#""podCIDRv6": "fd00:10:244:7::/64""#),
+            "{text}"
+        );
+        assert!(!text.contains("underlayV6"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

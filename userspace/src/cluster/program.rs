@@ -1,10 +1,11 @@
 //! Turns the other nodes' subnet records into datapath peers: decides each
 //! peer's mode, programs what changed, forgets what left, and retries what
-//! failed on the next [`PeerTable::retry`].
+//! failed on the next [`PeerTable::retry`]. A dual-stack node is two peers,
+//! one per pod CIDR.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use super::{
     records::{Backend, SubnetRecord},
@@ -12,33 +13,35 @@ use super::{
 };
 use crate::{
     BpffsLayout,
-    peers::{self, Peer, PeerMode},
+    peers::{self, Peer, PeerMode, Peers},
 };
 
 pub struct PeerTable {
-    layout: BpffsLayout,
+    datapath: Peers,
     backend: Backend,
     underlay: Underlay,
     /// What the datapath holds, by pod CIDR.
-    programmed: BTreeMap<Ipv4Net, Peer>,
+    programmed: BTreeMap<IpNet, Peer>,
     /// Wanted but not programmed yet (the last attempt failed).
-    pending: BTreeMap<Ipv4Net, Peer>,
+    pending: BTreeMap<IpNet, Peer>,
     /// CIDRs to take out of the datapath whose removal failed.
-    stale: BTreeSet<Ipv4Net>,
+    stale: BTreeSet<IpNet>,
 }
 
 impl PeerTable {
-    /// Starts from the IPv4 peers the datapath already holds (an earlier
-    /// run's): the first full list removes those of nodes that left while
-    /// the agent was away. In cluster mode the agent owns every peer.
-    pub fn new(layout: BpffsLayout, backend: Backend, underlay: Underlay) -> Self {
-        let programmed = match peers::list(&layout) {
+    /// Starts from the peers the datapath already holds (an earlier run's):
+    /// the first full list removes those of nodes that left while the agent
+    /// was away. In cluster mode the agent owns every peer.
+    pub fn new(
+        layout: &BpffsLayout,
+        datapath: Peers,
+        backend: Backend,
+        underlay: Underlay,
+    ) -> Self {
+        let programmed = match peers::list(layout) {
             Ok(peers) => peers
                 .into_iter()
-                .filter_map(|peer| match peer.pod_cidr {
-                    IpNet::V4(cidr) => Some((cidr, peer)),
-                    IpNet::V6(_) => None,
-                })
+                .map(|peer| (peer.pod_cidr, peer))
                 .collect(),
             Err(e) => {
                 log::warn!("cluster: reading the datapath's peers: {e}");
@@ -46,7 +49,7 @@ impl PeerTable {
             }
         };
         Self {
-            layout,
+            datapath,
             backend,
             underlay,
             programmed,
@@ -59,27 +62,31 @@ impl PeerTable {
         self.backend = backend;
     }
 
-    pub fn mode_for(&self, record: &SubnetRecord) -> PeerMode {
-        mode_for(self.backend, &self.underlay, record)
+    /// The node's peers and tunnel device in the datapath.
+    pub fn datapath(&self) -> &Peers {
+        &self.datapath
     }
 
     /// A node announced (or changed) its subnet.
-    pub async fn upsert(&mut self, cidr: Ipv4Net, record: &SubnetRecord) {
-        let peer = Peer {
-            pod_cidr: IpNet::V4(cidr),
-            underlay: record.underlay.into(),
-            mode: self.mode_for(record),
+    pub async fn upsert(&mut self, cidr: IpNet, record: &SubnetRecord) {
+        let Some(peer) = peer_for(self.backend, &self.underlay, cidr, record) else {
+            log::warn!(
+                "cluster: peer {} {cidr}: no IPv6 underlay address to route it via natively (give the node --underlay-address with an IPv6 one, or tunnel)",
+                record.node_name
+            );
+            self.remove(cidr).await;
+            return;
         };
         self.stale.remove(&cidr);
         if self.programmed.get(&cidr) == Some(&peer) {
             return;
         }
-        match peers::apply(&self.layout, &peer).await {
+        match self.datapath.apply(&peer).await {
             Ok(()) => {
                 log::info!(
                     "cluster: peer {} {cidr} via {} ({})",
                     record.node_name,
-                    record.underlay,
+                    peer.underlay,
                     mode_name(peer.mode)
                 );
                 self.pending.remove(&cidr);
@@ -97,12 +104,12 @@ impl PeerTable {
     }
 
     /// A node's subnet left the cluster (its lease expired or was revoked).
-    pub async fn remove(&mut self, cidr: Ipv4Net) {
+    pub async fn remove(&mut self, cidr: IpNet) {
         self.pending.remove(&cidr);
         if self.programmed.remove(&cidr).is_none() && !self.stale.contains(&cidr) {
             return;
         }
-        match peers::remove(&self.layout, IpNet::V4(cidr)).await {
+        match self.datapath.remove(cidr).await {
             Ok(()) => {
                 self.stale.remove(&cidr);
                 log::info!("cluster: peer {cidr} removed");
@@ -115,8 +122,8 @@ impl PeerTable {
     }
 
     /// Makes the datapath hold exactly `records` (after a full list).
-    pub async fn sync(&mut self, records: &BTreeMap<Ipv4Net, SubnetRecord>) {
-        let gone: Vec<Ipv4Net> = self
+    pub async fn sync(&mut self, records: &BTreeMap<IpNet, SubnetRecord>) {
+        let gone: Vec<IpNet> = self
             .programmed
             .keys()
             .chain(self.pending.keys())
@@ -134,7 +141,7 @@ impl PeerTable {
     /// Tries again what failed before.
     pub async fn retry(&mut self) {
         for cidr in std::mem::take(&mut self.stale) {
-            match peers::remove(&self.layout, IpNet::V4(cidr)).await {
+            match self.datapath.remove(cidr).await {
                 Ok(()) => log::info!("cluster: peer {cidr} removed"),
                 Err(_) => {
                     self.stale.insert(cidr);
@@ -142,7 +149,7 @@ impl PeerTable {
             }
         }
         for (cidr, peer) in std::mem::take(&mut self.pending) {
-            match peers::apply(&self.layout, &peer).await {
+            match self.datapath.apply(&peer).await {
                 Ok(()) => {
                     log::info!(
                         "cluster: peer {cidr} via {} ({})",
@@ -162,7 +169,7 @@ impl PeerTable {
     /// entry removed behind the agent's back.
     pub async fn reapply(&mut self) {
         for (cidr, peer) in std::mem::take(&mut self.programmed) {
-            if let Err(e) = peers::apply(&self.layout, &peer).await {
+            if let Err(e) = self.datapath.apply(&peer).await {
                 log::warn!("cluster: programming peer {cidr} again failed (retrying): {e}");
                 self.pending.insert(cidr, peer);
             } else {
@@ -172,14 +179,36 @@ impl PeerTable {
     }
 }
 
-/// Native where the cluster says so, or (auto) where the peer is one hop
-/// away on a subnet of this node; VXLAN otherwise.
-fn mode_for(backend: Backend, underlay: &Underlay, record: &SubnetRecord) -> PeerMode {
+/// How `record`'s pods of `cidr` are reached: natively via its underlay
+/// address of the CIDR's family where the cluster says so, or (auto) where
+/// that address is one hop away on a subnet of this node; else through the
+/// tunnel to its IPv4 underlay address (IPv6 pods too: the pods' MTU leaves
+/// room for an IPv4 outer header only). `None`: native, but the peer has no
+/// underlay address of the family.
+fn peer_for(
+    backend: Backend,
+    underlay: &Underlay,
+    cidr: IpNet,
+    record: &SubnetRecord,
+) -> Option<Peer> {
+    let next_hop = record.underlay_for(&cidr);
+    let native = |via| Peer {
+        pod_cidr: cidr,
+        underlay: via,
+        mode: PeerMode::Native,
+    };
+    let tunneled = Peer {
+        pod_cidr: cidr,
+        underlay: record.underlay.into(),
+        mode: PeerMode::Vxlan,
+    };
     match backend {
-        Backend::Native => PeerMode::Native,
-        Backend::Vxlan => PeerMode::Vxlan,
-        Backend::Auto if underlay.is_neighbour(record.underlay) => PeerMode::Native,
-        Backend::Auto => PeerMode::Vxlan,
+        Backend::Native => next_hop.map(native),
+        Backend::Vxlan => Some(tunneled),
+        Backend::Auto => Some(match next_hop {
+            Some(via) if underlay.is_neighbour(via) => native(via),
+            _ => tunneled,
+        }),
     }
 }
 
@@ -196,24 +225,60 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn auto_routes_neighbours_natively_and_tunnels_to_the_rest() {
-        let underlay = Underlay {
+    fn underlay() -> Underlay {
+        Underlay {
             ifname: "eth0".into(),
             address: Ipv4Addr::new(10, 99, 1, 11),
+            address_v6: Some("fd00:99:1::11".parse().unwrap()),
             mtu: 1500,
-            subnets: vec!["10.99.1.0/24".parse().unwrap()],
-        };
-        let peer = |ip: [u8; 4]| SubnetRecord {
+            subnets: vec![
+                "10.99.1.0/24".parse().unwrap(),
+                "fd00:99:1::/64".parse().unwrap(),
+            ],
+        }
+    }
+
+    fn peer(ip: [u8; 4], ip6: Option<&str>) -> SubnetRecord {
+        SubnetRecord {
             node_name: "peer".into(),
             underlay: Ipv4Addr::from(ip),
+            underlay_v6: ip6.map(|a| a.parse().unwrap()),
             backend: Backend::Auto,
             vtep: None,
-        };
-        let (near, far) = (peer([10, 99, 1, 12]), peer([10, 99, 2, 11]));
-        assert_eq!(mode_for(Backend::Auto, &underlay, &near), PeerMode::Native);
-        assert_eq!(mode_for(Backend::Auto, &underlay, &far), PeerMode::Vxlan);
-        assert_eq!(mode_for(Backend::Native, &underlay, &far), PeerMode::Native);
-        assert_eq!(mode_for(Backend::Vxlan, &underlay, &near), PeerMode::Vxlan);
+        }
+    }
+
+    fn mode(backend: Backend, cidr: &str, record: &SubnetRecord) -> Option<(PeerMode, String)> {
+        let peer = peer_for(backend, &underlay(), cidr.parse().unwrap(), record)?;
+        Some((peer.mode, peer.underlay.to_string()))
+    }
+
+    #[test]
+    fn auto_routes_neighbours_natively_and_tunnels_to_the_rest() {
+        let v4 = "10.244.2.0/24";
+        let near = peer([10, 99, 1, 12], None);
+        let far = peer([10, 99, 2, 11], None);
+        let native = |ip: &str| Some((PeerMode::Native, ip.to_string()));
+        let tunneled = |ip: &str| Some((PeerMode::Vxlan, ip.to_string()));
+        assert_eq!(mode(Backend::Auto, v4, &near), native("10.99.1.12"));
+        assert_eq!(mode(Backend::Auto, v4, &far), tunneled("10.99.2.11"));
+        assert_eq!(mode(Backend::Native, v4, &far), native("10.99.2.11"));
+        assert_eq!(mode(Backend::Vxlan, v4, &near), tunneled("10.99.1.12"));
+    }
+
+    #[test]
+    fn ipv6_pods_go_via_the_ipv6_underlay_natively_and_tunnel_over_ipv4() {
+        let v6 = "fd00:10:244:2::/64";
+        let near = peer([10, 99, 1, 12], Some("fd00:99:1::12"));
+        let far = peer([10, 99, 2, 11], Some("fd00:99:2::11"));
+        let without = peer([10, 99, 1, 13], None);
+        let native = |ip: &str| Some((PeerMode::Native, ip.to_string()));
+        let tunneled = |ip: &str| Some((PeerMode::Vxlan, ip.to_string()));
+        assert_eq!(mode(Backend::Auto, v6, &near), native("fd00:99:1::12"));
+        assert_eq!(mode(Backend::Auto, v6, &far), tunneled("10.99.2.11"));
+        assert_eq!(mode(Backend::Auto, v6, &without), tunneled("10.99.1.13"));
+        assert_eq!(mode(Backend::Native, v6, &far), native("fd00:99:2::11"));
+        assert_eq!(mode(Backend::Native, v6, &without), None);
+        assert_eq!(mode(Backend::Vxlan, v6, &near), tunneled("10.99.1.12"));
     }
 }

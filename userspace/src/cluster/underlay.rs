@@ -1,10 +1,15 @@
-//! The node's side of the underlay: the address peers reach it at, the
-//! interface holding it and its MTU, and the node's own subnets (where a
-//! peer is one hop away, so `auto` routes natively).
+//! The node's side of the underlay: the addresses peers reach it at (IPv4,
+//! and IPv6 for native IPv6 routes when it has one), the interface holding
+//! them and its MTU, and the node's own subnets (where a peer is one hop
+//! away, so `auto` routes natively).
 
-use std::{io, net::Ipv4Addr, os::fd::AsRawFd as _};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd as _,
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
 use super::error::{ClusterError, Result};
@@ -13,22 +18,27 @@ use super::error::{ClusterError, Result};
 pub struct Underlay {
     pub ifname: String,
     pub address: Ipv4Addr,
+    /// The IPv6 address peers route this node's IPv6 pods via: the one
+    /// given, else the first global one of the IPv4 address's interface.
+    pub address_v6: Option<Ipv6Addr>,
     pub mtu: u32,
-    /// Every IPv4 subnet this node has an address in, loopback aside.
-    pub subnets: Vec<Ipv4Net>,
+    /// Every subnet this node has an address in, loopback and IPv6
+    /// link-local aside.
+    pub subnets: Vec<IpNet>,
 }
 
 impl Underlay {
     /// The interface holding `address`, or the default route's device and
-    /// its first IPv4 address when none is given.
-    pub fn detect(address: Option<Ipv4Addr>) -> Result<Self> {
+    /// its first IPv4 address when none is given; and its IPv6 address.
+    pub fn detect(address: Option<Ipv4Addr>, address_v6: Option<Ipv6Addr>) -> Result<Self> {
         let addresses = ipv4_addresses()?;
+        let addresses_v6 = ipv6_addresses()?;
         let (ifname, address) = match address {
             Some(wanted) => addresses
                 .iter()
                 .find(|(_, net)| net.addr() == wanted)
                 .map(|(ifname, net)| (ifname.clone(), net.addr()))
-                .ok_or(ClusterError::NoSuchAddress(wanted))?,
+                .ok_or(ClusterError::NoSuchAddress(wanted.into()))?,
             None => {
                 let ifname = default_route_device()?;
                 let address = addresses
@@ -44,24 +54,49 @@ impl Underlay {
             }
         };
         let mtu = mtu(&ifname).map_err(|e| ClusterError::io("reading the MTU of", &ifname, e))?;
-        let mut subnets: Vec<Ipv4Net> = addresses
+        let address_v6 = match address_v6 {
+            Some(wanted) => Some(
+                addresses_v6
+                    .iter()
+                    .find(|(_, net)| net.addr() == wanted)
+                    .map(|(_, net)| net.addr())
+                    .ok_or(ClusterError::NoSuchAddress(wanted.into()))?,
+            ),
+            None => addresses_v6
+                .iter()
+                .find(|(name, net)| *name == ifname && is_global(net.addr()))
+                .map(|(_, net)| net.addr()),
+        };
+        let mut subnets: Vec<IpNet> = addresses
             .iter()
             .filter(|(_, net)| !net.addr().is_loopback())
-            .map(|(_, net)| net.trunc())
+            .map(|(_, net)| IpNet::V4(net.trunc()))
+            .chain(
+                addresses_v6
+                    .iter()
+                    .filter(|(_, net)| is_global(net.addr()))
+                    .map(|(_, net)| IpNet::V6(net.trunc())),
+            )
             .collect();
         subnets.dedup();
         Ok(Self {
             ifname,
             address,
+            address_v6,
             mtu,
             subnets,
         })
     }
 
     /// Whether `peer` is on one of this node's own subnets.
-    pub fn is_neighbour(&self, peer: Ipv4Addr) -> bool {
+    pub fn is_neighbour(&self, peer: IpAddr) -> bool {
         self.subnets.iter().any(|net| net.contains(&peer))
     }
+}
+
+/// Neither loopback nor link-local: an address a peer can route to.
+fn is_global(addr: Ipv6Addr) -> bool {
+    !addr.is_loopback() && !addr.is_unicast_link_local() && !addr.is_multicast()
 }
 
 /// Every IPv4 address of the node with its interface and prefix.
@@ -74,6 +109,20 @@ fn ipv4_addresses() -> Result<Vec<(String, Ipv4Net)>> {
             let mask = ifaddr.netmask?.as_sockaddr_in()?.ip();
             let prefix = u32::from(mask).leading_ones() as u8;
             Some((ifaddr.interface_name, Ipv4Net::new(ip, prefix).ok()?))
+        })
+        .collect())
+}
+
+/// Every IPv6 address of the node with its interface and prefix.
+fn ipv6_addresses() -> Result<Vec<(String, Ipv6Net)>> {
+    let addrs =
+        nix::ifaddrs::getifaddrs().map_err(|e| ClusterError::io("getifaddrs", "/", e.into()))?;
+    Ok(addrs
+        .filter_map(|ifaddr| {
+            let ip = ifaddr.address?.as_sockaddr_in6()?.ip();
+            let mask = ifaddr.netmask?.as_sockaddr_in6()?.ip();
+            let prefix = u128::from(mask).leading_ones() as u8;
+            Some((ifaddr.interface_name, Ipv6Net::new(ip, prefix).ok()?))
         })
         .collect())
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchStream};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::{
     error::{ClusterError, Result},
@@ -27,7 +27,7 @@ pub struct Listed {
 pub async fn list_subnets(
     client: &mut Client,
     keys: &Keys,
-) -> Result<(BTreeMap<Ipv4Net, Listed>, i64)> {
+) -> Result<(BTreeMap<IpNet, Listed>, i64)> {
     let response = rpc(client.get(keys.subnets(), Some(GetOptions::new().with_prefix()))).await?;
     let revision = response.header().map_or(0, |h| h.revision());
     let subnets = response
@@ -48,7 +48,7 @@ pub async fn list_subnets(
 }
 
 /// The records of a list, unreadable values left out.
-pub fn records(listed: &BTreeMap<Ipv4Net, Listed>) -> BTreeMap<Ipv4Net, SubnetRecord> {
+pub fn records(listed: &BTreeMap<IpNet, Listed>) -> BTreeMap<IpNet, SubnetRecord> {
     listed
         .iter()
         .filter_map(|(cidr, l)| Some((*cidr, l.record.clone()?)))
@@ -58,9 +58,9 @@ pub fn records(listed: &BTreeMap<Ipv4Net, Listed>) -> BTreeMap<Ipv4Net, SubnetRe
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// A node took or renewed `cidr`; `None` when the value is unreadable.
-    Put(Ipv4Net, Option<SubnetRecord>),
+    Put(IpNet, Option<SubnetRecord>),
     /// `cidr`'s key is gone (lease expired or revoked, or deleted).
-    Delete(Ipv4Net),
+    Delete(IpNet),
 }
 
 #[derive(Debug)]

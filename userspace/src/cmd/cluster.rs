@@ -1,14 +1,14 @@
 //! `cni-ebpfd run`'s cluster flags: with `--etcd-endpoints` the agent joins
 //! the cluster (see the library's `cluster` module).
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use cni_ebpf_userspace::{
     BpffsLayout,
     cluster::{self, Backend, ClusterSettings, Vtep},
 };
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClusterArgs {
@@ -23,23 +23,28 @@ pub struct ClusterArgs {
     pub etcd_prefix: Option<String>,
     /// Pod CIDR of the whole cluster, split into node CIDRs (used by the
     /// node that creates the cluster; later nodes take the stored one).
-    /// Of a comma-separated list (a dual-stack cluster's, as install takes
-    /// it) the IPv4 entry: cluster mode leases IPv4 CIDRs.
+    /// One per family, comma-separated (as install takes it): with an
+    /// IPv6 one the cluster is dual-stack, and every node leases a CIDR of
+    /// each family.
     #[arg(long, value_delimiter = ',')]
     pub cluster_cidr: Vec<IpNet>,
-    /// Prefix length of each node's pod CIDR.
+    /// Prefix length of each node's IPv4 pod CIDR.
     #[arg(long, default_value_t = 24)]
     pub node_cidr_prefix: u8,
-    /// This node's pod CIDR, given instead of leased.
-    #[arg(long)]
-    pub pod_cidr: Option<Ipv4Net>,
+    /// Prefix length of each node's IPv6 pod CIDR.
+    #[arg(long, default_value_t = 64)]
+    pub node_cidr_prefix_v6: u8,
+    /// This node's pod CIDR(s), given instead of leased (one per family).
+    #[arg(long, value_delimiter = ',')]
+    pub pod_cidr: Vec<IpNet>,
     /// This node's name in the cluster (default: the hostname).
     #[arg(long)]
     pub node_name: Option<String>,
-    /// The address other nodes reach this one at (default: the first IPv4
-    /// of the default route's device).
-    #[arg(long)]
-    pub underlay_address: Option<Ipv4Addr>,
+    /// The address(es) other nodes reach this one at, one per family
+    /// (default: the first IPv4 of the default route's device, and that
+    /// device's first global IPv6, the next hop of native IPv6 routes).
+    #[arg(long, value_delimiter = ',')]
+    pub underlay_address: Vec<IpAddr>,
     /// How pods reach other nodes: native routes, the VXLAN overlay, or
     /// native to peers on this node's subnets and VXLAN to the others.
     #[arg(long, value_enum, default_value = "auto")]
@@ -101,9 +106,28 @@ impl ClusterArgs {
                 IpNet::V6(_) => None,
             }),
             node_cidr_prefix: self.node_cidr_prefix,
-            pod_cidr: self.pod_cidr,
+            cluster_cidr_v6: self.cluster_cidr.iter().find_map(|net| match net {
+                IpNet::V6(v6) => Some(*v6),
+                IpNet::V4(_) => None,
+            }),
+            node_cidr_prefix_v6: self.node_cidr_prefix_v6,
+            pod_cidr: self.pod_cidr.iter().find_map(|net| match net {
+                IpNet::V4(v4) => Some(*v4),
+                IpNet::V6(_) => None,
+            }),
+            pod_cidr_v6: self.pod_cidr.iter().find_map(|net| match net {
+                IpNet::V6(v6) => Some(*v6),
+                IpNet::V4(_) => None,
+            }),
             node_name,
-            underlay_address: self.underlay_address,
+            underlay_address: self.underlay_address.iter().find_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            }),
+            underlay_address_v6: self.underlay_address.iter().find_map(|ip| match ip {
+                IpAddr::V6(v6) => Some(*v6),
+                IpAddr::V4(_) => None,
+            }),
             backend: self.backend,
             vtep: Vtep {
                 vni: self.vxlan_vni,

@@ -230,10 +230,14 @@ fn pod_cidr(args: &InstallArgs) -> anyhow::Result<PodCidr> {
         }
         ("this node".to_string(), cidrs)
     } else if args.use_pod_cidr || args.pod_cidr_source == Some(PodCidrSource::Cluster) {
-        return Ok(PodCidr::FromNodeState);
+        return Ok(PodCidr::FromNodeState {
+            dual_stack: args.ip_families == IpFamilies::DualStack,
+        });
     } else if args.pod_cidr_from_node_state {
-        let v4 = pod_cidr::from_node_state(&args.state_dir)?;
-        return Ok(PodCidr::Cidrs(vec![IpNet::V4(v4)]));
+        (
+            "this node".to_string(),
+            pod_cidr::from_node_state(&args.state_dir)?,
+        )
     } else if args.pod_cidr_from_api || args.pod_cidr_source == Some(PodCidrSource::Api) {
         let name = args
             .node_name
@@ -269,7 +273,7 @@ fn mtu(args: &InstallArgs, pod_cidr: &PodCidr) -> anyhow::Result<Option<u32>> {
     if let Some(mtu) = args.mtu {
         return Ok(Some(mtu));
     }
-    if *pod_cidr == PodCidr::FromNodeState {
+    if matches!(pod_cidr, PodCidr::FromNodeState { .. }) {
         // The cluster agent's node.json holds the MTU for its backend.
         return Ok(None);
     }

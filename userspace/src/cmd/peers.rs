@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use anyhow::Context as _;
 use cni_ebpf_userspace::{
     BpffsLayout,
-    peers::{self, Peer, PeerMode, TUNNEL_OVERHEAD, TunnelSettings},
+    peers::{self, Peer, PeerMode, Peers, TUNNEL_OVERHEAD, TunnelSettings},
 };
 use ipnet::IpNet;
 
@@ -44,9 +44,9 @@ pub enum PeersCommand {
         #[arg(long, default_value_t = 1500)]
         underlay_mtu: u32,
         /// An address of the node's own pod CIDR: the source of the node's
-        /// own packets to other nodes' pods.
+        /// own packets to other nodes' pods (one per family: repeat it).
         #[arg(long)]
-        address: Option<Ipv4Addr>,
+        address: Vec<IpAddr>,
     },
 }
 
@@ -83,18 +83,17 @@ pub fn run(layout: &BpffsLayout, command: &PeersCommand, json: bool) -> anyhow::
                     Mode::Native => PeerMode::Native,
                     Mode::Vxlan => PeerMode::Vxlan,
                 };
-                peers::apply(
-                    layout,
-                    &Peer {
+                Peers::connect(layout)?
+                    .apply(&Peer {
                         pod_cidr: *pod_cidr,
                         underlay: *underlay,
                         mode,
-                    },
-                )
-                .await
-                .with_context(|| format!("programming peer {pod_cidr}"))?;
+                    })
+                    .await
+                    .with_context(|| format!("programming peer {pod_cidr}"))?;
             }
-            PeersCommand::Del { pod_cidr } => peers::remove(layout, *pod_cidr)
+            PeersCommand::Del { pod_cidr } => Peers::connect(layout)?
+                .remove(*pod_cidr)
                 .await
                 .with_context(|| format!("removing peer {pod_cidr}"))?,
             PeersCommand::Tunnel {
@@ -104,19 +103,17 @@ pub fn run(layout: &BpffsLayout, command: &PeersCommand, json: bool) -> anyhow::
                 underlay_dev,
                 underlay_mtu,
                 address,
-            } => peers::ensure_tunnel(
-                layout,
-                &TunnelSettings {
+            } => Peers::connect(layout)?
+                .ensure_tunnel(&TunnelSettings {
                     vni: *vni,
                     port: *port,
                     local: *local,
                     underlay_ifname: underlay_dev.clone(),
                     mtu: underlay_mtu - TUNNEL_OVERHEAD,
-                    address: *address,
-                },
-            )
-            .await
-            .context("setting up the tunnel")?,
+                    addresses: address.clone(),
+                })
+                .await
+                .context("setting up the tunnel")?,
         }
         Ok(())
     })

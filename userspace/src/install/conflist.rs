@@ -19,8 +19,9 @@ pub enum PodCidr {
     /// layout: one inner array per family), IPv4 first.
     Cidrs(Vec<IpNet>),
     /// `"subnet": "usePodCidr"`: the plugin reads the CIDR the cluster-mode
-    /// agent leased (`<stateDir>/cluster/node.json`) at every ADD.
-    FromNodeState,
+    /// agent leased (`<stateDir>/cluster/node.json`) at every ADD; with
+    /// `dual_stack`, `"usePodCidrIPv6"` in a second range set too.
+    FromNodeState { dual_stack: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,10 +63,16 @@ pub fn render(settings: &ConflistSettings) -> Value {
                 )
             })
             .unzip(),
-        PodCidr::FromNodeState => (
-            vec![json!([{ "subnet": "usePodCidr" }])],
-            vec![json!({ "dst": "0.0.0.0/0" })],
-        ),
+        PodCidr::FromNodeState { dual_stack } => {
+            let mut families = vec![("usePodCidr", "0.0.0.0/0")];
+            if *dual_stack {
+                families.push(("usePodCidrIPv6", "::/0"));
+            }
+            families
+                .into_iter()
+                .map(|(subnet, default)| (json!([{ "subnet": subnet }]), json!({ "dst": default })))
+                .unzip()
+        }
     };
     let mut ipam = json!({
         "type": "host-local",
@@ -165,7 +172,7 @@ mod tests {
     #[test]
     fn optional_keys_stay_out_and_use_pod_cidr_is_spelled_as_the_plugin_reads_it() {
         let mut s = settings();
-        s.pod_cidr = PodCidr::FromNodeState;
+        s.pod_cidr = PodCidr::FromNodeState { dual_stack: false };
         s.cluster_cidrs.clear();
         s.service_cidrs.clear();
         s.ipam_data_dir = Some("/var/lib/cni-ebpf/ipam".into());
@@ -189,6 +196,21 @@ mod tests {
         assert_eq!(
             ipam["ranges"],
             json!([[{ "subnet": "10.244.3.0/24" }], [{ "subnet": "fd00:10:244:3::/64" }]])
+        );
+        assert_eq!(
+            ipam["routes"],
+            json!([{ "dst": "0.0.0.0/0" }, { "dst": "::/0" }])
+        );
+    }
+
+    #[test]
+    fn a_dual_stack_cluster_nodes_conflist_reads_both_of_its_cidrs() {
+        let mut s = settings();
+        s.pod_cidr = PodCidr::FromNodeState { dual_stack: true };
+        let ipam = &render(&s)["plugins"][0]["ipam"];
+        assert_eq!(
+            ipam["ranges"],
+            json!([[{ "subnet": "usePodCidr" }], [{ "subnet": "usePodCidrIPv6" }]])
         );
         assert_eq!(
             ipam["routes"],

@@ -17,11 +17,15 @@ pub fn node_state_path(state_dir: &Path) -> PathBuf {
     node_state::path(state_dir)
 }
 
-/// The pod CIDR the cluster-mode agent leased for this node.
-pub fn from_node_state(state_dir: &Path) -> Result<Ipv4Net> {
+/// The pod CIDRs the cluster-mode agent leased for this node (an IPv6 one
+/// in a dual-stack cluster).
+pub fn from_node_state(state_dir: &Path) -> Result<NodePodCidrs> {
     let path = node_state::path(state_dir);
     node_state::read_file(&path)
-        .map(|state| state.pod_cidr)
+        .map(|state| NodePodCidrs {
+            ipv4: Some(state.pod_cidr),
+            ipv6: state.pod_cidr_v6,
+        })
         .map_err(|e| InstallError::io("reading", &path, e))
 }
 
@@ -252,7 +256,23 @@ mod tests {
             r#"{"nodeName":"n1","podCIDR":"10.244.7.0/24","mtu":1450,"backend":"vxlan","underlay":"10.99.2.13"}"#,
         )
         .unwrap();
-        assert_eq!(from_node_state(&dir).unwrap().to_string(), "10.244.7.0/24");
+        assert_eq!(
+            from_node_state(&dir).unwrap().ipv4.unwrap().to_string(),
+            "10.244.7.0/24"
+        );
+        std::fs::write(
+            node_state_path(&dir),
+            r#"{"nodeName":"n1","podCIDR":"10.244.7.0/24","podCIDRv6":"fd00:10:244:7::/64","mtu":1450,"backend":"vxlan","underlay":"10.99.2.13"}"#,
+        )
+        .unwrap();
+        let both = from_node_state(&dir).unwrap();
+        assert_eq!(
+            both.select("n1", IpFamilies::DualStack).unwrap(),
+            [
+                "10.244.7.0/24".parse::<IpNet>().unwrap(),
+                "fd00:10:244:7::/64".parse().unwrap()
+            ]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(from_node_state(&dir).is_err());
     }

@@ -29,7 +29,7 @@ use aya::{
     maps::{
         Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
     },
-    programs::SchedClassifier,
+    programs::{SchedClassifier, Xdp},
     util::nr_cpus,
 };
 use cni_ebpf_common::{
@@ -47,6 +47,10 @@ use nix::{
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
 pub const TC_ACT_REDIRECT: i32 = 7;
+
+/// XDP verdicts (`include/uapi/linux/bpf.h`).
+pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
 
 /// The programs under test.
 const PROGRAMS: [&str; 4] = [
@@ -243,6 +247,12 @@ impl Datapath {
                 .load()
                 .unwrap_or_else(|e| panic!("loading {name}: {e:?}"));
         }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(program_names::XDP_UPLINK)
+            .expect("no XDP program")
+            .try_into()
+            .expect("xdp_uplink is not an XDP program");
+        xdp.load().expect("loading xdp_uplink");
         Self { ebpf }
     }
 
@@ -362,6 +372,27 @@ impl Datapath {
             frame: data_out,
             mark: ctx_out.mark,
         })
+    }
+
+    /// Runs `xdp_uplink` once on `frame`: its `XDP_*` verdict and the frame
+    /// as it left it (a redirect is only reported: test runs send nothing).
+    pub fn run_xdp(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut data_out = vec![0u8; frame.len() + 256];
+        let program: &Xdp = self
+            .ebpf
+            .program(program_names::XDP_UPLINK)
+            .expect("no XDP program")
+            .try_into()
+            .expect("xdp_uplink is not an XDP program");
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut data_out),
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of xdp_uplink: {e:?}"));
+        data_out.truncate(result.data_size_out as usize);
+        (result.return_value, data_out)
     }
 
     fn hash<K: Pod, V: Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {

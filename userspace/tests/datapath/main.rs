@@ -61,3 +61,4 @@ mod packet;
 mod to_pod;
 mod uplink;
 mod world;
+mod xdp;

@@ -10,6 +10,9 @@ use crate::{exec::Context, host};
 const PACKAGES: &[&str] = &[
     "iperf3",
     "sockperf",
+    // The request/response latency over IPv6: Debian's sockperf 3.7 takes
+    // no IPv6 address, qperf's tcp_lat/udp_lat do.
+    "qperf",
     "iproute2",
     "bpftool",
     "containernetworking-plugins",
@@ -111,6 +114,7 @@ mod tests {
     fn removed_and_unknown_packages_are_missing() {
         let output = "iperf3 install ok installed\n\
                       sockperf deinstall ok config-files\n\
+                      qperf install ok installed\n\
                       iproute2 install ok installed\n\
                       bpftool install ok installed\n\
                       containernetworking-plugins install ok installed\n\

@@ -40,8 +40,8 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
                 row: pair.contender,
                 client: pair.client.netns(),
                 server: pair.server.netns(),
-                server_ip,
-                connect_ip: server_ip,
+                server_ip: server_ip.into(),
+                connect_ip: server_ip.into(),
                 mapped: None,
             }
         })

@@ -384,8 +384,8 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
             row: LIMIT,
             client: &limit_a,
             server: &limit_b,
-            server_ip: LIMIT_ADDRESSES.underlay_ip(2),
-            connect_ip: LIMIT_ADDRESSES.underlay_ip(2),
+            server_ip: LIMIT_ADDRESSES.underlay_ip(2).into(),
+            connect_ip: LIMIT_ADDRESSES.underlay_ip(2).into(),
             mapped: None,
         },
         pod_to_pod(NATIVE, &native_client, &native_server),
@@ -394,7 +394,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
         pod_to_pod(FLANNEL, &flannel_client, &flannel_server),
     ];
     for path in &paths {
-        if !traffic::ping(path.client, path.connect_ip.into(), 2) {
+        if !traffic::ping(path.client, path.connect_ip, 2) {
             bail!(
                 "{}: the client does not reach {}",
                 path.row.name(),
@@ -476,8 +476,8 @@ fn pod_to_pod<'a>(
         row,
         client: &client.netns,
         server: &server.netns,
-        server_ip: server.ip(),
-        connect_ip: server.ip(),
+        server_ip: server.ip().into(),
+        connect_ip: server.ip().into(),
         mapped: None,
     }
 }

@@ -1,11 +1,11 @@
 //! The tcp/rr/crr measures between any two namespaces, for the scenarios
 //! whose client does not talk to a pod address directly (masquerade to an
-//! `ext` server, published host ports): the same iperf3, sockperf and CRR
-//! runs, pinning, interleaved rounds and metrics as `tcp`, `rr` and `crr`,
-//! with one table row per [`Path`].
+//! `ext` server, published host ports): the same iperf3, sockperf (qperf
+//! over IPv6) and CRR runs, pinning, interleaved rounds and metrics as
+//! `tcp`, `rr` and `crr`, with one table row per [`Path`].
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     thread,
     time::Duration,
 };
@@ -19,7 +19,7 @@ use crate::{
     exec::{self, OnStop, Proto, Server},
     latency::{self, PingPong},
     metric::{Better, Metric},
-    progress, stop, tcp,
+    progress, qperf, stop, tcp,
     topology::Contender,
 };
 
@@ -36,8 +36,8 @@ pub struct Path<'a> {
     pub row: Contender,
     pub client: &'a Netns,
     pub server: &'a Netns,
-    pub server_ip: Ipv4Addr,
-    pub connect_ip: Ipv4Addr,
+    pub server_ip: IpAddr,
+    pub connect_ip: IpAddr,
     /// `Some((host port, container port))`: every measure's server listens
     /// on the container port and the client connects to the host port.
     pub mapped: Option<(u16, u16)>,
@@ -45,11 +45,11 @@ pub struct Path<'a> {
 
 impl Path<'_> {
     /// Server and client address for a measure whose own port is `port`.
-    pub fn addrs(&self, port: u16) -> (SocketAddrV4, SocketAddrV4) {
+    pub fn addrs(&self, port: u16) -> (SocketAddr, SocketAddr) {
         let (host, container) = self.mapped.unwrap_or((port, port));
         (
-            SocketAddrV4::new(self.server_ip, container),
-            SocketAddrV4::new(self.connect_ip, host),
+            SocketAddr::new(self.server_ip, container),
+            SocketAddr::new(self.connect_ip, host),
         )
     }
 }
@@ -59,9 +59,9 @@ impl Path<'_> {
 fn servers(
     paths: &[Path<'_>],
     port: u16,
-    start: impl Fn(&Netns, SocketAddrV4) -> Result<Server>,
+    start: impl Fn(&Netns, SocketAddr) -> Result<Server>,
 ) -> Result<(Vec<Server>, Vec<usize>)> {
-    let mut started: Vec<(std::path::PathBuf, SocketAddrV4)> = Vec::new();
+    let mut started: Vec<(std::path::PathBuf, SocketAddr)> = Vec::new();
     let mut servers = Vec::new();
     let mut index = Vec::new();
     for path in paths {
@@ -79,12 +79,12 @@ fn servers(
     Ok((servers, index))
 }
 
-pub fn start_iperf3(ns: &Netns, listen: SocketAddrV4, cpu: usize) -> Result<Server> {
-    start_pinned(ns, cpu, &["iperf3", "-s"], "-B", listen)
+pub fn start_iperf3(ns: &Netns, listen: impl Into<SocketAddr>, cpu: usize) -> Result<Server> {
+    start_pinned(ns, cpu, &["iperf3", "-s"], "-B", listen.into())
 }
 
 pub fn start_sockperf(ns: &Netns, listen: SocketAddrV4, cpu: usize) -> Result<Server> {
-    start_pinned(ns, cpu, &["sockperf", "sr", "--tcp"], "-i", listen)
+    start_pinned(ns, cpu, &["sockperf", "sr", "--tcp"], "-i", listen.into())
 }
 
 /// `taskset -c <cpu> <program> <bind_flag> <ip> -p <port>` in `ns`, once
@@ -94,7 +94,7 @@ fn start_pinned(
     cpu: usize,
     program: &[&str],
     bind_flag: &str,
-    listen: SocketAddrV4,
+    listen: SocketAddr,
 ) -> Result<Server> {
     let mut command = ns.command("taskset");
     command.args(["-c", &cpu.to_string()]).args(program);
@@ -113,11 +113,12 @@ fn start_pinned(
 /// adds flags (`-R`).
 pub fn iperf3(
     client: &Netns,
-    connect: SocketAddrV4,
+    connect: impl Into<SocketAddr>,
     cpu: usize,
     run_time: Duration,
     extra: &[&str],
 ) -> Result<Value> {
+    let connect = connect.into();
     let seconds = run_time.as_secs().max(1).to_string();
     for attempt in 0..=BUSY_RETRIES {
         stop::check()?;
@@ -188,7 +189,7 @@ pub fn check_reaches(path: &Path<'_>, port: u16) -> Result<()> {
     let listener = path.server.run(|| std::net::TcpListener::bind(listen))?;
     let connected = path
         .client
-        .run(|| std::net::TcpStream::connect_timeout(&connect.into(), Duration::from_secs(3)));
+        .run(|| std::net::TcpStream::connect_timeout(&connect, Duration::from_secs(3)));
     drop(listener);
     connected.map(drop).map_err(|e| {
         anyhow!(
@@ -252,20 +253,35 @@ pub fn measure(
         2,
         Better::Higher,
     );
-    let mut p50 = new(
-        "rr.p50",
-        "TCP round trip p50 (sockperf, one CPU)",
-        "µs",
-        2,
-        Better::Lower,
-    );
-    let mut p99 = new(
-        "rr.p99",
-        "TCP round trip p99 (sockperf, one CPU)",
-        "µs",
-        2,
-        Better::Lower,
-    );
+    // sockperf 3.7 takes no IPv6 address: over IPv6 the round trip is
+    // qperf's mean (no percentiles).
+    let ipv6 = paths.first().is_some_and(|p| p.server_ip.is_ipv6());
+    let mut round_trip = if ipv6 {
+        vec![new(
+            "rr.mean",
+            "TCP round trip mean (qperf tcp_lat × 2, one CPU)",
+            "µs",
+            2,
+            Better::Lower,
+        )]
+    } else {
+        vec![
+            new(
+                "rr.p50",
+                "TCP round trip p50 (sockperf, one CPU)",
+                "µs",
+                2,
+                Better::Lower,
+            ),
+            new(
+                "rr.p99",
+                "TCP round trip p99 (sockperf, one CPU)",
+                "µs",
+                2,
+                Better::Lower,
+            ),
+        ]
+    };
     let mut crr_rate = new(
         "crr",
         "TCP connect/request/response/close rate (64 B each way, one CPU)",
@@ -278,28 +294,10 @@ pub fn measure(
     // Request/response first: sockperf's server does not set SO_REUSEADDR,
     // so it must bind its port before other servers leave TIME_WAIT
     // sockets on it (all measures share the container port of a mapping).
-    {
-        let (mut servers, index) = servers(paths, SOCKPERF_PORT, |ns, listen| {
-            start_sockperf(ns, listen, cpus.rr)
-        })?;
-        for round in plan.round_indices() {
-            for (path, server) in paths.iter().zip(&index) {
-                stop::check()?;
-                let (_, connect) = path.addrs(SOCKPERF_PORT);
-                let result = ping_pong(path.client, connect, cpus.rr, plan.run_time)
-                    .map_err(|e| died(e, &mut servers[*server]));
-                let shown = result
-                    .as_ref()
-                    .map(|r| r.p50_us)
-                    .map_err(|e| anyhow!("{e:#}"));
-                progress(scenario, round, path.row, "TCP p50", &shown, "µs");
-                if let Some(round) = round {
-                    let result = result.ok();
-                    p50.record(path.row, round, result.map(|r| r.p50_us));
-                    p99.record(path.row, round, result.map(|r| r.p99_us));
-                }
-            }
-        }
+    if ipv6 {
+        round_trips_qperf(scenario, paths, plan, &mut round_trip[0])?;
+    } else {
+        round_trips_sockperf(scenario, paths, plan, &mut round_trip)?;
     }
     // Throughput.
     {
@@ -333,9 +331,9 @@ pub fn measure(
             let (listen, connect) = path.addrs(CRR_PORT);
             let result = crr::measure_between(
                 path.server.path(),
-                SocketAddr::V4(listen),
+                listen,
                 path.client.path(),
-                SocketAddr::V4(connect),
+                connect,
                 plan.run_time,
                 cpus.rr,
             );
@@ -358,7 +356,79 @@ pub fn measure(
             }
         }
     }
-    Ok(vec![gbits, p50, p99, crr_rate])
+    let mut metrics = vec![gbits];
+    metrics.extend(round_trip);
+    metrics.push(crr_rate);
+    Ok(metrics)
+}
+
+/// TCP round trip p50 and p99 (`metrics`, in that order) with sockperf,
+/// every path, rounds interleaved.
+fn round_trips_sockperf(
+    scenario: &'static str,
+    paths: &[Path<'_>],
+    plan: &Plan,
+    metrics: &mut [Metric],
+) -> Result<()> {
+    let cpus = plan.cpus;
+    let (mut servers, index) = servers(paths, SOCKPERF_PORT, |ns, listen| {
+        let SocketAddr::V4(listen) = listen else {
+            bail!("sockperf 3.7 takes no IPv6 address ({listen})");
+        };
+        start_sockperf(ns, listen, cpus.rr)
+    })?;
+    for round in plan.round_indices() {
+        for (path, server) in paths.iter().zip(&index) {
+            stop::check()?;
+            let (_, SocketAddr::V4(connect)) = path.addrs(SOCKPERF_PORT) else {
+                bail!("sockperf 3.7 takes no IPv6 address");
+            };
+            let result = ping_pong(path.client, connect, cpus.rr, plan.run_time)
+                .map_err(|e| died(e, &mut servers[*server]));
+            let shown = result
+                .as_ref()
+                .map(|r| r.p50_us)
+                .map_err(|e| anyhow!("{e:#}"));
+            progress(scenario, round, path.row, "TCP p50", &shown, "µs");
+            if let Some(round) = round {
+                let result = result.ok();
+                metrics[0].record(path.row, round, result.map(|r| r.p50_us));
+                metrics[1].record(path.row, round, result.map(|r| r.p99_us));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// TCP round trip mean with qperf's `tcp_lat`, every path, rounds
+/// interleaved. qperf's control connection and its test socket both go
+/// through the path, so a mapped path maps both ports.
+fn round_trips_qperf(
+    scenario: &'static str,
+    paths: &[Path<'_>],
+    plan: &Plan,
+    metric: &mut Metric,
+) -> Result<()> {
+    if paths.iter().any(|p| p.mapped.is_some()) {
+        bail!("qperf through a host port is not measured (two ports, one mapping)");
+    }
+    let cpu = plan.cpus.rr;
+    let (mut servers, index) = servers(paths, qperf::CONTROL_PORT, |ns, _| {
+        qperf::start_server(ns, cpu)
+    })?;
+    for round in plan.round_indices() {
+        for (path, server) in paths.iter().zip(&index) {
+            stop::check()?;
+            let result =
+                qperf::round_trip_us(path.client, path.connect_ip, Proto::Tcp, cpu, plan.run_time)
+                    .map_err(|e| died(e, &mut servers[*server]));
+            progress(scenario, round, path.row, "TCP mean", &result, "µs");
+            if let Some(round) = round {
+                metric.record(path.row, round, result.ok());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn died(e: anyhow::Error, server: &mut Server) -> anyhow::Error {

@@ -185,11 +185,11 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
                 row: *row,
                 client: &node.ext.netns,
                 server: &server.netns,
-                server_ip: server.ip(),
+                server_ip: server.ip().into(),
                 connect_ip: if host_port.is_some() {
-                    node.ext.node_ip
+                    node.ext.node_ip.into()
                 } else {
-                    server.ip()
+                    server.ip().into()
                 },
                 mapped: Some(match *host_port {
                     None => (LAST_CONTAINER_PORT, LAST_CONTAINER_PORT),

@@ -30,6 +30,9 @@ pub struct PingPong {
 }
 
 pub fn run(pairs: &[PodPair<'_>], plan: &Plan) -> Result<(Vec<Metric>, Vec<Profile>)> {
+    if pairs.iter().any(|pair| pair.server.ip().is_ipv6()) {
+        return crate::qperf::run_pairs(SCENARIO, pairs, plan);
+    }
     let mut metrics = Vec::new();
     let mut profiles = Vec::new();
     for proto in [Proto::Tcp, Proto::Udp] {

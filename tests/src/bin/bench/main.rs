@@ -22,6 +22,7 @@ mod masquerade;
 mod metric;
 mod plugin_timing;
 mod program_cost;
+mod qperf;
 mod report;
 mod scale;
 mod services;
@@ -58,8 +59,8 @@ const USAGE: &str = "usage: cni-ebpf-bench [--quick] [--scenario NAME]...
                    tcp, rr, crr, plugin, churn, masq, services, hostport,
                    bandwidth, cross-node, bigtcp, scale, xdp
   --ipv6           pods addressed over IPv6 only (each contender a /64):
-                   tcp, crr and plugin (sockperf 3.7 has no IPv6, so no rr),
-                   limit, cni-ebpf and bridge (no ptp)
+                   tcp, rr (qperf: sockperf 3.7 has no IPv6), crr, plugin
+                   and masq
 
 Needs root. Reads the binaries from $CNI_EBPF_BIN_DIR (set by `cargo xtask
 bench`) and writes target/bench/results.{md,json} and throughput.svg.";
@@ -121,7 +122,9 @@ impl Scenario {
             Scenario::Tcp => {
                 "pod → pod TCP throughput (iperf3, client and server on different CPUs)"
             }
-            Scenario::Rr => "request/response latency (sockperf ping-pong, both ends on one CPU)",
+            Scenario::Rr => {
+                "request/response latency (sockperf ping-pong, qperf over IPv6, both ends on one CPU)"
+            }
             Scenario::Crr => {
                 "connect/request/response/close rate (own tester, both ends on one CPU)"
             }
@@ -146,11 +149,10 @@ impl Scenario {
         }
     }
 
-    /// Whether it runs with `--ipv6`: the pod pair scenarios but `rr`
-    /// (Debian's sockperf 3.7 takes no IPv6 address: "'-i' Invalid
-    /// address").
+    /// Whether it runs with `--ipv6`: the pod pair scenarios (`rr` with
+    /// qperf: Debian's sockperf 3.7 takes no IPv6 address) and masquerade.
     fn runs_over_ipv6(self) -> bool {
-        self.needs_pairs() && self != Scenario::Rr
+        self.needs_pairs() || self == Scenario::Masq
     }
 
     /// Whether it runs between the contenders' pod pairs.
@@ -352,7 +354,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>> {
         && let Some(other) = scenarios.iter().find(|s| !s.runs_over_ipv6())
     {
         bail!(
-            "--ipv6 runs tcp, crr and plugin only, not {:?}",
+            "--ipv6 runs tcp, rr, crr, plugin and masq only, not {:?}",
             other.name()
         );
     }
@@ -367,7 +369,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>> {
 
 /// Returns whether every scenario ran to its end.
 fn run(options: &Options) -> Result<bool> {
-    check_tools(&options.scenarios)?;
+    check_tools(&options.scenarios, options.family)?;
     let workspace = workspace_root();
     let binaries = snapshot_binaries()?;
     let plan = Plan::new(options.quick, pick_cpus()?);
@@ -397,9 +399,6 @@ fn run(options: &Options) -> Result<bool> {
     let nodes: Vec<(Contender, Option<PluginNode>)> = if needs_pairs {
         Contender::ALL
             .into_iter()
-            // ptp's IPv6 pods did not reach each other right after ADD here
-            // (not investigated): over IPv6 the reference is bridge.
-            .filter(|c| options.family == Family::V4 || *c != Contender::Ptp)
             .map(|c| Ok((c, topology::plugin_node(c, options.family)?)))
             .collect::<Result<_>>()?
     } else {
@@ -428,7 +427,7 @@ fn run(options: &Options) -> Result<bool> {
             Scenario::Crr => crr::run(&pairs, &plan).map(|(m, p)| (m, Vec::new(), p)),
             Scenario::Plugin => plugin_timing::run(&plugin_nodes, &plan).map(metrics_only),
             Scenario::Churn => churn::run(&plan).map(|c| (Vec::new(), c, Vec::new())),
-            Scenario::Masq => masquerade::run(&plan).map(metrics_only),
+            Scenario::Masq => masquerade::run(&plan, options.family).map(metrics_only),
             Scenario::Services => services::run(&plan).map(metrics_only),
             Scenario::Hostport => host_ports::run(&plan).map(metrics_only),
             Scenario::Bandwidth => bandwidth::run(&plan).map(metrics_only),
@@ -480,7 +479,7 @@ fn run(options: &Options) -> Result<bool> {
 }
 
 /// Fails early, naming what to install, when a tool is missing.
-fn check_tools(scenarios: &[Scenario]) -> Result<()> {
+fn check_tools(scenarios: &[Scenario], family: Family) -> Result<()> {
     let mut needed = vec![("ip", "iproute2"), ("ping", "iputils-ping")];
     let traffic_outside = scenarios.iter().any(|s| {
         matches!(
@@ -501,7 +500,10 @@ fn check_tools(scenarios: &[Scenario]) -> Result<()> {
         needed.push(("iperf3", "iperf3"));
     }
     if scenarios.contains(&Scenario::Rr) || traffic_outside {
-        needed.push(("sockperf", "sockperf"));
+        needed.push(match family {
+            Family::V4 => ("sockperf", "sockperf"),
+            Family::V6 => ("qperf", "qperf"),
+        });
     }
     if scenarios.contains(&Scenario::Churn) {
         needed.push(("bpftool", "bpftool"));
@@ -664,8 +666,15 @@ mod tests {
         assert_eq!(v6.family, Family::V6);
         assert_eq!(
             v6.scenarios,
-            vec![Scenario::Tcp, Scenario::Crr, Scenario::Plugin]
+            vec![
+                Scenario::Tcp,
+                Scenario::Rr,
+                Scenario::Crr,
+                Scenario::Plugin,
+                Scenario::Masq
+            ]
         );
-        assert!(parse(&["--ipv6", "--scenario", "masq"]).is_err());
+        assert!(parse(&["--ipv6", "--scenario", "masq"]).is_ok());
+        assert!(parse(&["--ipv6", "--scenario", "hostport"]).is_err());
     }
 }

@@ -232,8 +232,8 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
             row: LIMIT,
             client: &limit_client,
             server: &limit_server,
-            server_ip: Ipv4Addr::new(10, 240, 0, 2),
-            connect_ip: Ipv4Addr::new(10, 240, 0, 2),
+            server_ip: Ipv4Addr::new(10, 240, 0, 2).into(),
+            connect_ip: Ipv4Addr::new(10, 240, 0, 2).into(),
             mapped: None,
         },
         pod_path(
@@ -297,8 +297,8 @@ fn pod_path<'a>(
         row,
         client: &client.netns,
         server,
-        server_ip,
-        connect_ip,
+        server_ip: server_ip.into(),
+        connect_ip: connect_ip.into(),
         mapped: None,
     }
 }

@@ -1,12 +1,13 @@
 //! The contenders and their worlds: each gets its own node namespace (but
 //! `limit`, which has no node) and a pair of pods, client and server.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 use anyhow::{Result, bail};
 use cni_ebpf_tests::{
     Family, Netns, traffic,
     veth::{self, VethEnd},
+    wait,
 };
 
 use crate::cni::{Attachment, PluginNode};
@@ -120,6 +121,15 @@ impl<'n> PodPair<'n> {
                 server: attached_pod(contender, node)?,
             },
         };
+        if let (Family::V6, Some(node)) = (family, pair.node) {
+            // ptp gives every host veth the gateway address, and the kernel
+            // runs DAD on each: until it ends (a second or two), the address
+            // is tentative and the node forwards nothing to that pod.
+            wait_for_dad(
+                contender.name(),
+                &[node.netns(), pair.client.netns(), pair.server.netns()],
+            );
+        }
         // A fresh IPv6 veth can take a second to resolve its first
         // neighbour (the first solicitation goes unanswered): a few tries.
         let reached = (0..3).any(|_| traffic::ping(pair.client.netns(), pair.server.ip(), 2));
@@ -173,6 +183,22 @@ impl<'n> PodPair<'n> {
                 ip: server_ip,
             },
         })
+    }
+}
+
+/// Waits (10 s at most, said on stderr) until no IPv6 address in
+/// `namespaces` is still tentative (DAD running): until then the kernel
+/// neither uses nor answers for it.
+pub fn wait_for_dad(what: &str, namespaces: &[&Netns]) {
+    let settled = wait::wait_until(Duration::from_secs(10), || {
+        namespaces.iter().all(|ns| {
+            ns.ip(&["-6", "addr", "show", "tentative"])
+                .trim()
+                .is_empty()
+        })
+    });
+    if !settled {
+        eprintln!("{what}: an IPv6 address is still tentative after 10 s");
     }
 }
 

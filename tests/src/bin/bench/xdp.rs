@@ -136,8 +136,8 @@ fn host_port<'a>(row: Contender, node: &'a XdpNode, pod: &'a ChainedPod<'_>) -> 
         row,
         client: &node.ext.netns,
         server: &pod.netns,
-        server_ip: pod.ip(),
-        connect_ip: node.ext.node_ip,
+        server_ip: pod.ip().into(),
+        connect_ip: node.ext.node_ip.into(),
         mapped: Some((HOST_PORT, CONTAINER_PORT)),
     }
 }
@@ -148,8 +148,8 @@ fn masq<'a>(row: Contender, node: &'a XdpNode, pod: &'a ChainedPod<'_>) -> Path<
         row,
         client: &pod.netns,
         server: &node.ext.netns,
-        server_ip: node.ext.ext_ip,
-        connect_ip: node.ext.ext_ip,
+        server_ip: node.ext.ext_ip.into(),
+        connect_ip: node.ext.ext_ip.into(),
         mapped: None,
     }
 }
