@@ -371,6 +371,9 @@ fn ipv6(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     if stays_on_link {
         return to_stack(ctx);
     }
+    if netfilter::claims_v6(ctx, me) {
+        return Ok(to_netfilter(ctx));
+    }
     if translate6::is_host_port_reply(ctx, me) {
         return Ok(translate6::HOST_PORT_REPLY);
     }
@@ -380,6 +383,9 @@ fn ipv6(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     if hop_limit <= 1 {
         // The stack answers with ICMPv6 time exceeded.
         return to_stack(ctx);
+    }
+    if netfilter::claims_v6(ctx, target) {
+        return Ok(to_netfilter(ctx));
     }
     ipv6_decrease_hop_limit(ip);
     address_to_pod(eth, target);

@@ -108,9 +108,9 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
 }
 
 /// IPv6 for a pod of this node (from another node's pod, or the outside
-/// when the pod's address is routed to the node): straight into the pod.
-/// IPv6 has no masquerade or host ports here, so everything else is the
-/// node's own.
+/// when the pod's address is routed to the node): straight into the pod,
+/// unless it is a reply of a flow netfilter translated. Everything else is
+/// the node's own (transit refused on a guarded uplink, as for IPv4).
 fn ipv6(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some((_, ip)) = ipv6_headers(ctx) else {
         return Ok(TC_ACT_OK);
@@ -123,11 +123,25 @@ fn ipv6(ctx: &TcContext) -> Result<i32, DropReason> {
     // Replies of masqueraded flows and host ports at a node address are
     // translated in place: the destination is then the pod's.
     translate6::from_uplink(ctx)?;
-    let (eth, ip) = ipv6_headers(ctx).ok_or(DropReason::Malformed)?;
-    // SAFETY: bounds-checked; copied out at once.
-    let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v6((*ip).daddr)) }).copied() else {
+    let (_, ip) = ipv6_headers(ctx).ok_or(DropReason::Malformed)?;
+    // SAFETY: bounds-checked.
+    let (src, dst) = unsafe { ((*ip).saddr, (*ip).daddr) };
+    // SAFETY: copied out at once.
+    let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v6(dst)) }).copied() else {
+        let guarded = NODE_CONFIG
+            .get(0)
+            .is_some_and(|cfg| cfg.flags & NODE_F_UPLINK_GUARD != 0);
+        // SAFETY: the context pointer is valid for the whole program run.
+        if guarded && netfilter::is_transit(ctx, src, dst, unsafe { (*ctx.skb.skb).ifindex }) {
+            return Err(DropReason::Transit);
+        }
         return Ok(TC_ACT_OK);
     };
+    if netfilter::claims_v6(ctx, &target) {
+        // A reply of a flow netfilter translated on its way out.
+        return Ok(to_netfilter(ctx));
+    }
+    let (eth, ip) = ipv6_headers(ctx).ok_or(DropReason::Malformed)?;
     ipv6_decrease_hop_limit(ip);
     // SAFETY: bounds-checked.
     unsafe {

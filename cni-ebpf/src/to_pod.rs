@@ -24,6 +24,7 @@ use crate::{
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
     let Some((_, ip)) = ipv4_headers(&ctx) else {
+        netfilter::remember_delivery_v6(&ctx);
         return to_pod_v6(&ctx);
     };
     // SAFETY: bounds-checked.

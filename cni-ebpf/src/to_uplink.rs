@@ -5,7 +5,8 @@
 //! whose endpoint is off the node). Its replies are recorded so that they go
 //! back through conntrack, and it is masqueraded here like the datapath's
 //! own flows when its destination is outside the no-masquerade CIDRs (the
-//! stack has no masquerade rule for pods).
+//! stack has no masquerade rule for pods). IPv6's replies are recorded
+//! alike, without the masquerade ([`netfilter::leaving_v6`]).
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -49,6 +50,7 @@ fn try_to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     };
     let Some((_, ip)) = ipv4_headers(ctx) else {
+        netfilter::leaving_v6(ctx);
         return Ok(TC_ACT_OK);
     };
     // SAFETY: bounds-checked.

@@ -75,15 +75,39 @@ fn forwards_everywhere() -> bool {
     std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/forwarding").is_ok_and(|v| v.trim() == "1")
 }
 
-/// Turns on IPv4 forwarding for what arrives on `ifname` (the check is on
-/// the input device): the stack forwards the flows the datapath hands to
-/// netfilter without the node forwarding on every interface.
+/// Turns on forwarding for what arrives on `ifname` (the check is on the
+/// input device): the stack forwards the flows the datapath hands to
+/// netfilter without the node forwarding on every interface. IPv4's
+/// `conf.<dev>.forwarding` is that switch; IPv6's is `force_forwarding`
+/// (Linux 6.17+; its `conf.<dev>.forwarding` only makes the interface a
+/// router), skipped on kernels without it or without IPv6.
 pub fn enable_forwarding(ifname: &str) -> CniResult<()> {
-    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding");
-    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+    set_one(&format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"))?;
+    let v6 = format!("/proc/sys/net/ipv6/conf/{ifname}/force_forwarding");
+    if std::path::Path::new(&v6).exists() {
+        set_one(&v6)?;
+    }
+    Ok(())
+}
+
+/// Lets the datapath's guard ask the FIB whether an IPv6 destination is
+/// the node's own: `bpf_fib_lookup` answers only for a device whose IPv6
+/// `forwarding` is on, and the guard asks from the loopback (turning it on
+/// there changes nothing else: no neighbour discovery, no router
+/// advertisements, no anycast for its `/128`).
+fn enable_fib_probe_v6() -> CniResult<()> {
+    let path = "/proc/sys/net/ipv6/conf/lo/forwarding";
+    if !std::path::Path::new(path).exists() {
         return Ok(());
     }
-    std::fs::write(&path, "1").map_err(|e| CniError::io(format!("writing {path}"), e))
+    set_one(path)
+}
+
+fn set_one(path: &str) -> CniResult<()> {
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(path, "1").map_err(|e| CniError::io(format!("writing {path}"), e))
 }
 
 /// Makes the node ready for traffic leaving and arriving through its uplink
@@ -209,6 +233,9 @@ pub async fn ensure(
                 // NodePorts and replies of services whose endpoints are off
                 // the node arrive here and are forwarded by the stack.
                 enable_forwarding(uplink)?;
+                if settings.uplink_guard {
+                    enable_fib_probe_v6()?;
+                }
                 attach_to_uplink(datapath, uplink, mode).map_err(|e| {
                     datapath_error(&format!("attaching to egress of the uplink {uplink}"), e)
                 })?;

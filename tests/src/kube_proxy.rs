@@ -3,8 +3,14 @@
 //! benchmarks meet the same netfilter state a Kubernetes node has.
 //!
 //! Modelled on `pkg/proxy/iptables/proxier.go` and
-//! `pkg/proxy/nftables/proxier.go` (IPv4, no session affinity, no
-//! `loadBalancerSourceRanges`, no health-check node ports):
+//! `pkg/proxy/nftables/proxier.go` (no session affinity, no
+//! `loadBalancerSourceRanges`, no health-check node ports). Like
+//! kube-proxy, one proxier per IP family of the cluster (`--cluster-cidr`
+//! lists one CIDR per family): IPv4 rules with `iptables-restore` or in an
+//! `ip` table, IPv6 rules of the same shape with `ip6tables-restore` or in
+//! an `ip6` table; a dual-stack Service is one [`Service`] per family (its
+//! two ClusterIPs, each with the endpoints of its family), as each
+//! proxier sees it.
 //!
 //! - iptables: `KUBE-SERVICES` (from `PREROUTING` and `OUTPUT`) →
 //!   `KUBE-SVC-*` (random balancing with `statistic`) → `KUBE-SEP-*` (DNAT,
@@ -13,10 +19,12 @@
 //!   `KUBE-NODEPORTS` last in `KUBE-SERVICES`; `KUBE-POSTROUTING`
 //!   masquerades what `KUBE-MARK-MASQ` marked (0x4000); the filter table's
 //!   `KUBE-FORWARD`, `KUBE-SERVICES`, `KUBE-EXTERNAL-SERVICES`,
-//!   `KUBE-FIREWALL`. Written with `iptables-restore --noflush`, as
+//!   `KUBE-FIREWALL`. IPv6: addresses as `/128`, DNAT to `[addr]:port`,
+//!   no localnet rule in `KUBE-FIREWALL`, and NodePorts not on `::1`. Written with `iptables-restore --noflush`, as
 //!   kube-proxy does, so other rules of the node (a CNI plugin's own
 //!   masquerade chains) stay.
-//! - nftables: one `ip kube-proxy` table: verdict maps `service-ips` and
+//! - nftables: one `ip kube-proxy` table (`ip6 kube-proxy` for IPv6, with
+//!   `ip6 daddr`, `ipv6_addr` and NodePorts not on `::1`): verdict maps `service-ips` and
 //!   `service-nodeports` dispatched from `services`, chains `service-*`,
 //!   `local-*`, `external-*`, `endpoint-*`, `mark-for-masquerade`,
 //!   `masquerading`, base chains `nat-prerouting`/`nat-output`/
@@ -28,9 +36,10 @@
 //! SHA-256, this module with FNV-1a, which is all a test needs: stable
 //! names, distinct per service port and endpoint.
 
-use std::{fmt, fmt::Write as _, net::Ipv4Addr};
+use std::{fmt, fmt::Write as _, net::IpAddr};
 
 use crate::{
+    Family,
     hash::Fnv64,
     netns::Netns,
     process::{self, DEFAULT_TIMEOUT},
@@ -86,14 +95,15 @@ pub enum TrafficPolicy {
 /// service's `targetPort` resolved to, and whether it is on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub local: bool,
 }
 
+/// `net.JoinHostPort`: `10.244.1.2:8080`, `[fd00::2]:8080`.
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.ip, self.port)
+        write!(f, "{}", std::net::SocketAddr::new(self.ip, self.port))
     }
 }
 
@@ -105,19 +115,19 @@ pub struct Service {
     pub name: String,
     /// The port's name; empty for an unnamed single port.
     pub port_name: String,
-    pub cluster_ip: Ipv4Addr,
+    pub cluster_ip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub endpoints: Vec<Endpoint>,
     pub node_port: Option<u16>,
     pub external_traffic_policy: TrafficPolicy,
-    pub external_ips: Vec<Ipv4Addr>,
-    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<IpAddr>,
+    pub load_balancer_ips: Vec<IpAddr>,
 }
 
 impl Service {
     /// A ClusterIP service `namespace/name` without endpoints.
-    pub fn new(name: &str, cluster_ip: Ipv4Addr, port: u16, protocol: Protocol) -> Self {
+    pub fn new(name: &str, cluster_ip: impl Into<IpAddr>, port: u16, protocol: Protocol) -> Self {
         assert!(
             name.contains('/'),
             "service name {name:?} is not namespace/name"
@@ -125,7 +135,7 @@ impl Service {
         Self {
             name: name.to_string(),
             port_name: String::new(),
-            cluster_ip,
+            cluster_ip: cluster_ip.into(),
             port,
             protocol,
             endpoints: Vec::new(),
@@ -141,8 +151,12 @@ impl Service {
         self
     }
 
-    pub fn endpoint(mut self, ip: Ipv4Addr, port: u16, local: bool) -> Self {
-        self.endpoints.push(Endpoint { ip, port, local });
+    pub fn endpoint(mut self, ip: impl Into<IpAddr>, port: u16, local: bool) -> Self {
+        self.endpoints.push(Endpoint {
+            ip: ip.into(),
+            port,
+            local,
+        });
         self
     }
 
@@ -162,14 +176,19 @@ impl Service {
         self
     }
 
-    pub fn external_ip(mut self, ip: Ipv4Addr) -> Self {
-        self.external_ips.push(ip);
+    pub fn external_ip(mut self, ip: impl Into<IpAddr>) -> Self {
+        self.external_ips.push(ip.into());
         self
     }
 
-    pub fn load_balancer_ip(mut self, ip: Ipv4Addr) -> Self {
-        self.load_balancer_ips.push(ip);
+    pub fn load_balancer_ip(mut self, ip: impl Into<IpAddr>) -> Self {
+        self.load_balancer_ips.push(ip.into());
         self
+    }
+
+    /// The family of the ClusterIP: the proxier that writes the rules.
+    pub fn family(&self) -> Family {
+        Family::of(self.cluster_ip)
     }
 
     /// `ServicePortName.String()`: `ns/name:port`, or `ns/name` unnamed.
@@ -252,10 +271,12 @@ impl Service {
     }
 
     fn nft_endpoint_chain(&self, endpoint: &Endpoint) -> String {
+        // An IPv6 address's colons are not allowed in a chain name:
+        // kube-proxy writes them as dots.
         let base = format!(
             "{}__{}/{}",
             self.nft_name_base(),
-            endpoint.ip,
+            endpoint.ip.to_string().replace(':', "."),
             endpoint.port
         );
         format!("endpoint-{}-{base}", hash8(&base))
@@ -265,12 +286,14 @@ impl Service {
 /// The node-wide settings of kube-proxy that shape the rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSettings {
-    /// `--cluster-cidr`: sources inside it are pods (the local-traffic
-    /// detector), and ClusterIP traffic from outside it is masqueraded.
+    /// `--cluster-cidr`: one CIDR per family, comma-separated; sources
+    /// inside it are pods (the local-traffic detector), and ClusterIP
+    /// traffic from outside it is masqueraded. Its families are the
+    /// proxiers that run.
     pub cluster_cidr: String,
     /// `--nodeport-addresses` as addresses; empty means every local
     /// address (`addrtype --dst-type LOCAL` / `fib daddr type local`).
-    pub node_ips: Vec<Ipv4Addr>,
+    pub node_ips: Vec<IpAddr>,
 }
 
 impl ClusterSettings {
@@ -280,36 +303,138 @@ impl ClusterSettings {
             node_ips: Vec::new(),
         }
     }
+
+    /// The cluster CIDR of `family`. Panics if the cluster has none.
+    pub fn cluster_cidr_of(&self, family: Family) -> &str {
+        self.cluster_cidr
+            .split(',')
+            .map(str::trim)
+            .find(|cidr| Family::of_cidr(cidr) == family)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {family:?} CIDR in --cluster-cidr {:?}",
+                    self.cluster_cidr
+                )
+            })
+    }
+
+    /// The families of the cluster: a proxier runs for each.
+    pub fn families(&self) -> Vec<Family> {
+        Family::ALL
+            .into_iter()
+            .filter(|f| {
+                self.cluster_cidr
+                    .split(',')
+                    .any(|c| Family::of_cidr(c.trim()) == *f)
+            })
+            .collect()
+    }
+
+    fn node_ips_of(&self, family: Family) -> Vec<IpAddr> {
+        self.node_ips
+            .iter()
+            .copied()
+            .filter(|ip| Family::of(*ip) == family)
+            .collect()
+    }
 }
 
-/// Writes the rules of `services` into `ns`, replacing whatever this module
-/// (or kube-proxy) wrote before, as one proxier sync does: applying again
-/// with other endpoints is an endpoint move. Panics if a tool fails.
-pub fn apply(ns: &Netns, mode: Mode, settings: &ClusterSettings, services: &[Service]) {
-    match mode {
-        Mode::Iptables => {
-            let saved = ns.exec_ok("iptables-save", &[] as &[&str]);
-            let input = iptables_restore_input(settings, services, &saved);
-            restore(ns, "iptables-restore", &["-w", "--noflush"], &input);
+/// What the family changes in the tools and the rules' words.
+impl Family {
+    fn iptables_save(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-save",
+            Family::V6 => "ip6tables-save",
         }
-        Mode::Nftables => {
-            let script = nft_script(settings, services);
-            restore(ns, "nft", &["-f", "-"], &script);
+    }
+
+    fn iptables_restore(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+
+    /// The length of a host address, as iptables writes it.
+    fn host_prefix(self) -> &'static str {
+        match self {
+            Family::V4 => "/32",
+            Family::V6 => "/128",
+        }
+    }
+
+    /// The nftables family of the table and of address matches.
+    fn nft(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+
+    fn nft_addr_type(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4_addr",
+            Family::V6 => "ipv6_addr",
+        }
+    }
+
+    fn of_cidr(cidr: &str) -> Family {
+        if cidr.contains(':') {
+            Family::V6
+        } else {
+            Family::V4
         }
     }
 }
 
-/// Removes everything [`apply`] wrote in `mode`.
-pub fn flush(ns: &Netns, mode: Mode) {
-    match mode {
-        Mode::Iptables => {
-            let saved = ns.exec_ok("iptables-save", &[] as &[&str]);
-            let input = iptables_flush_input(&saved);
-            restore(ns, "iptables-restore", &["-w", "--noflush"], &input);
+/// Writes the rules of `services` into `ns`, replacing whatever this module
+/// (or kube-proxy) wrote before, as one sync of each family's proxier
+/// does: applying again with other endpoints is an endpoint move. Panics
+/// if a tool fails or a service's family is not one of the cluster's.
+pub fn apply(ns: &Netns, mode: Mode, settings: &ClusterSettings, services: &[Service]) {
+    let families = settings.families();
+    if let Some(stray) = services.iter().find(|s| !families.contains(&s.family())) {
+        panic!(
+            "service {} has a {:?} ClusterIP, the cluster's CIDRs are {:?}",
+            stray.name,
+            stray.family(),
+            settings.cluster_cidr
+        );
+    }
+    for family in families {
+        let services: Vec<Service> = services
+            .iter()
+            .filter(|s| s.family() == family)
+            .cloned()
+            .collect();
+        match mode {
+            Mode::Iptables => {
+                let saved = ns.exec_ok(family.iptables_save(), &[] as &[&str]);
+                let input = iptables_restore_input(settings, family, &services, &saved);
+                restore(ns, family.iptables_restore(), &["-w", "--noflush"], &input);
+            }
+            Mode::Nftables => {
+                let script = nft_script(settings, family, &services);
+                restore(ns, "nft", &["-f", "-"], &script);
+            }
         }
-        Mode::Nftables => {
-            let script = format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n");
-            restore(ns, "nft", &["-f", "-"], &script);
+    }
+}
+
+/// Removes everything [`apply`] wrote in `mode`, both families.
+pub fn flush(ns: &Netns, mode: Mode) {
+    for family in Family::ALL {
+        match mode {
+            Mode::Iptables => {
+                let saved = ns.exec_ok(family.iptables_save(), &[] as &[&str]);
+                let input = iptables_flush_input(&saved);
+                restore(ns, family.iptables_restore(), &["-w", "--noflush"], &input);
+            }
+            Mode::Nftables => {
+                let ip = family.nft();
+                let script = format!("add table {ip} {NFT_TABLE}\ndelete table {ip} {NFT_TABLE}\n");
+                restore(ns, "nft", &["-f", "-"], &script);
+            }
         }
     }
 }
@@ -439,9 +564,11 @@ const SERVICE_CHAIN_PREFIXES: &[&str] = &[
 /// chains are worked out.
 pub fn iptables_restore_input(
     settings: &ClusterSettings,
+    family: Family,
     services: &[Service],
     saved: &str,
 ) -> String {
+    let host = family.host_prefix();
     let mut filter = Section::default();
     let mut nat = Section::default();
     for chain in FILTER_CHAINS {
@@ -462,9 +589,11 @@ pub fn iptables_restore_input(
         }
     }
 
-    filter.rule(
-        "-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
-    );
+    if family == Family::V4 {
+        filter.rule(
+            "-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+        );
+    }
     filter.rule("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP");
     filter.rule(&format!(
         "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {MASQUERADE_MARK:#x}/{MASQUERADE_MARK:#x} -j ACCEPT"
@@ -487,19 +616,25 @@ pub fn iptables_restore_input(
     ));
 
     for service in services {
-        iptables_service(settings, service, &mut filter, &mut nat);
+        iptables_service(settings, family, service, &mut filter, &mut nat);
     }
 
     // Last in KUBE-SERVICES, as kube-proxy notes in the rule's comment.
     let nodeports_comment = "-m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\"";
-    if settings.node_ips.is_empty() {
+    let node_ips = settings.node_ips_of(family);
+    if node_ips.is_empty() {
+        // IPv6 NodePorts never work on localhost: kube-proxy leaves `::1` out.
+        let not_localhost = match family {
+            Family::V4 => "",
+            Family::V6 => "! -d ::1/128 ",
+        };
         nat.rule(&format!(
-            "-A KUBE-SERVICES {nodeports_comment} -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
+            "-A KUBE-SERVICES {not_localhost}{nodeports_comment} -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
         ));
     } else {
-        for ip in &settings.node_ips {
+        for ip in &node_ips {
             nat.rule(&format!(
-                "-A KUBE-SERVICES -d {ip}/32 {nodeports_comment} -j KUBE-NODEPORTS"
+                "-A KUBE-SERVICES -d {ip}{host} {nodeports_comment} -j KUBE-NODEPORTS"
             ));
         }
     }
@@ -561,12 +696,15 @@ struct Facts {
 
 fn iptables_service(
     settings: &ClusterSettings,
+    family: Family,
     service: &Service,
     filter: &mut Section,
     nat: &mut Section,
 ) {
     let facts = service.facts();
     let (name, proto, port) = (&facts.name, facts.proto, facts.port);
+    let host = family.host_prefix();
+    let cluster_cidr = settings.cluster_cidr_of(family);
     let svc_chain = service.iptables_chain("KUBE-SVC-");
     let svl_chain = service.iptables_chain("KUBE-SVL-");
     let ext_chain = service.iptables_chain("KUBE-EXT-");
@@ -584,12 +722,12 @@ fn iptables_service(
     if !facts.has_endpoints {
         // Nothing in nat; the filter table rejects the service's addresses.
         filter.rule(&format!(
-            "-A KUBE-SERVICES -m comment --comment \"{name} has no endpoints\" -m {proto} -p {proto} -d {}/32 --dport {port} -j REJECT",
+            "-A KUBE-SERVICES -m comment --comment \"{name} has no endpoints\" -m {proto} -p {proto} -d {}{host} --dport {port} -j REJECT",
             service.cluster_ip
         ));
         for (ip, _) in external_destinations {
             filter.rule(&format!(
-                "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{name} has no endpoints\" -m {proto} -p {proto} -d {ip}/32 --dport {port} -j REJECT"
+                "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{name} has no endpoints\" -m {proto} -p {proto} -d {ip}{host} --dport {port} -j REJECT"
             ));
         }
         if let Some(node_port) = service.node_port {
@@ -603,12 +741,12 @@ fn iptables_service(
     // ClusterIP.
     nat.chain(&svc_chain);
     nat.rule(&format!(
-        "-A KUBE-SERVICES -m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {}/32 --dport {port} -j {svc_chain}",
+        "-A KUBE-SERVICES -m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {}{host} --dport {port} -j {svc_chain}",
         service.cluster_ip
     ));
     nat.rule(&format!(
-        "-A {svc_chain} -m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {}/32 --dport {port} ! -s {} -j KUBE-MARK-MASQ",
-        service.cluster_ip, settings.cluster_cidr
+        "-A {svc_chain} -m comment --comment \"{name} cluster IP\" -m {proto} -p {proto} -d {}{host} --dport {port} ! -s {cluster_cidr} -j KUBE-MARK-MASQ",
+        service.cluster_ip
     ));
     balance(nat, service, &svc_chain, &service.endpoints);
 
@@ -617,7 +755,7 @@ fn iptables_service(
         nat.chain(&ext_chain);
         for (ip, what) in external_destinations.clone() {
             nat.rule(&format!(
-                "-A KUBE-SERVICES -m comment --comment \"{name} {what}\" -m {proto} -p {proto} -d {ip}/32 --dport {port} -j {ext_chain}"
+                "-A KUBE-SERVICES -m comment --comment \"{name} {what}\" -m {proto} -p {proto} -d {ip}{host} --dport {port} -j {ext_chain}"
             ));
         }
         if let Some(node_port) = service.node_port {
@@ -627,8 +765,7 @@ fn iptables_service(
         }
         if service.external_policy_local() {
             nat.rule(&format!(
-                "-A {ext_chain} -s {} -m comment --comment \"pod traffic for {name} external destinations\" -j {svc_chain}",
-                settings.cluster_cidr
+                "-A {ext_chain} -s {cluster_cidr} -m comment --comment \"pod traffic for {name} external destinations\" -j {svc_chain}"
             ));
             nat.rule(&format!(
                 "-A {ext_chain} -m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ"
@@ -653,7 +790,7 @@ fn iptables_service(
         // short-circuit is dropped.
         for (ip, _) in external_destinations {
             filter.rule(&format!(
-                "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{name} has no local endpoints\" -m {proto} -p {proto} -d {ip}/32 --dport {port} -j DROP"
+                "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{name} has no local endpoints\" -m {proto} -p {proto} -d {ip}{host} --dport {port} -j DROP"
             ));
         }
         if let Some(node_port) = service.node_port {
@@ -667,7 +804,7 @@ fn iptables_service(
         let sep = service.iptables_sep_chain(endpoint);
         nat.chain(&sep);
         nat.rule(&format!(
-            "-A {sep} -m comment --comment {name} -s {}/32 -j KUBE-MARK-MASQ",
+            "-A {sep} -m comment --comment {name} -s {}{host} -j KUBE-MARK-MASQ",
             endpoint.ip
         ));
         nat.rule(&format!(
@@ -772,12 +909,20 @@ impl SavedTables {
 
 // ---- nftables mode ----
 
-/// The `nft -f` script of one sync: the `ip kube-proxy` table deleted and
-/// written anew in one transaction.
-pub fn nft_script(settings: &ClusterSettings, services: &[Service]) -> String {
-    let mut table = NftTable::default();
+/// The `nft -f` script of one sync of `family`'s proxier: its `ip` (or
+/// `ip6`) `kube-proxy` table deleted and written anew in one transaction.
+pub fn nft_script(settings: &ClusterSettings, family: Family, services: &[Service]) -> String {
+    let ip = family.nft();
+    let addr_type = family.nft_addr_type();
+    let mut table = NftTable {
+        family: ip,
+        ..NftTable::default()
+    };
     let mark = format!("{MASQUERADE_MARK:#010x}");
-    let no_localhost = "ip daddr != 127.0.0.0/8";
+    let no_localhost = match family {
+        Family::V4 => "ip daddr != 127.0.0.0/8",
+        Family::V6 => "ip6 daddr != ::1",
+    };
 
     // kube-proxy names the priorities `dstnat - 10` and so on; nft 1.0.6
     // (Debian 12) accepts `dstnat` only on the prerouting hook, so they are
@@ -823,21 +968,21 @@ pub fn nft_script(settings: &ClusterSettings, services: &[Service]) -> String {
     table.rule("reject-chain", "reject");
     table.rule(
         "cluster-ips-check",
-        "ip daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\"",
+        &format!("{ip} daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\""),
     );
     table.rule(
         "firewall-check",
-        "ip daddr . meta l4proto . th dport vmap @firewall-ips",
+        &format!("{ip} daddr . meta l4proto . th dport vmap @firewall-ips"),
     );
     table.rule(
         "service-endpoints-check",
-        "ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
+        &format!("{ip} daddr . meta l4proto . th dport vmap @no-endpoint-services"),
     );
     table.rule(
         "services",
-        "ip daddr . meta l4proto . th dport vmap @service-ips",
+        &format!("{ip} daddr . meta l4proto . th dport vmap @service-ips"),
     );
-    if settings.node_ips.is_empty() {
+    if settings.node_ips_of(family).is_empty() {
         table.rule(
             "nodeport-endpoints-check",
             &format!("fib daddr type local {no_localhost} meta l4proto . th dport vmap @no-endpoint-nodeports"),
@@ -849,16 +994,22 @@ pub fn nft_script(settings: &ClusterSettings, services: &[Service]) -> String {
     } else {
         table.rule(
             "nodeport-endpoints-check",
-            "ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports",
+            &format!(
+                "{ip} daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports"
+            ),
         );
         table.rule(
             "services",
-            "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports",
+            &format!("{ip} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"),
         );
-        let ips: Vec<String> = settings.node_ips.iter().map(Ipv4Addr::to_string).collect();
+        let ips: Vec<String> = settings
+            .node_ips_of(family)
+            .iter()
+            .map(IpAddr::to_string)
+            .collect();
         table.set(
             "nodeport-ips",
-            "ipv4_addr",
+            addr_type,
             "IPs that accept NodePort traffic",
             ips,
         );
@@ -873,6 +1024,7 @@ pub fn nft_script(settings: &ClusterSettings, services: &[Service]) -> String {
         cluster_ips.push(service.cluster_ip.to_string());
         nft_service(
             settings,
+            family,
             service,
             &mut table,
             &mut service_ips,
@@ -883,9 +1035,9 @@ pub fn nft_script(settings: &ClusterSettings, services: &[Service]) -> String {
     }
     cluster_ips.sort();
     cluster_ips.dedup();
-    let addr_proto_port = "ipv4_addr . inet_proto . inet_service : verdict";
+    let addr_proto_port = &format!("{addr_type} . inet_proto . inet_service : verdict");
     let proto_port = "inet_proto . inet_service : verdict";
-    table.set("cluster-ips", "ipv4_addr", "Active ClusterIPs", cluster_ips);
+    table.set("cluster-ips", addr_type, "Active ClusterIPs", cluster_ips);
     table.map(
         "no-endpoint-services",
         addr_proto_port,
@@ -917,7 +1069,7 @@ pub fn nft_script(settings: &ClusterSettings, services: &[Service]) -> String {
         service_nodeports,
     );
 
-    let mut out = format!("add table ip {NFT_TABLE}\ndelete table ip {NFT_TABLE}\n");
+    let mut out = format!("add table {ip} {NFT_TABLE}\ndelete table {ip} {NFT_TABLE}\n");
     table.write(&mut out);
     out
 }
@@ -925,6 +1077,7 @@ pub fn nft_script(settings: &ClusterSettings, services: &[Service]) -> String {
 #[allow(clippy::too_many_arguments)]
 fn nft_service(
     settings: &ClusterSettings,
+    family: Family,
     service: &Service,
     table: &mut NftTable,
     service_ips: &mut Vec<String>,
@@ -937,7 +1090,9 @@ fn nft_service(
     let cluster_chain = service.nft_chain("service-");
     let local_chain = service.nft_chain("local-");
     let external_chain = service.nft_chain("external-");
-    let external_ips: Vec<Ipv4Addr> = service
+    let ip = family.nft();
+    let cluster_cidr = settings.cluster_cidr_of(family);
+    let external_ips: Vec<IpAddr> = service
         .external_ips
         .iter()
         .chain(&service.load_balancer_ips)
@@ -966,8 +1121,8 @@ fn nft_service(
     table.rule(
         &cluster_chain,
         &format!(
-            "ip daddr {} {proto} dport {port} ip saddr != {} jump mark-for-masquerade",
-            service.cluster_ip, settings.cluster_cidr
+            "{ip} daddr {} {proto} dport {port} {ip} saddr != {cluster_cidr} jump mark-for-masquerade",
+            service.cluster_ip
         ),
     );
     nft_balance(table, service, &cluster_chain, &service.endpoints);
@@ -983,8 +1138,7 @@ fn nft_service(
             table.rule(
                 &external_chain,
                 &format!(
-                    "ip saddr {} goto {cluster_chain} comment \"short-circuit pod traffic\"",
-                    settings.cluster_cidr
+                    "{ip} saddr {cluster_cidr} goto {cluster_chain} comment \"short-circuit pod traffic\""
                 ),
             );
             table.rule(
@@ -1017,7 +1171,7 @@ fn nft_service(
         let chain = service.nft_endpoint_chain(endpoint);
         table.rule(
             &chain,
-            &format!("ip saddr {} jump mark-for-masquerade", endpoint.ip),
+            &format!("{ip} saddr {} jump mark-for-masquerade", endpoint.ip),
         );
         table.rule(&chain, &format!("meta l4proto {proto} dnat to {endpoint}"));
     }
@@ -1049,6 +1203,8 @@ struct NftChain {
 
 #[derive(Default)]
 struct NftTable {
+    /// `ip` or `ip6`.
+    family: &'static str,
     /// Sets and maps, already written out.
     declarations: Vec<String>,
     chains: Vec<NftChain>,
@@ -1098,7 +1254,7 @@ impl NftTable {
     }
 
     fn write(&self, out: &mut String) {
-        let _ = writeln!(out, "table ip {NFT_TABLE} {{");
+        let _ = writeln!(out, "table {} {NFT_TABLE} {{", self.family);
         let _ = writeln!(out, "\tcomment \"rules for kube-proxy\"");
         // Chains first: nft resolves a verdict map's `goto` as it reads.
         for chain in &self.chains {
@@ -1114,7 +1270,11 @@ impl NftTable {
         let _ = writeln!(out, "}}");
         for chain in &self.chains {
             for rule in &chain.rules {
-                let _ = writeln!(out, "add rule ip {NFT_TABLE} {} {rule}", chain.name);
+                let _ = writeln!(
+                    out,
+                    "add rule {} {NFT_TABLE} {} {rule}",
+                    self.family, chain.name
+                );
             }
         }
     }
@@ -1122,6 +1282,8 @@ impl NftTable {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
 
     const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -1194,7 +1356,7 @@ mod tests {
         let three = dns()
             .endpoint(Ipv4Addr::new(10, 244, 1, 6), 53, true)
             .endpoint(Ipv4Addr::new(10, 244, 2, 7), 53, false);
-        let out = iptables_restore_input(&settings, std::slice::from_ref(&three), "");
+        let out = iptables_restore_input(&settings, Family::V4, std::slice::from_ref(&three), "");
         let svc = three.iptables_chain("KUBE-SVC-");
         assert!(out.contains(&format!(
             "-A KUBE-SERVICES -m comment --comment \"kube-system/kube-dns:dns cluster IP\" -m udp -p udp -d 10.96.0.10/32 --dport 53 -j {svc}"
@@ -1218,7 +1380,12 @@ mod tests {
 
     #[test]
     fn iptables_masquerade_forward_and_jumps() {
-        let out = iptables_restore_input(&ClusterSettings::new(CLUSTER_CIDR), &[dns()], "");
+        let out = iptables_restore_input(
+            &ClusterSettings::new(CLUSTER_CIDR),
+            Family::V4,
+            &[dns()],
+            "",
+        );
         for rule in [
             "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
             "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
@@ -1235,7 +1402,12 @@ mod tests {
         }
         // A second sync finds the jumps and does not add them twice.
         let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\nCOMMIT\n";
-        let again = iptables_restore_input(&ClusterSettings::new(CLUSTER_CIDR), &[dns()], saved);
+        let again = iptables_restore_input(
+            &ClusterSettings::new(CLUSTER_CIDR),
+            Family::V4,
+            &[dns()],
+            saved,
+        );
         assert!(!again.contains("-I PREROUTING"), "{again}");
         assert!(again.contains("-I OUTPUT 1"), "{again}");
     }
@@ -1244,7 +1416,7 @@ mod tests {
     fn iptables_external_destinations_and_node_ports() {
         let settings = ClusterSettings::new(CLUSTER_CIDR);
         let web = web();
-        let out = iptables_restore_input(&settings, std::slice::from_ref(&web), "");
+        let out = iptables_restore_input(&settings, Family::V4, std::slice::from_ref(&web), "");
         let ext = web.iptables_chain("KUBE-EXT-");
         let svc = web.iptables_chain("KUBE-SVC-");
         for rule in [
@@ -1270,8 +1442,8 @@ mod tests {
             "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
         );
         let mut only_node = settings.clone();
-        only_node.node_ips = vec![Ipv4Addr::new(10, 250, 0, 1)];
-        let out = iptables_restore_input(&only_node, &[web], "");
+        only_node.node_ips = vec![Ipv4Addr::new(10, 250, 0, 1).into()];
+        let out = iptables_restore_input(&only_node, Family::V4, &[web], "");
         assert!(
             out.contains("-A KUBE-SERVICES -d 10.250.0.1/32 -m comment"),
             "{out}"
@@ -1284,6 +1456,7 @@ mod tests {
         let web = web().external_traffic_policy(TrafficPolicy::Local);
         let out = iptables_restore_input(
             &ClusterSettings::new(CLUSTER_CIDR),
+            Family::V4,
             std::slice::from_ref(&web),
             "",
         );
@@ -1306,11 +1479,16 @@ mod tests {
         assert!(local[0].ends_with(&format!("-j {}", web.iptables_sep_chain(&web.endpoints[0]))));
         // Without local endpoints, outside traffic is dropped in filter.
         let remote_only = web.with_endpoints(vec![Endpoint {
-            ip: Ipv4Addr::new(10, 244, 2, 3),
+            ip: Ipv4Addr::new(10, 244, 2, 3).into(),
             port: 8080,
             local: false,
         }]);
-        let out = iptables_restore_input(&ClusterSettings::new(CLUSTER_CIDR), &[remote_only], "");
+        let out = iptables_restore_input(
+            &ClusterSettings::new(CLUSTER_CIDR),
+            Family::V4,
+            &[remote_only],
+            "",
+        );
         assert!(!out.contains(&format!(":{svl}")), "{out}");
         assert!(out.contains("has no local endpoints\" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 30080 -j DROP"), "{out}");
     }
@@ -1323,7 +1501,12 @@ mod tests {
             80,
             Protocol::Tcp,
         );
-        let out = iptables_restore_input(&ClusterSettings::new(CLUSTER_CIDR), &[empty], "");
+        let out = iptables_restore_input(
+            &ClusterSettings::new(CLUSTER_CIDR),
+            Family::V4,
+            &[empty],
+            "",
+        );
         assert!(out.contains("-A KUBE-SERVICES -m comment --comment \"default/empty has no endpoints\" -m tcp -p tcp -d 10.96.0.99/32 --dport 80 -j REJECT"), "{out}");
         assert!(!out.contains("KUBE-SVC-"), "{out}");
     }
@@ -1331,7 +1514,12 @@ mod tests {
     #[test]
     fn iptables_stale_chains_are_deleted_and_flush_removes_everything() {
         let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-OLDOLDOLDOLDOLDO - [0:0]\n:KUBE-SEP-OLDOLDOLDOLDOLDO - [0:0]\n:CNI-1234 - [0:0]\n-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\nCOMMIT\n";
-        let out = iptables_restore_input(&ClusterSettings::new(CLUSTER_CIDR), &[dns()], saved);
+        let out = iptables_restore_input(
+            &ClusterSettings::new(CLUSTER_CIDR),
+            Family::V4,
+            &[dns()],
+            saved,
+        );
         assert!(
             out.contains(":KUBE-SVC-OLDOLDOLDOLDOLDO - [0:0]")
                 && out.contains("-X KUBE-SVC-OLDOLDOLDOLDOLDO"),
@@ -1365,7 +1553,11 @@ mod tests {
     #[test]
     fn nft_table_dispatches_through_verdict_maps() {
         let web = web();
-        let out = nft_script(&ClusterSettings::new(CLUSTER_CIDR), &[web.clone(), dns()]);
+        let out = nft_script(
+            &ClusterSettings::new(CLUSTER_CIDR),
+            Family::V4,
+            &[web.clone(), dns()],
+        );
         assert!(
             out.starts_with(
                 "add table ip kube-proxy\ndelete table ip kube-proxy\ntable ip kube-proxy {"
@@ -1420,8 +1612,8 @@ mod tests {
     fn nft_local_policy_and_node_port_addresses() {
         let web = web().external_traffic_policy(TrafficPolicy::Local);
         let mut settings = ClusterSettings::new(CLUSTER_CIDR);
-        settings.node_ips = vec![Ipv4Addr::new(10, 250, 0, 1)];
-        let out = nft_script(&settings, std::slice::from_ref(&web));
+        settings.node_ips = vec![Ipv4Addr::new(10, 250, 0, 1).into()];
+        let out = nft_script(&settings, Family::V4, std::slice::from_ref(&web));
         let (service, external, local) = (
             web.nft_chain("service-"),
             web.nft_chain("external-"),
@@ -1461,7 +1653,7 @@ mod tests {
             Protocol::Tcp,
         )
         .node_port(30099);
-        let out = nft_script(&ClusterSettings::new(CLUSTER_CIDR), &[empty]);
+        let out = nft_script(&ClusterSettings::new(CLUSTER_CIDR), Family::V4, &[empty]);
         assert!(
             out.contains("10.96.0.99 . tcp . 80 comment \"default/empty\" : goto reject-chain"),
             "{out}"
@@ -1471,5 +1663,103 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("-default/empty/tcp/"), "{out}");
+    }
+
+    const CLUSTER_CIDRS: &str = "10.244.0.0/16,fd00:10:244::/56";
+
+    fn web6() -> Service {
+        let v6 = |last: u16| Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, last);
+        Service::new(
+            "default/web",
+            Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x20),
+            80,
+            Protocol::Tcp,
+        )
+        .port_name("http")
+        .endpoint(v6(2), 8080, true)
+        .node_port(30080)
+    }
+
+    #[test]
+    fn families_come_from_the_cluster_cidr() {
+        let dual = ClusterSettings::new(CLUSTER_CIDRS);
+        assert_eq!(dual.families(), vec![Family::V4, Family::V6]);
+        assert_eq!(dual.cluster_cidr_of(Family::V6), "fd00:10:244::/56");
+        assert_eq!(dual.cluster_cidr_of(Family::V4), CLUSTER_CIDR);
+        assert_eq!(
+            ClusterSettings::new(CLUSTER_CIDR).families(),
+            vec![Family::V4]
+        );
+        assert_eq!(web6().family(), Family::V6);
+        assert_eq!(web6().endpoints[0].to_string(), "[fd00:10:244:1::2]:8080");
+    }
+
+    #[test]
+    fn iptables_ipv6_rules_have_ipv6_shapes() {
+        let web = web6();
+        let out = iptables_restore_input(
+            &ClusterSettings::new(CLUSTER_CIDRS),
+            Family::V6,
+            std::slice::from_ref(&web),
+            "",
+        );
+        let svc = web.iptables_chain("KUBE-SVC-");
+        let sep = web.iptables_sep_chain(&web.endpoints[0]);
+        for rule in [
+            format!(
+                "-A KUBE-SERVICES -m comment --comment \"default/web:http cluster IP\" -m tcp -p tcp -d fd00:96::20/128 --dport 80 -j {svc}"
+            ),
+            format!(
+                "-A {svc} -m comment --comment \"default/web:http cluster IP\" -m tcp -p tcp -d fd00:96::20/128 --dport 80 ! -s fd00:10:244::/56 -j KUBE-MARK-MASQ"
+            ),
+            format!(
+                "-A {sep} -m comment --comment default/web:http -s fd00:10:244:1::2/128 -j KUBE-MARK-MASQ"
+            ),
+            format!(
+                "-A {sep} -m comment --comment default/web:http -m tcp -p tcp -j DNAT --to-destination [fd00:10:244:1::2]:8080"
+            ),
+            "-A KUBE-SERVICES ! -d ::1/128 -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS".to_string(),
+        ] {
+            assert!(out.lines().any(|l| l == rule), "missing {rule:?} in\n{out}");
+        }
+        assert!(!out.contains("127.0.0.0/8"), "{out}");
+        assert!(!out.contains("/32"), "{out}");
+    }
+
+    #[test]
+    fn nft_ipv6_table_is_ip6() {
+        let web = web6();
+        let out = nft_script(
+            &ClusterSettings::new(CLUSTER_CIDRS),
+            Family::V6,
+            std::slice::from_ref(&web),
+        );
+        assert!(
+            out.starts_with(
+                "add table ip6 kube-proxy\ndelete table ip6 kube-proxy\ntable ip6 kube-proxy {"
+            ),
+            "{out}"
+        );
+        let service = web.nft_chain("service-");
+        let endpoint = web.nft_endpoint_chain(&web.endpoints[0]);
+        for text in [
+            "type ipv6_addr . inet_proto . inet_service : verdict".to_string(),
+            format!("fd00:96::20 . tcp . 80 : goto {service}"),
+            "add rule ip6 kube-proxy services ip6 daddr . meta l4proto . th dport vmap @service-ips".to_string(),
+            "add rule ip6 kube-proxy services fib daddr type local ip6 daddr != ::1 meta l4proto . th dport vmap @service-nodeports".to_string(),
+            format!("add rule ip6 kube-proxy {service} ip6 daddr fd00:96::20 tcp dport 80 ip6 saddr != fd00:10:244::/56 jump mark-for-masquerade"),
+            format!("add rule ip6 kube-proxy {endpoint} ip6 saddr fd00:10:244:1::2 jump mark-for-masquerade"),
+            format!("add rule ip6 kube-proxy {endpoint} meta l4proto tcp dnat to [fd00:10:244:1::2]:8080"),
+        ] {
+            assert!(out.contains(&text), "missing {text:?} in\n{out}");
+        }
+        assert!(
+            endpoint.ends_with("-default/web/tcp/http__fd00.10.244.1..2/8080"),
+            "{endpoint}"
+        );
+        assert!(
+            !out.contains("ip daddr") && !out.contains("ipv4_addr"),
+            "{out}"
+        );
     }
 }

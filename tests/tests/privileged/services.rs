@@ -13,29 +13,35 @@
 //! `ip_forward=0` node kind it is a forwarding node again: its column is
 //! recorded there, not asserted.
 //!
-//! Topology of one node (either plugin):
+//! Every case runs for both families from one body (a [`Plan`] per
+//! family: IPv4-only pods with kube-proxy's IPv4 rules, IPv6-only pods
+//! with its IPv6 rules), and a dual-stack Service (one ClusterIP per
+//! family) is reached by dual-stack pods over both at once.
+//!
+//! Topology of one node (either plugin), IPv4 (IPv6):
 //!
 //! ```text
-//!  pods client, server, server2 (10.244.1.0/24)
+//!  pods client, server, server2 (10.244.1.0/24, fd00:10:244:1::/64)
 //!        |
-//!  node  (uplink 10.250.0.1, default route via the peer)
+//!  node  (uplink 10.250.0.1 and fd00:250::1, default routes via the peer)
 //!        |
-//!  peer  10.250.0.2: plays node B and the outside world: an API server on
-//!        :6443, a pod of node B at 10.244.2.10 (on its loopback, routed
-//!        via 10.250.0.2 from the node), and outside clients; routes the
-//!        node's pod CIDR, externalIPs and LoadBalancer IPs to the node.
+//!  peer  10.250.0.2 (fd00:250::2): plays node B and the outside world: an
+//!        API server on :6443, a pod of node B at 10.244.2.10
+//!        (fd00:10:244:2::10; on its loopback, routed via the peer from the
+//!        node), and outside clients; routes the node's pod CIDR,
+//!        externalIPs and LoadBalancer IPs to the node.
 //! ```
 
 use std::{
     io::{self, Write},
-    net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     thread,
     time::Duration,
 };
 
 use cni_ebpf_tests::{
-    CniRequest, Netns, Node, Pod,
+    CniRequest, Family, Netns, Node, Pod,
     ext::{PeerServer, UdpEcho, parse_echo_answer, uplink_with_default_route, with_keys},
     firewall,
     hash::{ByteStream, Fnv64},
@@ -46,32 +52,101 @@ use cni_ebpf_tests::{
     spec::run_reference,
 };
 use nix::sys::{
-    socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn, sockopt},
+    socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage, sockopt},
     time::{TimeVal, TimeValLike},
 };
 use serde_json::{Value, json};
 
-const CLUSTER_CIDR: &str = "10.244.0.0/16";
-const POD_CIDR: &str = "10.244.1.0/24";
-/// Node B's pod CIDR, behind the peer.
-const REMOTE_POD_CIDR: &str = "10.244.2.0/24";
-const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
-/// kubeadm's default service CIDR.
-const SERVICE_CIDR: &str = "10.96.0.0/12";
-/// Where the externalIPs and LoadBalancer IPs of the tests live.
-const EXTERNAL_CIDR: &str = "10.200.0.0/16";
-const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 10);
-const LOAD_BALANCER_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 10);
+/// The addresses of one family's cases.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    family: Family,
+    cluster_cidr: &'static str,
+    pod_cidr: &'static str,
+    /// Node B's pod CIDR, behind the peer.
+    remote_pod_cidr: &'static str,
+    remote_pod: IpAddr,
+    /// kubeadm's default service CIDR (IPv6: a /112, as kubeadm requires).
+    service_cidr: &'static str,
+    /// Where the externalIPs and LoadBalancer IPs of the tests live.
+    external_cidr: &'static str,
+    external_ip: IpAddr,
+    load_balancer_ip: IpAddr,
+    web: IpAddr,
+    web_local: IpAddr,
+    dns: IpAddr,
+    remote_web: IpAddr,
+    remote_dns: IpAddr,
+    kubernetes: IpAddr,
+    hairpin_web: IpAddr,
+    hairpin_dns: IpAddr,
+    moving: IpAddr,
+}
 
-const WEB_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
-const WEB_LOCAL_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
-const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const REMOTE_WEB_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
-const REMOTE_DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 31);
-const KUBERNETES_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
-const HAIRPIN_WEB_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
-const HAIRPIN_DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 41);
-const MOVING_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
+impl Plan {
+    fn of(family: Family) -> Self {
+        match family {
+            Family::V4 => {
+                let svc = |last: u8| IpAddr::V4(Ipv4Addr::new(10, 96, 0, last));
+                Self {
+                    family,
+                    cluster_cidr: "10.244.0.0/16",
+                    pod_cidr: "10.244.1.0/24",
+                    remote_pod_cidr: "10.244.2.0/24",
+                    remote_pod: Ipv4Addr::new(10, 244, 2, 10).into(),
+                    service_cidr: "10.96.0.0/12",
+                    external_cidr: "10.200.0.0/16",
+                    external_ip: Ipv4Addr::new(10, 200, 0, 10).into(),
+                    load_balancer_ip: Ipv4Addr::new(10, 200, 1, 10).into(),
+                    web: svc(20),
+                    web_local: svc(21),
+                    dns: svc(10),
+                    remote_web: svc(30),
+                    remote_dns: svc(31),
+                    kubernetes: svc(1),
+                    hairpin_web: svc(40),
+                    hairpin_dns: svc(41),
+                    moving: svc(50),
+                }
+            }
+            Family::V6 => {
+                let svc =
+                    |last: u16| IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, last));
+                let v6 = |a: u16, b: u16, c: u16, last: u16| {
+                    IpAddr::V6(Ipv6Addr::new(0xfd00, a, b, c, 0, 0, 0, last))
+                };
+                Self {
+                    family,
+                    cluster_cidr: "fd00:10:244::/56",
+                    pod_cidr: "fd00:10:244:1::/64",
+                    remote_pod_cidr: "fd00:10:244:2::/64",
+                    remote_pod: v6(0x10, 0x244, 2, 0x10),
+                    service_cidr: "fd00:10:96::/112",
+                    external_cidr: "fd00:10:200::/48",
+                    external_ip: v6(0x10, 0x200, 0, 0x10),
+                    load_balancer_ip: v6(0x10, 0x200, 1, 0x10),
+                    web: svc(0x20),
+                    web_local: svc(0x21),
+                    dns: svc(0x10),
+                    remote_web: svc(0x30),
+                    remote_dns: svc(0x31),
+                    kubernetes: svc(0x1),
+                    hairpin_web: svc(0x40),
+                    hairpin_dns: svc(0x41),
+                    moving: svc(0x50),
+                }
+            }
+        }
+    }
+
+    /// A host route's prefix length in this family.
+    fn host_len(&self) -> u8 {
+        match self.family {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+}
 
 const WEB_PORT: u16 = 80;
 const DNS_PORT: u16 = 53;
@@ -122,46 +197,73 @@ impl Forwarding {
     }
 }
 
-/// One node of either plugin with its uplink and the peer behind it.
+/// One node of either plugin with its uplink and the peer behind it; its
+/// pod network has the families of `plans` (one, or both: dual stack).
 struct Site {
     plugin: Plugin,
     node: Node,
     peer: Ext,
+    plans: Vec<Plan>,
 }
 
 impl Site {
-    fn new(plugin: Plugin, forwarding: Forwarding) -> Self {
+    fn new(plugin: Plugin, forwarding: Forwarding, plans: &[Plan]) -> Self {
         let node = Node::new();
-        node.netns()
-            .set_sysctl("net.ipv4.ip_forward", forwarding.sysctl());
+        for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+            node.netns().set_sysctl(key, forwarding.sysctl());
+        }
         let peer = uplink_with_default_route(&node);
-        let node_ip = peer.node_ip.to_string();
-        for dst in [POD_CIDR, EXTERNAL_CIDR] {
-            peer.netns.ip(&["route", "add", dst, "via", &node_ip]);
+        for plan in plans {
+            let flag = plan.family.flag();
+            let node_ip = peer.node_addr(plan.family).to_string();
+            for dst in [plan.pod_cidr, plan.external_cidr] {
+                peer.netns.ip(&[flag, "route", "add", dst, "via", &node_ip]);
+            }
+            let remote_pod = format!("{}/{}", plan.remote_pod, plan.host_len());
+            peer.netns
+                .ip(&[flag, "addr", "add", &remote_pod, "dev", "lo"]);
+            if plugin == Plugin::Bridge {
+                // cni-ebpf installs this route from `nodeRoutes`.
+                let peer_ip = peer.ext_addr(plan.family).to_string();
+                node.netns()
+                    .ip(&[flag, "route", "add", plan.remote_pod_cidr, "via", &peer_ip]);
+            }
         }
-        peer.netns
-            .ip(&["addr", "add", &format!("{REMOTE_POD}/32"), "dev", "lo"]);
-        if plugin == Plugin::Bridge {
-            // cni-ebpf installs this route from `nodeRoutes`.
-            let peer_ip = peer.ext_ip.to_string();
-            node.netns()
-                .ip(&["route", "add", REMOTE_POD_CIDR, "via", &peer_ip]);
+        Self {
+            plugin,
+            node,
+            peer,
+            plans: plans.to_vec(),
         }
-        Self { plugin, node, peer }
     }
 
     fn conf(&self) -> Value {
+        let each = |f: &dyn Fn(&Plan) -> Value| self.plans.iter().map(f).collect::<Vec<_>>();
         match self.plugin {
-            Plugin::CniEbpf => with_keys(
-                self.node.conf().subnet(POD_CIDR).build(),
-                json!({
-                    "ipMasq": true,
-                    "nonMasqueradeCIDRs": [CLUSTER_CIDR],
-                    "serviceCIDRs": [SERVICE_CIDR, EXTERNAL_CIDR],
-                    "uplink": "uplink",
-                    "nodeRoutes": [{ "dst": REMOTE_POD_CIDR, "gw": self.peer.ext_ip.to_string() }],
-                }),
-            ),
+            Plugin::CniEbpf => {
+                let mut conf = self.node.conf().subnet(self.plans[0].pod_cidr);
+                if let Some(second) = self.plans.get(1) {
+                    conf = conf.second_subnet(second.pod_cidr);
+                }
+                let service_cidrs: Vec<&str> = self
+                    .plans
+                    .iter()
+                    .flat_map(|p| [p.service_cidr, p.external_cidr])
+                    .collect();
+                with_keys(
+                    conf.build(),
+                    json!({
+                        "ipMasq": true,
+                        "nonMasqueradeCIDRs": each(&|p| json!(p.cluster_cidr)),
+                        "serviceCIDRs": service_cidrs,
+                        "uplink": "uplink",
+                        "nodeRoutes": each(&|p| json!({
+                            "dst": p.remote_pod_cidr,
+                            "gw": self.peer.ext_addr(p.family).to_string(),
+                        })),
+                    }),
+                )
+            }
             Plugin::Bridge => json!({
                 "cniVersion": "1.0.0",
                 "name": "svcnet",
@@ -172,8 +274,8 @@ impl Site {
                 "mtu": 1500,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{ "subnet": POD_CIDR }]],
-                    "routes": [{ "dst": "0.0.0.0/0" }],
+                    "ranges": each(&|p| json!([{ "subnet": p.pod_cidr }])),
+                    "routes": each(&|p| json!({ "dst": p.family.default_route() })),
                     "dataDir": self.node.ipam_dir(),
                 },
             }),
@@ -187,8 +289,10 @@ impl Site {
         }
     }
 
+    /// kube-proxy's settings: a proxier per family of the network.
     fn settings(&self) -> ClusterSettings {
-        ClusterSettings::new(CLUSTER_CIDR)
+        let cidrs: Vec<&str> = self.plans.iter().map(|p| p.cluster_cidr).collect();
+        ClusterSettings::new(&cidrs.join(","))
     }
 }
 
@@ -206,10 +310,14 @@ impl TestPod<'_> {
         }
     }
 
-    fn ip(&self) -> Ipv4Addr {
+    fn ip(&self, family: Family) -> IpAddr {
         match self {
-            TestPod::Ebpf(pod) => pod.ip(),
-            TestPod::Bridge(pod) => pod.ip,
+            TestPod::Ebpf(pod) => pod.addr(family),
+            TestPod::Bridge(pod) => *pod
+                .ips
+                .iter()
+                .find(|ip| Family::of(**ip) == family)
+                .unwrap_or_else(|| panic!("the bridge pod has no {family:?} address")),
         }
     }
 }
@@ -220,7 +328,7 @@ struct BridgePod<'n> {
     conf: Value,
     result: Value,
     container_id: String,
-    ip: Ipv4Addr,
+    ips: Vec<IpAddr>,
     // Dropped after the DEL in `drop`.
     netns: Netns,
 }
@@ -231,13 +339,18 @@ impl<'n> BridgePod<'n> {
         let container_id = names::unique("svctest");
         let output = Self::call(node, &netns, &container_id, "ADD", &conf);
         let result = output.expect_result("bridge ADD").clone();
-        let ip = cni_ebpf_tests::spec::result_ip(&result, 0);
+        let ips = result["ips"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no ips in {result}"))
+            .iter()
+            .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+            .collect();
         Self {
             node,
             conf,
             result,
             container_id,
-            ip,
+            ips,
             netns,
         }
     }
@@ -290,64 +403,76 @@ struct Backends {
 impl Backends {
     fn start(
         site: &Site,
+        plan: &Plan,
         client: &TestPod<'_>,
         server: &TestPod<'_>,
         server2: &TestPod<'_>,
     ) -> Self {
-        let tcp = |ns: &Netns, ip: Ipv4Addr, port: u16| {
-            PeerServer::start(ns, SocketAddrV4::new(ip, port))
-                .unwrap_or_else(|e| panic!("a TCP server on {ip}:{port}: {e}"))
-        };
-        let udp = |ns: &Netns, ip: Ipv4Addr| {
-            UdpEcho::start(ns, SocketAddrV4::new(ip, BACKEND_UDP_PORT), false)
-                .unwrap_or_else(|e| panic!("a UDP server on {ip}: {e}"))
-        };
+        let f = plan.family;
         let peer = &site.peer.netns;
         Self {
-            server_tcp: tcp(server.netns(), server.ip(), BACKEND_TCP_PORT),
-            server_udp: udp(server.netns(), server.ip()),
-            server2_tcp: tcp(server2.netns(), server2.ip(), BACKEND_TCP_PORT),
-            client_tcp: tcp(client.netns(), client.ip(), BACKEND_TCP_PORT),
-            client_udp: udp(client.netns(), client.ip()),
-            remote_tcp: tcp(peer, REMOTE_POD, BACKEND_TCP_PORT),
-            remote_udp: udp(peer, REMOTE_POD),
-            api_server: tcp(peer, site.peer.ext_ip, API_SERVER_PORT),
+            server_tcp: tcp_server(server.netns(), server.ip(f), BACKEND_TCP_PORT),
+            server_udp: udp_server(server.netns(), server.ip(f)),
+            server2_tcp: tcp_server(server2.netns(), server2.ip(f), BACKEND_TCP_PORT),
+            client_tcp: tcp_server(client.netns(), client.ip(f), BACKEND_TCP_PORT),
+            client_udp: udp_server(client.netns(), client.ip(f)),
+            remote_tcp: tcp_server(peer, plan.remote_pod, BACKEND_TCP_PORT),
+            remote_udp: udp_server(peer, plan.remote_pod),
+            api_server: tcp_server(peer, site.peer.ext_addr(f), API_SERVER_PORT),
         }
     }
 }
 
-/// The Services of the tests, with the moving one's endpoint on `moving`.
-fn services(site: &Site, client: Ipv4Addr, server: Ipv4Addr, moving: Ipv4Addr) -> Vec<Service> {
-    let tcp = |name: &str, ip: Ipv4Addr, port: u16| Service::new(name, ip, port, Protocol::Tcp);
-    let udp = |name: &str, ip: Ipv4Addr| Service::new(name, ip, DNS_PORT, Protocol::Udp);
+fn tcp_server(ns: &Netns, ip: IpAddr, port: u16) -> PeerServer {
+    PeerServer::start(ns, SocketAddr::new(ip, port))
+        .unwrap_or_else(|e| panic!("a TCP server on {ip} port {port}: {e}"))
+}
+
+fn udp_server(ns: &Netns, ip: IpAddr) -> UdpEcho {
+    UdpEcho::start(ns, SocketAddr::new(ip, BACKEND_UDP_PORT), false)
+        .unwrap_or_else(|e| panic!("a UDP server on {ip}: {e}"))
+}
+
+/// The Services of the tests in `plan`'s family, with the moving one's
+/// endpoint on `moving`.
+fn services(
+    site: &Site,
+    plan: &Plan,
+    client: IpAddr,
+    server: IpAddr,
+    moving: IpAddr,
+) -> Vec<Service> {
+    let tcp = |name: &str, ip: IpAddr, port: u16| Service::new(name, ip, port, Protocol::Tcp);
+    let udp = |name: &str, ip: IpAddr| Service::new(name, ip, DNS_PORT, Protocol::Udp);
+    let remote_pod = plan.remote_pod;
     vec![
-        tcp("default/web", WEB_IP, WEB_PORT)
+        tcp("default/web", plan.web, WEB_PORT)
             .port_name("http")
             .endpoint(server, BACKEND_TCP_PORT, true)
             .node_port(NODE_PORT)
-            .external_ip(EXTERNAL_IP)
-            .load_balancer_ip(LOAD_BALANCER_IP),
-        tcp("default/web-local", WEB_LOCAL_IP, WEB_PORT)
+            .external_ip(plan.external_ip)
+            .load_balancer_ip(plan.load_balancer_ip),
+        tcp("default/web-local", plan.web_local, WEB_PORT)
             .port_name("http")
             .endpoint(server, BACKEND_TCP_PORT, true)
-            .endpoint(REMOTE_POD, BACKEND_TCP_PORT, false)
+            .endpoint(remote_pod, BACKEND_TCP_PORT, false)
             .node_port(NODE_PORT_LOCAL)
             .external_traffic_policy(TrafficPolicy::Local),
-        udp("kube-system/kube-dns", DNS_IP)
+        udp("kube-system/kube-dns", plan.dns)
             .port_name("dns")
             .endpoint(server, BACKEND_UDP_PORT, true),
-        tcp("default/remote", REMOTE_WEB_IP, WEB_PORT).endpoint(
-            REMOTE_POD,
+        tcp("default/remote", plan.remote_web, WEB_PORT).endpoint(
+            remote_pod,
             BACKEND_TCP_PORT,
             false,
         ),
-        udp("default/remote-dns", REMOTE_DNS_IP).endpoint(REMOTE_POD, BACKEND_UDP_PORT, false),
-        tcp("default/kubernetes", KUBERNETES_IP, KUBERNETES_PORT)
+        udp("default/remote-dns", plan.remote_dns).endpoint(remote_pod, BACKEND_UDP_PORT, false),
+        tcp("default/kubernetes", plan.kubernetes, KUBERNETES_PORT)
             .port_name("https")
-            .endpoint(site.peer.ext_ip, API_SERVER_PORT, false),
-        tcp("default/hairpin", HAIRPIN_WEB_IP, WEB_PORT).endpoint(client, BACKEND_TCP_PORT, true),
-        udp("default/hairpin-dns", HAIRPIN_DNS_IP).endpoint(client, BACKEND_UDP_PORT, true),
-        tcp("default/moving", MOVING_IP, WEB_PORT).with_endpoints(vec![Endpoint {
+            .endpoint(site.peer.ext_addr(plan.family), API_SERVER_PORT, false),
+        tcp("default/hairpin", plan.hairpin_web, WEB_PORT).endpoint(client, BACKEND_TCP_PORT, true),
+        udp("default/hairpin-dns", plan.hairpin_dns).endpoint(client, BACKEND_UDP_PORT, true),
+        tcp("default/moving", plan.moving, WEB_PORT).with_endpoints(vec![Endpoint {
             ip: moving,
             port: BACKEND_TCP_PORT,
             local: true,
@@ -361,25 +486,27 @@ struct Outcome {
     result: Result<String, String>,
 }
 
-/// Runs every case on `site` in `mode`; the rules stay until the node goes.
-fn run_cases(site: &Site, mode: Mode) -> Vec<Outcome> {
+/// Runs every case of `plan` on `site` (a network of that one family) in
+/// `mode`; the rules stay until the node goes.
+fn run_cases(site: &Site, plan: &Plan, mode: Mode) -> Vec<Outcome> {
+    let f = plan.family;
     let client = site.add_pod();
     let server = site.add_pod();
     let server2 = site.add_pod();
-    let backends = Backends::start(site, &client, &server, &server2);
+    let backends = Backends::start(site, plan, &client, &server, &server2);
     let settings = site.settings();
-    let apply = |moving: Ipv4Addr| {
+    let apply = |moving: IpAddr| {
         kube_proxy::apply(
             site.node.netns(),
             mode,
             &settings,
-            &services(site, client.ip(), server.ip(), moving),
+            &services(site, plan, client.ip(f), server.ip(f), moving),
         )
     };
-    apply(server.ip());
+    apply(server.ip(f));
 
-    let node_ip = site.peer.node_ip;
-    let peer_ip = site.peer.ext_ip;
+    let node_ip = site.peer.node_addr(f);
+    let peer_ip = site.peer.ext_addr(f);
     let c = client.netns();
     let peer = &site.peer.netns;
     let b = &backends;
@@ -389,38 +516,43 @@ fn run_cases(site: &Site, mode: Mode) -> Vec<Outcome> {
     };
 
     // Pods -> ClusterIP.
-    let at = SocketAddrV4::new;
+    let at = SocketAddr::new;
     record(
         "pod -> ClusterIP tcp, endpoint on the node",
-        tcp_case(c, at(WEB_IP, WEB_PORT), &b.server_tcp, Some(client.ip())),
+        tcp_case(c, at(plan.web, WEB_PORT), &b.server_tcp, Some(client.ip(f))),
     );
     record(
         "pod -> ClusterIP udp, endpoint on the node",
-        udp_case(c, at(DNS_IP, DNS_PORT), &b.server_udp, Some(client.ip())),
+        udp_case(c, at(plan.dns, DNS_PORT), &b.server_udp, Some(client.ip(f))),
     );
     record(
         "pod -> ClusterIP tcp, endpoint a pod off the node",
-        tcp_case(c, at(REMOTE_WEB_IP, WEB_PORT), &b.remote_tcp, None),
+        tcp_case(c, at(plan.remote_web, WEB_PORT), &b.remote_tcp, None),
     );
     record(
         "pod -> ClusterIP udp, endpoint a pod off the node",
-        udp_case(c, at(REMOTE_DNS_IP, DNS_PORT), &b.remote_udp, None),
+        udp_case(c, at(plan.remote_dns, DNS_PORT), &b.remote_udp, None),
     );
     record(
         "pod -> kubernetes ClusterIP, endpoint node B's address",
-        tcp_case(c, at(KUBERNETES_IP, KUBERNETES_PORT), &b.api_server, None),
+        tcp_case(c, at(plan.kubernetes, KUBERNETES_PORT), &b.api_server, None),
     );
     record(
         "pod -> ClusterIP tcp, hairpin (endpoint the client)",
-        tcp_case(c, at(HAIRPIN_WEB_IP, WEB_PORT), &b.client_tcp, None),
+        tcp_case(c, at(plan.hairpin_web, WEB_PORT), &b.client_tcp, None),
     );
     record(
         "pod -> ClusterIP udp, hairpin (endpoint the client)",
-        udp_case(c, at(HAIRPIN_DNS_IP, DNS_PORT), &b.client_udp, None),
+        udp_case(c, at(plan.hairpin_dns, DNS_PORT), &b.client_udp, None),
     );
     record(
         "node -> ClusterIP tcp",
-        tcp_case(site.node.netns(), at(WEB_IP, WEB_PORT), &b.server_tcp, None),
+        tcp_case(
+            site.node.netns(),
+            at(plan.web, WEB_PORT),
+            &b.server_tcp,
+            None,
+        ),
     );
     record(
         "pod -> NodePort at the node's address",
@@ -442,17 +574,22 @@ fn run_cases(site: &Site, mode: Mode) -> Vec<Outcome> {
     );
     record(
         "outside -> externalIP",
-        tcp_case(peer, at(EXTERNAL_IP, WEB_PORT), &b.server_tcp, None),
+        tcp_case(peer, at(plan.external_ip, WEB_PORT), &b.server_tcp, None),
     );
     record(
         "outside -> LoadBalancer IP",
-        tcp_case(peer, at(LOAD_BALANCER_IP, WEB_PORT), &b.server_tcp, None),
+        tcp_case(
+            peer,
+            at(plan.load_balancer_ip, WEB_PORT),
+            &b.server_tcp,
+            None,
+        ),
     );
     // The endpoint moves: rules rewritten, new connections follow.
-    let moving = at(MOVING_IP, WEB_PORT);
-    let before = tcp_case(c, moving, &b.server_tcp, Some(client.ip()));
-    apply(server2.ip());
-    let after = tcp_case(c, moving, &b.server2_tcp, Some(client.ip()));
+    let moving = at(plan.moving, WEB_PORT);
+    let before = tcp_case(c, moving, &b.server_tcp, Some(client.ip(f)));
+    apply(server2.ip(f));
+    let after = tcp_case(c, moving, &b.server2_tcp, Some(client.ip(f)));
     record(
         "endpoint moves, new connections follow",
         match (before, after) {
@@ -463,18 +600,18 @@ fn run_cases(site: &Site, mode: Mode) -> Vec<Outcome> {
     );
     record(
         "tcp: closed connection's conntrack entry, same client port again",
-        reused_client_port(c, client.ip(), server.ip(), &b.server_tcp),
+        reused_client_port(c, plan, client.ip(f), server.ip(f), &b.server_tcp),
     );
     record(
         CONCURRENT_CLIENT_PORT,
-        concurrent_client_port(c, client.ip(), server.ip(), &b.server_tcp),
+        concurrent_client_port(c, plan, client.ip(f), server.ip(f), &b.server_tcp),
     );
     record(
         "udp: live conntrack entry of a ClusterIP flow, same port direct",
-        reused_udp_client_port(c, client.ip(), server.ip(), &b.server_udp),
+        reused_udp_client_port(c, plan, client.ip(f), server.ip(f), &b.server_udp),
     );
     if site.plugin == Plugin::CniEbpf {
-        outcomes.extend(fast_path_cases(site, &client, &server, b));
+        outcomes.extend(fast_path_cases(site, plan, &client, &server, b));
     }
     outcomes
 }
@@ -485,17 +622,18 @@ fn run_cases(site: &Site, mode: Mode) -> Vec<Outcome> {
 /// in TIME_WAIT, a datapath's own tables) must not break the later ones.
 fn reused_client_port(
     from: &Netns,
-    client_ip: Ipv4Addr,
-    server_ip: Ipv4Addr,
+    plan: &Plan,
+    client_ip: IpAddr,
+    server_ip: IpAddr,
     server: &PeerServer,
 ) -> Result<String, String> {
     // The third connection repeats the first one's 4-tuple, which the
     // client keeps in TIME_WAIT: the pod allows its reuse, as a busy
     // client would, once a second has passed (timestamps decide).
     from.set_sysctl("net.ipv4.tcp_tw_reuse", "1");
-    let local = SocketAddrV4::new(client_ip, client_port(from, client_ip)?);
-    let service = SocketAddrV4::new(WEB_IP, WEB_PORT);
-    let direct = SocketAddrV4::new(server_ip, BACKEND_TCP_PORT);
+    let local = SocketAddr::new(client_ip, client_port(from, client_ip)?);
+    let service = SocketAddr::new(plan.web, WEB_PORT);
+    let direct = SocketAddr::new(server_ip, BACKEND_TCP_PORT);
     let steps = [
         ("via the ClusterIP", service),
         ("directly", direct),
@@ -524,13 +662,14 @@ fn reused_client_port(
 /// and must still reach the client from the backend's own address.
 fn concurrent_client_port(
     from: &Netns,
-    client_ip: Ipv4Addr,
-    server_ip: Ipv4Addr,
+    plan: &Plan,
+    client_ip: IpAddr,
+    server_ip: IpAddr,
     server: &PeerServer,
 ) -> Result<String, String> {
-    let local = SocketAddrV4::new(client_ip, client_port(from, client_ip)?);
-    let service = SocketAddrV4::new(WEB_IP, WEB_PORT);
-    let direct = SocketAddrV4::new(server_ip, BACKEND_TCP_PORT);
+    let local = SocketAddr::new(client_ip, client_port(from, client_ip)?);
+    let service = SocketAddr::new(plan.web, WEB_PORT);
+    let direct = SocketAddr::new(server_ip, BACKEND_TCP_PORT);
     let served_before = server.conns().len();
     let detail = from.run(|| -> Result<String, String> {
         let (held, first) =
@@ -556,13 +695,14 @@ fn concurrent_client_port(
 /// flow's: the direct answers must still come from the backend itself.
 fn reused_udp_client_port(
     from: &Netns,
-    client_ip: Ipv4Addr,
-    server_ip: Ipv4Addr,
+    plan: &Plan,
+    client_ip: IpAddr,
+    server_ip: IpAddr,
     server: &UdpEcho,
 ) -> Result<String, String> {
-    let local = SocketAddrV4::new(client_ip, client_port(from, client_ip)?);
-    let service = SocketAddrV4::new(DNS_IP, DNS_PORT);
-    let direct = SocketAddrV4::new(server_ip, BACKEND_UDP_PORT);
+    let local = SocketAddr::new(client_ip, client_port(from, client_ip)?);
+    let service = SocketAddr::new(plan.dns, DNS_PORT);
+    let direct = SocketAddr::new(server_ip, BACKEND_UDP_PORT);
     let steps = [
         ("via the ClusterIP", service),
         ("directly", direct),
@@ -584,7 +724,7 @@ fn reused_udp_client_port(
 
 /// A port for a client that binds one explicitly: below the ephemeral
 /// range (32768 and up), so no earlier case's connection holds it.
-fn client_port(from: &Netns, client_ip: Ipv4Addr) -> Result<u16, String> {
+fn client_port(from: &Netns, client_ip: IpAddr) -> Result<u16, String> {
     from.run(|| -> io::Result<u16> {
         let probe = UdpSocket::bind((client_ip, 0))?;
         Ok(20_000 + probe.local_addr()?.port() % 10_000)
@@ -603,9 +743,9 @@ struct Round {
 /// must have seen that address.
 fn tcp_case(
     from: &Netns,
-    target: SocketAddrV4,
+    target: SocketAddr,
     server: &PeerServer,
-    source: Option<Ipv4Addr>,
+    source: Option<IpAddr>,
 ) -> Result<String, String> {
     let served_before = server.conns().len();
     let round = from.run(|| tcp_round(None, target))?;
@@ -617,7 +757,7 @@ fn tcp_case(
         ));
     }
     if let Some(source) = source
-        && round.seen_as.ip() != IpAddr::V4(source)
+        && round.seen_as.ip() != source
     {
         return Err(format!(
             "the server saw {} instead of {source}",
@@ -630,20 +770,17 @@ fn tcp_case(
 /// Connects (from `local` if given) to `target`, reads the greeting,
 /// sends [`BYTES`] and checks what the server got. Call it in the client's
 /// namespace.
-fn tcp_round(local: Option<SocketAddrV4>, target: SocketAddrV4) -> Result<Round, String> {
+fn tcp_round(local: Option<SocketAddr>, target: SocketAddr) -> Result<Round, String> {
     let (stream, round) = tcp_open(local, target)?;
     tcp_finish(&stream, u64::from(target.port()))?;
     Ok(round)
 }
 
 /// Connects and reads the greeting; the connection stays open.
-fn tcp_open(
-    local: Option<SocketAddrV4>,
-    target: SocketAddrV4,
-) -> Result<(TcpStream, Round), String> {
+fn tcp_open(local: Option<SocketAddr>, target: SocketAddr) -> Result<(TcpStream, Round), String> {
     let stream = connect(local, target).map_err(|e| format!("connect: {e}"))?;
     let peer = stream.peer_addr().map_err(|e| format!("peer_addr: {e}"))?;
-    if peer != SocketAddr::V4(target) {
+    if peer != target {
         return Err(format!("the socket's peer is {peer}, not {target}"));
     }
     let io = |e: io::Error| format!("after connecting: {e}");
@@ -680,13 +817,12 @@ fn tcp_finish(stream: &TcpStream, seed: u64) -> Result<(), String> {
 
 /// A TCP socket with `SO_REUSEADDR`, bound to `local` if given, connected
 /// within [`CONNECT_TIMEOUT`].
-fn connect(local: Option<SocketAddrV4>, target: SocketAddrV4) -> io::Result<TcpStream> {
-    let fd = socket::socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+fn connect(local: Option<SocketAddr>, target: SocketAddr) -> io::Result<TcpStream> {
+    let family = match target {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     socket::setsockopt(
         &fd,
@@ -694,10 +830,10 @@ fn connect(local: Option<SocketAddrV4>, target: SocketAddrV4) -> io::Result<TcpS
         &TimeVal::milliseconds(CONNECT_TIMEOUT.as_millis() as i64),
     )?;
     if let Some(local) = local {
-        socket::bind(fd.as_raw_fd(), &SockaddrIn::from(local))?;
+        socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(local))?;
     }
     // A blocking connect gives up after SO_SNDTIMEO.
-    socket::connect(fd.as_raw_fd(), &SockaddrIn::from(target)).map_err(|e| {
+    socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(target)).map_err(|e| {
         if e == nix::errno::Errno::EINPROGRESS {
             io::Error::new(io::ErrorKind::TimedOut, "timed out")
         } else {
@@ -712,9 +848,9 @@ fn connect(local: Option<SocketAddrV4>, target: SocketAddrV4) -> io::Result<TcpS
 /// address instead of dropping it), from `server`, with the payload intact.
 fn udp_case(
     from: &Netns,
-    target: SocketAddrV4,
+    target: SocketAddr,
     server: &UdpEcho,
-    source: Option<Ipv4Addr>,
+    source: Option<IpAddr>,
 ) -> Result<String, String> {
     let served_before = server.seen().len();
     let seen_as = from.run(|| udp_round(None, target))?;
@@ -722,7 +858,7 @@ fn udp_case(
         return Err(format!("answered by another server than {}", server.addr()));
     }
     if let Some(source) = source
-        && seen_as.ip() != IpAddr::V4(source)
+        && seen_as.ip() != source
     {
         return Err(format!("the server saw {seen_as} instead of {source}"));
     }
@@ -731,8 +867,12 @@ fn udp_case(
 
 /// Datagrams from `local` (or any port) to `target` until one is answered:
 /// the address the server saw. Call it in the client's namespace.
-fn udp_round(local: Option<SocketAddrV4>, target: SocketAddrV4) -> Result<SocketAddr, String> {
-    let local = local.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+fn udp_round(local: Option<SocketAddr>, target: SocketAddr) -> Result<SocketAddr, String> {
+    let unspecified = match target {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let local = local.unwrap_or(SocketAddr::new(unspecified, 0));
     let socket = UdpSocket::bind(local).map_err(|e| format!("bind {local}: {e}"))?;
     socket
         .set_read_timeout(Some(UDP_WAIT))
@@ -755,7 +895,7 @@ fn udp_round(local: Option<SocketAddrV4>, target: SocketAddrV4) -> Result<Socket
             }
             Err(e) => return Err(format!("recv: {e}")),
         };
-        if from != SocketAddr::V4(target) {
+        if from != target {
             return Err(format!("the answer came from {from}, not {target}"));
         }
         let (seen_as, echoed) = parse_echo_answer(&buf[..n]).map_err(|e| e.to_string())?;
@@ -786,12 +926,14 @@ fn bridge_known_failure(case: &str) -> bool {
     case.contains("hairpin")
 }
 
-fn report(site: &Site, mode: Mode, forwarding: Forwarding, outcomes: &[Outcome]) {
+fn report(site: &Site, plan: &Plan, mode: Mode, forwarding: Forwarding, outcomes: &[Outcome]) {
     eprintln!(
-        "[services] {} / kube-proxy {mode} / node ip_forward={} (now {}):",
+        "[services] {} / {:?} / kube-proxy {mode} / node ip_forward={} (now {}, IPv6 {}):",
         site.plugin.name(),
+        plan.family,
         forwarding.sysctl(),
         site.node.netns().sysctl("net.ipv4.ip_forward"),
+        site.node.netns().sysctl("net.ipv6.conf.all.forwarding"),
     );
     for outcome in outcomes {
         match &outcome.result {
@@ -802,24 +944,28 @@ fn report(site: &Site, mode: Mode, forwarding: Forwarding, outcomes: &[Outcome])
 }
 
 /// One line per case: bridge's result next to cni-ebpf's.
-fn side_by_side(mode: Mode, forwarding: Forwarding, bridge: &[Outcome], ebpf: &[Outcome]) {
+fn side_by_side(
+    plan: &Plan,
+    mode: Mode,
+    forwarding: Forwarding,
+    bridge: &[Outcome],
+    ebpf: &[Outcome],
+) {
     let mark = |outcome: Option<&Outcome>| match outcome {
         None => "-",
         Some(o) if o.result.is_ok() => "pass",
         Some(_) => "FAIL",
     };
-    eprintln!(
-        "[services] kube-proxy {mode}, node ip_forward={}: {:<62} {:>6} {:>9}",
-        forwarding.sysctl(),
-        "case",
-        "bridge",
-        "cni-ebpf"
+    let prefix = format!(
+        "[services] {:?}, kube-proxy {mode}, node ip_forward={}:",
+        plan.family,
+        forwarding.sysctl()
     );
+    eprintln!("{prefix} {:<62} {:>6} {:>9}", "case", "bridge", "cni-ebpf");
     for outcome in ebpf {
         let theirs = bridge.iter().find(|o| o.case == outcome.case);
         eprintln!(
-            "[services] kube-proxy {mode}, node ip_forward={}: {:<62} {:>6} {:>9}",
-            forwarding.sysctl(),
+            "{prefix} {:<62} {:>6} {:>9}",
             outcome.case,
             mark(theirs),
             mark(Some(outcome))
@@ -841,17 +987,19 @@ fn failures(outcomes: &[Outcome], ignore: impl Fn(&str) -> bool) -> Vec<String> 
 /// uplink, pod -> outside is masqueraded by BPF (a new NAT flow).
 fn fast_path_cases(
     site: &Site,
+    plan: &Plan,
     client: &TestPod<'_>,
     server: &TestPod<'_>,
     b: &Backends,
 ) -> Vec<Outcome> {
+    let f = plan.family;
     let node = &site.node;
     let c = client.netns();
-    let on_node = SocketAddrV4::new(server.ip(), BACKEND_TCP_PORT);
-    let off_node = SocketAddrV4::new(REMOTE_POD, BACKEND_TCP_PORT);
-    let outside = SocketAddrV4::new(site.peer.ext_ip, API_SERVER_PORT);
+    let on_node = SocketAddr::new(server.ip(f), BACKEND_TCP_PORT);
+    let off_node = SocketAddr::new(plan.remote_pod, BACKEND_TCP_PORT);
+    let outside = SocketAddr::new(site.peer.ext_addr(f), API_SERVER_PORT);
     let counted =
-        |verdict: &str, target: SocketAddrV4, server: &PeerServer, source: Option<Ipv4Addr>| {
+        |verdict: &str, target: SocketAddr, server: &PeerServer, source: Option<IpAddr>| {
             let before = node.verdict_bytes(verdict);
             let detail = tcp_case(c, target, server, source)?;
             let counted = node.verdict_bytes(verdict) - before;
@@ -863,8 +1011,8 @@ fn fast_path_cases(
             Ok(format!("{counted} bytes {verdict}, {detail}"))
         };
     let new_flows = node.verdict_packets("nat-new-flow");
-    let outside_result =
-        tcp_case(c, outside, &b.api_server, Some(site.peer.node_ip)).and_then(|detail| {
+    let outside_result = tcp_case(c, outside, &b.api_server, Some(site.peer.node_addr(f)))
+        .and_then(|detail| {
             let flows = node.verdict_packets("nat-new-flow") - new_flows;
             if flows == 0 {
                 Err(format!("no new BPF NAT flow ({detail})"))
@@ -875,11 +1023,11 @@ fn fast_path_cases(
     vec![
         Outcome {
             case: "fast path: pod -> pod on the node (local-delivery)",
-            result: counted("local-delivery", on_node, &b.server_tcp, Some(client.ip())),
+            result: counted("local-delivery", on_node, &b.server_tcp, Some(client.ip(f))),
         },
         Outcome {
             case: "fast path: pod -> pod off the node (forwarded)",
-            result: counted("forwarded", off_node, &b.remote_tcp, Some(client.ip())),
+            result: counted("forwarded", off_node, &b.remote_tcp, Some(client.ip(f))),
         },
         Outcome {
             case: "fast path: pod -> outside, BPF masquerade",
@@ -888,54 +1036,74 @@ fn fast_path_cases(
     ]
 }
 
-/// Runs the cases on a cni-ebpf node and a bridge node of one kind, with
-/// kube-proxy's rules in `mode`; asserts cni-ebpf passes all, and bridge
-/// what it is known to do on a forwarding node.
+/// Runs the cases of each family on a cni-ebpf node and a bridge node of
+/// one kind, with kube-proxy's rules in `mode`; asserts cni-ebpf passes
+/// all, and bridge what it is known to do on a forwarding node.
 fn services_work(mode: Mode, forwarding: Forwarding) {
-    let bridge_site = Site::new(Plugin::Bridge, forwarding);
-    let bridge = run_cases(&bridge_site, mode);
-    report(&bridge_site, mode, forwarding, &bridge);
-    drop(bridge_site);
-
-    let ebpf_site = Site::new(Plugin::CniEbpf, forwarding);
-    let ebpf = run_cases(&ebpf_site, mode);
-    report(&ebpf_site, mode, forwarding, &ebpf);
-
-    side_by_side(mode, forwarding, &bridge, &ebpf);
-
-    // One panic naming every unexpected case, cni-ebpf's first.
+    // One panic naming every unexpected case of both families.
     let mut problems = Vec::new();
-    let ebpf_failures = failures(&ebpf, |_| false);
+    for family in Family::ALL {
+        let plan = Plan::of(family);
+        let bridge_site = Site::new(Plugin::Bridge, forwarding, &[plan]);
+        let bridge = run_cases(&bridge_site, &plan, mode);
+        report(&bridge_site, &plan, mode, forwarding, &bridge);
+        drop(bridge_site);
+
+        let ebpf_site = Site::new(Plugin::CniEbpf, forwarding, &[plan]);
+        let ebpf = run_cases(&ebpf_site, &plan, mode);
+        report(&ebpf_site, &plan, mode, forwarding, &ebpf);
+
+        side_by_side(&plan, mode, forwarding, &bridge, &ebpf);
+        problems.extend(unexpected(&plan, mode, forwarding, &bridge, &ebpf));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// What went otherwise than expected in one family: any cni-ebpf failure,
+/// and on a forwarding node a bridge result other than the known one
+/// (IPv4's).
+fn unexpected(
+    plan: &Plan,
+    mode: Mode,
+    forwarding: Forwarding,
+    bridge: &[Outcome],
+    ebpf: &[Outcome],
+) -> Vec<String> {
+    let family = plan.family;
+    let mut problems = Vec::new();
+    let ebpf_failures = failures(ebpf, |_| false);
     if !ebpf_failures.is_empty() {
         problems.push(format!(
-            "cni-ebpf failed {} of {} service cases (kube-proxy {mode}, ip_forward={}):\n  {}",
+            "cni-ebpf failed {} of {} {family:?} service cases (kube-proxy {mode}, ip_forward={}):\n  {}",
             ebpf_failures.len(),
             ebpf.len(),
             forwarding.sysctl(),
             ebpf_failures.join("\n  ")
         ));
     }
-    if forwarding == Forwarding::On {
-        let bridge_failures = failures(&bridge, bridge_known_failure);
+    // Bridge's IPv6 column is recorded, not asserted: its first IPv6
+    // connections time out now and then while its pods' neighbours settle.
+    if forwarding == Forwarding::On && family == Family::V4 {
+        let bridge_failures = failures(bridge, bridge_known_failure);
         if !bridge_failures.is_empty() {
             problems.push(format!(
-                "the reference bridge plugin failed cases it passes on a forwarding node \
-                 (kube-proxy {mode}):\n  {}",
+                "the reference bridge plugin failed {family:?} cases it passes on a forwarding \
+                 node (kube-proxy {mode}):\n  {}",
                 bridge_failures.join("\n  ")
             ));
         }
-        let unexpected: Vec<&str> = bridge
+        let passed: Vec<&str> = bridge
             .iter()
             .filter(|o| bridge_known_failure(o.case) && o.result.is_ok())
             .map(|o| o.case)
             .collect();
-        if !unexpected.is_empty() {
+        if !passed.is_empty() {
             problems.push(format!(
-                "bridge passed {unexpected:?}: update what it is known to do"
+                "bridge passed {family:?} {passed:?}: update what it is known to do"
             ));
         }
     }
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    problems
 }
 
 #[test]
@@ -958,34 +1126,178 @@ fn services_nftables_mode_on_a_non_forwarding_node() {
     services_work(Mode::Nftables, Forwarding::Off);
 }
 
+/// A dual-stack Service (one ClusterIP per family, each with the endpoints
+/// of its family, as kube-proxy's two proxiers see it) reached by
+/// dual-stack pods of a cni-ebpf node over each family, and over both at
+/// once: a connection through the IPv4 ClusterIP stays open while one
+/// through the IPv6 ClusterIP runs, and the reverse.
+fn dual_stack_service(mode: Mode, forwarding: Forwarding) {
+    let plans = [Plan::of(Family::V4), Plan::of(Family::V6)];
+    let site = Site::new(Plugin::CniEbpf, forwarding, &plans);
+    let client = site.add_pod();
+    let server = site.add_pod();
+    let peer = &site.peer.netns;
+    let mut services = Vec::new();
+    let mut outcomes = Vec::new();
+    // Per family: the server's TCP and UDP, the client's TCP, node B's pod.
+    let backends: Vec<(PeerServer, UdpEcho, PeerServer, PeerServer)> =
+        plans
+            .iter()
+            .map(|plan| {
+                let f = plan.family;
+                services.extend([
+                    Service::new("default/web", plan.web, WEB_PORT, Protocol::Tcp)
+                        .port_name("http")
+                        .endpoint(server.ip(f), BACKEND_TCP_PORT, true),
+                    Service::new("kube-system/kube-dns", plan.dns, DNS_PORT, Protocol::Udp)
+                        .port_name("dns")
+                        .endpoint(server.ip(f), BACKEND_UDP_PORT, true),
+                    Service::new("default/remote", plan.remote_web, WEB_PORT, Protocol::Tcp)
+                        .endpoint(plan.remote_pod, BACKEND_TCP_PORT, false),
+                    Service::new("default/hairpin", plan.hairpin_web, WEB_PORT, Protocol::Tcp)
+                        .endpoint(client.ip(f), BACKEND_TCP_PORT, true),
+                ]);
+                (
+                    tcp_server(server.netns(), server.ip(f), BACKEND_TCP_PORT),
+                    udp_server(server.netns(), server.ip(f)),
+                    tcp_server(client.netns(), client.ip(f), BACKEND_TCP_PORT),
+                    tcp_server(peer, plan.remote_pod, BACKEND_TCP_PORT),
+                )
+            })
+            .collect();
+    kube_proxy::apply(site.node.netns(), mode, &site.settings(), &services);
+
+    let c = client.netns();
+    for (plan, (server_tcp, server_udp, client_tcp, remote_tcp)) in plans.iter().zip(&backends) {
+        let f = plan.family;
+        let at = SocketAddr::new;
+        let mut record = |case: &str, result: Result<String, String>| {
+            outcomes.push((format!("{f:?} {case}"), result));
+        };
+        record(
+            "pod -> ClusterIP tcp, endpoint on the node",
+            tcp_case(c, at(plan.web, WEB_PORT), server_tcp, Some(client.ip(f))),
+        );
+        record(
+            "pod -> ClusterIP udp, endpoint on the node",
+            udp_case(c, at(plan.dns, DNS_PORT), server_udp, Some(client.ip(f))),
+        );
+        record(
+            "pod -> ClusterIP tcp, endpoint a pod off the node",
+            tcp_case(c, at(plan.remote_web, WEB_PORT), remote_tcp, None),
+        );
+        record(
+            "pod -> ClusterIP tcp, hairpin (endpoint the client)",
+            tcp_case(c, at(plan.hairpin_web, WEB_PORT), client_tcp, None),
+        );
+    }
+    for (first, second) in [(0, 1), (1, 0)] {
+        let (held_plan, other_plan) = (&plans[first], &plans[second]);
+        let result = c.run(|| -> Result<String, String> {
+            let held_target = SocketAddr::new(held_plan.web, WEB_PORT);
+            let (held, seen) = tcp_open(None, held_target)
+                .map_err(|e| format!("via the {:?} ClusterIP: {e}", held_plan.family))?;
+            let other = tcp_round(None, SocketAddr::new(other_plan.remote_web, WEB_PORT))
+                .map_err(|e| format!("via the {:?} ClusterIP meanwhile: {e}", other_plan.family))?;
+            tcp_finish(&held, 3)
+                .map_err(|e| format!("finishing the {:?} one: {e}", held_plan.family))?;
+            Ok(format!("seen as {} and {}", seen.seen_as, other.seen_as))
+        });
+        outcomes.push((
+            format!(
+                "both at once: {:?} ClusterIP held open, {:?} ClusterIP (off the node) meanwhile",
+                held_plan.family, other_plan.family
+            ),
+            result,
+        ));
+    }
+    let mut failed = Vec::new();
+    for (case, result) in &outcomes {
+        match result {
+            Ok(detail) => {
+                eprintln!("[services] dual stack, kube-proxy {mode}: pass  {case:<70} {detail}")
+            }
+            Err(reason) => {
+                eprintln!("[services] dual stack, kube-proxy {mode}: FAIL  {case:<70} {reason}");
+                failed.push(format!("{case}: {reason}"));
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "cni-ebpf failed {} of {} dual-stack service cases (kube-proxy {mode}, ip_forward={}):\n  {}",
+        failed.len(),
+        outcomes.len(),
+        forwarding.sysctl(),
+        failed.join("\n  ")
+    );
+}
+
+#[test]
+fn dual_stack_service_iptables_mode_on_a_non_forwarding_node() {
+    dual_stack_service(Mode::Iptables, Forwarding::Off);
+}
+
+#[test]
+fn dual_stack_service_nftables_mode_on_a_forwarding_node() {
+    dual_stack_service(Mode::Nftables, Forwarding::On);
+}
+
 /// Rewriting the rules with other endpoints leaves no stale chain behind,
 /// and `flush` removes everything, in both modes (no plugin involved).
 #[test]
 fn kube_proxy_rules_rewrite_and_flush() {
     let ns = Netns::with_loopback("node");
-    let settings = ClusterSettings::new(CLUSTER_CIDR);
-    let first = Ipv4Addr::new(10, 244, 1, 2);
-    let second = Ipv4Addr::new(10, 244, 1, 3);
-    let web = |endpoint: Ipv4Addr| {
-        Service::new("default/web", WEB_IP, WEB_PORT, Protocol::Tcp)
+    let (v4, v6) = (Plan::of(Family::V4), Plan::of(Family::V6));
+    let settings = ClusterSettings::new(&format!("{},{}", v4.cluster_cidr, v6.cluster_cidr));
+    let web = |plan: &Plan, endpoint: IpAddr| {
+        Service::new("default/web", plan.web, WEB_PORT, Protocol::Tcp)
             .endpoint(endpoint, BACKEND_TCP_PORT, true)
             .node_port(NODE_PORT)
             .external_traffic_policy(TrafficPolicy::Local)
     };
-    let empty = Service::new("default/empty", MOVING_IP, WEB_PORT, Protocol::Tcp)
-        .node_port(NODE_PORT_LOCAL);
+    let empty = |plan: &Plan| {
+        Service::new("default/empty", plan.moving, WEB_PORT, Protocol::Tcp)
+            .node_port(NODE_PORT_LOCAL)
+    };
+    let first: [IpAddr; 2] = [
+        "10.244.1.2".parse().unwrap(),
+        "fd00:10:244:1::2".parse().unwrap(),
+    ];
+    let second: [IpAddr; 2] = [
+        "10.244.1.3".parse().unwrap(),
+        "fd00:10:244:1::3".parse().unwrap(),
+    ];
+    let rules = |endpoints: [IpAddr; 2]| {
+        vec![
+            web(&v4, endpoints[0]),
+            empty(&v4),
+            web(&v6, endpoints[1]),
+            empty(&v6),
+        ]
+    };
     let dump = |mode: Mode| match mode {
-        Mode::Iptables => ns.exec_ok("iptables-save", &[] as &[&str]),
+        Mode::Iptables => format!(
+            "{}{}",
+            ns.exec_ok("iptables-save", &[] as &[&str]),
+            ns.exec_ok("ip6tables-save", &[] as &[&str])
+        ),
         Mode::Nftables => ns.exec_ok("nft", &["list", "ruleset"]),
     };
     for mode in [Mode::Iptables, Mode::Nftables] {
-        kube_proxy::apply(&ns, mode, &settings, &[web(first), empty.clone()]);
-        kube_proxy::apply(&ns, mode, &settings, &[web(second), empty.clone()]);
+        kube_proxy::apply(&ns, mode, &settings, &rules(first));
+        kube_proxy::apply(&ns, mode, &settings, &rules(second));
         let rules = dump(mode);
-        assert!(rules.contains(&second.to_string()), "{mode}: {rules}");
+        for (old, new) in first.iter().zip(&second) {
+            assert!(rules.contains(&new.to_string()), "{mode}: {rules}");
+            assert!(
+                !rules.contains(&old.to_string()),
+                "{mode}: the old endpoint's rules stayed:\n{rules}"
+            );
+        }
         assert!(
-            !rules.contains(&first.to_string()),
-            "{mode}: the old endpoint's rules stayed:\n{rules}"
+            rules.contains(&v6.web.to_string()) && rules.contains(&v4.web.to_string()),
+            "{mode}: a family's rules are missing:\n{rules}"
         );
         kube_proxy::flush(&ns, mode);
         let rules = dump(mode);

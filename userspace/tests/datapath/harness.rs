@@ -500,6 +500,10 @@ impl Datapath {
         self.add_cidr(map_names::SERVICES, addr, 96 + prefix_len);
     }
 
+    pub fn add_service_cidr_v6(&mut self, addr: IpKey, prefix_len: u32) {
+        self.add_cidr(map_names::SERVICES, addr, prefix_len);
+    }
+
     pub fn nat_out(&self, key: &FlowKey) -> Option<NatEntry> {
         self.lookup(map_names::NAT_OUT, key)
     }

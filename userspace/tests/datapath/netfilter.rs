@@ -3,20 +3,21 @@
 //! carried and flag the pod; a flagged pod's packets and deliveries that
 //! match go back to the stack; a TCP SYN on the fast path forgets a stale
 //! reply key; `to_uplink` tells the datapath's own packets by their mark and
-//! masquerades what the stack forwarded for pods.
+//! masquerades what the stack forwarded for pods. IPv6 alike (at the end).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use cni_ebpf_common::{
     CtState, ENDPOINT_F_NETFILTER_FLOWS, FlowKey, IPPROTO_TCP, IPPROTO_UDP,
-    MARK_DATAPATH_FORWARDED, NODE_F_MASQUERADE,
+    MARK_DATAPATH_FORWARDED, NODE_F_MASQUERADE, NODE_F_SERVICES, NodeConfigV6,
     program_names::{FROM_POD, FROM_UPLINK, TO_POD, TO_UPLINK},
     wire::{TCP_ACK, TCP_SYN},
 };
 
 use crate::{
     harness::{Datapath, Skb, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, counted, with_datapath},
-    packet::{Frame, L4},
+    ipv6::{NODE6, OTHER_NODE_POD6, POD_A6, POD_B6, REMOTE6, dual_stack_pods, key6, uplink6},
+    packet::{Frame, Frame6, L4, L4v6},
     world::*,
 };
 
@@ -448,5 +449,218 @@ fn to_uplink_drops_what_it_cannot_masquerade() {
             TC_ACT_SHOT
         );
         assert_eq!(dp.counts(), counted(&[("drop nat-table-full from-pod", 1)]));
+    });
+}
+
+// ---- IPv6 ----
+
+/// The IPv6 service CIDR, and an address in it.
+const SERVICE_CIDR6: (Ipv6Addr, u32) = (Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0), 112);
+const DNS_SERVICE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
+
+/// Dual-stack pods, an uplink masquerading both families, netfilter
+/// services with an IPv6 service CIDR.
+fn services_node6(dp: &mut Datapath) {
+    dual_stack_pods(dp);
+    uplink6(dp, NODE_F_MASQUERADE | NODE_F_SERVICES);
+    dp.set_node_config_v6(NodeConfigV6 {
+        masq_addr: NODE6.octets(),
+        flags: NODE_F_MASQUERADE,
+        ..NodeConfigV6::default()
+    });
+    dp.add_service_cidr_v6(key6(SERVICE_CIDR6.0), SERVICE_CIDR6.1);
+}
+
+fn flagged6(dp: &Datapath, pod: Ipv6Addr) -> bool {
+    dp.endpoint(key6(pod)).flags & ENDPOINT_F_NETFILTER_FLOWS != 0
+}
+
+fn tcp6(sport: u16, dport: u16, flags: u8) -> L4v6 {
+    L4v6::Tcp {
+        sport,
+        dport,
+        flags,
+    }
+}
+
+fn flow6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, proto: u8) -> FlowKey {
+    FlowKey {
+        src: src.octets(),
+        dst: dst.octets(),
+        src_port: sport.to_be(),
+        dst_port: dport.to_be(),
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+#[test]
+fn ipv6_service_address_goes_to_netfilter() {
+    with_datapath(|dp| {
+        services_node6(dp);
+        let query = Frame6::new(
+            POD_A_MAC,
+            HOST_A_MAC,
+            POD_A6,
+            DNS_SERVICE6,
+            L4v6::Udp {
+                sport: 33333,
+                dport: 53,
+            },
+        );
+        let out = dp.run(FROM_POD, &query.bytes(), Skb::default());
+        // Untouched (no hop limit decrement): PREROUTING's DNAT sees it as sent.
+        assert_eq!((out.action, out.frame), (TC_ACT_OK, query.bytes()));
+        assert_eq!(dp.counts(), counted(&[("to-netfilter", 1)]));
+        assert_eq!(dp.nat_flows(), 0);
+    });
+}
+
+#[test]
+fn ipv6_stack_deliveries_are_recorded_and_the_replies_go_back_through_netfilter() {
+    with_datapath(|dp| {
+        services_node6(dp);
+        // B reached a service whose endpoint is A: the stack DNATed B's
+        // packet to A:80 and delivers it through A's host veth.
+        let delivered = Frame6::new(
+            HOST_A_MAC,
+            POD_A_MAC,
+            POD_B6,
+            POD_A6,
+            tcp6(33333, 80, TCP_SYN),
+        );
+        let out = dp.run(TO_POD, &delivered.bytes(), Skb::default());
+        assert_eq!((out.action, out.frame), (TC_ACT_OK, delivered.bytes()));
+        assert_eq!(
+            dp.netfilter_flows(),
+            [flow6(POD_A6, 80, POD_B6, 33333, IPPROTO_TCP)]
+        );
+        assert!(flagged6(dp, POD_A6));
+        assert!(!flagged6(dp, POD_B6));
+
+        let answer = Frame6::new(
+            POD_A_MAC,
+            HOST_A_MAC,
+            POD_A6,
+            POD_B6,
+            tcp6(80, 33333, TCP_SYN | TCP_ACK),
+        );
+        let out = dp.run(FROM_POD, &answer.bytes(), Skb::default());
+        // To the stack as sent: conntrack turns A back into the service.
+        assert_eq!((out.action, out.frame), (TC_ACT_OK, answer.bytes()));
+        assert_eq!(dp.counts(), counted(&[("to-netfilter", 1)]));
+        // Another flow of the same pod stays on the fast path.
+        let other = Frame6::new(
+            POD_A_MAC,
+            HOST_A_MAC,
+            POD_A6,
+            POD_B6,
+            tcp6(80, 44444, TCP_ACK),
+        );
+        assert_eq!(
+            dp.run(FROM_POD, &other.bytes(), Skb::default()).action,
+            TC_ACT_REDIRECT
+        );
+        assert_eq!(
+            dp.counts(),
+            counted(&[("local-delivery", 1), ("to-netfilter", 1)])
+        );
+    });
+}
+
+#[test]
+fn ipv6_a_packet_for_a_flagged_pod_on_claimed_ports_goes_to_netfilter() {
+    with_datapath(|dp| {
+        services_node6(dp);
+        // The stack delivered A's service connection to B:8080.
+        let delivered = Frame6::new(
+            HOST_B_MAC,
+            POD_B_MAC,
+            POD_A6,
+            POD_B6,
+            tcp6(44444, 8080, TCP_SYN),
+        );
+        dp.run(TO_POD, &delivered.bytes(), Skb::default());
+        assert!(flagged6(dp, POD_B6));
+        assert!(!flagged6(dp, POD_A6));
+        // A reaches B directly on the same ports: the stack sets it apart.
+        let direct = Frame6::new(
+            POD_A_MAC,
+            HOST_A_MAC,
+            POD_A6,
+            POD_B6,
+            tcp6(44444, 8080, TCP_SYN),
+        );
+        let out = dp.run(FROM_POD, &direct.bytes(), Skb::default());
+        assert_eq!((out.action, out.frame), (TC_ACT_OK, direct.bytes()));
+        assert_eq!(dp.counts(), counted(&[("to-netfilter", 1)]));
+        // Other ports: the fast path.
+        let other = Frame6::new(
+            POD_A_MAC,
+            HOST_A_MAC,
+            POD_A6,
+            POD_B6,
+            tcp6(44445, 8080, TCP_SYN),
+        );
+        assert_eq!(
+            dp.run(FROM_POD, &other.bytes(), Skb::default()).action,
+            TC_ACT_REDIRECT
+        );
+    });
+}
+
+#[test]
+fn ipv6_reply_from_the_uplink_to_a_flagged_pod_goes_back_through_netfilter() {
+    with_datapath(|dp| {
+        services_node6(dp);
+        // A reached a service whose endpoint is a pod on another node (no
+        // masquerade: the cluster CIDR); the stack forwarded A's packet out
+        // of the uplink. The endpoint answers A directly.
+        let forwarded = Frame6::new(
+            UPLINK_MAC,
+            ROUTER_MAC,
+            POD_A6,
+            OTHER_NODE_POD6,
+            tcp6(40000, 8443, TCP_SYN),
+        );
+        let out = dp.run(TO_UPLINK, &forwarded.bytes(), Skb::default());
+        assert_eq!((out.action, out.frame), (TC_ACT_OK, forwarded.bytes()));
+        assert_eq!(
+            dp.netfilter_flows(),
+            [flow6(OTHER_NODE_POD6, 8443, POD_A6, 40000, IPPROTO_TCP)]
+        );
+        assert!(flagged6(dp, POD_A6));
+        let answer = Frame6::new(
+            ROUTER_MAC,
+            UPLINK_MAC,
+            OTHER_NODE_POD6,
+            POD_A6,
+            tcp6(8443, 40000, TCP_SYN | TCP_ACK),
+        );
+        let out = dp.run(FROM_UPLINK, &answer.bytes(), Skb::default());
+        assert_eq!((out.action, out.frame), (TC_ACT_OK, answer.bytes()));
+        assert_eq!(dp.counts(), counted(&[("to-netfilter", 1)]));
+    });
+}
+
+#[test]
+fn ipv6_to_uplink_records_what_the_stack_forwarded_for_pods_without_masquerade() {
+    with_datapath(|dp| {
+        services_node6(dp);
+        let forwarded = Frame6::new(
+            UPLINK_MAC,
+            ROUTER_MAC,
+            POD_A6,
+            REMOTE6,
+            tcp6(40000, 443, TCP_SYN),
+        );
+        let out = dp.run(TO_UPLINK, &forwarded.bytes(), Skb::default());
+        assert_eq!((out.action, out.frame), (TC_ACT_OK, forwarded.bytes()));
+        assert_eq!(dp.nat_flows(), 0);
+        assert_eq!(
+            dp.netfilter_flows(),
+            [flow6(REMOTE6, 443, POD_A6, 40000, IPPROTO_TCP)]
+        );
+        assert!(flagged6(dp, POD_A6));
     });
 }
