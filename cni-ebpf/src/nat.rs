@@ -150,9 +150,12 @@ fn new_flow(
         let random = unsafe { bpf_get_prandom_u32() } % span;
         (cfg.nat_port_min + random as u16).to_be()
     };
-    if !keeps_own_port(key) {
-        reply.dst_port = random_port();
-    }
+    // Not yet: `keeps_own_port` moved every flow from a pod's ephemeral
+    // port into `natPortRange`, which caps a destination at 4536 flows
+    // (closed ones included until GC) and cut masqueraded connection rates
+    // to a few hundred per second in the bench. A port of the node's own
+    // connections stays claimable (see the README).
+    let _ = keeps_own_port;
     for _ in 0..NAT_PORT_TRIES {
         if NAT_IN
             .insert(&reply, &pod_side, u64::from(BPF_NOEXIST))
