@@ -22,7 +22,7 @@ use crate::{
         IPV4_DST_OFF, Ipv4Hdr, Ipv6Hdr, L4Head, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, header, v4,
     },
     l4::{Transport, csum_diff16, rewrite_port},
-    maps::{NAT_FLOWS, NAT_IN, NAT_OUT, NODE_CONFIG_V6},
+    maps::{NAT_FLOWS, NAT_IN, NAT_OUT},
 };
 
 /// Translates a packet of a pod flow leaving the node: its source becomes
@@ -96,22 +96,10 @@ fn initial_state(t: &Transport) -> CtState {
     }
 }
 
-/// Whether a flow keeps its own source port: not when the port lies in the
-/// node's ephemeral range, where the node's own connections, which the NAT
-/// table does not see, take theirs (an ICMP echo identifier is treated
-/// the same way).
-#[inline(always)]
-fn keeps_own_port(key: &FlowKey) -> bool {
-    let Some(cfg) = NODE_CONFIG_V6.get(0) else {
-        return true;
-    };
-    let own = u16::from_be(key.src_port);
-    !(cfg.ephemeral_min..=cfg.ephemeral_max).contains(&own) || cfg.ephemeral_max == 0
-}
-
 /// Claims a translated port for a new flow: the pod's own when that is free
-/// towards this destination and outside the node's ephemeral range, else
-/// random ones from the configured range.
+/// towards this destination, else random ones from the configured range.
+/// (The node's own connections' ports are not yet kept out: see the
+/// README's "Masquerade and several nodes".)
 /// `NAT_IN` is written first with `BPF_NOEXIST`, so two flows can never get
 /// the same translation. Inlined: a call of its own would add its frame to
 /// the chains that reach `snat` (the verifier's 512 bytes in all).
@@ -145,17 +133,6 @@ fn new_flow(
         _pad: [0; 3],
     };
     let span = u32::from(cfg.nat_port_max.saturating_sub(cfg.nat_port_min)) + 1;
-    let random_port = || {
-        // SAFETY: plain helper call.
-        let random = unsafe { bpf_get_prandom_u32() } % span;
-        (cfg.nat_port_min + random as u16).to_be()
-    };
-    // Not yet: `keeps_own_port` moved every flow from a pod's ephemeral
-    // port into `natPortRange`, which caps a destination at 4536 flows
-    // (closed ones included until GC) and cut masqueraded connection rates
-    // to a few hundred per second in the bench. A port of the node's own
-    // connections stays claimable (see the README).
-    let _ = keeps_own_port;
     for _ in 0..NAT_PORT_TRIES {
         if NAT_IN
             .insert(&reply, &pod_side, u64::from(BPF_NOEXIST))
@@ -177,7 +154,9 @@ fn new_flow(
             return Ok(reply.dst_port);
         }
         count_verdict(Verdict::NatPortRetry, 0);
-        reply.dst_port = random_port();
+        // SAFETY: plain helper call.
+        let random = unsafe { bpf_get_prandom_u32() } % span;
+        reply.dst_port = (cfg.nat_port_min + random as u16).to_be();
     }
     Err(DropReason::NatPortsExhausted)
 }
