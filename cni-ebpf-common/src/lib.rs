@@ -289,9 +289,10 @@ pub struct NodeConfigV6 {
     pub flags: u32,
     /// The node's own ephemeral ports (`net.ipv4.ip_local_port_range`,
     /// which IPv6 sockets use too), inclusive, host order; 0–0 when not
-    /// known. A masqueraded flow never keeps a source port in it: the
-    /// node's own connections take theirs from there, unseen by the NAT
-    /// table. Shared by both families; here because `NodeConfig`'s size is
+    /// known. Recorded by ADD for the datapath's port claims, which do not
+    /// read it yet (moving every pod port of this range into `natPortRange`
+    /// capped masqueraded connection rates; see the README's masquerade
+    /// section). Shared by both families; here because `NodeConfig`'s size is
     /// fixed by its pinned map (this field was padding, so an older map
     /// reads 0–0).
     pub ephemeral_min: u16,
