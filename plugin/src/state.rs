@@ -8,7 +8,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CniError, CniResult};
@@ -58,14 +58,14 @@ impl StateDir {
     }
 
     pub fn lock_shared(&self) -> CniResult<StateLock> {
-        self.lock(FlockArg::LockShared)
+        self.lock(false)
     }
 
     pub fn lock_exclusive(&self) -> CniResult<StateLock> {
-        self.lock(FlockArg::LockExclusive)
+        self.lock(true)
     }
 
-    fn lock(&self, how: FlockArg) -> CniResult<StateLock> {
+    fn lock(&self, exclusive: bool) -> CniResult<StateLock> {
         fs::create_dir_all(&self.root)
             .map_err(|e| CniError::io(format!("creating {}", self.root.display()), e))?;
         let path = self.root.join("lock");
@@ -75,8 +75,8 @@ impl StateDir {
             .write(true)
             .open(&path)
             .map_err(|e| CniError::io(format!("opening {}", path.display()), e))?;
-        let lock = cni_ebpf_userspace::lock::lock(file, &path, how == FlockArg::LockExclusive)
-            .map_err(CniError::lock)?;
+        let lock =
+            cni_ebpf_userspace::lock::lock(file, &path, exclusive).map_err(CniError::lock)?;
         Ok(StateLock { _lock: lock })
     }
 
