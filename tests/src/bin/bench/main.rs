@@ -15,6 +15,7 @@ mod churn;
 mod cross_node;
 mod crr;
 mod environment;
+mod floor;
 mod flows;
 mod host_ports;
 mod latency;
