@@ -282,12 +282,13 @@ pub fn remember_delivery_v6(ctx: &TcContext) {
     record(&key, &IpKey { addr: key.src });
 }
 
-/// IPv6 in `to_uplink` (services on): a pod's packet the stack forwarded
-/// out of the uplink (the datapath's own carry its mark and do not get
-/// here). Its replies are recorded. Unlike IPv4's it is not masqueraded:
-/// `snat`'s frame under `to_uplink`'s and this one's would pass the
-/// verifier's 512 bytes, so an endpoint outside the cluster CIDRs must
-/// route the pod's address back to the node.
+/// IPv6 in `to_uplink` (services on) and `to_tunnel`: a pod's packet the
+/// stack forwarded out of the node (the datapath's own carry its mark, or
+/// their tunnel key, and do not get here). Its replies are recorded. In
+/// `to_uplink`, unlike IPv4's, it is not masqueraded: `snat`'s frame under
+/// `to_uplink`'s and this one's would pass the verifier's 512 bytes, so an
+/// endpoint outside the cluster CIDRs must route the pod's address back to
+/// the node.
 #[inline(never)]
 pub fn leaving_v6(ctx: &TcContext) {
     let ether_type: u16 = ctx.load(ETH_TYPE_OFF).unwrap_or(0);
