@@ -26,6 +26,8 @@ pub mod map_names {
     pub const PEERS: &str = "PEERS";
     pub const TUNNEL: &str = "TUNNEL";
     pub const NODE_CONFIG_V6: &str = "NODE_CONFIG_V6";
+    pub const ENDPOINT_COUNTERS: &str = "ENDPOINT_COUNTERS";
+    pub const ENDPOINT_SLOTS: &str = "ENDPOINT_SLOTS";
 }
 
 /// Names of the programs in the ELF.
@@ -119,6 +121,10 @@ pub mod wire {
 
 /// Endpoints the node can hold: one entry per pod address.
 pub const MAX_ENDPOINTS: u32 = 65_536;
+/// Slots of `ENDPOINT_COUNTERS`: per-endpoint counters for this many pod
+/// interfaces at once (slot 0 is never handed out). Past it, an endpoint is
+/// counted in `ENDPOINT_STATS` by ifindex, as before slots existed.
+pub const STATS_SLOTS: u32 = 4096;
 /// Translated flows the node can hold (each has an entry in `NAT_OUT` and
 /// one in `NAT_IN`).
 pub const MAX_NAT_FLOWS: u32 = 262_144;
@@ -228,7 +234,11 @@ pub struct Endpoint {
     pub pod_mac: [u8; 6],
     /// MAC of the host-side veth: the pod's gateway MAC.
     pub host_mac: [u8; 6],
-    pub _pad: [u8; 4],
+    /// The endpoint's slot in `ENDPOINT_COUNTERS` (per-CPU array: found
+    /// without a hash lookup); 0 when it has none (all slots taken, or an
+    /// entry written before slots existed, where these bytes were padding):
+    /// then it is counted in `ENDPOINT_STATS` by `ifindex`.
+    pub stats_slot: u32,
     /// Stable hash of (container ID, interface name) that owns the entry.
     pub owner: u64,
     /// Cookie of the pod's network namespace (`SO_NETNS_COOKIE`): tells the
@@ -690,8 +700,9 @@ impl Verdict {
 
 pub const COUNTER_SLOTS: u32 = 64;
 
-/// Traffic of one endpoint: the per-CPU value of `ENDPOINT_STATS`, keyed by
-/// the host veth's ifindex.
+/// Traffic of one endpoint: the per-CPU value of `ENDPOINT_COUNTERS` at
+/// the endpoint's slot, or of `ENDPOINT_STATS` keyed by the host veth's
+/// ifindex for an endpoint without one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EndpointStats {

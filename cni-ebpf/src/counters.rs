@@ -2,9 +2,9 @@
 
 use core::ptr::addr_of_mut;
 
-use cni_ebpf_common::{Direction, DropReason, PacketCount, Verdict};
+use cni_ebpf_common::{Direction, DropReason, Endpoint, PacketCount, Verdict};
 
-use crate::maps::{COUNTERS, DROPS, ENDPOINT_STATS};
+use crate::maps::{COUNTERS, DROPS, ENDPOINT_COUNTERS, ENDPOINT_STATS};
 
 #[inline(always)]
 fn bump(slot: Option<*mut PacketCount>, bytes: u32) {
@@ -27,10 +27,17 @@ pub fn count_verdict(verdict: Verdict, bytes: u32) {
     bump(COUNTERS.get_ptr_mut(verdict as u32), bytes);
 }
 
-/// Counts a packet of the endpoint behind host veth `ifindex`.
+/// Counts a packet of `endpoint`: at its slot of `ENDPOINT_COUNTERS`, or by
+/// its host veth's ifindex in `ENDPOINT_STATS` when it has no slot.
 #[inline(always)]
-pub fn count_endpoint(ifindex: u32, direction: Direction, bytes: u32) {
-    let Some(stats) = ENDPOINT_STATS.get_ptr_mut(&ifindex) else {
+pub fn count_endpoint(endpoint: &Endpoint, direction: Direction, bytes: u32) {
+    let slot = endpoint.stats_slot;
+    let found = if slot != 0 {
+        ENDPOINT_COUNTERS.get_ptr_mut(slot)
+    } else {
+        ENDPOINT_STATS.get_ptr_mut(&endpoint.ifindex)
+    };
+    let Some(stats) = found else {
         return;
     };
     // SAFETY: a live per-CPU map value.

@@ -115,7 +115,7 @@ fn ipv4(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     let (src, dst, ttl, eth_src) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).ttl, (*eth).src) };
     let me = verified(ctx, endpoint_v4(src), &eth_src, DropReason::SpoofedSource)?;
     charge(ctx, me, Way::Egress)?;
-    count_endpoint(me.ifindex, Direction::FromPod, ctx.len());
+    count_endpoint(me, Direction::FromPod, ctx.len());
     if me.flags & ENDPOINT_F_NETFILTER_FLOWS != 0
         && let Some(transport) = l4::parse(ctx, ip)
         && netfilter::belongs(src, dst, &transport)
@@ -287,7 +287,7 @@ fn deliver(ctx: &TcContext, target: &Endpoint) -> Result<i32, DropReason> {
         return Err(DropReason::RedirectFailed);
     }
     count_verdict(Verdict::LocalDelivery, ctx.len());
-    count_endpoint(target.ifindex, Direction::ToPod, ctx.len());
+    count_endpoint(target, Direction::ToPod, ctx.len());
     Ok(action)
 }
 
@@ -367,7 +367,7 @@ fn ipv6(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
         link_local || ipv6_link_scoped(&dst) || ipv6_v4_mapped(unsafe { &(*ip).daddr });
     let me = sender(ctx, IpKey::v6(src), &eth_src, DropReason::SpoofedSource)?;
     charge(ctx, me, Way::Egress)?;
-    count_endpoint(me.ifindex, Direction::FromPod, ctx.len());
+    count_endpoint(me, Direction::FromPod, ctx.len());
     if stays_on_link {
         return to_stack(ctx);
     }

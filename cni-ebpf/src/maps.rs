@@ -9,7 +9,7 @@ use cni_ebpf_common::{
     HostPortSockKey, HostPortTarget, IpKey, MAX_ENDPOINTS, MAX_HOST_PORT_FLOWS,
     MAX_HOST_PORT_SOCKS, MAX_HOST_PORTS, MAX_NAT_FLOWS, MAX_NETFILTER_FLOWS, MAX_NO_MASQ,
     MAX_NODE_ADDRS, MAX_PEERS, MAX_SERVICE_CIDRS, NatEntry, NodeConfig, NodeConfigV6, PacketCount,
-    Peer, RateLimit, TunnelConfig,
+    Peer, RateLimit, STATS_SLOTS, TunnelConfig,
 };
 
 /// Pod addresses on this node -> their interface.
@@ -107,10 +107,23 @@ pub static HOST_PORT_USE: HashMap<u32, u32> = HashMap::pinned(MAX_HOST_PORTS, 0)
 #[map]
 pub static RATE_LIMITS: HashMap<u64, RateLimit> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
-/// Per-endpoint traffic by host veth ifindex; entries are made by the plugin.
+/// Per-endpoint traffic by host veth ifindex, for endpoints without a slot
+/// in `ENDPOINT_COUNTERS`; entries are made by the plugin.
 #[map]
 pub static ENDPOINT_STATS: PerCpuHashMap<u32, EndpointStats> =
     PerCpuHashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// Per-endpoint traffic at the slot the endpoint names
+/// (`Endpoint::stats_slot`): an array lookup the verifier inlines, where
+/// `ENDPOINT_STATS` costs a hash lookup per packet.
+#[map]
+pub static ENDPOINT_COUNTERS: PerCpuArray<EndpointStats> = PerCpuArray::pinned(STATS_SLOTS, 0);
+
+/// Which host veth holds each slot of `ENDPOINT_COUNTERS` (slot -> its
+/// ifindex): the plugin claims a slot by inserting with `BPF_NOEXIST`, so
+/// two ADDs never share one. Not read by programs.
+#[map]
+pub static ENDPOINT_SLOTS: HashMap<u32, u32> = HashMap::pinned(STATS_SLOTS, 0);
 
 /// Service addresses (ClusterIP ranges, externalIPs, LoadBalancer IPs):
 /// pod traffic to them goes to the node's stack, where netfilter (kube-proxy)

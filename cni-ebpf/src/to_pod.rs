@@ -59,7 +59,7 @@ fn to_pod_v6(ctx: &TcContext) -> i32 {
 fn deliver(ctx: &TcContext, endpoint: &Endpoint) -> i32 {
     match charge(ctx, endpoint, Way::Ingress) {
         Ok(()) => {
-            count_endpoint(endpoint.ifindex, Direction::ToPod, ctx.len());
+            count_endpoint(endpoint, Direction::ToPod, ctx.len());
             TC_ACT_OK
         }
         Err(reason) => {

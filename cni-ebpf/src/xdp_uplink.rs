@@ -172,7 +172,7 @@ fn redirect(ctx: &XdpContext, eth: *mut EthHdr, target: &Endpoint, nat_reply: bo
     }
     count_verdict(Verdict::LocalDelivery, len);
     count_verdict(Verdict::XdpDelivered, len);
-    count_endpoint(target.ifindex, Direction::ToPod, len);
+    count_endpoint(target, Direction::ToPod, len);
     Some(action)
 }
 

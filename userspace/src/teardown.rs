@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use cni_ebpf_common::map_names::{ENDPOINT_STATS, ENDPOINTS, HOST_PORTS, RATE_LIMITS};
+use cni_ebpf_common::map_names::{ENDPOINTS, HOST_PORTS, RATE_LIMITS};
 
 use crate::{
     BpffsLayout, EndpointMap, attach::detach_from_pod, error::Result, host_ports,
@@ -40,11 +40,6 @@ pub fn remove(layout: &BpffsLayout, endpoint: &Endpoint) -> Result<()> {
         let _lock = layout.lock()?;
         host_ports::unpublish(layout, &endpoint.port_mappings, endpoint.owner)?;
     }
-    if let Some(ifindex) = endpoint.host_ifindex
-        && layout.map(ENDPOINT_STATS).exists()
-    {
-        stats::remove(layout, ifindex)?;
-    }
     if layout.map(RATE_LIMITS).exists() {
         rate::remove(layout, endpoint.owner)?;
     }
@@ -53,6 +48,12 @@ pub fn remove(layout: &BpffsLayout, endpoint: &Endpoint) -> Result<()> {
         for ip in &endpoint.ips {
             endpoints.remove_owned(*ip, endpoint.owner)?;
         }
+    }
+    // After the entries that name its slot: a slot freed before them could
+    // be claimed and zeroed by a new pod while this one's packets still
+    // count there.
+    if let Some(ifindex) = endpoint.host_ifindex {
+        stats::remove(layout, ifindex)?;
     }
     Ok(())
 }

@@ -24,6 +24,10 @@ pub struct Options {
     /// and plugin.
     #[arg(long)]
     ipv6: bool,
+    /// Our plugin's attachMode in the pod pair and plugin scenarios (auto,
+    /// tcx, clsact).
+    #[arg(long, value_name = "MODE")]
+    attach_mode: Option<String>,
 }
 
 pub fn run(ctx: &Context, options: &Options) -> Result<()> {
@@ -35,6 +39,9 @@ pub fn run(ctx: &Context, options: &Options) -> Result<()> {
     }
     if options.ipv6 {
         bench.arg("--ipv6");
+    }
+    if let Some(mode) = &options.attach_mode {
+        bench.args(["--attach-mode", mode]);
     }
     if let Some(scenario) = &options.scenario {
         bench.args(["--scenario", scenario]);

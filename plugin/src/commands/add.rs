@@ -37,6 +37,8 @@ struct Progress {
     endpoint_ips: Vec<IpAddr>,
     published: Vec<PortMapping>,
     stats_ifindex: Option<u32>,
+    /// The endpoint's slot of `ENDPOINT_COUNTERS` (0: none).
+    stats_slot: u32,
 }
 
 pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
@@ -363,9 +365,9 @@ fn attach(
     let host = &veth.host.name;
     let attachment = attach_from_pod(datapath, host, req.attach_mode)
         .map_err(|e| datapath_error(&format!("attaching to {host}"), e))?;
-    cni_ebpf_userspace::stats::create(datapath.layout(), veth.host_index)
-        .map_err(|e| datapath_error("creating the endpoint's counters", e))?;
     progress.stats_ifindex = Some(veth.host_index);
+    progress.stats_slot = cni_ebpf_userspace::stats::create(datapath.layout(), veth.host_index)
+        .map_err(|e| datapath_error("creating the endpoint's counters", e))?;
     Ok(attachment)
 }
 
@@ -435,9 +437,9 @@ fn add_endpoint(
             },
         pod_mac: veth.pod.mac,
         host_mac: veth.host.mac,
+        stats_slot: progress.stats_slot,
         owner: req.owner,
         netns_cookie,
-        ..Default::default()
     };
     let mut endpoints = EndpointMap::open(datapath.layout())
         .map_err(|e| datapath_error("opening the endpoints map", e))?;

@@ -102,14 +102,8 @@ fn remove_orphans(layout: &BpffsLayout, live: &[AttachmentRecord]) -> CniResult<
     Ok(())
 }
 
-/// Counters of endpoints that are no live attachment's.
+/// Counters (and counter slots) of endpoints that are no live attachment's.
 fn remove_orphan_stats(layout: &BpffsLayout, live: &[AttachmentRecord]) -> CniResult<()> {
-    if !layout
-        .map(cni_ebpf_common::map_names::ENDPOINT_STATS)
-        .exists()
-    {
-        return Ok(());
-    }
     let live: HashSet<u32> = live.iter().map(|r| r.host_ifindex).collect();
     let present = cni_ebpf_userspace::stats::all(layout)
         .map_err(|e| datapath_error("reading the endpoint counters", e))?;

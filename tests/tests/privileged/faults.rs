@@ -37,6 +37,7 @@ const LOOP_BUDGET: Duration = Duration::from_secs(150);
 pub(crate) struct Leftovers {
     pub footprint: Footprint,
     pub routes: BTreeSet<String>,
+    /// Entries of `ENDPOINT_STATS` and claimed slots of `ENDPOINT_COUNTERS`.
     pub endpoint_stats: usize,
     pub rate_limits: usize,
 }
@@ -52,7 +53,8 @@ impl Leftovers {
         Self {
             footprint: Footprint::of(node, DEFAULT_NETWORK),
             routes,
-            endpoint_stats: pinned_map_entries(node, "ENDPOINT_STATS"),
+            endpoint_stats: pinned_map_entries(node, "ENDPOINT_STATS")
+                + pinned_map_entries(node, "ENDPOINT_SLOTS"),
             rate_limits: pinned_map_entries(node, "RATE_LIMITS"),
         }
     }

@@ -154,6 +154,75 @@ fn del_frees_both_names_at_once_so_the_same_pod_can_be_added_again() {
     assert_eq!(pod_links(pod.netns()), Vec::<String>::new());
 }
 
+/// Each pod is counted at a per-CPU slot of its own (`ENDPOINT_COUNTERS`,
+/// named by its endpoint entries), claimed in `ENDPOINT_SLOTS` at ADD and
+/// freed by DEL.
+#[test]
+fn each_pod_counts_in_a_slot_of_its_own_that_del_frees() {
+    let node = Node::new();
+    let a = node.add_pod();
+    let mut b = node.add_pod();
+    // Two endpoint entries (its address and its link-local one).
+    let v6 = node.add_pod_of(Family::V6);
+    assert!(ping(a.netns(), IpAddr::V4(b.ip()), 3));
+    let endpoints = node.endpoints();
+    let slots_of = |ifindex: &serde_json::Value| -> BTreeSet<u64> {
+        endpoints
+            .iter()
+            .filter(|e| &e["ifindex"] == ifindex)
+            .map(|e| e["statsSlot"].as_u64().unwrap())
+            .collect()
+    };
+    let ifindexes: BTreeSet<u64> = endpoints
+        .iter()
+        .map(|e| e["ifindex"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ifindexes.len(), 3, "{endpoints:?}");
+    assert_eq!(endpoints.len(), 4, "{endpoints:?}");
+    let mut all_slots = BTreeSet::new();
+    for ifindex in &ifindexes {
+        // One slot per pod, whichever of its addresses, and none shared.
+        let slots = slots_of(&(*ifindex).into());
+        assert_eq!(slots.len(), 1, "{endpoints:?}");
+        assert!(!slots.contains(&0), "{endpoints:?}");
+        all_slots.extend(slots);
+    }
+    assert_eq!(all_slots.len(), 3, "a slot shared: {endpoints:?}");
+    let packets = |ip: String, direction: &str| -> u64 {
+        node.endpoints()
+            .iter()
+            .find(|e| e["ip"] == ip)
+            .map_or(0, |e| e[direction]["packets"].as_u64().unwrap())
+    };
+    assert!(packets(a.ip().to_string(), "fromPod") >= 3);
+    assert!(packets(b.ip().to_string(), "toPod") >= 3);
+    assert_eq!(slots_claimed(&node), 3);
+
+    b.del().expect_success("DEL");
+    assert_eq!(slots_claimed(&node), 2, "DEL left its counter slot claimed");
+    let c = node.add_pod();
+    assert_eq!(slots_claimed(&node), 3);
+    assert_eq!(
+        packets(c.ip().to_string(), "toPod"),
+        0,
+        "a new pod starts from zero"
+    );
+    drop(v6);
+}
+
+/// Entries of the node's `ENDPOINT_SLOTS` map, as `bpftool` dumps them.
+fn slots_claimed(node: &Node) -> usize {
+    let path = node.bpffs_root().join("maps").join("ENDPOINT_SLOTS");
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&path)
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "bpftool map dump {}", path.display());
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    entries.as_array().map_or(0, Vec::len)
+}
+
 #[test]
 fn del_twice_succeeds() {
     for family in Family::ALL {

@@ -26,6 +26,8 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
                     "podMac": format_mac(&ep.pod_mac),
                     "hostMac": format_mac(&ep.host_mac),
                     "owner": format!("{:016x}", ep.owner),
+                    // Its slot of ENDPOINT_COUNTERS (0: counted by ifindex).
+                    "statsSlot": ep.stats_slot,
                     // Netfilter translated a flow of this pod: its packets
                     // are checked against NETFILTER_FLOWS.
                     "netfilterFlows": ep.flags & cni_ebpf_common::ENDPOINT_F_NETFILTER_FLOWS != 0,

@@ -64,6 +64,9 @@ const PROGRAMS: [&str; 4] = [
 /// preallocated LRU entries) get this many entries here: the load stays
 /// quick and a test never fills them.
 const SMALL_MAP_ENTRIES: u32 = 1024;
+
+/// Slots of `ENDPOINT_COUNTERS` the tests may name: zeroed before each.
+pub const TEST_STATS_SLOTS: u32 = 16;
 const LARGE_MAPS: [&str; 9] = [
     map_names::ENDPOINTS,
     map_names::NAT_OUT,
@@ -282,6 +285,18 @@ impl Datapath {
                 map_names::NAT_FLOWS => self.set_nat_flows(0),
                 map_names::DROPS => self.zero_counters(&name, DROP_SLOTS),
                 map_names::COUNTERS => self.zero_counters(&name, COUNTER_SLOTS),
+                map_names::ENDPOINT_SLOTS => self.clear::<u32, u32>(&name),
+                map_names::ENDPOINT_COUNTERS => {
+                    let mut map: PerCpuArray<_, EndpointStats> =
+                        PerCpuArray::try_from(self.ebpf.map_mut(&name).expect(&name)).expect(&name);
+                    let zeros = vec![EndpointStats::default(); nr_cpus().expect("nr_cpus")];
+                    // The tests name slots below this (all of them would be
+                    // 4096 writes before every test).
+                    for slot in 0..TEST_STATS_SLOTS {
+                        let values = PerCpuValues::try_from(zeros.clone()).expect(&name);
+                        map.set(slot, values, 0).expect(&name);
+                    }
+                }
                 map_names::ENDPOINT_STATS => {
                     let mut map: PerCpuHashMap<_, u32, EndpointStats> =
                         PerCpuHashMap::try_from(self.ebpf.map_mut(&name).expect("map"))
@@ -435,6 +450,25 @@ impl Datapath {
         let zeros = vec![EndpointStats::default(); nr_cpus().expect("nr_cpus")];
         map.insert(ifindex, PerCpuValues::try_from(zeros).expect("values"), 0)
             .expect("ENDPOINT_STATS insert");
+    }
+
+    /// Packets counted at slot `slot` of `ENDPOINT_COUNTERS` (below
+    /// [`TEST_STATS_SLOTS`]), summed over CPUs: (from the pod, to the pod).
+    pub fn slot_packets(&self, slot: u32) -> (u64, u64) {
+        assert!(
+            slot < TEST_STATS_SLOTS,
+            "slot {slot} is not reset between tests"
+        );
+        let map: PerCpuArray<_, EndpointStats> = PerCpuArray::try_from(
+            self.ebpf
+                .map(map_names::ENDPOINT_COUNTERS)
+                .expect("ENDPOINT_COUNTERS"),
+        )
+        .expect("ENDPOINT_COUNTERS");
+        let values = map.get(&slot, 0).expect("ENDPOINT_COUNTERS slot");
+        values.iter().fold((0, 0), |(from, to), stats| {
+            (from + stats.from_pod.packets, to + stats.to_pod.packets)
+        })
     }
 
     /// Packets counted for the endpoint behind `ifindex`, summed over CPUs:

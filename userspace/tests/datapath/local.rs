@@ -5,14 +5,15 @@
 use std::net::Ipv4Addr;
 
 use cni_ebpf_common::{
-    ENDPOINT_F_RATE_LIMITED, RateBucket, RateLimit,
+    ENDPOINT_F_RATE_LIMITED, Endpoint, RateBucket, RateLimit,
     program_names::FROM_POD,
     wire::{ARP_REPLY, ETH_LEN, ETH_P_IPV6, TCP_SYN},
 };
 
 use crate::{
     harness::{
-        Datapath, Skb, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, counted, ktime_ns, with_datapath,
+        Datapath, Skb, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TEST_STATS_SLOTS, counted,
+        ktime_ns, with_datapath,
     },
     packet::{Arp, Frame, L4, ethernet},
     world::*,
@@ -224,6 +225,42 @@ fn pod_to_pod_is_rewritten_and_redirected() {
         assert_eq!(dp.counts(), counted(&[("local-delivery", 3)]));
         assert_eq!(dp.endpoint_packets(HOST_A_IFINDEX), (3, 0));
         assert_eq!(dp.endpoint_packets(HOST_B_IFINDEX), (0, 3));
+    });
+}
+
+#[test]
+fn endpoints_with_a_counter_slot_are_counted_there_and_not_by_ifindex() {
+    with_datapath(|dp| {
+        const SLOT_A: u32 = 3;
+        const SLOT_B: u32 = 9;
+        dp.add_endpoint(
+            key(POD_A),
+            Endpoint {
+                stats_slot: SLOT_A,
+                ..pod_a()
+            },
+        );
+        dp.add_endpoint(
+            key(POD_B),
+            Endpoint {
+                stats_slot: SLOT_B,
+                ..pod_b()
+            },
+        );
+        // Entries by ifindex too, which a slotted endpoint must not touch.
+        dp.add_endpoint_stats(HOST_A_IFINDEX);
+        dp.add_endpoint_stats(HOST_B_IFINDEX);
+        for _ in 0..2 {
+            let sent = from_a(POD_B, syn(80));
+            assert_eq!(run(dp, &sent.bytes()).action, TC_ACT_REDIRECT);
+        }
+        assert_eq!(dp.slot_packets(SLOT_A), (2, 0));
+        assert_eq!(dp.slot_packets(SLOT_B), (0, 2));
+        assert_eq!(dp.endpoint_packets(HOST_A_IFINDEX), (0, 0));
+        assert_eq!(dp.endpoint_packets(HOST_B_IFINDEX), (0, 0));
+        for slot in (0..TEST_STATS_SLOTS).filter(|s| ![SLOT_A, SLOT_B].contains(s)) {
+            assert_eq!(dp.slot_packets(slot), (0, 0), "slot {slot}");
+        }
     });
 }
 

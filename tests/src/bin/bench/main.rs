@@ -15,6 +15,7 @@ mod churn;
 mod cross_node;
 mod crr;
 mod environment;
+mod floor;
 mod flows;
 mod host_ports;
 mod latency;
@@ -61,6 +62,8 @@ const USAGE: &str = "usage: cni-ebpf-bench [--quick] [--scenario NAME]...
   --ipv6           pods addressed over IPv6 only (each contender a /64):
                    tcp, rr (qperf: sockperf 3.7 has no IPv6), crr, plugin
                    and masq
+  --attach-mode M  our plugin's attachMode in the pod pair and plugin
+                   scenarios (auto, tcx, clsact; default: the plugin's)
 
 Needs root. Reads the binaries from $CNI_EBPF_BIN_DIR (set by `cargo xtask
 bench`) and writes target/bench/results.{md,json} and throughput.svg.";
@@ -169,6 +172,8 @@ struct Options {
     scenarios: Vec<Scenario>,
     /// The pods' family in the pod pair scenarios.
     family: Family,
+    /// Our plugin's `attachMode` on its pod pair node, when given.
+    attach_mode: Option<String>,
 }
 
 /// CPUs the pinned ends run on.
@@ -316,6 +321,7 @@ fn main() -> ExitCode {
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>> {
     let mut quick = false;
     let mut family = Family::V4;
+    let mut attach_mode = None;
     let mut scenarios = Vec::new();
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
@@ -326,6 +332,14 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>> {
             }
             "--ipv6" => {
                 family = Family::V6;
+                continue;
+            }
+            "--attach-mode" => {
+                let mode = args.next().context("--attach-mode needs a MODE")?;
+                if !["auto", "tcx", "clsact"].contains(&mode.as_str()) {
+                    bail!("--attach-mode {mode:?}: expected auto, tcx or clsact");
+                }
+                attach_mode = Some(mode);
                 continue;
             }
             "-h" | "--help" => return Ok(None),
@@ -364,6 +378,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Options>> {
         quick,
         scenarios,
         family,
+        attach_mode,
     }))
 }
 
@@ -391,6 +406,13 @@ fn run(options: &Options) -> Result<bool> {
         }
         .to_string(),
     );
+    environment.push(
+        "cni-ebpf attachMode",
+        options
+            .attach_mode
+            .clone()
+            .unwrap_or_else(|| "the plugin's default".to_string()),
+    );
     for (key, value) in &environment.items {
         eprintln!("{key}: {value}");
     }
@@ -399,7 +421,15 @@ fn run(options: &Options) -> Result<bool> {
     let nodes: Vec<(Contender, Option<PluginNode>)> = if needs_pairs {
         Contender::ALL
             .into_iter()
-            .map(|c| Ok((c, topology::plugin_node(c, options.family)?)))
+            .map(|c| {
+                let mut node = topology::plugin_node(c, options.family)?;
+                if let (Contender::CniEbpf, Some(node), Some(mode)) =
+                    (c, node.as_mut(), &options.attach_mode)
+                {
+                    node.set_attach_mode(mode);
+                }
+                Ok((c, node))
+            })
             .collect::<Result<_>>()?
     } else {
         Vec::new()

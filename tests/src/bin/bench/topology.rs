@@ -10,12 +10,18 @@ use cni_ebpf_tests::{
     wait,
 };
 
-use crate::cni::{Attachment, PluginNode};
+use crate::{
+    cni::{Attachment, PluginNode},
+    floor::{self, FloorNode},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Contender {
     /// Two pods joined by a direct veth pair: what any datapath adds to.
     Limit,
+    /// Each pod's veth to a node namespace whose tc hook only calls
+    /// `bpf_redirect_peer` (`floor.rs`): the least a veth datapath costs.
+    Floor,
     /// Our plugin.
     CniEbpf,
     /// Reference `bridge` + `host-local`, `ipMasq`.
@@ -29,8 +35,9 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in the order each round runs them.
-    pub const ALL: [Contender; 4] = [
+    pub const ALL: [Contender; 5] = [
         Contender::Limit,
+        Contender::Floor,
         Contender::CniEbpf,
         Contender::Bridge,
         Contender::Ptp,
@@ -39,6 +46,7 @@ impl Contender {
     pub fn name(self) -> &'static str {
         match self {
             Contender::Limit => "limit",
+            Contender::Floor => "floor",
             Contender::CniEbpf => "cni-ebpf",
             Contender::Bridge => "bridge",
             Contender::Ptp => "ptp",
@@ -50,11 +58,13 @@ impl Contender {
     fn subnet(self, family: Family) -> &'static str {
         match (self, family) {
             (Contender::Limit, Family::V4) => "10.200.0.0/24",
+            (Contender::Floor, Family::V4) => "10.204.0.0/24",
             (Contender::CniEbpf, Family::V4) => "10.201.0.0/24",
             (Contender::Bridge, Family::V4) => "10.202.0.0/24",
             (Contender::Ptp, Family::V4) => "10.203.0.0/24",
             (Contender::Named(_), Family::V4) => "10.209.0.0/24",
             (Contender::Limit, Family::V6) => "fd00:200::/64",
+            (Contender::Floor, Family::V6) => "fd00:204::/64",
             (Contender::CniEbpf, Family::V6) => "fd00:201::/64",
             (Contender::Bridge, Family::V6) => "fd00:202::/64",
             (Contender::Ptp, Family::V6) => "fd00:203::/64",
@@ -62,18 +72,18 @@ impl Contender {
         }
     }
 
-    /// Whether a plugin attaches its pods (all but `limit`).
+    /// Whether a plugin attaches its pods (all but `limit` and `floor`).
     pub fn has_plugin(self) -> bool {
-        self != Contender::Limit
+        !matches!(self, Contender::Limit | Contender::Floor)
     }
 }
 
 /// A fresh node for `contender`'s plugin, its pods addressed in `family`;
-/// `None` for `limit`.
+/// `None` for `limit` and `floor`.
 pub fn plugin_node(contender: Contender, family: Family) -> Result<Option<PluginNode>> {
     let subnet = contender.subnet(family);
     Ok(match contender {
-        Contender::Limit => None,
+        Contender::Limit | Contender::Floor => None,
         Contender::CniEbpf => Some(PluginNode::cni_ebpf(subnet)),
         Contender::Bridge => Some(PluginNode::reference("bridge", subnet)?),
         Contender::Ptp => Some(PluginNode::reference("ptp", subnet)?),
@@ -102,10 +112,13 @@ impl Pod<'_> {
 /// The two pods a traffic scenario runs between.
 pub struct PodPair<'n> {
     pub contender: Contender,
-    /// The node whose plugin attached the pods (`None` for `limit`).
+    /// The node whose plugin attached the pods (`None` for `limit` and
+    /// `floor`).
     pub node: Option<&'n PluginNode>,
     pub client: Pod<'n>,
     pub server: Pod<'n>,
+    /// `floor`'s node namespace and program links.
+    _floor: Option<FloorNode>,
 }
 
 impl<'n> PodPair<'n> {
@@ -119,6 +132,7 @@ impl<'n> PodPair<'n> {
                 node: Some(node),
                 client: attached_pod(contender, node)?,
                 server: attached_pod(contender, node)?,
+                _floor: None,
             },
         };
         if let (Family::V6, Some(node)) = (family, pair.node) {
@@ -150,7 +164,8 @@ impl<'n> PodPair<'n> {
     }
 
     /// `limit`: a direct veth pair, MTU 1500, one subnet (the first two
-    /// addresses of `limit`'s).
+    /// addresses of `limit`'s); `floor`: the same pods and addresses, each
+    /// with its own veth to a node namespace (`floor.rs`).
     fn direct(contender: Contender, family: Family) -> Result<Self> {
         let client = Netns::with_loopback(&format!("bench-{}", contender.name()));
         let server = Netns::with_loopback(&format!("bench-{}", contender.name()));
@@ -163,15 +178,21 @@ impl<'n> PodPair<'n> {
             }
         };
         let (client_ip, server_ip) = (nth(1), nth(2));
-        join_by_veth(
-            &client,
-            &server,
-            &format!("{client_ip}/{prefix}"),
-            &format!("{server_ip}/{prefix}"),
-        );
+        let floor = if contender == Contender::Floor {
+            Some(floor::join(&client, &server, client_ip, server_ip, prefix)?)
+        } else {
+            join_by_veth(
+                &client,
+                &server,
+                &format!("{client_ip}/{prefix}"),
+                &format!("{server_ip}/{prefix}"),
+            );
+            None
+        };
         Ok(Self {
             contender,
             node: None,
+            _floor: floor,
             client: Pod {
                 _attachment: None,
                 netns: client,
