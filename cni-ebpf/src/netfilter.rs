@@ -282,36 +282,35 @@ pub fn remember_delivery_v6(ctx: &TcContext) {
     record(&key, &IpKey { addr: key.src });
 }
 
-/// IPv6 in `to_uplink` (services on): a pod's packet the stack forwarded
-/// out of the uplink (the datapath's own carry its mark and do not get
-/// here). Its replies are recorded. Unlike IPv4's it is not masqueraded:
-/// `snat`'s frame under `to_uplink`'s and this one's would pass the
-/// verifier's 512 bytes, so an endpoint outside the cluster CIDRs must
-/// route the pod's address back to the node.
+/// IPv6 in `to_uplink` (services on) and `to_tunnel`: a pod's packet the
+/// stack forwarded out of the node (the datapath's own carry its mark, or
+/// their tunnel key, and do not get here). Its replies are recorded;
+/// `true` when it was such a packet (TCP or UDP from a pod).
 #[inline(never)]
-pub fn leaving_v6(ctx: &TcContext) {
+pub fn leaving_v6(ctx: &TcContext) -> bool {
     let ether_type: u16 = ctx.load(ETH_TYPE_OFF).unwrap_or(0);
     if u16::from_be(ether_type) != ETH_P_IPV6 {
-        return;
+        return false;
     }
     let Ok(proto) = ctx.load::<u8>(IPV6_NEXT_HEADER_OFF) else {
-        return;
+        return false;
     };
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return;
+        return false;
     }
     let Some(mut key) = packet_key_v6(ctx, proto) else {
-        return;
+        return false;
     };
     // Link-scoped addresses (a pod's link-local one is an endpoint key too)
     // are never forwarded: nothing here is a pod's flow.
     if off_link(&key.src, &key.dst) || ENDPOINTS.get_ptr(&IpKey { addr: key.src }).is_none() {
-        return;
+        return false;
     }
     // The reply's key: to the pod.
     core::mem::swap(&mut key.src, &mut key.dst);
     core::mem::swap(&mut key.src_port, &mut key.dst_port);
     record(&key, &IpKey { addr: key.dst });
+    true
 }
 
 /// An IPv6 packet the stack never forwards: either address link-scoped,

@@ -5,8 +5,9 @@
 //! whose endpoint is off the node). Its replies are recorded so that they go
 //! back through conntrack, and it is masqueraded here like the datapath's
 //! own flows when its destination is outside the no-masquerade CIDRs (the
-//! stack has no masquerade rule for pods). IPv6's replies are recorded
-//! alike, without the masquerade ([`netfilter::leaving_v6`]).
+//! stack has no masquerade rule for pods). IPv6 alike: its replies are
+//! recorded ([`netfilter::leaving_v6`]) and it is masqueraded under IPv6's
+//! settings ([`masquerade_v6`]).
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -18,12 +19,12 @@ use cni_ebpf_common::{Direction, DropReason, IpKey, MARK_DATAPATH_FORWARDED, NOD
 
 use crate::{
     counters::count_drop,
-    headers::ipv4_headers,
+    headers::{ETH_LEN, Ipv6Hdr, header, ipv4_headers},
     l4,
     log::log_drop,
     maps::{ENDPOINTS, NO_MASQ, NODE_CONFIG},
-    nat::snat,
-    netfilter,
+    nat::{snat, snat_inline},
+    netfilter, translate6,
 };
 
 #[classifier]
@@ -50,7 +51,9 @@ fn try_to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     };
     let Some((_, ip)) = ipv4_headers(ctx) else {
-        netfilter::leaving_v6(ctx);
+        if netfilter::leaving_v6(ctx) {
+            masquerade_v6(ctx)?;
+        }
         return Ok(TC_ACT_OK);
     };
     // SAFETY: bounds-checked.
@@ -68,4 +71,29 @@ fn try_to_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         snat(ctx, src, dst, &transport, &cfg)?;
     }
     Ok(TC_ACT_OK)
+}
+
+/// A pod's IPv6 packet the stack forwarded ([`netfilter::leaving_v6`]
+/// recorded it), masqueraded as IPv4's is when IPv6 masquerade is on and
+/// its destination is outside the no-masquerade CIDRs. A leaf of its own,
+/// called after the recording returned: the translation's frame (16-byte
+/// keys and entries) under the recording's would pass the verifier's 512
+/// bytes for a call chain.
+#[inline(never)]
+fn masquerade_v6(ctx: &TcContext) -> Result<(), DropReason> {
+    let Some(cfg) = NODE_CONFIG.get(0) else {
+        return Ok(());
+    };
+    let ip: *mut Ipv6Hdr = header(ctx, ETH_LEN).ok_or(DropReason::Malformed)?;
+    // SAFETY: bounds-checked.
+    let dst = unsafe { (*ip).daddr };
+    if !translate6::masquerades(dst) {
+        return Ok(());
+    }
+    let Some(transport) = l4::parse_v6(ctx, ip) else {
+        return Ok(());
+    };
+    // SAFETY: bounds-checked.
+    unsafe { snat_inline(ctx, (*ip).saddr, dst, &transport, cfg) }?;
+    Ok(())
 }

@@ -299,9 +299,9 @@ fn from_tunnel_v4(ctx: &TcContext) -> Result<i32, DropReason> {
 }
 
 /// A decapsulated IPv6 packet: into the pod it is for, the same checks as
-/// IPv4's. Service flows are IPv4's only here (netfilter's flow records
-/// are), so an IPv6 packet for a pod always goes straight in. Not inlined:
-/// the IPv4 path keeps its own stack frame.
+/// IPv4's, replies of service flows netfilter translated included (to the
+/// stack, whose conntrack translates them back). Not inlined: the IPv4
+/// path keeps its own stack frame.
 #[inline(never)]
 fn from_tunnel_v6(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some((eth, ip)) = ipv6_headers(ctx) else {
@@ -326,6 +326,10 @@ fn from_tunnel_v6(ctx: &TcContext) -> Result<i32, DropReason> {
     if hop_limit <= 1 {
         // The stack answers with ICMPv6 time exceeded.
         return Ok(to_stack(ctx));
+    }
+    if netfilter::claims_v6(ctx, &target) {
+        make_ours(ctx);
+        return Ok(to_netfilter(ctx));
     }
     ipv6_decrease_hop_limit(ip);
     // SAFETY: bounds-checked; nothing changed the packet's length.
@@ -393,14 +397,23 @@ pub fn to_tunnel(ctx: TcContext) -> i32 {
 
 /// What the stack routes over the device carries no key yet: the node's
 /// own packets and flows netfilter forwarded (recorded as `to_uplink`
-/// does; IPv4's only). The datapath's own redirects are keyed already.
+/// does). The datapath's own redirects are keyed already. Each family in
+/// its own frame: IPv4's under IPv6's recording would pass the verifier's
+/// 512 bytes for a call chain.
 fn try_to_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
     if tunnel_source(ctx).is_some() {
         return Ok(TC_ACT_OK);
     }
-    let Some((_, ip)) = ipv4_headers(ctx) else {
-        return to_tunnel_v6(ctx);
-    };
+    if ipv4_headers(ctx).is_some() {
+        to_tunnel_v4(ctx)
+    } else {
+        to_tunnel_v6(ctx)
+    }
+}
+
+#[inline(never)]
+fn to_tunnel_v4(ctx: &TcContext) -> Result<i32, DropReason> {
+    let (_, ip) = ipv4_headers(ctx).ok_or(DropReason::Malformed)?;
     // SAFETY: bounds-checked.
     let (src, dst) = unsafe { ((*ip).saddr, (*ip).daddr) };
     let (tunnel, peer) = tunnel_peer(IpKey::v4(dst).addr).ok_or(DropReason::RedirectFailed)?;
@@ -413,8 +426,9 @@ fn try_to_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
     Ok(TC_ACT_OK)
 }
 
-/// The node's own IPv6 packets to other nodes' pods. Link-scoped ones (the
-/// device's own neighbour discovery and MLD) go nowhere, unkeyed: the
+/// The node's own IPv6 packets to other nodes' pods, and pods' flows
+/// netfilter forwarded there (their replies recorded). Link-scoped ones
+/// (the device's own neighbour discovery and MLD) go nowhere, unkeyed: the
 /// device drops them, uncounted here.
 #[inline(never)]
 fn to_tunnel_v6(ctx: &TcContext) -> Result<i32, DropReason> {
@@ -427,6 +441,7 @@ fn to_tunnel_v6(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK);
     }
     let (tunnel, peer) = tunnel_peer(dst).ok_or(DropReason::RedirectFailed)?;
+    netfilter::leaving_v6(ctx);
     set_key(ctx, &tunnel, &peer)?;
     Ok(TC_ACT_OK)
 }

@@ -184,9 +184,15 @@ impl Peers {
         // Replies of service flows whose endpoint is behind the tunnel arrive
         // here and are forwarded by the stack after conntrack (the forwarding
         // check is on the input device); `from_tunnel` lets nothing else
-        // through to be routed on.
+        // through to be routed on. IPv6's switch is `force_forwarding`
+        // (Linux 6.17+, as the plugin sets it on host veths and the uplink).
         let forwarding = format!("/proc/sys/net/ipv4/conf/{TUNNEL_DEVICE}/forwarding");
         std::fs::write(&forwarding, "1").map_err(|e| DatapathError::io("write", forwarding, e))?;
+        let forwarding_v6 = format!("/proc/sys/net/ipv6/conf/{TUNNEL_DEVICE}/force_forwarding");
+        if std::path::Path::new(&forwarding_v6).exists() {
+            std::fs::write(&forwarding_v6, "1")
+                .map_err(|e| DatapathError::io("write", forwarding_v6, e))?;
+        }
         for (hook, program) in [(Hook::Ingress, FROM_TUNNEL), (Hook::Egress, TO_TUNNEL)] {
             let attached = filters_on(index, TUNNEL_DEVICE, hook)?
                 .iter()

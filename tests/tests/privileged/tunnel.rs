@@ -7,14 +7,15 @@
 //! cluster agent sets it up, or an IPv6 one).
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     sync::Arc,
     time::Duration,
 };
 
 use cni_ebpf_tests::{
     Bpffs, Family, Node, Pod,
-    ext::{PeerClient, PeerServer, with_keys},
+    ext::{PeerClient, PeerServer, UdpEcho, udp_request, with_keys},
+    kube_proxy::{self, ClusterSettings, Mode, Protocol, Service},
     netns::Netns,
     traffic,
 };
@@ -214,10 +215,6 @@ fn transfer(from: &Netns, to: SocketAddr, bytes: u64) -> SocketAddr {
     let exchange = client.exchange(bytes, 11).expect("exchange");
     assert!(exchange.intact(), "-> {to}: {exchange:?}");
     seen_as
-}
-
-fn server(pod: &Pod<'_>) -> PeerServer {
-    server_of(pod, Family::V4)
 }
 
 fn server_of(pod: &Pod<'_>, family: Family) -> PeerServer {
@@ -477,38 +474,91 @@ fn the_agent_reattaches_the_tunnel_programs() {
     );
 }
 
+/// kube-proxy's rules on node A (both modes, each family's proxier) send a
+/// pod's ClusterIP flows to an endpoint pod on node B, reached only
+/// through the tunnel: the stack forwards the DNATed request into the
+/// device (`to_tunnel` records its replies), and `from_tunnel` hands the
+/// endpoint's replies back to the stack, whose conntrack makes them come
+/// from the ClusterIP. The endpoint sees the client pod's own address.
 #[test]
 fn a_service_whose_endpoint_is_behind_the_tunnel_answers_from_its_address() {
+    for family in Family::ALL {
+        a_service_whose_endpoint_is_behind_the_tunnel_answers_in(family);
+    }
+}
+
+fn a_service_whose_endpoint_is_behind_the_tunnel_answers_in(family: Family) {
+    let (cluster_cidr, vip) = match family {
+        Family::V4 => ("10.244.0.0/16", IpAddr::V4(Ipv4Addr::new(10, 96, 0, 30))),
+        Family::V6 => (
+            "fd00:10:244::/48",
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x30)),
+        ),
+    };
+    let families = [family];
     let nodes = Routed::new();
     let services = with_keys(
-        conf(&nodes.a, &A),
-        json!({ "serviceCIDRs": ["10.96.0.0/12"] }),
+        conf_of(&nodes.a, &A, &families, Family::V4),
+        json!({ "serviceCIDRs": ["10.96.0.0/12", "fd00:10:96::/112"] }),
     );
     let a = nodes.a.add_pod_with(services);
-    let b = nodes.b.add_pod_with(conf(&nodes.b, &B));
-    join(&nodes.a, &A, &B);
-    join(&nodes.b, &B, &A);
-    let server_b = server(&b);
-    let rules = format!(
-        "*nat\n:PREROUTING ACCEPT [0:0]\n\
-         -A PREROUTING -d 10.96.0.30/32 -p tcp --dport 80 -j DNAT --to-destination {}\n\
-         COMMIT\n",
-        server_b.addr()
-    );
-    let path = nodes.a.dir().join("tunnel-dnat.rules");
-    std::fs::write(&path, rules).unwrap();
-    nodes
-        .a
-        .netns()
-        .exec_ok("iptables-restore", &[path.to_str().unwrap()]);
-    let vip: SocketAddr = "10.96.0.30:80".parse().unwrap();
-    let client = a
-        .netns()
-        .run(|| PeerClient::connect(vip, CONNECT_TIMEOUT))
-        .expect("pod -> ClusterIP -> pod behind the tunnel");
-    assert_eq!(client.stream.peer_addr().unwrap(), vip);
-    assert_eq!(client.seen_as.ip(), IpAddr::V4(a.ip()));
-    let exchange = client.exchange(1 << 20, 3).expect("exchange");
-    assert!(exchange.intact(), "{exchange:?}");
-    assert!(nodes.a.verdict_packets("to-netfilter") > 0);
+    let b = nodes
+        .b
+        .add_pod_with(conf_of(&nodes.b, &B, &families, Family::V4));
+    join_of(&nodes.a, &A, &B, &families, Family::V4);
+    join_of(&nodes.b, &B, &A, &families, Family::V4);
+    let server_b = server_of(&b, family);
+    let echo_b =
+        UdpEcho::start(b.netns(), SocketAddr::new(b.addr(family), 0), false).expect("udp echo");
+    let rules = [
+        Service::new("default/web", vip, 80, Protocol::Tcp).endpoint(
+            b.addr(family),
+            server_b.addr().port(),
+            false,
+        ),
+        Service::new("kube-system/dns", vip, 53, Protocol::Udp).endpoint(
+            b.addr(family),
+            echo_b.addr().port(),
+            false,
+        ),
+    ];
+    let settings = ClusterSettings::new(cluster_cidr);
+    for mode in [Mode::Iptables, Mode::Nftables] {
+        let case = format!("{family:?}, {mode}");
+        kube_proxy::apply(nodes.a.netns(), mode, &settings, &rules);
+        let to_netfilter = nodes.a.verdict_packets("to-netfilter");
+        let tunneled = nodes.b.verdict_packets("tunneled");
+
+        let tcp = SocketAddr::new(vip, 80);
+        let client = a
+            .netns()
+            .run(|| PeerClient::connect(tcp, CONNECT_TIMEOUT))
+            .unwrap_or_else(|e| panic!("{case}: pod -> ClusterIP -> pod behind the tunnel: {e}"));
+        assert_eq!(client.stream.peer_addr().unwrap(), tcp, "{case}");
+        assert_eq!(client.seen_as.ip(), a.addr(family), "{case}");
+        let exchange = client.exchange(1 << 20, 3).expect("exchange");
+        assert!(exchange.intact(), "{case}: {exchange:?}");
+
+        // A connected socket takes answers from the ClusterIP alone.
+        let udp = SocketAddr::new(vip, 53);
+        let (seen_as, echoed) = a
+            .netns()
+            .run(|| {
+                let socket = UdpSocket::bind(SocketAddr::new(a.addr(family), 0))?;
+                socket.connect(udp)?;
+                udp_request(&socket, b"through the tunnel", Duration::from_secs(3))
+            })
+            .unwrap_or_else(|e| panic!("{case}: udp to {udp}: {e}"));
+        assert_eq!(seen_as.ip(), a.addr(family), "{case}");
+        assert_eq!(echoed, b"through the tunnel", "{case}");
+
+        // The flows went to netfilter on A, and the endpoint's replies rode
+        // the tunnel back (B's from_pod keyed them).
+        assert!(nodes.b.verdict_packets("tunneled") > tunneled, "{case}");
+        assert!(
+            nodes.a.verdict_packets("to-netfilter") > to_netfilter,
+            "{case}"
+        );
+        kube_proxy::flush(nodes.a.netns(), mode);
+    }
 }

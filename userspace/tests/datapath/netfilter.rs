@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use cni_ebpf_common::{
     CtState, ENDPOINT_F_NETFILTER_FLOWS, FlowKey, IPPROTO_TCP, IPPROTO_UDP,
-    MARK_DATAPATH_FORWARDED, NODE_F_MASQUERADE, NODE_F_SERVICES, NodeConfigV6,
+    MARK_DATAPATH_FORWARDED, NODE_F_MASQUERADE, NODE_F_SERVICES, NatEntry, NodeConfigV6,
     program_names::{FROM_POD, FROM_UPLINK, TO_POD, TO_UPLINK},
     wire::{TCP_ACK, TCP_SYN},
 };
@@ -471,6 +471,15 @@ fn services_node6(dp: &mut Datapath) {
     dp.add_service_cidr_v6(key6(SERVICE_CIDR6.0), SERVICE_CIDR6.1);
 }
 
+fn nat_entry6(addr: Ipv6Addr, port: u16, state: CtState) -> NatEntry {
+    NatEntry {
+        addr: addr.octets(),
+        port: port.to_be(),
+        state: state as u8,
+        ..Default::default()
+    }
+}
+
 fn flagged6(dp: &Datapath, pod: Ipv6Addr) -> bool {
     dp.endpoint(key6(pod)).flags & ENDPOINT_F_NETFILTER_FLOWS != 0
 }
@@ -644,9 +653,98 @@ fn ipv6_reply_from_the_uplink_to_a_flagged_pod_goes_back_through_netfilter() {
 }
 
 #[test]
-fn ipv6_to_uplink_records_what_the_stack_forwarded_for_pods_without_masquerade() {
+fn ipv6_to_uplink_masquerades_and_records_what_the_stack_forwarded_for_a_pod() {
     with_datapath(|dp| {
         services_node6(dp);
+        // A -> a service whose endpoint is outside the cluster CIDR: the
+        // stack DNATed it and forwards it out of the uplink, unmarked.
+        let forwarded = Frame6::new(
+            UPLINK_MAC,
+            ROUTER_MAC,
+            POD_A6,
+            REMOTE6,
+            tcp6(40000, 443, TCP_SYN),
+        );
+        let out = dp.run(TO_UPLINK, &forwarded.bytes(), Skb::default());
+        assert_eq!(out.action, TC_ACT_OK);
+        let masqueraded = Frame6 {
+            src: NODE6,
+            ..forwarded.clone()
+        };
+        assert_eq!(
+            out.frame,
+            masqueraded.bytes(),
+            "source translated, nothing else"
+        );
+        assert_eq!(
+            dp.netfilter_flows(),
+            [flow6(REMOTE6, 443, POD_A6, 40000, IPPROTO_TCP)]
+        );
+        assert!(flagged6(dp, POD_A6));
+        assert_eq!(
+            untimed(dp.nat_out(&flow6(POD_A6, 40000, REMOTE6, 443, IPPROTO_TCP))),
+            Some(nat_entry6(NODE6, 40000, CtState::TcpSynSent))
+        );
+        assert_eq!(dp.counts(), counted(&[("nat-new-flow", 1)]));
+
+        // The reply: translated back by from_uplink, then handed to
+        // netfilter (conntrack turns REMOTE6 back into the service).
+        let reply = Frame6::new(
+            ROUTER_MAC,
+            UPLINK_MAC,
+            REMOTE6,
+            NODE6,
+            tcp6(443, 40000, TCP_SYN | TCP_ACK),
+        );
+        let out = dp.run(FROM_UPLINK, &reply.bytes(), Skb::default());
+        assert_eq!(out.action, TC_ACT_OK);
+        let translated = Frame6 {
+            dst: POD_A6,
+            ..reply
+        };
+        assert_eq!(out.frame, translated.bytes(), "translated, not forwarded");
+        assert_eq!(
+            dp.counts(),
+            counted(&[("nat-new-flow", 1), ("nat-reply", 1), ("to-netfilter", 1)])
+        );
+    });
+}
+
+#[test]
+fn ipv6_to_uplink_records_cluster_destinations_without_masquerade() {
+    with_datapath(|dp| {
+        services_node6(dp);
+        let forwarded = Frame6::new(
+            UPLINK_MAC,
+            ROUTER_MAC,
+            POD_A6,
+            OTHER_NODE_POD6,
+            L4v6::Udp {
+                sport: 33333,
+                dport: 53,
+            },
+        );
+        let out = dp.run(TO_UPLINK, &forwarded.bytes(), Skb::default());
+        assert_eq!((out.action, out.frame), (TC_ACT_OK, forwarded.bytes()));
+        assert_eq!(
+            dp.netfilter_flows(),
+            [flow6(OTHER_NODE_POD6, 53, POD_A6, 33333, IPPROTO_UDP)]
+        );
+        assert_eq!(dp.nat_flows(), 0);
+        assert!(dp.counts().is_empty());
+    });
+}
+
+#[test]
+fn ipv6_to_uplink_masquerades_only_with_ipv6_masquerade_on() {
+    with_datapath(|dp| {
+        services_node6(dp);
+        // `ipMasqV6: false`: IPv4 still masquerades, IPv6 leaves as it is.
+        dp.set_node_config_v6(NodeConfigV6 {
+            masq_addr: NODE6.octets(),
+            flags: 0,
+            ..NodeConfigV6::default()
+        });
         let forwarded = Frame6::new(
             UPLINK_MAC,
             ROUTER_MAC,
@@ -661,6 +759,25 @@ fn ipv6_to_uplink_records_what_the_stack_forwarded_for_pods_without_masquerade()
             dp.netfilter_flows(),
             [flow6(REMOTE6, 443, POD_A6, 40000, IPPROTO_TCP)]
         );
-        assert!(flagged6(dp, POD_A6));
+    });
+}
+
+#[test]
+fn ipv6_to_uplink_drops_what_it_cannot_masquerade() {
+    with_datapath(|dp| {
+        services_node6(dp);
+        dp.set_nat_flows(100);
+        let forwarded = Frame6::new(
+            UPLINK_MAC,
+            ROUTER_MAC,
+            POD_A6,
+            REMOTE6,
+            tcp6(40000, 443, TCP_SYN),
+        );
+        assert_eq!(
+            dp.run(TO_UPLINK, &forwarded.bytes(), Skb::default()).action,
+            TC_ACT_SHOT
+        );
+        assert_eq!(dp.counts(), counted(&[("drop nat-table-full from-pod", 1)]));
     });
 }
