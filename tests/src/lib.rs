@@ -22,6 +22,7 @@ pub mod exec;
 pub mod ext;
 pub mod family;
 pub mod firewall;
+pub mod foreign_xdp;
 pub mod hash;
 pub mod hostports;
 pub mod kube_api;

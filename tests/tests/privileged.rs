@@ -67,6 +67,8 @@ mod spoofing;
 mod tunnel;
 #[path = "privileged/upgrade.rs"]
 mod upgrade;
+#[path = "privileged/uplink_xdp.rs"]
+mod uplink_xdp;
 #[path = "privileged/versions.rs"]
 mod versions;
 
