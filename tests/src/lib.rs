@@ -41,6 +41,7 @@ pub mod process;
 pub mod sockets;
 pub mod spec;
 pub mod stop;
+pub mod tcp_counters;
 pub mod traffic;
 pub mod two_nodes;
 pub mod udp_echo;

@@ -9,6 +9,8 @@
 mod agent;
 #[path = "privileged/bandwidth.rs"]
 mod bandwidth;
+#[path = "privileged/big_tcp.rs"]
+mod big_tcp;
 #[path = "privileged/cluster.rs"]
 mod cluster;
 #[path = "privileged/containerd.rs"]
