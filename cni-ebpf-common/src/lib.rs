@@ -277,6 +277,10 @@ pub const NODE_F_SERVICES: u32 = 2;
 /// but its uplink forwards for services: `from_uplink` drops what the stack
 /// would forward for neither the node, its pods nor a service address.
 pub const NODE_F_UPLINK_GUARD: u32 = 4;
+/// `uplinkXdp`: the uplink should run `xdp_uplink`. Read by the agent (which
+/// attaches it again when it is gone), not by the datapath; the record
+/// outlives the XDP link's pin.
+pub const NODE_F_UPLINK_XDP: u32 = 8;
 
 /// `skb->mark` bit the datapath sets on what it sends out of the uplink
 /// itself (never seen by netfilter), so that `to_uplink` tells it from what

@@ -75,14 +75,59 @@ pub fn parse<P: Packet>(ctx: &P, ip: *const Ipv4Hdr) -> Option<Transport> {
     transport(ctx, proto, offset, IPPROTO_ICMP)
 }
 
-/// Parses TCP, UDP or ICMPv6 right behind the IPv6 header; `None` for other
-/// next headers, extension headers (fragments among them) included: those
-/// go to the node's stack.
+/// `NEXTHDR_HOP`: a Hop-by-Hop options header follows.
+const IPPROTO_HOPOPTS: u8 = 0;
+/// `IPV6_TLV_JUMBO`: the Jumbo Payload option (RFC 2675).
+const IPV6_TLV_JUMBO: u8 = 0xc2;
+
+/// A Hop-by-Hop options header holding only a Jumbo Payload option: what
+/// the kernel puts in front of TCP in an IPv6 BIG TCP packet over 64 KiB
+/// (payload length 0; `ipv6_has_hopopt_jumbo`).
+#[repr(C)]
+struct JumboHopOpts {
+    next_header: u8,
+    /// In 8-byte units past the first 8: 0.
+    hdr_len: u8,
+    opt_type: u8,
+    opt_len: u8,
+    jumbo_len: u32,
+}
+
+const _: () = assert!(size_of::<JumboHopOpts>() == 8);
+
+/// Parses TCP, UDP or ICMPv6 right behind the IPv6 header, or TCP behind
+/// the Jumbo Payload header of an IPv6 BIG TCP packet; `None` for other
+/// next headers, other extension headers (fragments among them) included:
+/// those go to the node's stack.
 #[inline(always)]
 pub fn parse_v6<P: Packet>(ctx: &P, ip: *const Ipv6Hdr) -> Option<Transport> {
     // SAFETY: the caller bounds-checked `ip`.
-    let proto = unsafe { (*ip).next_header };
-    transport(ctx, proto, ETH_LEN + size_of::<Ipv6Hdr>(), IPPROTO_ICMPV6)
+    let (proto, payload_len) = unsafe { ((*ip).next_header, (*ip).payload_len) };
+    let offset = ETH_LEN + size_of::<Ipv6Hdr>();
+    if proto == IPPROTO_HOPOPTS && payload_len == 0 {
+        // Handed to the stack, a GSO packet this large is lost (the node
+        // forwards no IPv6) and TCP sends it again in small pieces.
+        let jumbo: *const JumboHopOpts = header(ctx, offset)?;
+        // SAFETY: bounds-checked.
+        let (next, len, kind, opt_len) = unsafe {
+            (
+                (*jumbo).next_header,
+                (*jumbo).hdr_len,
+                (*jumbo).opt_type,
+                (*jumbo).opt_len,
+            )
+        };
+        if next != IPPROTO_TCP || len != 0 || kind != IPV6_TLV_JUMBO || opt_len != 4 {
+            return None;
+        }
+        return transport(
+            ctx,
+            next,
+            offset + size_of::<JumboHopOpts>(),
+            IPPROTO_ICMPV6,
+        );
+    }
+    transport(ctx, proto, offset, IPPROTO_ICMPV6)
 }
 
 /// The transport header at `offset`; `icmp` is the family's ICMP (the

@@ -192,6 +192,7 @@ pub async fn ensure(
             .map_err(|e| CniError::io("reading the node's netns cookie", e))?,
         services: conf.services() && uplink_index.is_some(),
         uplink_guard: conf.services() && !forwards_everywhere(),
+        uplink_xdp: conf.xdp && uplink_index.is_some(),
     };
     let wanted = settings.to_config();
 
@@ -249,14 +250,14 @@ pub async fn ensure(
     }
 
     if conf.xdp
-        && let Some(uplink) = &uplink
+        && let (Some(uplink), Some(index)) = (&uplink, uplink_index)
     {
         // Idempotent (a pin check); under the lock so that two ADDs do not
         // both attach.
         let _lock = layout
             .lock()
             .map_err(|e| datapath_error("locking the datapath", e))?;
-        cni_ebpf_userspace::attach::attach_xdp_uplink(datapath, uplink).map_err(|e| {
+        cni_ebpf_userspace::attach::attach_xdp_uplink(datapath, uplink, index).map_err(|e| {
             datapath_error(
                 &format!("attaching XDP (native mode) to the uplink {uplink}"),
                 e,

@@ -172,23 +172,27 @@ fn parse_ipv4(packet: &[u8]) -> Option<SeenPacket> {
     })
 }
 
+/// The kernel's GSO and GRO maximum size without BIG TCP
+/// (`GSO_LEGACY_MAX_SIZE`).
+pub const LEGACY_GSO_MAX: usize = 65_536;
+
 /// A packet socket on one interface of a namespace, keeping the length of
-/// the largest frame that crossed it either way. A GSO packet is seen
-/// whole, before segmentation, so this is how large the datapath's packets
-/// were.
+/// every frame that crossed it either way. A GSO packet is seen whole,
+/// before segmentation, so this is how large the datapath's packets were;
+/// on a device that segments it in software (one whose GSO maximum it
+/// exceeds), the segments are seen instead.
 pub struct FrameSizes {
-    largest: Arc<std::sync::atomic::AtomicUsize>,
+    sizes: Arc<Mutex<Vec<usize>>>,
     _thread: Background,
 }
 
 impl FrameSizes {
     /// Watches every frame on `ifname` in `ns`.
     pub fn start(ns: &Netns, ifname: &str) -> io::Result<Self> {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let largest = Arc::new(AtomicUsize::new(0));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
         let ifname = ifname.to_owned();
         let (thread, ()) = {
-            let largest = largest.clone();
+            let sizes = sizes.clone();
             Background::start(
                 ns,
                 "frames",
@@ -233,20 +237,52 @@ impl FrameSizes {
                         if let Ok(n) =
                             socket::recv(fd.as_fd().as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC)
                         {
-                            largest.fetch_max(n, Ordering::Relaxed);
+                            sizes.lock().unwrap().push(n);
                         }
                     }
                 },
             )?
         };
         Ok(Self {
-            largest,
+            sizes,
             _thread: thread,
         })
     }
 
     /// The largest frame seen so far, in bytes.
     pub fn largest(&self) -> usize {
-        self.largest.load(std::sync::atomic::Ordering::Relaxed)
+        self.sizes
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// How many frames seen so far were larger than `bytes`.
+    pub fn larger_than(&self, bytes: usize) -> usize {
+        self.sizes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&n| n > bytes)
+            .count()
+    }
+
+    /// How many frames were seen so far.
+    pub fn count(&self) -> usize {
+        self.sizes.lock().unwrap().len()
+    }
+
+    /// The frames seen so far, for a failure message.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} frames, largest {} bytes, {} over 64 KiB, {} over 1514 bytes",
+            self.count(),
+            self.largest(),
+            self.larger_than(LEGACY_GSO_MAX),
+            self.larger_than(1514)
+        )
     }
 }

@@ -9,6 +9,8 @@
 mod agent;
 #[path = "privileged/bandwidth.rs"]
 mod bandwidth;
+#[path = "privileged/big_tcp.rs"]
+mod big_tcp;
 #[path = "privileged/cluster.rs"]
 mod cluster;
 #[path = "privileged/containerd.rs"]
@@ -67,6 +69,8 @@ mod spoofing;
 mod tunnel;
 #[path = "privileged/upgrade.rs"]
 mod upgrade;
+#[path = "privileged/uplink_xdp.rs"]
+mod uplink_xdp;
 #[path = "privileged/versions.rs"]
 mod versions;
 

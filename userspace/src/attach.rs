@@ -26,7 +26,9 @@ use cni_ebpf_common::program_names::{FROM_POD, PACE_TCP, XDP_UPLINK};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    attachments::link_program_id,
     datapath::{Datapath, SOCKET_HOOKS},
+    device_xdp,
     error::{DatapathError, Result},
     paths::BpffsLayout,
     tc_filters::Hook,
@@ -125,21 +127,72 @@ pub fn attach_from_uplink(
     attach(datapath.from_uplink()?, uplink, mode, pin)
 }
 
+/// What an uplink that asked for `xdp_uplink` (`uplinkXdp`) runs as XDP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UplinkXdp {
+    /// `xdp_uplink`, through the link under its pin.
+    Pinned,
+    /// No XDP program: the tc program alone serves the uplink (the link was
+    /// detached, or its pin, which held it, was removed).
+    Missing,
+    /// `xdp_uplink` without its pin's link: a link whose pin was removed and
+    /// which the kernel has not released yet (it does so from a work queue).
+    Unpinned,
+    /// Another program, attached by someone on purpose: left in place.
+    Foreign { id: u32, name: String },
+}
+
+impl UplinkXdp {
+    /// What the device `ifindex` (named `uplink`) runs against its pin.
+    pub fn of(layout: &BpffsLayout, uplink: &str, ifindex: u32) -> Result<Self> {
+        let running = device_xdp::program_id(ifindex)
+            .map_err(|e| DatapathError::io("read the XDP program of", uplink, e))?;
+        let Some(id) = running else {
+            return Ok(Self::Missing);
+        };
+        // A pin that does not open is no working link either.
+        if link_program_id(&layout.uplink_xdp_link(uplink)).ok() == Some(id) {
+            return Ok(Self::Pinned);
+        }
+        // Any generation of ours (an upgrade swaps it under the link).
+        match device_xdp::program_name(id) {
+            Some(name) if name == XDP_UPLINK => Ok(Self::Unpinned),
+            name => Ok(Self::Foreign {
+                id,
+                name: name.unwrap_or_default(),
+            }),
+        }
+    }
+}
+
 /// `xdp_uplink` on the uplink in native (driver) mode, in front of
 /// `from_uplink`, its link pinned so that it outlives this process. Nothing
-/// to do when its pin is there; fails where the driver has no native XDP.
-pub fn attach_xdp_uplink(datapath: &Datapath, uplink: &str) -> Result<()> {
+/// to do when its pin is there (the agent repairs a pin whose link is gone)
+/// or XDP of ours still runs; an operator's own XDP program on the uplink is
+/// left in place with a warning, not a failed ADD: the tc program serves
+/// everything XDP would. Fails where the driver has no native XDP.
+pub fn attach_xdp_uplink(datapath: &Datapath, uplink: &str, ifindex: u32) -> Result<()> {
     let pin = datapath.layout().uplink_xdp_link(uplink);
     if pin.exists() {
         return Ok(());
     }
-    pin_link(xdp_uplink_link(datapath, uplink, &pin)?, &pin)
+    match UplinkXdp::of(datapath.layout(), uplink, ifindex)? {
+        UplinkXdp::Missing => pin_link(xdp_uplink_link(datapath, uplink, &pin)?, &pin),
+        UplinkXdp::Pinned | UplinkXdp::Unpinned => Ok(()),
+        UplinkXdp::Foreign { id, name } => {
+            log::warn!(
+                "{uplink} runs XDP program {id} ({name}), not {XDP_UPLINK}: left in place, \
+                 the tc program serves the uplink"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// `xdp_uplink` attached anew to `uplink` in place of a pinned link that no
-/// longer runs there (detached behind our back, or the device replaced
-/// under the same name). The old pin goes only once the new link is
-/// attached, so a failed attempt keeps the record that the uplink wants XDP.
+/// longer runs there (detached behind our back, its pin removed, or the
+/// device replaced under the same name). An old pin goes only once the new
+/// link is attached.
 pub fn reattach_xdp_uplink(datapath: &Datapath, uplink: &str) -> Result<()> {
     let pin = datapath.layout().uplink_xdp_link(uplink);
     let link = xdp_uplink_link(datapath, uplink, &pin)?;

@@ -5,6 +5,7 @@
 
 use std::io;
 
+use aya::programs::loaded_programs;
 use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     RouteNetlinkMessage,
@@ -61,4 +62,13 @@ fn xdp_program(link: &LinkMessage) -> Option<u32> {
             }),
             _ => None,
         })
+}
+
+/// The name of the loaded program `id` (as the kernel keeps it: at most 15
+/// bytes), `None` when it is gone.
+pub fn program_name(id: u32) -> Option<String> {
+    loaded_programs()
+        .filter_map(std::result::Result::ok)
+        .find(|p| p.id() == id)
+        .map(|p| p.name_as_str().unwrap_or_default().to_string())
 }

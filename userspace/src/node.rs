@@ -9,7 +9,7 @@ use std::{
 use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
 use cni_ebpf_common::{
     FlowKey, IpKey, MAX_NAT_FLOWS, NODE_F_MASQUERADE, NODE_F_SERVICES, NODE_F_UPLINK_GUARD,
-    NodeConfig, NodeConfigV6,
+    NODE_F_UPLINK_XDP, NodeConfig, NodeConfigV6,
     map_names::{NETFILTER_FLOWS, NO_MASQ, NODE_ADDRS, NODE_CONFIG, NODE_CONFIG_V6, SERVICES},
 };
 use ipnet::IpNet;
@@ -47,6 +47,8 @@ pub struct NodeSettings {
     /// The uplink forwards only for pods and services (the node does not
     /// forward otherwise): see `NODE_F_UPLINK_GUARD`.
     pub uplink_guard: bool,
+    /// `uplinkXdp`: see `NODE_F_UPLINK_XDP`.
+    pub uplink_xdp: bool,
 }
 
 /// `SO_NETNS_COOKIE` of the calling thread's network namespace.
@@ -89,6 +91,11 @@ impl NodeSettings {
             } | if self.services { NODE_F_SERVICES } else { 0 }
                 | if self.uplink_guard {
                     NODE_F_UPLINK_GUARD
+                } else {
+                    0
+                }
+                | if self.uplink_xdp {
+                    NODE_F_UPLINK_XDP
                 } else {
                     0
                 },

@@ -2,7 +2,7 @@
 //! pinned links of pod interfaces that vanished behind the plugin's back (a
 //! deleted netns, a crashed runtime), and programs detached behind its back
 //! from interfaces that are still there (a `tc filter del`, a deleted
-//! clsact qdisc), XDP on the uplink if its pinned link no longer runs there,
+//! clsact qdisc), XDP on the uplink if it no longer runs there,
 //! the node-wide cgroup hooks if their links are gone, and the node's own
 //! addresses as they change. Runs in the node's network
 //! namespace.
@@ -11,20 +11,19 @@ use std::{net::IpAddr, path::Path};
 
 use aya::programs::{SchedClassifier, TcAttachType};
 use cni_ebpf_common::{
-    ENDPOINT_F_HOST_PORTS, ENDPOINT_F_RATE_LIMITED, Endpoint, NODE_F_SERVICES,
+    ENDPOINT_F_HOST_PORTS, ENDPOINT_F_RATE_LIMITED, Endpoint, NODE_F_SERVICES, NODE_F_UPLINK_XDP,
     program_names::{FROM_POD, FROM_TUNNEL, FROM_UPLINK, PACE_TCP, TO_POD, TO_TUNNEL, TO_UPLINK},
 };
 
 use crate::{
     AttachMode, BpffsLayout, Datapath, EndpointMap,
     attach::{
-        attach_from_pod, attach_from_uplink, attach_pacing, attach_socket_hooks, attach_to_pod,
-        attach_to_uplink, attach_tunnel, pacing_attached, reattach_xdp_uplink,
+        UplinkXdp, attach_from_pod, attach_from_uplink, attach_pacing, attach_socket_hooks,
+        attach_to_pod, attach_to_uplink, attach_tunnel, pacing_attached, reattach_xdp_uplink,
         socket_hooks_attached,
     },
-    attachments::{filters_on, interfaces, link_program_id},
-    device_xdp,
-    error::{DatapathError, Result},
+    attachments::{filters_on, interfaces},
+    error::Result,
     node, peers, rate,
     tc_filters::Hook,
     teardown,
@@ -42,6 +41,9 @@ pub struct Reconciled {
     /// Entries of `NODE_ADDRS` added or removed to follow the node's
     /// addresses.
     pub node_addrs: usize,
+    /// Uplinks that asked for `xdp_uplink` but run another XDP program,
+    /// left in place (the tc program serves them).
+    pub xdp_foreign: Vec<String>,
 }
 
 /// One reconciliation; `cgroup` is where the plugin attaches its cgroup
@@ -97,40 +99,62 @@ fn reattach_cgroup_hooks(
     Ok(())
 }
 
-/// Attaches `xdp_uplink` again to every uplink whose pinned XDP link (the
-/// record that `uplinkXdp` asked for it) is not the program the device runs:
-/// the link was detached (`bpftool link detach`), or the device was replaced
-/// under its name. An uplink that is not there now is left for later.
+/// Attaches `xdp_uplink` again, with a fresh pinned link, to every uplink
+/// that asked for it (`NODE_F_UPLINK_XDP` names the node's uplink; a pin
+/// under `uplink-xdp/` is a record too) and runs no XDP now: its link was
+/// detached (`bpftool link detach`), its pin removed (which releases the
+/// link), or the device replaced under its name. The tc program serves the
+/// uplink meanwhile. Another XDP program there was put on purpose: it is
+/// left in place and reported in `xdp_foreign`. An uplink that is not there
+/// now is left for later.
 fn reattach_xdp(
     datapath: &Datapath,
     interfaces: &[(u32, String)],
     done: &mut Reconciled,
 ) -> Result<()> {
     let layout = datapath.layout();
-    let Ok(entries) = std::fs::read_dir(layout.uplink_xdp_links_dir()) else {
-        return Ok(());
-    };
-    for entry in entries.flatten() {
-        let Ok(ifname) = entry.file_name().into_string() else {
-            continue;
-        };
-        let Some((ifindex, _)) = interfaces.iter().find(|(_, name)| *name == ifname) else {
-            continue;
-        };
-        let running = device_xdp::program_id(*ifindex)
-            .map_err(|e| DatapathError::io("read the XDP program of", &ifname, e))?;
-        // A pin that does not open is no working link either.
-        if running.is_some() && link_program_id(&entry.path()).ok() == running {
-            continue;
+    for (ifindex, ifname) in xdp_uplinks(layout, interfaces)? {
+        match UplinkXdp::of(layout, &ifname, ifindex)? {
+            UplinkXdp::Missing => {}
+            // Released by the kernel in a moment; the next pass attaches.
+            UplinkXdp::Pinned | UplinkXdp::Unpinned => continue,
+            UplinkXdp::Foreign { id, name } => {
+                done.xdp_foreign
+                    .push(format!("{ifname} runs XDP program {id} ({name})"));
+                continue;
+            }
         }
         // An ADD attaching XDP at the same moment holds the same lock.
         let _lock = layout.lock()?;
+        if UplinkXdp::of(layout, &ifname, ifindex)? != UplinkXdp::Missing {
+            continue;
+        }
         match reattach_xdp_uplink(datapath, &ifname) {
             Ok(()) => done.reattached.push(format!("{ifname} xdp")),
             Err(e) => done.failed.push(format!("{ifname} xdp: {e}")),
         }
     }
     Ok(())
+}
+
+/// The uplinks (ifindex, name) present now that asked for `xdp_uplink`.
+fn xdp_uplinks(layout: &BpffsLayout, interfaces: &[(u32, String)]) -> Result<Vec<(u32, String)>> {
+    let config = node::read_config(layout)?;
+    let mut wanted: Vec<(u32, String)> = std::fs::read_dir(layout.uplink_xdp_links_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter_map(|name| interfaces.iter().find(|(_, n)| *n == name).cloned())
+        .collect();
+    if config.flags & NODE_F_UPLINK_XDP != 0
+        && let Some(uplink) = interfaces.iter().find(|(i, _)| *i == config.uplink_ifindex)
+    {
+        wanted.push(uplink.clone());
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    Ok(wanted)
 }
 
 fn remove_vanished(layout: &BpffsLayout, interfaces: &[(u32, String)]) -> Result<Reconciled> {

@@ -16,7 +16,7 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, prometheus_text},
     metrics::{
         counter::{ConstCounter, Counter},
-        gauge::ConstGauge,
+        gauge::{ConstGauge, Gauge},
     },
     registry::Registry,
 };
@@ -40,6 +40,9 @@ pub struct AgentMetrics {
     pub reconcile_reattached: Counter,
     /// Attachments moved onto another generation of the programs.
     pub upgrade_swapped: Counter,
+    /// Uplinks that asked for `xdp_uplink` but run another XDP program
+    /// (left in place), as the last reconciliation found them.
+    pub uplink_xdp_foreign: Gauge,
 }
 
 /// Every metric of the agent: its own counters, and a collector that reads
@@ -88,6 +91,11 @@ impl AgentMetrics {
         ] {
             registry.register(name, help, counter.clone());
         }
+        registry.register(
+            "cni_ebpf_uplink_xdp_foreign",
+            "Uplinks with uplinkXdp that run another XDP program, left in place (the tc program serves them)",
+            agent.uplink_xdp_foreign.clone(),
+        );
         agent
     }
 }
@@ -384,6 +392,7 @@ mod tests {
         registry.register_collector(Box::new(Fixed));
         agent.gc_runs.inc_by(3);
         agent.upgrade_swapped.inc();
+        agent.uplink_xdp_foreign.set(1);
         let text = render(&registry).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         for expected in [
@@ -403,6 +412,8 @@ mod tests {
             "cni_ebpf_reconcile_removed_total 0",
             "cni_ebpf_reconcile_reattached_total 0",
             "cni_ebpf_upgrade_swapped_total 1",
+            "# TYPE cni_ebpf_uplink_xdp_foreign gauge",
+            "cni_ebpf_uplink_xdp_foreign 1",
         ] {
             assert!(
                 lines.contains(&expected),

@@ -301,6 +301,15 @@ fn report_reconciled(repaired: &reconcile::Reconciled, counters: &AgentMetrics, 
             }
         );
     }
+    // Once when it appears or changes, not on every pass.
+    let foreign = repaired.xdp_foreign.len() as i64;
+    if counters.uplink_xdp_foreign.set(foreign) != foreign {
+        for uplink in &repaired.xdp_foreign {
+            log::warn!(
+                "{uplink}, not xdp_uplink (uplinkXdp): left in place, the tc program serves it"
+            );
+        }
+    }
     counters.reconcile_removed.inc_by(removed as u64);
     counters
         .reconcile_reattached

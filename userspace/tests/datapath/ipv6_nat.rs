@@ -11,8 +11,8 @@ use cni_ebpf_common::{
     IpKey, NODE_F_MASQUERADE, NatEntry, NodeConfigV6,
     program_names::{FROM_POD, FROM_UPLINK},
     wire::{
-        ICMPV6_DEST_UNREACH, ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED, IPPROTO_ICMPV6, TCP_ACK,
-        TCP_SYN,
+        ETH_LEN, ICMPV6_DEST_UNREACH, ICMPV6_PACKET_TOO_BIG, ICMPV6_TIME_EXCEEDED, IPPROTO_ICMPV6,
+        TCP_ACK, TCP_SYN,
     },
 };
 
@@ -468,5 +468,61 @@ fn link_local_and_ipv4_mapped_addresses_are_never_masqueraded_or_forwarded() {
             dp.counts(),
             counted(&[("to-stack", 4), ("drop spoofed-source from-pod", 1)])
         );
+    });
+}
+
+/// `frame` (IPv6 over Ethernet) as IPv6 BIG TCP sends a packet over 64 KiB:
+/// payload length 0 and a Hop-by-Hop header holding only the Jumbo Payload
+/// option in front of the transport header, whose checksum does not change
+/// (its pseudo header counts the same transport length).
+fn with_jumbo_header(frame: &[u8]) -> Vec<u8> {
+    const IPV6_LEN: usize = 40;
+    let ip = ETH_LEN;
+    let next = frame[ip + 6];
+    let payload = frame.len() - ip - IPV6_LEN;
+    let mut jumbo = frame[..ip + IPV6_LEN].to_vec();
+    jumbo[ip + 4..ip + 6].copy_from_slice(&[0, 0]);
+    jumbo[ip + 6] = 0; // Hop-by-Hop options
+    jumbo.extend_from_slice(&[next, 0, 0xc2, 4]);
+    jumbo.extend_from_slice(&((payload + 8) as u32).to_be_bytes());
+    jumbo.extend_from_slice(&frame[ip + IPV6_LEN..]);
+    jumbo
+}
+
+#[test]
+fn an_ipv6_big_tcp_packet_with_its_jumbo_header_is_masqueraded_not_handed_to_the_stack() {
+    with_datapath(|dp| {
+        masquerading_node6(dp);
+        let syn = from_a(REMOTE6, tcp(SPORT, 80, TCP_SYN));
+        assert_eq!(send(dp, &syn).action, TC_ACT_REDIRECT);
+        let segment = from_a(REMOTE6, tcp(SPORT, 80, TCP_ACK));
+        let out = dp.run(
+            FROM_POD,
+            &with_jumbo_header(&segment.bytes()),
+            Skb::default(),
+        );
+        assert_eq!(out.action, TC_ACT_REDIRECT);
+        assert_eq!(
+            out.frame,
+            with_jumbo_header(&masqueraded(&segment, tcp(SPORT, 80, TCP_ACK)).bytes())
+        );
+        assert_eq!(
+            dp.counts(),
+            counted(&[("forwarded", 2), ("nat-new-flow", 1)])
+        );
+    });
+}
+
+#[test]
+fn other_ipv6_hop_by_hop_options_still_go_to_the_stack() {
+    with_datapath(|dp| {
+        masquerading_node6(dp);
+        let segment = from_a(REMOTE6, tcp(SPORT, 80, TCP_SYN));
+        let mut frame = with_jumbo_header(&segment.bytes());
+        // A Router Alert option in place of the jumbo payload.
+        frame[ETH_LEN + 40 + 2..ETH_LEN + 40 + 8].copy_from_slice(&[5, 2, 0, 0, 1, 0]);
+        let out = dp.run(FROM_POD, &frame, Skb::default());
+        assert_eq!(out.action, TC_ACT_OK);
+        assert_eq!(dp.nat_flows(), 0);
     });
 }
