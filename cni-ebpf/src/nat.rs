@@ -125,14 +125,6 @@ fn new_flow<A: Addr>(
     if unsafe { core::ptr::read_volatile(flows) } >= u64::from(cfg.nat_max_flows) {
         return Err(DropReason::NatTableFull);
     }
-    let state = initial_state(t) as u8;
-    let pod_side = NatEntry {
-        addr: key.src,
-        port: key.src_port,
-        state,
-        _pad: [0; 5],
-        last_seen_ns: now,
-    };
     let mut reply = FlowKey {
         src: key.dst,
         dst: masq,
@@ -149,11 +141,20 @@ fn new_flow<A: Addr>(
     };
     // The node's own connections take their ports from its ephemeral
     // range, which ADD keeps `natPortRange` out of: only the pod's own
-    // port needs asking about.
+    // port needs asking about. Asked before `pod_side` exists, so that
+    // the lookup's tuple can share its stack slot.
     if node_socket_answers::<A>(ctx, &mut reply) {
         count_verdict(Verdict::NatPortRetry, 0);
         reply.dst_port = random_port();
     }
+    let state = initial_state(t) as u8;
+    let pod_side = NatEntry {
+        addr: key.src,
+        port: key.src_port,
+        state,
+        _pad: [0; 5],
+        last_seen_ns: now,
+    };
     for _ in 0..NAT_PORT_TRIES {
         if NAT_IN
             .insert(&reply, &pod_side, u64::from(BPF_NOEXIST))
