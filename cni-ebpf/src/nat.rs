@@ -140,9 +140,10 @@ fn new_flow<A: Addr>(
         (cfg.nat_port_min + random as u16).to_be()
     };
     // The node's own connections take their ports from its ephemeral
-    // range, which ADD keeps `natPortRange` out of: only the pod's own
-    // port needs asking about. Asked before `pod_side` exists, so that
-    // the lookup's tuple can share its stack slot.
+    // range, which `natPortRange` stays out of (ADD warns otherwise): only
+    // the pod's own port is asked about (a lookup in the retry loop below
+    // nearly reached the verifier's million instructions). Asked before
+    // `pod_side` exists, so that the lookup's tuple can share its slot.
     if node_socket_answers::<A>(ctx, &mut reply) {
         count_verdict(Verdict::NatPortRetry, 0);
         reply.dst_port = random_port();
