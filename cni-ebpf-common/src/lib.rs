@@ -303,12 +303,12 @@ pub struct NodeConfigV6 {
     pub flags: u32,
     /// The node's own ephemeral ports (`net.ipv4.ip_local_port_range`,
     /// which IPv6 sockets use too), inclusive, host order; 0–0 when not
-    /// known. Recorded by ADD for the datapath's port claims, which do not
-    /// read it yet (moving every pod port of this range into `natPortRange`
-    /// capped masqueraded connection rates; see the README's masquerade
-    /// section). Shared by both families; here because `NodeConfig`'s size is
-    /// fixed by its pinned map (this field was padding, so an older map
-    /// reads 0–0).
+    /// known. Recorded by ADD, not read by the datapath: a port claim asks
+    /// the kernel for the node's sockets instead (moving every pod port of
+    /// this range into `natPortRange` capped masqueraded connection rates;
+    /// see the README's masquerade section). Shared by both families; here
+    /// because `NodeConfig`'s size is fixed by its pinned map (this field
+    /// was padding, so an older map reads 0–0).
     pub ephemeral_min: u16,
     pub ephemeral_max: u16,
 }
@@ -654,7 +654,8 @@ pub enum Verdict {
     Forwarded = 3,
     /// A new masqueraded flow got its translation.
     NatNewFlow = 4,
-    /// A new flow's own source port was taken and another was tried.
+    /// A new flow's port was taken (by another flow, or for its own port
+    /// by a socket of the node) and another was tried.
     NatPortRetry = 5,
     /// Reply of a masqueraded flow translated back and delivered.
     NatReply = 6,

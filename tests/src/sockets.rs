@@ -4,12 +4,12 @@
 
 use std::{
     io,
-    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, ToSocketAddrs, UdpSocket},
+    net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket},
     os::fd::{AsRawFd, OwnedFd},
     time::Duration,
 };
 
-use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, sockopt};
+use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, sockopt};
 use nix::sys::time::{TimeVal, TimeValLike};
 
 pub(crate) fn timeval(duration: Duration) -> TimeVal {
@@ -43,16 +43,21 @@ pub fn tcp_listen(addr: impl Into<SocketAddr>, reuse_port: bool) -> io::Result<T
 /// A TCP socket bound to `local` with `SO_REUSEPORT`, connected to
 /// `remote`: a client that shares its port with a [`tcp_listen`]er.
 pub fn tcp_connect_from(
-    local: SocketAddrV4,
-    remote: SocketAddrV4,
+    local: impl Into<SocketAddr>,
+    remote: impl Into<SocketAddr>,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
-    let fd = tcp_socket(AddressFamily::Inet)?;
+    let (local, remote) = (local.into(), remote.into());
+    let family = match local {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = tcp_socket(family)?;
     socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
     socket::setsockopt(&fd, sockopt::SendTimeout, &timeval(timeout))?;
-    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(local))?;
+    socket::bind(fd.as_raw_fd(), &socket::SockaddrStorage::from(local))?;
     // A blocking connect gives up after SO_SNDTIMEO.
-    socket::connect(fd.as_raw_fd(), &SockaddrIn::from(remote)).map_err(|e| {
+    socket::connect(fd.as_raw_fd(), &socket::SockaddrStorage::from(remote)).map_err(|e| {
         if e == nix::errno::Errno::EINPROGRESS {
             io::Error::new(io::ErrorKind::TimedOut, "connect timed out")
         } else {

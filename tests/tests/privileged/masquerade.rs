@@ -167,34 +167,111 @@ fn pod_reaches_ext_over_tcp_udp_and_ping_seen_as_the_node() {
 }
 
 #[test]
-#[ignore = "known bug, fix disabled: a pod flow may keep the port of the node's own connection to the same server (the fix capped masqueraded connection rates); see README Masquerade"]
 fn a_pod_flow_never_takes_the_port_of_the_nodes_own_connection() {
     // In the node's ephemeral range (32768-60999 by default), where the
     // node's own connections get their ports without the NAT table
     // knowing; the pod uses the same port towards the same server.
     const PORT: u16 = 40_123;
+    for family in Family::ALL {
+        let (node, ext) = node_with_ext();
+        let pod = node.add_pod_with(ext::masquerading(node.conf().family(family).build()));
+        let node_ip = ext.node_addr(family);
+        let any = match family {
+            Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let retries_before = node.verdict_packets("nat-port-retry");
+
+        // TCP: both connections stay whole, the pod's under another port.
+        let server = PeerServer::start(&ext.netns, SocketAddr::new(ext.ext_addr(family), 0))
+            .expect("starting the server");
+        let connect_from = |ns: &cni_ebpf_tests::Netns, local: SocketAddr| {
+            ns.run(|| {
+                ext::tcp_connect_from(local, server.addr(), CONNECT_TIMEOUT)
+                    .and_then(PeerClient::from_stream)
+            })
+        };
+        let node_client = connect_from(node.netns(), SocketAddr::new(node_ip, PORT))
+            .expect("the node's own connection");
+        assert_eq!(node_client.seen_as, SocketAddr::new(node_ip, PORT));
+        let pod_client = connect_from(pod.netns(), SocketAddr::new(any, PORT))
+            .unwrap_or_else(|e| panic!("{family:?}: the pod's connection from the same port: {e}"));
+        assert_eq!(pod_client.seen_as.ip(), node_ip);
+        assert!(
+            NAT_PORTS.contains(&pod_client.seen_as.port()),
+            "{family:?}: the pod's flow kept port {PORT} of the node's connection: {pod_client:?}"
+        );
+        for (who, client, seed) in [("node", node_client, 1), ("pod", pod_client, 2)] {
+            let exchange = client
+                .exchange(1 << 20, seed)
+                .unwrap_or_else(|e| panic!("{family:?}: {who}'s connection: {e}"));
+            assert!(
+                exchange.intact(),
+                "{family:?}: {who}'s connection: {exchange:?}"
+            );
+        }
+
+        // UDP: the node's socket and the pod's, from the same port to the
+        // same server, each get their own answers.
+        let echo = UdpEcho::start(&ext.netns, SocketAddr::new(ext.ext_addr(family), 0), false)
+            .expect("starting the UDP echo");
+        let node_udp = node
+            .netns()
+            .run(|| {
+                let socket = UdpSocket::bind((node_ip, PORT))?;
+                socket.connect(echo.addr())?;
+                io::Result::Ok(socket)
+            })
+            .expect("the node's UDP socket");
+        let pod_udp = pod_udp_from(&pod, PORT, echo.addr());
+        let (pod_seen, echoed) =
+            udp_request(&pod_udp, b"pod", ANSWER_TIMEOUT).expect("the pod's UDP request answered");
+        assert_eq!(echoed, b"pod");
+        assert_eq!(pod_seen.ip(), node_ip);
+        assert!(
+            NAT_PORTS.contains(&pod_seen.port()),
+            "{family:?}: the pod's UDP flow kept port {PORT} of the node's socket: {pod_seen}"
+        );
+        let (node_seen, echoed) = udp_request(&node_udp, b"node", ANSWER_TIMEOUT)
+            .expect("the node's UDP request answered to the node");
+        assert_eq!(
+            (node_seen, echoed.as_slice()),
+            (SocketAddr::new(node_ip, PORT), &b"node"[..])
+        );
+        assert!(node.verdict_packets("nat-port-retry") >= retries_before + 2);
+        assert_node_untouched(&node);
+    }
+}
+
+#[test]
+#[ignore = "known gap: the kernel picks the node's own port without looking at the NAT table, so a node connection may clash with a pod flow that holds the port first; see README Masquerade"]
+fn the_nodes_own_connection_never_clashes_with_a_pod_flow_holding_its_port() {
+    // The reverse order of the test above: the pod's flow holds
+    // node:PORT -> server first, then the node connects from PORT (bound
+    // here; the kernel's own pick may land on it just the same).
+    const PORT: u16 = 40_124;
     let (node, ext) = node_with_ext();
     let pod = masquerading_pod(&node);
     let server = ext_server(&ext);
-    let SocketAddr::V4(server_addr) = server.addr() else {
-        unreachable!("an IPv4 server")
-    };
-    let connect_from = |ns: &cni_ebpf_tests::Netns, local: SocketAddrV4| {
-        ns.run(|| {
-            ext::tcp_connect_from(local, server_addr, CONNECT_TIMEOUT)
+    let pod_client = pod
+        .netns()
+        .run(|| {
+            ext::tcp_connect_from(
+                (Ipv4Addr::UNSPECIFIED, PORT),
+                server.addr(),
+                CONNECT_TIMEOUT,
+            )
+            .and_then(PeerClient::from_stream)
+        })
+        .expect("the pod's connection");
+    assert_eq!(pod_client.seen_as, SocketAddr::from((ext.node_ip, PORT)));
+    let node_client = node
+        .netns()
+        .run(|| {
+            ext::tcp_connect_from((ext.node_ip, PORT), server.addr(), Duration::from_secs(3))
                 .and_then(PeerClient::from_stream)
         })
-    };
-    let node_client = connect_from(node.netns(), SocketAddrV4::new(ext.node_ip, PORT))
-        .expect("the node's own connection");
-    assert_eq!(node_client.seen_as, SocketAddr::from((ext.node_ip, PORT)));
-    let pod_client = connect_from(pod.netns(), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT))
-        .expect("the pod's connection from the same port");
-    assert_eq!(pod_client.seen_as.ip(), IpAddr::V4(ext.node_ip));
-    assert!(
-        NAT_PORTS.contains(&pod_client.seen_as.port()),
-        "the pod's flow kept port {PORT} of the node's ephemeral range: {pod_client:?}"
-    );
+        .expect("the node's own connection from the pod flow's port");
     for (who, client, seed) in [("node", node_client, 1), ("pod", pod_client, 2)] {
         let exchange = client
             .exchange(1 << 20, seed)
@@ -519,7 +596,11 @@ fn gc_expires_closed_and_idle_flows_and_keeps_open_ones() {
 fn pod_udp_from(pod: &Pod<'_>, port: u16, remote: SocketAddr) -> UdpSocket {
     pod.netns()
         .run(|| {
-            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
+            let any: IpAddr = match remote {
+                SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+            };
+            let socket = UdpSocket::bind((any, port))?;
             socket.connect(remote)?;
             io::Result::Ok(socket)
         })

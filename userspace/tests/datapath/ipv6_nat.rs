@@ -21,6 +21,7 @@ use crate::{
         Datapath, Outcome, Skb, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, counted, with_datapath,
     },
     ipv6::{NODE6, OTHER_NODE_POD6, POD_A6, POD_B6, REMOTE6, dual_stack_pods, key6, uplink6},
+    node_sockets::{in_own_netns, tcp_connection, udp_connected},
     packet::{Frame6, L4v6, assert_ipv6_checksum_valid, assert_ipv6_error_checksums_valid},
     world::*,
 };
@@ -190,6 +191,57 @@ fn udp_on_a_taken_port_is_retried_and_translated_both_ways() {
                 ("nat-reply", 1)
             ])
         );
+    });
+}
+
+#[test]
+fn a_port_of_the_nodes_own_sockets_is_never_kept() {
+    // IPv6's twin of `masquerade::a_port_of_the_nodes_own_sockets_is_never_kept`:
+    // a connection of the node from NODE6:SPORT to REMOTE6:80 and a UDP
+    // socket of the node at SPORT keep pod flows off SPORT towards them.
+    with_datapath(|dp| {
+        in_own_netns(&[NODE6.into(), REMOTE6.into()], || {
+            masquerading_node6(dp);
+            let _tcp = tcp_connection((NODE6, SPORT).into(), (REMOTE6, 80).into());
+            let _udp = udp_connected((NODE6, SPORT).into(), (REMOTE6, 53).into());
+            for (l4, moved, proto, dport, state) in [
+                (
+                    tcp(SPORT, 80, TCP_SYN),
+                    tcp(NAT_PORT_MIN, 80, TCP_SYN),
+                    IPPROTO_TCP,
+                    80,
+                    CtState::TcpSynSent,
+                ),
+                (
+                    udp(SPORT, 53),
+                    udp(NAT_PORT_MIN, 53),
+                    IPPROTO_UDP,
+                    53,
+                    CtState::Udp,
+                ),
+            ] {
+                let sent = from_a(REMOTE6, l4);
+                let out = send(dp, &sent);
+                assert_eq!(out.action, TC_ACT_REDIRECT);
+                assert_eq!(out.frame, masqueraded(&sent, moved).bytes());
+                assert_ipv6_checksum_valid(&out.frame);
+                assert_eq!(
+                    untimed(dp.nat_in(&flow6(REMOTE6, dport, NODE6, NAT_PORT_MIN, proto))),
+                    Some(nat_entry6(POD_A6, SPORT, state))
+                );
+                assert_eq!(dp.nat_in(&flow6(REMOTE6, dport, NODE6, SPORT, proto)), None);
+            }
+            // Towards another port of the server, the pod's port is free.
+            let sent = from_a(REMOTE6, tcp(SPORT, 81, TCP_SYN));
+            assert_eq!(
+                send(dp, &sent).frame,
+                masqueraded(&sent, tcp(SPORT, 81, TCP_SYN)).bytes()
+            );
+            assert_eq!(
+                dp.counts(),
+                counted(&[("forwarded", 3), ("nat-new-flow", 3), ("nat-port-retry", 2)])
+            );
+        })
     });
 }
 

@@ -1,9 +1,9 @@
 //! Unit tests of the datapath's tc programs (`from_pod`, `from_uplink`,
 //! `to_pod`, `to_uplink`) with `BPF_PROG_TEST_RUN`: a crafted Ethernet frame
 //! in, the verdict, the bytes out and the maps' side effects checked. No
-//! network namespace and no interface: the packet never leaves the kernel
-//! call, and the programs and maps are private to each test (see
-//! `harness`). They need root (CAP_BPF, CAP_SYS_ADMIN for the private
+//! interface: the packet never leaves the kernel call, and the programs and
+//! maps are private to each test (see `harness`); tests of the node's own
+//! sockets run in a network namespace of their own (`node_sockets`). They need root (CAP_BPF, CAP_SYS_ADMIN for the private
 //! bpffs) and run in milliseconds; `cargo xtask test` runs them.
 //!
 //! Under test_run the redirect helpers (`bpf_redirect`, `bpf_redirect_peer`,
@@ -21,7 +21,7 @@
 //! | nd-reply | `ipv6::neighbor_solicitation_is_answered_with_the_host_veths_mac` |
 //! | forwarded | `masquerade::tcp_syn_is_masqueraded_with_its_own_port` |
 //! | nat-new-flow | `masquerade::tcp_syn_is_masqueraded_with_its_own_port` |
-//! | nat-port-retry | `masquerade::taken_port_is_retried_in_the_range` |
+//! | nat-port-retry | `masquerade::taken_port_is_retried_in_the_range`, `masquerade::a_port_of_the_nodes_own_sockets_is_never_kept` |
 //! | nat-reply | `masquerade::reply_is_translated_back_and_delivered` |
 //! | to-netfilter | `netfilter::service_address_goes_to_netfilter` |
 //! | malformed | `local::arp_of_other_hardware_is_malformed`, `masquerade::truncated_icmp_error_is_malformed` |
@@ -57,6 +57,7 @@ mod ipv6_nat;
 mod local;
 mod masquerade;
 mod netfilter;
+mod node_sockets;
 mod packet;
 mod to_pod;
 mod uplink;

@@ -3,10 +3,10 @@
 //! `NAT_IN`, retries taken ones and refuses what it cannot admit;
 //! `from_uplink` translates replies and ICMP errors about them back.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, TcpListener};
 
 use cni_ebpf_common::{
-    CtState, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_PORT_TRIES, NodeConfigV6,
+    CtState, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_PORT_TRIES,
     program_names::{FROM_POD, FROM_UPLINK},
     wire::{ETH_LEN, ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, TCP_ACK, TCP_FIN, TCP_SYN},
 };
@@ -15,6 +15,7 @@ use crate::{
     harness::{
         Datapath, Outcome, Skb, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, counted, with_datapath,
     },
+    node_sockets::{in_own_netns, tcp_connection, udp_connected},
     packet::{Frame, L4, assert_checksums_valid, source_port},
     world::*,
 };
@@ -239,38 +240,57 @@ fn echo_request_from_outside_is_never_taken_for_a_reply() {
 }
 
 #[test]
-#[ignore = "disabled: moving every ephemeral-range port into natPortRange capped masqueraded connection rates (bench masq CRR 187/s vs bridge 8728/s); a node-socket-aware claim is needed"]
-fn a_port_of_the_nodes_ephemeral_range_is_never_kept() {
-    // The node's own connections take their ports from its ephemeral
-    // range without the NAT table knowing: a pod flow keeping such a port
-    // could take over the replies of one of them.
+fn a_port_of_the_nodes_own_sockets_is_never_kept() {
+    // The node's own connections take their ports without the NAT table
+    // knowing: a pod flow keeping the port of one towards the same server
+    // would take its replies. The kernel's socket tables tell.
     with_datapath(|dp| {
-        masquerading_node(dp);
-        dp.set_node_config_v6(NodeConfigV6 {
-            ephemeral_min: SPORT - 1,
-            ephemeral_max: SPORT + 1,
-            ..NodeConfigV6::default()
-        });
-        for (l4, proto, dport, state) in [
-            (tcp(TCP_SYN), IPPROTO_TCP, 80, CtState::TcpSynSent),
-            (udp(true), IPPROTO_UDP, 53, CtState::Udp),
-        ] {
-            let sent = from_a(l4);
-            let out = send(dp, &sent);
-            assert_eq!(out.action, TC_ACT_REDIRECT);
-            assert_eq!(out.frame, masqueraded(&sent, NAT_PORT_MIN).bytes());
+        in_own_netns(&[NODE.into(), REMOTE.into()], || {
+            masquerading_node(dp);
+            let _tcp = tcp_connection((NODE, SPORT).into(), (REMOTE, 80).into());
+            let _udp = udp_connected((NODE, SPORT).into(), (REMOTE, 53).into());
+            let _listener = TcpListener::bind((NODE, LISTENING)).expect("a node listener");
+            for (l4, proto, dport, state) in [
+                (tcp(TCP_SYN), IPPROTO_TCP, 80, CtState::TcpSynSent),
+                (udp(true), IPPROTO_UDP, 53, CtState::Udp),
+                (
+                    tcp_from(LISTENING, 443),
+                    IPPROTO_TCP,
+                    443,
+                    CtState::TcpSynSent,
+                ),
+            ] {
+                let sent = from_a(l4);
+                let out = send(dp, &sent);
+                assert_eq!(out.action, TC_ACT_REDIRECT);
+                assert_eq!(out.frame, masqueraded(&sent, NAT_PORT_MIN).bytes());
+                let own = source_port(&sent.bytes());
+                assert_eq!(
+                    untimed(dp.nat_in(&flow(REMOTE, dport, NODE, NAT_PORT_MIN, proto))),
+                    Some(nat_entry(POD_A, own, state))
+                );
+                assert_eq!(dp.nat_in(&flow(REMOTE, dport, NODE, own, proto)), None);
+            }
+            // Towards another port of the server, the pod's port is free.
+            let sent = from_a(tcp_from(SPORT, 81));
+            assert_eq!(send(dp, &sent).frame, masqueraded(&sent, SPORT).bytes());
             assert_eq!(
-                untimed(dp.nat_in(&flow(REMOTE, dport, NODE, NAT_PORT_MIN, proto))),
-                Some(nat_entry(POD_A, SPORT, state))
+                dp.counts(),
+                counted(&[("forwarded", 4), ("nat-new-flow", 4), ("nat-port-retry", 3)])
             );
-            assert_eq!(dp.nat_in(&flow(REMOTE, dport, NODE, SPORT, proto)), None);
-        }
-        // Not a retry: the own port was never tried.
-        assert_eq!(
-            dp.counts(),
-            counted(&[("forwarded", 2), ("nat-new-flow", 2)])
-        );
+        })
     });
+}
+
+/// A port a listener of the node holds.
+const LISTENING: u16 = SPORT + 1;
+
+fn tcp_from(sport: u16, dport: u16) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        flags: TCP_SYN,
+    }
 }
 
 #[test]
