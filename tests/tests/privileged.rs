@@ -11,6 +11,8 @@ mod agent;
 mod bandwidth;
 #[path = "privileged/cluster.rs"]
 mod cluster;
+#[path = "privileged/cluster_tls.rs"]
+mod cluster_tls;
 #[path = "privileged/containerd.rs"]
 mod containerd;
 #[path = "privileged/cross_node.rs"]
