@@ -511,13 +511,14 @@ impl Member {
     }
 
     /// What to check when a plain connection fails at the transport
-    /// level: a TLS-only etcd closes it without a word the client reads.
+    /// level: a TLS-only etcd closes it without a word the client reads
+    /// (not said when nothing listens: etcd is down).
     fn hint(&self, e: &ClusterError) -> &'static str {
         let plain = self.settings.tls.ca_file.is_none();
         match e {
             ClusterError::Etcd(etcd_client::Error::TransportError(_))
             | ClusterError::Etcd(etcd_client::Error::GRpcStatus(_))
-                if plain =>
+                if plain && !e.detailed().contains("Connection refused") =>
             {
                 " (if etcd serves TLS, give https:// endpoints and --etcd-cafile, --etcd-certfile, --etcd-keyfile)"
             }
