@@ -2,7 +2,8 @@
 //! certificates of its CA (`--client-cert-auth`), with a CA, server and
 //! client certificates made at test time: nodes with a certificate of the
 //! CA join and their pods talk; a node without one, or with one of another
-//! CA, or speaking plain HTTP, is refused and leases nothing; bad TLS
+//! CA, or speaking plain HTTP, is refused and leases nothing (and joins
+//! once a certificate of the CA is written over its files); bad TLS
 //! settings stop the agent naming the flag and the file.
 
 use std::{fs, time::Duration};
@@ -95,33 +96,39 @@ fn assert_refused(underlay: &Underlay, node: &ClusterNode, agent: &mut Agent, re
 }
 
 #[test]
-fn a_node_without_a_client_certificate_of_the_ca_is_refused() {
+fn a_node_without_a_client_certificate_of_the_ca_is_refused_until_given_one() {
     let underlay = Underlay::with_tls();
     let pki = pki(&underlay);
-    // (how, its flags, what the refusal says)
-    let cases = [
-        (
-            "no client certificate",
-            tls_flags(pki, None),
-            "received fatal alert: BadCertificate",
-        ),
-        (
-            "a certificate of another CA",
-            tls_flags(pki, Some(&pki.stranger())),
-            "received fatal alert: BadCertificate",
-        ),
-    ];
-    for (how, flags, reason) in cases {
+    // The second node's files, rotated below.
+    let rotated = ClientFiles {
+        cert: pki.dir().join("rotated.pem"),
+        key: pki.dir().join("rotated-key.pem"),
+    };
+    let stranger = pki.stranger();
+    fs::copy(&stranger.cert, &rotated.cert).unwrap();
+    fs::copy(&stranger.key, &rotated.key).unwrap();
+    let refusal = "received fatal alert: BadCertificate";
+    let mut refused = Vec::new();
+    for flags in [tls_flags(pki, None), tls_flags(pki, Some(&rotated))] {
         let node = underlay.add_node(0);
         let mut agent = start(&node, &flags);
-        eprintln!("{how}:");
-        assert_refused(&underlay, &node, &mut agent, reason);
+        assert_refused(&underlay, &node, &mut agent, refusal);
+        refused.push((node, agent));
     }
     assert!(underlay.subnets().is_empty(), "{:?}", underlay.subnets());
-    // The same etcd takes a node with a certificate of its CA.
-    let node = underlay.add_node(0);
-    let _agent = start(&node, &tls_flags(pki, Some(&pki.client())));
-    node.wait_pod_cidr(JOIN);
+
+    // Rotation: a certificate of the CA written over the refused one is
+    // used at the next reconnection, without a restart.
+    let client = pki.client();
+    fs::copy(&client.key, &rotated.key).unwrap();
+    fs::copy(&client.cert, &rotated.cert).unwrap();
+    let (node, agent) = &refused[1];
+    let cidr = node.wait_pod_cidr(JOIN);
+    let records = underlay.subnets();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].0, cidr);
+    assert_eq!(records[0].1["nodeName"], node.name.as_str());
+    assert!(agent.wait_for_line(JOIN, |l| l.contains("holds")).is_some());
 }
 
 #[test]
