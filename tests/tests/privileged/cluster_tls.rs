@@ -215,7 +215,9 @@ fn plain_http_against_a_tls_etcd_and_bad_tls_settings_fail_clearly() {
             "{flags:?}: still running"
         );
         assert!(
-            agent.stderr().iter().any(|l| l.contains(&message)),
+            agent
+                .wait_for_line(JOIN, |l| l.contains(&message))
+                .is_some(),
             "{flags:?}: no `{message}` in:\n{}",
             agent.stderr().join("\n")
         );
@@ -225,7 +227,9 @@ fn plain_http_against_a_tls_etcd_and_bad_tls_settings_fail_clearly() {
     assert!(agent.wait_exit(JOIN).is_some_and(|s| !s.success()));
     let message = format!("--etcd-endpoints {plain} is plain HTTP, but TLS files are set");
     assert!(
-        agent.stderr().iter().any(|l| l.contains(&message)),
+        agent
+            .wait_for_line(JOIN, |l| l.contains(&message))
+            .is_some(),
         "no `{message}` in:\n{}",
         agent.stderr().join("\n")
     );
