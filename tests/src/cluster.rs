@@ -22,7 +22,7 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    Bpffs, Family, Node, agent::Agent, conf::with_keys, etcd::Etcd, names, netns::Netns,
+    Bpffs, Family, Node, agent::Agent, conf::with_keys, etcd::Etcd, names, netns::Netns, pki::Pki,
     wait::wait_until,
 };
 
@@ -63,6 +63,16 @@ pub struct Underlay {
 
 impl Underlay {
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// An underlay whose etcd serves TLS only and wants client
+    /// certificates of its CA ([`Etcd::start_tls`]; `etcd.pki()`).
+    pub fn with_tls() -> Self {
+        Self::build(true)
+    }
+
+    fn build(tls: bool) -> Self {
         assert!(
             crate::etcd::installed(),
             "etcd and etcdctl are missing: run `cargo xtask setup` (Debian etcd-server, etcd-client)"
@@ -99,7 +109,11 @@ impl Underlay {
         etcd_ns.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", "eth0"]);
         etcd_ns.ip(&["link", "set", "eth0", "up"]);
         etcd_ns.ip(&["route", "add", "default", "via", &router_ip(0).to_string()]);
-        let etcd = Etcd::start(etcd_ns, ETCD_IP);
+        let etcd = if tls {
+            Etcd::start_tls(etcd_ns, ETCD_IP, Pki::new(ETCD_IP.into()))
+        } else {
+            Etcd::start(etcd_ns, ETCD_IP)
+        };
         Self {
             etcd,
             router,
@@ -240,9 +254,14 @@ pub struct ClusterNode {
 impl ClusterNode {
     /// The agent's cluster flags (TTL [`LEASE_TTL`], backend auto).
     pub fn agent_args(&self, cluster_cidr: &str) -> Vec<String> {
+        self.agent_args_at(&self.endpoint, cluster_cidr)
+    }
+
+    /// [`ClusterNode::agent_args`] with another etcd endpoint.
+    pub fn agent_args_at(&self, endpoint: &str, cluster_cidr: &str) -> Vec<String> {
         [
             "--etcd-endpoints",
-            &self.endpoint,
+            endpoint,
             "--cluster-name",
             &self.cluster_name,
             "--cluster-cidr",
@@ -262,6 +281,14 @@ impl ClusterNode {
     /// Starts `cni-ebpfd run` in cluster mode with `extra` flags.
     pub fn start_agent(&self, extra: &[&str]) -> Agent {
         self.start_agent_in(CLUSTER_CIDR, extra)
+    }
+
+    /// [`ClusterNode::start_agent`] against `endpoint` instead of etcd's own.
+    pub fn start_agent_at(&self, endpoint: &str, extra: &[&str]) -> Agent {
+        let args = self.agent_args_at(endpoint, CLUSTER_CIDR);
+        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
+        Agent::start(&self.node, &all)
     }
 
     /// [`ClusterNode::start_agent`] with another cluster CIDR.

@@ -34,6 +34,7 @@ pub mod netns;
 pub mod node;
 pub mod packet_watch;
 pub mod peer_server;
+pub mod pki;
 pub mod plugin;
 pub mod plugin_node;
 pub mod pod;

@@ -13,6 +13,8 @@ mod bandwidth;
 mod big_tcp;
 #[path = "privileged/cluster.rs"]
 mod cluster;
+#[path = "privileged/cluster_tls.rs"]
+mod cluster_tls;
 #[path = "privileged/containerd.rs"]
 mod containerd;
 #[path = "privileged/cross_node.rs"]

@@ -34,7 +34,7 @@ fn cluster_cidrs(families: &[Family]) -> &'static str {
 }
 
 /// How long joining and learning a peer may take.
-const JOIN: Duration = Duration::from_secs(20);
+pub(crate) const JOIN: Duration = Duration::from_secs(20);
 /// How long a stopped node may stay in the others' datapath: its TTL and
 /// the time etcd takes to notice, with room for a busy machine.
 const LEAVE: Duration = Duration::from_secs(LEASE_TTL + 10);
@@ -66,7 +66,7 @@ fn family_of(cidr: &str) -> Family {
 /// Waits until `agent` logs that it programmed `other` (at `cidr`) in
 /// `mode`: natively via its underlay address of the CIDR's family, through
 /// the tunnel to its IPv4 one.
-fn wait_peer(agent: &Agent, other: &ClusterNode, cidr: &str, mode: &str) {
+pub(crate) fn wait_peer(agent: &Agent, other: &ClusterNode, cidr: &str, mode: &str) {
     let via = match mode {
         "native" => other.ip_of(family_of(cidr)),
         _ => other.ip.into(),
@@ -96,7 +96,7 @@ fn wait_route(node: &ClusterNode, cidr: &str, gateway: IpAddr) {
 
 /// Ping both ways, a 10 MB transfer each way with matching hashes and the
 /// pod's own source address, and a UDP exchange, over `family`.
-fn pods_talk(a: &Pod<'_>, b: &Pod<'_>, family: Family) {
+pub(crate) fn pods_talk(a: &Pod<'_>, b: &Pod<'_>, family: Family) {
     let (a_ip, b_ip) = (a.addr(family), b.addr(family));
     for (from, to) in [(a, b), (b, a)] {
         assert!(

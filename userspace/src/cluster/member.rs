@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Client, ConnectOptions, TlsOptions};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::watch as signal;
 
@@ -21,6 +21,7 @@ use super::{
     node_state::{self, NodeState},
     program::PeerTable,
     records::{Backend, Ipv6Pool, Pool},
+    tls::EtcdTls,
     underlay::Underlay,
     watch::{self, Change, Step, SubnetWatch},
 };
@@ -48,6 +49,8 @@ const MAX_NODE_PREFIX: (u8, u8) = (30, 126);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSettings {
     pub endpoints: Vec<String>,
+    /// The CA, client certificate and key of `https://` endpoints.
+    pub tls: EtcdTls,
     /// Key prefix of this cluster, e.g. `/cni-ebpf/<cluster-name>`.
     pub prefix: String,
     /// The network to create if the cluster has none yet.
@@ -175,6 +178,7 @@ impl Handle {
 /// Starts the cluster agent on a thread of the calling thread's network
 /// namespace (threads inherit it).
 pub fn spawn(settings: ClusterSettings, layout: BpffsLayout) -> Result<Handle> {
+    settings.tls.check(&settings.endpoints)?;
     let wanted = settings.wanted_network()?;
     let underlay = Underlay::detect(settings.underlay_address, settings.underlay_address_v6)?;
     let (stop, stopped) = signal::channel(false);
@@ -208,10 +212,15 @@ async fn run(
     mut stopped: signal::Receiver<bool>,
 ) -> Result<()> {
     log::info!(
-        "cluster: node {} joins {} at {} (underlay {}{} on {}, MTU {})",
+        "cluster: node {} joins {} at {}{} (underlay {}{} on {}, MTU {})",
         settings.node_name,
         settings.prefix,
         settings.endpoints.join(","),
+        if settings.tls.ca_file.is_some() {
+            " over TLS"
+        } else {
+            ""
+        },
         underlay.address,
         underlay
             .address_v6
@@ -256,7 +265,9 @@ async fn run(
             backoff = BACKOFF.0;
         }
         log::warn!(
-            "cluster: etcd connection lost ({e}); the datapath keeps its peers; reconnecting in {} ms",
+            "cluster: etcd connection lost ({}){}; the datapath keeps its peers; reconnecting in {} ms",
+            e.detailed(),
+            member.hint(&e),
             backoff.as_millis()
         );
         tokio::select! {
@@ -289,7 +300,13 @@ impl Member {
     /// One connection: join, then follow the cluster until the connection
     /// fails (the only way out).
     async fn session(&mut self) -> Result<Never> {
-        let mut client = connect(&self.settings.endpoints).await?;
+        // Read at every connection: rotated certificates take effect here.
+        let tls = self
+            .settings
+            .tls
+            .options()
+            .map_err(|e| ClusterError::TlsFiles(e.to_string()))?;
+        let mut client = connect(&self.settings.endpoints, tls).await?;
         let network = lease::ensure_network(&mut client, &self.keys, self.wanted.as_ref()).await?;
         self.table.set_backend(network.backend);
         self.hold(&mut client, &network).await?;
@@ -493,6 +510,22 @@ impl Member {
         lost
     }
 
+    /// What to check when a plain connection fails at the transport
+    /// level: a TLS-only etcd closes it without a word the client reads
+    /// (not said when nothing listens: etcd is down).
+    fn hint(&self, e: &ClusterError) -> &'static str {
+        let plain = self.settings.tls.ca_file.is_none();
+        match e {
+            ClusterError::Etcd(etcd_client::Error::TransportError(_))
+            | ClusterError::Etcd(etcd_client::Error::GRpcStatus(_))
+                if plain && !e.detailed().contains("Connection refused") =>
+            {
+                " (if etcd serves TLS, give https:// endpoints and --etcd-cafile, --etcd-certfile, --etcd-keyfile)"
+            }
+            _ => "",
+        }
+    }
+
     /// Whether `cidr` is one of this node's own.
     fn owns(&self, cidr: &IpNet) -> bool {
         self.held.as_ref().is_some_and(|h| h.cidrs.contains(cidr))
@@ -507,13 +540,16 @@ fn gateway_of(cidr: IpNet) -> IpAddr {
     }
 }
 
-async fn connect(endpoints: &[String]) -> Result<Client> {
-    let options = ConnectOptions::new()
+async fn connect(endpoints: &[String], tls: Option<TlsOptions>) -> Result<Client> {
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(REQUEST_TIMEOUT)
         // HTTP/2 pings find a dead connection (etcd gone) under a watch
         // that would otherwise wait forever.
         .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
         .with_keep_alive_while_idle(true);
+    if let Some(tls) = tls {
+        options = options.with_tls(tls);
+    }
     rpc(Client::connect(endpoints, Some(options))).await
 }
 

@@ -23,6 +23,8 @@ pub mod node_state;
 #[cfg(feature = "agent")]
 pub mod program;
 pub mod records;
+#[cfg(feature = "agent")]
+pub mod tls;
 pub mod underlay;
 #[cfg(feature = "agent")]
 pub mod watch;
@@ -31,3 +33,5 @@ pub use error::{ClusterError, Result};
 #[cfg(feature = "agent")]
 pub use member::{ClusterSettings, Handle, spawn};
 pub use records::{Backend, ClusterNetwork, SubnetRecord, Vtep};
+#[cfg(feature = "agent")]
+pub use tls::EtcdTls;

@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use cni_ebpf_userspace::{
     BpffsLayout,
-    cluster::{self, Backend, ClusterSettings, Vtep},
+    cluster::{self, Backend, ClusterSettings, EtcdTls, Vtep},
 };
 use ipnet::IpNet;
 
@@ -15,6 +15,17 @@ pub struct ClusterArgs {
     /// etcd client URLs (comma-separated); joins the cluster when set.
     #[arg(long, value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
+    /// PEM CA certificate(s) that signed etcd's server certificate; needed
+    /// by https:// endpoints. Read again at every reconnection.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// This node's PEM client certificate, for an etcd that checks them
+    /// (--client-cert-auth).
+    #[arg(long, value_name = "FILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// The client certificate's PEM private key.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_keyfile: Option<PathBuf>,
     /// The cluster's name: its keys live under /cni-ebpf/<name>.
     #[arg(long, default_value = "default")]
     pub cluster_name: String,
@@ -97,6 +108,11 @@ impl ClusterArgs {
         };
         let settings = ClusterSettings {
             endpoints,
+            tls: EtcdTls {
+                ca_file: non_empty(&self.etcd_cafile),
+                cert_file: non_empty(&self.etcd_certfile),
+                key_file: non_empty(&self.etcd_keyfile),
+            },
             prefix: self
                 .etcd_prefix
                 .clone()
@@ -140,4 +156,10 @@ impl ClusterArgs {
             cluster::spawn(settings, layout.clone()).context("joining the cluster")?,
         ))
     }
+}
+
+/// A path flag, where an empty value (`--etcd-cafile=`, as a manifest
+/// passes an unset ConfigMap key) means none.
+fn non_empty(path: &Option<PathBuf>) -> Option<PathBuf> {
+    path.clone().filter(|p| !p.as_os_str().is_empty())
 }
