@@ -39,6 +39,7 @@ pub mod plugin;
 pub mod plugin_node;
 pub mod pod;
 pub mod process;
+pub mod raw_bpf;
 pub mod sockets;
 pub mod spec;
 pub mod stop;
