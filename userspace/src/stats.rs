@@ -176,17 +176,6 @@ pub fn all(layout: &BpffsLayout) -> Result<Vec<(u32, EndpointStats)>> {
     Ok(totals.into_iter().collect())
 }
 
-/// The host veths holding a slot, by slot (for GC).
-pub fn slot_holders(layout: &BpffsLayout) -> Result<Vec<(u32, u32)>> {
-    if !layout.map(ENDPOINT_SLOTS).exists() {
-        return Ok(Vec::new());
-    }
-    open_slots(layout)?
-        .iter()
-        .map(|entry| entry.map_err(map_error(ENDPOINT_SLOTS)))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,7 +61,7 @@ impl Leftovers {
 }
 
 /// Entries of the node's pinned map `name`, as `bpftool` dumps them.
-fn pinned_map_entries(node: &Node, name: &str) -> usize {
+pub(crate) fn pinned_map_entries(node: &Node, name: &str) -> usize {
     let path = node.bpffs_root().join("maps").join(name);
     let output = std::process::Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])

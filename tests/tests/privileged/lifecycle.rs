@@ -10,7 +10,7 @@ use cni_ebpf_tests::{
     traffic::{self, ping},
 };
 
-use crate::pod_links;
+use crate::{faults::pinned_map_entries, pod_links};
 
 #[test]
 fn add_creates_veth_endpoint_and_reservation() {
@@ -196,31 +196,22 @@ fn each_pod_counts_in_a_slot_of_its_own_that_del_frees() {
     };
     assert!(packets(a.ip().to_string(), "fromPod") >= 3);
     assert!(packets(b.ip().to_string(), "toPod") >= 3);
-    assert_eq!(slots_claimed(&node), 3);
+    assert_eq!(pinned_map_entries(&node, "ENDPOINT_SLOTS"), 3);
 
     b.del().expect_success("DEL");
-    assert_eq!(slots_claimed(&node), 2, "DEL left its counter slot claimed");
+    assert_eq!(
+        pinned_map_entries(&node, "ENDPOINT_SLOTS"),
+        2,
+        "DEL left its counter slot claimed"
+    );
     let c = node.add_pod();
-    assert_eq!(slots_claimed(&node), 3);
+    assert_eq!(pinned_map_entries(&node, "ENDPOINT_SLOTS"), 3);
     assert_eq!(
         packets(c.ip().to_string(), "toPod"),
         0,
         "a new pod starts from zero"
     );
     drop(v6);
-}
-
-/// Entries of the node's `ENDPOINT_SLOTS` map, as `bpftool` dumps them.
-fn slots_claimed(node: &Node) -> usize {
-    let path = node.bpffs_root().join("maps").join("ENDPOINT_SLOTS");
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(&path)
-        .output()
-        .expect("bpftool");
-    assert!(out.status.success(), "bpftool map dump {}", path.display());
-    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-    entries.as_array().map_or(0, Vec::len)
 }
 
 #[test]
