@@ -477,6 +477,12 @@ pub const ENDPOINT_F_NETFILTER_FLOWS: u32 = 4;
 /// drops them otherwise); pods without it are left to the tc program.
 pub const ENDPOINT_F_XDP_TARGET: u32 = 1 << 15;
 
+/// `Endpoint::flags`, for the node agent only (the datapath ignores it):
+/// the pod was added with `attachMode: auto`, through clsact so that ADD
+/// does not wait for an RCU grace period, and the agent moves its programs
+/// onto tcx links once it has lived a while (`cni_ebpf_userspace::promote`).
+pub const ENDPOINT_F_TCX_LATER: u32 = 1 << 14;
+
 /// One direction of a flow as the packet carries it. For ICMP echo the
 /// identifier stands in the port of the side that chose it (`src_port` of a
 /// request from the pod, `dst_port` of the reply) and the other port is 0.

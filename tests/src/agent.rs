@@ -30,8 +30,8 @@ pub struct Agent {
 
 impl Agent {
     /// Starts `cni-ebpfd --bpffs-root <node's> run --metrics-address
-    /// 127.0.0.1:9962 <args>` in `node`'s namespace and waits until it says
-    /// its metrics are up.
+    /// 127.0.0.1:9962 <args>` (with `--tcx-moves 0` unless `args` set it) in
+    /// `node`'s namespace and waits until it says its metrics are up.
     pub fn start(node: &Node, args: &[&str]) -> Self {
         let mut command = node.netns().command(binaries::path(binaries::AGENT));
         command
@@ -39,6 +39,13 @@ impl Agent {
             .arg(node.bpffs_root())
             .args(["run", "--metrics-address", METRICS_ADDRESS])
             .args(args)
+            // Pods stay on what ADD attached them with (tests look at their
+            // filters) unless the test asks for moves onto tcx.
+            .args(if args.contains(&"--tcx-moves") {
+                &[][..]
+            } else {
+                &["--tcx-moves", "0"][..]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

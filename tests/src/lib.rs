@@ -43,6 +43,7 @@ pub mod raw_bpf;
 pub mod sockets;
 pub mod spec;
 pub mod stop;
+pub mod tc_hooks;
 pub mod tcp_counters;
 pub mod traffic;
 pub mod two_nodes;

@@ -24,6 +24,18 @@ use crate::{
 
 /// `ping -c count` from `from` to `ip`: transmitted and received counts.
 pub fn ping_counts(from: &Netns, source: Option<IpAddr>, ip: IpAddr, count: u32) -> (u32, u32) {
+    ping_every(from, source, ip, count, "0.2")
+}
+
+/// `ping -c count -i interval` (in seconds; root may go down to 0.002)
+/// from `from` to `ip`: transmitted and received counts.
+pub fn ping_every(
+    from: &Netns,
+    source: Option<IpAddr>,
+    ip: IpAddr,
+    count: u32,
+    interval: &str,
+) -> (u32, u32) {
     let mut args = vec![
         "-n".to_string(),
         "-q".to_string(),
@@ -32,7 +44,7 @@ pub fn ping_counts(from: &Netns, source: Option<IpAddr>, ip: IpAddr, count: u32)
         "-W".to_string(),
         "1".to_string(),
         "-i".to_string(),
-        "0.2".to_string(),
+        interval.to_string(),
     ];
     if let Some(source) = source {
         args.extend(["-I".to_string(), source.to_string()]);

@@ -5,8 +5,9 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use aya::programs::{
-    links::{FdLink, PinnedLink},
+    links::{FdLink, Link as _, PinnedLink},
     loaded_programs,
+    tc::{SchedClassifierLink, TcHandle},
 };
 use cni_ebpf_common::program_names::{
     FROM_POD, FROM_TUNNEL, FROM_UPLINK, TO_POD, TO_TUNNEL, TO_UPLINK,
@@ -97,6 +98,21 @@ pub fn filters_on(ifindex: u32, ifname: &str, hook: Hook) -> Result<Vec<Attached
             program_id: f.program_id,
         })
         .collect())
+}
+
+/// Deletes the filter `priority:handle` from `ifname`'s `hook`.
+pub fn detach_filter(ifname: &str, hook: Hook, priority: u16, handle: u32) -> Result<()> {
+    let filter = SchedClassifierLink::attached(
+        ifname,
+        hook.attach_type(),
+        priority,
+        TcHandle::new((handle >> 16) as u16, handle as u16),
+        None,
+    )
+    .map_err(|e| DatapathError::io("find filter", ifname, e))?;
+    filter
+        .detach()
+        .map_err(|e| DatapathError::io("delete filter", ifname, std::io::Error::other(e)))
 }
 
 /// Which of our programs a filter runs, by the name it was attached with:

@@ -22,6 +22,7 @@ pub mod nat;
 pub mod node;
 pub mod paths;
 pub mod peers;
+pub mod promote;
 pub mod rate;
 pub mod reconcile;
 pub mod stats;

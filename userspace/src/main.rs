@@ -47,6 +47,9 @@ enum Command {
     Nat,
     /// Expire idle masqueraded flows once.
     Gc(cmd::gc::Timeouts),
+    /// Move every pod added with `attachMode: auto` from clsact onto tcx
+    /// now (the agent does it a few pods per second).
+    Promote,
     /// Other nodes and how their pods are reached (natively or through the
     /// VXLAN tunnel).
     #[command(subcommand)]
@@ -79,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         Command::Stats => cmd::stats::run(&layout, cli.json),
         Command::Nat => cmd::nat::run(&layout, cli.json),
         Command::Gc(timeouts) => cmd::gc::run(&layout, &timeouts, cli.json),
+        Command::Promote => cmd::promote::run(&layout, cli.json),
         Command::Peers(command) => cmd::peers::run(&layout, &command, cli.json),
         Command::Install(args) => cmd::install::run(&layout, &args, cli.json),
         Command::Uninstall(args) => cmd::uninstall::run(&args, cli.json),

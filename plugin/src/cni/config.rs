@@ -89,6 +89,9 @@ pub struct RuntimeConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AddConf {
     pub attach_mode: AttachMode,
+    /// `attachMode: auto`: attached through clsact now, moved onto tcx by
+    /// the node agent later (`ENDPOINT_F_TCX_LATER`).
+    pub tcx_later: bool,
     pub uplink: UplinkConf,
     /// `cgroupRoot`: where the hooks on the node's own sockets attach.
     pub cgroup_root: Option<PathBuf>,
@@ -398,10 +401,12 @@ impl RuntimeKeys {
 
 impl AddKeys {
     fn validate(self) -> CniResult<AddConf> {
-        // `auto` is clsact: see `cni_ebpf_userspace::attach` for the measurement.
-        let attach_mode = match self.attach_mode.as_deref() {
-            None | Some("auto" | "clsact") => AttachMode::Clsact,
-            Some("tcx") => AttachMode::Tcx,
+        // `auto` attaches through clsact and leaves tcx to the agent: see
+        // `cni_ebpf_userspace::promote` for the measurement.
+        let (attach_mode, tcx_later) = match self.attach_mode.as_deref() {
+            None | Some("auto") => (AttachMode::Clsact, true),
+            Some("clsact") => (AttachMode::Clsact, false),
+            Some("tcx") => (AttachMode::Tcx, false),
             Some(other) => {
                 return Err(invalid_field(
                     "attachMode",
@@ -451,6 +456,7 @@ impl AddKeys {
         let big_tcp = self.big_tcp.as_ref().map(big_tcp).transpose()?.flatten();
         Ok(AddConf {
             attach_mode,
+            tcx_later,
             uplink: UplinkConf {
                 masquerade: self.ip_masq.unwrap_or(false),
                 masquerade_v6: self.ip_masq_v6.or(self.ip_masq).unwrap_or(false),
@@ -932,6 +938,26 @@ mod tests {
             config[key] = value.clone();
         }
         parse(&config)?.add_conf().cloned()
+    }
+
+    #[test]
+    fn attach_mode_auto_is_clsact_now_and_tcx_later() {
+        let mode = |extra: Value| {
+            let conf = add_conf(extra).unwrap();
+            (conf.attach_mode, conf.tcx_later)
+        };
+        assert_eq!(mode(json!({})), (AttachMode::Clsact, true));
+        assert_eq!(
+            mode(json!({"attachMode": "auto"})),
+            (AttachMode::Clsact, true)
+        );
+        assert_eq!(
+            mode(json!({"attachMode": "clsact"})),
+            (AttachMode::Clsact, false)
+        );
+        assert_eq!(mode(json!({"attachMode": "tcx"})), (AttachMode::Tcx, false));
+        let err = add_conf(json!({"attachMode": "xdp"})).unwrap_err();
+        assert!(err.msg.contains("\"attachMode\""), "{err}");
     }
 
     fn uplink_of(keys: &Value) -> CniResult<UplinkConf> {

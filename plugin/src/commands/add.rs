@@ -77,6 +77,7 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
             pod_ns: &pod_ns,
             ipam: &ipam,
             attach_mode: add_conf.attach_mode,
+            tcx_later: add_conf.tcx_later,
             uplink: &add_conf.uplink,
             port_requests: &add_conf.port_requests,
             cgroup: cgroup.as_deref(),
@@ -106,6 +107,8 @@ struct Request<'a> {
     pod_ns: &'a NetNs,
     ipam: &'a Ipam,
     attach_mode: AttachMode,
+    /// Flag the endpoint for the agent to move onto tcx (`attachMode: auto`).
+    tcx_later: bool,
     uplink: &'a UplinkConf,
     port_requests: &'a [HostPortRequest],
     cgroup: Option<&'a std::path::Path>,
@@ -432,6 +435,11 @@ fn add_endpoint(
         flags: endpoint_flags(!port_mappings.is_empty(), req.bandwidth.is_limited())
             | if req.uplink.xdp {
                 cni_ebpf_common::ENDPOINT_F_XDP_TARGET
+            } else {
+                0
+            }
+            | if req.tcx_later {
+                cni_ebpf_common::ENDPOINT_F_TCX_LATER
             } else {
                 0
             },

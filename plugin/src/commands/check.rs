@@ -121,15 +121,19 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
 }
 
 async fn check_attached(node: &Netlink, record: &AttachmentRecord) -> CniResult<()> {
+    let tcx =
+        || is_attached_tcx(&record.host_ifname).map_err(|e| datapath_error("querying tcx", e));
     let attached = match record.attachment.mode {
-        AttachMode::Tcx => {
-            is_attached_tcx(&record.host_ifname).map_err(|e| datapath_error("querying tcx", e))?
+        AttachMode::Tcx => tcx()?,
+        // Added through clsact; with `attachMode: auto` the agent may have
+        // moved it onto tcx since (`cni_ebpf_userspace::promote`).
+        AttachMode::Clsact => {
+            node.ingress_bpf_programs(record.host_ifindex)
+                .await?
+                .iter()
+                .any(|name| name == FROM_POD)
+                || tcx()?
         }
-        AttachMode::Clsact => node
-            .ingress_bpf_programs(record.host_ifindex)
-            .await?
-            .iter()
-            .any(|name| name == FROM_POD),
     };
     if attached {
         Ok(())

@@ -557,3 +557,114 @@ fn agent_reattaches_xdp_detached_from_the_uplink_behind_its_back() {
     drop(agent);
     pod.check("1.0.0").expect_success("CHECK after the repair");
 }
+
+/// `attachMode: auto` (the default): ADD attaches through clsact, and the
+/// agent moves the pod onto tcx links a pass later, make-before-break:
+/// a ping every 2 ms across the moves loses nothing. `to_pod` (a pod with
+/// an ingress limit) moves too, a pod that asked for clsact stays, CHECK
+/// passes either way, `cni-ebpfd promote` moves a pod at once, and DEL
+/// leaves no link pin.
+#[test]
+fn auto_pods_move_onto_tcx_without_losing_a_packet() {
+    use cni_ebpf_tests::tc_hooks::{Hook, filters, tcx_programs};
+    let node = Node::new();
+    let ns = node.netns();
+    let mut a = node.add_pod();
+    let mut limited = node.add_pod_with(with_keys(
+        node.conf().build(),
+        json!({ "ingressRate": 100_000_000, "ingressBurst": 1_000_000 }),
+    ));
+    let mut stays = node.add_pod_with(with_keys(
+        node.conf().build(),
+        json!({ "attachMode": "clsact" }),
+    ));
+    let names = |pairs: Vec<(u64, String)>| -> Vec<String> {
+        pairs.into_iter().map(|(_, name)| name).collect()
+    };
+    let on_clsact = |veth: &str, hook, program: &str| {
+        names(filters(ns, veth, hook)) == [program] && tcx_programs(ns, veth, hook).is_empty()
+    };
+    let on_tcx = |veth: &str, hook, program: &str| {
+        filters(ns, veth, hook).is_empty() && tcx_programs(ns, veth, hook) == [program]
+    };
+    let (a_veth, limited_veth, stays_veth) =
+        (a.host_ifname(), limited.host_ifname(), stays.host_ifname());
+    for veth in [&a_veth, &limited_veth, &stays_veth] {
+        assert!(
+            on_clsact(veth, Hook::Ingress, "from_pod"),
+            "{veth} after ADD: filters {:?}, tcx {:?}",
+            filters(ns, veth, Hook::Ingress),
+            tcx_programs(ns, veth, Hook::Ingress)
+        );
+    }
+    assert!(on_clsact(&limited_veth, Hook::Egress, "to_pod"));
+
+    let moved = |agent: &Agent| {
+        agent
+            .stderr()
+            .iter()
+            .filter(|l| l.contains("moved onto tcx:"))
+            .flat_map(|l| {
+                l.rsplit("moved onto tcx: ")
+                    .next()
+                    .unwrap_or_default()
+                    .split(", ")
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect::<BTreeSet<String>>()
+    };
+    let (sent, answered, agent) = std::thread::scope(|scope| {
+        // 2 500 pings 2 ms apart from a to each of the others, across the moves.
+        let pings = [limited.ip(), stays.ip()].map(|ip| {
+            let from = a.netns();
+            scope.spawn(move || traffic::ping_every(from, None, IpAddr::V4(ip), 2_500, "0.002"))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let agent = Agent::start(&node, &["--tcx-moves", "4", "--gc-interval", "1"]);
+        let deadline = std::time::Instant::now() + NOTICE;
+        while moved(&agent).len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let [(s1, r1), (s2, r2)] = pings.map(|p| p.join().unwrap());
+        (s1 + s2, r1 + r2, agent)
+    });
+    assert_eq!(
+        moved(&agent),
+        BTreeSet::from([a_veth.clone(), limited_veth.clone()]),
+        "{}",
+        agent.stderr().join("\n")
+    );
+    assert_eq!((sent, answered), (5_000, 5_000), "pings across the moves");
+    assert!(on_tcx(&a_veth, Hook::Ingress, "from_pod"));
+    assert!(on_tcx(&limited_veth, Hook::Ingress, "from_pod"));
+    assert!(on_tcx(&limited_veth, Hook::Egress, "to_pod"));
+    assert!(on_clsact(&stays_veth, Hook::Ingress, "from_pod"));
+    let metrics = agent.scrape();
+    assert_eq!(metrics.value("cni_ebpf_tcx_moved_total", &[]), 2.0);
+    assert_eq!(metrics.value("cni_ebpf_tcx_waiting", &[]), 0.0);
+    drop(agent);
+    for pod in [&a, &limited, &stays] {
+        pod.check("1.0.0").expect_success("CHECK after the moves");
+    }
+
+    // The one-shot command moves a pod at once, however young.
+    let mut young = node.add_pod();
+    let young_veth = young.host_ifname();
+    assert!(on_clsact(&young_veth, Hook::Ingress, "from_pod"));
+    let said: Value = serde_json::from_str(&node.agent("promote", &["--json"])).unwrap();
+    assert_eq!(said["moved"], json!([young_veth]), "{said}");
+    assert!(on_tcx(&young_veth, Hook::Ingress, "from_pod"));
+    assert!(traffic::ping(young.netns(), IpAddr::V4(a.ip()), 1));
+    let again: Value = serde_json::from_str(&node.agent("promote", &["--json"])).unwrap();
+    assert_eq!(again["moved"], json!([]), "{again}");
+
+    for pod in [&mut a, &mut limited, &mut stays, &mut young] {
+        pod.del().expect_success("DEL of a moved pod");
+    }
+    assert!(
+        cni_ebpf_tests::spec::link_pins(&node).is_empty(),
+        "link pins left: {:?}",
+        cni_ebpf_tests::spec::link_pins(&node)
+    );
+}

@@ -295,7 +295,9 @@ fn a_second_image_install_upgrades_a_running_node_without_dropping_connections()
         &["--masquerade", "--cluster-cidr", "10.244.0.0/16"],
     );
     process::expect_success("install in the image", &image.cni_ebpfd(&install));
-    let agent = image.start_agent(&dirs, &[]);
+    // The pods stay on their clsact filters, which the test follows through
+    // the upgrade (moves onto tcx: `agent::auto_pods_move_onto_tcx_...`).
+    let agent = image.start_agent(&dirs, &["--tcx-moves", "0"]);
     agent.wait_for_line(Duration::from_secs(30), |l| l.contains("ready under"));
 
     let a = RuntimePod::add(&node, &dirs);
@@ -344,7 +346,7 @@ fn a_second_image_install_upgrades_a_running_node_without_dropping_connections()
     let out = image.cni_ebpfd(&install);
     let said = process::expect_success("the second install in the image", &out);
     assert!(said.contains("datapath ready"), "{said}");
-    let agent = image.start_agent(&dirs, &[]);
+    let agent = image.start_agent(&dirs, &["--tcx-moves", "0"]);
     let line = agent.wait_for_line(Duration::from_secs(30), |l| l.contains("moved onto it"));
     let took = started.elapsed();
     assert!(

@@ -43,6 +43,10 @@ pub struct AgentMetrics {
     /// Uplinks that asked for `xdp_uplink` but run another XDP program
     /// (left in place), as the last reconciliation found them.
     pub uplink_xdp_foreign: Gauge,
+    /// Pods moved from clsact onto tcx (`attachMode: auto`).
+    pub tcx_moved: Counter,
+    /// Pods of `attachMode: auto` still on clsact after the last pass.
+    pub tcx_waiting: Gauge,
 }
 
 /// Every metric of the agent: its own counters, and a collector that reads
@@ -88,6 +92,11 @@ impl AgentMetrics {
                 "Attachments the agent moved onto another generation of the programs",
                 &agent.upgrade_swapped,
             ),
+            (
+                "cni_ebpf_tcx_moved",
+                "Pods (attachMode auto) the agent moved from clsact onto tcx",
+                &agent.tcx_moved,
+            ),
         ] {
             registry.register(name, help, counter.clone());
         }
@@ -95,6 +104,11 @@ impl AgentMetrics {
             "cni_ebpf_uplink_xdp_foreign",
             "Uplinks with uplinkXdp that run another XDP program, left in place (the tc program serves them)",
             agent.uplink_xdp_foreign.clone(),
+        );
+        registry.register(
+            "cni_ebpf_tcx_waiting",
+            "Pods (attachMode auto) still on clsact, waiting to be moved onto tcx",
+            agent.tcx_waiting.clone(),
         );
         agent
     }

@@ -7,6 +7,7 @@ pub mod load;
 pub mod nat;
 pub mod peers;
 pub mod portmaps;
+pub mod promote;
 pub mod run;
 pub mod stats;
 pub mod status;

@@ -8,7 +8,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -25,7 +25,9 @@ use cni_ebpf_userspace::{
     cluster,
     datapath::BUILD_ID,
     install::withdrawal::{self, Conflist},
-    nat, node, reconcile, upgrade,
+    nat, node,
+    promote::Promoter,
+    reconcile, upgrade,
 };
 use log::LevelFilter;
 use tokio::{
@@ -41,6 +43,8 @@ use crate::cmd::gc::Timeouts;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Between two looks at the node's pod CIDR in cluster mode.
 const CONFLIST_CHECK: Duration = Duration::from_secs(1);
+/// Between two passes moving pods onto tcx (`--tcx-moves` per pass).
+const TCX_MOVES: Duration = Duration::from_secs(1);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
@@ -66,6 +70,12 @@ pub struct RunArgs {
     /// holds no pod CIDR yet), and back when it can.
     #[arg(long)]
     pub cni_conflist: Option<PathBuf>,
+    /// Pods added with `attachMode: auto` moved from clsact onto tcx per
+    /// second, each once it has lived a second; 0 leaves them on clsact.
+    /// Every move holds the kernel's RTNL lock for an RCU grace period per
+    /// program.
+    #[arg(long, default_value_t = 4)]
+    pub tcx_moves: usize,
     #[command(flatten)]
     pub timeouts: Timeouts,
     #[command(flatten)]
@@ -123,6 +133,7 @@ async fn agent(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
         conflist,
         pod_cidr_file: args.cluster.node_state_file(),
         datapath_ok: AtomicBool::new(true),
+        promoter: Mutex::new(Promoter::default()),
     });
     let cluster = args.cluster.start(&periodic.layout)?;
     let mut ticks = tokio::time::interval(Duration::from_secs(args.gc_interval.max(1)));
@@ -131,6 +142,9 @@ async fn agent(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
     // cluster agent's claim, not a whole --gc-interval later.
     let mut conflist_ticks = tokio::time::interval(CONFLIST_CHECK);
     conflist_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut tcx_ticks = tokio::time::interval(TCX_MOVES);
+    tcx_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let tcx_moves = args.tcx_moves;
     let stopped_by = loop {
         tokio::select! {
             _ = ticks.tick() => {
@@ -141,6 +155,12 @@ async fn agent(layout: BpffsLayout, args: &RunArgs) -> anyhow::Result<()> {
             }
             _ = conflist_ticks.tick(), if periodic.pod_cidr_file.is_some() => {
                 periodic.follow_conflist(periodic.datapath_ok.load(Ordering::Relaxed));
+            }
+            _ = tcx_ticks.tick(), if tcx_moves > 0 => {
+                let periodic = periodic.clone();
+                tokio::task::spawn_blocking(move || periodic.move_to_tcx(tcx_moves))
+                    .await
+                    .context("moving pods onto tcx panicked")?;
             }
             _ = interrupt.recv() => break "SIGINT",
             _ = terminate.recv() => break "SIGTERM",
@@ -205,6 +225,8 @@ struct Periodic {
     pod_cidr_file: Option<PathBuf>,
     /// What the last reconciliation found.
     datapath_ok: AtomicBool,
+    /// Pods waiting to move onto tcx, as the last pass saw them.
+    promoter: Mutex<Promoter>,
 }
 
 impl Periodic {
@@ -228,6 +250,26 @@ impl Periodic {
 }
 
 impl Periodic {
+    /// Moves up to `budget` pods of `attachMode: auto` from clsact onto tcx.
+    fn move_to_tcx(&self, budget: usize) {
+        let mut promoter = self.promoter.lock().unwrap_or_else(|e| e.into_inner());
+        let done = Datapath::open_or_load(self.layout.clone())
+            .and_then(|mut datapath| promoter.pass(&mut datapath, budget));
+        match done {
+            Ok(done) => {
+                if !done.moved.is_empty() {
+                    log::info!("moved onto tcx: {}", done.moved.join(", "));
+                }
+                for failure in &done.failed {
+                    log::warn!("not moved onto tcx: {failure}");
+                }
+                self.counters.tcx_moved.inc_by(done.moved.len() as u64);
+                self.counters.tcx_waiting.set(done.waiting as i64);
+            }
+            Err(e) => log::error!("moving pods onto tcx failed: {e}"),
+        }
+    }
+
     /// Withdraws the conflist while the datapath cannot be opened or
     /// loaded (reconciling opens it, loading it if it is gone) or, in
     /// cluster mode, the node has no pod CIDR; restores it when both are
