@@ -135,6 +135,11 @@ impl<'n> PodPair<'n> {
                 _floor: None,
             },
         };
+        if let Some(node) = pair.node.and_then(PluginNode::ebpf_node) {
+            // Where the node agent puts pods of `attachMode: auto` a second
+            // or two after their ADD (tcx); no-op for the other modes.
+            node.agent("promote", &[]);
+        }
         if let (Family::V6, Some(node)) = (family, pair.node) {
             // ptp gives every host veth the gateway address, and the kernel
             // runs DAD on each: until it ends (a second or two), the address
