@@ -3,11 +3,12 @@
 //! the link both die with the device; the link's pin is removed by
 //! [`detach_from_pod`].
 //!
-//! clsact is the default: creating a tcx link waits for a full RCU grace
-//! period (`tcx_entry_sync`), and so does its teardown, while the first
-//! clsact filter on a device needs only an expedited one. Measured on this
-//! kernel (6.18, HZ=250): ADD 7.1 ms with clsact against 14.0 ms with tcx,
-//! DEL 26.7 ms against 42.7 ms (medians of 19, interleaved). Both replace a
+//! ADD attaches through clsact unless `attachMode` says tcx: creating a tcx
+//! link waits for a full RCU grace period (`tcx_entry_sync`), while the
+//! first clsact filter on a device needs only an expedited one. Measured on
+//! this kernel (6.18, HZ=250): ADD 7.1 ms with clsact against 14.0 ms with
+//! tcx (medians of 19, interleaved). With `attachMode: auto` the agent
+//! moves the pod onto tcx afterwards ([`crate::promote`]). Both replace a
 //! program atomically, so upgrades lose no traffic either way.
 
 use std::{
