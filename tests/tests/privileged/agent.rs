@@ -640,6 +640,30 @@ fn auto_pods_move_onto_tcx_without_losing_a_packet() {
     assert!(on_tcx(&limited_veth, Hook::Ingress, "from_pod"));
     assert!(on_tcx(&limited_veth, Hook::Egress, "to_pod"));
     assert!(on_clsact(&stays_veth, Hook::Ingress, "from_pod"));
+    let attach: BTreeSet<(String, String, bool)> = json(&node, "endpoints")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["ip"].as_str().unwrap().to_string(),
+                e["attach"].as_str().unwrap_or("none").to_string(),
+                e["tcxLater"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let row = |pod: &Pod<'_>, attach: &str, later: bool| {
+        (pod.ip().to_string(), attach.to_string(), later)
+    };
+    assert_eq!(
+        attach,
+        BTreeSet::from([
+            row(&a, "tcx", true),
+            row(&limited, "tcx", true),
+            row(&stays, "clsact", false),
+        ]),
+        "cni-ebpfd endpoints"
+    );
     let metrics = agent.scrape();
     assert_eq!(metrics.value("cni_ebpf_tcx_moved_total", &[]), 2.0);
     assert_eq!(metrics.value("cni_ebpf_tcx_waiting", &[]), 0.0);

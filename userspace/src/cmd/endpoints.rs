@@ -16,6 +16,17 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
             .map(|(_, s)| *s)
             .unwrap_or(EndpointStats::default())
     };
+    let interfaces = cni_ebpf_userspace::attachments::interfaces().unwrap_or_default();
+    // tcx when the host veth's link pin is there (`attachMode: tcx`, or
+    // moved by the agent), else its clsact filter.
+    let attach_of = |ifindex: u32| {
+        let (_, name) = interfaces.iter().find(|(i, _)| *i == ifindex)?;
+        Some(if layout.endpoint_link(name).exists() {
+            "tcx"
+        } else {
+            "clsact"
+        })
+    };
     if as_json {
         let rows: Vec<_> = entries
             .iter()
@@ -28,6 +39,9 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
                     "owner": format!("{:016x}", ep.owner),
                     // Its slot of ENDPOINT_COUNTERS (0: counted by ifindex).
                     "statsSlot": ep.stats_slot,
+                    "attach": attach_of(ep.ifindex),
+                    // `attachMode: auto`: the agent moves it onto tcx.
+                    "tcxLater": ep.flags & cni_ebpf_common::ENDPOINT_F_TCX_LATER != 0,
                     // Netfilter translated a flow of this pod: its packets
                     // are checked against NETFILTER_FLOWS.
                     "netfilterFlows": ep.flags & cni_ebpf_common::ENDPOINT_F_NETFILTER_FLOWS != 0,

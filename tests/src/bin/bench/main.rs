@@ -408,14 +408,11 @@ fn run(options: &Options) -> Result<bool> {
     );
     environment.push(
         "cni-ebpf attachMode",
-        options
-            .attach_mode
-            .clone()
-            .unwrap_or_else(|| {
-                "the plugin's default (auto: the pair is moved onto tcx with `cni-ebpfd promote`, \
+        options.attach_mode.clone().unwrap_or_else(|| {
+            "the plugin's default (auto: the pair is moved onto tcx with `cni-ebpfd promote`, \
                  as the agent does after ADD)"
-                    .to_string()
-            }),
+                .to_string()
+        }),
     );
     for (key, value) in &environment.items {
         eprintln!("{key}: {value}");
