@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags},
     link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope},
+    route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteScope},
     tc::{TcAttribute, TcFilterBpfOption, TcMessage, TcOption},
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -67,6 +67,20 @@ pub struct RouteState {
 
 pub struct Netlink {
     handle: Handle,
+}
+
+/// Where the default route is looked up: TEST-NET-1 (RFC 5737), which no
+/// network routes, so normally only a default route covers it.
+const DEFAULT_ROUTE_PROBE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 1);
+
+/// The answer of a route lookup for the default route.
+enum Lookup {
+    /// The main table's default route, through this device.
+    Found(u32),
+    /// No route at all.
+    NoRoute,
+    /// An answer the lookup cannot vouch for.
+    Unsure,
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -344,13 +358,18 @@ impl Netlink {
 
     /// The device of the IPv4 default route, if there is one.
     pub async fn default_route_device(&self) -> CniResult<Option<String>> {
-        let Some(oif) = self
-            .routes(true)
-            .await?
-            .into_iter()
-            .find(|r| r.dst.prefix_len() == 0)
-            .and_then(|r| r.oif)
-        else {
+        let oif = match self.default_route_by_lookup().await? {
+            Lookup::Found(oif) => Some(oif),
+            Lookup::NoRoute => None,
+            // The dump grows with the routes: one /32 per pod.
+            Lookup::Unsure => self
+                .routes(true)
+                .await?
+                .into_iter()
+                .find(|r| r.dst.prefix_len() == 0)
+                .and_then(|r| r.oif),
+        };
+        let Some(oif) = oif else {
             return Ok(None);
         };
         let mut links = self.handle.link().get().match_index(oif).execute();
@@ -364,6 +383,48 @@ impl Netlink {
                 _ => None,
             })
         }))
+    }
+
+    /// Asks the kernel which FIB entry routes [`DEFAULT_ROUTE_PROBE`]
+    /// (`ip route get fibmatch`): one request, whatever the size of the
+    /// table. Only a plain answer counts: a /0 of the main table with a
+    /// device. Anything else (a route covering the probe, policy routing
+    /// into another table, a multipath or blackhole default) leaves the
+    /// question to the dump.
+    async fn default_route_by_lookup(&self) -> CniResult<Lookup> {
+        let mut query = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .destination_prefix(DEFAULT_ROUTE_PROBE, 32)
+            .build();
+        query.header.flags = RouteFlags::FibMatch;
+        let mut answers = self.handle.route().get(query).execute();
+        let answer = match answers.try_next().await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => return Ok(Lookup::Unsure),
+            // No table the rules consult has a route for it: no default route.
+            Err(e) if errno(&e) == Some(libc::ENETUNREACH) => return Ok(Lookup::NoRoute),
+            Err(_) => return Ok(Lookup::Unsure),
+        };
+        let table = answer
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Table(table) => Some(*table),
+                _ => None,
+            })
+            .unwrap_or(u32::from(answer.header.table));
+        let oif = answer.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(oif) => Some(*oif),
+            _ => None,
+        });
+        Ok(match oif {
+            Some(oif)
+                if answer.header.destination_prefix_length == 0
+                    && table == u32::from(RouteHeader::RT_TABLE_MAIN) =>
+            {
+                Lookup::Found(oif)
+            }
+            _ => Lookup::Unsure,
+        })
     }
 
     /// Routes of the main table in `family` (true: IPv4).

@@ -112,7 +112,8 @@ fn set_one(path: &str) -> CniResult<()> {
 
 /// Makes the node ready for traffic leaving and arriving through its uplink
 /// and for the hooks on the node's own sockets (host ports, TCP pacing);
-/// cheap when it already is (one map read, one route and one address dump).
+/// cheap when it already is (one map read, one route lookup and one address
+/// dump).
 /// Does nothing on a node without an uplink (no default route, none named)
 /// unless `node_sockets` asks for the node's addresses and netns cookie.
 pub async fn ensure(

@@ -2,11 +2,12 @@
 //! reference plugin's semantics (`allocator.go`, `main.go`): one address per
 //! range set, round-robin, all-or-nothing, release by (container, ifname).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::attachments::Attachments;
 use super::config::HostLocalConfig;
 use super::range::RangeSet;
 use super::store::{Holder, Reservation, Store};
@@ -34,29 +35,26 @@ pub fn allocate(
     check_container_id(container_id)?;
     let requested = requested_per_set(cfg, requested)?;
     let store = Store::open(cfg)?;
-    let mut taken: HashMap<IpAddr, Reservation> = store
-        .reservations()?
-        .into_iter()
-        .map(|r| (r.ip, r))
-        .collect();
+    let mut attachments = Attachments::open(&store)?;
+    let mut held = attachments.held(container_id, ifname)?;
+    // Empty while the index is trusted: the exclusive create decides then.
+    let mut taken: HashSet<IpAddr> = attachments.known().iter().map(|r| r.ip).collect();
 
     let mut allocations = Vec::with_capacity(cfg.range_sets.len());
     for (index, set) in cfg.range_sets.iter().enumerate() {
         let attempt = match requested[index] {
             Some(ip) => reserve_requested(&store, &taken, index, set, ip, container_id, ifname),
-            None => reserve_next(&store, &taken, index, set, container_id, ifname),
+            None => reserve_next(&store, &taken, &held, index, set, container_id, ifname),
         };
         match attempt {
             Ok(allocation) => {
                 let ip = allocation.address.addr();
-                taken.insert(
+                taken.insert(ip);
+                held.push(Reservation {
                     ip,
-                    Reservation {
-                        ip,
-                        container_id: container_id.trim().to_owned(),
-                        ifname: Some(ifname.to_owned()),
-                    },
-                );
+                    container_id: container_id.trim().to_owned(),
+                    ifname: Some(ifname.to_owned()),
+                });
                 allocations.push(allocation);
             }
             Err(mut err) => {
@@ -66,6 +64,9 @@ pub fn allocate(
             }
         }
     }
+    let ips: Vec<IpAddr> = exact(&held, container_id, ifname).collect();
+    attachments.record(container_id, ifname, &ips);
+    attachments.seal();
     Ok(allocations)
 }
 
@@ -75,30 +76,33 @@ pub fn allocate(
 pub fn release(cfg: &HostLocalConfig, container_id: &str, ifname: &str) -> CniResult<Vec<IpAddr>> {
     check_container_id(container_id)?;
     let store = Store::open(cfg)?;
-    let reservations = store.reservations()?;
-    let held = |wanted: Holder| -> Vec<IpAddr> {
-        reservations
-            .iter()
-            .filter(|r| r.holder(container_id, ifname) == Some(wanted))
-            .map(|r| r.ip)
-            .collect()
-    };
-    let mut ips = held(Holder::Exact);
-    if ips.is_empty() {
-        ips = held(Holder::Legacy);
+    let mut attachments = Attachments::open(&store)?;
+    let held = attachments.held(container_id, ifname)?;
+    let mut ips: Vec<IpAddr> = exact(&held, container_id, ifname).collect();
+    let legacy = ips.is_empty();
+    if legacy {
+        ips = held.iter().map(|r| r.ip).collect();
     }
     ips.sort();
 
     let mut released = Vec::with_capacity(ips.len());
+    let mut kept = Vec::new();
     let mut failure = None;
     for ip in ips {
         match store.remove(ip) {
             Ok(true) => released.push(ip),
             Ok(false) => {}
             // Keep releasing the rest, then report.
-            Err(e) => failure = Some(e),
+            Err(e) => {
+                kept.push(ip);
+                failure = Some(e);
+            }
         }
     }
+    if !legacy {
+        attachments.record(container_id, ifname, &kept);
+    }
+    attachments.seal();
     match failure {
         Some(err) => Err(err),
         None => Ok(released),
@@ -110,22 +114,35 @@ pub fn release(cfg: &HostLocalConfig, container_id: &str, ifname: &str) -> CniRe
 pub fn held_by(cfg: &HostLocalConfig, container_id: &str, ifname: &str) -> CniResult<Vec<IpAddr>> {
     check_container_id(container_id)?;
     let store = Store::open(cfg)?;
-    let mut ips: Vec<IpAddr> = store
-        .reservations()?
-        .into_iter()
-        .filter(|r| r.holder(container_id, ifname).is_some())
+    let mut attachments = Attachments::open(&store)?;
+    let mut ips: Vec<IpAddr> = attachments
+        .held(container_id, ifname)?
+        .iter()
         .map(|r| r.ip)
         .collect();
+    attachments.seal();
     ips.sort();
     Ok(ips)
 }
 
-/// Every reservation of the network, sorted by address (for GC).
+/// Every reservation of the network, sorted by address (for GC). Reads
+/// the directory whole, and brings the attachment index up to date with it.
 pub fn reservations(cfg: &HostLocalConfig) -> CniResult<Vec<Reservation>> {
     let store = Store::open(cfg)?;
-    let mut all = store.reservations()?;
+    let mut all = Attachments::scan(&store)?;
     all.sort_by_key(|r| r.ip);
     Ok(all)
+}
+
+/// The addresses of `held` written for exactly (container, ifname).
+fn exact<'a>(
+    held: &'a [Reservation],
+    container_id: &'a str,
+    ifname: &'a str,
+) -> impl Iterator<Item = IpAddr> + 'a {
+    held.iter()
+        .filter(move |r| r.holder(container_id, ifname) == Some(Holder::Exact))
+        .map(|r| r.ip)
 }
 
 fn check_container_id(container_id: &str) -> CniResult<()> {
@@ -175,7 +192,7 @@ fn requested_per_set(
 
 fn reserve_requested(
     store: &Store,
-    taken: &HashMap<IpAddr, Reservation>,
+    taken: &HashSet<IpAddr>,
     index: usize,
     set: &RangeSet,
     ip: IpAddr,
@@ -185,7 +202,7 @@ fn reserve_requested(
     let range = set
         .range_for(ip)
         .expect("requested_per_set only assigns addresses inside the set");
-    if taken.contains_key(&ip) || !store.reserve(ip, container_id, ifname, index)? {
+    if taken.contains(&ip) || !store.reserve(ip, container_id, ifname, index)? {
         return Err(CniError::new(
             code::ALREADY_EXISTS,
             format!("requested IP address {ip} is not available in range set {set}"),
@@ -199,17 +216,15 @@ fn reserve_requested(
 
 fn reserve_next(
     store: &Store,
-    taken: &HashMap<IpAddr, Reservation>,
+    taken: &HashSet<IpAddr>,
+    held: &[Reservation],
     index: usize,
     set: &RangeSet,
     container_id: &str,
     ifname: &str,
 ) -> CniResult<Allocation> {
     // The spec forbids a second allocation for the same attachment.
-    if let Some(held) = taken
-        .values()
-        .find(|r| r.holder(container_id, ifname).is_some() && set.contains(r.ip))
-    {
+    if let Some(held) = held.iter().find(|r| set.contains(r.ip)) {
         return Err(CniError::new(
             code::ALREADY_EXISTS,
             format!(
@@ -222,7 +237,7 @@ fn reserve_next(
     for (range, ip) in set.candidates(store.last_reserved_ip(index)) {
         // A file appearing since the listing (a writer ignoring the lock)
         // makes reserve() return false: move on to the next address.
-        if !taken.contains_key(&ip) && store.reserve(ip, container_id, ifname, index)? {
+        if !taken.contains(&ip) && store.reserve(ip, container_id, ifname, index)? {
             return Ok(Allocation {
                 address: IpNet::new_assert(ip, range.subnet.prefix_len()),
                 gateway: Some(range.gateway),
@@ -245,6 +260,7 @@ fn roll_back(store: &Store, allocations: &[Allocation]) {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
     use std::path::Path;
     use std::time::{Duration, Instant};
 
@@ -470,6 +486,145 @@ mod tests {
                 ("10.1.0.3".into(), "c2", Some("net1")),
             ]
         );
+    }
+
+    /// The attachment index files of the network, with their contents.
+    fn index_files(dir: &Path) -> Vec<(String, String)> {
+        let mut files: Vec<(String, String)> = std::fs::read_dir(dir.join("net1"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with("attachment."))
+            .map(|name| {
+                let contents = std::fs::read_to_string(dir.join("net1").join(&name)).unwrap();
+                (name, contents)
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn index_names_each_attachment_and_goes_with_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(
+            tmp.path(),
+            json!([[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00::/120"}]]),
+        );
+        allocate(&cfg, "c1", "eth0", &[]).unwrap();
+        allocate(&cfg, "c2", "eth0", &[]).unwrap();
+        let files = index_files(tmp.path());
+        let contents: Vec<&str> = files.iter().map(|(_, c)| c.as_str()).collect();
+        assert_eq!(contents.len(), 2);
+        assert!(contents.contains(&"c1\r\neth0\r\n10.1.0.2\r\nfd00::2"));
+        assert!(contents.contains(&"c2\r\neth0\r\n10.1.0.3\r\nfd00::3"));
+        // The lock file vouches for the index (host-local never reads it).
+        let seal = std::fs::read_to_string(tmp.path().join("net1/lock")).unwrap();
+        assert!(seal.starts_with("attachments "), "{seal:?}");
+
+        release(&cfg, "c1", "eth0").unwrap();
+        assert_eq!(index_files(tmp.path()).len(), 1);
+        release(&cfg, "c2", "eth0").unwrap();
+        assert!(index_files(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn a_deleted_index_file_is_noticed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), json!([[{"subnet": "10.1.0.0/24"}]]));
+        allocate(&cfg, "c1", "eth0", &[]).unwrap();
+        for (name, _) in index_files(tmp.path()) {
+            std::fs::remove_file(tmp.path().join("net1").join(name)).unwrap();
+        }
+        let err = allocate(&cfg, "c1", "eth0", &[]).unwrap_err();
+        assert_eq!(err.code, code::ALREADY_EXISTS, "{err}");
+        // Reading the directory whole wrote the index again.
+        assert_eq!(index_files(tmp.path()).len(), 1);
+        for (name, _) in index_files(tmp.path()) {
+            std::fs::remove_file(tmp.path().join("net1").join(name)).unwrap();
+        }
+        assert_eq!(release(&cfg, "c1", "eth0").unwrap(), [ip("10.1.0.2")]);
+        assert!(reservations(&cfg).unwrap().is_empty());
+        assert!(index_files(tmp.path()).is_empty());
+    }
+
+    #[test]
+    fn an_index_that_disagrees_with_the_reservations_is_not_trusted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), json!([[{"subnet": "10.1.0.0/24"}]]));
+        allocate(&cfg, "c1", "eth0", &[]).unwrap();
+        allocate(&cfg, "c2", "eth0", &[]).unwrap();
+        let files = index_files(tmp.path());
+        let (c1_index, _) = files
+            .iter()
+            .find(|(_, contents)| contents.starts_with("c1\r\n"))
+            .unwrap();
+        let c1_index = tmp.path().join("net1").join(c1_index);
+        // Rewritten in place, the directory's times do not change: the
+        // seal still holds, only the reservation files can give it away.
+        for lie in [
+            "c1\r\neth0\r\n10.1.0.3",
+            "c1\r\neth0\r\n10.1.0.9",
+            "c9\r\neth0\r\n10.1.0.2",
+            "garbage",
+        ] {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&c1_index)
+                .unwrap()
+                .write_all(lie.as_bytes())
+                .unwrap();
+            assert_eq!(
+                held_by(&cfg, "c1", "eth0").unwrap(),
+                [ip("10.1.0.2")],
+                "index saying {lie:?}"
+            );
+            assert_eq!(
+                std::fs::read_to_string(&c1_index).unwrap(),
+                "c1\r\neth0\r\n10.1.0.2",
+                "repaired after {lie:?}"
+            );
+        }
+        assert_eq!(release(&cfg, "c1", "eth0").unwrap(), [ip("10.1.0.2")]);
+        assert_eq!(held_by(&cfg, "c2", "eth0").unwrap(), [ip("10.1.0.3")]);
+    }
+
+    #[test]
+    fn reservations_of_older_builds_are_found_and_indexed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), json!([[{"subnet": "10.1.0.0/24"}]]));
+        allocate(&cfg, "c1", "eth0", &[]).unwrap();
+        // Written as host-local or a build without the index writes it.
+        std::fs::write(tmp.path().join("net1/10.1.0.7"), "c9\r\neth0").unwrap();
+        assert_eq!(held_by(&cfg, "c9", "eth0").unwrap(), [ip("10.1.0.7")]);
+        assert!(
+            index_files(tmp.path())
+                .iter()
+                .any(|(_, contents)| contents == "c9\r\neth0\r\n10.1.0.7")
+        );
+        let err = allocate(&cfg, "c9", "eth0", &[]).unwrap_err();
+        assert_eq!(err.code, code::ALREADY_EXISTS, "{err}");
+
+        std::fs::write(tmp.path().join("net1/10.1.0.8"), "c8\r\neth0").unwrap();
+        assert_eq!(release(&cfg, "c8", "eth0").unwrap(), [ip("10.1.0.8")]);
+        assert_eq!(release(&cfg, "c9", "eth0").unwrap(), [ip("10.1.0.7")]);
+        assert_eq!(index_files(tmp.path()).len(), 1);
+    }
+
+    #[test]
+    fn a_reservation_removed_behind_our_back_leaves_no_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), json!([[{"subnet": "10.1.0.0/24"}]]));
+        allocate(&cfg, "c1", "eth0", &[]).unwrap();
+        allocate(&cfg, "c2", "eth0", &[]).unwrap();
+        // As the reference host-local's DEL does: the reservation only.
+        std::fs::remove_file(tmp.path().join("net1/10.1.0.2")).unwrap();
+        assert!(held_by(&cfg, "c1", "eth0").unwrap().is_empty());
+        let left: Vec<IpAddr> = reservations(&cfg).unwrap().iter().map(|r| r.ip).collect();
+        assert_eq!(left, [ip("10.1.0.3")]);
+        let files = index_files(tmp.path());
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].1, "c2\r\neth0\r\n10.1.0.3");
     }
 
     #[test]

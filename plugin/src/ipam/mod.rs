@@ -5,6 +5,7 @@
 //! `<dataDir>/<network>/`, same flock, so the reference `host-local` and this
 //! code can share one data directory without double allocation.
 
+mod attachments;
 pub mod backend;
 pub mod config;
 pub mod delegate;

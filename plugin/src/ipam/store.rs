@@ -8,17 +8,22 @@
 //!   (before CNI 0.7 only the container ID), created exclusively;
 //! - `<dataDir>/<network>/last_reserved_ip.<range set index>`: the last
 //!   address reserved in that set, where round-robin resumes.
+//!
+//! Ours alone (see `attachments`): `attachment.<hash>` files, an index from
+//! attachment to addresses, and the lock file's contents, which host-local
+//! never reads: the directory's times when the index was last complete.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, AtFlags, Flock, OFlag, open, openat};
-use nix::sys::stat::Mode;
+use nix::sys::stat::{Mode, fstat, fstatat};
 
 use super::config::HostLocalConfig;
 use crate::error::{CniError, CniResult};
@@ -83,7 +88,8 @@ pub struct Store {
     dir: PathBuf,
     /// Files are opened relative to it: no path walk per file.
     dir_fd: OwnedFd,
-    _lock: Flock<File>,
+    /// Its contents are the seal of the attachment index.
+    lock: Flock<File>,
 }
 
 impl Store {
@@ -106,19 +112,16 @@ impl Store {
         )
         .map_err(|e| io_error("opening", &dir, e))?;
         let lock_path = dir.join(LOCK_FILE);
+        // Writable for the seal; go-filemutex's O_RDONLY takes the same flock.
         let fd = open(
             &lock_path,
-            OFlag::O_CREAT | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            OFlag::O_CREAT | OFlag::O_RDWR | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o750),
         )
         .map_err(|e| io_error("opening", &lock_path, e))?;
         let lock = cni_ebpf_userspace::lock::lock(File::from(fd), &lock_path, true)
             .map_err(CniError::lock)?;
-        Ok(Store {
-            dir,
-            dir_fd,
-            _lock: lock,
-        })
+        Ok(Store { dir, dir_fd, lock })
     }
 
     pub fn dir(&self) -> &Path {
@@ -128,9 +131,19 @@ impl Store {
     /// Every reservation file in the directory. A file that cannot be read
     /// still counts as taken (with an empty ID), so it is never handed out.
     pub fn reservations(&self) -> CniResult<Vec<Reservation>> {
+        Ok(self.reservations_and_names("")?.0)
+    }
+
+    /// Every reservation, and the names of the other files that start
+    /// with `prefix` (an empty prefix lists none), from one listing.
+    pub(crate) fn reservations_and_names(
+        &self,
+        prefix: &str,
+    ) -> CniResult<(Vec<Reservation>, Vec<String>)> {
         let entries =
             std::fs::read_dir(&self.dir).map_err(|e| io_error("listing", &self.dir, e))?;
         let mut reservations = Vec::new();
+        let mut names = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| io_error("listing", &self.dir, e))?;
             let file_name = entry.file_name();
@@ -138,22 +151,40 @@ impl Store {
                 continue;
             };
             let Ok(ip) = name.parse::<IpAddr>() else {
+                if !prefix.is_empty() && name.starts_with(prefix) {
+                    names.push(name.to_owned());
+                }
                 continue;
             };
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            let contents = match self.read_small(name) {
-                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    log::warn!("reading {}: {e}", entry.path().display());
-                    String::new()
-                }
-            };
-            reservations.push(Reservation::from_contents(ip.to_canonical(), &contents));
+            if let Some(reservation) = self.read_reservation(name, ip)? {
+                reservations.push(reservation);
+            }
         }
-        Ok(reservations)
+        Ok((reservations, names))
+    }
+
+    /// The reservation of `ip`, if its file exists.
+    pub(crate) fn reservation(&self, ip: IpAddr) -> CniResult<Option<Reservation>> {
+        let ip = ip.to_canonical();
+        self.read_reservation(&ip.to_string(), ip)
+    }
+
+    fn read_reservation(&self, name: &str, ip: IpAddr) -> CniResult<Option<Reservation>> {
+        let contents = match self.read_small(name) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                log::warn!("reading {}: {e}", self.dir.join(name).display());
+                String::new()
+            }
+        };
+        Ok(Some(Reservation::from_contents(
+            ip.to_canonical(),
+            &contents,
+        )))
     }
 
     /// Reserves `ip` for the pair and records it as range set `range_set`'s
@@ -168,6 +199,10 @@ impl Store {
         let name = ip.to_canonical().to_string();
         let contents = format!("{}{LINE_BREAK}{ifname}", container_id.trim());
         let path = self.dir.join(&name);
+        // Round-robin walks past taken addresses: a stat is the cheap no.
+        if fstatat(&self.dir_fd, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW).is_ok() {
+            return Ok(false);
+        }
         let created = self
             .link_new_file(&path, contents.as_bytes())
             .or_else(|_| create_exclusive(&path, contents.as_bytes()))
@@ -184,12 +219,81 @@ impl Store {
 
     /// Deletes the reservation of `ip`; false if there was none.
     pub fn remove(&self, ip: IpAddr) -> CniResult<bool> {
-        let path = self.dir.join(ip.to_canonical().to_string());
-        match std::fs::remove_file(&path) {
+        let name = ip.to_canonical().to_string();
+        self.remove_file(&name)
+            .map_err(|e| io_error("removing", &self.dir.join(&name), e))
+    }
+
+    /// Deletes a file of the directory; false if there was none.
+    pub(crate) fn remove_file(&self, name: &str) -> io::Result<bool> {
+        match nix::unistd::unlinkat(&self.dir_fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
             Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_error("removing", &path, e)),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// A small file of the directory, whole.
+    pub(crate) fn read_file(&self, name: &str) -> io::Result<Vec<u8>> {
+        self.read_small(name)
+    }
+
+    /// Puts a file with `contents` under `name`, replacing any: readers
+    /// see the old file, no file, or the new one, never a part of it.
+    pub(crate) fn replace_file(&self, name: &str, contents: &[u8]) -> io::Result<()> {
+        let path = self.dir.join(name);
+        if self.link_new_file(&path, contents)? {
+            return Ok(());
+        }
+        self.remove_file(name)?;
+        if self.link_new_file(&path, contents)? {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "recreated under the lock",
+            ))
+        }
+    }
+
+    /// Whether the lock file holds the directory's current times, i.e. no
+    /// file was created or removed here since the last [`seal`](Self::seal).
+    pub(crate) fn is_sealed(&self) -> bool {
+        let mut buf = [0u8; 128];
+        let Ok(n) = self.lock.read_at(&mut buf, 0) else {
+            return false;
+        };
+        n > 0
+            && self
+                .fingerprint()
+                .is_ok_and(|now| now.as_bytes() == &buf[..n])
+    }
+
+    /// Writes the directory's current times into the lock file when
+    /// `complete`, or empties it, as the last change of an operation.
+    pub(crate) fn seal(&self, complete: bool) {
+        let contents = if complete {
+            self.fingerprint().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let written = self
+            .lock
+            .write_at(contents.as_bytes(), 0)
+            .and_then(|_| self.lock.set_len(contents.len() as u64));
+        if let Err(e) = written {
+            log::warn!("sealing {}: {e}", self.dir.join(LOCK_FILE).display());
+        }
+    }
+
+    /// Creating, renaming or removing a file changes the directory's mtime
+    /// and ctime; the inode tells a directory that was replaced.
+    fn fingerprint(&self) -> io::Result<String> {
+        let st = fstat(&self.dir_fd)?;
+        Ok(format!(
+            "attachments {} {}.{:09} {}.{:09}\n",
+            st.st_ino, st.st_mtime, st.st_mtime_nsec, st.st_ctime, st.st_ctime_nsec
+        ))
     }
 
     /// Where round-robin resumes in range set `range_set`, if recorded.
@@ -205,7 +309,7 @@ impl Store {
     }
 
     /// Reads a file of the directory in as few system calls as possible
-    /// (openat, read, close): every ADD and DEL reads every reservation.
+    /// (openat, read, close): reading the directory whole reads them all.
     /// `O_NONBLOCK` keeps a stray FIFO from hanging the plugin.
     fn read_small(&self, name: &str) -> io::Result<Vec<u8>> {
         let fd = openat(

@@ -766,3 +766,24 @@ fn xdp_on_the_uplink_translates_replies_back_and_leaves_icmp_to_tc() {
         assert_node_untouched(&node);
     }
 }
+
+/// The uplink is the default route's device even when another device has
+/// a route for the address the plugin looks the default route up with
+/// (192.0.2.1): that answer is no default route, and the plugin reads the
+/// table instead. Taken for the uplink, the decoy (no IPv4 address) would
+/// leave nothing to masquerade to.
+#[test]
+fn the_default_route_is_found_past_a_route_covering_its_lookup_address() {
+    let (node, ext) = node_with_ext();
+    let ns = node.netns();
+    ns.ip(&[
+        "link", "add", "decoy0", "type", "veth", "peer", "name", "decoy1",
+    ]);
+    ns.ip(&["link", "set", "decoy0", "up"]);
+    ns.ip(&["link", "set", "decoy1", "up"]);
+    ns.ip(&["route", "add", "192.0.2.0/24", "dev", "decoy0"]);
+    let pod = masquerading_pod(&node);
+    let server = ext_server(&ext);
+    let client = connect(&pod, server.addr());
+    assert_eq!(client.seen_as.ip(), IpAddr::V4(ext.node_ip));
+}

@@ -156,11 +156,24 @@ fn reservation_files_have_host_locals_layout() {
         pod.ip().to_string()
     );
     assert!(dir.join("lock").is_file());
-    let names: BTreeSet<String> = std::fs::read_dir(&dir)
+    let mut names: BTreeSet<String> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
+    // Beside host-local's files, the plugin's attachment index, which
+    // host-local takes for no reservation (no address name, no bare key).
+    let index: Vec<String> = names
+        .iter()
+        .filter(|name| name.starts_with("attachment."))
+        .cloned()
+        .collect();
+    assert_eq!(index.len(), 1, "{names:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join(&index[0])).unwrap(),
+        format!("{}\r\neth0\r\n{}", pod.container_id(), pod.ip())
+    );
+    names.retain(|name| !name.starts_with("attachment."));
     assert_eq!(
         names,
         BTreeSet::from([
