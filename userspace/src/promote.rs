@@ -17,7 +17,9 @@
 //! that live less than a pass never pay for it) and at most a few per pass:
 //! a burst of ADDs is not slowed by a burst of moves.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::programs::{SchedClassifier, TcAttachType};
 
 use cni_ebpf_common::{
     ENDPOINT_F_TCX_LATER,
@@ -43,11 +45,19 @@ pub struct Promoted {
     pub waiting: usize,
 }
 
+/// Passes a host veth whose move failed is left alone before it is tried
+/// again (a minute at the agent's pace), so a failure is not logged every
+/// second.
+const RETRY_AFTER_PASSES: u32 = 60;
+
 /// The agent's memory between passes: the flagged host veths it saw on
-/// clsact last time, by ifindex.
+/// clsact last time, those whose move failed (by ifindex, with the passes
+/// left before the next try), and whether the kernel has tcx at all.
 #[derive(Debug, Default)]
 pub struct Promoter {
     seen: BTreeSet<u32>,
+    failed: BTreeMap<u32, u32>,
+    tcx: Option<bool>,
 }
 
 impl Promoter {
@@ -55,23 +65,45 @@ impl Promoter {
     /// previous pass.
     pub fn pass(&mut self, datapath: &mut Datapath, budget: usize) -> Result<Promoted> {
         let waiting = waiting(datapath)?;
+        // A kernel without tcx (before 6.6) keeps every pod on clsact.
+        let tcx = *self.tcx.get_or_insert_with(|| {
+            let supported = kernel_has_tcx();
+            if !supported {
+                log::warn!("this kernel has no tcx: pods of attachMode auto stay on clsact");
+            }
+            supported
+        });
+        self.failed.retain(|_, passes| {
+            *passes -= 1;
+            *passes > 0
+        });
         let ready: Vec<(u32, String)> = waiting
             .iter()
-            .filter(|(ifindex, _)| self.seen.contains(ifindex))
+            .filter(|(ifindex, _)| tcx && self.seen.contains(ifindex))
+            .filter(|(ifindex, _)| !self.failed.contains_key(ifindex))
             .take(budget)
             .cloned()
             .collect();
-        let mut done = promote(datapath, &ready)?;
+        let (mut done, failed) = promote(datapath, &ready)?;
+        for ifindex in failed {
+            self.failed.insert(ifindex, RETRY_AFTER_PASSES);
+        }
         self.seen = waiting.iter().map(|(ifindex, _)| *ifindex).collect();
         done.waiting = waiting.len() - done.moved.len();
         Ok(done)
     }
 }
 
+/// Whether the kernel has tcx: a tcx query of `lo`, which every network
+/// namespace has, fails on kernels without it.
+fn kernel_has_tcx() -> bool {
+    SchedClassifier::query_tcx("lo", TcAttachType::Ingress).is_ok()
+}
+
 /// Moves every flagged pod now, however young (`cni-ebpfd promote`).
 pub fn promote_all(datapath: &mut Datapath) -> Result<Promoted> {
     let waiting = waiting(datapath)?;
-    let mut done = promote(datapath, &waiting)?;
+    let (mut done, _) = promote(datapath, &waiting)?;
     done.waiting = waiting.len() - done.moved.len();
     Ok(done)
 }
@@ -96,18 +128,23 @@ fn waiting(datapath: &Datapath) -> Result<Vec<(u32, String)>> {
         .collect())
 }
 
-fn promote(datapath: &mut Datapath, veths: &[(u32, String)]) -> Result<Promoted> {
+/// Moves `veths`; what moved and failed, and the ifindexes that failed.
+fn promote(datapath: &mut Datapath, veths: &[(u32, String)]) -> Result<(Promoted, Vec<u32>)> {
     let mut done = Promoted::default();
+    let mut failed = Vec::new();
     for (ifindex, ifname) in veths {
         // An ADD or upgrade attaching at the same moment holds the same lock.
         let _lock = datapath.layout().lock()?;
         match move_to_tcx(datapath, *ifindex, ifname) {
             Ok(true) => done.moved.push(ifname.clone()),
             Ok(false) => {}
-            Err(e) => done.failed.push(format!("{ifname}: {e}")),
+            Err(e) => {
+                done.failed.push(format!("{ifname}: {e}"));
+                failed.push(*ifindex);
+            }
         }
     }
-    Ok(done)
+    Ok((done, failed))
 }
 
 /// Attaches `from_pod` (and `to_pod`, if the device has it as a filter)
