@@ -37,6 +37,14 @@ pub fn filters(ns: &Netns, dev: &str, hook: Hook) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// The program ids of the BPF filters on `hook` of `dev`.
+pub fn filter_ids(ns: &Netns, dev: &str, hook: Hook) -> Vec<u64> {
+    filters(ns, dev, hook)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
 /// The names of the programs attached through tcx to `hook` of `dev`.
 pub fn tcx_programs(ns: &Netns, dev: &str, hook: Hook) -> Vec<String> {
     let attach_type = match hook {

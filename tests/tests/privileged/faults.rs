@@ -21,7 +21,7 @@ use cni_ebpf_tests::{
 };
 use serde_json::{Value, json};
 
-use crate::pod_links;
+use crate::{pod_links, upgrade::tc_filter_ids};
 
 /// Delays are spread over this multiple of an uninterrupted call.
 const COVER: f64 = 1.3;
@@ -371,18 +371,6 @@ fn del_without_a_record_removes_the_counters_of_the_veth() {
     assert!(left.footprint.host_veths.is_empty(), "{left:?}");
     assert!(left.footprint.reservations.is_empty(), "{left:?}");
     assert!(left.footprint.endpoints.is_empty(), "{left:?}");
-}
-
-/// BPF filters on ingress of `dev`: their program ids, as `tc` lists them.
-fn tc_filter_ids(node: &Node, dev: &str) -> Vec<u64> {
-    let out = node
-        .netns()
-        .exec_ok("tc", &["-j", "filter", "show", "dev", dev, "ingress"]);
-    let filters: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
-    filters
-        .iter()
-        .filter_map(|f| f["options"]["prog"]["id"].as_u64())
-        .collect()
 }
 
 fn host_ifname(sandbox: &Sandbox<'_>) -> String {

@@ -21,7 +21,7 @@ use cni_ebpf_tests::{
     hostports::{HostPort, HostPortNode},
     netns::Netns,
     process::KillOnDrop,
-    traffic,
+    tc_hooks, traffic,
 };
 use serde_json::{Value, json};
 
@@ -58,14 +58,7 @@ pub(crate) fn attachments(node: &Node) -> BTreeMap<String, u32> {
 /// Program ids of the BPF filters on ingress of `dev`, as `tc` reports
 /// them: a check that does not go through cni-ebpfd.
 pub(crate) fn tc_filter_ids(node: &Node, dev: &str) -> Vec<u64> {
-    let out = node
-        .netns()
-        .exec_ok("tc", &["-j", "filter", "show", "dev", dev, "ingress"]);
-    let filters: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
-    filters
-        .iter()
-        .filter_map(|f| f["options"]["prog"]["id"].as_u64())
-        .collect()
+    tc_hooks::filter_ids(node.netns(), dev, tc_hooks::Hook::Ingress)
 }
 
 /// The program id of the link pinned at `pin`, as bpftool reports it.
