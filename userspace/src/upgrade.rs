@@ -17,8 +17,7 @@ use std::{collections::BTreeMap, io, path::PathBuf};
 
 use aya::programs::{
     ProgramInfo, SchedClassifier,
-    links::Link as _,
-    tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+    tc::{NlOptions, TcAttachOptions},
 };
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use serde::Serialize;
@@ -195,20 +194,7 @@ fn swap(attached: &AttachedProgram, new: &Current) -> Result<()> {
             if !present {
                 add_filter(&new.pin, ifname, hook)?;
             }
-            let error = |source| DatapathError::PinnedProgram {
-                op: "detach the filter it replaces",
-                path: new.pin.clone(),
-                source,
-            };
-            let old = SchedClassifierLink::attached(
-                ifname,
-                hook.attach_type(),
-                *priority,
-                TcHandle::new((*handle >> 16) as u16, *handle as u16),
-                None,
-            )
-            .map_err(|e| DatapathError::io("find filter", ifname.as_str(), e))?;
-            old.detach().map_err(error)
+            attachments::detach_filter(ifname, hook, *priority, *handle)
         }
     }
 }
