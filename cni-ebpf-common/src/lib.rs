@@ -28,6 +28,7 @@ pub mod map_names {
     pub const NODE_CONFIG_V6: &str = "NODE_CONFIG_V6";
     pub const ENDPOINT_COUNTERS: &str = "ENDPOINT_COUNTERS";
     pub const ENDPOINT_SLOTS: &str = "ENDPOINT_SLOTS";
+    pub const ENDPOINTS_V4: &str = "ENDPOINTS_V4";
 }
 
 /// Names of the programs in the ELF.
@@ -247,6 +248,44 @@ pub struct Endpoint {
 }
 
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 40);
+
+/// Slots of `ENDPOINTS_V4`: one per value of an IPv4 address's low 12 bits
+/// ([`endpoint_v4_index`]), so every address of a node's pod CIDR up to a
+/// /20 has a slot of its own.
+pub const ENDPOINT_V4_SLOTS: u32 = 4096;
+
+/// The slot of `ENDPOINTS_V4` that may hold IPv4 address `octets` (in
+/// network order, as the packet carries it): its low 12 bits.
+#[inline(always)]
+pub const fn endpoint_v4_index(octets: [u8; 4]) -> u32 {
+    (((octets[2] & 0x0f) as u32) << 8) | octets[3] as u32
+}
+
+/// A value of `ENDPOINTS_V4`: a copy of the `ENDPOINTS` entry of one IPv4
+/// address, found with an array lookup (inlined by the verifier, one cache
+/// line) where `ENDPOINTS` costs a hash of 16 bytes and a bucket walk.
+/// `ENDPOINTS` stays the record; the datapath falls back to it whenever
+/// the slot is not `live` or holds another address.
+///
+/// An array's values are overwritten in place, so the writer (userspace
+/// `EndpointMap`) keeps every read whole: it fills a slot while `live` is 0
+/// and then rewrites it with only `live` changed to 1 (one byte: read as
+/// 0 or 1, never torn); it retires a slot by rewriting it with only `live`
+/// changed back to 0, and waits an RCU grace period before it reuses a slot
+/// that was live.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointV4 {
+    /// 1 while the datapath may use the slot; only ever 0 or 1.
+    pub live: u32,
+    /// The address whose entry this is, in network order.
+    pub addr: [u8; 4],
+    pub endpoint: Endpoint,
+    /// To 64 bytes: a slot never straddles more cache lines than it must.
+    pub _reserved: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<EndpointV4>() == 64);
 const _: () = assert!(core::mem::size_of::<IpKey>() == 16);
 
 /// Node-wide settings of the datapath: the single entry of `NODE_CONFIG`.
@@ -740,6 +779,7 @@ mod pod {
     // SAFETY: plain-old-data `#[repr(C)]` structs with explicit padding.
     unsafe impl aya::Pod for super::IpKey {}
     unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::EndpointV4 {}
     unsafe impl aya::Pod for super::PacketCount {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::NodeConfigV6 {}

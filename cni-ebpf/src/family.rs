@@ -33,6 +33,8 @@ pub trait Addr: Copy + PartialEq {
     /// The map key of the address (IPv4-mapped for IPv4).
     fn key(self) -> [u8; 16];
     fn from_key(key: &[u8; 16]) -> Self;
+    /// The address itself when it is IPv4.
+    fn as_v4(self) -> Option<[u8; 4]>;
     /// An ICMP error that quotes the packet it is about.
     fn is_icmp_error(kind: u8) -> bool;
     /// The address pod flows of this family are masqueraded to, if they are.
@@ -63,6 +65,11 @@ impl Addr for [u8; 4] {
     #[inline(always)]
     fn from_key(key: &[u8; 16]) -> Self {
         v4(key)
+    }
+
+    #[inline(always)]
+    fn as_v4(self) -> Option<[u8; 4]> {
+        Some(self)
     }
 
     #[inline(always)]
@@ -105,6 +112,11 @@ impl Addr for [u8; 16] {
     #[inline(always)]
     fn from_key(key: &[u8; 16]) -> Self {
         *key
+    }
+
+    #[inline(always)]
+    fn as_v4(self) -> Option<[u8; 4]> {
+        None
     }
 
     #[inline(always)]

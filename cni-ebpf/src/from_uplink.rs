@@ -23,7 +23,7 @@ use crate::{
     },
     host_ports, l4,
     log::log_drop,
-    maps::{ENDPOINTS, NODE_ADDRS, NODE_CONFIG},
+    maps::{ENDPOINTS, NODE_ADDRS, NODE_CONFIG, endpoint_v4},
     nat::dnat,
     netfilter::{self, to_netfilter},
     translate6,
@@ -73,8 +73,8 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
             return Ok(TC_ACT_OK);
         }
     }
-    // SAFETY: copied out at once.
-    let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(pod)) }).copied() else {
+    // SAFETY: a live map value, copied out at once.
+    let Some(target) = endpoint_v4(pod).map(|found| unsafe { *found }) else {
         let guarded = NODE_CONFIG
             .get(0)
             .is_some_and(|cfg| cfg.flags & NODE_F_UPLINK_GUARD != 0);

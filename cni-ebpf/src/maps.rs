@@ -5,11 +5,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use cni_ebpf_common::{
-    COUNTER_SLOTS, DROP_SLOTS, Endpoint, EndpointStats, FlowKey, HostPortFlow, HostPortKey,
-    HostPortSockKey, HostPortTarget, IpKey, MAX_ENDPOINTS, MAX_HOST_PORT_FLOWS,
-    MAX_HOST_PORT_SOCKS, MAX_HOST_PORTS, MAX_NAT_FLOWS, MAX_NETFILTER_FLOWS, MAX_NO_MASQ,
-    MAX_NODE_ADDRS, MAX_PEERS, MAX_SERVICE_CIDRS, NatEntry, NodeConfig, NodeConfigV6, PacketCount,
-    Peer, RateLimit, STATS_SLOTS, TunnelConfig,
+    COUNTER_SLOTS, DROP_SLOTS, ENDPOINT_V4_SLOTS, Endpoint, EndpointStats, EndpointV4, FlowKey,
+    HostPortFlow, HostPortKey, HostPortSockKey, HostPortTarget, IpKey, MAX_ENDPOINTS,
+    MAX_HOST_PORT_FLOWS, MAX_HOST_PORT_SOCKS, MAX_HOST_PORTS, MAX_NAT_FLOWS, MAX_NETFILTER_FLOWS,
+    MAX_NO_MASQ, MAX_NODE_ADDRS, MAX_PEERS, MAX_SERVICE_CIDRS, NatEntry, NodeConfig, NodeConfigV6,
+    PacketCount, Peer, RateLimit, STATS_SLOTS, TunnelConfig,
 };
 
 /// Pod addresses on this node -> their interface.
@@ -38,11 +38,32 @@ impl KeyV4 {
 
 const _: () = assert!(core::mem::size_of::<KeyV4>() == core::mem::size_of::<IpKey>());
 
-/// The endpoint with IPv4 address `addr`: a pointer into the map, read in
-/// place (entries are only replaced whole).
+/// IPv4 endpoints again, each at the slot of its address's low 12 bits
+/// (`EndpointV4` says how the plugin writes them): an array lookup where
+/// `ENDPOINTS` costs a hash lookup, on every packet between pods.
+#[map]
+pub static ENDPOINTS_V4: Array<EndpointV4> = Array::pinned(ENDPOINT_V4_SLOTS, 0);
+
+/// The endpoint with IPv4 address `addr`: a pointer into its live slot of
+/// `ENDPOINTS_V4`, else into `ENDPOINTS` (addresses that share their slot
+/// with another, or a slot being rewritten); read in place.
 #[inline(always)]
 pub fn endpoint_v4(addr: [u8; 4]) -> Option<*const Endpoint> {
+    if let Some(slot) = endpoint_slot_v4(addr) {
+        // SAFETY: a live map value.
+        return Some(unsafe { &raw const (*slot).endpoint });
+    }
     ENDPOINTS.get_ptr(KeyV4::new(addr).key())
+}
+
+/// The slot of `ENDPOINTS_V4` that holds `addr`, if it is live.
+#[inline(always)]
+pub fn endpoint_slot_v4(addr: [u8; 4]) -> Option<*mut EndpointV4> {
+    let slot = ENDPOINTS_V4.get_ptr_mut(cni_ebpf_common::endpoint_v4_index(addr))?;
+    // SAFETY: array values stay allocated; `live` is read first, and is only
+    // set once the rest of the slot is written (`EndpointV4`).
+    let (live, held) = unsafe { ((*slot).live, (*slot).addr) };
+    (live != 0 && u32::from_ne_bytes(held) == u32::from_ne_bytes(addr)).then_some(slot)
 }
 
 /// Dropped packets by reason and direction.

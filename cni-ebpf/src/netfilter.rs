@@ -42,7 +42,7 @@ use crate::{
     family::Addr,
     headers::{ETH_LEN, ETH_P_IPV6, Ipv6Hdr, ipv6_link_scoped, ipv6_v4_mapped},
     l4::Transport,
-    maps::{ENDPOINTS, NETFILTER_FLOWS, NODE_ADDRS, NODE_CONFIG, SERVICES},
+    maps::{ENDPOINTS, NETFILTER_FLOWS, NODE_ADDRS, NODE_CONFIG, SERVICES, endpoint_slot_v4},
 };
 
 /// Whether the node hands service traffic to netfilter.
@@ -112,22 +112,39 @@ pub fn remember_replies<A: Addr>(src: A, dst: A, t: &Transport, pod: A) {
     if t.proto != IPPROTO_TCP && t.proto != IPPROTO_UDP {
         return;
     }
-    record(&reply_key(src, dst, t), &IpKey { addr: pod.key() });
+    record(
+        &reply_key(src, dst, t),
+        &IpKey { addr: pod.key() },
+        pod.as_v4(),
+    );
 }
 
-/// Records the reply key `key` and flags `pod`.
+/// Records the reply key `key` and flags `pod` (whose IPv4 address is
+/// `v4`, if it is one).
 #[inline(never)]
-fn record(key: &FlowKey, pod: &IpKey) {
+fn record(key: &FlowKey, pod: &IpKey, v4: Option<[u8; 4]>) {
     if NETFILTER_FLOWS.get_ptr(key).is_none() {
         let _ = NETFILTER_FLOWS.insert(key, &0, 0);
     }
     if let Some(endpoint) = ENDPOINTS.get_ptr_mut(pod) {
-        // SAFETY: a live map value; the plugin only replaces entries whole
-        // at ADD, and the flag is only ever set.
-        unsafe {
-            if (*endpoint).flags & ENDPOINT_F_NETFILTER_FLOWS == 0 {
-                (*endpoint).flags |= ENDPOINT_F_NETFILTER_FLOWS;
-            }
+        flag_netfilter_flows(endpoint);
+    }
+    // The copy the IPv4 paths read.
+    if let Some(v4) = v4
+        && let Some(slot) = endpoint_slot_v4(v4)
+    {
+        // SAFETY: a live map value.
+        flag_netfilter_flows(unsafe { &raw mut (*slot).endpoint });
+    }
+}
+
+#[inline(always)]
+fn flag_netfilter_flows(endpoint: *mut Endpoint) {
+    // SAFETY: a live map value; the plugin only replaces entries whole at
+    // ADD, and the flag is only ever set.
+    unsafe {
+        if (*endpoint).flags & ENDPOINT_F_NETFILTER_FLOWS == 0 {
+            (*endpoint).flags |= ENDPOINT_F_NETFILTER_FLOWS;
         }
     }
 }
@@ -279,7 +296,7 @@ pub fn remember_delivery_v6(ctx: &TcContext) {
     // The reply's key: from the pod.
     core::mem::swap(&mut key.src, &mut key.dst);
     core::mem::swap(&mut key.src_port, &mut key.dst_port);
-    record(&key, &IpKey { addr: key.src });
+    record(&key, &IpKey { addr: key.src }, None);
 }
 
 /// IPv6 in `to_uplink` (services on) and `to_tunnel`: a pod's packet the
@@ -309,7 +326,7 @@ pub fn leaving_v6(ctx: &TcContext) -> bool {
     // The reply's key: to the pod.
     core::mem::swap(&mut key.src, &mut key.dst);
     core::mem::swap(&mut key.src_port, &mut key.dst_port);
-    record(&key, &IpKey { addr: key.dst });
+    record(&key, &IpKey { addr: key.dst }, None);
     true
 }
 

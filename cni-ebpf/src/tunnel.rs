@@ -40,7 +40,7 @@ use crate::{
     },
     l4,
     log::log_drop,
-    maps::{ENDPOINTS, PEERS, TUNNEL},
+    maps::{ENDPOINTS, PEERS, TUNNEL, endpoint_v4},
     netfilter::{self, to_netfilter},
 };
 
@@ -268,8 +268,8 @@ fn from_tunnel_v4(ctx: &TcContext) -> Result<i32, DropReason> {
     let (src, dst, ttl) = unsafe { ((*ip).saddr, (*ip).daddr, (*ip).ttl) };
     // Only a peer may send from its pods' addresses (or its own).
     check_sender(ctx, &IpKey::v4(src).addr)?;
-    // SAFETY: copied out at once.
-    let Some(target) = (unsafe { ENDPOINTS.get(&IpKey::v4(dst)) }).copied() else {
+    // SAFETY: a live map value, copied out at once.
+    let Some(target) = endpoint_v4(dst).map(|found| unsafe { *found }) else {
         // The device forwards (for the replies of service flows, below), but
         // nothing a peer sends is routed on.
         // SAFETY: the context pointer is valid for the whole program run.

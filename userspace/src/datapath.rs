@@ -261,6 +261,9 @@ pub(crate) fn load_and_pin(layout: &BpffsLayout, dir: &std::path::Path) -> Resul
         .load(OBJECT)
         .map_err(Box::new)?;
     load_programs(&mut ebpf)?;
+    // Before any program of this build can be attached: they read IPv4
+    // pods from `ENDPOINTS_V4` first, which a build without it never wrote.
+    sync_endpoints_v4(layout)?;
     for name in PROGRAMS {
         let program = ebpf.program_mut(name).ok_or(DatapathError::Program {
             name,
@@ -270,6 +273,15 @@ pub(crate) fn load_and_pin(layout: &BpffsLayout, dir: &std::path::Path) -> Resul
         program
             .pin(&path)
             .map_err(|source| DatapathError::Pin { path, source })?;
+    }
+    Ok(())
+}
+
+/// Brings `ENDPOINTS_V4` in step with `ENDPOINTS` ([`crate::EndpointMap::sync_v4`]).
+pub(crate) fn sync_endpoints_v4(layout: &BpffsLayout) -> Result<()> {
+    let synced = crate::EndpointMap::open(layout)?.sync_v4()?;
+    if synced != crate::endpoints::SyncV4::default() {
+        log::info!("ENDPOINTS_V4 brought in step with ENDPOINTS: {synced:?}");
     }
     Ok(())
 }

@@ -73,6 +73,8 @@ pub enum DatapathError {
         #[source]
         source: rtnetlink::Error,
     },
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     #[error("link {path}: {source}")]
     Link {
         path: PathBuf,

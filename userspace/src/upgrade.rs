@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::{
     attachments::{self, AttachPoint, AttachedProgram},
-    datapath::{BUILD_ID, load_and_pin, remove_other_builds},
+    datapath::{BUILD_ID, load_and_pin, remove_other_builds, sync_endpoints_v4},
     error::{DatapathError, Result},
     link_update::update_pinned_link,
     paths::BpffsLayout,
@@ -135,6 +135,9 @@ pub fn adopt(layout: &BpffsLayout, unpin_others: bool) -> Result<Upgrade> {
 }
 
 fn adopt_locked(layout: &BpffsLayout) -> Result<Upgrade> {
+    // A plugin of an older build may have written `ENDPOINTS` alone since
+    // these programs were loaded.
+    sync_endpoints_v4(layout)?;
     let programs = current_programs(layout)?;
     let mut upgrade = Upgrade {
         build: BUILD_ID.to_string(),

@@ -33,9 +33,10 @@ use aya::{
     util::nr_cpus,
 };
 use cni_ebpf_common::{
-    COUNTER_SLOTS, DIRECTIONS, DROP_SLOTS, Direction, DropReason, Endpoint, EndpointStats, FlowKey,
-    HostPortFlow, HostPortKey, HostPortSockKey, HostPortTarget, IpKey, NatEntry, NodeConfig,
-    NodeConfigV6, PacketCount, Peer, RateLimit, TunnelConfig, Verdict, map_names, program_names,
+    COUNTER_SLOTS, DIRECTIONS, DROP_SLOTS, Direction, DropReason, ENDPOINT_V4_SLOTS, Endpoint,
+    EndpointStats, EndpointV4, FlowKey, HostPortFlow, HostPortKey, HostPortSockKey, HostPortTarget,
+    IpKey, NatEntry, NodeConfig, NodeConfigV6, PacketCount, Peer, RateLimit, TunnelConfig, Verdict,
+    endpoint_v4_index, map_names, program_names,
 };
 use cni_ebpf_userspace::datapath;
 use nix::{
@@ -286,6 +287,13 @@ impl Datapath {
                 map_names::DROPS => self.zero_counters(&name, DROP_SLOTS),
                 map_names::COUNTERS => self.zero_counters(&name, COUNTER_SLOTS),
                 map_names::ENDPOINT_SLOTS => self.clear::<u32, u32>(&name),
+                map_names::ENDPOINTS_V4 => {
+                    let mut map: Array<_, EndpointV4> =
+                        Array::try_from(self.ebpf.map_mut(&name).expect(&name)).expect(&name);
+                    for index in 0..ENDPOINT_V4_SLOTS {
+                        map.set(index, EndpointV4::default(), 0).expect(&name);
+                    }
+                }
                 map_names::ENDPOINT_COUNTERS => {
                     let mut map: PerCpuArray<_, EndpointStats> =
                         PerCpuArray::try_from(self.ebpf.map_mut(&name).expect(&name)).expect(&name);
@@ -427,12 +435,60 @@ impl Datapath {
         map.iter().map(|entry| entry.expect(name)).collect()
     }
 
+    /// The endpoint at `addr` as the plugin writes it: in `ENDPOINTS`, and
+    /// for IPv4 in its live slot of `ENDPOINTS_V4` too.
     pub fn add_endpoint(&mut self, addr: IpKey, endpoint: Endpoint) {
+        self.add_endpoint_record_only(addr, endpoint);
+        if let Some(v4) = addr.as_v4() {
+            self.set_endpoint_slot_v4(EndpointV4 {
+                live: 1,
+                addr: v4,
+                endpoint,
+                _reserved: [0; 16],
+            });
+        }
+    }
+
+    /// `addr` in `ENDPOINTS` alone: for IPv4, as a build without
+    /// `ENDPOINTS_V4` wrote it, or an address whose slot another holds.
+    pub fn add_endpoint_record_only(&mut self, addr: IpKey, endpoint: Endpoint) {
         self.hash(map_names::ENDPOINTS)
             .insert(addr, endpoint, 0)
             .expect("ENDPOINTS insert");
     }
 
+    /// Removes `addr` from `ENDPOINTS` alone.
+    pub fn remove_endpoint_record(&mut self, addr: IpKey) {
+        self.hash::<IpKey, Endpoint>(map_names::ENDPOINTS)
+            .remove(&addr)
+            .expect("ENDPOINTS remove");
+    }
+
+    /// Writes `slot` at the index of its address in `ENDPOINTS_V4`.
+    pub fn set_endpoint_slot_v4(&mut self, slot: EndpointV4) {
+        let mut map: Array<_, EndpointV4> = Array::try_from(
+            self.ebpf
+                .map_mut(map_names::ENDPOINTS_V4)
+                .expect("ENDPOINTS_V4"),
+        )
+        .expect("ENDPOINTS_V4");
+        map.set(endpoint_v4_index(slot.addr), slot, 0)
+            .expect("ENDPOINTS_V4 set");
+    }
+
+    /// The slot of `ENDPOINTS_V4` where IPv4 address `addr` would be.
+    pub fn endpoint_slot_v4(&self, addr: [u8; 4]) -> EndpointV4 {
+        let map: Array<_, EndpointV4> = Array::try_from(
+            self.ebpf
+                .map(map_names::ENDPOINTS_V4)
+                .expect("ENDPOINTS_V4"),
+        )
+        .expect("ENDPOINTS_V4");
+        map.get(&endpoint_v4_index(addr), 0)
+            .expect("ENDPOINTS_V4 get")
+    }
+
+    /// The record of the endpoint at `addr` (`ENDPOINTS`).
     pub fn endpoint(&self, addr: IpKey) -> Endpoint {
         self.lookup(map_names::ENDPOINTS, &addr)
             .expect("the endpoint is in ENDPOINTS")

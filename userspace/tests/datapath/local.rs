@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use cni_ebpf_common::{
-    ENDPOINT_F_RATE_LIMITED, Endpoint, RateBucket, RateLimit,
+    ENDPOINT_F_RATE_LIMITED, Endpoint, EndpointV4, RateBucket, RateLimit,
     program_names::FROM_POD,
     wire::{ARP_REPLY, ETH_LEN, ETH_P_IPV6, TCP_SYN},
 };
@@ -226,6 +226,71 @@ fn pod_to_pod_is_rewritten_and_redirected() {
         assert_eq!(dp.endpoint_packets(HOST_A_IFINDEX), (3, 0));
         assert_eq!(dp.endpoint_packets(HOST_B_IFINDEX), (0, 3));
     });
+}
+
+/// The IPv4 paths read a pod from its live slot of `ENDPOINTS_V4`: a live
+/// slot is enough, with no record in `ENDPOINTS` at all.
+#[test]
+fn a_live_slot_is_read_without_its_record() {
+    with_datapath(|dp| {
+        pods(dp);
+        dp.remove_endpoint_record(key(POD_B));
+        let sent = from_a(POD_B, syn(80));
+        let out = run(dp, &sent.bytes());
+        assert_eq!(out.action, TC_ACT_REDIRECT);
+        assert_eq!(out.frame, sent.forwarded(HOST_B_MAC, POD_B_MAC).bytes());
+    });
+}
+
+/// Where the slot does not hold the address live, `ENDPOINTS` decides,
+/// for the sender (checked against it) and the receiver alike: pods an
+/// older build added (no slot), a slot another address holds (the same low
+/// 12 bits), and a retired slot, whatever it still holds.
+#[test]
+fn without_a_live_slot_of_its_own_a_pod_is_found_in_endpoints() {
+    // What the slots hold: another interface, other MACs.
+    let stale = Endpoint {
+        ifindex: 77,
+        pod_mac: [0x02, 0, 0, 0, 0x77, 0x01],
+        host_mac: [0x02, 0, 0, 0, 0x77, 0xfe],
+        ..pod_b()
+    };
+    let slot = |live: u32, addr: Ipv4Addr| EndpointV4 {
+        live,
+        addr: addr.octets(),
+        endpoint: stale,
+        _reserved: [0; 16],
+    };
+    // Addresses with the low 12 bits of POD_A (10.244.1.2) and POD_B.
+    let (near_a, near_b) = (Ipv4Addr::new(10, 244, 17, 2), Ipv4Addr::new(10, 244, 17, 3));
+    let cases = [
+        ("no slots", vec![]),
+        (
+            "slots of other addresses",
+            vec![slot(1, near_a), slot(1, near_b)],
+        ),
+        ("retired slots", vec![slot(0, POD_A), slot(0, POD_B)]),
+    ];
+    for (case, slots) in cases {
+        with_datapath(|dp| {
+            dp.add_endpoint_record_only(key(POD_A), pod_a());
+            dp.add_endpoint_record_only(key(POD_B), pod_b());
+            dp.add_endpoint_stats(HOST_A_IFINDEX);
+            dp.add_endpoint_stats(HOST_B_IFINDEX);
+            for slot in slots {
+                dp.set_endpoint_slot_v4(slot);
+            }
+            let sent = from_a(POD_B, syn(80));
+            let out = run(dp, &sent.bytes());
+            assert_eq!(out.action, TC_ACT_REDIRECT, "{case}");
+            assert_eq!(
+                out.frame,
+                sent.forwarded(HOST_B_MAC, POD_B_MAC).bytes(),
+                "{case}"
+            );
+            assert_eq!(dp.counts(), counted(&[("local-delivery", 1)]), "{case}");
+        });
+    }
 }
 
 #[test]

@@ -37,8 +37,13 @@ fn dns_query() -> L4 {
     }
 }
 
+/// Whether `pod` is flagged, in its record and in its slot of
+/// `ENDPOINTS_V4` alike (the IPv4 paths read the slot).
 fn flagged(dp: &Datapath, pod: Ipv4Addr) -> bool {
-    dp.endpoint(key(pod)).flags & ENDPOINT_F_NETFILTER_FLOWS != 0
+    let record = dp.endpoint(key(pod)).flags & ENDPOINT_F_NETFILTER_FLOWS != 0;
+    let slot = dp.endpoint_slot_v4(pod.octets()).endpoint.flags & ENDPOINT_F_NETFILTER_FLOWS != 0;
+    assert_eq!(slot, record, "{pod}: its slot and its record disagree");
+    record
 }
 
 #[test]
