@@ -276,8 +276,13 @@ pub fn endpoints_map(node: &Node) -> PathBuf {
 }
 
 /// Deletes the endpoints map entry of `ip` behind the plugin's back, with
-/// `bpftool` (the key is the IPv4-mapped IPv6 address).
+/// `bpftool` (the key is the IPv4-mapped IPv6 address), and for IPv4 empties
+/// its slot of `ENDPOINTS_V4` too: nothing the datapath reads is left.
 pub fn delete_endpoint_entry(node: &Node, ip: impl Into<std::net::IpAddr>) {
+    let ip = ip.into();
+    if let std::net::IpAddr::V4(v4) = ip {
+        write_endpoint_slot_v4(node, v4, &[0; 64]);
+    }
     let map = endpoints_map(node);
     let mut args = vec![
         "map".to_string(),
@@ -287,12 +292,80 @@ pub fn delete_endpoint_entry(node: &Node, ip: impl Into<std::net::IpAddr>) {
         "key".to_string(),
         "hex".to_string(),
     ];
-    let key = match ip.into() {
+    let key = match ip {
         std::net::IpAddr::V4(ip) => [[0u8; 10].as_slice(), &[0xff, 0xff], &ip.octets()].concat(),
         std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
     };
     args.extend(key.iter().map(|b| format!("{b:02x}")));
     node.netns().exec_ok("bpftool", &args);
+}
+
+/// The pinned `ENDPOINTS_V4` of a node.
+fn endpoint_slots_map(node: &Node) -> String {
+    endpoints_map(node)
+        .with_file_name("ENDPOINTS_V4")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `bpftool`'s words for the key of the slot where `ip` would be.
+fn slot_key(ip: std::net::Ipv4Addr) -> Vec<String> {
+    let index = cni_ebpf_common::endpoint_v4_index(ip.octets());
+    let mut key = vec!["key".to_string(), "hex".to_string()];
+    key.extend(index.to_ne_bytes().iter().map(|b| format!("{b:02x}")));
+    key
+}
+
+/// Writes the 64 bytes of the slot of `ENDPOINTS_V4` where `ip` would be,
+/// behind the plugin's back.
+pub fn write_endpoint_slot_v4(node: &Node, ip: std::net::Ipv4Addr, value: &[u8; 64]) {
+    let mut args = vec![
+        "map".to_string(),
+        "update".to_string(),
+        "pinned".to_string(),
+        endpoint_slots_map(node),
+    ];
+    args.extend(slot_key(ip));
+    args.push("value".to_string());
+    args.push("hex".to_string());
+    args.extend(value.iter().map(|b| format!("{b:02x}")));
+    node.netns().exec_ok("bpftool", &args);
+}
+
+/// The 64 bytes of the slot of `ENDPOINTS_V4` where `ip` would be.
+pub fn endpoint_slot_v4(node: &Node, ip: std::net::Ipv4Addr) -> [u8; 64] {
+    let mut args = vec![
+        "-j".to_string(),
+        "map".to_string(),
+        "lookup".to_string(),
+        "pinned".to_string(),
+        endpoint_slots_map(node),
+    ];
+    args.extend(slot_key(ip));
+    let out = node.netns().exec_ok("bpftool", &args);
+    let entry: serde_json::Value = serde_json::from_str(&out).expect("bpftool JSON");
+    let bytes: Vec<u8> = entry["value"]
+        .as_array()
+        .expect("a value")
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+        .collect();
+    bytes.try_into().expect("64 bytes")
+}
+
+/// What the slot of `ENDPOINTS_V4` where `ip` would be says: whether it is
+/// live, the address it holds and that endpoint's host veth ifindex.
+pub fn endpoint_slot_v4_fields(
+    node: &Node,
+    ip: std::net::Ipv4Addr,
+) -> (bool, std::net::Ipv4Addr, u32) {
+    let slot = endpoint_slot_v4(node, ip);
+    let word = |at: usize| u32::from_ne_bytes(slot[at..at + 4].try_into().unwrap());
+    (
+        word(0) != 0,
+        std::net::Ipv4Addr::new(slot[4], slot[5], slot[6], slot[7]),
+        word(8),
+    )
 }
 
 /// The IPv4 addresses on `ifname` in `ns`.

@@ -19,6 +19,8 @@ mod cluster_tls;
 mod containerd;
 #[path = "privileged/cross_node.rs"]
 mod cross_node;
+#[path = "privileged/endpoint_slots.rs"]
+mod endpoint_slots;
 #[path = "privileged/errors.rs"]
 mod errors;
 #[path = "privileged/faults.rs"]

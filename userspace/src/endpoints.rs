@@ -106,6 +106,18 @@ impl EndpointMap {
         }
     }
 
+    /// The entry of `ip` as the datapath finds it: for IPv4, in its slot of
+    /// `ENDPOINTS_V4` while that slot holds it live, else in `ENDPOINTS`.
+    pub fn find(&self, ip: IpAddr) -> Result<Option<Endpoint>> {
+        if let (Some(slots), IpAddr::V4(v4)) = (&self.v4, ip) {
+            let slot = slots.get(endpoint_v4_index(v4.octets()))?;
+            if slot.live != 0 && slot.addr == v4.octets() {
+                return Ok(Some(slot.endpoint));
+            }
+        }
+        self.get(ip)
+    }
+
     /// Removes the entry for `ip` if `owner` holds it (its slot first);
     /// true if one was removed.
     pub fn remove_owned(&mut self, ip: IpAddr, owner: u64) -> Result<bool> {

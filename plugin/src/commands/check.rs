@@ -55,7 +55,9 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<()> {
     let endpoints = EndpointMap::open(datapath.layout())
         .map_err(|e| datapath_error("opening the endpoints map", e))?;
     for net in &record.ips {
-        match endpoints.get(net.addr()) {
+        // Where the datapath reads it (a stale copy breaks the pod as
+        // surely as a missing record).
+        match endpoints.find(net.addr()) {
             Ok(Some(ep)) if ep.ifindex == record.host_ifindex && ep.owner == record.owner => {}
             Ok(_) => {
                 return Err(failed(format!(

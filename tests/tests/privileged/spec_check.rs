@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 use cni_ebpf_tests::{
     Family, Netns, Node, Pod,
     node::DEFAULT_NETWORK,
-    spec::{Sandbox, delete_endpoint_entry},
+    spec::{Sandbox, delete_endpoint_entry, endpoint_slot_v4, write_endpoint_slot_v4},
     traffic::ping,
 };
 
@@ -113,6 +113,22 @@ fn check_finds_the_endpoint_entry_removed() {
             &["endpoint", "{ip}"],
         );
     }
+}
+
+/// The copy of the entry that the IPv4 paths read first (`ENDPOINTS_V4`)
+/// pointing at another interface, its record intact.
+#[test]
+fn check_finds_a_stale_endpoint_slot() {
+    assert_check_finds(
+        "pointing the endpoint's slot at another interface",
+        |node, pod| {
+            let mut slot = endpoint_slot_v4(node, pod.ip());
+            assert_eq!(slot[0], 1, "the pod's slot is not live");
+            slot[8] = slot[8].wrapping_add(100);
+            write_endpoint_slot_v4(node, pod.ip(), &slot);
+        },
+        &["endpoint", "{ip}"],
+    );
 }
 
 #[test]

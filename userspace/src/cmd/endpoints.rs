@@ -16,6 +16,12 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
             .map(|(_, s)| *s)
             .unwrap_or(EndpointStats::default())
     };
+    // The copies the IPv4 paths read first (ENDPOINTS_V4).
+    let slots = map.slots_v4().unwrap_or_default();
+    let in_slot = |ip: &std::net::IpAddr, ep: &cni_ebpf_common::Endpoint| match ip {
+        std::net::IpAddr::V4(v4) => Some(slots.iter().any(|(a, e)| a == v4 && e == ep)),
+        std::net::IpAddr::V6(_) => None,
+    };
     let interfaces = cni_ebpf_userspace::attachments::interfaces().unwrap_or_default();
     // tcx when the host veth's link pin is there (`attachMode: tcx`, or
     // moved by the agent), else its clsact filter.
@@ -40,6 +46,10 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
                     // Its slot of ENDPOINT_COUNTERS (0: counted by ifindex).
                     "statsSlot": ep.stats_slot,
                     "attach": attach_of(ep.ifindex),
+                    // IPv4: whether its live slot of ENDPOINTS_V4 holds it
+                    // (false: another address holds the slot, and the
+                    // datapath finds this one in ENDPOINTS).
+                    "slotV4": in_slot(ip, ep),
                     // `attachMode: auto`: the agent moves it onto tcx.
                     "tcxLater": ep.flags & cni_ebpf_common::ENDPOINT_F_TCX_LATER != 0,
                     // Netfilter translated a flow of this pod: its packets
