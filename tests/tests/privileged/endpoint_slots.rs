@@ -53,9 +53,8 @@ fn add_fills_a_pods_slot_and_del_retires_it() {
     talk(&a, &b, "in their slots");
     let b_ip = b.ip();
     b.del().expect_success("DEL");
-    assert_eq!(
-        endpoint_slot_v4_fields(&node, b_ip).0,
-        false,
+    assert!(
+        !endpoint_slot_v4_fields(&node, b_ip).0,
         "DEL left its slot live"
     );
     let c = node.add_pod();
@@ -89,7 +88,7 @@ fn addresses_that_share_a_slot_are_served_from_endpoints() {
 
     let first_ip = first.ip();
     first.del().expect_success("DEL of the slot's holder");
-    assert_eq!(endpoint_slot_v4_fields(&node, first_ip).0, false);
+    assert!(!endpoint_slot_v4_fields(&node, first_ip).0);
     talk(&second, &third, "after the holder's DEL");
 
     node.agent("load", &["--replace"]);
@@ -115,13 +114,12 @@ fn a_load_brings_the_slots_back_in_step_with_endpoints() {
     let mut stale = endpoint_slot_v4(&node, a.ip());
     stale[4..8].copy_from_slice(&gone.octets());
     write_endpoint_slot_v4(&node, gone, &stale);
-    assert_eq!(endpoint_slot_v4_fields(&node, gone).0, true);
+    assert!(endpoint_slot_v4_fields(&node, gone).0);
 
     node.agent("load", &["--replace"]);
     assert!(in_slot(&node, &b), "b has no slot after the load");
-    assert_eq!(
-        endpoint_slot_v4_fields(&node, gone).0,
-        false,
+    assert!(
+        !endpoint_slot_v4_fields(&node, gone).0,
         "the slot of an address without an endpoint is still live"
     );
     talk(&a, &b, "after the load");
