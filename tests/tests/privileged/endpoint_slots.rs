@@ -3,10 +3,15 @@
 //! another holds is served from `ENDPOINTS`, and a load brings slots that
 //! an older build left behind back in step with `ENDPOINTS`.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use cni_ebpf_tests::{
     Node, Pod,
+    agent::Agent,
+    ext::wait_until,
     spec::{endpoint_slot_v4, endpoint_slot_v4_fields, write_endpoint_slot_v4},
     traffic::ping,
 };
@@ -98,7 +103,7 @@ fn addresses_that_share_a_slot_are_served_from_endpoints() {
 
 /// What a build without `ENDPOINTS_V4` leaves (its ADD fills no slot, its
 /// DEL retires none) is repaired by the load of this build's programs,
-/// before they run.
+/// before they run, and by the agent while they run.
 #[test]
 fn a_load_brings_the_slots_back_in_step_with_endpoints() {
     let node = Node::new();
@@ -123,4 +128,16 @@ fn a_load_brings_the_slots_back_in_step_with_endpoints() {
         "the slot of an address without an endpoint is still live"
     );
     talk(&a, &b, "after the load");
+
+    // The same, left by an older plugin while this build's programs run
+    // (an upgrade's rollout), after the agent started: its next pass
+    // repairs it (every pass adopts the attachments, which syncs).
+    let _agent = Agent::start(&node, &["--gc-interval", "1"]);
+    write_endpoint_slot_v4(&node, b.ip(), &[0; 64]);
+    write_endpoint_slot_v4(&node, gone, &stale);
+    let repaired = wait_until(Duration::from_secs(10), || {
+        in_slot(&node, &b) && !endpoint_slot_v4_fields(&node, gone).0
+    });
+    assert!(repaired, "the agent left the slots out of step");
+    talk(&a, &b, "after the agent's repair");
 }
