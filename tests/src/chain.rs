@@ -62,6 +62,8 @@ pub struct ChainPod<'n> {
     result: Value,
     addr: IpAddr,
     add_time: Duration,
+    /// What the last plugin of the chain wrote to stderr at ADD.
+    add_log: String,
     deleted: bool,
 }
 
@@ -75,6 +77,7 @@ impl<'n> ChainPod<'n> {
             result: Value::Null,
             addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             add_time: Duration::ZERO,
+            add_log: String::new(),
             // Nothing to delete until the first ADD succeeded.
             deleted: true,
         };
@@ -91,6 +94,7 @@ impl<'n> ChainPod<'n> {
                 &stdin,
             )?;
             attached.add_time += output.elapsed;
+            attached.add_log = output.stderr.clone();
             if !output.success() {
                 bail!(
                     "ADD of {} into {} failed: {}",
@@ -119,6 +123,11 @@ impl<'n> ChainPod<'n> {
             IpAddr::V4(ip) => ip,
             IpAddr::V6(ip) => panic!("{ip}: the chained scenarios run over IPv4 only"),
         }
+    }
+
+    /// What the last plugin of the chain wrote to stderr at ADD.
+    pub fn add_log(&self) -> &str {
+        &self.add_log
     }
 
     /// The chain's ADD time, summed over its plugins.

@@ -55,6 +55,11 @@ impl CniRequest<'_> {
         if let Some(args) = self.args {
             command.env("CNI_ARGS", args);
         }
+        // The plugin's log level, when the caller chose one (the `scale`
+        // bench reads ADD's steps at debug level).
+        if let Some(level) = std::env::var_os("CNI_EBPF_LOG") {
+            command.env("CNI_EBPF_LOG", level);
+        }
         command
     }
 }

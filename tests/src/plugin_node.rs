@@ -209,6 +209,11 @@ impl<'n> Attachment<'n> {
         self.0.add_time()
     }
 
+    /// What the plugin wrote to stderr at ADD.
+    pub fn add_log(&self) -> &str {
+        self.0.add_log()
+    }
+
     /// DEL; returns how long it took.
     pub fn del(self) -> Result<Duration> {
         self.0.del()

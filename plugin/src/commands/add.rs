@@ -42,6 +42,7 @@ struct Progress {
 }
 
 pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
+    let mut steps = Steps::start();
     let container_id = env.require_container_id()?;
     let ifname = env.require_ifname()?;
     let pod_ns = NetNs::open(env.require_netns()?)?;
@@ -63,11 +64,15 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
     } else {
         (None, None)
     };
+    steps.done("config");
     let _shared = StateDir::new(&conf.state_dir, &conf.name).lock_shared()?;
+    steps.done("lock");
     let mut datapath = open_datapath(conf)?;
-    runtime()?.block_on(async {
+    steps.done("datapath");
+    let output = runtime()?.block_on(async {
         let node = Netlink::connect()?;
         let pod = PodSide::enter(&pod_ns, add_conf.uplink.xdp)?;
+        steps.done("netlink");
         let request = Request {
             env,
             conf,
@@ -87,14 +92,60 @@ pub fn run(env: &CniEnv, conf: &NetConf) -> CniResult<CniOutput> {
             needs,
         };
         let mut progress = Progress::default();
-        match add(&request, &node, &pod, &mut datapath, &mut progress).await {
+        match add(
+            &request,
+            &node,
+            &pod,
+            &mut datapath,
+            &mut progress,
+            &mut steps,
+        )
+        .await
+        {
             Ok(output) => Ok(output),
             Err(e) => {
                 undo(&request, &node, &progress).await;
                 Err(e)
             }
         }
-    })
+    })?;
+    log::debug!("ADD {container_id} {ifname}: µs per step: {steps}");
+    Ok(output)
+}
+
+/// Where an ADD's time went, step by step: logged at debug level
+/// (`CNI_EBPF_LOG=debug`), and read by the `scale` bench.
+struct Steps {
+    last: std::time::Instant,
+    spent: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Steps {
+    fn start() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            spent: Vec::new(),
+        }
+    }
+
+    /// `step` ended now: it took the time since the last one ended.
+    fn done(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.spent.push((step, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Steps {
+    /// `step=µs` pairs, in order.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pairs: Vec<String> = self
+            .spent
+            .iter()
+            .map(|(step, took)| format!("{step}={}", took.as_micros()))
+            .collect();
+        f.write_str(&pairs.join(" "))
+    }
 }
 
 struct Request<'a> {
@@ -193,19 +244,25 @@ async fn add(
     pod: &PodSide,
     datapath: &mut Datapath,
     progress: &mut Progress,
+    steps: &mut Steps,
 ) -> CniResult<CniOutput> {
     let lease = allocate(req, progress)?;
     let port_mappings = published_ports(req.port_requests, &lease.allocations)?;
+    steps.done("ipam");
     prepare_node(req, node, datapath, &lease.allocations).await?;
+    steps.done("node");
     let ipv6 = ipv6::wanted(lease.allocations.iter().map(|a| a.address.addr()));
     let veth = create_veth_pair(req, node, &pod.netlink, ipv6, progress).await?;
     if let Some(socket) = &pod.ethtool {
         enable_gro(socket, req.ifname)?;
     }
+    steps.done("veth");
     address_and_routes(node, &pod.netlink, &veth, &lease).await?;
+    steps.done("addresses");
     let attachment = attach(req, datapath, &veth, progress)?;
     set_limits(req, datapath)?;
     attach_towards_pod(req, datapath, &veth)?;
+    steps.done("attach");
     add_endpoint(
         req,
         datapath,
@@ -215,8 +272,10 @@ async fn add(
         &lease,
         progress,
     )?;
+    steps.done("endpoint");
     publish_host_ports(req, datapath, &port_mappings, progress)?;
     record(req, &veth, &lease, attachment, port_mappings)?;
+    steps.done("record");
     Ok(result(req, veth, lease))
 }
 

@@ -80,7 +80,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
             // The warm-up round would take as long as a measured one.
             continue;
         };
-        let (adds, dels) = one_node(round)?;
+        let (adds, dels, steps) = one_node(round)?;
         first.record(OURS, round, adds.first().copied());
         for ((lo, hi), metric) in buckets.iter().zip(&mut by_bucket) {
             metric.record(OURS, round, stats::median(&adds[lo - 1..*hi]));
@@ -101,6 +101,7 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
                 .join(" / "),
             stats::median(&dels).unwrap_or(0.0)
         );
+        report_steps(round, &buckets, &steps);
     }
     let mut metrics = vec![first];
     metrics.extend(by_bucket);
@@ -108,25 +109,70 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
     Ok(metrics)
 }
 
+/// ADD's own timing of its steps, as the plugin logs it at debug level:
+/// (step, µs) in order; empty unless `CNI_EBPF_LOG=debug`.
+fn steps_of(log: &str) -> Vec<(String, f64)> {
+    const MARK: &str = "µs per step: ";
+    let Some(line) = log.lines().find(|l| l.contains(MARK)) else {
+        return Vec::new();
+    };
+    let pairs = &line[line.find(MARK).unwrap() + MARK.len()..];
+    pairs
+        .split_whitespace()
+        .filter_map(|pair| {
+            let (step, us) = pair.split_once('=')?;
+            Some((step.to_string(), us.parse().ok()?))
+        })
+        .collect()
+}
+
+/// With `CNI_EBPF_LOG=debug`, each step's p50 by bucket (µs): where a
+/// slope across the buckets comes from.
+fn report_steps(round: usize, buckets: &[(usize, usize)], steps: &[Vec<(String, f64)>]) {
+    let Some(names) = steps.get(1).filter(|s| !s.is_empty()) else {
+        return;
+    };
+    for (name, _) in names {
+        let by_bucket: Vec<String> = buckets
+            .iter()
+            .map(|(lo, hi)| {
+                let values: Vec<f64> = steps[lo - 1..*hi]
+                    .iter()
+                    .filter_map(|pod| pod.iter().find(|(n, _)| n == name).map(|(_, v)| *v))
+                    .collect();
+                stats::median(&values).map_or("n/a".into(), |v| format!("{v:.0}"))
+            })
+            .collect();
+        eprintln!(
+            "[{SCENARIO}] round {} step {name:<10} p50 µs by bucket {}",
+            round + 1,
+            by_bucket.join(" / ")
+        );
+    }
+}
+
 /// [`PODS`] ADDs on a new node, then a DEL of each: their times in ms, in
-/// the order made.
-fn one_node(round: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+/// the order made, and each ADD's steps ([`steps_of`]).
+#[allow(clippy::type_complexity)]
+fn one_node(round: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<Vec<(String, f64)>>)> {
     let node = PluginNode::cni_ebpf("10.216.0.0/23");
     let pods: Vec<Netns> = (0..PODS)
         .map(|_| Netns::with_loopback("bench-scale"))
         .collect();
     let mut attached = Vec::with_capacity(PODS);
     let mut adds = Vec::with_capacity(PODS);
+    let mut steps = Vec::with_capacity(PODS);
     for (i, pod) in pods.iter().enumerate() {
         stop::check()?;
         let attachment = Attachment::add(&node, pod)
             .with_context(|| format!("round {}: ADD of pod {}", round + 1, i + 1))?;
         adds.push(attachment.add_time().as_secs_f64() * 1e3);
+        steps.push(steps_of(attachment.add_log()));
         attached.push(attachment);
     }
     let mut dels = Vec::with_capacity(PODS);
     for attachment in attached {
         dels.push(attachment.del()?.as_secs_f64() * 1e3);
     }
-    Ok((adds, dels))
+    Ok((adds, dels, steps))
 }
