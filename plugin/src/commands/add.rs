@@ -768,6 +768,17 @@ mod tests {
         items.iter().map(|s| s.to_string()).collect()
     }
 
+    /// The debug line's `step=µs` pairs, which the `scale` bench parses.
+    #[test]
+    fn steps_print_as_step_equals_microseconds_in_order() {
+        let mut steps = Steps::start();
+        steps.done("config");
+        steps.done("ipam");
+        steps.spent[0].1 = std::time::Duration::from_micros(17);
+        steps.spent[1].1 = std::time::Duration::from_nanos(1_500_900);
+        assert_eq!(steps.to_string(), "config=17 ipam=1500");
+    }
+
     #[test]
     fn requested_ips_come_from_every_source_once() {
         let got = requested_ips(
