@@ -60,10 +60,19 @@ pub fn endpoint_v4(addr: [u8; 4]) -> Option<*const Endpoint> {
 #[inline(always)]
 pub fn endpoint_slot_v4(addr: [u8; 4]) -> Option<*mut EndpointV4> {
     let slot = ENDPOINTS_V4.get_ptr_mut(cni_ebpf_common::endpoint_v4_index(addr))?;
-    // SAFETY: array values stay allocated; `live` is read first, and is only
-    // set once the rest of the slot is written (`EndpointV4`).
-    let (live, held) = unsafe { ((*slot).live, (*slot).addr) };
-    (live != 0 && u32::from_ne_bytes(held) == u32::from_ne_bytes(addr)).then_some(slot)
+    // SAFETY: array values stay allocated; `live` is only set once the rest
+    // of the slot is written (`EndpointV4`). Read once, and the rest of the
+    // slot only behind the branch on it: the compiler cannot hoist those
+    // reads (nothing tells it the pointer is dereferenceable), and x86 does
+    // not reorder loads with loads. (A compiler fence is no help here: the
+    // BPF backend cannot select one.)
+    let live = unsafe { core::ptr::read_volatile(&raw const (*slot).live) };
+    if live == 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    let held = unsafe { (*slot).addr };
+    (u32::from_ne_bytes(held) == u32::from_ne_bytes(addr)).then_some(slot)
 }
 
 /// Dropped packets by reason and direction.

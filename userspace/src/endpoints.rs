@@ -92,8 +92,13 @@ impl EndpointMap {
         self.map
             .insert(IpKey::from_ip(ip), endpoint, 0)
             .map_err(map_error)?;
-        if let (Some(slots), IpAddr::V4(v4)) = (&mut self.v4, ip) {
-            slots.publish(v4.octets(), endpoint)?;
+        if let (Some(slots), IpAddr::V4(v4)) = (&mut self.v4, ip)
+            && let Err(e) = slots.publish(v4.octets(), endpoint)
+        {
+            // Not half-added: the caller's rollback only knows the
+            // addresses that went in whole.
+            let _ = self.map.remove(&IpKey::from_ip(ip));
+            return Err(e);
         }
         Ok(())
     }
