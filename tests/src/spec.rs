@@ -359,12 +359,16 @@ pub fn endpoint_slot_v4_fields(
     node: &Node,
     ip: std::net::Ipv4Addr,
 ) -> (bool, std::net::Ipv4Addr, u32) {
+    use cni_ebpf_common::{Endpoint, EndpointV4};
+    use std::mem::offset_of;
     let slot = endpoint_slot_v4(node, ip);
-    let word = |at: usize| u32::from_ne_bytes(slot[at..at + 4].try_into().unwrap());
+    let bytes = |at: usize| -> [u8; 4] { slot[at..at + 4].try_into().unwrap() };
     (
-        word(0) != 0,
-        std::net::Ipv4Addr::new(slot[4], slot[5], slot[6], slot[7]),
-        word(8),
+        u32::from_ne_bytes(bytes(offset_of!(EndpointV4, live))) != 0,
+        bytes(offset_of!(EndpointV4, addr)).into(),
+        u32::from_ne_bytes(bytes(
+            offset_of!(EndpointV4, endpoint) + offset_of!(Endpoint, ifindex),
+        )),
     )
 }
 

@@ -24,11 +24,7 @@
 //! more than a /20) share a slot: the first one added holds it, the other
 //! is found in `ENDPOINTS`, until a sync finds the slot free.
 
-use std::{
-    fs::File,
-    net::{IpAddr, Ipv4Addr},
-    time::Duration,
-};
+use std::{fs::File, net::IpAddr, time::Duration};
 
 use aya::maps::{Array, HashMap, MapData, MapError};
 use cni_ebpf_common::{
@@ -103,24 +99,29 @@ impl EndpointMap {
         Ok(())
     }
 
+    /// The record of `ip` (`ENDPOINTS`).
     pub fn get(&self, ip: IpAddr) -> Result<Option<Endpoint>> {
-        match self.map.get(&IpKey::from_ip(ip), 0) {
-            Ok(endpoint) => Ok(Some(endpoint)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_error(e)),
+        record(&self.map, &IpKey::from_ip(ip))
+    }
+
+    /// The copy of `ip`'s entry in its slot of `ENDPOINTS_V4`, if the slot
+    /// holds it live.
+    pub fn slot_v4(&self, ip: IpAddr) -> Result<Option<Endpoint>> {
+        match (&self.v4, ip) {
+            (Some(slots), IpAddr::V4(v4)) => {
+                Ok(slots.holding(v4.octets())?.map(|slot| slot.endpoint))
+            }
+            _ => Ok(None),
         }
     }
 
-    /// The entry of `ip` as the datapath finds it: for IPv4, in its slot of
-    /// `ENDPOINTS_V4` while that slot holds it live, else in `ENDPOINTS`.
+    /// The entry of `ip` as the datapath finds it: its live slot of
+    /// `ENDPOINTS_V4`, else its record in `ENDPOINTS`.
     pub fn find(&self, ip: IpAddr) -> Result<Option<Endpoint>> {
-        if let (Some(slots), IpAddr::V4(v4)) = (&self.v4, ip) {
-            let slot = slots.get(endpoint_v4_index(v4.octets()))?;
-            if slot.live != 0 && slot.addr == v4.octets() {
-                return Ok(Some(slot.endpoint));
-            }
+        match self.slot_v4(ip)? {
+            Some(endpoint) => Ok(Some(endpoint)),
+            None => self.get(ip),
         }
-        self.get(ip)
     }
 
     /// Removes the entry for `ip` if `owner` holds it (its slot first);
@@ -153,21 +154,6 @@ impl EndpointMap {
         Ok(entries)
     }
 
-    /// The live slots of `ENDPOINTS_V4`: (address, endpoint).
-    pub fn slots_v4(&self) -> Result<Vec<(Ipv4Addr, Endpoint)>> {
-        let Some(slots) = &self.v4 else {
-            return Ok(Vec::new());
-        };
-        let mut live = Vec::new();
-        for index in 0..ENDPOINT_V4_SLOTS {
-            let slot = slots.get(index)?;
-            if slot.live != 0 {
-                live.push((Ipv4Addr::from(slot.addr), slot.endpoint));
-            }
-        }
-        Ok(live)
-    }
-
     /// Makes `ENDPOINTS_V4` match `ENDPOINTS` again: retires every live
     /// slot whose address `ENDPOINTS` no longer holds as the slot does, and
     /// publishes every IPv4 entry whose slot is free. Run where this
@@ -179,19 +165,12 @@ impl EndpointMap {
         let Some(slots) = &mut self.v4 else {
             return Ok(done);
         };
-        let record = |map: &HashMap<MapData, IpKey, Endpoint>, addr: [u8; 4]| match map
-            .get(&IpKey::v4(addr), 0)
-        {
-            Ok(endpoint) => Ok(Some(endpoint)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_error(e)),
-        };
         for index in 0..ENDPOINT_V4_SLOTS {
             let slot = slots.get(index)?;
             if slot.live == 0 {
                 continue;
             }
-            if record(&self.map, slot.addr)? != Some(slot.endpoint) {
+            if record(&self.map, &IpKey::v4(slot.addr))? != Some(slot.endpoint) {
                 slots.put(index, EndpointV4 { live: 0, ..slot })?;
                 done.retired += 1;
             }
@@ -228,9 +207,24 @@ impl EndpointMap {
     }
 }
 
+/// The entry under `key` in `ENDPOINTS` (`map`).
+fn record(map: &HashMap<MapData, IpKey, Endpoint>, key: &IpKey) -> Result<Option<Endpoint>> {
+    match map.get(key, 0) {
+        Ok(endpoint) => Ok(Some(endpoint)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(map_error(e)),
+    }
+}
+
 impl SlotsV4 {
     fn get(&self, index: u32) -> Result<EndpointV4> {
         self.array.get(&index, 0).map_err(v4_error)
+    }
+
+    /// The slot of `addr`, if it holds `addr` live.
+    fn holding(&self, addr: [u8; 4]) -> Result<Option<EndpointV4>> {
+        let slot = self.get(endpoint_v4_index(addr))?;
+        Ok((slot.live != 0 && slot.addr == addr).then_some(slot))
     }
 
     fn put(&mut self, index: u32, slot: EndpointV4) -> Result<()> {
@@ -267,12 +261,12 @@ impl SlotsV4 {
     /// Retires the slot of `addr` if it holds `addr` for an endpoint
     /// `owned` accepts.
     fn retire(&mut self, addr: [u8; 4], owned: impl Fn(&Endpoint) -> bool) -> Result<()> {
-        let index = endpoint_v4_index(addr);
-        let held = self.get(index)?;
-        if held.live != 0 && held.addr == addr && owned(&held.endpoint) {
-            self.put(index, EndpointV4 { live: 0, ..held })?;
+        match self.holding(addr)? {
+            Some(held) if owned(&held.endpoint) => {
+                self.put(endpoint_v4_index(addr), EndpointV4 { live: 0, ..held })
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 

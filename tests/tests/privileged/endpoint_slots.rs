@@ -16,22 +16,26 @@ use cni_ebpf_tests::{
     traffic::ping,
 };
 
-/// `slotV4` of `pod`'s row in `cni-ebpfd endpoints --json`.
-fn in_slot(node: &Node, pod: &Pod<'_>) -> bool {
+/// `pod`'s row in `cni-ebpfd endpoints --json`.
+fn row(node: &Node, pod: &Pod<'_>) -> serde_json::Value {
     let ip = pod.ip().to_string();
     let endpoints = node.endpoints();
-    let row = endpoints
+    endpoints
         .iter()
         .find(|e| e["ip"] == ip)
-        .unwrap_or_else(|| panic!("no endpoint {ip}: {endpoints:?}"));
-    row["slotV4"].as_bool().expect("slotV4 of an IPv4 address")
+        .cloned()
+        .unwrap_or_else(|| panic!("no endpoint {ip}: {endpoints:?}"))
+}
+
+/// `slotV4` of `pod`'s row.
+fn in_slot(node: &Node, pod: &Pod<'_>) -> bool {
+    row(node, pod)["slotV4"]
+        .as_bool()
+        .expect("slotV4 of an IPv4 address")
 }
 
 fn ifindex(node: &Node, pod: &Pod<'_>) -> u32 {
-    let ip = pod.ip().to_string();
-    let endpoints = node.endpoints();
-    let row = endpoints.iter().find(|e| e["ip"] == ip).expect("the pod");
-    row["ifindex"].as_u64().unwrap() as u32
+    row(node, pod)["ifindex"].as_u64().unwrap() as u32
 }
 
 fn talk(a: &Pod<'_>, b: &Pod<'_>, when: &str) {

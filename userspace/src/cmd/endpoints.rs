@@ -17,10 +17,9 @@ pub fn run(layout: &BpffsLayout, as_json: bool) -> anyhow::Result<()> {
             .unwrap_or(EndpointStats::default())
     };
     // The copies the IPv4 paths read first (ENDPOINTS_V4).
-    let slots = map.slots_v4().unwrap_or_default();
-    let in_slot = |ip: &std::net::IpAddr, ep: &cni_ebpf_common::Endpoint| match ip {
-        std::net::IpAddr::V4(v4) => Some(slots.iter().any(|(a, e)| a == v4 && e == ep)),
-        std::net::IpAddr::V6(_) => None,
+    let in_slot = |ip: &std::net::IpAddr, ep: &cni_ebpf_common::Endpoint| {
+        ip.is_ipv4()
+            .then(|| map.slot_v4(*ip).ok().flatten().as_ref() == Some(ep))
     };
     let interfaces = cni_ebpf_userspace::attachments::interfaces().unwrap_or_default();
     // tcx when the host veth's link pin is there (`attachMode: tcx`, or

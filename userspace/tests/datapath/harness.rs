@@ -276,11 +276,10 @@ impl Datapath {
                 map_names::NETFILTER_FLOWS => self.clear::<FlowKey, u8>(&name),
                 map_names::NO_MASQ | map_names::SERVICES => self.clear_trie::<u8>(&name),
                 map_names::PEERS => self.clear_trie::<Peer>(&name),
-                map_names::TUNNEL => {
-                    let mut map: Array<_, TunnelConfig> =
-                        Array::try_from(self.ebpf.map_mut(&name).expect(&name)).expect(&name);
-                    map.set(0, TunnelConfig::default(), 0).expect(&name);
-                }
+                map_names::TUNNEL => self
+                    .array_mut(&name)
+                    .set(0, TunnelConfig::default(), 0)
+                    .expect(&name),
                 map_names::NODE_CONFIG => self.set_node_config(NodeConfig::default()),
                 map_names::NODE_CONFIG_V6 => self.set_node_config_v6(NodeConfigV6::default()),
                 map_names::NAT_FLOWS => self.set_nat_flows(0),
@@ -288,8 +287,7 @@ impl Datapath {
                 map_names::COUNTERS => self.zero_counters(&name, COUNTER_SLOTS),
                 map_names::ENDPOINT_SLOTS => self.clear::<u32, u32>(&name),
                 map_names::ENDPOINTS_V4 => {
-                    let mut map: Array<_, EndpointV4> =
-                        Array::try_from(self.ebpf.map_mut(&name).expect(&name)).expect(&name);
+                    let mut map = self.array_mut(&name);
                     for index in 0..ENDPOINT_V4_SLOTS {
                         map.set(index, EndpointV4::default(), 0).expect(&name);
                     }
@@ -422,6 +420,14 @@ impl Datapath {
         HashMap::try_from(self.ebpf.map_mut(name).expect(name)).expect(name)
     }
 
+    fn array<V: Pod>(&self, name: &str) -> Array<&MapData, V> {
+        Array::try_from(self.ebpf.map(name).expect(name)).expect(name)
+    }
+
+    fn array_mut<V: Pod>(&mut self, name: &str) -> Array<&mut MapData, V> {
+        Array::try_from(self.ebpf.map_mut(name).expect(name)).expect(name)
+    }
+
     fn lookup<K: Pod, V: Pod>(&self, name: &str, key: &K) -> Option<V> {
         let map: HashMap<&MapData, K, V> =
             HashMap::try_from(self.ebpf.map(name).expect(name)).expect(name);
@@ -466,25 +472,15 @@ impl Datapath {
 
     /// Writes `slot` at the index of its address in `ENDPOINTS_V4`.
     pub fn set_endpoint_slot_v4(&mut self, slot: EndpointV4) {
-        let mut map: Array<_, EndpointV4> = Array::try_from(
-            self.ebpf
-                .map_mut(map_names::ENDPOINTS_V4)
-                .expect("ENDPOINTS_V4"),
-        )
-        .expect("ENDPOINTS_V4");
-        map.set(endpoint_v4_index(slot.addr), slot, 0)
+        self.array_mut(map_names::ENDPOINTS_V4)
+            .set(endpoint_v4_index(slot.addr), slot, 0)
             .expect("ENDPOINTS_V4 set");
     }
 
     /// The slot of `ENDPOINTS_V4` where IPv4 address `addr` would be.
     pub fn endpoint_slot_v4(&self, addr: [u8; 4]) -> EndpointV4 {
-        let map: Array<_, EndpointV4> = Array::try_from(
-            self.ebpf
-                .map(map_names::ENDPOINTS_V4)
-                .expect("ENDPOINTS_V4"),
-        )
-        .expect("ENDPOINTS_V4");
-        map.get(&endpoint_v4_index(addr), 0)
+        self.array(map_names::ENDPOINTS_V4)
+            .get(&endpoint_v4_index(addr), 0)
             .expect("ENDPOINTS_V4 get")
     }
 
@@ -543,23 +539,15 @@ impl Datapath {
     }
 
     pub fn set_node_config_v6(&mut self, config: NodeConfigV6) {
-        let mut map: Array<_, NodeConfigV6> = Array::try_from(
-            self.ebpf
-                .map_mut(map_names::NODE_CONFIG_V6)
-                .expect("NODE_CONFIG_V6"),
-        )
-        .expect("NODE_CONFIG_V6");
-        map.set(0, config, 0).expect("NODE_CONFIG_V6 set");
+        self.array_mut(map_names::NODE_CONFIG_V6)
+            .set(0, config, 0)
+            .expect("NODE_CONFIG_V6 set");
     }
 
     pub fn set_node_config(&mut self, config: NodeConfig) {
-        let mut map: Array<_, NodeConfig> = Array::try_from(
-            self.ebpf
-                .map_mut(map_names::NODE_CONFIG)
-                .expect("NODE_CONFIG"),
-        )
-        .expect("NODE_CONFIG");
-        map.set(0, config, 0).expect("NODE_CONFIG set");
+        self.array_mut(map_names::NODE_CONFIG)
+            .set(0, config, 0)
+            .expect("NODE_CONFIG set");
     }
 
     pub fn add_node_addr(&mut self, addr: IpKey) {
@@ -614,17 +602,15 @@ impl Datapath {
 
     /// Live translated flows as the datapath counts them for admission.
     pub fn nat_flows(&self) -> u64 {
-        let map: Array<_, u64> =
-            Array::try_from(self.ebpf.map(map_names::NAT_FLOWS).expect("NAT_FLOWS"))
-                .expect("NAT_FLOWS");
-        map.get(&0, 0).expect("NAT_FLOWS slot")
+        self.array(map_names::NAT_FLOWS)
+            .get(&0, 0)
+            .expect("NAT_FLOWS slot")
     }
 
     pub fn set_nat_flows(&mut self, flows: u64) {
-        let mut map: Array<_, u64> =
-            Array::try_from(self.ebpf.map_mut(map_names::NAT_FLOWS).expect("NAT_FLOWS"))
-                .expect("NAT_FLOWS");
-        map.set(0, flows, 0).expect("NAT_FLOWS set");
+        self.array_mut(map_names::NAT_FLOWS)
+            .set(0, flows, 0)
+            .expect("NAT_FLOWS set");
     }
 
     pub fn add_host_port(&mut self, key: HostPortKey, target: HostPortTarget) {

@@ -111,7 +111,10 @@ pub fn run(plan: &Plan) -> Result<Vec<Metric>> {
 
 /// ADD's own timing of its steps, as the plugin logs it at debug level:
 /// (step, µs) in order; empty unless `CNI_EBPF_LOG=debug`.
-fn steps_of(log: &str) -> Vec<(String, f64)> {
+type Steps = Vec<(String, f64)>;
+
+/// The [`Steps`] in the plugin's stderr `log` of one ADD.
+fn steps_of(log: &str) -> Steps {
     const MARK: &str = "µs per step: ";
     let Some(line) = log.lines().find(|l| l.contains(MARK)) else {
         return Vec::new();
@@ -128,7 +131,7 @@ fn steps_of(log: &str) -> Vec<(String, f64)> {
 
 /// With `CNI_EBPF_LOG=debug`, each step's p50 by bucket (µs): where a
 /// slope across the buckets comes from.
-fn report_steps(round: usize, buckets: &[(usize, usize)], steps: &[Vec<(String, f64)>]) {
+fn report_steps(round: usize, buckets: &[(usize, usize)], steps: &[Steps]) {
     let Some(names) = steps.get(1).filter(|s| !s.is_empty()) else {
         return;
     };
@@ -153,8 +156,7 @@ fn report_steps(round: usize, buckets: &[(usize, usize)], steps: &[Vec<(String, 
 
 /// [`PODS`] ADDs on a new node, then a DEL of each: their times in ms, in
 /// the order made, and each ADD's steps ([`steps_of`]).
-#[allow(clippy::type_complexity)]
-fn one_node(round: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<Vec<(String, f64)>>)> {
+fn one_node(round: usize) -> Result<(Vec<f64>, Vec<f64>, Vec<Steps>)> {
     let node = PluginNode::cni_ebpf("10.216.0.0/23");
     let pods: Vec<Netns> = (0..PODS)
         .map(|_| Netns::with_loopback("bench-scale"))
