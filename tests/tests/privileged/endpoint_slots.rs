@@ -94,6 +94,11 @@ fn addresses_that_share_a_slot_are_served_from_endpoints() {
     );
     talk(&first, &second, "sharing a slot");
     talk(&second, &third, "sharing a slot");
+    // CHECK reads the entry where the datapath does: the first's slot is
+    // not the second's entry.
+    second
+        .check("1.0.0")
+        .expect_success("CHECK of the pod whose slot another holds");
 
     let first_ip = first.ip();
     first.del().expect_success("DEL of the slot's holder");
